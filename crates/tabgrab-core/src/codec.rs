@@ -1,0 +1,542 @@
+//! Encoding and decoding envelopes, with a size limit and typed errors.
+//!
+//! Why a codec object rather than free functions: the maximum size is configuration (default
+//! [`DEFAULT_MAX_SIZE`], 1 MiB) and every transport must enforce the same one, on encode (so
+//! we never send what a peer must refuse) and on decode *before* anything is allocated for the
+//! message (so a hostile peer cannot make us buffer gigabytes). Transports that stream (HTTP)
+//! check the announced length with [`Codec::check_size`] before reading the body.
+//!
+//! Decoding never panics: every failure is an [`Error`] whose [`ErrorKind`] says which of
+//! malformed, too large, missing attribute, unsupported version (checked here for
+//! `specversion`) it is. Whether the *type* is one the application knows is a separate check,
+//! [`Registry::check`], because a relay may carry types it does not understand.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer as _};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::envelope::SPEC_VERSION;
+use crate::{Envelope, Error, ErrorKind, Message, MessageType};
+
+/// Default maximum size of an encoded envelope: 1 MiB.
+pub const DEFAULT_MAX_SIZE: usize = 1024 * 1024;
+
+/// Encodes and decodes envelopes under a size limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Codec {
+    /// The largest encoded envelope accepted, in bytes (structured: the JSON text; binary:
+    /// header names and values plus the body).
+    max_size: usize,
+}
+
+impl Default for Codec {
+    fn default() -> Codec {
+        Codec {
+            max_size: DEFAULT_MAX_SIZE,
+        }
+    }
+}
+
+impl Codec {
+    /// A codec with the given maximum envelope size in bytes.
+    pub fn with_max_size(max_size: usize) -> Codec {
+        Codec { max_size }
+    }
+
+    /// The maximum envelope size in bytes.
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// Refuses a size above the maximum with [`ErrorKind::TooLarge`].
+    pub fn check_size(&self, size: usize) -> Result<(), Error> {
+        if size > self.max_size {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "envelope of {size} bytes exceeds the maximum of {} bytes; \
+                     send large payloads by reference or raise the codec's max_size",
+                    self.max_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Encodes in CloudEvents JSON structured mode.
+    pub fn encode(&self, envelope: &Envelope) -> Result<Bytes, Error> {
+        let mut out = Vec::with_capacity(256 + envelope.data.len());
+        write_structured(envelope, &mut out)?;
+        self.check_size(out.len())
+            .map_err(|e| Error::new(e.kind(), format!("{} ({})", e.message(), envelope.ty)))?;
+        Ok(Bytes::from(out))
+    }
+
+    /// Decodes CloudEvents JSON structured mode.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Envelope, Error> {
+        self.check_size(bytes.len())?;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed = de::Deserializer::deserialize_map(&mut de, StructuredVisitor);
+        let fields = match parsed {
+            Ok(fields) => fields,
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Malformed,
+                    "bytes are not a CloudEvents JSON object",
+                )
+                .with_source(e));
+            }
+        };
+        de.end().map_err(|e| {
+            Error::new(ErrorKind::Malformed, "trailing bytes after the envelope").with_source(e)
+        })?;
+        fields.into_envelope()
+    }
+
+    /// Encodes in CloudEvents binary mode: `ce-*` headers (and `content-type`) plus the body.
+    /// Header values are percent-encoded as the HTTP binding requires.
+    pub fn encode_binary(
+        &self,
+        envelope: &Envelope,
+    ) -> Result<(Vec<(String, String)>, Bytes), Error> {
+        let mut headers = Vec::with_capacity(12);
+        let mut push =
+            |name: &str, value: &str| headers.push((name.to_owned(), percent_encode(value)));
+        push("ce-specversion", SPEC_VERSION);
+        push("ce-id", &envelope.id);
+        push("ce-source", &envelope.source);
+        push("ce-type", &envelope.ty);
+        if let Some(time) = envelope.time {
+            push("ce-time", &format_time(time)?);
+        }
+        for (name, value) in optional_attributes(envelope) {
+            push(&format!("ce-{name}"), value);
+        }
+        if let Some(deadline) = envelope.deadline {
+            push("ce-deadline", &format_time(deadline)?);
+        }
+        for (name, value) in &envelope.extensions {
+            push(&format!("ce-{name}"), value);
+        }
+        if let Some(ct) = &envelope.datacontenttype {
+            push("content-type", ct);
+        }
+        let size = headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+            + envelope.data.len();
+        self.check_size(size)?;
+        Ok((headers, envelope.data.clone()))
+    }
+
+    /// Decodes CloudEvents binary mode from header pairs (names case-insensitive) and a body.
+    /// Headers that are neither `ce-*` nor `content-type` are ignored.
+    pub fn decode_binary<'a>(
+        &self,
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        body: Bytes,
+    ) -> Result<Envelope, Error> {
+        let mut fields = Fields::default();
+        let mut size = body.len();
+        for (name, value) in headers {
+            let lower = name.to_ascii_lowercase();
+            let attribute = if lower == "content-type" {
+                "datacontenttype"
+            } else if let Some(attribute) = lower.strip_prefix("ce-") {
+                attribute
+            } else {
+                continue;
+            };
+            size += name.len() + value.len();
+            self.check_size(size)?;
+            let value = std::str::from_utf8(value).map_err(|e| {
+                Error::new(ErrorKind::Malformed, format!("header {name} is not UTF-8"))
+                    .with_source(e)
+            })?;
+            let value = percent_decode(value).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Malformed,
+                    format!("header {name} has a bad percent-encoding"),
+                )
+            })?;
+            fields.set(attribute, value)?;
+        }
+        self.check_size(size)?;
+        fields.data = Some(body);
+        fields.into_envelope()
+    }
+
+    /// Decodes structured mode and checks the type against `registry`.
+    pub fn decode_known(&self, bytes: &[u8], registry: &Registry) -> Result<Envelope, Error> {
+        let envelope = self.decode(bytes)?;
+        registry.check(&envelope.ty)?;
+        Ok(envelope)
+    }
+}
+
+/// The optional string attributes, by CloudEvents name.
+fn optional_attributes(envelope: &Envelope) -> impl Iterator<Item = (&'static str, &String)> {
+    [
+        ("subject", &envelope.subject),
+        ("correlationid", &envelope.correlationid),
+        ("causationid", &envelope.causationid),
+        ("traceparent", &envelope.traceparent),
+        ("replyto", &envelope.replyto),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+}
+
+fn format_time(time: OffsetDateTime) -> Result<String, Error> {
+    time.format(&Rfc3339).map_err(|e| {
+        Error::new(ErrorKind::Malformed, "time cannot be written as RFC 3339").with_source(e)
+    })
+}
+
+fn parse_time(attribute: &str, value: &str) -> Result<OffsetDateTime, Error> {
+    OffsetDateTime::parse(value, &Rfc3339).map_err(|e| {
+        Error::new(
+            ErrorKind::Malformed,
+            format!("attribute {attribute} is not an RFC 3339 timestamp: {value:?}"),
+        )
+        .with_source(e)
+    })
+}
+
+fn write_structured(envelope: &Envelope, out: &mut Vec<u8>) -> Result<(), Error> {
+    let fail = |e: serde_json::Error| {
+        Error::new(ErrorKind::Malformed, "could not write envelope JSON").with_source(e)
+    };
+    let mut ser = serde_json::Serializer::new(out);
+    let mut map = ser.serialize_map(None).map_err(fail)?;
+    map.serialize_entry("specversion", SPEC_VERSION)
+        .map_err(fail)?;
+    map.serialize_entry("id", &envelope.id).map_err(fail)?;
+    map.serialize_entry("source", &envelope.source)
+        .map_err(fail)?;
+    map.serialize_entry("type", &envelope.ty).map_err(fail)?;
+    if let Some(time) = envelope.time {
+        map.serialize_entry("time", &format_time(time)?)
+            .map_err(fail)?;
+    }
+    for (name, value) in optional_attributes(envelope) {
+        map.serialize_entry(name, value).map_err(fail)?;
+    }
+    if let Some(deadline) = envelope.deadline {
+        map.serialize_entry("deadline", &format_time(deadline)?)
+            .map_err(fail)?;
+    }
+    for (name, value) in &envelope.extensions {
+        map.serialize_entry(name, value).map_err(fail)?;
+    }
+    if let Some(ct) = &envelope.datacontenttype {
+        map.serialize_entry("datacontenttype", ct).map_err(fail)?;
+    }
+    if envelope.is_json() {
+        if !envelope.data.is_empty() {
+            let raw: &RawValue = serde_json::from_slice(&envelope.data).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidPayload,
+                    format!(
+                        "{} {} has a JSON content type but its data is not JSON",
+                        envelope.ty, envelope.id
+                    ),
+                )
+                .with_source(e)
+            })?;
+            map.serialize_entry("data", raw).map_err(fail)?;
+        }
+    } else {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&envelope.data);
+        map.serialize_entry("data_base64", &encoded).map_err(fail)?;
+    }
+    map.end().map_err(fail)
+}
+
+/// Attributes collected while decoding, before the required ones are checked.
+#[derive(Default)]
+struct Fields {
+    specversion: Option<String>,
+    id: Option<String>,
+    source: Option<String>,
+    ty: Option<String>,
+    time: Option<OffsetDateTime>,
+    subject: Option<String>,
+    datacontenttype: Option<String>,
+    correlationid: Option<String>,
+    causationid: Option<String>,
+    traceparent: Option<String>,
+    replyto: Option<String>,
+    deadline: Option<OffsetDateTime>,
+    extensions: BTreeMap<String, String>,
+    data: Option<Bytes>,
+}
+
+impl Fields {
+    fn set(&mut self, attribute: &str, value: String) -> Result<(), Error> {
+        match attribute {
+            "specversion" => self.specversion = Some(value),
+            "id" => self.id = Some(value),
+            "source" => self.source = Some(value),
+            "type" => self.ty = Some(value),
+            "time" => self.time = Some(parse_time("time", &value)?),
+            "subject" => self.subject = Some(value),
+            "datacontenttype" => self.datacontenttype = Some(value),
+            "correlationid" => self.correlationid = Some(value),
+            "causationid" => self.causationid = Some(value),
+            "traceparent" => self.traceparent = Some(value),
+            "replyto" => self.replyto = Some(value),
+            "deadline" => self.deadline = Some(parse_time("deadline", &value)?),
+            other => {
+                if other.is_empty()
+                    || !other
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                {
+                    return Err(Error::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "{other:?} is not a valid CloudEvents attribute name (lowercase letters and digits)"
+                        ),
+                    ));
+                }
+                self.extensions.insert(other.to_owned(), value);
+            }
+        }
+        Ok(())
+    }
+
+    fn into_envelope(self) -> Result<Envelope, Error> {
+        let missing = |name: &str| {
+            Error::new(
+                ErrorKind::MissingAttribute,
+                format!("the required CloudEvents attribute {name:?} is missing"),
+            )
+        };
+        let specversion = self.specversion.ok_or_else(|| missing("specversion"))?;
+        if specversion != SPEC_VERSION {
+            return Err(Error::new(
+                ErrorKind::UnsupportedVersion,
+                format!(
+                    "CloudEvents specversion {specversion:?} is not supported; tabgrab speaks {SPEC_VERSION}"
+                ),
+            ));
+        }
+        let id = self
+            .id
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| missing("id"))?;
+        let source = self
+            .source
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| missing("source"))?;
+        let ty = self
+            .ty
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| missing("type"))?;
+        Ok(Envelope {
+            id,
+            source,
+            ty,
+            time: self.time,
+            subject: self.subject,
+            datacontenttype: self.datacontenttype,
+            correlationid: self.correlationid,
+            causationid: self.causationid,
+            traceparent: self.traceparent,
+            replyto: self.replyto,
+            deadline: self.deadline,
+            extensions: self.extensions,
+            data: self.data.unwrap_or_default(),
+        })
+    }
+}
+
+/// Reads a structured-mode JSON object attribute by attribute, keeping `data` as raw JSON text.
+struct StructuredVisitor;
+
+/// An attribute value: CloudEvents JSON allows strings, numbers and booleans.
+struct AttributeValue(String);
+
+impl<'de> de::Deserialize<'de> for AttributeValue {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(s) => Ok(AttributeValue(s)),
+            v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => {
+                Ok(AttributeValue(v.to_string()))
+            }
+            _ => Err(de::Error::custom(
+                "an attribute must be a string, number or boolean",
+            )),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for StructuredVisitor {
+    type Value = Fields;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a CloudEvents JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+        let mut fields = Fields::default();
+        let mut data_base64 = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "data" => {
+                    let raw: Box<RawValue> = map.next_value()?;
+                    if raw.get() != "null" {
+                        fields.data = Some(Bytes::from(raw.get().as_bytes().to_vec()));
+                    }
+                }
+                "data_base64" => {
+                    let encoded: String = map.next_value()?;
+                    data_base64 = Some(encoded);
+                }
+                attribute => {
+                    // A null attribute is the same as an absent one.
+                    if let Some(AttributeValue(value)) =
+                        map.next_value::<Option<AttributeValue>>()?
+                    {
+                        fields.set(attribute, value).map_err(de::Error::custom)?;
+                    }
+                }
+            }
+        }
+        if let Some(encoded) = data_base64 {
+            if fields.data.is_some() {
+                return Err(de::Error::custom("both data and data_base64 are present"));
+            }
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|e| de::Error::custom(format!("data_base64 is not base64: {e}")))?;
+            fields.data = Some(Bytes::from(decoded));
+        }
+        Ok(fields)
+    }
+}
+
+/// Percent-encodes a header value as the CloudEvents HTTP binding asks: space, `"`, `%` and
+/// anything outside printable ASCII.
+fn percent_encode(value: &str) -> String {
+    let needs = |b: u8| !(0x21..=0x7e).contains(&b) || b == b'"' || b == b'%';
+    if !value.bytes().any(needs) {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for b in value.bytes() {
+        if needs(b) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
+/// Reverses [`percent_encode`]; `None` for a bad escape or a result that is not UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
+    if !value.contains('%') {
+        return Some(value.to_owned());
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The message types an application knows, by base name and major versions.
+///
+/// Used by subscribers and servers to tell "a type I do not know" ([`ErrorKind::UnknownType`],
+/// dead-lettered) from "a version of a type I know but cannot read"
+/// ([`ErrorKind::UnsupportedVersion`], also dead-lettered, with a clearer reason).
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    /// Base name to the major versions registered for it.
+    versions: HashMap<String, Vec<u32>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers a message type.
+    pub fn register<M: Message>(&mut self) -> &mut Registry {
+        // A Message's TYPE is a constant written by the developer; a malformed one is a bug
+        // that `check` reports for every message of that type, so it is skipped here.
+        let _ = self.register_name(M::TYPE);
+        self
+    }
+
+    /// Registers a type by name, refusing a malformed name.
+    pub fn register_name(&mut self, name: &str) -> Result<(), Error> {
+        let parsed = MessageType::parse(name)?;
+        let versions = self.versions.entry(parsed.base().to_owned()).or_default();
+        if !versions.contains(&parsed.version()) {
+            versions.push(parsed.version());
+        }
+        Ok(())
+    }
+
+    /// Whether `ty` is registered exactly.
+    pub fn contains(&self, ty: &str) -> bool {
+        self.check(ty).is_ok()
+    }
+
+    /// `Ok` for a registered type; [`ErrorKind::UnknownType`] or
+    /// [`ErrorKind::UnsupportedVersion`] otherwise, with a message that says which versions
+    /// this reader knows.
+    pub fn check(&self, ty: &str) -> Result<(), Error> {
+        let parsed = MessageType::parse(ty).map_err(|e| {
+            Error::new(
+                ErrorKind::UnknownType,
+                format!("message type {ty:?} is unknown: {}", e.message()),
+            )
+        })?;
+        match self.versions.get(parsed.base()) {
+            Some(versions) if versions.contains(&parsed.version()) => Ok(()),
+            Some(versions) => Err(Error::new(
+                ErrorKind::UnsupportedVersion,
+                format!(
+                    "message type {ty} has version v{}, but this reader knows only {}; \
+                     upgrade the reader or have the sender emit a known version",
+                    parsed.version(),
+                    versions
+                        .iter()
+                        .map(|v| format!("v{v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            None => Err(Error::new(
+                ErrorKind::UnknownType,
+                format!("message type {ty} is not registered with this application"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct OrderAccepted {
+    order_id: String,
+    pizzas: Vec<String>,
+}
+
+impl Message for OrderAccepted {
+    const TYPE: &'static str = "pizzeria.order.accepted.v1";
+}
+
+fn sample() -> Envelope {
+    Envelope::new(
+        "/pizzeria/front-desk",
+        &OrderAccepted {
+            order_id: "o-1".into(),
+            pizzas: vec!["margherita".into()],
+        },
+    )
+    .unwrap()
+    .with_subject("o-1")
+    .with_correlation_id("c-1")
+}
+
+#[test]
+fn structured_round_trip_keeps_every_attribute() {
+    let mut envelope = sample();
+    envelope.causationid = Some("cause".into());
+    envelope.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    envelope.replyto = Some("pizzeria.frontdesk.replies".into());
+    envelope.deadline = envelope.time.map(|t| t + time::Duration::seconds(5));
+    envelope.extensions.insert("tenant".into(), "north".into());
+    let codec = Codec::default();
+    let bytes = codec.encode(&envelope).unwrap();
+    let text = std::str::from_utf8(&bytes).unwrap();
+    assert!(text.contains(r#""specversion":"1.0""#), "{text}");
+    assert!(text.contains(r#""data":{"order_id":"o-1""#), "{text}");
+    let decoded = codec.decode(&bytes).unwrap();
+    assert_eq!(decoded, envelope);
+    assert_eq!(decoded.decode::<OrderAccepted>().unwrap().order_id, "o-1");
+}
+
+#[test]
+fn binary_mode_uses_ce_headers_and_keeps_the_body() {
+    let mut envelope = sample();
+    envelope.subject = Some("order 1 \"quoted\" 100%".into());
+    let codec = Codec::default();
+    let (headers, body) = codec.encode_binary(&envelope).unwrap();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("ce-specversion"), Some("1.0"));
+    assert_eq!(get("ce-type"), Some("pizzeria.order.accepted.v1"));
+    assert_eq!(get("ce-subject"), Some("order%201%20%22quoted%22%20100%25"));
+    assert_eq!(get("content-type"), Some("application/json"));
+    assert_eq!(body, envelope.data);
+    let decoded = codec
+        .decode_binary(
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+            body,
+        )
+        .unwrap();
+    assert_eq!(decoded, envelope);
+}
+
+#[test]
+fn non_json_payloads_travel_as_base64() {
+    let mut envelope = Envelope::raw(
+        "/test",
+        "test.blob.v1",
+        Bytes::from_static(&[0, 159, 146, 150]),
+    );
+    envelope.datacontenttype = Some("application/octet-stream".into());
+    let codec = Codec::default();
+    let bytes = codec.encode(&envelope).unwrap();
+    assert!(std::str::from_utf8(&bytes).unwrap().contains("data_base64"));
+    assert_eq!(codec.decode(&bytes).unwrap(), envelope);
+}
+
+#[test]
+fn refuses_oversized_envelopes_on_encode_and_decode() {
+    let codec = Codec::with_max_size(512);
+    let big = OrderAccepted {
+        order_id: "o".into(),
+        pizzas: vec!["x".repeat(600)],
+    };
+    let envelope = Envelope::new("/test", &big).unwrap();
+    assert_eq!(
+        codec.encode(&envelope).unwrap_err().kind(),
+        ErrorKind::TooLarge
+    );
+    let bytes = Codec::default().encode(&envelope).unwrap();
+    assert_eq!(
+        codec.decode(&bytes).unwrap_err().kind(),
+        ErrorKind::TooLarge
+    );
+    let (headers, body) = Codec::default().encode_binary(&envelope).unwrap();
+    let err = codec
+        .decode_binary(
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+            body,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge);
+}
+
+#[test]
+fn decoding_errors_are_typed() {
+    let codec = Codec::default();
+    let cases: &[(&[u8], ErrorKind)] = &[
+        (b"\xff\xfe garbage", ErrorKind::Malformed),
+        (b"[1,2,3]", ErrorKind::Malformed),
+        (b"{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"a.b.v1\"} trailing", ErrorKind::Malformed),
+        (b"{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\"}", ErrorKind::MissingAttribute),
+        (b"{\"specversion\":\"1.0\",\"source\":\"/s\",\"type\":\"a.b.v1\"}", ErrorKind::MissingAttribute),
+        (b"{\"id\":\"1\",\"source\":\"/s\",\"type\":\"a.b.v1\"}", ErrorKind::MissingAttribute),
+        (b"{\"specversion\":\"0.3\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"a.b.v1\"}", ErrorKind::UnsupportedVersion),
+        (b"{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"a.b.v1\",\"time\":\"yesterday\"}", ErrorKind::Malformed),
+        (b"{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"a.b.v1\",\"Bad-Name\":\"x\"}", ErrorKind::Malformed),
+        (b"{\"specversion\":\"1.0\",\"id\":{},\"source\":\"/s\",\"type\":\"a.b.v1\"}", ErrorKind::Malformed),
+    ];
+    for (bytes, kind) in cases {
+        let err = codec.decode(bytes).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            *kind,
+            "{} -> {err}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[test]
+fn registry_tells_unknown_types_from_newer_versions() {
+    let mut registry = Registry::new();
+    registry.register::<OrderAccepted>();
+    assert!(registry.check("pizzeria.order.accepted.v1").is_ok());
+    let newer = registry.check("pizzeria.order.accepted.v2").unwrap_err();
+    assert_eq!(newer.kind(), ErrorKind::UnsupportedVersion);
+    assert!(newer.message().contains("knows only v1"), "{newer}");
+    assert_eq!(
+        registry
+            .check("pizzeria.order.eaten.v1")
+            .unwrap_err()
+            .kind(),
+        ErrorKind::UnknownType
+    );
+    assert_eq!(
+        registry.check("not a type").unwrap_err().kind(),
+        ErrorKind::UnknownType
+    );
+
+    let mut envelope = sample();
+    envelope.ty = "pizzeria.order.accepted.v2".into();
+    let bytes = Codec::default().encode(&envelope).unwrap();
+    let err = Codec::default()
+        .decode_known(&bytes, &registry)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnsupportedVersion);
+}
+
+#[test]
+fn typed_decode_checks_the_type_and_the_payload() {
+    let mut envelope = sample();
+    envelope.ty = "pizzeria.order.cancelled.v1".into();
+    assert_eq!(
+        envelope.decode::<OrderAccepted>().unwrap_err().kind(),
+        ErrorKind::TypeMismatch
+    );
+    let mut envelope = sample();
+    envelope.data = Bytes::from_static(b"{\"order_id\":7}");
+    assert_eq!(
+        envelope.decode::<OrderAccepted>().unwrap_err().kind(),
+        ErrorKind::InvalidPayload
+    );
+}
+
+#[test]
+fn caused_by_inherits_the_conversation() {
+    let cause = sample();
+    let effect = Envelope::raw(
+        "/pizzeria/payment",
+        "pizzeria.payment.collected.v1",
+        Bytes::from_static(b"{}"),
+    )
+    .caused_by(&cause);
+    assert_eq!(effect.causationid.as_deref(), Some(cause.id.as_str()));
+    assert_eq!(effect.correlationid.as_deref(), Some("c-1"));
+    assert_ne!(effect.id, cause.id);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+    #[test]
+    fn decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Codec::with_max_size(256).decode(&bytes);
+    }
+
+    #[test]
+    fn decode_never_panics_on_json_shaped_input(
+        keys in proptest::collection::vec("(specversion|id|source|type|time|data|data_base64|subject|deadline|[a-z]{1,6})", 0..8),
+        values in proptest::collection::vec("(\"1.0\"|\"x\"|1|true|null|\\{\\}|\\[\\]|\"2024-01-01T00:00:00Z\"|\"[a-z%]{0,5}\")", 0..8),
+    ) {
+        let body = keys.iter().zip(values.iter()).map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",");
+        let text = format!("{{{body}}}");
+        let _ = Codec::default().decode(text.as_bytes());
+    }
+
+    #[test]
+    fn binary_decode_never_panics(name in "[a-zA-Z-]{0,12}", value in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = Codec::default().decode_binary([(name.as_str(), value.as_slice())], Bytes::new());
+    }
+
+    #[test]
+    fn structured_round_trip(subject in ".{0,40}", order in "[a-z0-9-]{1,20}", tenant in "[ -~]{0,20}") {
+        let mut envelope = Envelope::new("/p", &OrderAccepted { order_id: order, pizzas: vec![] }).unwrap().with_subject(subject);
+        envelope.extensions.insert("tenant".into(), tenant);
+        let codec = Codec::default();
+        prop_assert_eq!(codec.decode(&codec.encode(&envelope).unwrap()).unwrap(), envelope.clone());
+        let (headers, body) = codec.encode_binary(&envelope).unwrap();
+        let back = codec.decode_binary(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), body).unwrap();
+        prop_assert_eq!(back, envelope);
+    }
+}

@@ -1,0 +1,119 @@
+//! Errors of the message model, shaped as `Error { kind, .. }` like async-nats.
+//!
+//! Callers match on [`ErrorKind`] (it is `#[non_exhaustive]`, so new kinds are not breaking);
+//! the `Display` text names the message type involved and what to do about it. Whether an error
+//! is worth retrying is a property of its kind ([`ErrorKind::is_retryable`]): bad input never is.
+
+use std::fmt;
+
+/// What went wrong, as a stable, matchable value.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The bytes are not a valid envelope (not JSON, wrong attribute types, bad header value).
+    Malformed,
+    /// The envelope is larger than the configured maximum size.
+    TooLarge,
+    /// The message type is not registered with the codec.
+    UnknownType,
+    /// The message type is known, but in another major version (or the CloudEvents
+    /// `specversion` is not 1.0).
+    UnsupportedVersion,
+    /// A required CloudEvents attribute is absent.
+    MissingAttribute,
+    /// The envelope holds another message type than the one asked for.
+    TypeMismatch,
+    /// The payload does not decode as the message type it claims to be.
+    InvalidPayload,
+    /// A handler returned an error.
+    Handler,
+    /// The storage under a backend failed (disk, database).
+    Storage,
+    /// The component was shut down.
+    Closed,
+}
+
+impl ErrorKind {
+    /// Whether retrying the same operation may succeed. Bad input is never retryable.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Handler | ErrorKind::Storage)
+    }
+
+    /// A short stable name, used in dead letters and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::UnknownType => "unknown_type",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::MissingAttribute => "missing_attribute",
+            ErrorKind::TypeMismatch => "type_mismatch",
+            ErrorKind::InvalidPayload => "invalid_payload",
+            ErrorKind::Handler => "handler",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error of the message model: a kind, a human message, and an optional source.
+#[derive(Debug)]
+pub struct Error {
+    /// The matchable kind.
+    kind: ErrorKind,
+    /// What happened, naming the message type where one is known, and what to do.
+    message: String,
+    /// The underlying error, kept for `source()` chains.
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error of `kind` with a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The matchable kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The human message, without the kind prefix.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

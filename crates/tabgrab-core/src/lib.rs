@@ -1,0 +1,20 @@
+//! The small, stable core of tabgrab: the message model every kind of communication shares.
+//!
+//! Everything else in the workspace depends on this crate and it depends on nothing of the
+//! workspace, so it changes rarely. It holds:
+//!
+//! - [`message`]: the `Command`, `Query` and `Event` traits and versioned type names;
+//! - [`envelope`]: the one CloudEvents 1.0 envelope, its JSON structured mode and its binary
+//!   (`ce-*` header) mode;
+//! - [`codec`]: size limits and typed decoding of envelopes and registered message types;
+//! - [`error`]: `Error { kind, .. }` with a `#[non_exhaustive]` [`ErrorKind`].
+
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod message;
+
+pub use codec::{Codec, DEFAULT_MAX_SIZE, Registry};
+pub use envelope::Envelope;
+pub use error::{Error, ErrorKind};
+pub use message::{Command, Event, Message, MessageType, Query, Request};
