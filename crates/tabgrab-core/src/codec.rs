@@ -11,7 +11,7 @@
 //! `specversion`) it is. Whether the *type* is one the application knows is a separate check,
 //! [`Registry::check`], because a relay may carry types it does not understand.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use base64::Engine as _;
@@ -474,6 +474,9 @@ fn percent_decode(value: &str) -> Option<String> {
 pub struct Registry {
     /// Base name to the major versions registered for it.
     versions: HashMap<String, Vec<u32>>,
+    /// Every registered full name: the fast path of [`Registry::check`], which runs once per
+    /// consumed message.
+    names: HashSet<String>,
 }
 
 impl Registry {
@@ -493,11 +496,27 @@ impl Registry {
     /// Registers a type by name, refusing a malformed name.
     pub fn register_name(&mut self, name: &str) -> Result<(), Error> {
         let parsed = MessageType::parse(name)?;
+        self.names.insert(parsed.to_string());
         let versions = self.versions.entry(parsed.base().to_owned()).or_default();
         if !versions.contains(&parsed.version()) {
             versions.push(parsed.version());
         }
         Ok(())
+    }
+
+    /// Adds every type of `other`.
+    pub fn merge(&mut self, other: &Registry) -> &mut Registry {
+        for (base, versions) in &other.versions {
+            let mine = self.versions.entry(base.clone()).or_default();
+            for v in versions {
+                if !mine.contains(v) {
+                    mine.push(*v);
+                }
+            }
+            self.names
+                .extend(versions.iter().map(|v| format!("{base}.v{v}")));
+        }
+        self
     }
 
     /// Whether `ty` is registered exactly.
@@ -509,6 +528,9 @@ impl Registry {
     /// [`ErrorKind::UnsupportedVersion`] otherwise, with a message that says which versions
     /// this reader knows.
     pub fn check(&self, ty: &str) -> Result<(), Error> {
+        if self.names.contains(ty) {
+            return Ok(());
+        }
         let parsed = MessageType::parse(ty).map_err(|e| {
             Error::new(
                 ErrorKind::UnknownType,

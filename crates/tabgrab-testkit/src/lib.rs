@@ -1,0 +1,9 @@
+//! Test support shared by tabgrab's crates: real-service gating and history checkers.
+//!
+//! - [`services`]: tests that need a broker or database call [`services::require`]; it skips
+//!   with a printed reason when the server is absent, and fails instead when
+//!   `TABGRAB_REQUIRE_SERVICES=1` (as `.ci/run` sets), so CI cannot pass by skipping.
+//! - [`history`]: the set checker of RELIABILITY.md over recorded operations.
+
+pub mod history;
+pub mod services;

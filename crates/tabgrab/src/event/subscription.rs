@@ -1,0 +1,781 @@
+//! Consumer-group subscriptions on the embedded backend.
+//!
+//! # How a group works
+//! One dispatcher task per (topic, group) reads the topic's log from the group's committed
+//! offset. Each record is decoded (bad input goes to dead letters at once), then queued on
+//! its subject's lane. A lane is a task that handles its subject's events one after the other,
+//! so order is kept per subject, while lanes of different subjects run in parallel (bounded by
+//! `concurrency`). A failing event is retried *inside its lane*, with backoff: only its own
+//! subject waits, the others flow.
+//!
+//! # Offsets
+//! The group's committed offset is the lowest offset that is not yet done (acknowledged,
+//! dead-lettered or skipped): everything below it is finished, so a crash redelivers only work
+//! at or above it (at least once). It is committed every `commit_interval` and on shutdown.
+//! `max_in_flight` bounds how many records may be read ahead of that watermark, so memory stays
+//! bounded even when one subject retries for a long time.
+//!
+//! # Competing consumers
+//! Subscriptions with the same topic and group on one bus share one dispatcher; each lane is
+//! given to the members in turn. Members of a group are expected to handle the same types.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::dead_letter::DeadLetter;
+use super::handler::{Context, HandlerError};
+use crate::backend::embedded::{EmbeddedBus, storage, validate_topic};
+use crate::retry::Backoff;
+use crate::{Envelope, Error, ErrorKind, Event, Registry};
+
+/// Where a group starts reading when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The group's committed offset, or the beginning for a new group (the default: a new
+    /// group sees every retained event).
+    #[default]
+    Committed,
+    /// The oldest retained event (replay everything).
+    Beginning,
+    /// A given offset (clamped to what is retained).
+    Offset(u64),
+    /// The first event appended at or after this time.
+    Time(SystemTime),
+    /// Only events published from now on.
+    Latest,
+}
+
+/// A type-erased handler: decodes the envelope into its event type and runs the user's code.
+type ErasedHandler = Arc<
+    dyn Fn(Arc<Envelope>, Context) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync,
+>;
+
+/// Handlers by event type name.
+type Handlers = HashMap<String, ErasedHandler>;
+
+/// Counters of one group, shared by all its members.
+#[derive(Default, Debug)]
+struct Counters {
+    received: AtomicU64,
+    acked: AtomicU64,
+    retries: AtomicU64,
+    dead_lettered: AtomicU64,
+    skipped: AtomicU64,
+}
+
+/// A snapshot of a group's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionStats {
+    /// Records read from the topic.
+    pub received: u64,
+    /// Events whose handler returned `Ok`.
+    pub acked: u64,
+    /// Handler retries (deliveries after the first).
+    pub retries: u64,
+    /// Records sent to dead letters.
+    pub dead_lettered: u64,
+    /// Known events of types this group does not handle.
+    pub skipped: u64,
+}
+
+/// Tunables of a subscription.
+#[derive(Clone, Debug)]
+struct Options {
+    max_deliveries: u32,
+    backoff: Backoff,
+    start_from: StartFrom,
+    concurrency: usize,
+    max_in_flight: usize,
+    commit_interval: Duration,
+    drain_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_deliveries: 5,
+            backoff: Backoff::default(),
+            start_from: StartFrom::Committed,
+            concurrency: 64,
+            max_in_flight: 4096,
+            commit_interval: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds a [`Subscription`]: which events to handle, and how.
+pub struct SubscriptionBuilder {
+    bus: EmbeddedBus,
+    topic: String,
+    group: String,
+    handlers: Handlers,
+    registry: Registry,
+    options: Options,
+}
+
+impl std::fmt::Debug for SubscriptionBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionBuilder")
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("handles", &self.handlers.keys().collect::<Vec<_>>())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl SubscriptionBuilder {
+    /// Handles events of type `E` with `handler`. The type is registered as known.
+    pub fn handle<E, F, Fut>(mut self, handler: F) -> SubscriptionBuilder
+    where
+        E: Event,
+        F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.registry.register::<E>();
+        let handler = Arc::new(handler);
+        let erased: ErasedHandler = Arc::new(move |envelope: Arc<Envelope>, ctx: Context| {
+            let handler = Arc::clone(&handler);
+            async move {
+                // A payload that does not decode is bad input: no retry can fix it.
+                let event = envelope.decode::<E>().map_err(HandlerError::bad_input)?;
+                handler(event, ctx).await
+            }
+            .boxed()
+        });
+        self.handlers.insert(E::TYPE.to_owned(), erased);
+        self
+    }
+
+    /// Declares types this group knows but does not handle: they are skipped, not
+    /// dead-lettered as unknown.
+    pub fn known(mut self, registry: &Registry) -> SubscriptionBuilder {
+        self.registry.merge(registry);
+        self
+    }
+
+    /// Deliveries before an event goes to dead letters (default 5, at least 1).
+    pub fn max_deliveries(mut self, n: u32) -> SubscriptionBuilder {
+        self.options.max_deliveries = n.max(1);
+        self
+    }
+
+    /// The retry backoff (default: 100 ms doubling to 10 s, full jitter).
+    pub fn backoff(mut self, backoff: Backoff) -> SubscriptionBuilder {
+        self.options.backoff = backoff;
+        self
+    }
+
+    /// Where to start reading (default: the committed offset).
+    pub fn start_from(mut self, start: StartFrom) -> SubscriptionBuilder {
+        self.options.start_from = start;
+        self
+    }
+
+    /// How many handlers may run at once (default 64).
+    pub fn concurrency(mut self, n: usize) -> SubscriptionBuilder {
+        self.options.concurrency = n.max(1);
+        self
+    }
+
+    /// How many records may be read ahead of the committed offset (default 4096).
+    pub fn max_in_flight(mut self, n: usize) -> SubscriptionBuilder {
+        self.options.max_in_flight = n.max(1);
+        self
+    }
+
+    /// How often the group's offset is committed (default 200 ms).
+    pub fn commit_interval(mut self, interval: Duration) -> SubscriptionBuilder {
+        self.options.commit_interval = interval;
+        self
+    }
+
+    /// How long shutdown waits for running handlers (default 10 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> SubscriptionBuilder {
+        self.options.drain_timeout = timeout;
+        self
+    }
+
+    /// Starts the subscription (joins the group if it already runs on this bus). Must be
+    /// called inside a tokio runtime.
+    pub fn start(self) -> Result<Subscription, Error> {
+        validate_topic(&self.group).map_err(|e| {
+            Error::new(
+                ErrorKind::Malformed,
+                format!("consumer group {:?}: {}", self.group, e.message()),
+            )
+        })?;
+        let member = Member {
+            id: NEXT_MEMBER.fetch_add(1, Ordering::Relaxed),
+            handlers: Arc::new(self.handlers),
+        };
+        let mut groups = self.bus.groups()?;
+        let key = (self.topic.clone(), self.group.clone());
+        if let Some(group) = groups.get(&key).and_then(Weak::upgrade) {
+            if group.cancel.is_cancelled() {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    format!(
+                        "group {} of topic {} is shutting down; start again once it has stopped",
+                        self.group, self.topic
+                    ),
+                ));
+            }
+            lock(&group.members).push(member.clone());
+            return Ok(Subscription {
+                group,
+                member: member.id,
+            });
+        }
+        let group = Group::start(
+            self.bus.clone(),
+            self.topic,
+            self.group,
+            self.registry,
+            self.options,
+            member.clone(),
+        )?;
+        groups.insert(key, Arc::downgrade(&group));
+        Ok(Subscription {
+            group,
+            member: member.id,
+        })
+    }
+}
+
+static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
+
+/// A running member of a consumer group. Dropping it detaches it (the last member stops the
+/// group); [`Subscription::shutdown`] also waits for the drain and the final commit.
+pub struct Subscription {
+    group: Arc<Group>,
+    member: u64,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.group.topic)
+            .field("group", &self.group.name)
+            .field("member", &self.member)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Starts building a subscription of `group` to `topic`.
+    pub fn builder(bus: &EmbeddedBus, topic: &str, group: &str) -> SubscriptionBuilder {
+        SubscriptionBuilder {
+            bus: bus.clone(),
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            handlers: HashMap::new(),
+            registry: Registry::new(),
+            options: Options::default(),
+        }
+    }
+
+    /// The group's counters (shared by all members).
+    pub fn stats(&self) -> SubscriptionStats {
+        let c = &self.group.counters;
+        SubscriptionStats {
+            received: c.received.load(Ordering::Relaxed),
+            acked: c.acked.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The group's current watermark: every record below it is done.
+    pub fn watermark(&self) -> u64 {
+        lock(&self.group.state).watermark()
+    }
+
+    /// Detaches this member; if it was the last, stops reading, waits for running handlers
+    /// (up to the drain timeout) and commits the group's offset.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let last = self.detach();
+        if !last {
+            return Ok(());
+        }
+        let dispatcher = lock(&self.group.dispatcher).take();
+        match dispatcher {
+            Some(handle) => handle.await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Closed,
+                    format!("group {} dispatcher failed", self.group.name),
+                )
+                .with_source(e)
+            })?,
+            None => Ok(()),
+        }
+    }
+
+    /// Removes this member; returns whether the group has no member left (and is now stopping).
+    fn detach(&self) -> bool {
+        let mut members = lock(&self.group.members);
+        members.retain(|m| m.id != self.member);
+        let last = members.is_empty();
+        if last {
+            self.group.cancel.cancel();
+        }
+        last
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// One member's handlers.
+#[derive(Clone)]
+struct Member {
+    id: u64,
+    handlers: Arc<Handlers>,
+}
+
+/// A record waiting in its subject's lane.
+struct Job {
+    offset: u64,
+    envelope: Arc<Envelope>,
+    raw: Bytes,
+    /// Held until the job is done: bounds read-ahead.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Mutable state of a group.
+#[derive(Default)]
+struct State {
+    /// Queued jobs per subject; a key exists exactly while its lane task runs.
+    lanes: HashMap<String, VecDeque<Job>>,
+    /// Offsets read but not yet done.
+    pending: BTreeSet<u64>,
+    /// The next offset the dispatcher will read.
+    next_read: u64,
+    /// The offset committed last.
+    committed: u64,
+}
+
+impl State {
+    fn watermark(&self) -> u64 {
+        self.pending.first().copied().unwrap_or(self.next_read)
+    }
+}
+
+/// A consumer group running on a bus.
+pub(crate) struct Group {
+    bus: EmbeddedBus,
+    topic: Arc<str>,
+    name: Arc<str>,
+    log: tabgrab_log::Log,
+    registry: Registry,
+    options: Options,
+    members: Mutex<Vec<Member>>,
+    next_member: AtomicUsize,
+    state: Mutex<State>,
+    counters: Counters,
+    cancel: CancellationToken,
+    in_flight: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+    lanes: TaskTracker,
+    dispatcher: Mutex<Option<JoinHandle<Result<(), Error>>>>,
+}
+
+/// Locks a mutex, recovering the data if a panic poisoned it (our critical sections leave
+/// the state consistent at every step).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Group {
+    fn start(
+        bus: EmbeddedBus,
+        topic: String,
+        name: String,
+        registry: Registry,
+        options: Options,
+        member: Member,
+    ) -> Result<Arc<Group>, Error> {
+        let log = bus.topic(&topic)?;
+        let committed = log
+            .consumer_offset(&name)
+            .map_err(|e| storage(&topic, "read group offset", e))?;
+        let clamp = |o: u64| o.clamp(log.start_offset(), log.end_offset());
+        let start = match options.start_from {
+            StartFrom::Committed => committed.unwrap_or_else(|| log.start_offset()),
+            StartFrom::Beginning => log.start_offset(),
+            StartFrom::Offset(o) => clamp(o),
+            StartFrom::Time(t) => clamp(log.offset_at_time(t)),
+            StartFrom::Latest => log.end_offset(),
+        };
+        if options.start_from != StartFrom::Committed {
+            log.commit_consumer(&name, start)
+                .map_err(|e| storage(&topic, "commit group offset", e))?;
+        }
+        tracing::debug!(topic, group = name, start, "consumer group starting");
+        let group = Arc::new(Group {
+            in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
+            running: Arc::new(Semaphore::new(options.concurrency)),
+            bus,
+            topic: topic.into(),
+            name: name.into(),
+            log,
+            registry,
+            options,
+            members: Mutex::new(vec![member]),
+            next_member: AtomicUsize::new(0),
+            state: Mutex::new(State {
+                next_read: start,
+                committed: start,
+                ..State::default()
+            }),
+            counters: Counters::default(),
+            cancel: CancellationToken::new(),
+            lanes: TaskTracker::new(),
+            dispatcher: Mutex::new(None),
+        });
+        let handle = tokio::spawn(Arc::clone(&group).dispatch(start));
+        *lock(&group.dispatcher) = Some(handle);
+        Ok(group)
+    }
+
+    /// Reads the log and feeds the lanes until cancelled; then drains and commits.
+    async fn dispatch(self: Arc<Group>, start: u64) -> Result<(), Error> {
+        let mut reader = self.log.reader(start);
+        let mut tick = tokio::time::interval(self.options.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let batch = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break,
+                _ = tick.tick() => { self.commit().await; continue; }
+                batch = reader.next_batch(256) => batch,
+            };
+            match batch {
+                Ok(records) => {
+                    for record in records {
+                        let permit = tokio::select! {
+                            () = self.cancel.cancelled() => break,
+                            permit = Arc::clone(&self.in_flight).acquire_owned() => permit,
+                        };
+                        let Ok(permit) = permit else { break };
+                        self.accept(record, permit).await;
+                    }
+                }
+                Err(e) => {
+                    if !self.read_failed(&mut reader, e).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.lanes.close();
+        if tokio::time::timeout(self.options.drain_timeout, self.lanes.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(topic = %self.topic, group = %self.name, "drain timed out; unfinished events will be redelivered");
+        }
+        self.commit().await;
+        Ok(())
+    }
+
+    /// Takes one record: decode, check, and queue on its lane (or dead-letter or skip it).
+    async fn accept(self: &Arc<Group>, record: tabgrab_log::Record, permit: OwnedSemaphorePermit) {
+        let offset = record.offset;
+        {
+            let mut state = lock(&self.state);
+            state.pending.insert(offset);
+            state.next_read = offset + 1;
+        }
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let codec = self.bus.codec();
+        let checked = codec
+            .decode(&record.payload)
+            .map_err(|e| (e, None))
+            .and_then(|envelope| match self.registry.check(&envelope.ty) {
+                Ok(()) => Ok(envelope),
+                Err(e) => Err((e, Some(Box::new(envelope)))),
+            });
+        let envelope = match checked {
+            Ok(envelope) => envelope,
+            Err((e, envelope)) => {
+                tracing::warn!(topic = %self.topic, group = %self.name, offset, error = %e, "undecodable record dead-lettered");
+                let letter = DeadLetter::new(
+                    &self.topic,
+                    &self.name,
+                    offset,
+                    &record.payload,
+                    envelope.as_deref(),
+                )
+                .because(e.kind().as_str(), e.to_string(), 0);
+                if self.dead_letter(letter).await {
+                    self.done(offset);
+                }
+                return;
+            }
+        };
+        let handled = lock(&self.members)
+            .first()
+            .is_some_and(|m| m.handlers.contains_key(&envelope.ty));
+        if !handled {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            self.done(offset);
+            return;
+        }
+        let key = envelope
+            .subject
+            .clone()
+            .unwrap_or_else(|| envelope.id.clone());
+        let job = Job {
+            offset,
+            envelope: Arc::new(envelope),
+            raw: record.payload,
+            _permit: permit,
+        };
+        let mut state = lock(&self.state);
+        match state.lanes.get_mut(&key) {
+            Some(queue) => queue.push_back(job),
+            None => {
+                state.lanes.insert(key.clone(), VecDeque::from([job]));
+                drop(state);
+                self.lanes.spawn(Arc::clone(self).lane(key));
+            }
+        }
+    }
+
+    /// Handles one subject's jobs in order until its queue is empty.
+    async fn lane(self: Arc<Group>, key: String) {
+        loop {
+            let job = {
+                let mut state = lock(&self.state);
+                let Some(queue) = state.lanes.get_mut(&key) else {
+                    return;
+                };
+                match queue.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        state.lanes.remove(&key);
+                        return;
+                    }
+                }
+            };
+            if self.cancel.is_cancelled() {
+                // Not started: left pending, so it is redelivered after a restart.
+                return;
+            }
+            self.deliver(job).await;
+        }
+    }
+
+    /// Runs the handler with retries; ends with the job done, or pending if cancelled.
+    async fn deliver(&self, job: Job) {
+        let member = {
+            let members = lock(&self.members);
+            if members.is_empty() {
+                return;
+            }
+            let i = self.next_member.fetch_add(1, Ordering::Relaxed) % members.len();
+            members[i].clone()
+        };
+        let Some(handler) = member.handlers.get(&job.envelope.ty).cloned() else {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            self.done(job.offset);
+            return;
+        };
+        let mut attempt = 1;
+        loop {
+            let ctx = Context {
+                envelope: Arc::clone(&job.envelope),
+                offset: job.offset,
+                attempt,
+                group: Arc::clone(&self.name),
+            };
+            let outcome = {
+                let Ok(_running) = self.running.acquire().await else {
+                    return;
+                };
+                AssertUnwindSafe(handler(Arc::clone(&job.envelope), ctx))
+                    .catch_unwind()
+                    .await
+            };
+            let error = match outcome {
+                Ok(Ok(())) => {
+                    self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                    self.done(job.offset);
+                    return;
+                }
+                Ok(Err(e)) => e,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_owned());
+                    HandlerError::transient(format!("handler panicked: {what}"))
+                }
+            };
+            let reason = if !error.is_retryable() {
+                error.reason()
+            } else if attempt >= self.options.max_deliveries {
+                "max_deliveries"
+            } else {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(topic = %self.topic, group = %self.name, offset = job.offset, attempt, %error, "handler failed; retrying");
+                tokio::select! {
+                    () = self.cancel.cancelled() => return,
+                    () = tokio::time::sleep(self.options.backoff.delay(attempt)) => {}
+                }
+                attempt += 1;
+                continue;
+            };
+            tracing::warn!(topic = %self.topic, group = %self.name, offset = job.offset, attempt, %error, reason, "event dead-lettered");
+            let letter = DeadLetter::new(
+                &self.topic,
+                &self.name,
+                job.offset,
+                &job.raw,
+                Some(&job.envelope),
+            )
+            .because(reason, error.to_string(), attempt);
+            if self.dead_letter(letter).await {
+                self.done(job.offset);
+            }
+            return;
+        }
+    }
+
+    /// Writes a dead letter durably, retrying storage failures until cancelled. Returns
+    /// whether it was written (only then may the record count as done).
+    async fn dead_letter(&self, letter: DeadLetter) -> bool {
+        let mut retry = 1;
+        loop {
+            match letter.record(&self.bus).await {
+                Ok(_) => {
+                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(topic = %self.topic, group = %self.name, offset = letter.offset, error = %e, "cannot write dead letter; retrying");
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return false,
+                        () = tokio::time::sleep(self.options.backoff.delay(retry)) => {}
+                    }
+                    retry += 1;
+                }
+            }
+        }
+    }
+
+    fn done(&self, offset: u64) {
+        lock(&self.state).pending.remove(&offset);
+    }
+
+    /// Commits the watermark if it moved.
+    async fn commit(&self) {
+        let watermark = {
+            let state = lock(&self.state);
+            let watermark = state.watermark();
+            if watermark <= state.committed {
+                return;
+            }
+            watermark
+        };
+        let log = self.log.clone();
+        let name = Arc::clone(&self.name);
+        let result =
+            tokio::task::spawn_blocking(move || log.commit_consumer(&name, watermark)).await;
+        match result {
+            Ok(Ok(())) => {
+                let mut state = lock(&self.state);
+                state.committed = state.committed.max(watermark);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(topic = %self.topic, group = %self.name, error = %e, "offset commit failed")
+            }
+            Err(e) => {
+                tracing::error!(topic = %self.topic, group = %self.name, error = %e, "offset commit task failed")
+            }
+        }
+    }
+
+    /// Handles a read error: data loss is dead-lettered and skipped *explicitly*; retention
+    /// gaps jump to the oldest retained record; I/O errors are retried. Returns `false` when
+    /// the log can produce nothing more (closed or poisoned): the group then stops.
+    async fn read_failed(
+        &self,
+        reader: &mut tabgrab_log::Reader,
+        error: tabgrab_log::Error,
+    ) -> bool {
+        match error.kind() {
+            tabgrab_log::ErrorKind::Closed | tabgrab_log::ErrorKind::Poisoned => {
+                tracing::error!(topic = %self.topic, group = %self.name, %error, "the topic's log stopped; the group stops reading");
+                return false;
+            }
+            tabgrab_log::ErrorKind::Corrupt => {
+                let (range, original) = match error.damaged() {
+                    Some(damage) => (damage.offsets.clone(), format!("{damage:?}")),
+                    None => (reader.position()..reader.position() + 1, String::new()),
+                };
+                tracing::error!(topic = %self.topic, group = %self.name, ?range, %error, "DATA LOSS: skipping a damaged range of the log");
+                {
+                    let mut state = lock(&self.state);
+                    state.pending.insert(range.start);
+                }
+                let letter = DeadLetter::new(
+                    &self.topic,
+                    &self.name,
+                    range.start,
+                    original.as_bytes(),
+                    None,
+                )
+                .because(
+                    "data_loss",
+                    format!(
+                        "offsets {}..{} are damaged: {error}",
+                        range.start, range.end
+                    ),
+                    0,
+                );
+                if self.dead_letter(letter).await {
+                    let mut state = lock(&self.state);
+                    state.pending.remove(&range.start);
+                    state.next_read = state.next_read.max(range.end);
+                    reader.seek(range.end);
+                }
+            }
+            tabgrab_log::ErrorKind::Truncated => {
+                let start = self.log.start_offset();
+                tracing::error!(topic = %self.topic, group = %self.name, from = reader.position(), to = start, "events were deleted by retention before this group read them");
+                lock(&self.state).next_read = start;
+                reader.seek(start);
+            }
+            _ => {
+                tracing::error!(topic = %self.topic, group = %self.name, %error, "reading the topic failed; retrying in 1 s");
+                tokio::select! {
+                    () = self.cancel.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+        true
+    }
+}

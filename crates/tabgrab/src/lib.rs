@@ -1,0 +1,47 @@
+//! tabgrab: one toolkit for the three kinds of asynchronous communication between services.
+//!
+//! | kind | module | caller blocked | recipient must be up | response expected |
+//! |---|---|---|---|---|
+//! | non-blocking call (HTTP, gRPC) | `call` (planned) | no | yes | yes |
+//! | request-response messaging | `messaging` (planned) | no | no | yes |
+//! | events | [`event`] | no | no | no |
+//!
+//! All three share one message model (re-exported from `tabgrab-core`: [`Command`], [`Query`],
+//! [`Event`], [`Envelope`]) and one set of reliability rules. The default backend,
+//! [`backend::embedded`], needs no server: events live in a durable on-disk log
+//! (`tabgrab-log`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tabgrab::Error> {
+//! use serde::{Deserialize, Serialize};
+//! use tabgrab::backend::embedded::EmbeddedBus;
+//! use tabgrab::event::{Publisher, Subscription};
+//! use tabgrab::{Event, Message};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct OrderAccepted { order_id: String }
+//! impl Message for OrderAccepted { const TYPE: &'static str = "pizzeria.order.accepted.v1"; }
+//! impl Event for OrderAccepted {}
+//!
+//! let bus = EmbeddedBus::open("./data")?;
+//! let subscription = Subscription::builder(&bus, "orders", "kitchen")
+//!     .handle(|event: OrderAccepted, _ctx| async move {
+//!         println!("bake {}", event.order_id);
+//!         Ok(())
+//!     })
+//!     .start()?;
+//! Publisher::new(&bus, "orders", "/pizzeria/front-desk")?
+//!     .publish(&OrderAccepted { order_id: "o-1".into() }, "o-1")
+//!     .await?;
+//! subscription.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod backend;
+pub mod event;
+pub mod retry;
+
+pub use tabgrab_core::{
+    Codec, Command, Envelope, Error, ErrorKind, Event, Message, MessageType, Query, Registry,
+    Request, codec, envelope, message, request,
+};
