@@ -1,0 +1,350 @@
+//! `pizzeria bench`: the embedded backend's speed, side by side with the disk's own.
+//!
+//! Three figures, measured in one run on the same directory:
+//! 1. **baseline**: the raw `fdatasync` rate and latency of this disk (append a small write,
+//!    `fdatasync`, repeat): the ceiling of any durable, unbatched system here;
+//! 2. **durable publish throughput**: events/s through [`Publisher::publish`] with many
+//!    concurrent publishers under the default fsync-every-batch policy: group commit turns one
+//!    `fdatasync` into many acknowledged events;
+//! 3. **publish-to-handler latency** at a fixed rate: p50/p99 from the moment an event is
+//!    made to the moment a subscriber's handler runs, which includes the durability wait; it
+//!    is judged against the disk's own p99 `fdatasync`.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::event::{Context, Publisher, Subscription};
+use tabgrab::{Event, Message};
+
+/// Settings of a benchmark run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Scratch directory (a fresh sub-directory is made and removed).
+    pub dir: PathBuf,
+    /// How long each throughput phase runs.
+    pub duration: Duration,
+    /// Concurrent publishing tasks in the throughput phase.
+    pub publishers: usize,
+    /// Size of each event's payload in bytes.
+    pub payload_bytes: usize,
+    /// Events per second in the latency phase.
+    pub rate: u64,
+}
+
+/// The figures of a benchmark run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Raw fdatasync calls per second (one small write each).
+    pub fdatasync_per_sec: f64,
+    /// Raw fdatasync latency, median, microseconds.
+    pub fdatasync_p50_us: u64,
+    /// Raw fdatasync latency, 99th percentile, microseconds.
+    pub fdatasync_p99_us: u64,
+    /// Size of one encoded envelope in the throughput phase, bytes.
+    pub envelope_bytes: usize,
+    /// Durable events per second through `Publisher::publish`.
+    pub publish_per_sec: f64,
+    /// Durable events per second through `Publisher::publish_batch` (batches of 100).
+    pub publish_batch_per_sec: f64,
+    /// Events acknowledged per fdatasync-equivalent: publish rate / raw fdatasync rate.
+    pub group_commit_factor: f64,
+    /// Fixed rate of the latency phase, events/s.
+    pub latency_rate: u64,
+    /// Publish-to-handler latency, median, microseconds.
+    pub e2e_p50_us: u64,
+    /// Publish-to-handler latency, 99th percentile, microseconds.
+    pub e2e_p99_us: u64,
+    /// Publish-to-handler latency, maximum, microseconds.
+    pub e2e_max_us: u64,
+    /// Events delivered in the latency phase.
+    pub e2e_events: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BenchEvent {
+    n: u64,
+    pad: String,
+}
+
+impl Message for BenchEvent {
+    const TYPE: &'static str = "pizzeria.bench.tick.v1";
+}
+impl Event for BenchEvent {}
+
+/// A boxed error for the CLI.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs the three phases and returns the figures.
+pub async fn run(config: &BenchConfig) -> Result<BenchReport, BoxError> {
+    std::fs::create_dir_all(&config.dir)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("bench-")
+        .tempdir_in(&config.dir)?;
+    eprintln!(
+        "baseline: raw fdatasync for {:?} ...",
+        config.duration.min(Duration::from_secs(3))
+    );
+    let (fsync_rate, fsync_hist) =
+        fdatasync_baseline(scratch.path(), config.duration.min(Duration::from_secs(3)))?;
+
+    eprintln!(
+        "durable publish with {} concurrent publishers for {:?} ...",
+        config.publishers, config.duration
+    );
+    let bus = EmbeddedBus::open(scratch.path().join("bus"))?;
+    let publisher = Publisher::new(&bus, "bench", "/pizzeria/bench")?;
+    let pad = "x".repeat(config.payload_bytes.saturating_sub(20));
+    let envelope_bytes = bus
+        .codec()
+        .encode(&publisher.envelope(
+            &BenchEvent {
+                n: 0,
+                pad: pad.clone(),
+            },
+            "s0",
+        )?)?
+        .len();
+    let publish_per_sec = publish_throughput(&publisher, config, &pad, 1).await?;
+    eprintln!(
+        "durable publish_batch (100 per batch) for {:?} ...",
+        config.duration
+    );
+    let publish_batch_per_sec = publish_throughput(&publisher, config, &pad, 100).await?;
+
+    eprintln!(
+        "publish-to-handler latency at {} events/s for {:?} ...",
+        config.rate, config.duration
+    );
+    let (e2e, delivered) = e2e_latency(&bus, config, &pad).await?;
+    bus.close().await?;
+
+    Ok(BenchReport {
+        fdatasync_per_sec: fsync_rate,
+        fdatasync_p50_us: fsync_hist.value_at_quantile(0.5),
+        fdatasync_p99_us: fsync_hist.value_at_quantile(0.99),
+        envelope_bytes,
+        publish_per_sec,
+        publish_batch_per_sec,
+        group_commit_factor: if fsync_rate > 0.0 {
+            publish_per_sec / fsync_rate
+        } else {
+            0.0
+        },
+        latency_rate: config.rate,
+        e2e_p50_us: e2e.value_at_quantile(0.5),
+        e2e_p99_us: e2e.value_at_quantile(0.99),
+        e2e_max_us: e2e.max(),
+        e2e_events: delivered,
+    })
+}
+
+fn histogram() -> Result<Histogram<u64>, BoxError> {
+    Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+/// Appends 200 bytes and fdatasyncs, repeatedly: the disk's own durable-write figure.
+fn fdatasync_baseline(dir: &Path, duration: Duration) -> Result<(f64, Histogram<u64>), BoxError> {
+    let path = dir.join("fdatasync-baseline");
+    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+    let mut hist = histogram()?;
+    let record = [7u8; 200];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        file.write_all(&record)?;
+        file.sync_data()?;
+        hist.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    std::fs::remove_file(path)?;
+    Ok((rate, hist))
+}
+
+/// Many tasks publish as fast as acknowledgements come back; returns acknowledged events/s.
+async fn publish_throughput(
+    publisher: &Publisher,
+    config: &BenchConfig,
+    pad: &str,
+    batch: usize,
+) -> Result<f64, BoxError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for p in 0..config.publishers {
+        let (publisher, stop, acked, pad) = (
+            publisher.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+            pad.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let subject = format!("s{p}");
+                if batch == 1 {
+                    publisher
+                        .publish(
+                            &BenchEvent {
+                                n,
+                                pad: pad.clone(),
+                            },
+                            subject,
+                        )
+                        .await?;
+                } else {
+                    let envelopes = (0..batch as u64)
+                        .map(|i| {
+                            publisher.envelope(
+                                &BenchEvent {
+                                    n: n + i,
+                                    pad: pad.clone(),
+                                },
+                                subject.clone(),
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    publisher.publish_batch(&envelopes).await?;
+                }
+                n += batch as u64;
+                acked.fetch_add(batch as u64, Ordering::Relaxed);
+            }
+            Ok::<(), tabgrab::Error>(())
+        }));
+    }
+    tokio::time::sleep(config.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    Ok(acked.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Publishes at a fixed rate while a subscriber measures time from event creation to handler.
+async fn e2e_latency(
+    bus: &EmbeddedBus,
+    config: &BenchConfig,
+    pad: &str,
+) -> Result<(Histogram<u64>, u64), BoxError> {
+    let publisher = Publisher::new(bus, "latency", "/pizzeria/bench")?;
+    let hist = Arc::new(std::sync::Mutex::new(histogram()?));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let subscription = {
+        let (hist, delivered) = (Arc::clone(&hist), Arc::clone(&delivered));
+        Subscription::builder(bus, "latency", "bench")
+            .handle(move |_e: BenchEvent, ctx: Context| {
+                let (hist, delivered) = (Arc::clone(&hist), Arc::clone(&delivered));
+                async move {
+                    if let Some(made) = ctx.envelope().time {
+                        let micros = (time::OffsetDateTime::now_utc() - made).whole_microseconds();
+                        if let Ok(mut h) = hist.lock() {
+                            h.saturating_record(u64::try_from(micros).unwrap_or(0));
+                        }
+                    }
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            })
+            .start()?
+    };
+    // Publish in 1 ms ticks; each event is its own publish call, as independent producers do.
+    let per_tick = (config.rate / 1000).max(1);
+    let ticks = config.duration.as_millis() as u64;
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut sent = 0u64;
+    for _ in 0..ticks {
+        interval.tick().await;
+        for _ in 0..per_tick {
+            let (publisher, pad) = (publisher.clone(), pad.to_owned());
+            let n = sent;
+            in_flight.spawn(async move {
+                publisher
+                    .publish(&BenchEvent { n, pad }, format!("s{}", n % 64))
+                    .await
+            });
+            sent += 1;
+        }
+        while let Some(done) = in_flight.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    subscription.shutdown().await?;
+    let hist = hist
+        .lock()
+        .map_err(|_| "latency histogram lock poisoned")?
+        .clone();
+    Ok((hist, delivered.load(Ordering::Relaxed)))
+}
+
+/// Writes the report as a table: tabgrab's figures beside the disk's own.
+pub fn print(report: &BenchReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let r = report;
+    writeln!(out, "embedded backend benchmark (fsync every batch)")?;
+    writeln!(out, "{:<46} {:>14} {:>14}", "figure", "tabgrab", "raw disk")?;
+    writeln!(
+        out,
+        "{:<46} {:>14.0} {:>14.0}",
+        "durable writes/s (publish, concurrent)", r.publish_per_sec, r.fdatasync_per_sec
+    )?;
+    writeln!(
+        out,
+        "{:<46} {:>14.0} {:>14}",
+        "durable writes/s (publish_batch of 100)", r.publish_batch_per_sec, ""
+    )?;
+    writeln!(
+        out,
+        "{:<46} {:>14} {:>14}",
+        "envelope bytes per event", r.envelope_bytes, 200
+    )?;
+    writeln!(
+        out,
+        "{:<46} {:>14.0} {:>14}",
+        "events per fdatasync (group commit)", r.group_commit_factor, 1
+    )?;
+    writeln!(
+        out,
+        "{:<46} {:>14} {:>14}",
+        format!("p50 latency, us (e2e at {}/s vs fdatasync)", r.latency_rate),
+        r.e2e_p50_us,
+        r.fdatasync_p50_us
+    )?;
+    writeln!(
+        out,
+        "{:<46} {:>14} {:>14}",
+        "p99 latency, us", r.e2e_p99_us, r.fdatasync_p99_us
+    )?;
+    writeln!(
+        out,
+        "{:<46} {:>14} {:>14}",
+        "max latency, us", r.e2e_max_us, ""
+    )?;
+    let ratio = if r.fdatasync_p99_us > 0 {
+        r.e2e_p99_us as f64 / r.fdatasync_p99_us as f64
+    } else {
+        0.0
+    };
+    writeln!(
+        out,
+        "e2e p99 / fdatasync p99 = {ratio:.2} (aim: <= 2.0); events delivered in latency phase: {}",
+        r.e2e_events
+    )?;
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! The `pizzeria` command line: `run` (the restaurant under simulated load) and
+//! `dead-letters` (what the services gave up on). The binary only parses and calls
+//! [`execute`].
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tabgrab::backend::embedded::EmbeddedBus;
+
+use crate::error::{Error, ErrorKind};
+use crate::messages::TOPIC;
+use crate::run::{self, RunConfig, Style};
+
+/// The pizzeria: tabgrab's reference system, a restaurant whose order flow shows what each
+/// kind of asynchronous communication does to a system.
+#[derive(Debug, Parser)]
+#[command(name = "pizzeria", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every service in this process and send it simulated customers over HTTP; print a
+    /// summary (orders delivered and failed, events, dead letters, throughput, latency).
+    Run(RunArgs),
+    /// List the dead letters of the pizzeria topic: events a service gave up on, with why.
+    DeadLetters(DeadLettersArgs),
+    /// Measure the embedded backend beside the disk's own fdatasync: durable publish
+    /// throughput and publish-to-handler latency at a fixed rate (see BENCHMARKS.md).
+    Bench(BenchArgs),
+}
+
+/// Options of `pizzeria bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Scratch directory for the benchmark's logs (a fresh sub-directory is made and removed).
+    /// Put it on the disk you want to measure.
+    #[arg(long, default_value = "./pizzeria-data/bench")]
+    pub dir: PathBuf,
+    /// Seconds each phase runs.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub seconds: u64,
+    /// Concurrent publishers in the throughput phases (group commit needs many in flight).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub publishers: u64,
+    /// Payload bytes per event (the encoded envelope adds the CloudEvents attributes).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(20..=1_000_000))]
+    pub payload_bytes: u64,
+    /// Events per second in the latency phase.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub rate: u64,
+    /// Print the figures as JSON on stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `pizzeria run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// How the services talk to each other (only `events` so far: the front desk publishes
+    /// OrderAccepted and the other services react).
+    #[arg(long, value_enum, default_value = "events")]
+    pub style: Style,
+    /// Customers to send, one order each.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub orders: u64,
+    /// Customers ordering at the same time (open HTTP requests).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub concurrency: u64,
+    /// Directory of the embedded event log; reused across runs (each service resumes where it
+    /// stopped). Only one process may use it at a time.
+    #[arg(long, default_value = "./pizzeria-data")]
+    pub data_dir: PathBuf,
+    /// Ovens in the kitchen: how many orders bake at the same time.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub ovens: u64,
+    /// Milliseconds an order spends in the oven.
+    #[arg(long, default_value_t = 2)]
+    pub bake_ms: u64,
+    /// Seed of the customers' random choices: the same seed places the same orders
+    /// [default: 1].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Share of customers whose card is declined, from 0 to 1.
+    #[arg(long, default_value_t = 0.02, value_parser = parse_share)]
+    pub decline_rate: f64,
+    /// Truffles in stock (the tartufo's rare ingredient); when they run out, tartufo orders
+    /// are cancelled and compensated [default: one per 25 orders].
+    #[arg(long)]
+    pub truffles: Option<u64>,
+    /// Seconds to wait for every order to be delivered or cancelled before giving up.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub deadline_secs: u64,
+    /// Print the summary as JSON on stdout (the text summary then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `pizzeria dead-letters`.
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    /// Directory of the embedded event log, as given to `pizzeria run`.
+    #[arg(long, default_value = "./pizzeria-data")]
+    pub data_dir: PathBuf,
+}
+
+/// Parses a share: a number from 0 to 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    let share: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err(format!("{share} is not between 0 and 1"))
+    }
+}
+
+/// Runs a parsed command line. Must be called inside a tokio runtime.
+pub async fn execute(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Run(args) => run_command(args).await,
+        Command::DeadLetters(args) => dead_letters_command(&args),
+        Command::Bench(args) => bench_command(args).await,
+    }
+}
+
+async fn bench_command(args: BenchArgs) -> Result<(), Error> {
+    let config = crate::bench::BenchConfig {
+        dir: args.dir,
+        duration: Duration::from_secs(args.seconds),
+        publishers: usize::try_from(args.publishers).unwrap_or(usize::MAX),
+        payload_bytes: usize::try_from(args.payload_bytes).unwrap_or(usize::MAX),
+        rate: args.rate,
+    };
+    let report = crate::bench::run(&config)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Bus, format!("benchmark failed: {e}")))?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| {
+            Error::new(ErrorKind::Io, "cannot encode the figures as JSON").with_source(e)
+        })?;
+        crate::bench::print(&report, &mut std::io::stderr())
+            .map_err(|e| Error::new(ErrorKind::Io, "cannot write the table").with_source(e))?;
+        println!("{json}");
+    } else {
+        crate::bench::print(&report, &mut std::io::stdout())
+            .map_err(|e| Error::new(ErrorKind::Io, "cannot write the table").with_source(e))?;
+    }
+    Ok(())
+}
+
+async fn run_command(args: RunArgs) -> Result<(), Error> {
+    let config = RunConfig {
+        style: args.style,
+        orders: args.orders,
+        concurrency: usize::try_from(args.concurrency).unwrap_or(usize::MAX),
+        data_dir: args.data_dir,
+        ovens: usize::try_from(args.ovens).unwrap_or(usize::MAX),
+        bake_time: Duration::from_millis(args.bake_ms),
+        seed: args.seed.unwrap_or(1),
+        decline_rate: args.decline_rate,
+        truffles: args.truffles,
+        deadline: Duration::from_secs(args.deadline_secs),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let summary = run::run(config).await?;
+    if args.json {
+        eprint!("{}", summary.render());
+        let json = serde_json::to_string_pretty(&summary).map_err(|e| {
+            Error::new(ErrorKind::Io, "cannot encode the summary as JSON").with_source(e)
+        })?;
+        println!("{json}");
+    } else {
+        print!("{}", summary.render());
+    }
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot write the summary").with_source(e))
+}
+
+fn dead_letters_command(args: &DeadLettersArgs) -> Result<(), Error> {
+    if !args.data_dir.join("topics").is_dir() {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!(
+                "{} holds no pizzeria data; pass the --data-dir of a `pizzeria run`",
+                args.data_dir.display()
+            ),
+        ));
+    }
+    let bus = EmbeddedBus::open(&args.data_dir).map_err(|e| {
+        Error::new(
+            ErrorKind::Bus,
+            format!("cannot open {}", args.data_dir.display()),
+        )
+        .with_source(e)
+    })?;
+    let letters = tabgrab::event::read_dead_letters(&bus, TOPIC)?;
+    let mut out = std::io::stdout().lock();
+    let write = |out: &mut std::io::StdoutLock<'_>, text: String| {
+        writeln!(out, "{text}")
+            .map_err(|e| Error::new(ErrorKind::Io, "cannot write to stdout").with_source(e))
+    };
+    if letters.is_empty() {
+        return write(&mut out, format!("no dead letters in topic {TOPIC}"));
+    }
+    write(
+        &mut out,
+        format!("{} dead letters in topic {TOPIC}:", letters.len()),
+    )?;
+    for letter in &letters {
+        write(
+            &mut out,
+            format!(
+                "offset {:>8}  group {:<10}  type {:<36}  reason {:<16}  attempts {:>2}  error: {}",
+                letter.offset,
+                letter.group,
+                letter.message_type.as_deref().unwrap_or("(undecodable)"),
+                letter.reason,
+                letter.attempts,
+                letter.error
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn shares_outside_zero_to_one_are_refused() {
+        assert_eq!(parse_share("0.5"), Ok(0.5));
+        assert!(parse_share("1.5").is_err());
+        assert!(parse_share("x").is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The front desk's HTTP API: customers `POST /orders` and ask `GET /orders/{id}`.
+//!
+//! [`app`] builds the router from a [`FrontDesk`], so tests drive it with
+//! `tower::ServiceExt::oneshot` and need no socket; [`serve`] runs it on a listener the caller
+//! bound (port 0 in tests) until a shutdown future completes, then lets open requests finish.
+//!
+//! Every refusal is JSON, `{"error": "…"}`, with a message that says what to fix:
+//!
+//! | request | answer |
+//! |---|---|
+//! | a valid order | `202 Accepted`, `{"order_id", "status_url"}` and a `Location` header |
+//! | a body that is not JSON, or not an order | `400`, naming the problem (line and column) |
+//! | an order that breaks a rule (menu, 1–10 pizzas, customer, card) | `400`, naming the rule |
+//! | a body over 64 KiB | `413` |
+//! | a body without `content-type: application/json` | `415` |
+//! | the bus cannot record the order | `503`: nothing was accepted, try again |
+//! | `GET` of an order the front desk does not know | `404` |
+//!
+//! `202` and not `201`: the order is accepted, not done. The status URL shows its progress.
+
+use std::future::Future;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::order::OrderRequest;
+use crate::services::FrontDesk;
+
+/// The largest request body accepted: an order is a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The answer to an accepted order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The new order's id.
+    pub order_id: Uuid,
+    /// Where to follow it: `/orders/{order_id}`.
+    pub status_url: String,
+}
+
+/// The body of every refusal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was wrong and what to do.
+    pub error: String,
+}
+
+/// The front desk's router: `POST /orders`, `GET /orders/{id}`.
+pub fn app(front_desk: FrontDesk) -> Router {
+    Router::new()
+        .route("/orders", post(place_order))
+        .route("/orders/{id}", get(order_status))
+        .fallback(|| async {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "no such resource; the front desk serves POST /orders and GET /orders/{id}",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(front_desk)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` completes, then waits for open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    front_desk: FrontDesk,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(front_desk))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A JSON refusal.
+fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: error.into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn place_order(
+    State(desk): State<FrontDesk>,
+    body: Result<Json<OrderRequest>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return refuse_body(&rejection),
+    };
+    let order = match request.validate() {
+        Ok(order) => order,
+        Err(invalid) => return refuse(StatusCode::BAD_REQUEST, invalid.0),
+    };
+    match desk.take_order(order).await {
+        Ok(order_id) => {
+            let status_url = format!("/orders/{order_id}");
+            (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, status_url.clone())],
+                Json(Accepted {
+                    order_id,
+                    status_url,
+                }),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not record an order");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the order could not be recorded, so it was not accepted; try again: {error}"
+                ),
+            )
+        }
+    }
+}
+
+/// Turns axum's JSON rejection into our JSON refusal with a clear message.
+fn refuse_body(rejection: &JsonRejection) -> Response {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than {} KiB",
+                MAX_BODY_BYTES / 1024
+            ),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the order as JSON with the header content-type: application/json",
+        ),
+        _ => refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body is not a valid order ({}); expected {{\"customer\": string, \"pizzas\": [menu names], \"card\": digits}}",
+                rejection.body_text()
+            ),
+        ),
+    }
+}
+
+async fn order_status(State(desk): State<FrontDesk>, Path(id): Path<String>) -> Response {
+    let Ok(order_id) = Uuid::parse_str(&id) else {
+        let shown: String = id.chars().take(60).collect();
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no order {shown:?}: order ids are UUIDs, as returned by POST /orders"),
+        );
+    };
+    match desk.order(order_id) {
+        Some(view) => Json(view).into_response(),
+        None => refuse(
+            StatusCode::NOT_FOUND,
+            format!("no order {order_id} at this front desk"),
+        ),
+    }
+}

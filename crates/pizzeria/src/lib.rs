@@ -1,0 +1,40 @@
+//! The pizzeria: tabgrab's reference system, a restaurant whose order flow is built in each
+//! kind of asynchronous communication, to show and measure what each does to a system.
+//!
+//! This version builds the **event-driven** style: the front desk publishes `OrderAccepted`
+//! and answers the customer at once; payment, inventory, the kitchen and delivery react to
+//! the events they care about, and failures are events too, compensated by reactions
+//! (a declined card cancels the order and puts its ingredients back; missing ingredients
+//! cancel it and refund the payment). The call and messaging styles come later, on the same
+//! vocabulary ([`messages`]).
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`menu`] | the pizzas, their prices and ingredients |
+//! | [`order`] | what a customer asks for, and its validation |
+//! | [`messages`] | the events, with versioned names, and their registry |
+//! | [`services`] | front desk, payment, inventory, kitchen, delivery: consumer groups |
+//! | [`http`] | the front desk's HTTP API |
+//! | [`run`] | the restaurant under simulated load, and its summary |
+//! | [`cli`] | the `pizzeria` command line |
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), pizzeria::Error> {
+//! use pizzeria::run::{RunConfig, run};
+//!
+//! let summary = run(RunConfig::new(1_000, "./pizzeria-data")).await?;
+//! println!("{}", summary.render());
+//! # Ok(()) }
+//! ```
+
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod http;
+pub mod menu;
+pub mod messages;
+pub mod order;
+pub mod run;
+pub mod services;
+
+pub use error::{Error, ErrorKind};

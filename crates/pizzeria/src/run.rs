@@ -1,0 +1,526 @@
+//! `pizzeria run`: opens the restaurant in one process and sends it simulated customers.
+//!
+//! The run opens the embedded bus in the data directory, starts every service (each group
+//! resumes from its committed offset, so a directory can be reused), binds the front desk on
+//! `127.0.0.1:0`, and drives N customers over real HTTP, C at a time, with seeded random
+//! orders: a few pizzas each, a rare tartufo (whose truffle runs out) and a small share of
+//! cards that are declined. It then waits until every order *it* placed has ended (delivered
+//! or cancelled), up to a deadline, waits until every group has caught up with the log (so the
+//! compensations ran), shuts everything down in order (HTTP, groups, bus) and summarises.
+//!
+//! # Memory
+//! The driver keeps one entry per order in flight (its id and the time of its POST), and a
+//! fixed-size latency histogram; nothing per event. The services keep a few bytes per order
+//! (see their modules). The log itself is on disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::embedded::EmbeddedBus;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::{Error, ErrorKind};
+use crate::http::{self, Accepted, ErrorBody};
+use crate::menu::{MENU, RARE_INGREDIENT};
+use crate::order::OrderRequest;
+use crate::services::front_desk::{Outcome, Terminal};
+use crate::services::{Pizzeria, Settings, Stock};
+
+/// How the services talk to each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Style {
+    /// Event-driven: the front desk publishes `OrderAccepted` and is done; the others react.
+    Events,
+}
+
+impl Style {
+    /// The style's name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Style::Events => "events",
+        }
+    }
+}
+
+/// The share of pizzas that are a tartufo (the one that needs the rare truffle).
+const TARTUFO_SHARE: f64 = 0.03;
+/// A card that the payment service declines (ends in 0000).
+const DECLINED_CARD: &str = "4000000000000000";
+/// A card that the payment service accepts.
+const GOOD_CARD: &str = "4242424242424242";
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The communication style.
+    pub style: Style,
+    /// Customers to send, one order each.
+    pub orders: u64,
+    /// Customers ordering at the same time.
+    pub concurrency: usize,
+    /// The embedded bus directory.
+    pub data_dir: PathBuf,
+    /// Ovens in the kitchen.
+    pub ovens: usize,
+    /// Bake time per order.
+    pub bake_time: Duration,
+    /// Seeds the customers' choices: the same seed places the same orders.
+    pub seed: u64,
+    /// Share of customers whose card is declined, 0.0 to 1.0.
+    pub decline_rate: f64,
+    /// Truffles in stock; `None`: one per 25 orders, so some tartufo orders fail.
+    pub truffles: Option<u64>,
+    /// How long to wait for every order to end.
+    pub deadline: Duration,
+    /// Whether to show a progress bar on stderr (it is hidden anyway when stderr is no terminal).
+    pub progress: bool,
+}
+
+impl RunConfig {
+    /// Defaults for `orders` orders in `data_dir`.
+    pub fn new(orders: u64, data_dir: impl Into<PathBuf>) -> RunConfig {
+        RunConfig {
+            style: Style::Events,
+            orders,
+            concurrency: 64,
+            data_dir: data_dir.into(),
+            ovens: 16,
+            bake_time: Duration::from_millis(2),
+            seed: 1,
+            decline_rate: 0.02,
+            truffles: None,
+            deadline: Duration::from_secs(600),
+            progress: false,
+        }
+    }
+}
+
+/// End-to-end latency, from sending `POST /orders` to the front desk learning of the delivery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, in milliseconds.
+    pub p99_ms: f64,
+    /// Slowest, in milliseconds.
+    pub max_ms: f64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The communication style.
+    pub style: Style,
+    /// The seed, to place the same orders again.
+    pub seed: u64,
+    /// Customers sent.
+    pub orders: u64,
+    /// Orders the front desk accepted (202).
+    pub accepted: u64,
+    /// Orders the front desk refused or that failed in transit.
+    pub rejected: u64,
+    /// Accepted orders delivered.
+    pub delivered: u64,
+    /// Accepted orders cancelled.
+    pub failed: u64,
+    /// Cancelled orders by reason.
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Refunds payment gave (cancelled orders it had charged).
+    pub refunds: u64,
+    /// Releases inventory made (cancelled orders it had reserved for).
+    pub releases: u64,
+    /// Events appended to the topic during the run.
+    pub events_published: u64,
+    /// Events the groups dead-lettered during the run.
+    pub dead_letters: u64,
+    /// From opening the bus to closing it, in seconds.
+    pub wall_time_s: f64,
+    /// Orders ended per second of wall time.
+    pub orders_per_s: f64,
+    /// POST to delivery.
+    pub latency: Latency,
+    /// Peak resident memory of the process, in MiB, where the OS tells it.
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl Summary {
+    /// The summary as aligned text lines for people.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "pizzeria run, style {}, seed {}\n",
+            self.style.as_str(),
+            self.seed
+        );
+        let mut line =
+            |label: &str, value: String| out.push_str(&format!("  {label:<18} {value}\n"));
+        line(
+            "orders accepted",
+            format!("{} of {}", self.accepted, self.orders),
+        );
+        if self.rejected > 0 {
+            line("orders rejected", self.rejected.to_string());
+        }
+        line("delivered", self.delivered.to_string());
+        line("failed", self.failed.to_string());
+        for (reason, n) in &self.failed_by_reason {
+            line("", format!("{n} {reason}"));
+        }
+        line("refunds", self.refunds.to_string());
+        line("releases", self.releases.to_string());
+        line("events published", self.events_published.to_string());
+        line("dead letters", self.dead_letters.to_string());
+        line("wall time", format!("{:.2} s", self.wall_time_s));
+        line("throughput", format!("{:.0} orders/s", self.orders_per_s));
+        line(
+            "POST to delivery",
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                self.latency.p50_ms, self.latency.p99_ms, self.latency.max_ms
+            ),
+        );
+        if let Some(rss) = self.peak_rss_mib {
+            line("peak RSS", format!("{rss:.1} MiB"));
+        }
+        out
+    }
+}
+
+/// Runs the restaurant under simulated load; see the module docs.
+pub async fn run(config: RunConfig) -> Result<Summary, Error> {
+    let Style::Events = config.style;
+    let started = Instant::now();
+    let bus = EmbeddedBus::open(&config.data_dir).map_err(|e| {
+        Error::new(
+            ErrorKind::Bus,
+            format!(
+                "cannot open the data directory {}",
+                config.data_dir.display()
+            ),
+        )
+        .with_source(e)
+    })?;
+    let truffles = config.truffles.unwrap_or(config.orders / 25);
+    let settings = Settings {
+        ovens: config.ovens,
+        bake_time: config.bake_time,
+        stock: Stock::generous().with(RARE_INGREDIENT, truffles),
+    };
+    let pizzeria = Pizzeria::start(&bus, settings)?;
+    let first_offset = pizzeria.log_end();
+    let watcher = pizzeria.front_desk.watch();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Io, "cannot bind the front desk on 127.0.0.1").with_source(e)
+        })?;
+    let addr = listener.local_addr().map_err(|e| {
+        Error::new(ErrorKind::Io, "cannot read the front desk's address").with_source(e)
+    })?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        pizzeria.front_desk.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+
+    let driven = drive(&config, addr, watcher, started).await;
+
+    // Shut down in order whatever happened: no new orders, then let the groups catch up
+    // (compensations), then stop them (commits offsets), then close the bus.
+    stop.cancel();
+    let served = server.await;
+    let settled = match &driven {
+        Ok(_) => pizzeria.settle(Duration::from_secs(30)).await,
+        Err(_) => Ok(()),
+    };
+    let dead_letters: u64 = pizzeria.stats().iter().map(|(_, s)| s.dead_lettered).sum();
+    let events_published = pizzeria.log_end().saturating_sub(first_offset);
+    let refunds = pizzeria.payment.stats().refunded;
+    let releases = pizzeria.inventory.stats().released;
+    let stopped = pizzeria.shutdown().await;
+    let closed = bus.close().await;
+
+    let tally = driven?;
+    settled?;
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(
+                Error::new(ErrorKind::Io, "the front desk's HTTP server failed").with_source(e),
+            );
+        }
+        Err(e) => {
+            return Err(
+                Error::new(ErrorKind::Io, "the front desk's HTTP server task failed")
+                    .with_source(e),
+            );
+        }
+    }
+    stopped?;
+    closed?;
+
+    let wall = started.elapsed().as_secs_f64();
+    let ended = tally.delivered + tally.failed;
+    let ms = |q: f64| tally.latency.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Summary {
+        style: config.style,
+        seed: config.seed,
+        orders: config.orders,
+        accepted: tally.accepted,
+        rejected: tally.rejected,
+        delivered: tally.delivered,
+        failed: tally.failed,
+        failed_by_reason: tally.failed_by_reason,
+        refunds,
+        releases,
+        events_published,
+        dead_letters,
+        wall_time_s: wall,
+        orders_per_s: if wall > 0.0 { ended as f64 / wall } else { 0.0 },
+        latency: Latency {
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            max_ms: tally.latency.max() as f64 / 1000.0,
+        },
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// What the driver counted.
+struct Tally {
+    accepted: u64,
+    rejected: u64,
+    delivered: u64,
+    failed: u64,
+    failed_by_reason: BTreeMap<String, u64>,
+    /// POST-to-delivery times in microseconds.
+    latency: Histogram<u64>,
+    /// Our orders not yet ended, with the time their POST was sent.
+    in_flight: HashMap<Uuid, Instant>,
+    /// Ends heard before the POST's answer (or of orders of an earlier run in the same
+    /// directory, which stay here and are ignored).
+    early: HashMap<Uuid, Terminal>,
+    /// The first refusal, to explain rejections.
+    first_rejection: Option<String>,
+}
+
+impl Tally {
+    fn ended(&mut self, sent: Instant, terminal: &Terminal, progress: &ProgressBar) {
+        match &terminal.outcome {
+            Outcome::Delivered => {
+                self.delivered += 1;
+                let us = terminal.at.saturating_duration_since(sent).as_micros();
+                self.latency
+                    .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
+            }
+            Outcome::Cancelled(reason) => {
+                self.failed += 1;
+                *self.failed_by_reason.entry(reason.clone()).or_default() += 1;
+            }
+        }
+        progress.inc(1);
+    }
+}
+
+/// Sends the customers and waits for their orders to end.
+async fn drive(
+    config: &RunConfig,
+    addr: SocketAddr,
+    mut watcher: mpsc::UnboundedReceiver<Terminal>,
+    started: Instant,
+) -> Result<Tally, Error> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(config.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot build the HTTP client").with_source(e))?;
+    let url = format!("http://{addr}/orders");
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let decline_rate = config.decline_rate.clamp(0.0, 1.0);
+    let mut posts = futures::stream::iter(0..config.orders)
+        .map(move |i| customer(i, &mut rng, decline_rate))
+        .map(|request| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let sent = Instant::now();
+                (sent, place(&client, &url, &request).await)
+            }
+        })
+        .buffer_unordered(config.concurrency.max(1));
+
+    let progress = if config.progress {
+        ProgressBar::with_draw_target(Some(config.orders), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} orders ended ({per_sec}, eta {eta})")
+    {
+        progress.set_style(style);
+    }
+    let mut tally = Tally {
+        accepted: 0,
+        rejected: 0,
+        delivered: 0,
+        failed: 0,
+        failed_by_reason: BTreeMap::new(),
+        // 1 µs to 1 hour at 3 significant digits; slower values are clamped to an hour.
+        latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .map_err(|e| Error::new(ErrorKind::Usage, "cannot make a histogram").with_source(e))?,
+        in_flight: HashMap::new(),
+        early: HashMap::new(),
+        first_rejection: None,
+    };
+    let deadline = tokio::time::sleep_until((started + config.deadline).into());
+    tokio::pin!(deadline);
+    let mut posting = true;
+    while posting || !tally.in_flight.is_empty() {
+        tokio::select! {
+            post = posts.next(), if posting => match post {
+                None => posting = false,
+                Some((sent, Ok(order_id))) => {
+                    tally.accepted += 1;
+                    match tally.early.remove(&order_id) {
+                        Some(terminal) => tally.ended(sent, &terminal, &progress),
+                        None => { tally.in_flight.insert(order_id, sent); }
+                    }
+                }
+                Some((_, Err(refusal))) => {
+                    tally.rejected += 1;
+                    tally.first_rejection.get_or_insert(refusal);
+                    progress.inc(1);
+                }
+            },
+            terminal = watcher.recv() => match terminal {
+                Some(terminal) => match tally.in_flight.remove(&terminal.order_id) {
+                    Some(sent) => tally.ended(sent, &terminal, &progress),
+                    None => { tally.early.insert(terminal.order_id, terminal); }
+                },
+                None => return Err(Error::new(ErrorKind::Bus, "the front desk stopped reporting orders")),
+            },
+            () = &mut deadline => {
+                progress.abandon();
+                return Err(Error::new(
+                    ErrorKind::Deadline,
+                    format!(
+                        "deadline of {} s exceeded: {} of {} accepted orders are stuck (neither delivered nor cancelled){}; \
+                         see `pizzeria dead-letters` or raise --deadline-secs",
+                        config.deadline.as_secs(),
+                        tally.in_flight.len(),
+                        tally.accepted,
+                        if posting { ", and not every order was placed yet" } else { "" },
+                    ),
+                ));
+            }
+        }
+    }
+    progress.finish_and_clear();
+    if tally.accepted == 0 && config.orders > 0 {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "the front desk accepted none of {} orders; first refusal: {}",
+                config.orders,
+                tally.first_rejection.as_deref().unwrap_or("none")
+            ),
+        ));
+    }
+    if let Some(refusal) = &tally.first_rejection {
+        tracing::warn!(rejected = tally.rejected, first = %refusal, "some orders were refused");
+    }
+    Ok(tally)
+}
+
+/// The `i`-th customer's order: 1 to 3 pizzas, a tartufo now and then, a declined card at
+/// `decline_rate`.
+fn customer(i: u64, rng: &mut StdRng, decline_rate: f64) -> OrderRequest {
+    let count = rng.random_range(1..=3);
+    let ordinary = &MENU[..MENU.len() - 1];
+    let pizzas = (0..count)
+        .map(|_| {
+            let pizza = if rng.random_bool(TARTUFO_SHARE) {
+                MENU[MENU.len() - 1].name
+            } else {
+                ordinary[rng.random_range(0..ordinary.len())].name
+            };
+            pizza.to_owned()
+        })
+        .collect();
+    let card = if rng.random_bool(decline_rate) {
+        DECLINED_CARD
+    } else {
+        GOOD_CARD
+    };
+    OrderRequest {
+        customer: format!("customer-{i}"),
+        pizzas,
+        card: card.to_owned(),
+    }
+}
+
+/// Posts one order; the order id on 202, or why not.
+async fn place(
+    client: &reqwest::Client,
+    url: &str,
+    request: &OrderRequest,
+) -> Result<Uuid, String> {
+    let response = client
+        .post(url)
+        .json(request)
+        .send()
+        .await
+        .map_err(|e| format!("POST /orders failed: {e}"))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::ACCEPTED {
+        let accepted: Accepted = response.json().await.map_err(|e| {
+            format!("POST /orders answered 202 with a body that is not an order id: {e}")
+        })?;
+        return Ok(accepted.order_id);
+    }
+    let why = match response.json::<ErrorBody>().await {
+        Ok(body) => body.error,
+        Err(_) => "no JSON error body".to_owned(),
+    };
+    Err(format!("POST /orders answered {status}: {why}"))
+}
+
+/// The process's peak resident memory (`VmHWM` of `/proc/self/status`), on Linux.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_places_the_same_orders() {
+        let orders = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..50)
+                .map(|i| customer(i, &mut rng, 0.1))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(orders(7), orders(7));
+        assert_ne!(orders(7), orders(8));
+        for order in orders(7) {
+            order.validate().unwrap();
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! The front desk (the waiter): takes orders, publishes `OrderAccepted`, and keeps its own
+//! view of every order from the outcomes the other services publish.
+//!
+//! In the event-driven style the front desk asks nobody anything. It answers the customer
+//! "accepted" as soon as `OrderAccepted` is durable, and learns what became of the order by
+//! reacting to every outcome event. That view answers `GET /orders/{id}`: it is the front
+//! desk's own copy, never a question to another service, so it stays up when they are down
+//! (and may lag behind them by a few events: eventual consistency, made visible by the
+//! timestamps).
+//!
+//! Failures are events too: on `PaymentDeclined` or `IngredientsMissing` the front desk
+//! publishes `OrderCancelled` with the reason, once per order, and payment and inventory
+//! compensate by reacting to it.
+//!
+//! # Memory
+//! The view holds one small fixed-size record per order (flags, ten timestamps, the reason of
+//! a cancellation), not the events: memory grows with the number of orders, never with the
+//! log. The view lives in memory for now; a durable view (and an inbox that makes handlers
+//! effectively-once across restarts) comes with the `store` module.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{lock, now_ms};
+use crate::messages::{
+    IngredientsMissing, IngredientsReleased, IngredientsReserved, OrderAccepted, OrderCancelled,
+    OrderDelivered, PaymentCollected, PaymentDeclined, PaymentRefunded, PizzaReady, TOPIC,
+    registry,
+};
+use crate::order::ValidOrder;
+
+/// The consumer group of the front desk.
+pub const GROUP: &str = "front-desk";
+/// The CloudEvents source of the front desk's events.
+pub const SOURCE: &str = "/pizzeria/front-desk";
+
+/// A fact the front desk learned about an order; each has a flag bit and a timestamp slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fact {
+    Accepted = 0,
+    Paid,
+    Declined,
+    Reserved,
+    Missing,
+    Ready,
+    Delivered,
+    Cancelled,
+    Refunded,
+    Released,
+}
+
+/// How many facts there are (timestamp slots per order).
+const FACTS: usize = 10;
+/// Flag: the front desk already published `OrderCancelled` for this order.
+const CANCEL_SENT: u16 = 1 << 15;
+
+impl Fact {
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// What the front desk keeps per order: fixed size, so 100,000 orders stay a few MiB.
+#[derive(Debug, Default)]
+struct Record {
+    /// `Fact` bits and `CANCEL_SENT`.
+    flags: u16,
+    /// How many pizzas, for the view.
+    pizzas: u8,
+    /// The order's price, for the view.
+    amount_cents: u64,
+    /// Milliseconds since the Unix epoch when each fact happened (0: not yet).
+    at: [u64; FACTS],
+    /// Why the order was cancelled, once it was.
+    reason: Option<Box<str>>,
+}
+
+impl Record {
+    fn has(&self, fact: Fact) -> bool {
+        self.flags & fact.bit() != 0
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.has(Fact::Delivered) || self.has(Fact::Cancelled)
+    }
+
+    fn status(&self) -> OrderStatus {
+        if self.has(Fact::Cancelled) {
+            OrderStatus::Cancelled
+        } else if self.has(Fact::Delivered) {
+            OrderStatus::Delivered
+        } else if self.has(Fact::Ready) {
+            OrderStatus::Ready
+        } else if self.has(Fact::Paid) && self.has(Fact::Reserved) {
+            OrderStatus::Baking
+        } else if self.has(Fact::Paid) {
+            OrderStatus::Paid
+        } else if self.has(Fact::Reserved) {
+            OrderStatus::Reserved
+        } else {
+            OrderStatus::Accepted
+        }
+    }
+
+    fn time(&self, fact: Fact) -> Option<u64> {
+        Some(self.at[fact as usize]).filter(|t| *t != 0)
+    }
+}
+
+/// Where an order stands, as the front desk knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    /// Taken; payment and inventory have not answered yet.
+    Accepted,
+    /// Paid; ingredients not reserved yet.
+    Paid,
+    /// Ingredients reserved; not paid yet.
+    Reserved,
+    /// Paid and reserved: the ticket is on the kitchen's rail or in an oven.
+    Baking,
+    /// The bell rang: out of the oven, waiting for delivery.
+    Ready,
+    /// Delivered: done.
+    Delivered,
+    /// Cancelled, with a reason: done.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Whether the order is done (delivered or cancelled).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, OrderStatus::Delivered | OrderStatus::Cancelled)
+    }
+}
+
+/// What became of the money.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentState {
+    /// Charged.
+    Collected,
+    /// The card was declined: nothing collected, nothing to refund.
+    Declined,
+    /// Charged, then given back.
+    Refunded,
+}
+
+/// What became of the ingredients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngredientsState {
+    /// Set aside for the order.
+    Reserved,
+    /// Some were short: nothing reserved.
+    Missing,
+    /// Set aside, then put back.
+    Released,
+}
+
+/// When each step happened, in milliseconds since the Unix epoch (absent: not yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamps {
+    /// The front desk took the order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted_at_ms: Option<u64>,
+    /// Payment collected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paid_at_ms: Option<u64>,
+    /// Payment declined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declined_at_ms: Option<u64>,
+    /// Ingredients reserved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_at_ms: Option<u64>,
+    /// Ingredients found missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_at_ms: Option<u64>,
+    /// The bell rang.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_at_ms: Option<u64>,
+    /// Delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at_ms: Option<u64>,
+    /// Cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_at_ms: Option<u64>,
+    /// Money returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refunded_at_ms: Option<u64>,
+    /// Ingredients put back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_at_ms: Option<u64>,
+}
+
+/// One order as the front desk sees it: the body of `GET /orders/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    /// The order.
+    pub order_id: Uuid,
+    /// Where it stands.
+    pub status: OrderStatus,
+    /// Why it was cancelled, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How many pizzas (0 if the front desk learned of the order from the log without it).
+    pub pizzas: u8,
+    /// The price.
+    pub amount_cents: u64,
+    /// What became of the money, once payment answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentState>,
+    /// What became of the ingredients, once inventory answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingredients: Option<IngredientsState>,
+    /// When each step happened.
+    pub timestamps: Timestamps,
+}
+
+/// How an order ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The customer got the pizzas.
+    Delivered,
+    /// The order was cancelled for this reason.
+    Cancelled(String),
+}
+
+/// An order reached its end: sent to the watcher of [`FrontDesk::watch`].
+#[derive(Clone, Debug)]
+pub struct Terminal {
+    /// The order.
+    pub order_id: Uuid,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When the front desk learned it, for end-to-end latency.
+    pub at: Instant,
+}
+
+/// The front desk: a cheap-to-clone handle shared by the HTTP server and the subscription.
+#[derive(Clone)]
+pub struct FrontDesk {
+    /// Shared state.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Publishes `OrderAccepted` and `OrderCancelled`.
+    publisher: Publisher,
+    /// The order view, one small record per order.
+    view: Mutex<HashMap<Uuid, Record>>,
+    /// Who is told when an order ends (the load driver), if anyone.
+    watcher: Mutex<Option<mpsc::UnboundedSender<Terminal>>>,
+}
+
+impl std::fmt::Debug for FrontDesk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontDesk")
+            .field("orders", &self.orders())
+            .finish()
+    }
+}
+
+impl FrontDesk {
+    /// A front desk publishing to the pizzeria topic of `bus`.
+    pub fn new(bus: &EmbeddedBus) -> Result<FrontDesk, tabgrab::Error> {
+        Ok(FrontDesk {
+            inner: Arc::new(Inner {
+                publisher: Publisher::new(bus, TOPIC, SOURCE)?,
+                view: Mutex::new(HashMap::new()),
+                watcher: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Takes a validated order: records it in the view and publishes `OrderAccepted`.
+    /// Returns the order id once the event is durable.
+    pub async fn take_order(&self, order: ValidOrder) -> Result<Uuid, tabgrab::Error> {
+        let order_id = Uuid::now_v7();
+        {
+            let mut record = Record {
+                flags: Fact::Accepted.bit(),
+                pizzas: u8::try_from(order.pizzas.len()).unwrap_or(u8::MAX),
+                amount_cents: order.amount_cents,
+                ..Record::default()
+            };
+            record.at[Fact::Accepted as usize] = now_ms();
+            lock(&self.inner.view).insert(order_id, record);
+        }
+        let event = OrderAccepted {
+            order_id,
+            customer: order.customer,
+            pizzas: order.pizzas,
+            amount_cents: order.amount_cents,
+            card: order.masked_card,
+        };
+        match self
+            .inner
+            .publisher
+            .publish(&event, order_id.to_string())
+            .await
+        {
+            Ok(_) => Ok(order_id),
+            Err(e) => {
+                lock(&self.inner.view).remove(&order_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The view of one order, if the front desk knows it.
+    pub fn order(&self, order_id: Uuid) -> Option<OrderView> {
+        let view = lock(&self.inner.view);
+        let r = view.get(&order_id)?;
+        let payment = if r.has(Fact::Refunded) {
+            Some(PaymentState::Refunded)
+        } else if r.has(Fact::Paid) {
+            Some(PaymentState::Collected)
+        } else if r.has(Fact::Declined) {
+            Some(PaymentState::Declined)
+        } else {
+            None
+        };
+        let ingredients = if r.has(Fact::Released) {
+            Some(IngredientsState::Released)
+        } else if r.has(Fact::Reserved) {
+            Some(IngredientsState::Reserved)
+        } else if r.has(Fact::Missing) {
+            Some(IngredientsState::Missing)
+        } else {
+            None
+        };
+        Some(OrderView {
+            order_id,
+            status: r.status(),
+            reason: r.reason.as_deref().map(str::to_owned),
+            pizzas: r.pizzas,
+            amount_cents: r.amount_cents,
+            payment,
+            ingredients,
+            timestamps: Timestamps {
+                accepted_at_ms: r.time(Fact::Accepted),
+                paid_at_ms: r.time(Fact::Paid),
+                declined_at_ms: r.time(Fact::Declined),
+                reserved_at_ms: r.time(Fact::Reserved),
+                missing_at_ms: r.time(Fact::Missing),
+                ready_at_ms: r.time(Fact::Ready),
+                delivered_at_ms: r.time(Fact::Delivered),
+                cancelled_at_ms: r.time(Fact::Cancelled),
+                refunded_at_ms: r.time(Fact::Refunded),
+                released_at_ms: r.time(Fact::Released),
+            },
+        })
+    }
+
+    /// How many orders the view holds.
+    pub fn orders(&self) -> usize {
+        lock(&self.inner.view).len()
+    }
+
+    /// Reports every order that ends from now on (delivered or cancelled) on the returned
+    /// channel. One watcher at a time: a new call replaces the previous one.
+    pub fn watch(&self) -> mpsc::UnboundedReceiver<Terminal> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.inner.watcher) = Some(tx);
+        rx
+    }
+
+    /// Starts the front desk's consumer group: it reacts to every outcome to keep its view,
+    /// and cancels orders whose payment or ingredients failed.
+    pub fn subscribe(&self, bus: &EmbeddedBus) -> Result<Subscription, tabgrab::Error> {
+        let desk = self.clone();
+        let builder = Subscription::builder(bus, TOPIC, GROUP).known(&registry());
+        let builder = {
+            let desk = desk.clone();
+            builder.handle(move |e: OrderAccepted, ctx: Context| {
+                let desk = desk.clone();
+                async move {
+                    desk.learned_accepted(&e, &ctx);
+                    Ok(())
+                }
+            })
+        };
+        let builder = on_fact::<PaymentCollected>(builder, &desk, Fact::Paid, |e| e.order_id);
+        let builder = on_fact::<PaymentRefunded>(builder, &desk, Fact::Refunded, |e| e.order_id);
+        let builder =
+            on_fact::<IngredientsReserved>(builder, &desk, Fact::Reserved, |e| e.order_id);
+        let builder =
+            on_fact::<IngredientsReleased>(builder, &desk, Fact::Released, |e| e.order_id);
+        let builder = on_fact::<PizzaReady>(builder, &desk, Fact::Ready, |e| e.order_id);
+        let builder = on_fact::<OrderDelivered>(builder, &desk, Fact::Delivered, |e| e.order_id);
+        let builder = {
+            let desk = desk.clone();
+            builder.handle(move |e: OrderCancelled, ctx: Context| {
+                let desk = desk.clone();
+                async move {
+                    desk.learned(e.order_id, Fact::Cancelled, &ctx, Some(&e.reason));
+                    Ok(())
+                }
+            })
+        };
+        let builder = {
+            let desk = desk.clone();
+            builder.handle(move |e: PaymentDeclined, ctx: Context| {
+                let desk = desk.clone();
+                async move {
+                    desk.learned(e.order_id, Fact::Declined, &ctx, None);
+                    desk.cancel(e.order_id, format!("payment declined: {}", e.reason), &ctx)
+                        .await
+                }
+            })
+        };
+        let builder = builder.handle(move |e: IngredientsMissing, ctx: Context| {
+            let desk = desk.clone();
+            async move {
+                desk.learned(e.order_id, Fact::Missing, &ctx, None);
+                let reason = format!("ingredients missing: {}", e.missing.join(", "));
+                desk.cancel(e.order_id, reason, &ctx).await
+            }
+        });
+        builder.start()
+    }
+
+    /// Records an `OrderAccepted` read from the log (the front desk may not have taken the
+    /// order itself: another instance, or an earlier run, did).
+    fn learned_accepted(&self, e: &OrderAccepted, ctx: &Context) {
+        let mut view = lock(&self.inner.view);
+        let record = view.entry(e.order_id).or_default();
+        if !record.has(Fact::Accepted) {
+            record.flags |= Fact::Accepted.bit();
+            record.at[Fact::Accepted as usize] = event_time(ctx);
+            record.pizzas = u8::try_from(e.pizzas.len()).unwrap_or(u8::MAX);
+            record.amount_cents = e.amount_cents;
+        }
+    }
+
+    /// Records a fact about an order; tells the watcher if the order just ended.
+    fn learned(&self, order_id: Uuid, fact: Fact, ctx: &Context, reason: Option<&str>) {
+        let ended = {
+            let mut view = lock(&self.inner.view);
+            let record = view.entry(order_id).or_default();
+            if record.has(fact) {
+                return; // a redelivery: the fact is already known
+            }
+            let was_terminal = record.is_terminal();
+            record.flags |= fact.bit();
+            record.at[fact as usize] = event_time(ctx);
+            if let Some(reason) = reason {
+                record.reason = Some(reason.into());
+            }
+            match fact {
+                Fact::Delivered if !was_terminal => Some(Outcome::Delivered),
+                Fact::Cancelled if !was_terminal => {
+                    Some(Outcome::Cancelled(reason.unwrap_or_default().to_owned()))
+                }
+                _ => None,
+            }
+        };
+        if let Some(outcome) = ended {
+            if let Some(watcher) = lock(&self.inner.watcher).as_ref() {
+                // A watcher that went away just stops listening: not the front desk's problem.
+                let _ = watcher.send(Terminal {
+                    order_id,
+                    outcome,
+                    at: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Publishes `OrderCancelled` for the order, unless the front desk already did.
+    async fn cancel(
+        &self,
+        order_id: Uuid,
+        reason: String,
+        ctx: &Context,
+    ) -> Result<(), HandlerError> {
+        let already = lock(&self.inner.view)
+            .get(&order_id)
+            .is_some_and(|r| r.flags & CANCEL_SENT != 0 || r.has(Fact::Cancelled));
+        if already {
+            return Ok(());
+        }
+        let event = OrderCancelled { order_id, reason };
+        self.inner
+            .publisher
+            .publish_caused(&event, ctx.envelope())
+            .await?;
+        if let Some(record) = lock(&self.inner.view).get_mut(&order_id) {
+            record.flags |= CANCEL_SENT;
+        }
+        Ok(())
+    }
+}
+
+/// Adds a handler that only records `fact` for the order of each event of type `E`.
+fn on_fact<E: tabgrab::Event>(
+    builder: tabgrab::event::SubscriptionBuilder,
+    desk: &FrontDesk,
+    fact: Fact,
+    order_of: fn(&E) -> Uuid,
+) -> tabgrab::event::SubscriptionBuilder {
+    let desk = desk.clone();
+    builder.handle(move |e: E, ctx: Context| {
+        let desk = desk.clone();
+        async move {
+            desk.learned(order_of(&e), fact, &ctx, None);
+            Ok(())
+        }
+    })
+}
+
+/// When the event happened (its envelope time), or now if it carries none.
+fn event_time(ctx: &Context) -> u64 {
+    ctx.envelope()
+        .time_unix_ms()
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or_else(now_ms)
+}

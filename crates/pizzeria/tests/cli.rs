@@ -1,0 +1,105 @@
+//! The real `pizzeria` binary: a run succeeds and its summary adds up, a reused data
+//! directory works, and mistakes on the command line are explained.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn pizzeria() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pizzeria"))
+}
+
+fn run(data_dir: &std::path::Path) -> Value {
+    let output = pizzeria()
+        .args([
+            "run",
+            "--style",
+            "events",
+            "--orders",
+            "300",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    assert!(
+        stderr.contains("orders accepted"),
+        "the text summary goes to stderr: {stderr}"
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn a_run_of_300_orders_ends_every_order_and_a_reused_data_dir_works() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let summary = run(dir.path());
+        assert_eq!(summary["accepted"], 300, "round {round}: {summary}");
+        let delivered = summary["delivered"].as_u64().unwrap();
+        let failed = summary["failed"].as_u64().unwrap();
+        assert_eq!(delivered + failed, 300, "round {round}: {summary}");
+        let by_reason: u64 = summary["failed_by_reason"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(by_reason, failed, "{summary}");
+        assert_eq!(summary["dead_letters"], 0, "{summary}");
+        assert!(
+            summary["events_published"].as_u64().unwrap() >= 300 * 3,
+            "{summary}"
+        );
+    }
+    let output = pizzeria()
+        .args(["dead-letters", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no dead letters"));
+}
+
+#[test]
+fn a_wrong_flag_exits_non_zero_and_suggests_the_right_one() {
+    let output = pizzeria().args(["run", "--oders", "3"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--orders"), "{stderr}");
+
+    let output = pizzeria()
+        .args(["run", "--style", "carrier-pigeon"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("possible values: events"));
+
+    let output = pizzeria()
+        .args(["run", "--decline-rate", "2"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("between 0 and 1"));
+}
+
+#[test]
+fn dead_letters_of_a_missing_directory_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = pizzeria()
+        .args(["dead-letters", "--data-dir"])
+        .arg(dir.path().join("nothing-here"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("holds no pizzeria data"), "{stderr}");
+}
