@@ -515,3 +515,52 @@ async fn published_events_survive_closing_and_reopening_the_bus() {
     wait_until("all twenty", || seen.lock().unwrap().len() >= 20).await;
     sub.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_handler_sees_shutdown_and_its_event_stays_unacknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    let publisher = Publisher::new(&bus, TOPIC, "/test").unwrap();
+    publish_tickets(&publisher, &["waits"], 1).await;
+
+    let started = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let started = Arc::clone(&started);
+        move |_t: Ticket, ctx: Context| {
+            let started = Arc::clone(&started);
+            async move {
+                started.notify_one();
+                ctx.shutdown_requested().await;
+                assert!(ctx.is_shutting_down());
+                Err(HandlerError::transient("gave way to shutdown"))
+            }
+        }
+    };
+    let sub = Subscription::builder(&bus, TOPIC, "kitchen")
+        .handle(handler)
+        .drain_timeout(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    started.notified().await;
+    assert_eq!(sub.lag(), 1, "the waiting event is not done");
+    let began = Instant::now();
+    sub.shutdown().await.unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "shutdown did not wait for the drain timeout"
+    );
+    let committed = bus
+        .topic(TOPIC)
+        .unwrap()
+        .consumer_offset("kitchen")
+        .unwrap();
+    assert_eq!(
+        committed.unwrap_or(0),
+        0,
+        "the unfinished event is redelivered after a restart"
+    );
+    assert!(
+        read_dead_letters(&bus, TOPIC).unwrap().is_empty(),
+        "shutdown is not a failure"
+    );
+}

@@ -136,7 +136,13 @@ impl Kitchen {
             return Ok(());
         }
         {
-            let _oven = self.inner.ovens.acquire().await?;
+            // Waiting for an oven gives way to shutdown: the event is then redelivered.
+            let _oven = tokio::select! {
+                oven = self.inner.ovens.acquire() => oven?,
+                () = ctx.shutdown_requested() => {
+                    return Err(HandlerError::transient("the kitchen is closing"));
+                }
+            };
             tokio::time::sleep(self.inner.bake_time).await;
         }
         self.inner

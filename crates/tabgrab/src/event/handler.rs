@@ -16,6 +16,9 @@ pub struct Context {
     pub(crate) attempt: u32,
     /// The consumer group that is handling the event.
     pub(crate) group: Arc<str>,
+    /// Cancelled when the group shuts down, so a handler that waits (for an oven, a lock)
+    /// can give up instead of holding the drain until its timeout.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Context {
@@ -42,6 +45,17 @@ impl Context {
     /// The consumer group handling the event.
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// Completes when the group starts shutting down. A handler that waits for something
+    /// can `select!` on it and return an error: the event is then redelivered after restart.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    /// Whether the group is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
     }
 }
 

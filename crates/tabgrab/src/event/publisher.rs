@@ -21,6 +21,15 @@ pub struct Publisher {
     codec: Codec,
 }
 
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a successful publish returns: the event's id and its durable position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
