@@ -564,3 +564,14 @@ async fn a_waiting_handler_sees_shutdown_and_its_event_stays_unacknowledged() {
         "shutdown is not a failure"
     );
 }
+
+#[tokio::test]
+async fn listing_dead_letters_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    assert!(read_dead_letters(&bus, TOPIC).unwrap().is_empty());
+    let topics: Vec<_> = std::fs::read_dir(dir.path().join("topics"))
+        .unwrap()
+        .collect();
+    assert!(topics.is_empty(), "reading dead letters made {topics:?}");
+}
