@@ -13,6 +13,7 @@
 //! | [`menu`] | the pizzas, their prices and ingredients |
 //! | [`order`] | what a customer asks for, and its validation |
 //! | [`messages`] | the events, with versioned names, and their registry |
+//! | [`commands`] | the commands of the call and messaging styles, with their answers |
 //! | [`services`] | front desk, payment, inventory, kitchen, delivery: consumer groups |
 //! | [`http`] | the front desk's HTTP API |
 //! | [`run`] | the restaurant under simulated load, and its summary |
@@ -29,6 +30,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod commands;
 pub mod error;
 pub mod http;
 pub mod menu;

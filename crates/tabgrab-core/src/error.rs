@@ -31,12 +31,37 @@ pub enum ErrorKind {
     Storage,
     /// The component was shut down.
     Closed,
+    /// A single attempt took longer than its timeout (the overall deadline may still allow
+    /// another attempt).
+    Timeout,
+    /// The request's deadline passed: the caller's whole budget is spent, nobody should work
+    /// on it any more.
+    DeadlineExceeded,
+    /// The circuit breaker in front of the recipient is open: the call was not sent.
+    CircuitOpen,
+    /// The recipient or a local limit refused the request for overload (bulkhead full, load
+    /// shed, HTTP 429/503 with overload, gRPC `ResourceExhausted`).
+    Rejected,
+    /// The recipient could not be reached (connection refused, reset, DNS).
+    Unavailable,
+    /// The recipient's handler refused the request with a typed [`Rejection`](crate::Rejection),
+    /// carried back across the wire.
+    Remote,
+    /// The recipient answered something that is not a valid response (wrong status, bad body).
+    Protocol,
 }
 
 impl ErrorKind {
     /// Whether retrying the same operation may succeed. Bad input is never retryable.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Handler | ErrorKind::Storage)
+        matches!(
+            self,
+            ErrorKind::Handler
+                | ErrorKind::Storage
+                | ErrorKind::Timeout
+                | ErrorKind::Rejected
+                | ErrorKind::Unavailable
+        )
     }
 
     /// A short stable name, used in dead letters and metrics.
@@ -52,6 +77,13 @@ impl ErrorKind {
             ErrorKind::Handler => "handler",
             ErrorKind::Storage => "storage",
             ErrorKind::Closed => "closed",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Remote => "remote",
+            ErrorKind::Protocol => "protocol",
         }
     }
 }

@@ -7,14 +7,17 @@
 //! - [`envelope`]: the one CloudEvents 1.0 envelope, its JSON structured mode and its binary
 //!   (`ce-*` header) mode;
 //! - [`codec`]: size limits and typed decoding of envelopes and registered message types;
-//! - [`error`]: `Error { kind, .. }` with a `#[non_exhaustive]` [`ErrorKind`].
+//! - [`error`]: `Error { kind, .. }` with a `#[non_exhaustive]` [`ErrorKind`];
+//! - [`rejection`]: a handler's typed refusal, carried back to the caller by every transport.
 
 pub mod codec;
 pub mod envelope;
 pub mod error;
 pub mod message;
+pub mod rejection;
 
 pub use codec::{Codec, DEFAULT_MAX_SIZE, Registry};
 pub use envelope::Envelope;
 pub use error::{Error, ErrorKind};
 pub use message::{Command, Event, Message, MessageType, Query, Request};
+pub use rejection::Rejection;

@@ -43,5 +43,5 @@ pub mod retry;
 
 pub use tabgrab_core::{
     Codec, Command, Envelope, Error, ErrorKind, Event, Message, MessageType, Query, Registry,
-    Request, codec, envelope, message, request,
+    Rejection, Request, codec, envelope, message, rejection, request,
 };

@@ -1,0 +1,164 @@
+//! The pizzeria's commands: what the front desk asks of the other services in the call and
+//! messaging styles, with the answer each expects.
+//!
+//! The event-driven style ([`messages`](crate::messages)) has no commands: the front desk
+//! states a fact and the others react. Here the front desk *asks* and waits for the answer,
+//! over a call (HTTP, gRPC) or a request message on the bus. A refusal is a
+//! [`Rejection`](tabgrab::Rejection) with one of the codes below, so the caller branches on
+//! the code, never on a message string.
+//!
+//! | command | to | answer | refusal code |
+//! |---|---|---|---|
+//! | [`ChargeCard`] | payment | [`Charged`] | [`CARD_DECLINED`] |
+//! | [`RefundPayment`] | payment | [`Refunded`] | – |
+//! | [`ReserveIngredients`] | inventory | [`Reserved`] | [`INGREDIENTS_MISSING`] (details: [`Missing`]) |
+//! | [`ReleaseIngredients`] | inventory | [`Released`] | – |
+//! | [`PlaceTicket`] | kitchen | [`Baked`] (when the pizzas leave the oven) | – |
+//!
+//! Every command names its order, and every service handles a repeated command for the same
+//! order as the same command (a retry after a lost answer charges once, reserves once): that
+//! is what lets the caller retry commands safely with the order id as idempotency key.
+
+use serde::{Deserialize, Serialize};
+use tabgrab::{Command, Message, request};
+use uuid::Uuid;
+
+/// Refusal code of [`ChargeCard`]: the bank refused the card.
+pub const CARD_DECLINED: &str = "payment.card-declined";
+/// Refusal code of [`ReserveIngredients`]: some ingredients are short; details: [`Missing`].
+pub const INGREDIENTS_MISSING: &str = "inventory.ingredients-missing";
+
+/// Implements `Message`, `Command` and `Request` for a command with its answer type.
+macro_rules! command {
+    ($ty:ident => $response:ident, $name:literal) => {
+        impl Message for $ty {
+            const TYPE: &'static str = $name;
+        }
+        impl Command for $ty {
+            type Response = $response;
+        }
+        request!(command $ty);
+    };
+}
+
+/// Charge the order's price to the customer's card.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeCard {
+    /// The order; also the idempotency key: a second charge of one order is the first.
+    pub order_id: Uuid,
+    /// The price to charge.
+    pub amount_cents: u64,
+    /// The card, masked to its last four digits (`**** 1234`), as the front desk keeps it.
+    pub card: String,
+}
+
+/// Payment's answer to [`ChargeCard`]: the money is collected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charged {
+    /// The order.
+    pub order_id: Uuid,
+    /// What was collected.
+    pub amount_cents: u64,
+}
+command!(ChargeCard => Charged, "pizzeria.payment.charge-card.v1");
+
+/// Give back what was collected for an order (a compensation: the order could not be made).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundPayment {
+    /// The order.
+    pub order_id: Uuid,
+}
+
+/// Payment's answer to [`RefundPayment`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refunded {
+    /// The order.
+    pub order_id: Uuid,
+    /// What was returned now: 0 if nothing was collected or it was already refunded, so a
+    /// repeated refund returns nothing twice.
+    pub amount_cents: u64,
+}
+command!(RefundPayment => Refunded, "pizzeria.payment.refund.v1");
+
+/// Set aside the ingredients of an order's pizzas, all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveIngredients {
+    /// The order; also the idempotency key.
+    pub order_id: Uuid,
+    /// The pizzas by menu name.
+    pub pizzas: Vec<String>,
+}
+
+/// Inventory's answer to [`ReserveIngredients`]: everything is set aside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserved {
+    /// The order.
+    pub order_id: Uuid,
+}
+command!(ReserveIngredients => Reserved, "pizzeria.inventory.reserve-ingredients.v1");
+
+/// The details of an [`INGREDIENTS_MISSING`] refusal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Missing {
+    /// The ingredients short, by name.
+    pub ingredients: Vec<String>,
+}
+
+/// Put an order's reserved ingredients back on the shelf (a compensation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseIngredients {
+    /// The order.
+    pub order_id: Uuid,
+}
+
+/// Inventory's answer to [`ReleaseIngredients`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The order.
+    pub order_id: Uuid,
+    /// Whether anything went back now (false: nothing was reserved, or it was released
+    /// already).
+    pub released: bool,
+}
+command!(ReleaseIngredients => Released, "pizzeria.inventory.release-ingredients.v1");
+
+/// Bake an order that is paid and whose ingredients are reserved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceTicket {
+    /// The order; also the idempotency key.
+    pub order_id: Uuid,
+    /// The pizzas by menu name.
+    pub pizzas: Vec<String>,
+}
+
+/// The kitchen's answer to [`PlaceTicket`]: the pizzas are out of the oven.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Baked {
+    /// The order.
+    pub order_id: Uuid,
+}
+command!(PlaceTicket => Baked, "pizzeria.kitchen.place-ticket.v1");
+
+#[cfg(test)]
+mod tests {
+    use tabgrab::MessageType;
+
+    use super::*;
+
+    #[test]
+    fn command_names_are_versioned_and_distinct() {
+        let names = [
+            ChargeCard::TYPE,
+            RefundPayment::TYPE,
+            ReserveIngredients::TYPE,
+            ReleaseIngredients::TYPE,
+            PlaceTicket::TYPE,
+        ];
+        for name in names {
+            assert_eq!(MessageType::parse(name).unwrap().version(), 1, "{name}");
+        }
+        let distinct: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len());
+        assert!(<ChargeCard as tabgrab::Request>::IS_COMMAND);
+    }
+}
