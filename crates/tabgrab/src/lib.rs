@@ -3,7 +3,7 @@
 //! | kind | module | caller blocked | recipient must be up | response expected |
 //! |---|---|---|---|---|
 //! | non-blocking call (HTTP, gRPC) | `call` (planned) | no | yes | yes |
-//! | request-response messaging | `messaging` (planned) | no | no | yes |
+//! | request-response messaging | [`messaging`] | no | no | yes |
 //! | events | [`event`] | no | no | no |
 //!
 //! All three share one message model (re-exported from `tabgrab-core`: [`Command`], [`Query`],
@@ -39,6 +39,7 @@
 
 pub mod backend;
 pub mod event;
+pub mod messaging;
 pub mod retry;
 
 pub use tabgrab_core::{

@@ -26,5 +26,5 @@ mod subscription;
 pub use dead_letter::{DEAD_LETTER_TYPE, DeadLetter, dead_letter_topic, read_dead_letters};
 pub use handler::{Context, HandlerError};
 pub use publisher::{Publisher, Receipt};
-pub(crate) use subscription::Group;
+pub(crate) use subscription::{ErasedHandler, Group};
 pub use subscription::{StartFrom, Subscription, SubscriptionBuilder, SubscriptionStats};

@@ -64,6 +64,12 @@ impl Publisher {
         Ok(Envelope::new(&*self.source, event)?.with_subject(subject))
     }
 
+    /// Makes an envelope for any message (requests and replies of request-response
+    /// messaging travel through publishers too).
+    pub(crate) fn envelope_of<M: crate::Message>(&self, message: &M) -> Result<Envelope, Error> {
+        Envelope::new(&*self.source, message)
+    }
+
     /// Publishes `event` about `subject`; returns once the event is durable.
     pub async fn publish<E: Event>(
         &self,

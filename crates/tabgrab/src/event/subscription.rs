@@ -58,7 +58,7 @@ pub enum StartFrom {
 }
 
 /// A type-erased handler: decodes the envelope into its event type and runs the user's code.
-type ErasedHandler = Arc<
+pub(crate) type ErasedHandler = Arc<
     dyn Fn(Arc<Envelope>, Context) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync,
 >;
 
@@ -158,6 +158,19 @@ impl SubscriptionBuilder {
         });
         self.handlers.insert(E::TYPE.to_owned(), erased);
         self
+    }
+
+    /// Handles envelopes of type `ty` with a type-erased handler. Request-response messaging
+    /// uses it: requests and replies travel on topics like events but are not events, so the
+    /// typed [`handle`](Self::handle) (which takes only `Event`s) cannot carry them.
+    pub(crate) fn handle_envelope(
+        &mut self,
+        ty: &str,
+        handler: ErasedHandler,
+    ) -> Result<(), Error> {
+        self.registry.register_name(ty)?;
+        self.handlers.insert(ty.to_owned(), handler);
+        Ok(())
     }
 
     /// Declares types this group knows but does not handle: they are skipped, not

@@ -1,0 +1,149 @@
+//! The wire format of a reply, and the outcome a requester's reply handler receives.
+//!
+//! A reply is an envelope of type [`REPLY_TYPE`] whose `correlationid` is the request id and
+//! whose `causationid` is the request envelope's id. Two extension attributes say what it
+//! answers: `requesttype` (the request's message type) and `responder` (the topic the request
+//! was sent to); the requester checks both against its stored request before accepting the
+//! reply, so a reply cannot complete a request of another type or from another responder.
+//! The data is JSON, either `{"ok": <response>}` or `{"rejected": <Rejection>}`: the
+//! responder's typed refusal crosses the wire as a [`Rejection`] with its code and details.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, ErrorKind, Rejection};
+
+/// The message type of every reply envelope.
+pub const REPLY_TYPE: &str = "tabgrab.messaging.reply.v1";
+
+/// The extension attribute naming the request type a reply answers.
+pub const REQUEST_TYPE_ATTR: &str = "requesttype";
+
+/// The extension attribute naming the responder topic a reply comes from.
+pub const RESPONDER_ATTR: &str = "responder";
+
+/// The data of a reply envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyBody {
+    /// The handler's response, as JSON.
+    Ok(serde_json::Value),
+    /// The handler's typed refusal.
+    Rejected(Rejection),
+}
+
+impl ReplyBody {
+    /// Decodes a reply envelope's data.
+    pub fn decode(data: &[u8]) -> Result<ReplyBody, Error> {
+        serde_json::from_slice(data).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidPayload,
+                format!(
+                    "a {REPLY_TYPE} must hold {{\"ok\": ..}} or {{\"rejected\": ..}}; this one does not decode"
+                ),
+            )
+            .with_source(e)
+        })
+    }
+
+    /// Encodes the body as JSON bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(self).map_err(|e| {
+            Error::new(ErrorKind::InvalidPayload, "a reply body does not serialise").with_source(e)
+        })
+    }
+
+    /// Decodes the success payload as `T` (the request's response type).
+    pub(crate) fn into_result<T: serde::de::DeserializeOwned>(
+        self,
+        request_type: &str,
+    ) -> Result<Result<T, Rejection>, Error> {
+        match self {
+            ReplyBody::Ok(value) => serde_json::from_value(value).map(Ok).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidPayload,
+                    format!(
+                        "the reply to a {request_type} does not decode as its response type {}; \
+                         check that requester and responder use the same version",
+                        std::any::type_name::<T>()
+                    ),
+                )
+                .with_source(e)
+            }),
+            ReplyBody::Rejected(rejection) => Ok(Err(rejection)),
+        }
+    }
+}
+
+/// How a request ended, as its reply handler sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome<T> {
+    /// The responder answered: its response, or its typed refusal.
+    Replied(Result<T, Rejection>),
+    /// No reply arrived before the deadline. A reply that comes later is counted as late and
+    /// dropped, never delivered.
+    TimedOut,
+}
+
+impl<T> Outcome<T> {
+    /// The response, if the responder answered with one.
+    pub fn ok(self) -> Option<T> {
+        match self {
+            Outcome::Replied(Ok(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Whether the request timed out.
+    pub fn is_timed_out(&self) -> bool {
+        matches!(self, Outcome::TimedOut)
+    }
+}
+
+/// An outcome before its payload is decoded to the handler's type.
+#[derive(Clone, Debug)]
+pub(crate) enum RawOutcome {
+    /// A reply arrived.
+    Replied(ReplyBody),
+    /// The deadline passed.
+    TimedOut,
+}
+
+impl RawOutcome {
+    /// Decodes into the typed outcome of a request whose response type is `T`.
+    pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+        self,
+        request_type: &str,
+    ) -> Result<Outcome<T>, Error> {
+        match self {
+            RawOutcome::Replied(body) => Ok(Outcome::Replied(body.into_result(request_type)?)),
+            RawOutcome::TimedOut => Ok(Outcome::TimedOut),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejection_crosses_the_wire_with_its_code_and_details() {
+        let body = ReplyBody::Rejected(
+            Rejection::new("inventory.missing", "out of truffle")
+                .with_details(&vec!["truffle"])
+                .unwrap_or_else(|_| Rejection::new("x", "y")),
+        );
+        let wire = body.encode().unwrap_or_default();
+        let back = ReplyBody::decode(&wire).map(|b| b.into_result::<u32>("t.x.v1"));
+        match back {
+            Ok(Ok(Err(r))) => {
+                assert_eq!(r.code, "inventory.missing");
+                assert_eq!(
+                    r.details_as::<Vec<String>>().ok().flatten(),
+                    Some(vec!["truffle".into()])
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(ReplyBody::decode(b"{\"maybe\": 1}").is_err());
+    }
+}

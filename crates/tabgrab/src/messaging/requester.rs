@@ -1,0 +1,665 @@
+//! The requester: sends requests after persisting them, and turns replies and timeouts into
+//! exactly one outcome per request for its reply handler.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::reply::{RawOutcome, ReplyBody};
+use super::store::{Claim, CorrelationStore, PendingRequest, RecordState, ReplyKey};
+use super::{
+    Clock, Outcome, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, RequestId, SendOptions,
+    duration_ms, to_datetime,
+};
+use crate::backend::embedded::{EmbeddedBus, validate_topic};
+use crate::event::{Context, ErasedHandler, HandlerError, Publisher, Subscription};
+use crate::{Envelope, Error, ErrorKind, Request};
+
+/// What a reply handler receives besides the outcome.
+#[derive(Clone, Debug)]
+pub struct ReplyContext {
+    /// The request as stored.
+    request: Arc<PendingRequest>,
+}
+
+impl ReplyContext {
+    /// The request id (its correlation id).
+    pub fn request_id(&self) -> &str {
+        &self.request.id
+    }
+
+    /// The request's message type.
+    pub fn request_type(&self) -> &str {
+        &self.request.request_type
+    }
+
+    /// The caller's context value, as given to `send`.
+    pub fn context(&self) -> &serde_json::Value {
+        &self.request.context
+    }
+
+    /// The caller's context decoded as `T`.
+    pub fn context_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        T::deserialize(&self.request.context).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidPayload,
+                format!(
+                    "the context of {} request {} is not a {}",
+                    self.request.request_type,
+                    self.request.id,
+                    std::any::type_name::<T>()
+                ),
+            )
+            .with_source(e)
+        })
+    }
+
+    /// When the request was sent, Unix milliseconds.
+    pub fn sent_ms(&self) -> i64 {
+        self.request.sent_ms
+    }
+
+    /// The request's deadline, Unix milliseconds.
+    pub fn deadline_ms(&self) -> i64 {
+        self.request.deadline_ms
+    }
+}
+
+/// A reply handler with its response type erased.
+type ErasedReplyHandler = Arc<
+    dyn Fn(RawOutcome, ReplyContext) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync,
+>;
+
+/// Where a request type goes, and who handles its outcomes.
+#[derive(Clone)]
+struct Route {
+    /// The responder's topic.
+    topic: String,
+    /// The reply handler; `None` for types only used with [`Requester::request`].
+    handler: Option<ErasedReplyHandler>,
+}
+
+/// Counters of one requester (this node).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) records_written: AtomicU64,
+    pub(crate) replied: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) late: AtomicU64,
+    pub(crate) duplicate: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) unhandled: AtomicU64,
+    pub(crate) handler_failures: AtomicU64,
+}
+
+/// A snapshot of a requester's counters (this node only; other nodes of the group count
+/// their own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequesterStats {
+    /// Requests published.
+    pub sent: u64,
+    /// Correlation records inserted into the store.
+    pub records_written: u64,
+    /// Replies handed to a reply handler (or a waiting `request`).
+    pub replied: u64,
+    /// `TimedOut` outcomes handed to a reply handler (or a waiting `request`).
+    pub timed_out: u64,
+    /// Replies that arrived after their request's deadline or timeout: dropped.
+    pub late: u64,
+    /// Replies to requests that already had theirs: ignored.
+    pub duplicate: u64,
+    /// Replies with an unknown or forged correlation id, or not matching the stored request
+    /// type or responder, or undecodable: rejected (and dead-lettered).
+    pub rejected: u64,
+    /// Outcomes of request types with no reply handler and no waiting `request` (logged).
+    pub unhandled: u64,
+    /// Reply handler failures (the outcome is retried).
+    pub handler_failures: u64,
+}
+
+/// Tunables of a requester.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub(crate) default_timeout: Duration,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) sweep_batch: u32,
+    pub(crate) lease: Duration,
+    pub(crate) retention: Duration,
+    pub(crate) concurrency: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            default_timeout: Duration::from_secs(30),
+            sweep_interval: Duration::from_millis(200),
+            sweep_batch: 256,
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 3600),
+            concurrency: 64,
+        }
+    }
+}
+
+/// Builds a [`Requester`].
+pub struct RequesterBuilder {
+    bus: EmbeddedBus,
+    group: String,
+    store: Option<Arc<dyn CorrelationStore>>,
+    routes: HashMap<String, Route>,
+    options: Options,
+}
+
+impl std::fmt::Debug for RequesterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequesterBuilder")
+            .field("group", &self.group)
+            .field("routes", &self.routes.keys().collect::<Vec<_>>())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequesterBuilder {
+    /// The correlation store (required): SQLite for one node, PostgreSQL for several.
+    pub fn store(self, store: impl CorrelationStore) -> RequesterBuilder {
+        self.shared_store(Arc::new(store))
+    }
+
+    /// A correlation store shared with other requesters (other nodes in one process, tests).
+    pub fn shared_store(mut self, store: Arc<dyn CorrelationStore>) -> RequesterBuilder {
+        self.store = Some(store);
+        self
+    }
+
+    /// Sends requests of type `R` to `topic` and hands their outcomes to `handler`, exactly
+    /// once per request across the group (see the module docs for the crash case).
+    ///
+    /// A handler error is retried: a reply is redelivered with backoff, a timeout by the next
+    /// sweep.
+    pub fn on_reply<R, F, Fut>(mut self, topic: &str, handler: F) -> RequesterBuilder
+    where
+        R: Request,
+        F: Fn(Outcome<R::Response>, ReplyContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: ErasedReplyHandler = Arc::new(move |raw: RawOutcome, ctx: ReplyContext| {
+            let handler = Arc::clone(&handler);
+            async move {
+                let outcome = raw
+                    .decode::<R::Response>(R::TYPE)
+                    .map_err(HandlerError::permanent)?;
+                handler(outcome, ctx).await
+            }
+            .boxed()
+        });
+        self.routes.insert(
+            R::TYPE.to_owned(),
+            Route {
+                topic: topic.to_owned(),
+                handler: Some(erased),
+            },
+        );
+        self
+    }
+
+    /// Sends requests of type `R` to `topic`, without a reply handler: for types used with
+    /// [`Requester::request`] only. An outcome nobody awaits any more (after a restart) is
+    /// logged and counted as unhandled.
+    pub fn route<R: Request>(mut self, topic: &str) -> RequesterBuilder {
+        self.routes.insert(
+            R::TYPE.to_owned(),
+            Route {
+                topic: topic.to_owned(),
+                handler: None,
+            },
+        );
+        self
+    }
+
+    /// The timeout of requests sent without one (default 30 s).
+    pub fn default_timeout(mut self, timeout: Duration) -> RequesterBuilder {
+        self.options.default_timeout = timeout;
+        self
+    }
+
+    /// How often the timeout sweep looks for expired requests (default 200 ms): a
+    /// `TimedOut` outcome comes at most this long after the deadline (plus handler time).
+    pub fn sweep_interval(mut self, interval: Duration) -> RequesterBuilder {
+        self.options.sweep_interval = interval;
+        self
+    }
+
+    /// How long a claimed outcome stays with the node that claimed it before another node
+    /// may take it over (default 30 s). Must exceed the longest reply handler run.
+    pub fn lease(mut self, lease: Duration) -> RequesterBuilder {
+        self.options.lease = lease;
+        self
+    }
+
+    /// How long finished requests stay as tombstones, to tell late and duplicate replies from
+    /// forged ones (default 24 h).
+    pub fn retention(mut self, retention: Duration) -> RequesterBuilder {
+        self.options.retention = retention;
+        self
+    }
+
+    /// How many replies are handled at once on this node (default 64).
+    pub fn concurrency(mut self, n: usize) -> RequesterBuilder {
+        self.options.concurrency = n.max(1);
+        self
+    }
+
+    /// Starts the requester: joins the group's reply consumer group and starts the timeout
+    /// sweep. Must be called inside a tokio runtime.
+    pub fn start(self) -> Result<Requester, Error> {
+        validate_topic(&self.group).map_err(|e| {
+            Error::new(
+                ErrorKind::Malformed,
+                format!("requester group {:?}: {}", self.group, e.message()),
+            )
+        })?;
+        let store = self.store.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Malformed,
+                format!(
+                    "requester group {}: no correlation store; call .store(SqliteStore::open(..)) on the builder",
+                    self.group
+                ),
+            )
+        })?;
+        let reply_topic = format!("replies.{}", self.group);
+        let mut publishers = HashMap::new();
+        for route in self.routes.values() {
+            if !publishers.contains_key(&route.topic) {
+                let publisher = Publisher::new(
+                    &self.bus,
+                    &route.topic,
+                    &format!("/tabgrab/requester/{}", self.group),
+                )?;
+                publishers.insert(route.topic.clone(), publisher);
+            }
+        }
+        let inner = Arc::new(Inner {
+            group: self.group.clone(),
+            reply_topic: reply_topic.clone(),
+            store,
+            routes: self.routes,
+            publishers,
+            options: self.options.clone(),
+            clock: Clock::new(),
+            counters: Counters::default(),
+            waiters: Mutex::new(HashMap::new()),
+        });
+        let on_reply: ErasedHandler = {
+            let inner = Arc::clone(&inner);
+            Arc::new(move |envelope: Arc<Envelope>, _ctx: Context| {
+                let inner = Arc::clone(&inner);
+                async move { inner.handle_reply(&envelope).await }.boxed()
+            })
+        };
+        let mut subscription = Subscription::builder(&self.bus, &reply_topic, &self.group)
+            .concurrency(self.options.concurrency)
+            .max_deliveries(10)
+            .commit_interval(Duration::from_millis(200));
+        subscription.handle_envelope(REPLY_TYPE, on_reply)?;
+        let subscription = subscription.start()?;
+        let cancel = CancellationToken::new();
+        let sweep = tokio::spawn(super::sweep::run(Arc::clone(&inner), cancel.clone()));
+        Ok(Requester {
+            inner,
+            subscription: Arc::new(Mutex::new(Some(subscription))),
+            sweep: Arc::new(Mutex::new(Some(sweep))),
+            cancel,
+        })
+    }
+}
+
+/// The shared state of a requester node.
+pub(crate) struct Inner {
+    /// The requester group (the reply address's owner).
+    pub(crate) group: String,
+    /// `replies.<group>`, the `replyto` of every request.
+    reply_topic: String,
+    /// Where pending requests live.
+    pub(crate) store: Arc<dyn CorrelationStore>,
+    /// Request types this node sends, by type name.
+    routes: HashMap<String, Route>,
+    /// One publisher per responder topic.
+    publishers: HashMap<String, Publisher>,
+    /// Timeouts, sweep and lease settings.
+    pub(crate) options: Options,
+    /// Milliseconds for deadlines and claims.
+    pub(crate) clock: Clock,
+    /// This node's counters.
+    pub(crate) counters: Counters,
+    /// Callers of `request` waiting on this node, by request id.
+    waiters: Mutex<HashMap<String, oneshot::Sender<RawOutcome>>>,
+}
+
+impl Inner {
+    fn waiters(&self) -> MutexGuard<'_, HashMap<String, oneshot::Sender<RawOutcome>>> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Handles one reply envelope from the group's reply topic.
+    async fn handle_reply(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        let rejected = |why: String| {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(group = %self.group, reply = %envelope.id, "rejected reply: {why}");
+            HandlerError::permanent(Error::new(ErrorKind::Malformed, why))
+        };
+        let Some(id) = envelope.correlationid.as_deref() else {
+            return Err(rejected("a reply without correlationid".into()));
+        };
+        let (Some(request_type), Some(responder)) = (
+            envelope.extensions.get(REQUEST_TYPE_ATTR),
+            envelope.extensions.get(RESPONDER_ATTR),
+        ) else {
+            return Err(rejected(format!(
+                "reply to {id} lacks the {REQUEST_TYPE_ATTR} or {RESPONDER_ATTR} attribute"
+            )));
+        };
+        let body = match ReplyBody::decode(&envelope.data) {
+            Ok(body) => body,
+            Err(e) => return Err(rejected(format!("reply to {id}: {e}"))),
+        };
+        let now = self.clock.now_ms();
+        let key = ReplyKey {
+            id,
+            request_type,
+            responder,
+        };
+        let claim = self
+            .store
+            .claim_reply(
+                key,
+                now,
+                now.saturating_add(duration_ms(self.options.lease)),
+            )
+            .await
+            .map_err(HandlerError::transient)?;
+        match claim {
+            Claim::Claimed(request) => {
+                let request = Arc::new(request);
+                match self
+                    .deliver(Arc::clone(&request), RawOutcome::Replied(body))
+                    .await
+                {
+                    Ok(()) => {
+                        self.finish(&request.id, RecordState::Replied).await;
+                        self.counters.replied.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.counters
+                            .handler_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        if let Err(release) = self.store.release(&request.id).await {
+                            tracing::error!(group = %self.group, id, error = %release, "cannot release a claim; it lapses after the lease");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            Claim::Duplicate => {
+                self.counters.duplicate.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(group = %self.group, id, "duplicate reply ignored");
+                Ok(())
+            }
+            Claim::Late => {
+                self.counters.late.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(group = %self.group, id, request_type, "late reply (after the request's deadline) dropped");
+                Ok(())
+            }
+            Claim::Forged => Err(rejected(format!(
+                "reply to {id} ({request_type} from {responder}) matches no pending request of this group"
+            ))),
+        }
+    }
+
+    /// Hands an outcome to a waiting `request` on this node, or to the reply handler.
+    pub(crate) async fn deliver(
+        &self,
+        request: Arc<PendingRequest>,
+        raw: RawOutcome,
+    ) -> Result<(), HandlerError> {
+        let waiter = self.waiters().remove(&request.id);
+        let raw = match waiter {
+            Some(tx) => match tx.send(raw) {
+                Ok(()) => return Ok(()),
+                Err(raw) => raw,
+            },
+            None => raw,
+        };
+        let handler = self
+            .routes
+            .get(&request.request_type)
+            .and_then(|r| r.handler.clone());
+        match handler {
+            Some(handler) => handler(raw, ReplyContext { request }).await,
+            None => {
+                self.counters.unhandled.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(group = %self.group, id = %request.id, request_type = %request.request_type, "an outcome nobody waits for (no reply handler for this type)");
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks a claimed request finished, retrying the store a few times: once the handler
+    /// ran, a lost completion would let the claim lapse and the outcome be handed again.
+    pub(crate) async fn finish(&self, id: &str, state: RecordState) {
+        for attempt in 1..=5u32 {
+            match self.store.complete(id, state, self.clock.now_ms()).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(group = %self.group, id, %state, "completion found the claim taken over (lease too short?)");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(group = %self.group, id, attempt, error = %e, "cannot record a request's outcome; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends requests and handles their outcomes; one node of a requester group. Cheap to clone.
+#[derive(Clone)]
+pub struct Requester {
+    inner: Arc<Inner>,
+    /// The reply consumer group membership, taken by `shutdown`.
+    subscription: Arc<Mutex<Option<Subscription>>>,
+    /// The timeout sweep task, taken by `shutdown`.
+    sweep: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Stops the sweep.
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("group", &self.inner.group)
+            .field("store", &self.inner.store.name())
+            .finish_non_exhaustive()
+    }
+}
+
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
+impl Requester {
+    /// Starts building a node of requester group `group` on `bus`.
+    pub fn builder(bus: &EmbeddedBus, group: &str) -> RequesterBuilder {
+        RequesterBuilder {
+            bus: bus.clone(),
+            group: group.to_owned(),
+            store: None,
+            routes: HashMap::new(),
+            options: Options::default(),
+        }
+    }
+
+    /// The group.
+    pub fn group(&self) -> &str {
+        &self.inner.group
+    }
+
+    /// The reply address (`replyto`) of the group's requests: the reply topic's name.
+    pub fn reply_to(&self) -> &str {
+        &self.inner.reply_topic
+    }
+
+    /// The correlation store.
+    pub fn store(&self) -> &Arc<dyn CorrelationStore> {
+        &self.inner.store
+    }
+
+    /// Sends `request`: stores it as pending, then publishes it durably; returns its id at
+    /// once. Its outcome (reply or timeout) goes to the reply handler registered for `R`.
+    ///
+    /// If the publish fails the record is removed and the error returned; if even that fails,
+    /// the request ends as `TimedOut` at its deadline (never silently pending).
+    pub async fn send<R: Request>(
+        &self,
+        request: &R,
+        options: SendOptions,
+    ) -> Result<RequestId, Error> {
+        let id = RequestId::new();
+        self.send_with_id(&id, request, options).await?;
+        Ok(id)
+    }
+
+    async fn send_with_id<R: Request>(
+        &self,
+        id: &RequestId,
+        request: &R,
+        options: SendOptions,
+    ) -> Result<(), Error> {
+        let inner = &self.inner;
+        let route = inner.routes.get(R::TYPE).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnknownType,
+                format!(
+                    "requester group {} has no route for {}: add .on_reply::<..>(topic, handler) or .route::<..>(topic) to its builder",
+                    inner.group,
+                    R::TYPE
+                ),
+            )
+        })?;
+        let publisher = inner.publishers.get(&route.topic).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Closed,
+                format!("no publisher for topic {}", route.topic),
+            )
+        })?;
+        let now = inner.clock.now_ms();
+        let timeout = options.timeout.unwrap_or(inner.options.default_timeout);
+        let deadline_ms = now.saturating_add(duration_ms(timeout));
+        let mut envelope = publisher.envelope_of(request)?;
+        envelope.correlationid = Some(id.to_string());
+        envelope.replyto = Some(inner.reply_topic.clone());
+        envelope.deadline = to_datetime(deadline_ms);
+        envelope.subject = Some(options.subject.unwrap_or_else(|| id.to_string()));
+        let record = PendingRequest {
+            id: id.to_string(),
+            group: inner.group.clone(),
+            request_type: R::TYPE.to_owned(),
+            responder: route.topic.clone(),
+            sent_ms: now,
+            deadline_ms,
+            context: options.context,
+        };
+        inner.store.insert(&record).await?;
+        inner
+            .counters
+            .records_written
+            .fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = publisher.publish_envelope(&envelope).await {
+            if let Err(remove) = inner.store.remove(id.as_str()).await {
+                tracing::error!(group = %inner.group, %id, error = %remove, "publish failed and the pending record could not be removed; it will time out");
+            }
+            return Err(e);
+        }
+        inner.counters.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends `request` and waits for its outcome here. The request is persisted like any
+    /// other: if this process stops waiting (restart, dropped future), the outcome goes to
+    /// the reply handler of `R`, if any, on whichever node gets it.
+    pub async fn request<R: Request>(
+        &self,
+        request: &R,
+        options: SendOptions,
+    ) -> Result<Outcome<R::Response>, Error> {
+        let id = RequestId::new();
+        let (tx, rx) = oneshot::channel();
+        self.inner.waiters().insert(id.to_string(), tx);
+        if let Err(e) = self.send_with_id(&id, request, options).await {
+            self.inner.waiters().remove(id.as_str());
+            return Err(e);
+        }
+        let raw = rx.await.map_err(|_| {
+            Error::new(
+                ErrorKind::Closed,
+                format!("the requester stopped before {} {id} ended", R::TYPE),
+            )
+        })?;
+        raw.decode::<R::Response>(R::TYPE)
+    }
+
+    /// This node's counters.
+    pub fn stats(&self) -> RequesterStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RequesterStats {
+            sent: get(&c.sent),
+            records_written: get(&c.records_written),
+            replied: get(&c.replied),
+            timed_out: get(&c.timed_out),
+            late: get(&c.late),
+            duplicate: get(&c.duplicate),
+            rejected: get(&c.rejected),
+            unhandled: get(&c.unhandled),
+            handler_failures: get(&c.handler_failures),
+        }
+    }
+
+    /// Runs one timeout sweep now (the background sweep does this every interval); returns
+    /// how many requests it ended as `TimedOut`.
+    pub async fn sweep_now(&self) -> Result<usize, Error> {
+        super::sweep::sweep_once(&self.inner).await
+    }
+
+    /// Stops this node: the sweep, then the reply consumer (running handlers finish, the
+    /// offset is committed). Pending requests stay in the store for the other nodes or the
+    /// next start.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.cancel.cancel();
+        if let Some(sweep) = take(&self.sweep) {
+            let _ = sweep.await;
+        }
+        if let Some(subscription) = take(&self.subscription) {
+            subscription.shutdown().await?;
+        }
+        self.inner.waiters().clear();
+        Ok(())
+    }
+}

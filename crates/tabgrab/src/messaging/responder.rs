@@ -1,0 +1,258 @@
+//! The responder: handles requests of given types on a topic and replies to their `replyto`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+
+use super::reply::ReplyBody;
+use super::{Clock, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, to_ms};
+use crate::backend::embedded::{EmbeddedBus, validate_topic};
+use crate::event::{Context, ErasedHandler, HandlerError, Publisher, Subscription};
+use crate::{Envelope, Error, ErrorKind, Rejection, Request};
+
+/// What a request handler receives besides the request.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The delivery context of the request envelope.
+    delivery: Context,
+}
+
+impl RequestContext {
+    /// The request envelope.
+    pub fn envelope(&self) -> &Envelope {
+        self.delivery.envelope()
+    }
+
+    /// The request id (its correlation id).
+    pub fn request_id(&self) -> &str {
+        let envelope = self.delivery.envelope();
+        envelope.correlationid.as_deref().unwrap_or(&envelope.id)
+    }
+
+    /// The delivery attempt, starting at 1 (a request is redelivered after a crash).
+    pub fn attempt(&self) -> u32 {
+        self.delivery.attempt()
+    }
+
+    /// Completes when the responder shuts down.
+    pub async fn shutdown_requested(&self) {
+        self.delivery.shutdown_requested().await;
+    }
+}
+
+/// A snapshot of a responder's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponderStats {
+    /// Requests answered with a response.
+    pub replied: u64,
+    /// Requests answered with a typed rejection.
+    pub rejected: u64,
+    /// Requests skipped because their deadline had passed (the handler did not run).
+    pub expired: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    replied: AtomicU64,
+    rejected: AtomicU64,
+    expired: AtomicU64,
+}
+
+/// Shared state of a responder's handlers.
+struct Shared {
+    bus: EmbeddedBus,
+    topic: String,
+    source: String,
+    clock: Clock,
+    counters: Counters,
+    /// Publishers by reply topic, made on first use.
+    publishers: Mutex<HashMap<String, Publisher>>,
+}
+
+impl Shared {
+    fn publisher(&self, topic: &str) -> Result<Publisher, Error> {
+        let mut publishers = self
+            .publishers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = publishers.get(topic) {
+            return Ok(p.clone());
+        }
+        let p = Publisher::new(&self.bus, topic, &self.source)?;
+        publishers.insert(topic.to_owned(), p.clone());
+        Ok(p)
+    }
+}
+
+/// Builds a [`Responder`].
+pub struct ResponderBuilder {
+    builder: crate::event::SubscriptionBuilder,
+    shared: Arc<Shared>,
+    /// The first registration error (an invalid type name), reported by `start`.
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for ResponderBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponderBuilder")
+            .field("topic", &self.shared.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponderBuilder {
+    /// Handles requests of type `R`: the handler's response or typed [`Rejection`] is sent
+    /// back to the request's `replyto` with its correlation id. Requests whose deadline has
+    /// passed are skipped without running the handler.
+    pub fn handle<R, F, Fut>(mut self, handler: F) -> ResponderBuilder
+    where
+        R: Request,
+        F: Fn(R, RequestContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, Rejection>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let shared = Arc::clone(&self.shared);
+        let erased: ErasedHandler = Arc::new(move |envelope: Arc<Envelope>, ctx: Context| {
+            let handler = Arc::clone(&handler);
+            let shared = Arc::clone(&shared);
+            async move {
+                if let Some(deadline) = envelope.deadline
+                    && to_ms(deadline) <= shared.clock.now_ms()
+                {
+                    shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(topic = %shared.topic, id = %envelope.id, "request past its deadline skipped");
+                    return Ok(());
+                }
+                let Some(reply_to) = envelope.replyto.clone() else {
+                    return Err(HandlerError::permanent(Error::new(
+                        ErrorKind::MissingAttribute,
+                        format!("a {} request without replyto cannot be answered", R::TYPE),
+                    )));
+                };
+                validate_topic(&reply_to).map_err(HandlerError::permanent)?;
+                let request = envelope.decode::<R>().map_err(HandlerError::bad_input)?;
+                let answer = handler(request, RequestContext { delivery: ctx }).await;
+                let body = match answer {
+                    Ok(response) => ReplyBody::Ok(serde_json::to_value(&response).map_err(|e| {
+                        HandlerError::permanent(
+                            Error::new(
+                                ErrorKind::InvalidPayload,
+                                format!("the response to a {} does not serialise", R::TYPE),
+                            )
+                            .with_source(e),
+                        )
+                    })?),
+                    Err(rejection) => ReplyBody::Rejected(rejection),
+                };
+                let rejected = matches!(body, ReplyBody::Rejected(_));
+                let data = body.encode().map_err(HandlerError::permanent)?;
+                let mut reply =
+                    Envelope::raw(&*shared.source, REPLY_TYPE, Bytes::from(data)).caused_by(&envelope);
+                reply.subject.clone_from(&envelope.subject);
+                reply
+                    .extensions
+                    .insert(REQUEST_TYPE_ATTR.to_owned(), R::TYPE.to_owned());
+                reply
+                    .extensions
+                    .insert(RESPONDER_ATTR.to_owned(), shared.topic.clone());
+                // A publish failure is transient: the request is redelivered and answered again
+                // (the requester ignores the duplicate if the first reply got through).
+                shared
+                    .publisher(&reply_to)
+                    .map_err(HandlerError::transient)?
+                    .publish_envelope(&reply)
+                    .await
+                    .map_err(HandlerError::transient)?;
+                let counter = if rejected {
+                    &shared.counters.rejected
+                } else {
+                    &shared.counters.replied
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            .boxed()
+        });
+        if let Err(e) = self.builder.handle_envelope(R::TYPE, erased) {
+            self.error.get_or_insert(e);
+        }
+        self
+    }
+
+    /// How many requests are handled at once (default 64).
+    pub fn concurrency(mut self, n: usize) -> ResponderBuilder {
+        self.builder = self.builder.concurrency(n);
+        self
+    }
+
+    /// Starts handling requests. Must be called inside a tokio runtime.
+    pub fn start(self) -> Result<Responder, Error> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let subscription = self.builder.start()?;
+        Ok(Responder {
+            subscription,
+            shared: self.shared,
+        })
+    }
+}
+
+/// Handles requests on a topic as a consumer group (several responders of one group share
+/// the work).
+pub struct Responder {
+    subscription: Subscription,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("topic", &self.shared.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// Starts building a responder of group `group` for requests on `topic`.
+    pub fn builder(bus: &EmbeddedBus, topic: &str, group: &str) -> ResponderBuilder {
+        ResponderBuilder {
+            builder: Subscription::builder(bus, topic, group)
+                .commit_interval(Duration::from_millis(200)),
+            shared: Arc::new(Shared {
+                bus: bus.clone(),
+                topic: topic.to_owned(),
+                source: format!("/tabgrab/responder/{topic}"),
+                clock: Clock::new(),
+                counters: Counters::default(),
+                publishers: Mutex::new(HashMap::new()),
+            }),
+            error: None,
+        }
+    }
+
+    /// The responder's counters.
+    pub fn stats(&self) -> ResponderStats {
+        let c = &self.shared.counters;
+        ResponderStats {
+            replied: c.replied.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How many requests of the topic this responder's group has not finished.
+    pub fn lag(&self) -> u64 {
+        self.subscription.lag()
+    }
+
+    /// Stops handling requests (running handlers finish; the offset is committed).
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.subscription.shutdown().await
+    }
+}

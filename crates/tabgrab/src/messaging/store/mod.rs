@@ -1,0 +1,295 @@
+//! Correlation stores: where a requester keeps its pending requests, so that a reply or a
+//! timeout can be handled by any node of its group, after any restart.
+//!
+//! # The life of a record
+//! ```text
+//!            insert                     claim_reply                complete(Replied)
+//!   (none) ---------> pending -------------------------> replying -----------------> replied
+//!                       |  ^                                |
+//!                       |  '------------ release -----------'   (handler failed: retried)
+//!                       |
+//!                       | claim_expired (deadline passed)        complete(TimedOut)
+//!                       '-----------------------------> timing_out ----------------> timed_out
+//! ```
+//! Every transition out of `pending` is one atomic conditional update in the store (`UPDATE ..
+//! WHERE state = 'pending' .. RETURNING`), so when a reply and the timeout sweep race, or two
+//! nodes of a group see the same reply, exactly one of them wins the claim. The winner hands
+//! the outcome to the reply handler and only then marks the record finished (`complete`); if
+//! the handler fails it gives the claim back (`release`) and the reply is redelivered (or the
+//! next sweep retries the timeout).
+//!
+//! A claim carries a **lease**: if the node holding it dies before `complete`, the claim
+//! lapses and a redelivered reply (or the sweep, once the deadline passed) can take it again.
+//! So the guarantee is: the reply handler is *completed* exactly once per request, and it is
+//! *invoked* more than once only if a node dies (or its handler fails) while handling that
+//! request's outcome. Handlers that must not repeat an effect even then should be idempotent
+//! on the request id, as any at-least-once consumer must.
+//!
+//! # Tombstones
+//! Finished records stay in the store as tombstones for a retention window (one day by
+//! default, [`CorrelationStore::purge`]) so that a later reply can be told apart: a reply
+//! for a `replied` request is a **duplicate**, for a `timing_out`/`timed_out` one or one that
+//! arrives after its deadline it is **late**, and for an id the store never saw (or that does
+//! not match the stored request type or responder) it is **forged**. After the window a late
+//! or duplicate reply is indistinguishable from a forged one and is counted as such.
+//!
+//! # Time
+//! Stores take "now" as an argument in Unix milliseconds instead of reading a clock, so tests
+//! drive them with any time they like, and all nodes judge deadlines by the caller's clock.
+
+use std::fmt;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod sqlite;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// One pending request as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    /// The request id, also the `correlationid` of the request and of its reply.
+    pub id: String,
+    /// The requester group that sent it (and receives its reply).
+    pub group: String,
+    /// The request's message type; a reply must name the same one.
+    pub request_type: String,
+    /// The topic the request was sent to; a reply must come from that responder.
+    pub responder: String,
+    /// When it was sent, Unix milliseconds.
+    pub sent_ms: i64,
+    /// After this instant (Unix milliseconds) nobody waits: the outcome is `TimedOut`.
+    pub deadline_ms: i64,
+    /// The caller's context, handed back with the outcome (a small JSON value).
+    pub context: serde_json::Value,
+}
+
+/// The state of a record in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordState {
+    /// Sent, no outcome yet.
+    Pending,
+    /// A node claimed a reply and is running the reply handler.
+    Replying,
+    /// The sweep claimed the timeout and is running the reply handler.
+    TimingOut,
+    /// Finished with a reply (tombstone).
+    Replied,
+    /// Finished with a timeout (tombstone).
+    TimedOut,
+}
+
+impl RecordState {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Pending => "pending",
+            RecordState::Replying => "replying",
+            RecordState::TimingOut => "timing_out",
+            RecordState::Replied => "replied",
+            RecordState::TimedOut => "timed_out",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<RecordState> {
+        Some(match s {
+            "pending" => RecordState::Pending,
+            "replying" => RecordState::Replying,
+            "timing_out" => RecordState::TimingOut,
+            "replied" => RecordState::Replied,
+            "timed_out" => RecordState::TimedOut,
+            _ => return None,
+        })
+    }
+
+    /// Whether the record is finished (a tombstone).
+    pub fn is_final(self) -> bool {
+        matches!(self, RecordState::Replied | RecordState::TimedOut)
+    }
+}
+
+impl fmt::Display for RecordState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a reply says about itself, checked against the stored request before it is claimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyKey<'a> {
+    /// The reply's correlation id.
+    pub id: &'a str,
+    /// The request type the reply says it answers.
+    pub request_type: &'a str,
+    /// The responder topic the reply says it comes from.
+    pub responder: &'a str,
+}
+
+/// The result of trying to claim a reply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Claim {
+    /// The request was pending (or its previous claim lapsed): this node now owns it and must
+    /// `complete` or `release` it.
+    Claimed(PendingRequest),
+    /// The request already has its reply, or another node is handling one: a duplicate.
+    Duplicate,
+    /// The request timed out (or its deadline passed) before this reply: a late reply.
+    Late,
+    /// The correlation id is unknown (never sent, or purged), or the stored request has
+    /// another type or responder: a forged or misrouted reply.
+    Forged,
+}
+
+/// The counts of a store's records by state (for metrics and quiescence checks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// `pending` records.
+    pub pending: u64,
+    /// Claimed records whose handler runs (`replying` and `timing_out`).
+    pub in_progress: u64,
+    /// `replied` tombstones.
+    pub replied: u64,
+    /// `timed_out` tombstones.
+    pub timed_out: u64,
+}
+
+/// A persistent (or, for tests and benchmarks, in-memory) home for pending requests.
+///
+/// Every method is one atomic operation of the store; see the module docs for the states.
+/// Methods return boxed futures so that stores can be used as `Arc<dyn CorrelationStore>`.
+pub trait CorrelationStore: Send + Sync + 'static {
+    /// A short name for logs and benchmarks (`sqlite`, `postgres`, `memory`).
+    fn name(&self) -> &'static str;
+
+    /// Records a new pending request. Fails with `Storage` if the id exists already.
+    fn insert<'a>(&'a self, request: &'a PendingRequest) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Claims the request a reply answers, if it is pending (or `replying` with a lapsed
+    /// lease) and its deadline has not passed at `now_ms`; the claim lasts until
+    /// `lease_until_ms`. Otherwise says why the reply cannot be handled.
+    fn claim_reply<'a>(
+        &'a self,
+        reply: ReplyKey<'a>,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> BoxFuture<'a, Result<Claim, Error>>;
+
+    /// Claims up to `limit` requests whose deadline is at or before `now_ms` and that are
+    /// pending, or claimed with a lapsed lease: they become `timing_out` until
+    /// `lease_until_ms`.
+    fn claim_expired(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<PendingRequest>, Error>>;
+
+    /// Finishes a claimed request with `state` (`Replied` or `TimedOut`). Returns `false` if
+    /// the record was not claimed any more (its lease lapsed and another node took it).
+    fn complete<'a>(
+        &'a self,
+        id: &'a str,
+        state: RecordState,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
+
+    /// Gives a claim back (the handler failed): the record is `pending` again.
+    fn release<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Deletes a pending record whose request could not be published (nobody will reply).
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// The state of one record, if the store has it.
+    fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RecordState>, Error>>;
+
+    /// Deletes tombstones finished before `before_ms`; returns how many.
+    fn purge(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, Error>>;
+
+    /// Counts records by state.
+    fn counts(&self) -> BoxFuture<'_, Result<StoreCounts, Error>>;
+}
+
+/// Checks a table name for the SQL stores (it is spliced into statements).
+pub(crate) fn validate_table(table: &str) -> Result<(), Error> {
+    let ok = !table.is_empty()
+        && table.len() <= 60
+        && table
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            crate::ErrorKind::Malformed,
+            format!(
+                "correlation table name {table:?} is invalid: use 1-60 of [a-z0-9_], not starting with a digit"
+            ),
+        ))
+    }
+}
+
+/// Wraps a database error as a `Storage` error naming the store and operation.
+pub(crate) fn db_error(store: &str, operation: &str, error: sqlx::Error) -> Error {
+    Error::new(
+        crate::ErrorKind::Storage,
+        format!(
+            "correlation store ({store}): {operation} failed; check that the database is reachable and writable"
+        ),
+    )
+    .with_source(error)
+}
+
+/// Parses a stored context (`TEXT` JSON); a damaged value becomes `null` with a warning
+/// rather than making the request impossible to finish.
+pub(crate) fn parse_context(id: &str, text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::warn!(id, error = %e, "stored request context is not JSON; handing back null");
+        serde_json::Value::Null
+    })
+}
+
+/// Tells why a reply could not be claimed, from the stored record (if any).
+pub(crate) fn classify(
+    found: Option<(String, String, String, i64)>,
+    reply: &ReplyKey<'_>,
+    now_ms: i64,
+) -> Claim {
+    let Some((state, request_type, responder, deadline_ms)) = found else {
+        return Claim::Forged;
+    };
+    if request_type != reply.request_type || responder != reply.responder {
+        return Claim::Forged;
+    }
+    match RecordState::parse(&state) {
+        Some(RecordState::Replied) => Claim::Duplicate,
+        Some(RecordState::Replying) if deadline_ms > now_ms => Claim::Duplicate,
+        Some(_) => Claim::Late,
+        None => Claim::Forged,
+    }
+}
+
+/// Adds `n` records in `state` to `counts`.
+pub(crate) fn add_count(counts: &mut StoreCounts, state: &str, n: i64) {
+    let n = u64::try_from(n).unwrap_or(0);
+    match RecordState::parse(state) {
+        Some(RecordState::Pending) => counts.pending += n,
+        Some(RecordState::Replying | RecordState::TimingOut) => counts.in_progress += n,
+        Some(RecordState::Replied) => counts.replied += n,
+        Some(RecordState::TimedOut) => counts.timed_out += n,
+        None => {}
+    }
+}
