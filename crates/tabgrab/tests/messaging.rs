@@ -1,0 +1,518 @@
+//! Request-response messaging on the embedded backend, end to end: replies to the reply
+//! handler exactly once, typed rejections across the wire, `request().await`, durable
+//! timeouts, late/duplicate/forged replies, expired requests skipped, two nodes of a group,
+//! and a requester restart with the recipient down (request checker over the history).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::event::{Publisher, read_dead_letters};
+use tabgrab::messaging::store::{CorrelationStore, RecordState};
+use tabgrab::messaging::{
+    MemoryStore, Outcome, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, ReplyBody, ReplyContext,
+    Requester, Responder, SendOptions, SqliteStore,
+};
+use tabgrab::{Command, Envelope, Message, Rejection, request};
+use tabgrab_testkit::history::{RequestEnd, RequestHistory};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Charge {
+    order: String,
+    cents: u64,
+}
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Charged {
+    order: String,
+    receipt: String,
+}
+impl Message for Charge {
+    const TYPE: &'static str = "test.payment.charge.v1";
+}
+impl Command for Charge {
+    type Response = Charged;
+}
+request!(command Charge);
+
+const TOPIC: &str = "payment";
+const GROUP: &str = "front-desk";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it holds or the deadline passes.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What reply handlers saw: (request id, outcome).
+type Seen = Arc<Mutex<Vec<(String, Outcome<Charged>, serde_json::Value)>>>;
+
+fn recorder(
+    seen: &Seen,
+) -> impl Fn(
+    Outcome<Charged>,
+    ReplyContext,
+) -> futures::future::Ready<Result<(), tabgrab::event::HandlerError>>
++ Send
++ Sync
++ 'static {
+    let seen = Arc::clone(seen);
+    move |outcome, ctx: ReplyContext| {
+        seen.lock()
+            .unwrap()
+            .push((ctx.request_id().to_owned(), outcome, ctx.context().clone()));
+        futures::future::ready(Ok(()))
+    }
+}
+
+fn payment(bus: &EmbeddedBus) -> Responder {
+    Responder::builder(bus, TOPIC, "payment")
+        .handle(|c: Charge, _ctx| async move {
+            if c.cents > 10_000 {
+                Err(Rejection::new("payment.card-declined", "over the limit")
+                    .with_details(&serde_json::json!({ "limit": 10_000 }))
+                    .unwrap())
+            } else {
+                Ok(Charged {
+                    receipt: format!("r-{}", c.order),
+                    order: c.order,
+                })
+            }
+        })
+        .start()
+        .unwrap()
+}
+
+fn charge(order: &str, cents: u64) -> Charge {
+    Charge {
+        order: order.into(),
+        cents,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_reaches_the_reply_handler_once_with_the_callers_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let seen = Seen::default();
+    let requester = Requester::builder(&bus, GROUP)
+        .store(SqliteStore::open(dir.path().join("corr.db")).await.unwrap())
+        .on_reply::<Charge, _, _>(TOPIC, recorder(&seen))
+        .start()
+        .unwrap();
+    let responder = payment(&bus);
+    let ok = requester
+        .send(
+            &charge("o-1", 900),
+            SendOptions::default().context(serde_json::json!({ "order": "o-1" })),
+        )
+        .await
+        .unwrap();
+    let declined = requester
+        .send(&charge("o-2", 99_000), SendOptions::default())
+        .await
+        .unwrap();
+    wait_until("two outcomes", || seen.lock().unwrap().len() == 2).await;
+    let seen = seen.lock().unwrap().clone();
+    let by_id: HashMap<_, _> = seen
+        .iter()
+        .map(|(id, o, c)| (id.clone(), (o.clone(), c.clone())))
+        .collect();
+    assert_eq!(
+        by_id[ok.as_str()],
+        (
+            Outcome::Replied(Ok(Charged {
+                order: "o-1".into(),
+                receipt: "r-o-1".into()
+            })),
+            serde_json::json!({ "order": "o-1" })
+        )
+    );
+    let Outcome::Replied(Err(rejection)) = &by_id[declined.as_str()].0 else {
+        panic!("expected a rejection, got {:?}", by_id[declined.as_str()]);
+    };
+    assert_eq!(rejection.code, "payment.card-declined");
+    assert_eq!(
+        rejection.details,
+        Some(serde_json::json!({ "limit": 10_000 }))
+    );
+    let store = requester.store();
+    assert_eq!(
+        store.state(ok.as_str()).await.unwrap(),
+        Some(RecordState::Replied)
+    );
+    let stats = requester.stats();
+    assert_eq!(
+        (stats.sent, stats.records_written, stats.replied),
+        (2, 2, 2)
+    );
+    assert_eq!(
+        (responder.stats().replied, responder.stats().rejected),
+        (1, 1)
+    );
+    requester.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_awaits_the_outcome_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let requester = Requester::builder(&bus, GROUP)
+        .store(MemoryStore::new())
+        .route::<Charge>(TOPIC)
+        .start()
+        .unwrap();
+    let responder = payment(&bus);
+    let outcome = requester
+        .request(&charge("o-9", 100), SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome.ok().unwrap().receipt, "r-o-9");
+    let refused = requester
+        .request(&charge("o-10", 100_000), SendOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(refused, Outcome::Replied(Err(r)) if r.code == "payment.card-declined"));
+    // Nobody answers a request sent to a topic without responder: it times out.
+    responder.shutdown().await.unwrap();
+    let timed_out = requester
+        .request(
+            &charge("o-11", 1),
+            SendOptions::default().timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    assert!(timed_out.is_timed_out());
+    requester.shutdown().await.unwrap();
+}
+
+/// Publishes a hand-made reply to the group's reply topic.
+async fn publish_reply(
+    bus: &EmbeddedBus,
+    correlation: &str,
+    request_type: &str,
+    responder: &str,
+    body: &ReplyBody,
+) {
+    let mut reply = Envelope::raw(
+        "/test/forger",
+        REPLY_TYPE,
+        Bytes::from(body.encode().unwrap()),
+    )
+    .with_correlation_id(correlation);
+    reply
+        .extensions
+        .insert(REQUEST_TYPE_ATTR.into(), request_type.into());
+    reply
+        .extensions
+        .insert(RESPONDER_ATTR.into(), responder.into());
+    Publisher::new(bus, &format!("replies.{GROUP}"), "/test/forger")
+        .unwrap()
+        .publish_envelope(&reply)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_duplicate_and_forged_replies_are_counted_and_never_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let seen = Seen::default();
+    let requester = Requester::builder(&bus, GROUP)
+        .store(SqliteStore::open(dir.path().join("corr.db")).await.unwrap())
+        .on_reply::<Charge, _, _>(TOPIC, recorder(&seen))
+        .sweep_interval(Duration::from_millis(10))
+        .start()
+        .unwrap();
+    let answered = requester
+        .send(&charge("o-1", 1), SendOptions::default())
+        .await
+        .unwrap();
+    let unanswered = requester
+        .send(
+            &charge("o-2", 1),
+            SendOptions::default().timeout(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
+    let ok = ReplyBody::Ok(serde_json::json!({ "order": "o-1", "receipt": "r" }));
+    publish_reply(&bus, answered.as_str(), Charge::TYPE, TOPIC, &ok).await;
+    wait_until("timeout and reply", || seen.lock().unwrap().len() == 2).await;
+    // Duplicate, late, and three forgeries: unknown id, other type, other responder.
+    publish_reply(&bus, answered.as_str(), Charge::TYPE, TOPIC, &ok).await;
+    publish_reply(&bus, unanswered.as_str(), Charge::TYPE, TOPIC, &ok).await;
+    publish_reply(&bus, "not-a-request", Charge::TYPE, TOPIC, &ok).await;
+    publish_reply(
+        &bus,
+        answered.as_str(),
+        "test.payment.refund.v1",
+        TOPIC,
+        &ok,
+    )
+    .await;
+    publish_reply(&bus, unanswered.as_str(), Charge::TYPE, "kitchen", &ok).await;
+    wait_until("all counted", || {
+        let s = requester.stats();
+        s.duplicate + s.late + s.rejected == 5
+    })
+    .await;
+    let stats = requester.stats();
+    assert_eq!(
+        (
+            stats.replied,
+            stats.timed_out,
+            stats.duplicate,
+            stats.late,
+            stats.rejected
+        ),
+        (1, 1, 1, 1, 3),
+        "{stats:?}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "nothing more was delivered: {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(id, o, _)| id == unanswered.as_str() && o.is_timed_out())
+    );
+    requester.shutdown().await.unwrap();
+    // Forged replies are kept for inspection.
+    let letters = read_dead_letters(&bus, &format!("replies.{GROUP}")).unwrap();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_skips_requests_whose_deadline_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let seen = Seen::default();
+    let requester = Requester::builder(&bus, GROUP)
+        .store(MemoryStore::new())
+        .on_reply::<Charge, _, _>(TOPIC, recorder(&seen))
+        .sweep_interval(Duration::from_millis(10))
+        .start()
+        .unwrap();
+    requester
+        .send(
+            &charge("o-1", 1),
+            SendOptions::default().timeout(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
+    wait_until("timed out", || seen.lock().unwrap().len() == 1).await;
+    let ran = Arc::new(Mutex::new(0));
+    let responder = {
+        let ran = Arc::clone(&ran);
+        Responder::builder(&bus, TOPIC, "payment")
+            .handle(move |c: Charge, _ctx| {
+                *ran.lock().unwrap() += 1;
+                async move {
+                    Ok(Charged {
+                        receipt: String::new(),
+                        order: c.order,
+                    })
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    wait_until("request skipped", || responder.stats().expired == 1).await;
+    assert_eq!(*ran.lock().unwrap(), 0, "the handler never ran");
+    assert_eq!(requester.stats().late, 0, "no reply was sent");
+    responder.shutdown().await.unwrap();
+    requester.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_timeout_comes_after_the_deadline_and_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let seen = Seen::default();
+    let interval = Duration::from_millis(100);
+    let requester = Requester::builder(&bus, GROUP)
+        .store(MemoryStore::new())
+        .on_reply::<Charge, _, _>(TOPIC, recorder(&seen))
+        .sweep_interval(interval)
+        .start()
+        .unwrap();
+    let id = requester
+        .send(
+            &charge("o-1", 1),
+            SendOptions::default().timeout(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    // From here on, time moves only when the test says so.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(requester.sweep_now().await.unwrap(), 0);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no timeout before the deadline"
+    );
+    tokio::time::advance(Duration::from_secs(1) + interval * 2).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "the background sweep delivered the timeout");
+    assert_eq!(seen[0].0, id.as_str());
+    assert!(seen[0].1.is_timed_out());
+    assert_eq!(requester.stats().timed_out, 1);
+    tokio::time::resume();
+    requester.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_of_a_group_share_the_replies_and_each_request_ends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let store: Arc<dyn CorrelationStore> =
+        Arc::new(SqliteStore::open(dir.path().join("corr.db")).await.unwrap());
+    let (seen_a, seen_b) = (Seen::default(), Seen::default());
+    let node = |seen: &Seen| {
+        Requester::builder(&bus, GROUP)
+            .shared_store(Arc::clone(&store))
+            .on_reply::<Charge, _, _>(TOPIC, recorder(seen))
+            .sweep_interval(Duration::from_millis(10))
+            .start()
+            .unwrap()
+    };
+    let (a, b) = (node(&seen_a), node(&seen_b));
+    let responder = payment(&bus);
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        // Every fifth request goes nowhere useful in time: it must time out, once.
+        let timeout = if i % 5 == 0 { 1 } else { 30_000 };
+        sent.push(
+            node.send(
+                &charge(&format!("o-{i}"), 1),
+                SendOptions::default().timeout(Duration::from_millis(timeout)),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let total = || seen_a.lock().unwrap().len() + seen_b.lock().unwrap().len();
+    wait_until("100 outcomes", || total() >= 100).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for (id, _, _) in seen_a
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(seen_b.lock().unwrap().iter())
+    {
+        *count.entry(id.clone()).or_default() += 1;
+    }
+    for id in &sent {
+        assert_eq!(count.get(id.as_str()), Some(&1), "request {id}");
+    }
+    assert_eq!(count.len(), 100);
+    assert!(
+        !seen_a.lock().unwrap().is_empty() && !seen_b.lock().unwrap().is_empty(),
+        "both nodes handled outcomes"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+}
+
+/// Recipient down: requests sent while the responder is stopped are answered when it starts
+/// again, or end as TimedOut if their deadline passed first; the requester itself is
+/// restarted (a new node on the same store) in between. None ends twice, none is left
+/// pending; checked by the request checker over the recorded history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_recipient_down_every_request_ends_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = Arc::new(Mutex::new(RequestHistory::new()));
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let store_path = dir.path().join("corr.db");
+    let started = std::time::SystemTime::now();
+    let now_ms = move || {
+        let base = started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        base + started.elapsed().unwrap().as_millis() as i64
+    };
+    let make = |store: SqliteStore| {
+        let history = Arc::clone(&history);
+        Requester::builder(&bus, GROUP)
+            .store(store)
+            .on_reply::<Charge, _, _>(
+                TOPIC,
+                move |outcome: Outcome<Charged>, ctx: ReplyContext| {
+                    let how = if outcome.is_timed_out() {
+                        RequestEnd::TimedOut
+                    } else {
+                        RequestEnd::Replied
+                    };
+                    history
+                        .lock()
+                        .unwrap()
+                        .ended(ctx.request_id(), how, now_ms());
+                    futures::future::ready(Ok(()))
+                },
+            )
+            .sweep_interval(Duration::from_millis(20))
+            .start()
+            .unwrap()
+    };
+    // Phase 1: the responder is down; 60 requests, a third with a short deadline.
+    let first = make(SqliteStore::open(&store_path).await.unwrap());
+    for i in 0..60 {
+        let timeout = if i % 3 == 0 { 200 } else { 30_000 };
+        let id = first
+            .send(
+                &charge(&format!("o-{i}"), 1),
+                SendOptions::default().timeout(Duration::from_millis(timeout)),
+            )
+            .await
+            .unwrap();
+        // The store's deadline is a few ms earlier than this: the checker is lenient by that.
+        history
+            .lock()
+            .unwrap()
+            .sent(id.as_str(), now_ms() + timeout as i64);
+    }
+    // The requester node stops (a restart) before anything was answered, and stays down
+    // until the short deadlines have passed.
+    first.shutdown().await.unwrap();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Phase 2: a new node of the group on the same store, then the responder comes back.
+    let second = make(SqliteStore::open(&store_path).await.unwrap());
+    let responder = payment(&bus);
+    wait_until("every request ended", || {
+        let s = second.stats();
+        s.replied + s.timed_out == 60
+    })
+    .await;
+    // Quiescence: nothing pending, nothing in progress.
+    let counts = second.store().counts().await.unwrap();
+    assert_eq!((counts.pending, counts.in_progress), (0, 0), "{counts:?}");
+    assert_eq!((counts.replied, counts.timed_out), (40, 20), "{counts:?}");
+    let history = history.lock().unwrap().clone();
+    // Timeouts may come up to a second after their deadline (the sweep runs every 20 ms,
+    // the restart took 300 ms); a reply after that would be a late reply delivered.
+    let report = history.check(1_000);
+    println!("request checker: {report}");
+    assert!(report.is_valid(), "{report}");
+    assert_eq!((report.replied, report.timed_out), (40, 20));
+    assert_eq!(
+        responder.stats().expired,
+        20,
+        "expired requests were not processed"
+    );
+    second.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+}
