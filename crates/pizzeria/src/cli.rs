@@ -63,8 +63,9 @@ pub struct BenchArgs {
 /// Options of `pizzeria run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// How the services talk to each other (only `events` so far: the front desk publishes
-    /// OrderAccepted and the other services react).
+    /// How the services talk to each other: `events` (the front desk publishes OrderAccepted
+    /// and the other services react) or `messaging` (the front desk sends request messages
+    /// and follows the replies and timeouts).
     #[arg(long, value_enum, default_value = "events")]
     pub style: Style,
     /// Customers to send, one order each.
@@ -97,6 +98,9 @@ pub struct RunArgs {
     /// Seconds to wait for every order to be delivered or cancelled before giving up.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub deadline_secs: u64,
+    /// Messaging style: milliseconds to wait for each reply before the request times out.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
     /// Print the summary as JSON on stdout (the text summary then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -167,6 +171,7 @@ async fn run_command(args: RunArgs) -> Result<(), Error> {
         truffles: args.truffles,
         deadline: Duration::from_secs(args.deadline_secs),
         progress: std::io::stderr().is_terminal(),
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
     };
     let summary = run::run(config).await?;
     if args.json {

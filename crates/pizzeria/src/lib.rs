@@ -5,8 +5,8 @@
 //! and answers the customer at once; payment, inventory, the kitchen and delivery react to
 //! the events they care about, and failures are events too, compensated by reactions
 //! (a declined card cancels the order and puts its ingredients back; missing ingredients
-//! cancel it and refund the payment). The call and messaging styles come later, on the same
-//! vocabulary ([`messages`]).
+//! cancel it and refund the payment). The **messaging** style ([`messaging`]) sends the
+//! [`commands`] as request messages with persisted correlation; the call style comes later.
 //!
 //! | module | concept |
 //! |---|---|
@@ -15,6 +15,7 @@
 //! | [`messages`] | the events, with versioned names, and their registry |
 //! | [`commands`] | the commands of the call and messaging styles, with their answers |
 //! | [`services`] | front desk, payment, inventory, kitchen, delivery: consumer groups |
+//! | [`messaging`] | the request-response messaging style: front desk as requester, services as responders |
 //! | [`http`] | the front desk's HTTP API |
 //! | [`run`] | the restaurant under simulated load, and its summary |
 //! | [`cli`] | the `pizzeria` command line |
@@ -35,6 +36,7 @@ pub mod error;
 pub mod http;
 pub mod menu;
 pub mod messages;
+pub mod messaging;
 pub mod order;
 pub mod run;
 pub mod services;

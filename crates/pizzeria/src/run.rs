@@ -42,6 +42,9 @@ use crate::services::{Pizzeria, Settings, Stock};
 pub enum Style {
     /// Event-driven: the front desk publishes `OrderAccepted` and is done; the others react.
     Events,
+    /// Request-response messaging: the front desk sends commands as request messages,
+    /// answers 202 at once and follows the order as replies or timeouts arrive.
+    Messaging,
 }
 
 impl Style {
@@ -49,6 +52,7 @@ impl Style {
     pub fn as_str(self) -> &'static str {
         match self {
             Style::Events => "events",
+            Style::Messaging => "messaging",
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct RunConfig {
     pub deadline: Duration,
     /// Whether to show a progress bar on stderr (it is hidden anyway when stderr is no terminal).
     pub progress: bool,
+    /// How long the messaging style waits for each reply before the request times out.
+    pub request_timeout: Duration,
 }
 
 impl RunConfig {
@@ -102,6 +108,7 @@ impl RunConfig {
             truffles: None,
             deadline: Duration::from_secs(600),
             progress: false,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -152,6 +159,12 @@ pub struct Summary {
     pub latency: Latency,
     /// Peak resident memory of the process, in MiB, where the OS tells it.
     pub peak_rss_mib: Option<f64>,
+    /// Messaging style: correlation records written to the store (one per request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_records: Option<u64>,
+    /// Messaging style: requests that ended as timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<u64>,
 }
 
 impl Summary {
@@ -178,7 +191,17 @@ impl Summary {
         }
         line("refunds", self.refunds.to_string());
         line("releases", self.releases.to_string());
-        line("events published", self.events_published.to_string());
+        let published = match self.style {
+            Style::Events => "events published",
+            Style::Messaging => "messages published",
+        };
+        line(published, self.events_published.to_string());
+        if let Some(n) = self.correlation_records {
+            line("correlation recs", n.to_string());
+        }
+        if let Some(n) = self.timeouts {
+            line("timeouts", n.to_string());
+        }
         line("dead letters", self.dead_letters.to_string());
         line("wall time", format!("{:.2} s", self.wall_time_s));
         line("throughput", format!("{:.0} orders/s", self.orders_per_s));
@@ -198,7 +221,9 @@ impl Summary {
 
 /// Runs the restaurant under simulated load; see the module docs.
 pub async fn run(config: RunConfig) -> Result<Summary, Error> {
-    let Style::Events = config.style;
+    if config.style == Style::Messaging {
+        return crate::messaging::run(config).await;
+    }
     let started = Instant::now();
     let bus = EmbeddedBus::open(&config.data_dir).map_err(|e| {
         Error::new(
@@ -295,18 +320,20 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
             max_ms: tally.latency.max() as f64 / 1000.0,
         },
         peak_rss_mib: peak_rss_mib(),
+        correlation_records: None,
+        timeouts: None,
     })
 }
 
 /// What the driver counted.
-struct Tally {
-    accepted: u64,
-    rejected: u64,
-    delivered: u64,
-    failed: u64,
-    failed_by_reason: BTreeMap<String, u64>,
+pub(crate) struct Tally {
+    pub(crate) accepted: u64,
+    pub(crate) rejected: u64,
+    pub(crate) delivered: u64,
+    pub(crate) failed: u64,
+    pub(crate) failed_by_reason: BTreeMap<String, u64>,
     /// POST-to-delivery times in microseconds.
-    latency: Histogram<u64>,
+    pub(crate) latency: Histogram<u64>,
     /// Our orders not yet ended, with the time their POST was sent.
     in_flight: HashMap<Uuid, Instant>,
     /// Ends heard before the POST's answer (or of orders of an earlier run in the same
@@ -335,7 +362,7 @@ impl Tally {
 }
 
 /// Sends the customers and waits for their orders to end.
-async fn drive(
+pub(crate) async fn drive(
     config: &RunConfig,
     addr: SocketAddr,
     mut watcher: mpsc::UnboundedReceiver<Terminal>,
@@ -498,7 +525,7 @@ async fn place(
 }
 
 /// The process's peak resident memory (`VmHWM` of `/proc/self/status`), on Linux.
-fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -1,0 +1,377 @@
+//! The front desk of the messaging style: takes an order, sends `ChargeCard` and
+//! `ReserveIngredients` as request messages, answers the customer 202 at once, and moves the
+//! order on as replies or timeouts arrive.
+//!
+//! | outcome | next |
+//! |---|---|
+//! | charged and reserved | send `PlaceTicket` |
+//! | baked | the order is **confirmed** |
+//! | declined, missing, or any step timed out | the order **failed**, with the reason; once payment and inventory have both answered (or timed out), compensate: `RefundPayment` if charged, `ReleaseIngredients` if reserved |
+//!
+//! Each request carries the order id as its context and subject: the reply handler finds the
+//! order from the stored request, whichever node runs it. The order view itself is kept in
+//! memory, as in the event-driven style's front desk.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::event::HandlerError;
+use tabgrab::messaging::{
+    CorrelationStore, Outcome, ReplyContext, Requester, RequesterStats, SendOptions,
+};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::services::{INVENTORY, KITCHEN, PAYMENT};
+use crate::commands::{
+    Baked, ChargeCard, Charged, PlaceTicket, RefundPayment, Refunded, ReleaseIngredients, Released,
+    ReserveIngredients, Reserved,
+};
+use crate::order::ValidOrder;
+use crate::services::front_desk::{Outcome as End, Terminal};
+use crate::services::lock;
+
+/// The requester group of the front desk (its replies come on `replies.front-desk-messaging`).
+pub const GROUP: &str = "front-desk-messaging";
+
+/// Where an order stands, as `GET /orders/{id}` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Requests sent, not every answer in.
+    Pending,
+    /// Paid, reserved and baked.
+    Confirmed,
+    /// Refused or timed out; see the reason.
+    Failed,
+}
+
+/// The answer to `GET /orders/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    /// The order.
+    pub order_id: Uuid,
+    /// Where it stands.
+    pub status: Status,
+    /// Why it failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether payment charged the card.
+    pub paid: bool,
+    /// Whether inventory set the ingredients aside.
+    pub reserved: bool,
+    /// Whether the kitchen baked it.
+    pub baked: bool,
+}
+
+/// One order's state.
+#[derive(Debug)]
+struct Order {
+    pizzas: Vec<String>,
+    paid: Option<bool>,
+    reserved: Option<bool>,
+    baked: bool,
+    ticket_sent: bool,
+    compensated: bool,
+    reason: Option<String>,
+}
+
+impl Order {
+    fn status(&self) -> Status {
+        if self.reason.is_some() {
+            Status::Failed
+        } else if self.baked {
+            Status::Confirmed
+        } else {
+            Status::Pending
+        }
+    }
+}
+
+/// What to do after an order changed.
+enum Next {
+    Nothing,
+    Ticket(Vec<String>),
+    Compensate { refund: bool, release: bool },
+}
+
+struct Inner {
+    orders: Mutex<HashMap<Uuid, Order>>,
+    watcher: Mutex<Option<mpsc::UnboundedSender<Terminal>>>,
+    requester: Mutex<Option<Requester>>,
+    timeout: Duration,
+}
+
+/// The messaging front desk: a cheap-to-clone handle for the HTTP server and reply handlers.
+#[derive(Clone)]
+pub struct FrontDesk {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FrontDesk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontDesk").finish_non_exhaustive()
+    }
+}
+
+/// The order id in a request's context.
+fn order_of(ctx: &ReplyContext) -> Result<Uuid, HandlerError> {
+    ctx.context_as::<Uuid>().map_err(HandlerError::permanent)
+}
+
+impl FrontDesk {
+    /// Starts the front desk's requester on `bus` with `store`; requests time out after
+    /// `timeout`.
+    pub fn start(
+        bus: &EmbeddedBus,
+        store: Arc<dyn CorrelationStore>,
+        timeout: Duration,
+    ) -> Result<FrontDesk, tabgrab::Error> {
+        let desk = FrontDesk {
+            inner: Arc::new(Inner {
+                orders: Mutex::new(HashMap::new()),
+                watcher: Mutex::new(None),
+                requester: Mutex::new(None),
+                timeout,
+            }),
+        };
+        let (d1, d2, d3) = (desk.clone(), desk.clone(), desk.clone());
+        let requester = Requester::builder(bus, GROUP)
+            .shared_store(store)
+            .default_timeout(timeout)
+            .sweep_interval(Duration::from_millis(50))
+            .on_reply::<ChargeCard, _, _>(PAYMENT, move |o: Outcome<Charged>, ctx| {
+                let desk = d1.clone();
+                async move {
+                    let order = order_of(&ctx)?;
+                    let (ok, reason) = match o {
+                        Outcome::Replied(Ok(_)) => (true, None),
+                        Outcome::Replied(Err(r)) => {
+                            (false, Some(format!("payment declined: {}", r.message)))
+                        }
+                        Outcome::TimedOut => (false, Some("payment timed out".to_owned())),
+                    };
+                    desk.step(order, |o| o.paid = Some(ok), reason).await
+                }
+            })
+            .on_reply::<ReserveIngredients, _, _>(INVENTORY, move |o: Outcome<Reserved>, ctx| {
+                let desk = d2.clone();
+                async move {
+                    let order = order_of(&ctx)?;
+                    let (ok, reason) = match o {
+                        Outcome::Replied(Ok(_)) => (true, None),
+                        Outcome::Replied(Err(r)) => (false, Some(r.message)),
+                        Outcome::TimedOut => (false, Some("inventory timed out".to_owned())),
+                    };
+                    desk.step(order, |o| o.reserved = Some(ok), reason).await
+                }
+            })
+            .on_reply::<PlaceTicket, _, _>(KITCHEN, move |o: Outcome<Baked>, ctx| {
+                let desk = d3.clone();
+                async move {
+                    let order = order_of(&ctx)?;
+                    let (ok, reason) = match o {
+                        Outcome::Replied(Ok(_)) => (true, None),
+                        Outcome::Replied(Err(r)) => {
+                            (false, Some(format!("kitchen refused: {}", r.message)))
+                        }
+                        Outcome::TimedOut => (false, Some("kitchen timed out".to_owned())),
+                    };
+                    desk.step(order, |o| o.baked = ok, reason).await
+                }
+            })
+            .on_reply::<RefundPayment, _, _>(PAYMENT, move |o: Outcome<Refunded>, _ctx| {
+                if o.is_timed_out() {
+                    tracing::warn!(
+                        "a refund timed out; payment keeps the money until it is retried by hand"
+                    );
+                }
+                async { Ok(()) }
+            })
+            .on_reply::<ReleaseIngredients, _, _>(INVENTORY, move |o: Outcome<Released>, _ctx| {
+                if o.is_timed_out() {
+                    tracing::warn!("a release timed out; the ingredients stay reserved");
+                }
+                async { Ok(()) }
+            })
+            .start()?;
+        *lock(&desk.inner.requester) = Some(requester);
+        Ok(desk)
+    }
+
+    /// The requester (for its stats and shutdown).
+    pub fn requester(&self) -> Option<Requester> {
+        lock(&self.inner.requester).clone()
+    }
+
+    /// This node's requester counters.
+    pub fn stats(&self) -> RequesterStats {
+        self.requester().map(|r| r.stats()).unwrap_or_default()
+    }
+
+    /// Reports every order that ends (confirmed or failed) on the returned channel.
+    pub fn watch(&self) -> mpsc::UnboundedReceiver<Terminal> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.inner.watcher) = Some(tx);
+        rx
+    }
+
+    /// Takes an order: records it, sends `ChargeCard` and `ReserveIngredients`, returns its
+    /// id once both requests are stored and published.
+    pub async fn take_order(&self, order: ValidOrder) -> Result<Uuid, tabgrab::Error> {
+        let order_id = Uuid::now_v7();
+        let requester = self.requester().ok_or_else(|| {
+            tabgrab::Error::new(tabgrab::ErrorKind::Closed, "the front desk is closed")
+        })?;
+        lock(&self.inner.orders).insert(
+            order_id,
+            Order {
+                pizzas: order.pizzas.clone(),
+                paid: None,
+                reserved: None,
+                baked: false,
+                ticket_sent: false,
+                compensated: false,
+                reason: None,
+            },
+        );
+        let options = || self.options(order_id);
+        let charge = ChargeCard {
+            order_id,
+            amount_cents: order.amount_cents,
+            card: order.masked_card.clone(),
+        };
+        let reserve = ReserveIngredients {
+            order_id,
+            pizzas: order.pizzas,
+        };
+        let sent = futures::try_join!(
+            requester.send(&charge, options()),
+            requester.send(&reserve, options())
+        );
+        if let Err(e) = sent {
+            // Not accepted: forget it (a request that did go out ends as timed out, unseen).
+            lock(&self.inner.orders).remove(&order_id);
+            return Err(e);
+        }
+        Ok(order_id)
+    }
+
+    fn options(&self, order_id: Uuid) -> SendOptions {
+        SendOptions::default()
+            .timeout(self.inner.timeout)
+            .context(serde_json::json!(order_id))
+            .subject(order_id.to_string())
+    }
+
+    /// The view of one order.
+    pub fn order(&self, order_id: Uuid) -> Option<OrderView> {
+        lock(&self.inner.orders).get(&order_id).map(|o| OrderView {
+            order_id,
+            status: o.status(),
+            reason: o.reason.clone(),
+            paid: o.paid == Some(true),
+            reserved: o.reserved == Some(true),
+            baked: o.baked,
+        })
+    }
+
+    /// Applies one outcome to an order and sends what follows from it.
+    async fn step(
+        &self,
+        order_id: Uuid,
+        apply: impl FnOnce(&mut Order),
+        failure: Option<String>,
+    ) -> Result<(), HandlerError> {
+        let (next, ended) = {
+            let mut orders = lock(&self.inner.orders);
+            let Some(order) = orders.get_mut(&order_id) else {
+                tracing::warn!(%order_id, "an outcome for an order this front desk does not know");
+                return Ok(());
+            };
+            let was = order.status();
+            apply(order);
+            if let Some(reason) = failure
+                && order.reason.is_none()
+            {
+                order.reason = Some(reason);
+            }
+            let answered = order.paid.is_some() && order.reserved.is_some();
+            let next = if order.reason.is_some() {
+                if answered && !order.compensated {
+                    order.compensated = true;
+                    Next::Compensate {
+                        refund: order.paid == Some(true),
+                        release: order.reserved == Some(true),
+                    }
+                } else {
+                    Next::Nothing
+                }
+            } else if order.paid == Some(true) && order.reserved == Some(true) && !order.ticket_sent
+            {
+                order.ticket_sent = true;
+                Next::Ticket(order.pizzas.clone())
+            } else {
+                Next::Nothing
+            };
+            let now = order.status();
+            let ended = (was == Status::Pending && now != Status::Pending).then(|| match now {
+                Status::Failed => End::Cancelled(order.reason.clone().unwrap_or_default()),
+                _ => End::Delivered,
+            });
+            (next, ended)
+        };
+        if let Some(outcome) = ended
+            && let Some(tx) = lock(&self.inner.watcher).as_ref()
+        {
+            let _ = tx.send(Terminal {
+                order_id,
+                outcome,
+                at: Instant::now(),
+            });
+        }
+        let Some(requester) = self.requester() else {
+            return Ok(());
+        };
+        match next {
+            Next::Nothing => {}
+            Next::Ticket(pizzas) => {
+                let sent = requester
+                    .send(&PlaceTicket { order_id, pizzas }, self.options(order_id))
+                    .await;
+                if let Err(e) = sent {
+                    // Not sent: let the redelivered reply try again.
+                    if let Some(order) = lock(&self.inner.orders).get_mut(&order_id) {
+                        order.ticket_sent = false;
+                    }
+                    return Err(e.into());
+                }
+            }
+            Next::Compensate { refund, release } => {
+                if refund {
+                    requester
+                        .send(&RefundPayment { order_id }, self.options(order_id))
+                        .await?;
+                }
+                if release {
+                    requester
+                        .send(&ReleaseIngredients { order_id }, self.options(order_id))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the requester (pending requests stay in the store).
+    pub async fn shutdown(&self) -> Result<(), tabgrab::Error> {
+        let requester = lock(&self.inner.requester).take();
+        if let Some(requester) = requester {
+            requester.shutdown().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The messaging style: the front desk sends `ChargeCard`, `ReserveIngredients` and
+//! `PlaceTicket` as request messages through the bus, answers the customer `202` at once,
+//! and updates the order as replies or timeouts arrive.
+//!
+//! This is the style for recipients that are often down or only speak messaging: the
+//! customer never waits for payment or the kitchen, and a request whose answer never comes
+//! ends as a timeout, with the order failed and compensated, instead of hanging. Its price
+//! is the correlation state: every request is written to the SQLite correlation store in
+//! the run's data directory (`correlation.db`) before it is sent, so a reply can reach the
+//! front desk after a restart; the summary shows how many records were written and how many
+//! requests timed out.
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`front_desk`] | the requester: orders, their steps and compensations |
+//! | [`services`] | payment, inventory and the kitchen as responders |
+//! | [`http`] | `POST /orders` and `GET /orders/{id}` |
+
+pub mod front_desk;
+pub mod http;
+pub mod services;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::event::read_dead_letters;
+use tabgrab::messaging::{CorrelationStore, SqliteStore};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, ErrorKind};
+use crate::menu::RARE_INGREDIENT;
+use crate::run::{Latency, RunConfig, Summary, drive, peak_rss_mib};
+use crate::services::Stock;
+use front_desk::FrontDesk;
+use services::Services;
+
+/// The topics of the style: three request topics and the front desk's reply topic.
+fn topics() -> [String; 4] {
+    [
+        services::PAYMENT.to_owned(),
+        services::INVENTORY.to_owned(),
+        services::KITCHEN.to_owned(),
+        format!("replies.{}", front_desk::GROUP),
+    ]
+}
+
+fn bus_error(what: &str, e: tabgrab::Error) -> Error {
+    Error::new(ErrorKind::Bus, what.to_owned()).with_source(e)
+}
+
+/// Records appended to the style's topics, and dead letters of them, so far.
+fn tally_topics(bus: &EmbeddedBus) -> Result<(u64, u64), Error> {
+    let mut appended = 0;
+    let mut dead = 0;
+    for topic in topics() {
+        appended += bus
+            .topic(&topic)
+            .map_err(|e| bus_error("cannot open a topic", e))?
+            .end_offset();
+        dead += read_dead_letters(bus, &topic)
+            .map_err(|e| bus_error("cannot read dead letters", e))?
+            .len() as u64;
+    }
+    Ok((appended, dead))
+}
+
+/// Runs the restaurant in the messaging style; see the module docs and [`crate::run`].
+pub async fn run(config: RunConfig) -> Result<Summary, Error> {
+    let started = Instant::now();
+    let bus = EmbeddedBus::open(&config.data_dir).map_err(|e| {
+        Error::new(
+            ErrorKind::Bus,
+            format!(
+                "cannot open the data directory {}",
+                config.data_dir.display()
+            ),
+        )
+        .with_source(e)
+    })?;
+    let store: Arc<dyn CorrelationStore> = Arc::new(
+        SqliteStore::open(config.data_dir.join("correlation.db"))
+            .await
+            .map_err(|e| bus_error("cannot open the correlation store", e))?,
+    );
+    let (appended_before, dead_before) = tally_topics(&bus)?;
+    let truffles = config.truffles.unwrap_or(config.orders / 25);
+    let services = Services::start(
+        &bus,
+        Stock::generous().with(RARE_INGREDIENT, truffles),
+        config.ovens,
+        config.bake_time,
+    )
+    .map_err(|e| bus_error("cannot start the services", e))?;
+    let desk = FrontDesk::start(&bus, Arc::clone(&store), config.request_timeout)
+        .map_err(|e| bus_error("cannot start the front desk", e))?;
+    let watcher = desk.watch();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Io, "cannot bind the front desk on 127.0.0.1").with_source(e)
+        })?;
+    let addr = listener.local_addr().map_err(|e| {
+        Error::new(ErrorKind::Io, "cannot read the front desk's address").with_source(e)
+    })?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        desk.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+
+    let driven = drive(&config, addr, watcher, started).await;
+
+    stop.cancel();
+    let served = server.await;
+    // Settle: let the compensations (refunds, releases) be answered before stopping.
+    let settled = match &driven {
+        Ok(_) => settle(&store, Duration::from_secs(30)).await,
+        Err(_) => Ok(()),
+    };
+    let stats = desk.stats();
+    let service_stats = services.stats();
+    let stopped_desk = desk.shutdown().await;
+    let stopped_services = services.shutdown().await;
+    let (appended_after, dead_after) = tally_topics(&bus)?;
+    let closed = bus.close().await;
+
+    let tally = driven?;
+    settled?;
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(
+                Error::new(ErrorKind::Io, "the front desk's HTTP server failed").with_source(e),
+            );
+        }
+        Err(e) => {
+            return Err(
+                Error::new(ErrorKind::Io, "the front desk's HTTP server task failed")
+                    .with_source(e),
+            );
+        }
+    }
+    stopped_desk.map_err(|e| bus_error("the front desk did not stop cleanly", e))?;
+    stopped_services.map_err(|e| bus_error("the services did not stop cleanly", e))?;
+    closed.map_err(|e| bus_error("the bus did not close cleanly", e))?;
+
+    let wall = started.elapsed().as_secs_f64();
+    let ended = tally.delivered + tally.failed;
+    let ms = |q: f64| tally.latency.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Summary {
+        style: config.style,
+        seed: config.seed,
+        orders: config.orders,
+        accepted: tally.accepted,
+        rejected: tally.rejected,
+        delivered: tally.delivered,
+        failed: tally.failed,
+        failed_by_reason: tally.failed_by_reason,
+        refunds: service_stats.refunds,
+        releases: service_stats.releases,
+        events_published: appended_after.saturating_sub(appended_before),
+        dead_letters: dead_after.saturating_sub(dead_before),
+        wall_time_s: wall,
+        orders_per_s: if wall > 0.0 { ended as f64 / wall } else { 0.0 },
+        latency: Latency {
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            max_ms: tally.latency.max() as f64 / 1000.0,
+        },
+        peak_rss_mib: peak_rss_mib(),
+        correlation_records: Some(stats.records_written),
+        timeouts: Some(stats.timed_out),
+    })
+}
+
+/// Waits until the correlation store holds no pending or in-progress request.
+async fn settle(store: &Arc<dyn CorrelationStore>, limit: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let counts = store
+            .counts()
+            .await
+            .map_err(|e| bus_error("cannot read the correlation store", e))?;
+        if counts.pending + counts.in_progress == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorKind::Deadline,
+                format!(
+                    "{} requests were still pending {} s after the last order ended",
+                    counts.pending + counts.in_progress,
+                    limit.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
