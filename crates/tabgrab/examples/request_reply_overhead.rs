@@ -60,7 +60,9 @@ async fn measure(
         .start()?;
     // Warm up (opens files, fills caches).
     for n in 0..20 {
-        requester.request(&Ping { n }, SendOptions::default()).await?;
+        requester
+            .request(&Ping { n }, SendOptions::default())
+            .await?;
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let started = Instant::now();
@@ -70,7 +72,10 @@ async fn measure(
             async move {
                 let t = Instant::now();
                 let outcome = requester
-                    .request(&Ping { n }, SendOptions::default().timeout(Duration::from_secs(60)))
+                    .request(
+                        &Ping { n },
+                        SendOptions::default().timeout(Duration::from_secs(60)),
+                    )
                     .await;
                 (t.elapsed(), outcome.map(|o| o.ok() == Some(n)))
             }
@@ -117,7 +122,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Arc::new(SqliteStore::open(dir.path().join("correlation.db")).await?);
         let s = measure(sqlite, &dir.path().join("s"), requests, concurrency).await?;
         let dir = tempfile::tempdir()?;
-        let m = measure(Arc::new(MemoryStore::new()), dir.path(), requests, concurrency).await?;
+        let m = measure(
+            Arc::new(MemoryStore::new()),
+            dir.path(),
+            requests,
+            concurrency,
+        )
+        .await?;
         let ms = |us: u64| us as f64 / 1000.0;
         println!(
             "{concurrency:>11} | {:>7.0} {:>6.2} {:>7.2} | {:>7.0} {:>6.2} {:>7.2} | {:>5.2}x rt/s, {:>4.1}x p50",
