@@ -104,7 +104,10 @@ async fn orders_end_confirmed_or_failed_with_the_reason() {
     );
     let view = settled(&app, declined["order_id"].as_str().unwrap()).await;
     assert_eq!(view["status"], "failed");
-    assert_eq!(view["reason"], "payment declined: card declined");
+    assert_eq!(
+        view["reason"],
+        "payment declined: card ending in 0000 refused by the bank"
+    );
     let view = settled(&app, truffle["order_id"].as_str().unwrap()).await;
     assert_eq!(view["status"], "failed");
     assert_eq!(view["reason"], "ingredients missing: truffle");

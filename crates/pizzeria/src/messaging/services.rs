@@ -101,7 +101,10 @@ impl Services {
                                 order_id: c.order_id,
                                 amount_cents: *cents,
                             }),
-                            None => Err(Rejection::new(CARD_DECLINED, "card declined")),
+                            None => Err(Rejection::new(
+                                CARD_DECLINED,
+                                format!("card ending in {DECLINED_SUFFIX} refused by the bank"),
+                            )),
                         }
                     };
                     async move { answer }
