@@ -14,8 +14,8 @@ use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Publisher, read_dead_letters};
 use tabgrab::messaging::store::{CorrelationStore, RecordState};
 use tabgrab::messaging::{
-    MemoryStore, Outcome, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, ReplyBody, ReplyContext,
-    Requester, Responder, SendOptions, SqliteStore,
+    MemoryStore, Outcome, PostgresStore, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, ReplyBody,
+    ReplyContext, Requester, Responder, SendOptions, SqliteStore,
 };
 use tabgrab::{Command, Envelope, Message, Rejection, request};
 use tabgrab_testkit::history::{RequestEnd, RequestHistory};
@@ -370,12 +370,11 @@ async fn a_timeout_comes_after_the_deadline_and_not_before() {
     requester.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_of_a_group_share_the_replies_and_each_request_ends_once() {
+/// Two requester nodes of one group on one store: replies are shared between them, timeouts
+/// are swept by both, and every request ends exactly once.
+async fn two_nodes_share_the_work(store: Arc<dyn CorrelationStore>) {
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
-    let store: Arc<dyn CorrelationStore> =
-        Arc::new(SqliteStore::open(dir.path().join("corr.db")).await.unwrap());
     let (seen_a, seen_b) = (Seen::default(), Seen::default());
     let node = |seen: &Seen| {
         Requester::builder(&bus, GROUP)
@@ -423,6 +422,78 @@ async fn two_nodes_of_a_group_share_the_replies_and_each_request_ends_once() {
     );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_sqlite_store_share_the_replies_and_each_request_ends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("corr.db")).await.unwrap();
+    two_nodes_share_the_work(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_postgres_store_share_the_replies_and_each_request_ends_once() {
+    if !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let table = format!("corr_nodes_{}", uuid::Uuid::now_v7().simple());
+    let store = PostgresStore::connect_table("postgres://postgres@127.0.0.1:5432/test", &table)
+        .await
+        .unwrap();
+    two_nodes_share_the_work(Arc::new(store.clone())).await;
+    store.drop_table(&table).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_reply_handler_is_retried_and_the_request_completes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let calls = Arc::new(Mutex::new(Vec::<String>::new()));
+    let requester = {
+        let calls = Arc::clone(&calls);
+        Requester::builder(&bus, GROUP)
+            .store(SqliteStore::open(dir.path().join("corr.db")).await.unwrap())
+            .on_reply::<Charge, _, _>(TOPIC, move |_o: Outcome<Charged>, ctx: ReplyContext| {
+                let mut calls = calls.lock().unwrap();
+                calls.push(ctx.request_id().to_owned());
+                let attempt = calls.len();
+                async move {
+                    if attempt < 3 {
+                        Err(tabgrab::event::HandlerError::transient("database busy"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    let responder = payment(&bus);
+    let id = requester
+        .send(&charge("o-1", 1), SendOptions::default())
+        .await
+        .unwrap();
+    wait_until("three attempts", || calls.lock().unwrap().len() == 3).await;
+    wait_until("replied", || requester.stats().replied == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        3,
+        "no call after the successful one"
+    );
+    assert!(calls.lock().unwrap().iter().all(|c| c == id.as_str()));
+    let stats = requester.stats();
+    assert_eq!(
+        (stats.replied, stats.handler_failures, stats.duplicate),
+        (1, 2, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        requester.store().state(id.as_str()).await.unwrap(),
+        Some(RecordState::Replied)
+    );
+    requester.shutdown().await.unwrap();
     responder.shutdown().await.unwrap();
 }
 
