@@ -143,6 +143,8 @@ async fn a_reply_reaches_the_reply_handler_once_with_the_callers_context() {
         rejection.details,
         Some(serde_json::json!({ "limit": 10_000 }))
     );
+    // The handler runs before the store records the completion: wait for the latter.
+    wait_until("both completed", || requester.stats().replied == 2).await;
     let store = requester.store();
     assert_eq!(
         store.state(ok.as_str()).await.unwrap(),
@@ -261,7 +263,7 @@ async fn late_duplicate_and_forged_replies_are_counted_and_never_delivered() {
     publish_reply(&bus, unanswered.as_str(), Charge::TYPE, "kitchen", &ok).await;
     wait_until("all counted", || {
         let s = requester.stats();
-        s.duplicate + s.late + s.rejected == 5
+        s.duplicate + s.late + s.rejected == 5 && s.replied + s.timed_out == 2
     })
     .await;
     let stats = requester.stats();
@@ -515,8 +517,12 @@ async fn with_the_recipient_down_every_request_ends_exactly_once() {
             .as_millis() as i64;
         base + started.elapsed().unwrap().as_millis() as i64
     };
+    // Outcomes handed over by either node (the first node may already time out early
+    // requests while the later ones are still being sent).
+    let ended = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let make = |store: SqliteStore| {
         let history = Arc::clone(&history);
+        let ended = Arc::clone(&ended);
         Requester::builder(&bus, GROUP)
             .store(store)
             .on_reply::<Charge, _, _>(
@@ -531,6 +537,7 @@ async fn with_the_recipient_down_every_request_ends_exactly_once() {
                         .lock()
                         .unwrap()
                         .ended(ctx.request_id(), how, now_ms());
+                    ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     futures::future::ready(Ok(()))
                 },
             )
@@ -558,14 +565,20 @@ async fn with_the_recipient_down_every_request_ends_exactly_once() {
     // The requester node stops (a restart) before anything was answered, and stays down
     // until the short deadlines have passed.
     first.shutdown().await.unwrap();
+    let first_stats = first.stats();
     drop(first);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Phase 2: a new node of the group on the same store, then the responder comes back.
     let second = make(SqliteStore::open(&store_path).await.unwrap());
     let responder = payment(&bus);
     wait_until("every request ended", || {
+        ended.load(std::sync::atomic::Ordering::SeqCst) >= 60
+    })
+    .await;
+    // The store records each completion after its handler returned.
+    wait_until("every completion recorded", || {
         let s = second.stats();
-        s.replied + s.timed_out == 60
+        s.replied + s.timed_out + first_stats.timed_out == 60
     })
     .await;
     // Quiescence: nothing pending, nothing in progress.

@@ -54,8 +54,8 @@ async fn suite(store: Arc<dyn CorrelationStore>) {
         s.claim_reply(key("a"), T0 + 11, T0 + 11 + LEASE)
             .await
             .unwrap(),
-        Claim::Duplicate,
-        "a second reply while the first is handled is a duplicate"
+        Claim::InProgress,
+        "a second reply while the first is handled waits for it"
     );
     assert!(
         s.complete("a", RecordState::Replied, T0 + 12)

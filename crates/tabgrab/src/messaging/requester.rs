@@ -310,7 +310,9 @@ impl RequesterBuilder {
         };
         let mut subscription = Subscription::builder(&self.bus, &reply_topic, &self.group)
             .concurrency(self.options.concurrency)
-            .max_deliveries(10)
+            // Enough retries (backoff up to 10 s each) to outlast a dead node's lease, so that
+            // a reply whose request is claimed by a node that died is not dead-lettered first.
+            .max_deliveries(30)
             .commit_interval(Duration::from_millis(200));
         subscription.handle_envelope(REPLY_TYPE, on_reply)?;
         let subscription = subscription.start()?;
@@ -414,6 +416,9 @@ impl Inner {
                     }
                 }
             }
+            Claim::InProgress => Err(HandlerError::transient(format!(
+                "reply to {id}: another claim on the request is being handled; retrying until it completes or its lease lapses"
+            ))),
             Claim::Duplicate => {
                 self.counters.duplicate.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(group = %self.group, id, "duplicate reply ignored");

@@ -16,7 +16,9 @@
 //! nodes of a group see the same reply, exactly one of them wins the claim. The winner hands
 //! the outcome to the reply handler and only then marks the record finished (`complete`); if
 //! the handler fails it gives the claim back (`release`) and the reply is redelivered (or the
-//! next sweep retries the timeout).
+//! next sweep retries the timeout). A reply that finds the request claimed by a live lease
+//! ([`Claim::InProgress`]) is retried later rather than dropped: it becomes a duplicate once
+//! the claim completes, or takes the claim over once a dead holder's lease lapses.
 //!
 //! A claim carries a **lease**: if the node holding it dies before `complete`, the claim
 //! lapses and a redelivered reply (or the sweep, once the deadline passed) can take it again.
@@ -141,8 +143,12 @@ pub enum Claim {
     /// The request was pending (or its previous claim lapsed): this node now owns it and must
     /// `complete` or `release` it.
     Claimed(PendingRequest),
-    /// The request already has its reply, or another node is handling one: a duplicate.
+    /// The request already has its reply: a duplicate.
     Duplicate,
+    /// Another node (or task) holds a live claim on the request and is handling a reply. The
+    /// caller should retry later: if that node dies, its lease lapses and this reply can
+    /// claim the request; if it finishes, this reply becomes a duplicate.
+    InProgress,
     /// The request timed out (or its deadline passed) before this reply: a late reply.
     Late,
     /// The correlation id is unknown (never sent, or purged), or the stored request has
@@ -276,7 +282,7 @@ pub(crate) fn classify(
     }
     match RecordState::parse(&state) {
         Some(RecordState::Replied) => Claim::Duplicate,
-        Some(RecordState::Replying) if deadline_ms > now_ms => Claim::Duplicate,
+        Some(RecordState::Replying) if deadline_ms > now_ms => Claim::InProgress,
         Some(_) => Claim::Late,
         None => Claim::Forged,
     }
