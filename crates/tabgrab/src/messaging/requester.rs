@@ -322,6 +322,7 @@ impl RequesterBuilder {
             inner,
             subscription: Arc::new(Mutex::new(Some(subscription))),
             sweep: Arc::new(Mutex::new(Some(sweep))),
+            _guard: Arc::new(DropGuard(cancel.clone())),
             cancel,
         })
     }
@@ -492,6 +493,17 @@ pub struct Requester {
     sweep: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Stops the sweep.
     cancel: CancellationToken,
+    /// Stops the sweep when the last clone is dropped without `shutdown`.
+    _guard: Arc<DropGuard>,
+}
+
+/// Cancels a token when dropped.
+struct DropGuard(CancellationToken);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl std::fmt::Debug for Requester {

@@ -63,7 +63,9 @@ pub struct PendingRequest {
     pub id: String,
     /// The requester group that sent it (and receives its reply).
     pub group: String,
-    /// The request's message type; a reply must name the same one.
+    /// The request's message type; a reply must name the same one. It also names the reply
+    /// type: a request type's `Response` is fixed by the type, so the requester decodes the
+    /// reply as the `Response` of the type stored here.
     pub request_type: String,
     /// The topic the request was sent to; a reply must come from that responder.
     pub responder: String,
