@@ -9,7 +9,9 @@
 //! FULL`) database writes.
 //!
 //! Run: `cargo run --release -p tabgrab --example request_reply_overhead [-- REQUESTS CONCURRENCY...]`
-//! (defaults: 3000 requests at concurrency 1, 16 and 64).
+//! (defaults: 3000 requests at concurrency 1, 16 and 64). With `TABGRAB_BENCH_PG_URL` set
+//! (e.g. `postgres://postgres@127.0.0.1:5432/test`) a PostgreSQL store row is added per level
+//! (a fresh table, dropped afterwards).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,6 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:>11} | {:>22} | {:>22} | {:>14}",
         "concurrency", "sqlite store rt/s p50/p99", "memory store rt/s p50/p99", "sqlite/memory"
     );
+    let levels_again = levels.clone();
     for concurrency in levels {
         let dir = tempfile::tempdir()?;
         let sqlite: Arc<dyn CorrelationStore> =
@@ -143,5 +146,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("(rt/s: round trips per second; p50/p99 in ms)");
+    if let Ok(url) = std::env::var("TABGRAB_BENCH_PG_URL") {
+        postgres_rows(&url, requests, &levels_again).await?;
+    }
+    Ok(())
+}
+
+/// The PostgreSQL store at each concurrency level (one table per level, dropped afterwards).
+async fn postgres_rows(
+    url: &str,
+    requests: u64,
+    levels: &[usize],
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("{:>11} | {:>22}", "concurrency", "postgres store rt/s p50/p99");
+    for &concurrency in levels {
+        let table = format!("bench_corr_{}", uuid::Uuid::now_v7().simple());
+        let store = tabgrab::messaging::PostgresStore::connect_table(url, &table).await?;
+        let dir = tempfile::tempdir()?;
+        let figures = measure(Arc::new(store.clone()), dir.path(), requests, concurrency).await;
+        store.drop_table(&table).await?;
+        let f = figures?;
+        println!(
+            "{concurrency:>11} | {:>7.0} {:>6.2} {:>7.2}",
+            f.per_s,
+            f.p50_us as f64 / 1000.0,
+            f.p99_us as f64 / 1000.0
+        );
+    }
     Ok(())
 }
