@@ -158,7 +158,10 @@ async fn postgres_rows(
     requests: u64,
     levels: &[usize],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    println!("{:>11} | {:>22}", "concurrency", "postgres store rt/s p50/p99");
+    println!(
+        "{:>11} | {:>22}",
+        "concurrency", "postgres store rt/s p50/p99"
+    );
     for &concurrency in levels {
         let table = format!("bench_corr_{}", uuid::Uuid::now_v7().simple());
         let store = tabgrab::messaging::PostgresStore::connect_table(url, &table).await?;

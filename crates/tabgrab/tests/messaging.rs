@@ -499,6 +499,47 @@ async fn a_failing_reply_handler_is_retried_and_the_request_completes_once() {
     responder.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_in_a_group_of_two_nodes_always_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let store: Arc<dyn CorrelationStore> =
+        Arc::new(SqliteStore::open(dir.path().join("corr.db")).await.unwrap());
+    let node = || {
+        Requester::builder(&bus, GROUP)
+            .shared_store(Arc::clone(&store))
+            .route::<Charge>(TOPIC)
+            .sweep_interval(Duration::from_millis(20))
+            .start()
+            .unwrap()
+    };
+    let (a, b) = (node(), node());
+    let responder = payment(&bus);
+    let timeout = Duration::from_millis(300);
+    let (mut here, mut elsewhere) = (0, 0);
+    for i in 0..10 {
+        let started = Instant::now();
+        let outcome = a
+            .request(
+                &charge(&format!("o-{i}"), 1),
+                SendOptions::default().timeout(timeout),
+            )
+            .await;
+        // Deadline + two sweep intervals + 1 s, plus scheduling slack.
+        assert!(started.elapsed() < timeout + Duration::from_secs(3));
+        match outcome {
+            Ok(Outcome::Replied(Ok(_))) => here += 1,
+            Err(e) if e.kind() == tabgrab::ErrorKind::Unavailable => elsewhere += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    println!("answered on the awaiting node {here}, on the other node {elsewhere}");
+    assert_eq!(here + elsewhere, 10);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+}
+
 /// Recipient down: requests sent while the responder is stopped are answered when it starts
 /// again, or end as TimedOut if their deadline passed first; the requester itself is
 /// restarted (a new node on the same store) in between. None ends twice, none is left

@@ -621,24 +621,54 @@ impl Requester {
     /// Sends `request` and waits for its outcome here. The request is persisted like any
     /// other: if this process stops waiting (restart, dropped future), the outcome goes to
     /// the reply handler of `R`, if any, on whichever node gets it.
+    ///
+    /// In a group of several nodes the reply may reach another node, which has no waiter for
+    /// it. The wait is therefore bounded: at the deadline plus two sweep intervals and a
+    /// second, the store decides. A request that is still unanswered there ends as
+    /// `Outcome::TimedOut`; one answered on another node fails with `Unavailable` (its
+    /// outcome went to that node's reply handler). Code that runs several nodes should use
+    /// [`RequesterBuilder::on_reply`] instead, which works on any node.
     pub async fn request<R: Request>(
         &self,
         request: &R,
         options: SendOptions,
     ) -> Result<Outcome<R::Response>, Error> {
         let id = RequestId::new();
+        let timeout = options
+            .timeout
+            .unwrap_or(self.inner.options.default_timeout);
         let (tx, rx) = oneshot::channel();
         self.inner.waiters().insert(id.to_string(), tx);
         if let Err(e) = self.send_with_id(&id, request, options).await {
             self.inner.waiters().remove(id.as_str());
             return Err(e);
         }
-        let raw = rx.await.map_err(|_| {
-            Error::new(
-                ErrorKind::Closed,
-                format!("the requester stopped before {} {id} ended", R::TYPE),
-            )
-        })?;
+        let wait = timeout + self.inner.options.sweep_interval * 2 + Duration::from_secs(1);
+        let raw = match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    format!("the requester stopped before {} {id} ended", R::TYPE),
+                ));
+            }
+            Err(_) => {
+                self.inner.waiters().remove(id.as_str());
+                return match self.inner.store.state(id.as_str()).await? {
+                    Some(RecordState::Replied | RecordState::Replying) => Err(Error::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "the reply to {} {id} reached another node of group {}; receive outcomes with on_reply to handle them on any node",
+                            R::TYPE,
+                            self.inner.group
+                        ),
+                    )),
+                    // Past its deadline without a reply: timed out, whichever node's sweep
+                    // records it.
+                    _ => Ok(Outcome::TimedOut),
+                };
+            }
+        };
         raw.decode::<R::Response>(R::TYPE)
     }
 
