@@ -112,6 +112,11 @@ pub struct DeadLettersArgs {
     /// Directory of the embedded event log, as given to `pizzeria run`.
     #[arg(long, default_value = "./pizzeria-data")]
     pub data_dir: PathBuf,
+    /// The topic whose dead letters to list: `pizzeria` (the events style), or for the
+    /// messaging style `payment`, `inventory`, `kitchen` (requests) and
+    /// `replies.front-desk-messaging` (replies, including rejected forged ones).
+    #[arg(long, default_value = TOPIC)]
+    pub topic: String,
 }
 
 /// Parses a share: a number from 0 to 1.
@@ -205,18 +210,30 @@ fn dead_letters_command(args: &DeadLettersArgs) -> Result<(), Error> {
         )
         .with_source(e)
     })?;
-    let letters = tabgrab::event::read_dead_letters(&bus, TOPIC)?;
+    let topic = args.topic.as_str();
+    let valid = !topic.is_empty()
+        && !topic.starts_with('.')
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !valid {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!("{topic:?} is not a topic name: use letters, digits, '.', '-' and '_'"),
+        ));
+    }
+    let letters = tabgrab::event::read_dead_letters(&bus, topic)?;
     let mut out = std::io::stdout().lock();
     let write = |out: &mut std::io::StdoutLock<'_>, text: String| {
         writeln!(out, "{text}")
             .map_err(|e| Error::new(ErrorKind::Io, "cannot write to stdout").with_source(e))
     };
     if letters.is_empty() {
-        return write(&mut out, format!("no dead letters in topic {TOPIC}"));
+        return write(&mut out, format!("no dead letters in topic {topic}"));
     }
     write(
         &mut out,
-        format!("{} dead letters in topic {TOPIC}:", letters.len()),
+        format!("{} dead letters in topic {topic}:", letters.len()),
     )?;
     for letter in &letters {
         write(

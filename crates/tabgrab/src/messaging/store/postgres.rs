@@ -96,6 +96,19 @@ impl Statements {
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/db`) and uses table
     /// `tabgrab_correlation`, created if needed.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tabgrab::Error> {
+    /// use tabgrab::backend::embedded::EmbeddedBus;
+    /// use tabgrab::messaging::{PostgresStore, Requester};
+    ///
+    /// // Every node of the group uses the same database.
+    /// let store = PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+    /// let bus = EmbeddedBus::open("./data")?;
+    /// let requester = Requester::builder(&bus, "front-desk").store(store).start()?;
+    /// # requester.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<PostgresStore, Error> {
         PostgresStore::connect_table(url, "tabgrab_correlation").await
     }

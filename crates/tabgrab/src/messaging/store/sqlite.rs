@@ -146,6 +146,16 @@ impl Statements {
 impl SqliteStore {
     /// Opens (creating if needed) the store in the database file `path`, table
     /// `tabgrab_correlation`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tabgrab::Error> {
+    /// use tabgrab::messaging::SqliteStore;
+    /// use tabgrab::messaging::store::CorrelationStore as _;
+    ///
+    /// let store = SqliteStore::open("./data/correlation.db").await?;
+    /// println!("{} pending", store.counts().await?.pending);
+    /// # Ok(()) }
+    /// ```
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, Error> {
         SqliteStore::open_table(path, "tabgrab_correlation").await
     }
