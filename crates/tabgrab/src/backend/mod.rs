@@ -1,4 +1,353 @@
-//! Backends carry envelopes between services. Today: [`embedded`], the in-process default that
-//! needs no server. NATS and RabbitMQ follow behind the `nats` and `amqp` features.
+//! Backends carry envelopes between services, selected by one URL ([`Bus::connect`]):
+//!
+//! | URL | backend | feature |
+//! |---|---|---|
+//! | `embedded:///path` | [`embedded`]: an on-disk log in this process, no server | always |
+//! | `nats://host:port` | [`nats`]: JetStream for events, one stream per topic | `nats` |
+//!
+//! # The contract
+//! Application code (publishers, subscriptions, requesters, responders) holds a [`Bus`] and
+//! never names an engine, so moving from one machine to a cluster is a change of URL.
+//!
+//! A broker ([`Backend`]) provides four primitives: a durable publish of an [`Envelope`] to a
+//! topic, de-duplicated by the envelope id where the engine can ([`Published::duplicate`]); a
+//! consumer-group subscription that delivers envelopes one by one, each acknowledged
+//! ([`Acker::ack`]), given back for redelivery ([`Acker::nack`]) or given up on
+//! ([`Acker::term`]), and redelivered by the broker when a consumer dies with it unacknowledged;
+//! start positions for replay; and a listing of dead letters. Everything above that (decoding,
+//! bad-input dead letters, per-subject lanes, retries with backoff, dead letters after
+//! `max_deliveries`) is the same code for every engine: `event::Subscription`.
+//!
+//! The embedded backend is not a `Backend`: it owns its log, so its subscription reads the log
+//! directly and keeps the group's offset itself (watermark commits, replay by offset or time),
+//! where a broker keeps the acknowledgement state. Both sit behind the same [`Bus`], and the
+//! conformance suite (`tests/conformance/`) runs the same scenarios against each.
+//!
+//! # Differences are flags, not surprises
+//! What an engine cannot give is a [`Capabilities`] flag, and the conformance suite tests the
+//! flag both ways: for example the embedded log does not de-duplicate a publish retried with
+//! the same envelope id (`dedup_window` is `None`; inboxes do that), while JetStream does within
+//! its duplicate window.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::event::{DeadLetter, StartFrom};
+use crate::{Codec, Envelope, Error, ErrorKind};
 
 pub mod embedded;
+#[cfg(feature = "nats")]
+pub mod nats;
+
+use embedded::EmbeddedBus;
+
+/// What an engine promises; differences between engines are these flags, each tested by the
+/// conformance suite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// A group can start from a point in time ([`StartFrom::Time`]).
+    pub replay_from_time: bool,
+    /// A group can start from a position ([`StartFrom::Offset`]).
+    pub replay_from_offset: bool,
+    /// A publish retried with the same envelope id within this window is not a second event.
+    /// `None`: no de-duplication at publish (use an inbox).
+    pub dedup_window: Option<Duration>,
+    /// Order per subject holds across the several subscriptions (members) of one group, not
+    /// only within one subscription. Within one subscription it always holds.
+    pub group_wide_order: bool,
+    /// Several processes may share the bus (the embedded log is locked by one process).
+    pub multi_process: bool,
+}
+
+/// The durable position of a published envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The offset (embedded) or stream sequence (JetStream) of the envelope.
+    pub position: u64,
+    /// The engine recognised the envelope id as already published: no second event was made.
+    pub duplicate: bool,
+}
+
+/// Settles one delivery. Exactly one of `ack`, `nack` or `term` should be called; a delivery
+/// that is never settled is redelivered by the broker after its ack wait.
+pub trait Acker: Send + Sync {
+    /// Done: never deliver it again to this group.
+    fn ack(&self) -> BoxFuture<'_, Result<(), Error>>;
+    /// Not done: deliver it again, to any member of the group, after `delay`.
+    fn nack(&self, delay: Duration) -> BoxFuture<'_, Result<(), Error>>;
+    /// Given up (it was dead-lettered): never deliver it again.
+    fn term(&self) -> BoxFuture<'_, Result<(), Error>>;
+    /// Still working on it: restart the ack-wait timer.
+    fn progress(&self) -> BoxFuture<'_, Result<(), Error>>;
+}
+
+/// One delivery of an envelope to a member of a consumer group.
+pub struct Delivery {
+    /// The envelope, or why it could not be decoded (it then goes to dead letters).
+    pub envelope: Result<Envelope, Error>,
+    /// The payload bytes as received, kept byte for byte in a dead letter.
+    pub raw: Bytes,
+    /// The envelope's position in its topic (JetStream: the stream sequence).
+    pub position: u64,
+    /// How many times the broker has delivered it (1 the first time).
+    pub attempt: u32,
+    /// How many envelopes of the topic wait for this group beyond this one (for `lag`).
+    pub pending: u64,
+    /// Settles the delivery.
+    pub acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("position", &self.position)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The deliveries of a subscription; the stream ends when the broker ends it (the
+/// subscription then subscribes again).
+pub type Deliveries = BoxStream<'static, Result<Delivery, Error>>;
+
+/// What a subscription asks of a broker.
+#[derive(Clone, Debug)]
+pub struct SubscribeRequest {
+    /// The topic.
+    pub topic: String,
+    /// The consumer group: a durable consumer shared by every member.
+    pub group: String,
+    /// Where the group starts; anything but `Committed` resets the group's position.
+    pub start: StartFrom,
+    /// How long the broker waits for a settlement before redelivering (the subscription
+    /// reports progress on held deliveries well within it).
+    pub ack_wait: Duration,
+    /// How many deliveries may be outstanding for this member.
+    pub max_in_flight: usize,
+}
+
+/// What an engine reports about itself at start-up: what an acknowledged publish means there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineReport {
+    /// `embedded`, `nats`.
+    pub engine: String,
+    /// The server's version, if there is a server.
+    pub server_version: Option<String>,
+    /// Free-form lines: storage, replicas, fsync policy.
+    pub details: Vec<String>,
+}
+
+impl std::fmt::Display for EngineReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.engine)?;
+        if let Some(v) = &self.server_version {
+            write!(f, " (server {v})")?;
+        }
+        for line in &self.details {
+            write!(f, "; {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A message broker behind a [`Bus`]: the primitives every engine provides.
+///
+/// Object-safe with boxed futures, so a `Bus` holds any engine as `Arc<dyn Backend>`.
+pub trait Backend: Send + Sync + 'static {
+    /// The engine's name (`nats`), for errors and reports.
+    fn name(&self) -> &'static str;
+    /// What the engine promises.
+    fn capabilities(&self) -> Capabilities;
+    /// The envelope size limit.
+    fn codec(&self) -> Codec;
+    /// Publishes `envelope` to `topic` durably; de-duplicated by the envelope id where
+    /// `capabilities().dedup_window` says so. Returns once the engine acknowledged it.
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Published, Error>>;
+    /// Joins `request.group` on `request.topic` (creating the group if needed).
+    fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>>;
+    /// Every envelope of `topic` from the beginning, oldest first (dead-letter listings).
+    fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>>;
+    /// Deletes a topic and its groups (tests clean up with it).
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    /// What an acknowledged publish means on this engine, read from the server.
+    fn report(&self) -> BoxFuture<'_, Result<EngineReport, Error>>;
+}
+
+/// The engine behind a bus.
+#[derive(Clone)]
+pub(crate) enum Engine {
+    /// The in-process log.
+    Embedded(EmbeddedBus),
+    /// A broker.
+    Broker(Arc<dyn Backend>),
+}
+
+/// A cheap-to-clone handle on a bus: the embedded log or a broker, chosen by URL.
+///
+/// Every publisher, subscription, requester and responder takes `&Bus` (an `&EmbeddedBus`
+/// converts into one), so the same code runs on every engine.
+#[derive(Clone)]
+pub struct Bus {
+    /// The engine.
+    pub(crate) engine: Engine,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("engine", &self.name()).finish()
+    }
+}
+
+impl Bus {
+    /// Connects to the bus at `url`: `embedded:///path` (or a plain path), `nats://host:port`.
+    pub async fn connect(url: &str) -> Result<Bus, Error> {
+        if let Some(path) = url.strip_prefix("embedded://") {
+            return Ok(Bus::from(EmbeddedBus::open(path)?));
+        }
+        if url.starts_with("nats://") {
+            #[cfg(feature = "nats")]
+            {
+                let bus = nats::NatsBus::connect(url).await?;
+                return Ok(Bus::from_backend(Arc::new(bus)));
+            }
+            #[cfg(not(feature = "nats"))]
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("{url}: this build has no NATS backend; enable tabgrab's `nats` feature"),
+            ));
+        }
+        if url.contains("://") {
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                format!(
+                    "bus URL {url:?}: unknown scheme; use embedded:///path or nats://host:port"
+                ),
+            ));
+        }
+        Ok(Bus::from(EmbeddedBus::open(url)?))
+    }
+
+    /// A bus over any broker.
+    pub fn from_backend(backend: Arc<dyn Backend>) -> Bus {
+        Bus {
+            engine: Engine::Broker(backend),
+        }
+    }
+
+    /// The engine's name: `embedded`, `nats`.
+    pub fn name(&self) -> &'static str {
+        match &self.engine {
+            Engine::Embedded(_) => "embedded",
+            Engine::Broker(b) => b.name(),
+        }
+    }
+
+    /// The embedded bus, if this is one.
+    pub fn as_embedded(&self) -> Option<&EmbeddedBus> {
+        match &self.engine {
+            Engine::Embedded(bus) => Some(bus),
+            Engine::Broker(_) => None,
+        }
+    }
+
+    /// The broker, if this is one.
+    pub fn as_backend(&self) -> Option<&Arc<dyn Backend>> {
+        match &self.engine {
+            Engine::Embedded(_) => None,
+            Engine::Broker(b) => Some(b),
+        }
+    }
+
+    /// What the engine promises.
+    pub fn capabilities(&self) -> Capabilities {
+        match &self.engine {
+            Engine::Embedded(_) => Capabilities {
+                replay_from_time: true,
+                replay_from_offset: true,
+                dedup_window: None,
+                group_wide_order: true,
+                multi_process: false,
+            },
+            Engine::Broker(b) => b.capabilities(),
+        }
+    }
+
+    /// The envelope codec (size limit).
+    pub fn codec(&self) -> Codec {
+        match &self.engine {
+            Engine::Embedded(bus) => bus.codec(),
+            Engine::Broker(b) => b.codec(),
+        }
+    }
+
+    /// What an acknowledged publish means on this engine (log it at start-up).
+    pub async fn report(&self) -> Result<EngineReport, Error> {
+        match &self.engine {
+            Engine::Embedded(bus) => Ok(EngineReport {
+                engine: "embedded".into(),
+                server_version: None,
+                details: vec![
+                    format!("directory {}", bus.dir().display()),
+                    "an acknowledged publish is fsynced (group commit)".into(),
+                    "one process".into(),
+                ],
+            }),
+            Engine::Broker(b) => b.report().await,
+        }
+    }
+
+    /// Every dead letter of `topic`, oldest first.
+    pub async fn dead_letters(&self, topic: &str) -> Result<Vec<DeadLetter>, Error> {
+        match &self.engine {
+            Engine::Embedded(bus) => crate::event::read_dead_letters(bus, topic),
+            Engine::Broker(b) => b
+                .read_all(&crate::event::dead_letter_topic(topic))
+                .await?
+                .iter()
+                .map(Envelope::decode::<DeadLetter>)
+                .collect(),
+        }
+    }
+
+    /// Deletes a topic with its groups and dead letters (brokers only; the embedded bus
+    /// deletes nothing: remove its directory). Tests clean up with it.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), Error> {
+        match &self.engine {
+            Engine::Embedded(_) => Ok(()),
+            Engine::Broker(b) => {
+                b.delete_topic(topic).await?;
+                b.delete_topic(&crate::event::dead_letter_topic(topic))
+                    .await
+            }
+        }
+    }
+}
+
+impl From<EmbeddedBus> for Bus {
+    fn from(bus: EmbeddedBus) -> Bus {
+        Bus {
+            engine: Engine::Embedded(bus),
+        }
+    }
+}
+
+impl From<&EmbeddedBus> for Bus {
+    fn from(bus: &EmbeddedBus) -> Bus {
+        Bus::from(bus.clone())
+    }
+}
+
+impl From<&Bus> for Bus {
+    fn from(bus: &Bus) -> Bus {
+        bus.clone()
+    }
+}

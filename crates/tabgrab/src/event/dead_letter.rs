@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::embedded::{EmbeddedBus, storage};
+use crate::backend::{Bus, Engine};
 use crate::{Codec, Envelope, Error, ErrorKind, Message};
 
 /// The CloudEvents type of dead-letter records.
@@ -100,11 +101,15 @@ impl DeadLetter {
     }
 
     /// Appends this dead letter durably to the dead-letter topic of `self.topic`.
-    pub(crate) async fn record(&self, bus: &EmbeddedBus) -> Result<u64, Error> {
+    pub(crate) async fn record(&self, bus: &Bus) -> Result<u64, Error> {
         let topic = dead_letter_topic(&self.topic);
-        let log = bus.topic(&topic)?;
         let mut envelope = Envelope::new(format!("/tabgrab/groups/{}", self.group), self)?;
         envelope.subject.clone_from(&self.subject);
+        let bus = match &bus.engine {
+            Engine::Embedded(bus) => bus,
+            Engine::Broker(b) => return Ok(b.publish(&topic, &envelope).await?.position),
+        };
+        let log = bus.topic(&topic)?;
         let bytes = Codec::with_max_size(DEAD_LETTER_MAX_SIZE).encode(&envelope)?;
         log.append(bytes)
             .await

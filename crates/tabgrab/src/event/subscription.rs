@@ -1,4 +1,14 @@
-//! Consumer-group subscriptions on the embedded backend.
+//! Consumer-group subscriptions, one implementation for every backend.
+//!
+//! On the embedded backend a dispatcher reads the topic's log and keeps the group's offset
+//! (below). On a broker (NATS) the broker keeps the group's position and redelivers what is
+//! not acknowledged; the dispatcher takes its deliveries instead of log records, and the rest
+//! is the same code: decoding, bad input to dead letters, per-subject lanes, retries with
+//! backoff inside the lane, dead letters after `max_deliveries`. A delivery is acknowledged
+//! when its handler succeeded or its dead letter is stored; while it waits in a lane or
+//! retries, the subscription reports progress to the broker so that it is not redelivered
+//! behind its own back. A delivery the broker has already made more than `max_deliveries`
+//! times (its consumers crashed on it) is dead-lettered without running the handler again.
 //!
 //! # How a group works
 //! One dispatcher task per (topic, group) reads the topic's log from the group's committed
@@ -36,7 +46,8 @@ use tokio_util::task::TaskTracker;
 
 use super::dead_letter::DeadLetter;
 use super::handler::{Context, HandlerError};
-use crate::backend::embedded::{EmbeddedBus, storage, validate_topic};
+use crate::backend::embedded::{storage, validate_topic};
+use crate::backend::{Acker, Backend, Bus, Delivery, Engine, SubscribeRequest};
 use crate::retry::Backoff;
 use crate::{Envelope, Error, ErrorKind, Event, Registry};
 
@@ -100,6 +111,7 @@ struct Options {
     max_in_flight: usize,
     commit_interval: Duration,
     drain_timeout: Duration,
+    ack_wait: Duration,
 }
 
 impl Default for Options {
@@ -112,13 +124,14 @@ impl Default for Options {
             max_in_flight: 4096,
             commit_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
+            ack_wait: Duration::from_secs(30),
         }
     }
 }
 
 /// Builds a [`Subscription`]: which events to handle, and how.
 pub struct SubscriptionBuilder {
-    bus: EmbeddedBus,
+    bus: Bus,
     topic: String,
     group: String,
     handlers: Handlers,
@@ -224,8 +237,17 @@ impl SubscriptionBuilder {
         self
     }
 
+    /// On a broker: how long it waits for an acknowledgement before it redelivers to another
+    /// member (default 30 s). A crashed consumer's events are redelivered after it; a live
+    /// one reports progress on what it holds, so slow handlers are not redelivered.
+    pub fn ack_wait(mut self, wait: Duration) -> SubscriptionBuilder {
+        self.options.ack_wait = wait.max(Duration::from_millis(300));
+        self
+    }
+
     /// Starts the subscription (joins the group if it already runs on this bus). Must be
-    /// called inside a tokio runtime.
+    /// called inside a tokio runtime. On a broker the group is joined in the background:
+    /// [`Subscription::ready`] waits for it and reports a failure.
     pub fn start(self) -> Result<Subscription, Error> {
         validate_topic(&self.group).map_err(|e| {
             Error::new(
@@ -237,7 +259,26 @@ impl SubscriptionBuilder {
             id: NEXT_MEMBER.fetch_add(1, Ordering::Relaxed),
             handlers: Arc::new(self.handlers),
         };
-        let mut groups = self.bus.groups()?;
+        let embedded = match &self.bus.engine {
+            Engine::Embedded(bus) => bus.clone(),
+            Engine::Broker(backend) => {
+                validate_topic(&self.topic)?;
+                let group = Group::start_broker(
+                    self.bus.clone(),
+                    Arc::clone(backend),
+                    self.topic,
+                    self.group,
+                    self.registry,
+                    self.options,
+                    member.clone(),
+                );
+                return Ok(Subscription {
+                    group,
+                    member: member.id,
+                });
+            }
+        };
+        let mut groups = embedded.groups()?;
         let key = (self.topic.clone(), self.group.clone());
         if let Some(group) = groups.get(&key).and_then(Weak::upgrade) {
             if group.cancel.is_cancelled() {
@@ -256,7 +297,7 @@ impl SubscriptionBuilder {
             });
         }
         let group = Group::start(
-            self.bus.clone(),
+            embedded.clone(),
             self.topic,
             self.group,
             self.registry,
@@ -292,9 +333,10 @@ impl std::fmt::Debug for Subscription {
 
 impl Subscription {
     /// Starts building a subscription of `group` to `topic`.
-    pub fn builder(bus: &EmbeddedBus, topic: &str, group: &str) -> SubscriptionBuilder {
+    /// `bus` is a [`Bus`] or an `&EmbeddedBus`.
+    pub fn builder(bus: impl Into<Bus>, topic: &str, group: &str) -> SubscriptionBuilder {
         SubscriptionBuilder {
-            bus: bus.clone(),
+            bus: bus.into(),
             topic: topic.to_owned(),
             group: group.to_owned(),
             handlers: HashMap::new(),
@@ -317,8 +359,38 @@ impl Subscription {
 
     /// How many records of the topic this group has not finished yet (the end of the topic
     /// minus the watermark): 0 means the group has caught up.
+    ///
+    /// On a broker: what the broker last said is pending for the group, plus what this
+    /// member holds.
     pub fn lag(&self) -> u64 {
-        self.group.log.end_offset().saturating_sub(self.watermark())
+        match &self.group.log {
+            Some(log) => log.end_offset().saturating_sub(self.watermark()),
+            None => {
+                self.group.broker_pending.load(Ordering::Relaxed)
+                    + lock(&self.group.state).pending.len() as u64
+            }
+        }
+    }
+
+    /// Waits until the subscription has joined its group (at once on the embedded bus; on a
+    /// broker, once the consumer exists). Returns the reason if joining failed.
+    pub async fn ready(&self) -> Result<(), Error> {
+        let mut rx = self.group.ready.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Readiness::Starting => {}
+                Readiness::Ready => return Ok(()),
+                Readiness::Failed(kind, message) => {
+                    return Err(Error::new(*kind, message.clone()));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    format!("group {} stopped before it was ready", self.group.name),
+                ));
+            }
+        }
     }
 
     /// The group's current watermark: every record below it is done.
@@ -371,9 +443,19 @@ struct Member {
     handlers: Arc<Handlers>,
 }
 
+/// Whether a group has joined its broker.
+#[derive(Clone, Debug)]
+enum Readiness {
+    Starting,
+    Ready,
+    Failed(ErrorKind, String),
+}
+
 /// A record waiting in its subject's lane.
 struct Job {
     offset: u64,
+    /// The attempt number of the first delivery (a broker may have delivered it before).
+    first_attempt: u32,
     envelope: Arc<Envelope>,
     raw: Bytes,
     /// Held until the job is done: bounds read-ahead.
@@ -401,10 +483,17 @@ impl State {
 
 /// A consumer group running on a bus.
 pub(crate) struct Group {
-    bus: EmbeddedBus,
+    bus: Bus,
     topic: Arc<str>,
     name: Arc<str>,
-    log: tabgrab_log::Log,
+    /// The topic's log (embedded); `None` on a broker.
+    log: Option<tabgrab_log::Log>,
+    /// Held broker deliveries by position, settled when done.
+    held: Mutex<HashMap<u64, Arc<dyn Acker>>>,
+    /// What the broker last reported as pending for the group.
+    broker_pending: AtomicU64,
+    /// Whether the group has joined.
+    ready: tokio::sync::watch::Sender<Readiness>,
     registry: Registry,
     options: Options,
     members: Mutex<Vec<Member>>,
@@ -433,7 +522,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Group {
     fn start(
-        bus: EmbeddedBus,
+        bus: crate::backend::embedded::EmbeddedBus,
         topic: String,
         name: String,
         registry: Registry,
@@ -460,10 +549,13 @@ impl Group {
         let group = Arc::new(Group {
             in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
             running: Arc::new(Semaphore::new(options.concurrency)),
-            bus,
+            bus: Bus::from(bus),
             topic: topic.into(),
             name: name.into(),
-            log,
+            log: Some(log.clone()),
+            held: Mutex::new(HashMap::new()),
+            broker_pending: AtomicU64::new(0),
+            ready: tokio::sync::watch::Sender::new(Readiness::Ready),
             registry,
             options,
             members: Mutex::new(vec![member]),
@@ -480,14 +572,209 @@ impl Group {
             committing: AtomicBool::new(false),
             commit_lock: tokio::sync::Mutex::new(()),
         });
-        let handle = tokio::spawn(Arc::clone(&group).dispatch(start));
+        let handle = tokio::spawn(Arc::clone(&group).dispatch(log, start));
         *lock(&group.dispatcher) = Some(handle);
         Ok(group)
     }
 
+    /// Starts a group on a broker: joins it in the background.
+    fn start_broker(
+        bus: Bus,
+        backend: Arc<dyn Backend>,
+        topic: String,
+        name: String,
+        registry: Registry,
+        options: Options,
+        member: Member,
+    ) -> Arc<Group> {
+        let group = Arc::new(Group {
+            in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
+            running: Arc::new(Semaphore::new(options.concurrency)),
+            bus,
+            topic: topic.into(),
+            name: name.into(),
+            log: None,
+            held: Mutex::new(HashMap::new()),
+            broker_pending: AtomicU64::new(0),
+            ready: tokio::sync::watch::Sender::new(Readiness::Starting),
+            registry,
+            options,
+            members: Mutex::new(vec![member]),
+            next_member: AtomicUsize::new(0),
+            state: Mutex::new(State::default()),
+            counters: Counters::default(),
+            cancel: CancellationToken::new(),
+            lanes: TaskTracker::new(),
+            dispatcher: Mutex::new(None),
+            committing: AtomicBool::new(false),
+            commit_lock: tokio::sync::Mutex::new(()),
+        });
+        let handle = tokio::spawn(Arc::clone(&group).dispatch_broker(backend));
+        *lock(&group.dispatcher) = Some(handle);
+        group
+    }
+
+    /// Takes a broker's deliveries and feeds the lanes until cancelled; then drains and gives
+    /// back what was not handled (so another member gets it at once).
+    async fn dispatch_broker(self: Arc<Group>, backend: Arc<dyn Backend>) -> Result<(), Error> {
+        let request = SubscribeRequest {
+            topic: self.topic.to_string(),
+            group: self.name.to_string(),
+            start: self.options.start_from,
+            ack_wait: self.options.ack_wait,
+            max_in_flight: self.options.max_in_flight,
+        };
+        let mut deliveries = match backend.subscribe(request.clone()).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(topic = %self.topic, group = %self.name, error = %e, "cannot join the consumer group");
+                self.ready
+                    .send_replace(Readiness::Failed(e.kind(), e.to_string()));
+                return Err(e);
+            }
+        };
+        self.ready.send_replace(Readiness::Ready);
+        let request = SubscribeRequest {
+            start: StartFrom::Committed,
+            ..request
+        };
+        let keep_alive = CancellationToken::new();
+        tokio::spawn(Arc::clone(&self).keep_alive(keep_alive.clone()));
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break,
+                item = futures::StreamExt::next(&mut deliveries) => item,
+            };
+            match item {
+                Some(Ok(delivery)) => {
+                    let permit = tokio::select! {
+                        () = self.cancel.cancelled() => {
+                            let _ = delivery.acker.nack(Duration::ZERO).await;
+                            break;
+                        }
+                        permit = Arc::clone(&self.in_flight).acquire_owned() => permit,
+                    };
+                    let Ok(permit) = permit else { break };
+                    self.accept_delivery(delivery, permit).await;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, group = %self.name, error = %e, "broker delivery error");
+                }
+                None => {
+                    tracing::warn!(topic = %self.topic, group = %self.name, "the broker ended the subscription; joining again");
+                    tokio::select! {
+                        () = self.cancel.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    match backend.subscribe(request.clone()).await {
+                        Ok(d) => deliveries = d,
+                        Err(e) => {
+                            tracing::warn!(topic = %self.topic, group = %self.name, error = %e, "joining again failed; retrying");
+                        }
+                    }
+                }
+            }
+        }
+        drop(deliveries);
+        self.lanes.close();
+        if tokio::time::timeout(self.options.drain_timeout, self.lanes.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(topic = %self.topic, group = %self.name, "drain timed out; unfinished events will be redelivered");
+        }
+        keep_alive.cancel();
+        let held: Vec<Arc<dyn Acker>> = lock(&self.held).drain().map(|(_, a)| a).collect();
+        for acker in held {
+            let _ = acker.nack(Duration::ZERO).await;
+        }
+        Ok(())
+    }
+
+    /// Tells the broker, well within its ack wait, that held deliveries are being worked on.
+    async fn keep_alive(self: Arc<Group>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.options.ack_wait / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let held: Vec<Arc<dyn Acker>> = lock(&self.held).values().cloned().collect();
+            for acker in held {
+                if let Err(e) = acker.progress().await {
+                    tracing::debug!(topic = %self.topic, group = %self.name, error = %e, "progress report failed");
+                }
+            }
+        }
+    }
+
+    /// Takes one broker delivery: like [`Group::accept`], and it is held until done.
+    async fn accept_delivery(self: &Arc<Group>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+        let Delivery {
+            envelope,
+            raw,
+            position,
+            attempt,
+            pending,
+            acker,
+        } = delivery;
+        self.broker_pending.store(pending, Ordering::Relaxed);
+        let acker: Arc<dyn Acker> = Arc::from(acker);
+        {
+            let mut held = lock(&self.held);
+            if let Some(old) = held.get_mut(&position) {
+                // Redelivered while still held here (a progress report came too late): the
+                // job in the lane settles it, with the newer delivery's acker.
+                *old = acker;
+                return;
+            }
+            held.insert(position, acker);
+        }
+        lock(&self.state).pending.insert(position);
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let checked = envelope.map_err(|e| (e, None)).and_then(|envelope| {
+            match self.registry.check(&envelope.ty) {
+                Ok(()) => Ok(envelope),
+                Err(e) => Err((e, Some(Box::new(envelope)))),
+            }
+        });
+        let envelope = match checked {
+            Ok(envelope) => envelope,
+            Err((e, envelope)) => {
+                tracing::warn!(topic = %self.topic, group = %self.name, position, error = %e, "undecodable message dead-lettered");
+                let letter =
+                    DeadLetter::new(&self.topic, &self.name, position, &raw, envelope.as_deref())
+                        .because(e.kind().as_str(), e.to_string(), 0);
+                if self.dead_letter(letter).await {
+                    self.finish(position, Settle::Term).await;
+                }
+                return;
+            }
+        };
+        if attempt > self.options.max_deliveries {
+            tracing::warn!(topic = %self.topic, group = %self.name, position, attempt, "delivered too often without an acknowledgement; dead-lettered");
+            let letter =
+                DeadLetter::new(&self.topic, &self.name, position, &raw, Some(&envelope)).because(
+                    "max_deliveries",
+                    format!(
+                        "delivered {attempt} times without an acknowledgement (its consumers                          stopped or crashed while handling it)"
+                    ),
+                    attempt - 1,
+                );
+            if self.dead_letter(letter).await {
+                self.finish(position, Settle::Term).await;
+            }
+            return;
+        }
+        self.enqueue(envelope, position, attempt, raw, permit).await;
+    }
+
     /// Reads the log and feeds the lanes until cancelled; then drains and commits.
-    async fn dispatch(self: Arc<Group>, start: u64) -> Result<(), Error> {
-        let mut reader = self.log.reader(start);
+    async fn dispatch(self: Arc<Group>, log: tabgrab_log::Log, start: u64) -> Result<(), Error> {
+        let mut reader = log.reader(start);
         let mut tick = tokio::time::interval(self.options.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -509,7 +796,7 @@ impl Group {
                     }
                 }
                 Err(e) => {
-                    if !self.read_failed(&mut reader, e).await {
+                    if !self.read_failed(&log, &mut reader, e).await {
                         break;
                     }
                 }
@@ -556,17 +843,31 @@ impl Group {
                 )
                 .because(e.kind().as_str(), e.to_string(), 0);
                 if self.dead_letter(letter).await {
-                    self.done(offset);
+                    self.done(offset).await;
                 }
                 return;
             }
         };
+        self.enqueue(envelope, offset, 1, record.payload, permit)
+            .await;
+    }
+
+    /// Queues a decoded envelope on its subject's lane (or skips it when no member handles
+    /// its type).
+    async fn enqueue(
+        self: &Arc<Group>,
+        envelope: Envelope,
+        offset: u64,
+        first_attempt: u32,
+        raw: Bytes,
+        permit: OwnedSemaphorePermit,
+    ) {
         let handled = lock(&self.members)
             .first()
             .is_some_and(|m| m.handlers.contains_key(&envelope.ty));
         if !handled {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
-            self.done(offset);
+            self.done(offset).await;
             return;
         }
         let key = envelope
@@ -575,8 +876,9 @@ impl Group {
             .unwrap_or_else(|| envelope.id.clone());
         let job = Job {
             offset,
+            first_attempt,
             envelope: Arc::new(envelope),
-            raw: record.payload,
+            raw,
             _permit: permit,
         };
         let mut state = lock(&self.state);
@@ -626,10 +928,10 @@ impl Group {
         };
         let Some(handler) = member.handlers.get(&job.envelope.ty).cloned() else {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
-            self.done(job.offset);
+            self.done(job.offset).await;
             return;
         };
-        let mut attempt = 1;
+        let mut attempt = job.first_attempt;
         loop {
             let ctx = Context {
                 envelope: Arc::clone(&job.envelope),
@@ -649,7 +951,7 @@ impl Group {
             let error = match outcome {
                 Ok(Ok(())) => {
                     self.counters.acked.fetch_add(1, Ordering::Relaxed);
-                    self.done(job.offset);
+                    self.done(job.offset).await;
                     return;
                 }
                 Ok(Err(e)) => e,
@@ -686,7 +988,7 @@ impl Group {
             )
             .because(reason, error.to_string(), attempt);
             if self.dead_letter(letter).await {
-                self.done(job.offset);
+                self.finish(job.offset, Settle::Term).await;
             }
             return;
         }
@@ -714,8 +1016,28 @@ impl Group {
         }
     }
 
-    fn done(&self, offset: u64) {
+    /// The record at `offset` is finished (handled, skipped): never deliver it again.
+    async fn done(&self, offset: u64) {
+        self.finish(offset, Settle::Ack).await;
+    }
+
+    /// Finishes a record; on a broker, settles its delivery.
+    async fn finish(&self, offset: u64, settle: Settle) {
         lock(&self.state).pending.remove(&offset);
+        if self.log.is_some() {
+            return;
+        }
+        let Some(acker) = lock(&self.held).remove(&offset) else {
+            return;
+        };
+        let result = match settle {
+            Settle::Ack => acker.ack().await,
+            Settle::Term => acker.term().await,
+        };
+        if let Err(e) = result {
+            // Not lost: the broker redelivers it, and it is handled again (at least once).
+            tracing::warn!(topic = %self.topic, group = %self.name, offset, error = %e, "settling a delivery failed; it will be redelivered");
+        }
     }
 
     /// Starts a commit without holding up dispatch (an offset commit costs two fsyncs); at
@@ -743,7 +1065,9 @@ impl Group {
             }
             watermark
         };
-        let log = self.log.clone();
+        let Some(log) = self.log.clone() else {
+            return;
+        };
         let name = Arc::clone(&self.name);
         let result =
             tokio::task::spawn_blocking(move || log.commit_consumer(&name, watermark)).await;
@@ -766,6 +1090,7 @@ impl Group {
     /// the log can produce nothing more (closed or poisoned): the group then stops.
     async fn read_failed(
         &self,
+        log: &tabgrab_log::Log,
         reader: &mut tabgrab_log::Reader,
         error: tabgrab_log::Error,
     ) -> bool {
@@ -807,7 +1132,7 @@ impl Group {
                 }
             }
             tabgrab_log::ErrorKind::Truncated => {
-                let start = self.log.start_offset();
+                let start = log.start_offset();
                 tracing::error!(topic = %self.topic, group = %self.name, from = reader.position(), to = start, "events were deleted by retention before this group read them");
                 lock(&self.state).next_read = start;
                 reader.seek(start);
@@ -822,4 +1147,13 @@ impl Group {
         }
         true
     }
+}
+
+/// How a finished broker delivery is settled.
+#[derive(Clone, Copy, Debug)]
+enum Settle {
+    /// Handled or skipped.
+    Ack,
+    /// Dead-lettered.
+    Term,
 }

@@ -19,7 +19,8 @@ use super::{
     Clock, Outcome, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, RequestId, SendOptions,
     duration_ms, to_datetime,
 };
-use crate::backend::embedded::{EmbeddedBus, validate_topic};
+use crate::backend::Bus;
+use crate::backend::embedded::validate_topic;
 use crate::event::{Context, ErasedHandler, HandlerError, Publisher, Subscription};
 use crate::{Envelope, Error, ErrorKind, Request};
 
@@ -152,7 +153,7 @@ impl Default for Options {
 
 /// Builds a [`Requester`].
 pub struct RequesterBuilder {
-    bus: EmbeddedBus,
+    bus: Bus,
     group: String,
     store: Option<Arc<dyn CorrelationStore>>,
     routes: HashMap<String, Route>,
@@ -523,9 +524,9 @@ fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
 
 impl Requester {
     /// Starts building a node of requester group `group` on `bus`.
-    pub fn builder(bus: &EmbeddedBus, group: &str) -> RequesterBuilder {
+    pub fn builder(bus: impl Into<Bus>, group: &str) -> RequesterBuilder {
         RequesterBuilder {
-            bus: bus.clone(),
+            bus: bus.into(),
             group: group.to_owned(),
             store: None,
             routes: HashMap::new(),

@@ -11,7 +11,8 @@ use futures::FutureExt as _;
 
 use super::reply::ReplyBody;
 use super::{Clock, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, to_ms};
-use crate::backend::embedded::{EmbeddedBus, validate_topic};
+use crate::backend::Bus;
+use crate::backend::embedded::validate_topic;
 use crate::event::{Context, ErasedHandler, HandlerError, Publisher, Subscription};
 use crate::{Envelope, Error, ErrorKind, Rejection, Request};
 
@@ -65,7 +66,7 @@ struct Counters {
 
 /// Shared state of a responder's handlers.
 struct Shared {
-    bus: EmbeddedBus,
+    bus: Bus,
     topic: String,
     source: String,
     clock: Clock,
@@ -220,12 +221,13 @@ impl std::fmt::Debug for Responder {
 
 impl Responder {
     /// Starts building a responder of group `group` for requests on `topic`.
-    pub fn builder(bus: &EmbeddedBus, topic: &str, group: &str) -> ResponderBuilder {
+    pub fn builder(bus: impl Into<Bus>, topic: &str, group: &str) -> ResponderBuilder {
+        let bus = bus.into();
         ResponderBuilder {
-            builder: Subscription::builder(bus, topic, group)
+            builder: Subscription::builder(&bus, topic, group)
                 .commit_interval(Duration::from_millis(200)),
             shared: Arc::new(Shared {
-                bus: bus.clone(),
+                bus,
                 topic: topic.to_owned(),
                 source: format!("/tabgrab/responder/{topic}"),
                 clock: Clock::new(),

@@ -1,0 +1,555 @@
+//! The scenarios of the backend conformance suite, written once against [`Bus`]; the
+//! `conformance!` macro instantiates each as its own test per backend.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::Bus;
+use tabgrab::event::{Context, HandlerError, Publisher, StartFrom, Subscription};
+use tabgrab::messaging::{MemoryStore, Outcome, Requester, Responder, SendOptions};
+use tabgrab::retry::Backoff;
+use tabgrab::{Envelope, Event, Message, Query, Rejection};
+
+/// Every wait in the suite is bounded by this.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Ticket {
+    pub(crate) order: String,
+    pub(crate) seq: u32,
+}
+impl Message for Ticket {
+    const TYPE: &'static str = "conformance.ticket.placed.v1";
+}
+impl Event for Ticket {}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct GetPrice {
+    pub(crate) pizza: String,
+}
+impl Message for GetPrice {
+    const TYPE: &'static str = "conformance.menu.get-price.v1";
+}
+impl Query for GetPrice {
+    type Response = u64;
+}
+tabgrab::request!(query GetPrice);
+
+/// A bus for one test, with the topics it made (deleted at the end).
+pub(crate) struct Fixture {
+    pub(crate) bus: Bus,
+    /// Keeps the embedded bus directory alive.
+    _dir: Option<tempfile::TempDir>,
+    topics: Mutex<Vec<String>>,
+}
+
+impl Fixture {
+    pub(crate) fn new(bus: Bus, dir: Option<tempfile::TempDir>) -> Fixture {
+        Fixture {
+            bus,
+            _dir: dir,
+            topics: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A unique topic (or group) name, remembered for clean-up.
+    pub(crate) fn topic(&self, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", uuid::Uuid::now_v7().simple());
+        self.topics.lock().unwrap().push(name.clone());
+        name
+    }
+
+    /// Deletes what the test made (brokers only).
+    pub(crate) async fn cleanup(self) {
+        let topics = self.topics.lock().unwrap().clone();
+        for topic in topics {
+            self.bus.delete_topic(&topic).await.unwrap();
+            self.bus
+                .delete_topic(&format!("replies.{topic}"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Polls `cond` until it holds or the deadline passes (then fails with `what`).
+pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff {
+        base: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+    }
+}
+
+type Seen = Arc<Mutex<Vec<(String, u32)>>>;
+
+fn recorder(
+    seen: &Seen,
+) -> impl Fn(Ticket, Context) -> futures::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static
+{
+    let seen = Arc::clone(seen);
+    move |t: Ticket, _ctx: Context| {
+        seen.lock().unwrap().push((t.order, t.seq));
+        futures::future::ready(Ok(()))
+    }
+}
+
+async fn publish_tickets(publisher: &Publisher, orders: &[&str], per_order: u32) {
+    for seq in 0..per_order {
+        for order in orders {
+            let ticket = Ticket {
+                order: (*order).into(),
+                seq,
+            };
+            publisher.publish(&ticket, *order).await.unwrap();
+        }
+    }
+}
+
+/// Events of one subject reach a subscription in publish order; every event arrives.
+pub(crate) async fn order_is_kept_per_subject(f: Fixture) {
+    let topic = f.topic("order");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    publish_tickets(&publisher, &["a", "b", "c"], 20).await;
+    let seen: Seen = Arc::default();
+    let sub = Subscription::builder(&f.bus, &topic, "g")
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    wait_until("60 events", || seen.lock().unwrap().len() >= 60).await;
+    let seen = seen.lock().unwrap().clone();
+    for order in ["a", "b", "c"] {
+        let seqs: Vec<u32> = seen
+            .iter()
+            .filter(|(o, _)| o == order)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..20).collect::<Vec<_>>(),
+            "order of subject {order}"
+        );
+    }
+    sub.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
+/// Every group sees every event; the members of one group share them.
+pub(crate) async fn every_group_sees_every_event_and_members_share(f: Fixture) {
+    let topic = f.topic("groups");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let (a, b1, b2): (Seen, Seen, Seen) = Default::default();
+    let sub_a = Subscription::builder(&f.bus, &topic, "a")
+        .handle(recorder(&a))
+        .start()
+        .unwrap();
+    let sub_b1 = Subscription::builder(&f.bus, &topic, "b")
+        .handle(recorder(&b1))
+        .start()
+        .unwrap();
+    let sub_b2 = Subscription::builder(&f.bus, &topic, "b")
+        .handle(recorder(&b2))
+        .start()
+        .unwrap();
+    for s in [&sub_a, &sub_b1, &sub_b2] {
+        s.ready().await.unwrap();
+    }
+    let orders: Vec<String> = (0..10).map(|i| format!("o{i}")).collect();
+    let refs: Vec<&str> = orders.iter().map(String::as_str).collect();
+    publish_tickets(&publisher, &refs, 10).await;
+    let all: HashSet<(String, u32)> = orders
+        .iter()
+        .flat_map(|o| (0..10).map(move |s| (o.clone(), s)))
+        .collect();
+    wait_until("group a has all", || {
+        a.lock().unwrap().iter().cloned().collect::<HashSet<_>>() == all
+    })
+    .await;
+    wait_until("group b has all, between its members", || {
+        let mut union: HashSet<_> = b1.lock().unwrap().iter().cloned().collect();
+        union.extend(b2.lock().unwrap().iter().cloned());
+        union == all
+    })
+    .await;
+    // Shared, not copied: together the two members handled each event about once (at least
+    // once allows a redelivery, not a second copy of everything).
+    let total = b1.lock().unwrap().len() + b2.lock().unwrap().len();
+    assert!(
+        total < 2 * all.len(),
+        "members of a group each got a copy: {total}"
+    );
+    for s in [sub_a, sub_b1, sub_b2] {
+        s.shutdown().await.unwrap();
+    }
+    f.cleanup().await;
+}
+
+/// An event whose handler did not finish when its member stopped is handled by the next
+/// member of the group (at least once; nothing lost).
+pub(crate) async fn unacknowledged_events_are_redelivered_to_the_next_member(f: Fixture) {
+    let topic = f.topic("redeliver");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let started = Arc::new(AtomicU32::new(0));
+    let first = {
+        let started = Arc::clone(&started);
+        Subscription::builder(&f.bus, &topic, "kitchen")
+            .ack_wait(Duration::from_secs(2))
+            .drain_timeout(Duration::from_secs(5))
+            .handle(move |_t: Ticket, ctx: Context| {
+                let started = Arc::clone(&started);
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    // Stuck until the member stops: never acknowledged.
+                    ctx.shutdown_requested().await;
+                    Err(HandlerError::transient("stopped while baking"))
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    first.ready().await.unwrap();
+    publish_tickets(&publisher, &["x", "y"], 2).await;
+    wait_until("the first member holds events", || {
+        started.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    first.shutdown().await.unwrap();
+    let seen: Seen = Arc::default();
+    let second = Subscription::builder(&f.bus, &topic, "kitchen")
+        .ack_wait(Duration::from_secs(2))
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    second.ready().await.unwrap();
+    wait_until("the next member handles all 4", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect::<HashSet<_>>()
+            .len()
+            == 4
+    })
+    .await;
+    second.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
+/// An event that always fails goes to dead letters after max deliveries, with its reason;
+/// other subjects keep flowing meanwhile.
+pub(crate) async fn poison_is_dead_lettered_and_others_flow(f: Fixture) {
+    let topic = f.topic("poison");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let seen: Seen = Arc::default();
+    let sub = {
+        let seen = Arc::clone(&seen);
+        Subscription::builder(&f.bus, &topic, "g")
+            .max_deliveries(3)
+            .backoff(fast_backoff())
+            .handle(move |t: Ticket, _ctx: Context| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    if t.order == "poison" {
+                        return Err(HandlerError::transient("the oven is on fire"));
+                    }
+                    seen.lock().unwrap().push((t.order, t.seq));
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    sub.ready().await.unwrap();
+    publish_tickets(&publisher, &["poison", "good"], 3).await;
+    wait_until("the good subject is handled", || {
+        seen.lock().unwrap().len() == 3
+    })
+    .await;
+    let bus = f.bus.clone();
+    let start = Instant::now();
+    let letters = loop {
+        let letters = bus.dead_letters(&topic).await.unwrap();
+        if letters.len() == 3 {
+            break letters;
+        }
+        assert!(start.elapsed() < DEADLINE, "dead letters: {letters:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for letter in &letters {
+        assert_eq!(letter.reason, "max_deliveries");
+        assert_eq!(letter.attempts, 3);
+        assert_eq!(letter.subject.as_deref(), Some("poison"));
+        assert!(letter.error.contains("on fire"), "{}", letter.error);
+        assert_eq!(letter.group, "g");
+    }
+    sub.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
+/// Undecodable and unknown input goes to dead letters with its typed reason, never to a
+/// handler, and never stops the flow.
+pub(crate) async fn bad_input_is_dead_lettered_with_its_reason(f: Fixture) {
+    let topic = f.topic("bad");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let seen: Seen = Arc::default();
+    let sub = Subscription::builder(&f.bus, &topic, "g")
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    let unknown = Envelope::raw(
+        "/conformance",
+        "conformance.unknown.thing.v1",
+        Bytes::from("{}"),
+    )
+    .with_subject("s");
+    publisher.publish_envelope(&unknown).await.unwrap();
+    let wrong = Envelope::raw("/conformance", Ticket::TYPE, Bytes::from("{\"order\": 5}"))
+        .with_subject("s");
+    publisher.publish_envelope(&wrong).await.unwrap();
+    publisher
+        .publish(
+            &Ticket {
+                order: "s".into(),
+                seq: 1,
+            },
+            "s",
+        )
+        .await
+        .unwrap();
+    wait_until("the good event after the bad ones", || {
+        seen.lock().unwrap().len() == 1
+    })
+    .await;
+    let start = Instant::now();
+    let reasons: HashMap<String, String> = loop {
+        let letters = f.bus.dead_letters(&topic).await.unwrap();
+        if letters.len() == 2 {
+            break letters
+                .into_iter()
+                .map(|l| (l.message_id.unwrap_or_default(), l.reason))
+                .collect();
+        }
+        assert!(start.elapsed() < DEADLINE, "dead letters: {letters:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(reasons[&unknown.id], "unknown_type");
+    assert_eq!(reasons[&wrong.id], "invalid_payload");
+    sub.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
+/// A publish retried with the same envelope id: one event where the engine de-duplicates
+/// (`dedup_window`), two where it says it does not.
+pub(crate) async fn a_retried_publish_is_deduplicated_as_the_capability_says(f: Fixture) {
+    let topic = f.topic("dedup");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let envelope = publisher
+        .envelope(
+            &Ticket {
+                order: "d".into(),
+                seq: 0,
+            },
+            "d",
+        )
+        .unwrap();
+    let first = publisher.publish_envelope(&envelope).await.unwrap();
+    let again = publisher.publish_envelope(&envelope).await.unwrap();
+    assert!(!first.duplicate);
+    let dedup = f.bus.capabilities().dedup_window.is_some();
+    assert_eq!(again.duplicate, dedup);
+    if dedup {
+        assert_eq!(again.offset, first.offset, "a duplicate names the original");
+    }
+    // A marker after both, so that "all delivered" is observable.
+    publisher
+        .publish(
+            &Ticket {
+                order: "d".into(),
+                seq: 1,
+            },
+            "d",
+        )
+        .await
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let sub = Subscription::builder(&f.bus, &topic, "g")
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    wait_until("the marker", || {
+        seen.lock().unwrap().iter().any(|(_, s)| *s == 1)
+    })
+    .await;
+    let copies = seen.lock().unwrap().iter().filter(|(_, s)| *s == 0).count();
+    assert_eq!(copies, if dedup { 1 } else { 2 });
+    sub.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
+/// A group can replay from the beginning or from a position, or see only new events.
+pub(crate) async fn a_group_can_replay(f: Fixture) {
+    let topic = f.topic("replay");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let mut receipts = Vec::new();
+    for seq in 0..5 {
+        let ticket = Ticket {
+            order: "r".into(),
+            seq,
+        };
+        receipts.push(publisher.publish(&ticket, "r").await.unwrap());
+    }
+    let run = |start: StartFrom| {
+        let seen: Seen = Arc::default();
+        let sub = Subscription::builder(&f.bus, &topic, "replayer")
+            .start_from(start)
+            .handle(recorder(&seen))
+            .start()
+            .unwrap();
+        (seen, sub)
+    };
+    let (seen, sub) = run(StartFrom::Committed);
+    sub.ready().await.unwrap();
+    wait_until("all 5", || seen.lock().unwrap().len() == 5).await;
+    sub.shutdown().await.unwrap();
+
+    let (seen, sub) = run(StartFrom::Beginning);
+    sub.ready().await.unwrap();
+    wait_until("all 5 again", || seen.lock().unwrap().len() == 5).await;
+    sub.shutdown().await.unwrap();
+
+    if f.bus.capabilities().replay_from_offset {
+        let (seen, sub) = run(StartFrom::Offset(receipts[2].offset));
+        sub.ready().await.unwrap();
+        wait_until("the last 3", || seen.lock().unwrap().len() == 3).await;
+        assert_eq!(seen.lock().unwrap()[0].1, 2);
+        sub.shutdown().await.unwrap();
+    }
+
+    let (seen, sub) = run(StartFrom::Latest);
+    sub.ready().await.unwrap();
+    let ticket = Ticket {
+        order: "r".into(),
+        seq: 99,
+    };
+    publisher.publish(&ticket, "r").await.unwrap();
+    wait_until("only the new one", || !seen.lock().unwrap().is_empty()).await;
+    assert_eq!(seen.lock().unwrap().clone(), vec![("r".to_owned(), 99)]);
+    sub.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
+/// Request-reply: the answer reaches the requester group (any of its nodes), a typed
+/// rejection crosses the wire, and a request nobody answers times out.
+pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
+    let menu = f.topic("menu");
+    let nobody = f.topic("nobody");
+    let group = f.topic("front");
+    let responder = Responder::builder(&f.bus, &menu, "menu")
+        .handle(|q: GetPrice, _ctx| async move {
+            if q.pizza == "margherita" {
+                Ok(900)
+            } else {
+                Err(Rejection::new("menu.unknown", "no such pizza"))
+            }
+        })
+        .start()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let node = |store: Arc<MemoryStore>, topic: &str| {
+        Requester::builder(&f.bus, &group)
+            .shared_store(store)
+            .route::<GetPrice>(topic)
+            .sweep_interval(Duration::from_millis(200))
+            .start()
+            .unwrap()
+    };
+    let a = node(Arc::clone(&store), &menu);
+    let answer = a
+        .request(
+            &GetPrice {
+                pizza: "margherita".into(),
+            },
+            SendOptions::default().timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, Outcome::Replied(Ok(900)));
+    let refused = a
+        .request(
+            &GetPrice {
+                pizza: "hawaii".into(),
+            },
+            SendOptions::default().timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    match refused {
+        Outcome::Replied(Err(r)) => assert_eq!(r.code, "menu.unknown"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    a.shutdown().await.unwrap();
+    let b = node(Arc::clone(&store), &nobody);
+    let started = Instant::now();
+    let timed_out = b
+        .request(
+            &GetPrice {
+                pizza: "margherita".into(),
+            },
+            SendOptions::default().timeout(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+    assert!(timed_out.is_timed_out(), "{timed_out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    b.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
+/// Instantiates every scenario as its own test in a module named after the backend; `$make`
+/// is an async expression giving `Option<Fixture>` (`None`: skipped, reason printed).
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::suite;
+            #[allow(unused_imports)]
+            use super::*;
+            macro_rules! scenario {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let Some(fixture) = $make.await else { return };
+                        tokio::time::timeout(
+                            std::time::Duration::from_secs(90),
+                            suite::$name(fixture),
+                        )
+                        .await
+                        .expect("the scenario did not finish in 90 s");
+                    }
+                };
+            }
+            scenario!(order_is_kept_per_subject);
+            scenario!(every_group_sees_every_event_and_members_share);
+            scenario!(unacknowledged_events_are_redelivered_to_the_next_member);
+            scenario!(poison_is_dead_lettered_and_others_flow);
+            scenario!(bad_input_is_dead_lettered_with_its_reason);
+            scenario!(a_retried_publish_is_deduplicated_as_the_capability_says);
+            scenario!(a_group_can_replay);
+            scenario!(request_reply_answers_rejects_and_times_out);
+        }
+    };
+}
