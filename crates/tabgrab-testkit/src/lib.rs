@@ -6,4 +6,5 @@
 //! - [`history`]: the set checker of RELIABILITY.md over recorded operations.
 
 pub mod history;
+pub mod nats_server;
 pub mod services;
