@@ -29,6 +29,9 @@ pub enum Command {
     /// Run every service in this process and send it simulated customers over HTTP; print a
     /// summary (orders delivered and failed, events, dead letters, throughput, latency).
     Run(RunArgs),
+    /// Run one service of the events style on a shared bus (NATS) until SIGINT or SIGTERM;
+    /// start a service several times to share its work in one consumer group.
+    Service(ServiceArgs),
     /// List the dead letters of the pizzeria topic: events a service gave up on, with why.
     DeadLetters(DeadLettersArgs),
     /// Measure the embedded backend beside the disk's own fdatasync: durable publish
@@ -104,6 +107,45 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (the text summary then goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Events style on a shared bus instead of the embedded log, e.g. `nats://127.0.0.1:4222`.
+    #[arg(long)]
+    pub bus: Option<String>,
+    /// With --bus: run the services in this process (`in-process`), as child processes
+    /// (`spawn`: payment, inventory, delivery and --kitchens kitchens), or not at all
+    /// (`external`: started with `pizzeria service`).
+    #[arg(long, value_enum, default_value = "in-process", requires = "bus")]
+    pub services: crate::run::Placement,
+    /// With --services spawn: kitchen processes sharing the kitchen's consumer group.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub kitchens: u64,
+    /// PostgreSQL URL of the kitchens' shared rail (needed with more than one kitchen).
+    #[arg(long)]
+    pub kitchen_db: Option<String>,
+}
+
+/// Options of `pizzeria service`.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The service.
+    #[arg(value_enum)]
+    pub name: crate::service::ServiceName,
+    /// The shared bus, e.g. `nats://127.0.0.1:4222` (`?ack_wait_ms=2000` makes a crashed
+    /// member's events go to another one sooner).
+    #[arg(long)]
+    pub bus: String,
+    /// Kitchen: ovens.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub ovens: u64,
+    /// Kitchen: milliseconds an order spends in the oven.
+    #[arg(long, default_value_t = 2)]
+    pub bake_ms: u64,
+    /// Kitchen: PostgreSQL URL of the rail shared by several kitchens (required when more
+    /// than one kitchen runs).
+    #[arg(long)]
+    pub kitchen_db: Option<String>,
+    /// Inventory: truffles in stock [default: plenty].
+    #[arg(long)]
+    pub truffles: Option<u64>,
 }
 
 /// Options of `pizzeria dead-letters`.
@@ -133,6 +175,17 @@ fn parse_share(s: &str) -> Result<f64, String> {
 pub async fn execute(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Run(args) => run_command(args).await,
+        Command::Service(args) => {
+            let config = crate::service::ServiceConfig {
+                name: args.name,
+                bus: args.bus,
+                ovens: usize::try_from(args.ovens).unwrap_or(usize::MAX),
+                bake_time: Duration::from_millis(args.bake_ms),
+                kitchen_db: args.kitchen_db,
+                truffles: args.truffles,
+            };
+            crate::service::serve(config, crate::service::signal()).await
+        }
         Command::DeadLetters(args) => dead_letters_command(&args),
         Command::Bench(args) => bench_command(args).await,
     }
@@ -177,6 +230,10 @@ async fn run_command(args: RunArgs) -> Result<(), Error> {
         deadline: Duration::from_secs(args.deadline_secs),
         progress: std::io::stderr().is_terminal(),
         request_timeout: Duration::from_millis(args.request_timeout_ms),
+        bus: args.bus,
+        placement: args.services,
+        kitchens: usize::try_from(args.kitchens).unwrap_or(1),
+        kitchen_db: args.kitchen_db,
     };
     let summary = run::run(config).await?;
     if args.json {

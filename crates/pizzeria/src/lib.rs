@@ -39,6 +39,7 @@ pub mod messages;
 pub mod messaging;
 pub mod order;
 pub mod run;
+pub mod service;
 pub mod services;
 
 pub use error::{Error, ErrorKind};

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
 
 use crate::messages::{OrderDelivered, PizzaReady, TOPIC, registry};
@@ -37,7 +37,7 @@ impl std::fmt::Debug for Delivery {
 
 impl Delivery {
     /// A delivery service publishing to the pizzeria topic of `bus`.
-    pub fn new(bus: &EmbeddedBus) -> Result<Delivery, tabgrab::Error> {
+    pub fn new(bus: &Bus) -> Result<Delivery, tabgrab::Error> {
         Ok(Delivery {
             publisher: Publisher::new(bus, TOPIC, SOURCE)?,
             delivered: Arc::new(AtomicU64::new(0)),
@@ -50,7 +50,7 @@ impl Delivery {
     }
 
     /// Starts delivery's consumer group.
-    pub fn subscribe(&self, bus: &EmbeddedBus) -> Result<Subscription, tabgrab::Error> {
+    pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
         let delivery = self.clone();
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::backend::Bus;
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -270,7 +270,7 @@ impl std::fmt::Debug for FrontDesk {
 
 impl FrontDesk {
     /// A front desk publishing to the pizzeria topic of `bus`.
-    pub fn new(bus: &EmbeddedBus) -> Result<FrontDesk, tabgrab::Error> {
+    pub fn new(bus: &Bus) -> Result<FrontDesk, tabgrab::Error> {
         Ok(FrontDesk {
             inner: Arc::new(Inner {
                 publisher: Publisher::new(bus, TOPIC, SOURCE)?,
@@ -375,7 +375,7 @@ impl FrontDesk {
 
     /// Starts the front desk's consumer group: it reacts to every outcome to keep its view,
     /// and cancels orders whose payment or ingredients failed.
-    pub fn subscribe(&self, bus: &EmbeddedBus) -> Result<Subscription, tabgrab::Error> {
+    pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
         let desk = self.clone();
         let builder = Subscription::builder(bus, TOPIC, GROUP).known(&registry());
         let builder = {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::backend::Bus;
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
 use uuid::Uuid;
 
@@ -145,7 +145,7 @@ pub(crate) fn needs(pizzas: &[u8]) -> Vec<(&'static str, u64)> {
 
 impl Inventory {
     /// An inventory with `stock` on its shelf, publishing to the pizzeria topic of `bus`.
-    pub fn new(bus: &EmbeddedBus, stock: Stock) -> Result<Inventory, tabgrab::Error> {
+    pub fn new(bus: &Bus, stock: Stock) -> Result<Inventory, tabgrab::Error> {
         Ok(Inventory {
             inner: Arc::new(Inner {
                 publisher: Publisher::new(bus, TOPIC, SOURCE)?,
@@ -172,7 +172,7 @@ impl Inventory {
     }
 
     /// Starts inventory's consumer group.
-    pub fn subscribe(&self, bus: &EmbeddedBus) -> Result<Subscription, tabgrab::Error> {
+    pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
         let (a, b, c) = (self.clone(), self.clone(), self.clone());
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())

@@ -16,15 +16,24 @@
 //! of other orders.
 //!
 //! A ticket is dropped once its bell rang; cancelled tickets stay (a few bytes each) so that
-//! a late `PaymentCollected` cannot put a cancelled order back on the rail. State is kept in
-//! memory for now; a durable store comes later.
+//! a late `PaymentCollected` cannot put a cancelled order back on the rail.
+//!
+//! # Several kitchens
+//! The rail is in memory by default: one kitchen process. Several kitchen processes share the
+//! work as one consumer group (`pizzeria service kitchen --bus nats://..`), and then an
+//! order's two events may reach two different kitchens, and a crashed kitchen's unfinished
+//! order reaches another one: the rail must be shared. [`Kitchen::shared`] keeps it in
+//! PostgreSQL (`pizzeria_kitchen_tickets`), where one atomic upsert adds what a kitchen saw
+//! and returns everything seen so far; the kitchen that completes the ticket bakes, and a
+//! ticket is marked baked after its bell rang (a crash before that bakes it again elsewhere:
+//! at least once, never lost).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::backend::Bus;
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -45,6 +54,16 @@ const PAID: u8 = 1;
 const RESERVED: u8 = 2;
 /// Ticket flag: the order was cancelled; never bake it.
 const CANCELLED: u8 = 4;
+/// Ticket flag (shared rail only): the bell rang.
+const BAKED: u8 = 8;
+
+/// Where the kitchen keeps its tickets.
+enum Rail {
+    /// In this process: one kitchen.
+    Memory(Mutex<HashMap<Uuid, u8>>),
+    /// In PostgreSQL: several kitchens share it.
+    Shared(sqlx::PgPool),
+}
 
 /// The kitchen: a cheap-to-clone handle.
 #[derive(Clone)]
@@ -63,7 +82,7 @@ struct Inner {
     /// How long an order bakes.
     bake_time: Duration,
     /// What the kitchen has seen per order not yet baked.
-    tickets: Mutex<HashMap<Uuid, u8>>,
+    tickets: Rail,
     /// Orders baked by this process.
     baked: AtomicU64,
 }
@@ -80,10 +99,51 @@ impl std::fmt::Debug for Kitchen {
 
 impl Kitchen {
     /// A kitchen with `ovens` ovens (at least one) that bakes each order for `bake_time`.
-    pub fn new(
-        bus: &EmbeddedBus,
+    pub fn new(bus: &Bus, ovens: usize, bake_time: Duration) -> Result<Kitchen, tabgrab::Error> {
+        Kitchen::with_rail(
+            bus,
+            ovens,
+            bake_time,
+            Rail::Memory(Mutex::new(HashMap::new())),
+        )
+    }
+
+    /// A kitchen whose rail is shared with other kitchen processes through PostgreSQL at
+    /// `database_url` (the table is created if needed).
+    pub async fn shared(
+        bus: &Bus,
         ovens: usize,
         bake_time: Duration,
+        database_url: &str,
+    ) -> Result<Kitchen, tabgrab::Error> {
+        let db = |e: sqlx::Error| {
+            tabgrab::Error::new(
+                tabgrab::ErrorKind::Storage,
+                format!("kitchen: the shared rail in PostgreSQL ({database_url}) failed"),
+            )
+            .with_source(e)
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(database_url)
+            .await
+            .map_err(db)?;
+        let create = "CREATE TABLE IF NOT EXISTS pizzeria_kitchen_tickets \
+                      (order_id UUID PRIMARY KEY, flags SMALLINT NOT NULL)";
+        // Two kitchens starting together race on CREATE TABLE IF NOT EXISTS (PostgreSQL
+        // reports a unique violation for the loser); the second try sees the table.
+        if sqlx::query(create).execute(&pool).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sqlx::query(create).execute(&pool).await.map_err(db)?;
+        }
+        Kitchen::with_rail(bus, ovens, bake_time, Rail::Shared(pool))
+    }
+
+    fn with_rail(
+        bus: &Bus,
+        ovens: usize,
+        bake_time: Duration,
+        tickets: Rail,
     ) -> Result<Kitchen, tabgrab::Error> {
         let ovens = ovens.max(1);
         Ok(Kitchen {
@@ -92,10 +152,58 @@ impl Kitchen {
                 ovens: Arc::new(Semaphore::new(ovens)),
                 oven_count: ovens,
                 bake_time,
-                tickets: Mutex::new(HashMap::new()),
+                tickets,
                 baked: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Adds `flag` to the order's ticket; returns whether the order should be baked now.
+    async fn note(&self, order_id: Uuid, flag: u8) -> Result<bool, HandlerError> {
+        match &self.inner.tickets {
+            Rail::Memory(tickets) => {
+                let mut tickets = lock(tickets);
+                let ticket = tickets.entry(order_id).or_default();
+                *ticket |= flag;
+                Ok(*ticket == PAID | RESERVED)
+            }
+            Rail::Shared(pool) => {
+                let flags: i16 = sqlx::query_scalar(
+                    "INSERT INTO pizzeria_kitchen_tickets (order_id, flags) VALUES ($1, $2) \
+                     ON CONFLICT (order_id) DO UPDATE \
+                     SET flags = pizzeria_kitchen_tickets.flags | EXCLUDED.flags RETURNING flags",
+                )
+                .bind(order_id)
+                .bind(i16::from(flag))
+                .fetch_one(pool)
+                .await?;
+                Ok(flags == i16::from(PAID | RESERVED))
+            }
+        }
+    }
+
+    /// The bell rang for `order_id`: take its ticket off the rail.
+    async fn rang(&self, order_id: Uuid) -> Result<(), HandlerError> {
+        match &self.inner.tickets {
+            Rail::Memory(tickets) => {
+                lock(tickets).remove(&order_id);
+            }
+            Rail::Shared(pool) => {
+                sqlx::query(
+                    "UPDATE pizzeria_kitchen_tickets SET flags = flags | $2 WHERE order_id = $1",
+                )
+                .bind(order_id)
+                .bind(i16::from(BAKED))
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Orders in the ovens right now.
+    pub fn in_oven(&self) -> usize {
+        self.inner.oven_count - self.inner.ovens.available_permits()
     }
 
     /// Orders baked by this process.
@@ -104,7 +212,7 @@ impl Kitchen {
     }
 
     /// Starts the kitchen's consumer group.
-    pub fn subscribe(&self, bus: &EmbeddedBus) -> Result<Subscription, tabgrab::Error> {
+    pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
         let (a, b, c) = (self.clone(), self.clone(), self.clone());
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())
@@ -126,12 +234,7 @@ impl Kitchen {
 
     /// Notes what was seen; bakes if the order is now paid, reserved and not cancelled.
     async fn saw(&self, order_id: Uuid, flag: u8, ctx: &Context) -> Result<(), HandlerError> {
-        let ready_to_bake = {
-            let mut tickets = lock(&self.inner.tickets);
-            let ticket = tickets.entry(order_id).or_default();
-            *ticket |= flag;
-            *ticket == PAID | RESERVED
-        };
+        let ready_to_bake = self.note(order_id, flag).await?;
         if !ready_to_bake {
             return Ok(());
         }
@@ -149,7 +252,7 @@ impl Kitchen {
             .publisher
             .publish_caused(&PizzaReady { order_id }, ctx.envelope())
             .await?;
-        lock(&self.inner.tickets).remove(&order_id);
+        self.rang(order_id).await?;
         self.inner.baked.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -26,7 +26,7 @@ pub mod payment;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::backend::Bus;
 use tabgrab::event::{Subscription, SubscriptionStats};
 
 use crate::error::{Error, ErrorKind};
@@ -74,14 +74,17 @@ pub struct Pizzeria {
     pub delivery: Delivery,
     /// The running consumer groups, by group name, stopped by [`Pizzeria::shutdown`].
     subscriptions: Vec<(&'static str, Subscription)>,
-    /// The topic's log, to tell when every group has caught up with it.
-    log: tabgrab_log::Log,
+    /// The topic's log (embedded bus), to tell when every group has caught up with it; on a
+    /// broker the groups' lag says it.
+    log: Option<tabgrab_log::Log>,
 }
 
 impl Pizzeria {
     /// Starts every service on `bus`. Each group resumes from its committed offset. Must be
     /// called inside a tokio runtime.
-    pub fn start(bus: &EmbeddedBus, settings: Settings) -> Result<Pizzeria, tabgrab::Error> {
+    /// `bus` is a [`Bus`] (any engine) or an `&EmbeddedBus`.
+    pub fn start(bus: impl Into<Bus>, settings: Settings) -> Result<Pizzeria, tabgrab::Error> {
+        let bus = &bus.into();
         let front_desk = FrontDesk::new(bus)?;
         let payment = Payment::new(bus)?;
         let inventory = Inventory::new(bus, settings.stock)?;
@@ -101,7 +104,10 @@ impl Pizzeria {
             kitchen,
             delivery,
             subscriptions,
-            log: bus.topic(TOPIC)?,
+            log: match bus.as_embedded() {
+                Some(embedded) => Some(embedded.topic(TOPIC)?),
+                None => None,
+            },
         })
     }
 
@@ -113,15 +119,26 @@ impl Pizzeria {
             .collect()
     }
 
-    /// Events in the topic's log so far (its end offset).
+    /// Events in the topic's log so far (its end offset; 0 on a broker).
     pub fn log_end(&self) -> u64 {
-        self.log.end_offset()
+        self.log.as_ref().map_or(0, tabgrab_log::Log::end_offset)
     }
 
     /// Whether every group has handled every event in the topic.
     pub fn caught_up(&self) -> bool {
-        let end = self.log.end_offset();
-        self.subscriptions.iter().all(|(_, s)| s.watermark() >= end) && self.log.end_offset() == end
+        let Some(log) = &self.log else {
+            return self.subscriptions.iter().all(|(_, s)| s.lag() == 0);
+        };
+        let end = log.end_offset();
+        self.subscriptions.iter().all(|(_, s)| s.watermark() >= end) && log.end_offset() == end
+    }
+
+    /// Waits until every group has joined the bus (at once on the embedded bus).
+    pub async fn ready(&self) -> Result<(), tabgrab::Error> {
+        for (_, s) in &self.subscriptions {
+            s.ready().await?;
+        }
+        Ok(())
     }
 
     /// Waits until every group has handled every event, so that the compensations caused by
@@ -140,12 +157,11 @@ impl Pizzeria {
                 settled_checks = 0;
             }
             if Instant::now() >= deadline {
-                let end = self.log.end_offset();
                 let behind: Vec<String> = self
                     .subscriptions
                     .iter()
-                    .filter(|(_, s)| s.watermark() < end)
-                    .map(|(name, s)| format!("{name} ({} behind)", end - s.watermark()))
+                    .filter(|(_, s)| s.lag() > 0)
+                    .map(|(name, s)| format!("{name} ({} behind)", s.lag()))
                     .collect();
                 return Err(Error::new(
                     ErrorKind::Deadline,

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::backend::Bus;
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
 use uuid::Uuid;
 
@@ -69,7 +69,7 @@ impl std::fmt::Debug for Payment {
 
 impl Payment {
     /// A payment service publishing to the pizzeria topic of `bus`.
-    pub fn new(bus: &EmbeddedBus) -> Result<Payment, tabgrab::Error> {
+    pub fn new(bus: &Bus) -> Result<Payment, tabgrab::Error> {
         Ok(Payment {
             inner: Arc::new(Inner {
                 publisher: Publisher::new(bus, TOPIC, SOURCE)?,
@@ -90,7 +90,7 @@ impl Payment {
     }
 
     /// Starts payment's consumer group.
-    pub fn subscribe(&self, bus: &EmbeddedBus) -> Result<Subscription, tabgrab::Error> {
+    pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
         let (a, b, c) = (self.clone(), self.clone(), self.clone());
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())

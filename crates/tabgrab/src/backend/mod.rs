@@ -3,7 +3,7 @@
 //! | URL | backend | feature |
 //! |---|---|---|
 //! | `embedded:///path` | [`embedded`]: an on-disk log in this process, no server | always |
-//! | `nats://host:port` | [`nats`]: JetStream for events, one stream per topic | `nats` |
+//! | `nats://host:port[?replicas=3&ack_wait_ms=2000]` | [`nats`]: JetStream for events, one stream per topic | `nats` |
 //!
 //! # The contract
 //! Application code (publishers, subscriptions, requesters, responders) holds a [`Bus`] and
@@ -172,6 +172,12 @@ pub trait Backend: Send + Sync + 'static {
         topic: &'a str,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>>;
+    /// The ack wait a subscription asking for `requested` gets (a backend may be configured
+    /// to override it, e.g. `?ack_wait_ms=` in a NATS URL); the subscription reports progress
+    /// well within it.
+    fn ack_wait(&self, requested: Duration) -> Duration {
+        requested
+    }
     /// Joins `request.group` on `request.topic` (creating the group if needed).
     fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>>;
     /// Every envelope of `topic` from the beginning, oldest first (dead-letter listings).

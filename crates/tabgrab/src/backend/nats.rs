@@ -57,6 +57,42 @@ pub struct NatsConfig {
     pub codec: Codec,
     /// Largest number of unacknowledged deliveries per consumer group.
     pub max_ack_pending: i64,
+    /// Overrides every subscription's ack wait (how soon a crashed consumer's deliveries go
+    /// to another member); `None`: each subscription's own (30 s by default).
+    pub ack_wait: Option<Duration>,
+}
+
+impl NatsConfig {
+    /// Reads settings from a URL's query (`replicas`, `ack_wait_ms`); returns the URL without
+    /// its query.
+    pub fn from_url(url: &str) -> Result<(String, NatsConfig), Error> {
+        let mut config = NatsConfig::default();
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((url.to_owned(), config));
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = value.parse::<u64>().map_err(|_| {
+                Error::new(
+                    ErrorKind::Malformed,
+                    format!("nats URL {url}: {key}={value:?} is not a number"),
+                )
+            });
+            match key {
+                "replicas" => config.replicas = usize::try_from(number?).unwrap_or(1).max(1),
+                "ack_wait_ms" => config.ack_wait = Some(Duration::from_millis(number?.max(300))),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "nats URL {url}: unknown setting {key:?}; known: replicas, ack_wait_ms"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok((base.to_owned(), config))
+    }
 }
 
 impl Default for NatsConfig {
@@ -65,6 +101,7 @@ impl Default for NatsConfig {
             replicas: 1,
             codec: Codec::default(),
             max_ack_pending: 10_000,
+            ack_wait: None,
         }
     }
 }
@@ -125,8 +162,10 @@ fn unavailable(what: String, e: impl std::error::Error + Send + Sync + 'static) 
 
 impl NatsBus {
     /// Connects to `url` (`nats://host:port`) with default settings.
+    /// Settings may follow in the query: `?replicas=3&ack_wait_ms=2000`.
     pub async fn connect(url: &str) -> Result<NatsBus, Error> {
-        NatsBus::connect_with(url, NatsConfig::default()).await
+        let (url, config) = NatsConfig::from_url(url)?;
+        NatsBus::connect_with(&url, config).await
     }
 
     /// Connects with explicit settings. The connection reconnects by itself when the server
@@ -304,7 +343,7 @@ impl NatsBus {
             durable_name: Some(name.clone()),
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: request.ack_wait,
+            ack_wait: self.ack_wait(request.ack_wait),
             max_deliver: -1,
             filter_subject: format!("tabgrab.{}.>", topic_token(&request.topic)),
             max_ack_pending: self.config.max_ack_pending,
@@ -514,6 +553,10 @@ impl Backend for NatsBus {
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>> {
         self.publish_inner(topic, envelope).boxed()
+    }
+
+    fn ack_wait(&self, requested: Duration) -> Duration {
+        self.config.ack_wait.unwrap_or(requested)
     }
 
     fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>> {

@@ -639,7 +639,8 @@ impl Group {
             ..request
         };
         let keep_alive = CancellationToken::new();
-        tokio::spawn(Arc::clone(&self).keep_alive(keep_alive.clone()));
+        let ack_wait = backend.ack_wait(self.options.ack_wait);
+        tokio::spawn(Arc::clone(&self).keep_alive(ack_wait, keep_alive.clone()));
         loop {
             let item = tokio::select! {
                 biased;
@@ -693,8 +694,8 @@ impl Group {
     }
 
     /// Tells the broker, well within its ack wait, that held deliveries are being worked on.
-    async fn keep_alive(self: Arc<Group>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.options.ack_wait / 3);
+    async fn keep_alive(self: Arc<Group>, ack_wait: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(ack_wait / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {

@@ -1,0 +1,149 @@
+//! `pizzeria service <name> --bus <url>`: one service of the event-driven restaurant in this
+//! process, on a bus that several processes share (NATS).
+//!
+//! Each service is its consumer group, so starting a service twice makes two members that
+//! share its events (the kitchen's tickets are then shared through PostgreSQL:
+//! `--kitchen-db`). The process prints `ready <name> <pid>` once its group has joined, then
+//! a `status` line whenever its counters move, and stops on SIGINT or SIGTERM (running
+//! handlers finish; what they did not finish is redelivered to another member).
+
+use std::time::Duration;
+
+use tabgrab::backend::Bus;
+use tabgrab::event::Subscription;
+
+use crate::error::{Error, ErrorKind};
+use crate::menu::RARE_INGREDIENT;
+use crate::services::{Delivery, Inventory, Kitchen, Payment, Stock};
+
+/// The services that run on their own (the front desk runs with `pizzeria run`, which takes
+/// the customers' orders).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceName {
+    /// Charges cards, refunds cancelled orders.
+    Payment,
+    /// Reserves and releases ingredients.
+    Inventory,
+    /// Bakes paid and reserved orders.
+    Kitchen,
+    /// Delivers ready pizzas.
+    Delivery,
+}
+
+impl ServiceName {
+    /// The name as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Payment => "payment",
+            ServiceName::Inventory => "inventory",
+            ServiceName::Kitchen => "kitchen",
+            ServiceName::Delivery => "delivery",
+        }
+    }
+}
+
+/// How to run one service.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Which service.
+    pub name: ServiceName,
+    /// The bus URL (`nats://host:port`).
+    pub bus: String,
+    /// Kitchen: ovens.
+    pub ovens: usize,
+    /// Kitchen: time in the oven.
+    pub bake_time: Duration,
+    /// Kitchen: PostgreSQL URL of the shared rail (needed when several kitchens run).
+    pub kitchen_db: Option<String>,
+    /// Inventory: truffles in stock (`None`: plenty).
+    pub truffles: Option<u64>,
+}
+
+fn bus_error(what: &str) -> impl FnOnce(tabgrab::Error) -> Error + '_ {
+    move |e| Error::new(ErrorKind::Bus, what.to_owned()).with_source(e)
+}
+
+/// Runs the service until `shutdown` completes.
+pub async fn serve(
+    config: ServiceConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let name = config.name.as_str();
+    let bus = Bus::connect(&config.bus)
+        .await
+        .map_err(bus_error("cannot connect to the bus"))?;
+    if let Ok(report) = bus.report().await {
+        eprintln!("{name}: {report}");
+    }
+    let mut kitchen = None;
+    let subscription: Subscription = match config.name {
+        ServiceName::Payment => Payment::new(&bus)?.subscribe(&bus)?,
+        ServiceName::Inventory => {
+            let stock = match config.truffles {
+                Some(n) => Stock::generous().with(RARE_INGREDIENT, n),
+                None => Stock::generous(),
+            };
+            Inventory::new(&bus, stock)?.subscribe(&bus)?
+        }
+        ServiceName::Kitchen => {
+            let k = match &config.kitchen_db {
+                Some(url) => Kitchen::shared(&bus, config.ovens, config.bake_time, url).await?,
+                None => Kitchen::new(&bus, config.ovens, config.bake_time)?,
+            };
+            let s = k.subscribe(&bus)?;
+            kitchen = Some(k);
+            s
+        }
+        ServiceName::Delivery => Delivery::new(&bus)?.subscribe(&bus)?,
+    };
+    subscription
+        .ready()
+        .await
+        .map_err(bus_error("the service's group did not join"))?;
+    println!("ready {name} {}", std::process::id());
+    let mut last = String::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        let stats = subscription.stats();
+        let in_oven = kitchen.as_ref().map_or(0, Kitchen::in_oven);
+        let line = format!(
+            "status {name} acked={} retries={} dead_lettered={} in_oven={in_oven}",
+            stats.acked, stats.retries, stats.dead_lettered
+        );
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+    }
+    subscription
+        .shutdown()
+        .await
+        .map_err(bus_error("the service did not stop cleanly"))?;
+    println!("stopped {name}");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
