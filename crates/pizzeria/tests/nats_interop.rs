@@ -1,0 +1,87 @@
+//! A client tabgrab did not write (Python's nats-py, installed by `.ci/run`) publishes an
+//! `OrderAccepted` CloudEvent to the pizzeria's JetStream subject; the pizzeria, running on
+//! NATS, takes it through payment, inventory, kitchen and delivery; and the Python client
+//! reads the `OrderDelivered` the pizzeria published, in CloudEvents binary mode.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pizzeria::services::{Pizzeria, Settings};
+use serde_json::Value;
+use tabgrab::backend::Bus;
+use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer};
+
+/// The Python with nats-py: `TABGRAB_PYTHON`, else the venv's. `None`: skipped (reason
+/// printed), or a failure under `TABGRAB_REQUIRE_SERVICES=1`.
+fn python() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var("TABGRAB_PYTHON").ok().map(PathBuf::from),
+        std::env::var("HOME")
+            .ok()
+            .map(|h| PathBuf::from(h).join(".cache/tabgrab-venv/bin/python")),
+    ];
+    for python in candidates.into_iter().flatten() {
+        let has_nats = std::process::Command::new(&python)
+            .args(["-c", "import nats"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if has_nats {
+            return Some(python);
+        }
+    }
+    let reason = "no Python with nats-py (TABGRAB_PYTHON; .ci/run installs nats-py==2.16.0)";
+    assert!(!tabgrab_testkit::services::required(), "{reason}");
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_py_client_places_an_order_and_reads_its_delivery() {
+    let Some(python) = python() else { return };
+    if nats_server::require().is_none() {
+        return;
+    }
+    let server = NatsServer::start(NatsOptions::default()).unwrap();
+    let bus = Bus::connect(&server.url()).await.unwrap();
+    let pizzeria = Pizzeria::start(&bus, Settings::default()).unwrap();
+    pizzeria.ready().await.unwrap();
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/nats_peer.py");
+    // The script bounds its own wait (60 s); this bounds the test.
+    let mut command = std::process::Command::new(&python);
+    command.args([script, &server.url(), &order_id]);
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::task::spawn_blocking(move || command.output()),
+    )
+    .await
+    .expect("the Python peer did not finish in 90 s")
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{stdout}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let published = lines[0]["published"].as_str().unwrap();
+    let delivered = &lines[1];
+    assert_eq!(
+        delivered["headers"]["ce-type"],
+        "pizzeria.order.delivered.v1"
+    );
+    assert_eq!(delivered["headers"]["ce-specversion"], "1.0");
+    assert_eq!(delivered["headers"]["ce-subject"], order_id.as_str());
+    assert_eq!(delivered["headers"]["ce-source"], "/pizzeria/delivery");
+    // The Python event started the conversation: every effect carries its id.
+    assert_eq!(delivered["headers"]["ce-correlationid"], published);
+    assert_eq!(delivered["data"]["order_id"], order_id.as_str());
+    assert_eq!(pizzeria.kitchen.baked(), 1);
+    pizzeria.shutdown().await.unwrap();
+}
