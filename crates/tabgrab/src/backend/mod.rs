@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `embedded:///path` | [`embedded`]: an on-disk log in this process, no server | always |
 //! | `nats://host:port[?replicas=3&ack_wait_ms=2000]` | [`nats`]: JetStream for events, one stream per topic | `nats` |
+//! | `amqp://user:pass@host:port/vhost` | [`amqp`]: RabbitMQ, a topic exchange per topic, a quorum queue per group | `amqp` |
 //!
 //! # The contract
 //! Application code (publishers, subscriptions, requesters, responders) holds a [`Bus`] and
@@ -39,6 +40,8 @@ use futures::stream::BoxStream;
 use crate::event::{DeadLetter, StartFrom};
 use crate::{Codec, Envelope, Error, ErrorKind};
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod embedded;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -54,6 +57,12 @@ pub struct Capabilities {
     pub replay_from_time: bool,
     /// A group can start from a position ([`StartFrom::Offset`]).
     pub replay_from_offset: bool,
+    /// A group can start again from the oldest retained event ([`StartFrom::Beginning`]).
+    pub replay_from_beginning: bool,
+    /// Events published while a topic has no consumer group are kept for groups that start
+    /// later. When `false` (RabbitMQ: a message goes only to the queues that exist) such a
+    /// publish fails with `Unavailable` rather than vanish.
+    pub keeps_events_without_groups: bool,
     /// A publish retried with the same envelope id within this window is not a second event.
     /// `None`: no de-duplication at publish (use an inbox).
     pub dedup_window: Option<Duration>,
@@ -214,7 +223,8 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Connects to the bus at `url`: `embedded:///path` (or a plain path), `nats://host:port`.
+    /// Connects to the bus at `url`: `embedded:///path` (or a plain path), `nats://host:port`,
+    /// `amqp://user:pass@host:port/vhost`.
     pub async fn connect(url: &str) -> Result<Bus, Error> {
         if let Some(path) = url.strip_prefix("embedded://") {
             return Ok(Bus::from(EmbeddedBus::open(path)?));
@@ -231,11 +241,25 @@ impl Bus {
                 format!("{url}: this build has no NATS backend; enable tabgrab's `nats` feature"),
             ));
         }
+        if url.starts_with("amqp://") {
+            #[cfg(feature = "amqp")]
+            {
+                let bus = amqp::AmqpBus::connect(url).await?;
+                return Ok(Bus::from_backend(Arc::new(bus)));
+            }
+            #[cfg(not(feature = "amqp"))]
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{url}: this build has no RabbitMQ backend; enable tabgrab's `amqp` feature"
+                ),
+            ));
+        }
         if url.contains("://") {
             return Err(Error::new(
                 ErrorKind::Malformed,
                 format!(
-                    "bus URL {url:?}: unknown scheme; use embedded:///path or nats://host:port"
+                    "bus URL {url:?}: unknown scheme; use embedded:///path, nats://host:port or amqp://user:pass@host:port/vhost"
                 ),
             ));
         }
@@ -279,6 +303,8 @@ impl Bus {
             Engine::Embedded(_) => Capabilities {
                 replay_from_time: true,
                 replay_from_offset: true,
+                replay_from_beginning: true,
+                keeps_events_without_groups: true,
                 dedup_window: None,
                 group_wide_order: true,
                 multi_process: false,

@@ -537,6 +537,8 @@ impl Backend for NatsBus {
         Capabilities {
             replay_from_time: true,
             replay_from_offset: true,
+            replay_from_beginning: true,
+            keeps_events_without_groups: true,
             dedup_window: Some(DUPLICATE_WINDOW),
             group_wide_order: false,
             multi_process: true,

@@ -375,7 +375,20 @@ impl Subscription {
     /// Waits until the subscription has joined its group (at once on the embedded bus; on a
     /// broker, once the consumer exists). Returns the reason if joining failed.
     pub async fn ready(&self) -> Result<(), Error> {
-        let mut rx = self.group.ready.subscribe();
+        self.ready_owned().await
+    }
+
+    /// [`Subscription::ready`] as a future that does not borrow the subscription.
+    pub(crate) fn ready_owned(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let group = Arc::clone(&self.group);
+        async move { group.wait_ready().await }
+    }
+}
+
+impl Group {
+    /// Waits until the group has joined (or failed to).
+    async fn wait_ready(&self) -> Result<(), Error> {
+        let mut rx = self.ready.subscribe();
         loop {
             match &*rx.borrow_and_update() {
                 Readiness::Starting => {}
@@ -387,12 +400,14 @@ impl Subscription {
             if rx.changed().await.is_err() {
                 return Err(Error::new(
                     ErrorKind::Closed,
-                    format!("group {} stopped before it was ready", self.group.name),
+                    format!("group {} stopped before it was ready", self.name),
                 ));
             }
         }
     }
+}
 
+impl Subscription {
     /// The group's current watermark: every record below it is done.
     pub fn watermark(&self) -> u64 {
         lock(&self.group.state).watermark()

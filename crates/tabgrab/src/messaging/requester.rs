@@ -673,6 +673,24 @@ impl Requester {
         raw.decode::<R::Response>(R::TYPE)
     }
 
+    /// Waits until the group's reply subscription has joined the bus (at once on the
+    /// embedded bus).
+    pub async fn ready(&self) -> Result<(), Error> {
+        let ready = self
+            .subscription
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(Subscription::ready_owned);
+        match ready {
+            Some(ready) => ready.await,
+            None => Err(Error::new(
+                ErrorKind::Closed,
+                format!("requester group {} is shut down", self.inner.group),
+            )),
+        }
+    }
+
     /// This node's counters.
     pub fn stats(&self) -> RequesterStats {
         let c = &self.inner.counters;

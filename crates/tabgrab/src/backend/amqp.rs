@@ -1,0 +1,635 @@
+//! The RabbitMQ backend (AMQP 0-9-1, lapin): a topic exchange per topic, one durable quorum
+//! queue per consumer group, publisher confirms, manual acks, and CloudEvents in AMQP
+//! properties and headers.
+//!
+//! # Naming
+//! Topic `orders` is the durable topic exchange `tabgrab.orders`; an envelope about subject
+//! `o-1` is published with routing key `o-1` (`.`, `*`, `#` and whitespace become `_`). Group
+//! `kitchen` is the quorum queue `tabgrab.orders.kitchen`, bound with `#`. Dead letters of
+//! `orders` go to the topic `orders.dead-letters`, whose exchange feeds the queue
+//! `tabgrab.orders.dead-letters.archive` (listed by `Bus::dead_letters`).
+//!
+//! # What is promised, and what RabbitMQ cannot give
+//! - **Publish** returns after the broker's confirm (publisher confirms), with delivery mode 2
+//!   (persistent) into quorum queues (replicated, fsynced before the confirm). It is
+//!   published `mandatory`: RabbitMQ keeps a message only in the queues that exist when it
+//!   arrives, so a publish to a topic that has no consumer group yet is *refused* with
+//!   `Unavailable` instead of vanishing ([`Capabilities::keeps_events_without_groups`] is
+//!   false). Start subscriptions (or responders) before publishing.
+//! - **No de-duplication** of a retried publish (`dedup_window` is `None`; an inbox does it),
+//!   and **no replay** (a queue forgets what was acknowledged): a start position other than
+//!   `Committed` or `Latest` is refused with `Unsupported`-style `Malformed` errors from
+//!   `Subscription::ready`.
+//! - **Delivery limit and dead letters**: the subscription dead-letters (with the reason) after
+//!   `max_deliveries`, and a delivery whose `x-delivery-count` already exceeds it (its consumers
+//!   crashed on it) without running it. Each queue also has an explicit `x-delivery-limit` (50;
+//!   RabbitMQ 3.10 has no default) and the dead-letter exchange `tabgrab.broker-dead-letters`,
+//!   so that a message is never redelivered forever even without tabgrab.
+//! - **Request-response** uses the same topics: replies go to the requester group's topic
+//!   `replies.<group>`, a durable quorum queue, so they survive a requester restart; the
+//!   envelope's `replyto` and `correlationid` also travel as the AMQP `reply_to` and
+//!   `correlation_id` properties.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, StreamExt as _};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+
+use super::{
+    Acker, Backend, Capabilities, Deliveries, Delivery, EngineReport, Published, SubscribeRequest,
+    embedded::validate_topic,
+};
+use crate::event::StartFrom;
+use crate::{Codec, Envelope, Error, ErrorKind};
+
+/// The explicit broker-side delivery limit of every group queue.
+const DELIVERY_LIMIT: i32 = 50;
+
+/// Where RabbitMQ puts messages past the delivery limit.
+const BROKER_DLX: &str = "tabgrab.broker-dead-letters";
+
+fn unavailable(what: String, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Unavailable, what).with_source(e)
+}
+
+/// The exchange of a topic.
+pub fn exchange_name(topic: &str) -> String {
+    format!("tabgrab.{topic}")
+}
+
+/// The queue of a consumer group.
+pub fn queue_name(topic: &str, group: &str) -> String {
+    format!("tabgrab.{topic}.{group}")
+}
+
+fn routing_key(subject: Option<&str>) -> String {
+    match subject {
+        None | Some("") => "_".to_owned(),
+        Some(s) => s
+            .chars()
+            .take(200)
+            .map(|c| {
+                if c == '.' || c == '*' || c == '#' || c.is_whitespace() || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect(),
+    }
+}
+
+/// A connection to RabbitMQ; cheap to clone.
+#[derive(Clone)]
+pub struct AmqpBus {
+    /// The connection.
+    connection: Arc<Connection>,
+    /// The publishing channel, in confirm mode.
+    publisher: Channel,
+    /// The URL without credentials, for messages.
+    url: Arc<str>,
+    /// The envelope size limit.
+    codec: Codec,
+    /// Exchanges known to exist.
+    exchanges: Arc<Mutex<HashSet<String>>>,
+    /// Queues this bus declared, by topic, so that `delete_topic` removes them.
+    queues: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl std::fmt::Debug for AmqpBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBus").field("url", &self.url).finish()
+    }
+}
+
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl AmqpBus {
+    /// Connects to `url` (`amqp://user:pass@host:port/vhost`).
+    pub async fn connect(url: &str) -> Result<AmqpBus, Error> {
+        let shown_url = shown(url);
+        let connection = tokio::time::timeout(
+            Duration::from_secs(10),
+            Connection::connect(url, ConnectionProperties::default()),
+        )
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!("amqp: connecting to {shown_url} took more than 10 s"),
+            )
+        })?
+        .map_err(|e| {
+            unavailable(
+                format!("amqp: cannot connect to {shown_url}; is RabbitMQ running, and are the user and vhost right?"),
+                e,
+            )
+        })?;
+        let publisher = connection
+            .create_channel()
+            .await
+            .map_err(|e| unavailable(format!("amqp {shown_url}: cannot open a channel"), e))?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| unavailable(format!("amqp {shown_url}: publisher confirms refused"), e))?;
+        let bus = AmqpBus {
+            connection: Arc::new(connection),
+            publisher,
+            url: shown_url.into(),
+            codec: Codec::default(),
+            exchanges: Arc::new(Mutex::new(HashSet::new())),
+            queues: Arc::new(Mutex::new(Vec::new())),
+        };
+        bus.declare_exchange(BROKER_DLX, ExchangeKind::Fanout)
+            .await?;
+        let channel = bus.channel().await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        channel
+            .queue_declare(BROKER_DLX.into(), durable_queue(), args)
+            .await
+            .map_err(|e| {
+                unavailable(format!("amqp {}: cannot declare {BROKER_DLX}", bus.url), e)
+            })?;
+        channel
+            .queue_bind(
+                BROKER_DLX.into(),
+                BROKER_DLX.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(format!("amqp {}: cannot bind {BROKER_DLX}", bus.url), e))?;
+        let _ = channel.close(200, "".into()).await;
+        Ok(bus)
+    }
+
+    async fn channel(&self) -> Result<Channel, Error> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|e| unavailable(format!("amqp {}: cannot open a channel", self.url), e))
+    }
+
+    async fn declare_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), Error> {
+        if self
+            .exchanges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
+        {
+            return Ok(());
+        }
+        self.publisher
+            .exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                unavailable(
+                    format!("amqp {}: cannot declare the exchange {name}", self.url),
+                    e,
+                )
+            })?;
+        self.exchanges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned());
+        Ok(())
+    }
+
+    /// Declares a group's quorum queue (delivery limit, dead-letter exchange) and binds it.
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        queue: &str,
+    ) -> Result<(), Error> {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(DELIVERY_LIMIT),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(BROKER_DLX.into()),
+        );
+        channel
+            .queue_declare(queue.into(), durable_queue(), args)
+            .await
+            .map_err(|e| {
+                unavailable(
+                    format!("amqp {}: cannot declare the queue {queue}", self.url),
+                    e,
+                )
+            })?;
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((topic.to_owned(), queue.to_owned()));
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange_name(topic).into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                unavailable(
+                    format!("amqp {}: cannot bind the queue {queue}", self.url),
+                    e,
+                )
+            })
+    }
+
+    async fn publish_inner(&self, topic: &str, envelope: &Envelope) -> Result<Published, Error> {
+        validate_topic(topic)?;
+        let exchange = exchange_name(topic);
+        self.declare_exchange(&exchange, ExchangeKind::Topic)
+            .await?;
+        if topic.ends_with(".dead-letters") {
+            // Dead letters are kept whether or not anyone listens.
+            let archive = format!("{exchange}.archive");
+            if !self
+                .exchanges
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&archive)
+            {
+                let channel = self.channel().await?;
+                self.declare_queue(&channel, topic, &archive).await?;
+                let _ = channel.close(200, "".into()).await;
+                self.exchanges
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(archive);
+            }
+        }
+        let (pairs, body) = self.codec.encode_binary(envelope)?;
+        let mut headers = FieldTable::default();
+        for (name, value) in pairs {
+            if name != "content-type" {
+                headers.insert(name.into(), AMQPValue::LongString(value.into()));
+            }
+        }
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(envelope.id.as_str().into())
+            .with_type(envelope.ty.as_str().into())
+            .with_headers(headers);
+        if let Some(ct) = &envelope.datacontenttype {
+            properties = properties.with_content_type(ct.as_str().into());
+        }
+        if let Some(c) = &envelope.correlationid {
+            properties = properties.with_correlation_id(c.as_str().into());
+        }
+        if let Some(r) = &envelope.replyto {
+            properties = properties.with_reply_to(r.as_str().into());
+        }
+        if let Some(t) = envelope.time {
+            properties = properties.with_timestamp(u64::try_from(t.unix_timestamp()).unwrap_or(0));
+        }
+        let fail = |what: &str, e: lapin::Error| {
+            unavailable(
+                format!(
+                    "amqp {}: publish of {} {} to topic {topic} {what}; publish it again",
+                    self.url, envelope.ty, envelope.id
+                ),
+                e,
+            )
+        };
+        let confirm = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key(envelope.subject.as_deref()).into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                properties,
+            )
+            .await
+            .map_err(|e| fail("failed", e))?
+            .await
+            .map_err(|e| fail("was not confirmed", e))?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Published {
+                position: 0,
+                duplicate: false,
+            }),
+            Confirmation::Ack(Some(_)) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "amqp {}: topic {topic} has no consumer group yet, so RabbitMQ would drop the {} {}; \
+                     start a subscription (or responder) on it first",
+                    self.url, envelope.ty, envelope.id
+                ),
+            )),
+            Confirmation::Nack(_) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "amqp {}: RabbitMQ refused the {} {} on topic {topic} (nack); publish it again",
+                    self.url, envelope.ty, envelope.id
+                ),
+            )),
+        }
+    }
+
+    async fn subscribe_inner(&self, request: SubscribeRequest) -> Result<Deliveries, Error> {
+        validate_topic(&request.topic)?;
+        validate_topic(&request.group)?;
+        if !matches!(request.start, StartFrom::Committed | StartFrom::Latest) {
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                format!(
+                    "amqp: group {} of topic {}: RabbitMQ queues cannot replay ({:?}); \
+                     use StartFrom::Committed, or NATS / the embedded bus for replay",
+                    request.group, request.topic, request.start
+                ),
+            ));
+        }
+        self.declare_exchange(&exchange_name(&request.topic), ExchangeKind::Topic)
+            .await?;
+        let channel = self.channel().await?;
+        let queue = queue_name(&request.topic, &request.group);
+        self.declare_queue(&channel, &request.topic, &queue).await?;
+        if request.start == StartFrom::Latest {
+            let _ = channel
+                .queue_purge(queue.as_str().into(), Default::default())
+                .await;
+        }
+        let prefetch = u16::try_from(request.max_in_flight.clamp(1, 1000)).unwrap_or(1000);
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| unavailable(format!("amqp {}: basic.qos on {queue}", self.url), e))?;
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                unavailable(format!("amqp {}: cannot consume from {queue}", self.url), e)
+            })?;
+        let codec = self.codec;
+        let url = Arc::clone(&self.url);
+        // The channel lives as long as the stream: closing it gives unacked messages back.
+        let keep = Arc::new(channel);
+        Ok(consumer
+            .map(move |item| {
+                let _keep = &keep;
+                match item {
+                    Ok(d) => Ok(delivery(codec, d)),
+                    Err(e) => Err(unavailable(format!("amqp {url}: consuming failed"), e)),
+                }
+            })
+            .boxed())
+    }
+
+    async fn read_all_inner(&self, topic: &str) -> Result<Vec<Envelope>, Error> {
+        let queue = format!("{}.archive", exchange_name(topic));
+        let channel = self.channel().await?;
+        let mut envelopes = Vec::new();
+        loop {
+            let got = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await;
+            let message = match got {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                // No such queue: nothing was ever dead-lettered.
+                Err(_) => return Ok(Vec::new()),
+            };
+            let d = message.delivery;
+            envelopes.push(decode(self.codec, &d.properties, Bytes::from(d.data))?);
+        }
+        // Closing the channel gives every message back: listing removes nothing.
+        let _ = channel.close(200, "".into()).await;
+        Ok(envelopes)
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Reads a CloudEvent from AMQP headers (`ce-*`) and properties.
+fn decode(codec: Codec, properties: &BasicProperties, body: Bytes) -> Result<Envelope, Error> {
+    let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(headers) = properties.headers() {
+        for (name, value) in headers {
+            let bytes = match value {
+                AMQPValue::LongString(s) => s.as_bytes().to_vec(),
+                AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
+                _ => continue,
+            };
+            pairs.push((name.as_str().to_owned(), bytes));
+        }
+    }
+    if let Some(ct) = properties.content_type() {
+        pairs.push(("content-type".into(), ct.as_str().as_bytes().to_vec()));
+    }
+    codec.decode_binary(pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())), body)
+}
+
+fn delivery(codec: Codec, d: lapin::message::Delivery) -> Delivery {
+    let count = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| {
+            h.inner()
+                .get(&ShortString::from("x-delivery-count"))
+                .cloned()
+        })
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongUInt(n) => Some(n),
+            AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
+            _ => None,
+        })
+        .unwrap_or(u32::from(d.redelivered));
+    let data = Bytes::from(d.data);
+    let envelope = decode(codec, &d.properties, data.clone());
+    Delivery {
+        envelope,
+        raw: data,
+        position: d.delivery_tag,
+        attempt: count.saturating_add(1),
+        pending: 0,
+        acker: Box::new(AmqpAcker(d.acker)),
+    }
+}
+
+/// Settles an AMQP delivery.
+struct AmqpAcker(lapin::Acker);
+
+impl AmqpAcker {
+    fn done(&self) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.0
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("amqp: ack failed".into(), e))
+        }
+        .boxed()
+    }
+}
+
+impl Acker for AmqpAcker {
+    fn ack(&self) -> BoxFuture<'_, Result<(), Error>> {
+        self.done()
+    }
+    fn nack(&self, _delay: Duration) -> BoxFuture<'_, Result<(), Error>> {
+        // RabbitMQ has no delayed requeue: back to the queue at once.
+        async move {
+            self.0
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("amqp: nack failed".into(), e))
+        }
+        .boxed()
+    }
+    fn term(&self) -> BoxFuture<'_, Result<(), Error>> {
+        // The subscription stored the dead letter itself; rejecting would dead-letter twice.
+        self.done()
+    }
+    fn progress(&self) -> BoxFuture<'_, Result<(), Error>> {
+        // RabbitMQ has no ack wait to extend (only its consumer_timeout, 30 min by default).
+        async { Ok(()) }.boxed()
+    }
+}
+
+impl Backend for AmqpBus {
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            replay_from_time: false,
+            replay_from_offset: false,
+            replay_from_beginning: false,
+            dedup_window: None,
+            group_wide_order: false,
+            multi_process: true,
+            keeps_events_without_groups: false,
+        }
+    }
+
+    fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Published, Error>> {
+        self.publish_inner(topic, envelope).boxed()
+    }
+
+    fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>> {
+        self.subscribe_inner(request).boxed()
+    }
+
+    fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
+        self.read_all_inner(topic).boxed()
+    }
+
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        async move {
+            let channel = self.channel().await?;
+            let exchange = exchange_name(topic);
+            let queues: Vec<String> = {
+                let mut all = self
+                    .queues
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (mine, rest): (Vec<_>, Vec<_>) = all.drain(..).partition(|(t, _)| t == topic);
+                *all = rest;
+                mine.into_iter().map(|(_, q)| q).collect()
+            };
+            for queue in queues {
+                let _ = channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            self.exchanges
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&exchange);
+            let _ = channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await;
+            let _ = channel.close(200, "".into()).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn report(&self) -> BoxFuture<'_, Result<EngineReport, Error>> {
+        async move {
+            Ok(EngineReport {
+                engine: "amqp".into(),
+                server_version: None,
+                details: vec![
+                    format!("RabbitMQ at {}", self.url),
+                    "groups: durable quorum queues (replicated, fsynced before the publisher confirm)"
+                        .into(),
+                    format!("x-delivery-limit {DELIVERY_LIMIT}, dead-letter exchange {BROKER_DLX}"),
+                    "no de-duplication, no replay; a publish to a topic with no group is refused".into(),
+                ],
+            })
+        }
+        .boxed()
+    }
+}
