@@ -159,6 +159,6 @@ mod tests {
         }
         let distinct: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(distinct.len(), names.len());
-        assert!(<ChargeCard as tabgrab::Request>::IS_COMMAND);
+        const { assert!(<ChargeCard as tabgrab::Request>::IS_COMMAND) };
     }
 }

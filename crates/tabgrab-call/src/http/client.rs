@@ -1,0 +1,231 @@
+//! The HTTP client transport: one [`Call`] → one `POST`, over hyper's pooled client.
+//!
+//! Why hyper's client and not reqwest: the transport is a tower `Service` under our own
+//! layers (deadline, retry, breaker), so reqwest's own timeout and redirect machinery would
+//! only be in the way, and hyper-util's pooled client is what reqwest is built on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tabgrab_core::{Codec, ErrorKind};
+use tower::Service;
+
+use super::{ErrorBody, kind_from_str};
+use crate::call::{IDEMPOTENCY_KEY, TIMEOUT_HEADER};
+use crate::{Call, CallError};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Sends calls as HTTP requests to one base URL. Cheap to clone (a pooled client inside).
+#[derive(Clone, Debug)]
+pub struct HttpTransport {
+    /// The pooled hyper client.
+    client: HyperClient<HttpConnector, Full<Bytes>>,
+    /// `http://host:port`, without a trailing slash.
+    base: Arc<str>,
+    /// Limits what we send and what we accept back.
+    codec: Codec,
+}
+
+/// Builds an [`HttpTransport`].
+#[derive(Debug)]
+pub struct HttpTransportBuilder {
+    base: String,
+    http2_only: bool,
+    connect_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    codec: Codec,
+}
+
+impl HttpTransport {
+    /// A transport to `base` (`http://127.0.0.1:8080`) with defaults.
+    pub fn new(base: impl Into<String>) -> HttpTransport {
+        HttpTransport::builder(base).build()
+    }
+
+    /// A builder for a transport to `base`.
+    pub fn builder(base: impl Into<String>) -> HttpTransportBuilder {
+        HttpTransportBuilder {
+            base: base.into(),
+            http2_only: false,
+            connect_timeout: Duration::from_secs(2),
+            pool_max_idle_per_host: 256,
+            codec: Codec::default(),
+        }
+    }
+}
+
+impl HttpTransportBuilder {
+    /// Speak HTTP/2 only (prior knowledge): all calls multiplexed on one connection.
+    pub fn http2_only(mut self, yes: bool) -> Self {
+        self.http2_only = yes;
+        self
+    }
+
+    /// How long connecting may take before the call fails with `Unavailable`.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Idle connections kept per host (HTTP/1.1).
+    pub fn pool_max_idle_per_host(mut self, n: usize) -> Self {
+        self.pool_max_idle_per_host = n;
+        self
+    }
+
+    /// The codec whose size limit applies to requests and responses.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Builds the transport.
+    pub fn build(self) -> HttpTransport {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        let client = HyperClient::builder(TokioExecutor::new())
+            .http2_only(self.http2_only)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .build(connector);
+        HttpTransport {
+            client,
+            base: self.base.trim_end_matches('/').into(),
+            codec: self.codec,
+        }
+    }
+}
+
+impl Service<Call> for HttpTransport {
+    type Response = Bytes;
+    type Error = CallError;
+    type Future = BoxFuture<Result<Bytes, CallError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let client = self.client.clone();
+        let base = Arc::clone(&self.base);
+        let codec = self.codec;
+        Box::pin(async move { send(&client, &base, codec, call).await })
+    }
+}
+
+async fn send(
+    client: &HyperClient<HttpConnector, Full<Bytes>>,
+    base: &str,
+    codec: Codec,
+    call: Call,
+) -> Result<Bytes, CallError> {
+    let service = call.service.clone();
+    let ty = call.envelope.ty.clone();
+    let fail = |kind: ErrorKind, message: String| {
+        CallError::new(kind, service.clone(), ty.as_str(), message)
+    };
+    let (headers, body) = codec
+        .encode_binary(&call.envelope)
+        .map_err(|e| fail(e.kind(), format!("cannot send it: {}", e.message())))?;
+    let uri: Uri = format!("{base}/{}/{ty}", call.kind.path_segment())
+        .parse()
+        .map_err(|e| {
+            fail(
+                ErrorKind::Malformed,
+                format!("bad URL from base {base}: {e}"),
+            )
+        })?;
+    let mut request = Request::builder().method(Method::POST).uri(uri);
+    for (name, value) in headers {
+        let name = HeaderName::try_from(name);
+        let value = HeaderValue::try_from(value);
+        if let (Ok(name), Ok(value)) = (name, value) {
+            request = request.header(name, value);
+        }
+    }
+    if let Some(remaining) = call.remaining() {
+        request = request.header(TIMEOUT_HEADER, remaining.as_millis().max(1).to_string());
+    }
+    if let Some(key) = &call.idempotency_key {
+        request = request.header(IDEMPOTENCY_KEY, key);
+    }
+    let request = request.body(Full::new(body)).map_err(|e| {
+        fail(
+            ErrorKind::Malformed,
+            format!("cannot build the request: {e}"),
+        )
+    })?;
+    let response = client.request(request).await.map_err(|e| {
+        let what = if e.is_connect() {
+            "cannot connect"
+        } else {
+            "the connection failed"
+        };
+        fail(ErrorKind::Unavailable, format!("{what} to {base}")).with_source(e)
+    })?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), codec.max_size())
+        .collect()
+        .await
+        .map_err(|e| {
+            fail(
+                ErrorKind::Protocol,
+                format!(
+                    "the response body could not be read (or exceeds {} bytes): {e}",
+                    codec.max_size()
+                ),
+            )
+        })?
+        .to_bytes();
+    if status == StatusCode::OK {
+        return Ok(body);
+    }
+    Err(error_from(&call, status, &body))
+}
+
+/// The error an HTTP error answer stands for.
+fn error_from(call: &Call, status: StatusCode, body: &[u8]) -> CallError {
+    let service = call.service.clone();
+    let ty = call.envelope.ty.as_str();
+    if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) {
+        if let Some(rejection) = parsed.rejection {
+            return CallError::remote(service, ty, rejection);
+        }
+        if let Some(kind) = kind_from_str(&parsed.kind) {
+            return CallError::new(
+                kind,
+                service,
+                ty,
+                format!("the server answered {status}: {}", parsed.error),
+            );
+        }
+    }
+    let kind = match status {
+        StatusCode::BAD_REQUEST => ErrorKind::InvalidPayload,
+        StatusCode::NOT_FOUND => ErrorKind::UnknownType,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::TooLarge,
+        StatusCode::TOO_MANY_REQUESTS => ErrorKind::Rejected,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => ErrorKind::Unavailable,
+        StatusCode::GATEWAY_TIMEOUT => ErrorKind::DeadlineExceeded,
+        _ => ErrorKind::Protocol,
+    };
+    CallError::new(
+        kind,
+        service,
+        ty,
+        format!(
+            "the server answered {status} with a body that is not a tabgrab error: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ),
+    )
+}
