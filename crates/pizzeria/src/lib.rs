@@ -1,11 +1,12 @@
 //! The pizzeria: tabgrab's reference system, a restaurant whose order flow is built in each
 //! kind of asynchronous communication, to show and measure what each does to a system.
 //!
-//! This version builds the **event-driven** style: the front desk publishes `OrderAccepted`
+//! It builds the **call** style ([`calls`]: the front desk calls the others and answers when
+//! they have) and the **event-driven** style: the front desk publishes `OrderAccepted`
 //! and answers the customer at once; payment, inventory, the kitchen and delivery react to
 //! the events they care about, and failures are events too, compensated by reactions
 //! (a declined card cancels the order and puts its ingredients back; missing ingredients
-//! cancel it and refund the payment). The call and messaging styles come later, on the same
+//! cancel it and refund the payment). The messaging style comes later, on the same
 //! vocabulary ([`messages`]).
 //!
 //! | module | concept |
@@ -15,6 +16,7 @@
 //! | [`messages`] | the events, with versioned names, and their registry |
 //! | [`commands`] | the commands of the call and messaging styles, with their answers |
 //! | [`services`] | front desk, payment, inventory, kitchen, delivery: consumer groups |
+//! | [`calls`] | the same restaurant in the call style: handlers over HTTP and gRPC, a front desk that calls them |
 //! | [`http`] | the front desk's HTTP API |
 //! | [`run`] | the restaurant under simulated load, and its summary |
 //! | [`cli`] | the `pizzeria` command line |
@@ -29,6 +31,7 @@
 //! ```
 
 pub mod bench;
+pub mod calls;
 pub mod cli;
 pub mod commands;
 pub mod error;

@@ -42,6 +42,9 @@ use crate::services::{Pizzeria, Settings, Stock};
 pub enum Style {
     /// Event-driven: the front desk publishes `OrderAccepted` and is done; the others react.
     Events,
+    /// Calls: the front desk calls payment, inventory and the kitchen over HTTP and answers
+    /// the customer when they have answered.
+    Calls,
 }
 
 impl Style {
@@ -49,6 +52,7 @@ impl Style {
     pub fn as_str(self) -> &'static str {
         match self {
             Style::Events => "events",
+            Style::Calls => "calls",
         }
     }
 }
@@ -198,7 +202,9 @@ impl Summary {
 
 /// Runs the restaurant under simulated load; see the module docs.
 pub async fn run(config: RunConfig) -> Result<Summary, Error> {
-    let Style::Events = config.style;
+    if config.style == Style::Calls {
+        return crate::calls::run::run(config).await;
+    }
     let started = Instant::now();
     let bus = EmbeddedBus::open(&config.data_dir).map_err(|e| {
         Error::new(
@@ -446,7 +452,7 @@ async fn drive(
 
 /// The `i`-th customer's order: 1 to 3 pizzas, a tartufo now and then, a declined card at
 /// `decline_rate`.
-fn customer(i: u64, rng: &mut StdRng, decline_rate: f64) -> OrderRequest {
+pub(crate) fn customer(i: u64, rng: &mut StdRng, decline_rate: f64) -> OrderRequest {
     let count = rng.random_range(1..=3);
     let ordinary = &MENU[..MENU.len() - 1];
     let pizzas = (0..count)
@@ -498,7 +504,7 @@ async fn place(
 }
 
 /// The process's peak resident memory (`VmHWM` of `/proc/self/status`), on Linux.
-fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -59,7 +59,7 @@ pub mod limit;
 pub mod retry;
 pub mod server;
 
-pub use call::{Call, CallOptions, RequestKind};
+pub use call::{Call, CallOptions, IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
 pub use client::{Client, ClientBuilder};
 pub use error::CallError;
 pub use handler::{CallContext, HandlerError, Handlers, ServeError};

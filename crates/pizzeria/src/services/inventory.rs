@@ -63,7 +63,7 @@ impl Stock {
     }
 
     /// Takes `needs` if all of it is there; otherwise takes nothing and names what is short.
-    fn take(&mut self, needs: &[(&'static str, u64)]) -> Result<(), Vec<String>> {
+    pub(crate) fn take(&mut self, needs: &[(&'static str, u64)]) -> Result<(), Vec<String>> {
         let missing: Vec<String> = needs
             .iter()
             .filter(|(i, n)| self.level(i) < *n)
@@ -81,7 +81,7 @@ impl Stock {
     }
 
     /// Puts `needs` back on the shelf.
-    fn put_back(&mut self, needs: &[(&'static str, u64)]) {
+    pub(crate) fn put_back(&mut self, needs: &[(&'static str, u64)]) {
         for (i, n) in needs {
             *self.levels.entry(i).or_default() += n;
         }
@@ -127,7 +127,7 @@ impl std::fmt::Debug for Inventory {
 }
 
 /// The ingredients of `pizzas` (menu indices), one unit per pizza that uses each.
-fn needs(pizzas: &[u8]) -> Vec<(&'static str, u64)> {
+pub(crate) fn needs(pizzas: &[u8]) -> Vec<(&'static str, u64)> {
     let mut needs: Vec<(&'static str, u64)> = Vec::new();
     for &p in pizzas {
         let Some(pizza) = MENU.get(usize::from(p)) else {

@@ -19,7 +19,7 @@ mod client;
 mod server;
 
 pub use self::client::{GrpcTransport, GrpcTransportBuilder};
-pub use self::server::{CallsService, deadline_of, router, status_of};
+pub use self::server::{CallsService, deadline_of, router, service_router, status_of};
 
 /// The generated messages, server and client of `proto/tabgrab_call.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

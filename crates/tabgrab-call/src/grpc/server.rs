@@ -39,7 +39,32 @@ impl CallsService {
 /// The gRPC routes of `handlers`, as an axum router (merge it with the HTTP router to serve
 /// both on one port, as [`crate::router`] does).
 pub fn router(handlers: Handlers) -> axum::Router {
-    tonic::service::Routes::new(CallsService::new(handlers).into_server()).into_axum_router()
+    service_router(CallsService::new(handlers).into_server())
+}
+
+/// Any tonic service as an axum router, on `/{package.Service}/{method}`, without a fallback
+/// (tonic's `Routes` adds one, and axum cannot merge two routers that both have one), so
+/// several gRPC services and the HTTP routes merge into one router.
+pub fn service_router<S>(service: S) -> axum::Router
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use tower::ServiceExt as _;
+    axum::Router::new().route_service(
+        &format!("/{}/{{*method}}", S::NAME),
+        service.map_request(|request: http::Request<axum::body::Body>| {
+            request.map(tonic::body::Body::new)
+        }),
+    )
 }
 
 /// The deadline of a gRPC request from its `grpc-timeout` metadata (`<digits><unit>`, unit one
