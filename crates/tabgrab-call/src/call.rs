@@ -45,8 +45,9 @@ pub struct Call {
     pub service: Arc<str>,
     /// Command or query.
     pub kind: RequestKind,
-    /// The message, with its CloudEvents attributes; `data` is the JSON payload.
-    pub envelope: Envelope,
+    /// The message, with its CloudEvents attributes; `data` is the JSON payload. Shared, so
+    /// that the retry layer's copy of a call costs a reference count.
+    pub envelope: Arc<Envelope>,
     /// When the caller stops waiting; travels to the server as a relative timeout.
     pub deadline: Option<Instant>,
     /// The idempotency key of a command, which makes it safe to retry.

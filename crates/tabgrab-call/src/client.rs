@@ -107,7 +107,7 @@ impl Client {
             } else {
                 RequestKind::Query
             },
-            envelope,
+            envelope: Arc::new(envelope),
             deadline: options.deadline,
             idempotency_key: options.idempotency_key,
         };

@@ -9,7 +9,8 @@
 //! 2. the payload must fit the codec's size limit and decode as the message type (else
 //!    `TooLarge` / `InvalidPayload`: 413 / 400, `INVALID_ARGUMENT`); the handler never sees
 //!    bad input;
-//! 3. past the caller's deadline the handler's future is dropped, which cancels its work
+//! 3. a call that arrives after its deadline is not handled at all, and past the caller's
+//!    deadline the handler's future is dropped, which cancels its work
 //!    (else it would keep burning capacity for an answer nobody waits for), and the caller
 //!    gets `DeadlineExceeded` (504, `DEADLINE_EXCEEDED`);
 //! 4. a handler's [`Rejection`] goes back whole (422, `FAILED_PRECONDITION` with the rejection
@@ -268,6 +269,12 @@ impl Handlers {
             ));
         }
         let ty = envelope.ty.clone();
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(ServeError::new(
+                ErrorKind::DeadlineExceeded,
+                format!("the caller's deadline for {ty} had passed when it arrived; not handled"),
+            ));
+        }
         let mut envelope = envelope;
         let body = std::mem::take(&mut envelope.data);
         let ctx = CallContext {

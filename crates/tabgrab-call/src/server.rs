@@ -4,8 +4,9 @@
 //! Why not `axum::serve`: it cannot raise HTTP/2's limit of concurrent streams per connection
 //! (hyper's default is 200). A gRPC client multiplexes all its calls over one connection, so
 //! with 200 a client holding 100,000 calls in flight to a slow server would queue all but 200
-//! of them in its own memory. This loop is `axum::serve` with that one knob
-//! ([`ServeConfig::max_concurrent_streams`]).
+//! of them in its own memory. This loop is `axum::serve` with that knob
+//! ([`ServeConfig::max_concurrent_streams`]), and the connection window that h2 sizes its flood
+//! defence from ([`ServeConfig::connection_window`]).
 //!
 //! The server is a function of its listener and its shutdown future: tests bind
 //! `127.0.0.1:0`, and a shutdown stops accepting, lets the connections finish their calls
@@ -25,12 +26,19 @@ use tokio::net::TcpListener;
 pub struct ServeConfig {
     /// Concurrent HTTP/2 streams (calls) per connection.
     pub max_concurrent_streams: u32,
+    /// The HTTP/2 connection-level flow-control window, in bytes. Besides flow control, h2
+    /// sizes its defence against floods of small DATA frames from it (half the window): a
+    /// client that opens thousands of calls at once sends thousands of small frames before
+    /// the handlers read them, and with the 64 KiB default h2 answers `ENHANCE_YOUR_CALM`
+    /// and closes the connection. A window is a permission, not an allocation.
+    pub connection_window: u32,
 }
 
 impl Default for ServeConfig {
     fn default() -> ServeConfig {
         ServeConfig {
             max_concurrent_streams: 10_000,
+            connection_window: 8 * 1024 * 1024,
         }
     }
 }
@@ -54,7 +62,8 @@ pub async fn serve_with(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http2()
-        .max_concurrent_streams(config.max_concurrent_streams);
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .initial_connection_window_size(config.connection_window);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

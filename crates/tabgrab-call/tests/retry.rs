@@ -126,7 +126,30 @@ async fn no_attempt_is_sent_after_the_deadline() {
         base: Duration::from_millis(20),
         max_backoff: Duration::from_millis(80),
     };
-    let client = client(&server, retry, generous());
+    // Record when each attempt leaves the client, per call (the envelope id).
+    let sent: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
+    let record = Arc::clone(&sent);
+    let transport = tower::ServiceBuilder::new()
+        .map_request(move |call: tabgrab_call::Call| {
+            record
+                .lock()
+                .unwrap()
+                .entry(call.envelope.id.clone())
+                .or_default()
+                .push(Instant::now());
+            call
+        })
+        .service(HttpTransport::new(server.url()));
+    let client = Client::builder(transport)
+        .service_name("failing")
+        .retry(retry)
+        .retry_budget(generous())
+        .breaker(BreakerConfig {
+            consecutive_failures: None,
+            minimum_calls: usize::MAX,
+            ..BreakerConfig::default()
+        })
+        .build();
     let mut deadlines = HashMap::new();
     for id in 0..10 {
         let deadline = Instant::now() + Duration::from_millis(150);
@@ -145,13 +168,25 @@ async fn no_attempt_is_sent_after_the_deadline() {
         );
     }
     let arrivals = arrivals.lock().unwrap().clone();
-    for (id, deadline) in deadlines {
-        let times = &arrivals[&id];
-        assert!(times.len() < 50, "request {id}: {} attempts", times.len());
+    for (id, _) in &deadlines {
+        let n = arrivals[id].len();
+        assert!((1..50).contains(&n), "request {id}: {n} attempts");
+    }
+    // Every attempt left before its call's deadline (calls were sequential, so the k-th
+    // envelope seen is the k-th call).
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 10);
+    let all_sends: usize = sent.values().map(Vec::len).sum();
+    let all_arrivals: usize = arrivals.values().map(Vec::len).sum();
+    assert!(all_arrivals <= all_sends);
+    let mut by_start: Vec<&Vec<Instant>> = sent.values().collect();
+    by_start.sort_by_key(|times| times[0]);
+    for (id, times) in by_start.into_iter().enumerate() {
+        let deadline = deadlines[&(id as u64)];
         for t in times {
             assert!(
                 *t < deadline,
-                "request {id}: an attempt arrived after the deadline"
+                "request {id}: an attempt was sent after the deadline"
             );
         }
     }

@@ -14,6 +14,9 @@
 //! its outcome (the caller's deadline passed, the caller went away) counts as nothing, but gives
 //! a half-open probe slot back.
 //!
+//! An attempt whose deadline has already passed is not sent (`DeadlineExceeded`, no ticket):
+//! the breaker is the last gate before the wire.
+//!
 //! State changes are observable through a `tokio::sync::watch` channel
 //! ([`BreakerHandle::subscribe`]).
 
@@ -94,21 +97,18 @@ impl BreakerHandle {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the core and publishes a state change if there was one.
+    /// Runs `f` on the core and publishes a state change if there was one. The change is
+    /// published while the core is still locked, so observers see changes in their order.
     fn with<T>(&self, f: impl FnOnce(&mut BreakerCore) -> T) -> T {
-        let (out, state) = {
-            let mut core = self.lock();
-            let out = f(&mut core);
-            (out, core.state())
-        };
-        self.shared.changes.send_if_modified(|seen| {
-            if *seen == state {
-                return false;
-            }
-            tracing::info!(from = ?*seen, to = ?state, "circuit breaker changed state");
-            *seen = state;
-            true
-        });
+        let mut core = self.lock();
+        let before = core.state();
+        let out = f(&mut core);
+        let state = core.state();
+        if before != state {
+            tracing::info!(from = ?before, to = ?state, "circuit breaker changed state");
+            self.shared.changes.send_replace(state);
+        }
+        drop(core);
         out
     }
 }
@@ -171,11 +171,23 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
+        // The gate to the wire: an attempt whose deadline has passed (a retry woken by a
+        // timer in the same tick as the deadline) is not sent, and says nothing about the
+        // recipient, so it takes no ticket.
+        if call.deadline.is_some_and(|d| d <= Instant::now()) {
+            let error = CallError::new(
+                ErrorKind::DeadlineExceeded,
+                call.service.clone(),
+                call.envelope.ty.as_str(),
+                "the deadline passed before this attempt could be sent",
+            );
+            return Box::pin(std::future::ready(Err(error)));
+        }
         let Some(ticket) = self.handle.with(|core| core.allow(Instant::now())) else {
             let error = CallError::new(
                 ErrorKind::CircuitOpen,
                 call.service.clone(),
-                call.envelope.ty.clone(),
+                call.envelope.ty.as_str(),
                 "the circuit breaker is open after recent failures, so the call was not sent; \
                  it will probe the service again after its open duration",
             );

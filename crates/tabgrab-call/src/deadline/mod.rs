@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -75,12 +76,12 @@ where
             .deadline
             .get_or_insert_with(|| Instant::now() + self.default_timeout);
         let service = call.service.clone();
-        let ty = call.envelope.ty.clone();
+        let envelope = Arc::clone(&call.envelope);
         let expired = move || {
             CallError::new(
                 ErrorKind::DeadlineExceeded,
                 service,
-                ty,
+                envelope.ty.as_str(),
                 "the deadline passed before an answer came; the caller's budget is spent, \
                  raise the deadline or make the recipient faster",
             )
@@ -147,7 +148,7 @@ where
             return Box::pin(self.inner.call(call));
         };
         let service = call.service.clone();
-        let ty = call.envelope.ty.clone();
+        let envelope = Arc::clone(&call.envelope);
         let work = self.inner.call(call);
         Box::pin(async move {
             match tokio::time::timeout(timeout, work).await {
@@ -155,7 +156,7 @@ where
                 Err(_) => Err(CallError::new(
                     ErrorKind::Timeout,
                     service,
-                    ty,
+                    envelope.ty.as_str(),
                     format!("no answer within the attempt timeout of {timeout:?}"),
                 )),
             }

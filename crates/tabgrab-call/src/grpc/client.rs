@@ -24,7 +24,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub struct GrpcTransport {
     client: CallsClient<Channel>,
     /// The endpoint, for error messages.
-    uri: String,
+    uri: std::sync::Arc<str>,
 }
 
 /// Builds a [`GrpcTransport`].
@@ -33,6 +33,7 @@ pub struct GrpcTransportBuilder {
     uri: String,
     connect_timeout: Duration,
     codec: Codec,
+    connection_window: u32,
 }
 
 impl GrpcTransport {
@@ -42,6 +43,7 @@ impl GrpcTransport {
             uri: uri.into(),
             connect_timeout: Duration::from_secs(2),
             codec: Codec::default(),
+            connection_window: 8 * 1024 * 1024,
         }
     }
 
@@ -55,6 +57,16 @@ impl GrpcTransportBuilder {
     /// How long connecting may take before a call fails with `Unavailable`.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// The HTTP/2 connection-level receive window, in bytes (default 8 MiB). h2 also sizes its
+    /// defence against floods of small DATA frames from it (half the window): a client that
+    /// has thousands of calls in flight receives thousands of small answers at once, and with
+    /// a small window h2 would close the connection (`ENHANCE_YOUR_CALM`). Raise it for tens
+    /// of thousands of calls in flight on one connection.
+    pub fn connection_window(mut self, bytes: u32) -> Self {
+        self.connection_window = bytes;
         self
     }
 
@@ -75,6 +87,7 @@ impl GrpcTransportBuilder {
                 .with_source(e)
             })?
             .connect_timeout(self.connect_timeout)
+            .initial_connection_window_size(self.connection_window)
             .tcp_nodelay(true);
         let max = self.codec.max_size().saturating_mul(2);
         let client = CallsClient::new(endpoint.connect_lazy())
@@ -82,7 +95,7 @@ impl GrpcTransportBuilder {
             .max_encoding_message_size(max);
         Ok(GrpcTransport {
             client,
-            uri: self.uri,
+            uri: self.uri.into(),
         })
     }
 }
@@ -99,7 +112,7 @@ impl Service<Call> for GrpcTransport {
 
     fn call(&mut self, call: Call) -> Self::Future {
         let mut client = self.client.clone();
-        let uri = self.uri.clone();
+        let uri = std::sync::Arc::clone(&self.uri);
         Box::pin(async move {
             let envelope = &call.envelope;
             let mut attributes = std::collections::HashMap::new();
@@ -157,10 +170,6 @@ fn error_from(call: &Call, uri: &str, status: Status) -> CallError {
         Code::Internal => ErrorKind::Handler,
         _ => ErrorKind::Protocol,
     };
-    CallError::new(
-        kind,
-        service,
-        ty,
-        format!("{uri} answered {:?}: {}", status.code(), status.message()),
-    )
+    let message = format!("{uri} answered {:?}: {}", status.code(), status.message());
+    CallError::new(kind, service, ty, message).with_source(status)
 }

@@ -44,6 +44,7 @@ pub struct HttpTransportBuilder {
     connect_timeout: Duration,
     pool_max_idle_per_host: usize,
     codec: Codec,
+    connection_window: u32,
 }
 
 impl HttpTransport {
@@ -60,6 +61,7 @@ impl HttpTransport {
             connect_timeout: Duration::from_secs(2),
             pool_max_idle_per_host: 256,
             codec: Codec::default(),
+            connection_window: 8 * 1024 * 1024,
         }
     }
 }
@@ -83,6 +85,16 @@ impl HttpTransportBuilder {
         self
     }
 
+    /// The HTTP/2 connection-level receive window, in bytes (default 8 MiB; HTTP/2 only). h2 also sizes its
+    /// defence against floods of small DATA frames from it (half the window): a client that
+    /// has thousands of calls in flight receives thousands of small answers at once, and with
+    /// a small window h2 would close the connection (`ENHANCE_YOUR_CALM`). Raise it for tens
+    /// of thousands of calls in flight on one connection.
+    pub fn connection_window(mut self, bytes: u32) -> Self {
+        self.connection_window = bytes;
+        self
+    }
+
     /// The codec whose size limit applies to requests and responses.
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
@@ -97,6 +109,7 @@ impl HttpTransportBuilder {
         let client = HyperClient::builder(TokioExecutor::new())
             .http2_only(self.http2_only)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .http2_initial_connection_window_size(self.connection_window)
             .build(connector);
         HttpTransport {
             client,
@@ -130,10 +143,9 @@ async fn send(
     call: Call,
 ) -> Result<Bytes, CallError> {
     let service = call.service.clone();
-    let ty = call.envelope.ty.clone();
-    let fail = |kind: ErrorKind, message: String| {
-        CallError::new(kind, service.clone(), ty.as_str(), message)
-    };
+    let ty: &str = &call.envelope.ty;
+    let fail =
+        |kind: ErrorKind, message: String| CallError::new(kind, service.clone(), ty, message);
     let (headers, body) = codec
         .encode_binary(&call.envelope)
         .map_err(|e| fail(e.kind(), format!("cannot send it: {}", e.message())))?;

@@ -82,7 +82,7 @@ where
             let error = CallError::new(
                 ErrorKind::Rejected,
                 call.service.clone(),
-                call.envelope.ty.clone(),
+                call.envelope.ty.as_str(),
                 format!(
                     "shed: {} calls to this service are already in flight (the bulkhead's cap); \
                      slow down or raise max_in_flight",
