@@ -178,8 +178,10 @@ fn envelope_of(
     if !headers.contains_key("ce-specversion") {
         return Ok(Envelope::raw("/unknown", ty, body));
     }
+    // Only the CloudEvents headers go to the codec (http's names are lowercase already).
     let pairs = headers
         .iter()
+        .filter(|(name, _)| name.as_str().starts_with("ce-") || *name == header::CONTENT_TYPE)
         .map(|(name, value)| (name.as_str(), value.as_bytes()));
     let envelope = handlers
         .codec_ref()
