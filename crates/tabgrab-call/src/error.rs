@@ -4,7 +4,7 @@
 //! differently to each: retry later (`Unavailable`, `Rejected`), stop and report (`Remote`,
 //! the handler said no), give up because the budget is spent (`DeadlineExceeded`), or not even
 //! try (`CircuitOpen`). So [`CallError::kind`] is the shared
-//! [`ErrorKind`](tabgrab_core::ErrorKind) of the message model, the text always names the
+//! [`ErrorKind`] of the message model, the text always names the
 //! service and the message type, and a handler's typed refusal is kept whole in
 //! [`CallError::rejection`].
 

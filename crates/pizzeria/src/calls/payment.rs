@@ -1,7 +1,7 @@
 //! Payment, call style: handles `ChargeCard` and `RefundPayment`, idempotent per order.
 //!
 //! The domain rule is the events style's: a card ending in
-//! [`DECLINED_SUFFIX`](crate::services::payment::DECLINED_SUFFIX) is refused, here with the
+//! [`crate::services::payment::DECLINED_SUFFIX`] is refused, here with the
 //! typed rejection [`CARD_DECLINED`]. A repeated charge of one order (a retry after a lost
 //! answer, with the order id as idempotency key) answers the first charge again; a refund
 //! returns what was collected at most once.

@@ -13,7 +13,7 @@
 //! Why a budget and not only a cap on attempts: with a cap of 3, a recipient that fails
 //! everything receives 3× its normal load exactly when it is weakest, and every caller's
 //! retries synchronise into a storm. A budget lets retries be at most a share of recent
-//! requests (tower's [`TpsBudget`]: a percentage of the requests of the last seconds plus a
+//! requests (tower's [`TpsBudget`](tower::retry::budget::TpsBudget): a percentage of the requests of the last seconds plus a
 //! small floor), so under a broad outage the extra load is bounded, while an isolated failure
 //! is still retried. Backoff is exponential with *full jitter* (a uniform pause between zero and
 //! the exponential bound) so that callers that failed together do not retry together.
