@@ -11,12 +11,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tabgrab_core::{Codec, ErrorKind};
+use tabgrab_core::{Codec, Envelope, ErrorKind};
+use time::format_description::well_known::Rfc3339;
 use tower::Service;
 
 use super::{ErrorBody, kind_from_str};
@@ -146,9 +147,9 @@ async fn send(
     let ty: &str = &call.envelope.ty;
     let fail =
         |kind: ErrorKind, message: String| CallError::new(kind, service.clone(), ty, message);
-    let (headers, body) = codec
-        .encode_binary(&call.envelope)
+    let headers = ce_headers(&codec, &call.envelope)
         .map_err(|e| fail(e.kind(), format!("cannot send it: {}", e.message())))?;
+    let body = call.envelope.data.clone();
     let uri: Uri = format!("{base}/{}/{ty}", call.kind.path_segment())
         .parse()
         .map_err(|e| {
@@ -158,12 +159,8 @@ async fn send(
             )
         })?;
     let mut request = Request::builder().method(Method::POST).uri(uri);
-    for (name, value) in headers {
-        let name = HeaderName::try_from(name);
-        let value = HeaderValue::try_from(value);
-        if let (Ok(name), Ok(value)) = (name, value) {
-            request = request.header(name, value);
-        }
+    if let Some(map) = request.headers_mut() {
+        *map = headers;
     }
     if let Some(remaining) = call.remaining() {
         request = request.header(TIMEOUT_HEADER, remaining.as_millis().max(1).to_string());
@@ -205,6 +202,75 @@ async fn send(
     Err(error_from(&call, status, &body))
 }
 
+/// The CloudEvents binary-mode headers of `envelope`: written straight into a `HeaderMap` with
+/// static names when every attribute is plain header text (the common case: ids, URIs, type
+/// names, RFC 3339 times), else through [`Codec::encode_binary`], which percent-encodes. Both
+/// give the same headers (a unit test holds them equal) and check the same size limit.
+fn ce_headers(codec: &Codec, envelope: &Envelope) -> Result<HeaderMap, tabgrab_core::Error> {
+    if let Some(map) = plain_ce_headers(codec, envelope) {
+        return Ok(map);
+    }
+    let (pairs, _) = codec.encode_binary(envelope)?;
+    let mut map = HeaderMap::with_capacity(pairs.len() + 3);
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            map.append(name, value);
+        }
+    }
+    Ok(map)
+}
+
+/// The fast path of [`ce_headers`]; `None` when a value needs percent-encoding, the envelope
+/// has extensions or a deadline, or it is over the size limit (the codec then says why).
+fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
+    if !envelope.extensions.is_empty() || envelope.deadline.is_some() {
+        return None;
+    }
+    let plain = |v: &str| {
+        v.bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%')
+    };
+    let time = match envelope.time {
+        Some(t) => Some(t.format(&Rfc3339).ok()?),
+        None => None,
+    };
+    let attributes: [(&'static str, Option<&str>); 10] = [
+        ("ce-specversion", Some(tabgrab_core::envelope::SPEC_VERSION)),
+        ("ce-id", Some(&envelope.id)),
+        ("ce-source", Some(&envelope.source)),
+        ("ce-type", Some(&envelope.ty)),
+        ("ce-time", time.as_deref()),
+        ("ce-subject", envelope.subject.as_deref()),
+        ("ce-correlationid", envelope.correlationid.as_deref()),
+        ("ce-causationid", envelope.causationid.as_deref()),
+        ("ce-traceparent", envelope.traceparent.as_deref()),
+        ("ce-replyto", envelope.replyto.as_deref()),
+    ];
+    let mut map = HeaderMap::with_capacity(14);
+    let mut size = envelope.data.len();
+    let present = attributes
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+        .chain(
+            envelope
+                .datacontenttype
+                .as_deref()
+                .map(|v| ("content-type", v)),
+        );
+    for (name, value) in present {
+        if !plain(value) {
+            return None;
+        }
+        size += name.len() + value.len();
+        map.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).ok()?,
+        );
+    }
+    codec.check_size(size).ok()?;
+    Some(map)
+}
+
 /// The error an HTTP error answer stands for.
 fn error_from(call: &Call, status: StatusCode, body: &[u8]) -> CallError {
     let service = call.service.clone();
@@ -240,4 +306,52 @@ fn error_from(call: &Call, status: StatusCode, body: &[u8]) -> CallError {
             String::from_utf8_lossy(&body[..body.len().min(200)])
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slow_path(codec: &Codec, envelope: &Envelope) -> Vec<(String, String)> {
+        let mut pairs = codec.encode_binary(envelope).unwrap().0;
+        pairs.sort();
+        pairs
+    }
+
+    fn as_pairs(map: &HeaderMap) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = map
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        pairs.sort();
+        pairs
+    }
+
+    #[test]
+    fn the_fast_headers_are_the_codecs_headers() {
+        let codec = Codec::default();
+        let envelope = Envelope::raw("/pizzeria/front-desk", "demo.ping.v1", Bytes::from("{}"))
+            .with_subject("order-1")
+            .with_correlation_id("c-1");
+        let fast = plain_ce_headers(&codec, &envelope).expect("plain attributes");
+        assert_eq!(as_pairs(&fast), slow_path(&codec, &envelope));
+    }
+
+    #[test]
+    fn values_that_need_encoding_take_the_codecs_path() {
+        let codec = Codec::default();
+        let envelope = Envelope::raw("/a source with spaces", "demo.ping.v1", Bytes::new());
+        assert!(plain_ce_headers(&codec, &envelope).is_none());
+        let map = ce_headers(&codec, &envelope).unwrap();
+        assert_eq!(as_pairs(&map), slow_path(&codec, &envelope));
+        assert_eq!(map["ce-source"], "/a%20source%20with%20spaces");
+    }
+
+    #[test]
+    fn the_size_limit_holds_on_both_paths() {
+        let codec = Codec::with_max_size(64);
+        let envelope = Envelope::raw("/s", "demo.ping.v1", Bytes::from(vec![b'1'; 100]));
+        let err = ce_headers(&codec, &envelope).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+    }
 }
