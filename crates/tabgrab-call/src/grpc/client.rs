@@ -19,12 +19,19 @@ use crate::{Call, CallError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Sends calls to one gRPC endpoint. Cheap to clone (a tonic channel inside).
+/// Sends calls to one gRPC endpoint. Cheap to clone: one reference count (the client stack
+/// clones its transport for every call).
 #[derive(Clone, Debug)]
 pub struct GrpcTransport {
+    inner: std::sync::Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The generated client over a tonic channel (one HTTP/2 connection).
     client: CallsClient<Channel>,
     /// The endpoint, for error messages.
-    uri: std::sync::Arc<str>,
+    uri: String,
 }
 
 /// Builds a [`GrpcTransport`].
@@ -94,8 +101,10 @@ impl GrpcTransportBuilder {
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
         Ok(GrpcTransport {
-            client,
-            uri: self.uri.into(),
+            inner: std::sync::Arc::new(Inner {
+                client,
+                uri: self.uri,
+            }),
         })
     }
 }
@@ -111,9 +120,10 @@ impl Service<Call> for GrpcTransport {
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let mut client = self.client.clone();
-        let uri = std::sync::Arc::clone(&self.uri);
+        let inner = std::sync::Arc::clone(&self.inner);
         Box::pin(async move {
+            let mut client = inner.client.clone();
+            let uri = &inner.uri;
             let envelope = &call.envelope;
             let mut attributes = std::collections::HashMap::new();
             attributes.insert("id".to_owned(), envelope.id.clone());
@@ -143,7 +153,7 @@ impl Service<Call> for GrpcTransport {
             }
             match client.call(request).await {
                 Ok(reply) => Ok(reply.into_inner().data),
-                Err(status) => Err(error_from(&call, &uri, status)),
+                Err(status) => Err(error_from(&call, uri, status)),
             }
         })
     }

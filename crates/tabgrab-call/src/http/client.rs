@@ -26,13 +26,19 @@ use crate::{Call, CallError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Sends calls as HTTP requests to one base URL. Cheap to clone (a pooled client inside).
+/// Sends calls as HTTP requests to one base URL. Cheap to clone: one reference count (the
+/// client stack clones its transport for every call).
 #[derive(Clone, Debug)]
 pub struct HttpTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     /// The pooled hyper client.
     client: HyperClient<HttpConnector, Full<Bytes>>,
     /// `http://host:port`, without a trailing slash.
-    base: Arc<str>,
+    base: String,
     /// Limits what we send and what we accept back.
     codec: Codec,
 }
@@ -113,9 +119,11 @@ impl HttpTransportBuilder {
             .http2_initial_connection_window_size(self.connection_window)
             .build(connector);
         HttpTransport {
-            client,
-            base: self.base.trim_end_matches('/').into(),
-            codec: self.codec,
+            inner: Arc::new(Inner {
+                client,
+                base: self.base.trim_end_matches('/').to_owned(),
+                codec: self.codec,
+            }),
         }
     }
 }
@@ -130,10 +138,8 @@ impl Service<Call> for HttpTransport {
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let client = self.client.clone();
-        let base = Arc::clone(&self.base);
-        let codec = self.codec;
-        Box::pin(async move { send(&client, &base, codec, call).await })
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { send(&inner.client, &inner.base, inner.codec, call).await })
     }
 }
 
