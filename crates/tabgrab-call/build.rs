@@ -3,6 +3,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/tabgrab_call.proto");
+    #[cfg(feature = "grpc")]
+    compile()?;
+    Ok(())
+}
+
+/// Compiles the proto (only with the `grpc` feature).
+#[cfg(feature = "grpc")]
+fn compile() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["tabgrab_call.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
