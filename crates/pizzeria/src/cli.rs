@@ -34,6 +34,44 @@ pub enum Command {
     /// Measure the embedded backend beside the disk's own fdatasync: durable publish
     /// throughput and publish-to-handler latency at a fixed rate (see BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Run one service of the call style alone, as its own process: payment, inventory or
+    /// the kitchen answer their commands over HTTP (POST /commands/{type}) and gRPC on the
+    /// same port; the front desk takes POST /orders and calls the three others (give their
+    /// URLs). Prints the address it listens on, then serves until Ctrl-C.
+    Service(ServiceArgs),
+}
+
+/// Options of `pizzeria service`.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// Which service to run.
+    #[arg(value_enum)]
+    pub name: crate::calls::ServiceName,
+    /// The address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Kitchen: ovens, how many orders bake at the same time.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub ovens: u64,
+    /// Kitchen: milliseconds an order spends in the oven.
+    #[arg(long, default_value_t = 2)]
+    pub bake_ms: u64,
+    /// Inventory: truffles in stock (the tartufo's rare ingredient).
+    #[arg(long, default_value_t = 40)]
+    pub truffles: u64,
+    /// Front desk: payment's base URL, e.g. http://127.0.0.1:7001.
+    #[arg(long, required_if_eq("name", "front-desk"))]
+    pub payment: Option<String>,
+    /// Front desk: inventory's base URL.
+    #[arg(long, required_if_eq("name", "front-desk"))]
+    pub inventory: Option<String>,
+    /// Front desk: the kitchen's base URL.
+    #[arg(long, required_if_eq("name", "front-desk"))]
+    pub kitchen: Option<String>,
+    /// Front desk: milliseconds one order may take, all its calls included (the deadline
+    /// that travels to the services).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub order_timeout_ms: u64,
 }
 
 /// Options of `pizzeria bench`.
@@ -64,8 +102,9 @@ pub struct BenchArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// How the services talk to each other: `events` (the front desk publishes OrderAccepted
-    /// and the other services react) or `messaging` (the front desk sends request messages
-    /// and follows the replies and timeouts).
+    /// and the other services react), `messaging` (the front desk sends request messages
+    /// and follows the replies and timeouts) or `calls` (the front desk calls payment,
+    /// inventory and the kitchen and answers when they have; --data-dir is not used).
     #[arg(long, value_enum, default_value = "events")]
     pub style: Style,
     /// Customers to send, one order each.
@@ -135,7 +174,45 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
         Command::Run(args) => run_command(args).await,
         Command::DeadLetters(args) => dead_letters_command(&args),
         Command::Bench(args) => bench_command(args).await,
+        Command::Service(args) => service_command(args).await,
     }
+}
+
+async fn service_command(args: ServiceArgs) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Io, format!("cannot listen on {}", args.listen)).with_source(e)
+        })?;
+    let addr = listener.local_addr().map_err(|e| {
+        Error::new(ErrorKind::Io, "cannot read the listening address").with_source(e)
+    })?;
+    let backroom = crate::calls::Backroom {
+        ovens: usize::try_from(args.ovens).unwrap_or(usize::MAX),
+        bake_time: Duration::from_millis(args.bake_ms),
+        stock: crate::services::Stock::generous().with(crate::menu::RARE_INGREDIENT, args.truffles),
+    };
+    let peers = match (args.payment, args.inventory, args.kitchen) {
+        (Some(payment), Some(inventory), Some(kitchen)) => Some(crate::calls::Peers {
+            payment,
+            inventory,
+            kitchen,
+            order_timeout: Duration::from_millis(args.order_timeout_ms),
+            pool: 256,
+        }),
+        _ => None,
+    };
+    println!(
+        "pizzeria service {:?} listening on http://{addr}",
+        args.name
+    );
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot write to stdout").with_source(e))?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    crate::calls::serve_service(args.name, listener, backroom, peers, shutdown).await
 }
 
 async fn bench_command(args: BenchArgs) -> Result<(), Error> {
