@@ -29,14 +29,61 @@ pub enum Command {
     /// Run every service in this process and send it simulated customers over HTTP; print a
     /// summary (orders delivered and failed, events, dead letters, throughput, latency).
     Run(RunArgs),
-    /// Run one service of the events style on a shared bus (NATS) until SIGINT or SIGTERM;
-    /// start a service several times to share its work in one consumer group.
-    Service(ServiceArgs),
     /// List the dead letters of the pizzeria topic: events a service gave up on, with why.
     DeadLetters(DeadLettersArgs),
     /// Measure the embedded backend beside the disk's own fdatasync: durable publish
     /// throughput and publish-to-handler latency at a fixed rate (see BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Run one service alone, as its own process. Call style (`--listen`): payment,
+    /// inventory or the kitchen answer their commands over HTTP (POST /commands/{type}) and
+    /// gRPC on the same port; the front desk takes POST /orders and calls the three others
+    /// (give their URLs); prints the address it listens on, then serves until Ctrl-C. Events
+    /// style (`--bus nats://.. | amqp://..`): payment, inventory, kitchen or delivery joins its
+    /// consumer group on the shared bus (start one several times to share its work), prints
+    /// `ready`, and runs until SIGINT or SIGTERM.
+    Service(ServiceArgs),
+}
+
+/// Options of `pizzeria service`.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// Which service to run.
+    #[arg(value_enum)]
+    pub name: crate::service::ServiceName,
+    /// Events style: the shared bus, e.g. `nats://127.0.0.1:4222` (`?ack_wait_ms=2000` makes
+    /// a crashed member's events go to another one sooner) or
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`. Without it, the call style.
+    #[arg(long, conflicts_with_all = ["payment", "inventory", "kitchen"])]
+    pub bus: Option<String>,
+    /// Events style, kitchen: PostgreSQL URL of the rail shared by several kitchens
+    /// (required when more than one kitchen runs).
+    #[arg(long, requires = "bus")]
+    pub kitchen_db: Option<String>,
+    /// The address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Kitchen: ovens, how many orders bake at the same time.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub ovens: u64,
+    /// Kitchen: milliseconds an order spends in the oven.
+    #[arg(long, default_value_t = 2)]
+    pub bake_ms: u64,
+    /// Inventory: truffles in stock (the tartufo's rare ingredient).
+    #[arg(long, default_value_t = 40)]
+    pub truffles: u64,
+    /// Front desk: payment's base URL, e.g. http://127.0.0.1:7001.
+    #[arg(long, required_if_eq("name", "front-desk"))]
+    pub payment: Option<String>,
+    /// Front desk: inventory's base URL.
+    #[arg(long, required_if_eq("name", "front-desk"))]
+    pub inventory: Option<String>,
+    /// Front desk: the kitchen's base URL.
+    #[arg(long, required_if_eq("name", "front-desk"))]
+    pub kitchen: Option<String>,
+    /// Front desk: milliseconds one order may take, all its calls included (the deadline
+    /// that travels to the services).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub order_timeout_ms: u64,
 }
 
 /// Options of `pizzeria bench`.
@@ -67,8 +114,9 @@ pub struct BenchArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// How the services talk to each other: `events` (the front desk publishes OrderAccepted
-    /// and the other services react) or `messaging` (the front desk sends request messages
-    /// and follows the replies and timeouts).
+    /// and the other services react), `messaging` (the front desk sends request messages
+    /// and follows the replies and timeouts) or `calls` (the front desk calls payment,
+    /// inventory and the kitchen and answers when they have; --data-dir is not used).
     #[arg(long, value_enum, default_value = "events")]
     pub style: Style,
     /// Customers to send, one order each.
@@ -123,31 +171,6 @@ pub struct RunArgs {
     pub kitchen_db: Option<String>,
 }
 
-/// Options of `pizzeria service`.
-#[derive(Debug, Args)]
-pub struct ServiceArgs {
-    /// The service.
-    #[arg(value_enum)]
-    pub name: crate::service::ServiceName,
-    /// The shared bus, e.g. `nats://127.0.0.1:4222` (`?ack_wait_ms=2000` makes a crashed
-    /// member's events go to another one sooner).
-    #[arg(long)]
-    pub bus: String,
-    /// Kitchen: ovens.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub ovens: u64,
-    /// Kitchen: milliseconds an order spends in the oven.
-    #[arg(long, default_value_t = 2)]
-    pub bake_ms: u64,
-    /// Kitchen: PostgreSQL URL of the rail shared by several kitchens (required when more
-    /// than one kitchen runs).
-    #[arg(long)]
-    pub kitchen_db: Option<String>,
-    /// Inventory: truffles in stock [default: plenty].
-    #[arg(long)]
-    pub truffles: Option<u64>,
-}
-
 /// Options of `pizzeria dead-letters`.
 #[derive(Debug, Args)]
 pub struct DeadLettersArgs {
@@ -175,20 +198,64 @@ fn parse_share(s: &str) -> Result<f64, String> {
 pub async fn execute(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Run(args) => run_command(args).await,
-        Command::Service(args) => {
-            let config = crate::service::ServiceConfig {
-                name: args.name,
-                bus: args.bus,
-                ovens: usize::try_from(args.ovens).unwrap_or(usize::MAX),
-                bake_time: Duration::from_millis(args.bake_ms),
-                kitchen_db: args.kitchen_db,
-                truffles: args.truffles,
-            };
-            crate::service::serve(config, crate::service::signal()).await
-        }
         Command::DeadLetters(args) => dead_letters_command(&args),
         Command::Bench(args) => bench_command(args).await,
+        Command::Service(args) => service_command(args).await,
     }
+}
+
+async fn service_command(args: ServiceArgs) -> Result<(), Error> {
+    if let Some(bus) = args.bus {
+        let config = crate::service::ServiceConfig {
+            name: args.name,
+            bus,
+            ovens: usize::try_from(args.ovens).unwrap_or(usize::MAX),
+            bake_time: Duration::from_millis(args.bake_ms),
+            kitchen_db: args.kitchen_db,
+            truffles: Some(args.truffles),
+        };
+        return crate::service::serve(config, crate::service::signal()).await;
+    }
+    let name = args.name.call_style().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Usage,
+            format!(
+                "the {} service exists in the events style only: give --bus",
+                args.name.as_str()
+            ),
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Io, format!("cannot listen on {}", args.listen)).with_source(e)
+        })?;
+    let addr = listener.local_addr().map_err(|e| {
+        Error::new(ErrorKind::Io, "cannot read the listening address").with_source(e)
+    })?;
+    let backroom = crate::calls::Backroom {
+        ovens: usize::try_from(args.ovens).unwrap_or(usize::MAX),
+        bake_time: Duration::from_millis(args.bake_ms),
+        stock: crate::services::Stock::generous().with(crate::menu::RARE_INGREDIENT, args.truffles),
+    };
+    let peers = match (args.payment, args.inventory, args.kitchen) {
+        (Some(payment), Some(inventory), Some(kitchen)) => Some(crate::calls::Peers {
+            payment,
+            inventory,
+            kitchen,
+            order_timeout: Duration::from_millis(args.order_timeout_ms),
+            pool: 256,
+        }),
+        _ => None,
+    };
+    println!("pizzeria service {:?} listening on http://{addr}", name);
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot write to stdout").with_source(e))?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    crate::calls::serve_service(name, listener, backroom, peers, shutdown).await
 }
 
 async fn bench_command(args: BenchArgs) -> Result<(), Error> {

@@ -1,12 +1,13 @@
 //! The pizzeria: tabgrab's reference system, a restaurant whose order flow is built in each
 //! kind of asynchronous communication, to show and measure what each does to a system.
 //!
-//! This version builds the **event-driven** style: the front desk publishes `OrderAccepted`
+//! In the **event-driven** style the front desk publishes `OrderAccepted`
 //! and answers the customer at once; payment, inventory, the kitchen and delivery react to
 //! the events they care about, and failures are events too, compensated by reactions
 //! (a declined card cancels the order and puts its ingredients back; missing ingredients
 //! cancel it and refund the payment). The **messaging** style ([`messaging`]) sends the
-//! [`commands`] as request messages with persisted correlation; the call style comes later.
+//! [`commands`] as request messages with persisted correlation; the **call** style
+//! ([`calls`]) calls the services over HTTP and gRPC and answers when they have.
 //!
 //! | module | concept |
 //! |---|---|
@@ -16,6 +17,7 @@
 //! | [`commands`] | the commands of the call and messaging styles, with their answers |
 //! | [`services`] | front desk, payment, inventory, kitchen, delivery: consumer groups |
 //! | [`messaging`] | the request-response messaging style: front desk as requester, services as responders |
+//! | [`calls`] | the same restaurant in the call style: handlers over HTTP and gRPC, a front desk that calls them |
 //! | [`http`] | the front desk's HTTP API |
 //! | [`run`] | the restaurant under simulated load, and its summary |
 //! | [`cli`] | the `pizzeria` command line |
@@ -30,6 +32,7 @@
 //! ```
 
 pub mod bench;
+pub mod calls;
 pub mod cli;
 pub mod commands;
 pub mod error;

@@ -45,6 +45,9 @@ pub enum Style {
     /// Request-response messaging: the front desk sends commands as request messages,
     /// answers 202 at once and follows the order as replies or timeouts arrive.
     Messaging,
+    /// Calls: the front desk calls payment, inventory and the kitchen over HTTP and answers
+    /// the customer when they have answered.
+    Calls,
 }
 
 impl Style {
@@ -53,6 +56,7 @@ impl Style {
         match self {
             Style::Events => "events",
             Style::Messaging => "messaging",
+            Style::Calls => "calls",
         }
     }
 }
@@ -218,7 +222,8 @@ impl Summary {
         line("releases", self.releases.to_string());
         let published = match self.style {
             Style::Events => "events published",
-            Style::Messaging => "messages published",
+            // Calls publish nothing on a bus: the line reads 0, which is the point.
+            Style::Messaging | Style::Calls => "messages published",
         };
         line(published, self.events_published.to_string());
         if let Some(n) = self.correlation_records {
@@ -246,8 +251,21 @@ impl Summary {
 
 /// Runs the restaurant under simulated load; see the module docs.
 pub async fn run(config: RunConfig) -> Result<Summary, Error> {
+    if config.bus.is_some() && config.style != Style::Events {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!(
+                "--bus runs the events style; the {} style of pizzeria runs on the embedded bus only \
+                 (tabgrab's messaging itself runs on NATS and RabbitMQ)",
+                config.style.as_str()
+            ),
+        ));
+    }
     if config.style == Style::Messaging {
         return crate::messaging::run(config).await;
+    }
+    if config.style == Style::Calls {
+        return crate::calls::run::run(config).await;
     }
     if let Some(url) = config.bus.clone() {
         return run_on_bus(config, &url).await;
@@ -501,7 +519,7 @@ pub(crate) async fn drive(
 
 /// The `i`-th customer's order: 1 to 3 pizzas, a tartufo now and then, a declined card at
 /// `decline_rate`.
-fn customer(i: u64, rng: &mut StdRng, decline_rate: f64) -> OrderRequest {
+pub(crate) fn customer(i: u64, rng: &mut StdRng, decline_rate: f64) -> OrderRequest {
     let count = rng.random_range(1..=3);
     let ordinary = &MENU[..MENU.len() - 1];
     let pizzas = (0..count)

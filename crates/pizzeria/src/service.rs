@@ -16,10 +16,12 @@ use crate::error::{Error, ErrorKind};
 use crate::menu::RARE_INGREDIENT;
 use crate::services::{Delivery, Inventory, Kitchen, Payment, Stock};
 
-/// The services that run on their own (the front desk runs with `pizzeria run`, which takes
-/// the customers' orders).
+/// The services that run on their own. In the events style the front desk runs with
+/// `pizzeria run`, which takes the customers' orders; in the call style delivery does not exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceName {
+    /// Call style only: takes `POST /orders` and calls the others.
+    FrontDesk,
     /// Charges cards, refunds cancelled orders.
     Payment,
     /// Reserves and releases ingredients.
@@ -38,6 +40,18 @@ impl ServiceName {
             ServiceName::Inventory => "inventory",
             ServiceName::Kitchen => "kitchen",
             ServiceName::Delivery => "delivery",
+            ServiceName::FrontDesk => "front-desk",
+        }
+    }
+
+    /// The same service in the call style, if it has one.
+    pub fn call_style(self) -> Option<crate::calls::ServiceName> {
+        match self {
+            ServiceName::Payment => Some(crate::calls::ServiceName::Payment),
+            ServiceName::Inventory => Some(crate::calls::ServiceName::Inventory),
+            ServiceName::Kitchen => Some(crate::calls::ServiceName::Kitchen),
+            ServiceName::FrontDesk => Some(crate::calls::ServiceName::FrontDesk),
+            ServiceName::Delivery => None,
         }
     }
 }
@@ -95,6 +109,12 @@ pub async fn serve(
             s
         }
         ServiceName::Delivery => Delivery::new(&bus)?.subscribe(&bus)?,
+        ServiceName::FrontDesk => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "in the events style the front desk runs with `pizzeria run --bus .. --services external`",
+            ));
+        }
     };
     subscription
         .ready()

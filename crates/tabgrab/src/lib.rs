@@ -2,7 +2,7 @@
 //!
 //! | kind | module | caller blocked | recipient must be up | response expected |
 //! |---|---|---|---|---|
-//! | non-blocking call (HTTP, gRPC) | `call` (planned) | no | yes | yes |
+//! | non-blocking call (HTTP, gRPC) | [`call`] | no | yes | yes |
 //! | request-response messaging | [`messaging`] | no | no | yes |
 //! | events | [`event`] | no | no | no |
 //!
@@ -38,6 +38,7 @@
 //! ```
 
 pub mod backend;
+pub use tabgrab_call as call;
 pub mod event;
 pub mod messaging;
 pub mod retry;

@@ -1,0 +1,236 @@
+//! The front desk, call style: `POST /orders` calls payment, inventory and the kitchen in turn
+//! and answers the customer when they have answered.
+//!
+//! | outcome | answer |
+//! |---|---|
+//! | charged, reserved, baked | `201 Created`, `{"order_id", "status": "ready", "amount_cents"}` |
+//! | the card is declined | `402`, `{"error", "service": "payment", "reason": "payment declined: …"}` |
+//! | ingredients are missing (the charge is refunded) | `409`, `service: "inventory"`, `reason: "ingredients missing: …"` |
+//! | a service failed, timed out, is down or its breaker is open (what was done is compensated) | `503` or `504`, naming the service |
+//! | an invalid order | `400`, as in the events style |
+//!
+//! Every command carries the order id as idempotency key, so the client stack may retry it
+//! (the services treat a repeat as the first). Compensations (refund, release) get their own
+//! fresh deadline: they must run even when the order's own budget is spent.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tabgrab::ErrorKind;
+use tabgrab::call::{CallError, CallOptions, Client};
+use uuid::Uuid;
+
+use crate::commands::{
+    CARD_DECLINED, ChargeCard, INGREDIENTS_MISSING, PlaceTicket, RefundPayment, ReleaseIngredients,
+    ReserveIngredients,
+};
+use crate::order::OrderRequest;
+
+/// The answer to an order that was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    /// The order's id.
+    pub order_id: Uuid,
+    /// `ready`: paid, and the pizzas are out of the oven.
+    pub status: String,
+    /// What was charged.
+    pub amount_cents: u64,
+}
+
+/// The body of every refusal of the call-style front desk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What went wrong, naming the failing service, and what to do.
+    pub error: String,
+    /// The service that failed or refused, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Why the order was cancelled, for a business refusal (a declined card, missing
+    /// ingredients), in the events style's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The order's id, once one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Uuid>,
+}
+
+/// The front desk's clients of the three services.
+#[derive(Clone, Debug)]
+pub struct Waiter {
+    /// Payment's client.
+    pub payment: Client,
+    /// Inventory's client.
+    pub inventory: Client,
+    /// The kitchen's client.
+    pub kitchen: Client,
+    /// The deadline of one order (all its calls), and of each compensation.
+    pub order_timeout: Duration,
+}
+
+/// The front desk's router: `POST /orders`.
+pub fn app(waiter: Waiter) -> Router {
+    Router::new()
+        .route("/orders", post(place_order))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::http::MAX_BODY_BYTES,
+        ))
+        .with_state(waiter)
+}
+
+fn refuse(status: StatusCode, refusal: Refusal) -> Response {
+    (status, Json(refusal)).into_response()
+}
+
+/// The status and refusal for a call that failed for another reason than a business refusal.
+fn failed(service: &str, order_id: Uuid, e: &CallError, undone: &str) -> Response {
+    let status = match e.kind() {
+        ErrorKind::DeadlineExceeded | ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    refuse(
+        status,
+        Refusal {
+            error: format!("{service} failed, so the order was not made{undone}; try again: {e}"),
+            service: Some(service.to_owned()),
+            reason: None,
+            order_id: Some(order_id),
+        },
+    )
+}
+
+async fn place_order(
+    State(waiter): State<Waiter>,
+    body: Result<Json<OrderRequest>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => {
+            return refuse(
+                rejection.status(),
+                Refusal {
+                    error: format!("the body is not a valid order: {}", rejection.body_text()),
+                    service: None,
+                    reason: None,
+                    order_id: None,
+                },
+            );
+        }
+    };
+    let order = match request.validate() {
+        Ok(order) => order,
+        Err(invalid) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                Refusal {
+                    error: invalid.0,
+                    service: None,
+                    reason: None,
+                    order_id: None,
+                },
+            );
+        }
+    };
+    let order_id = Uuid::now_v7();
+    let options = CallOptions::timeout(waiter.order_timeout).idempotency_key(order_id.to_string());
+    let compensation =
+        || CallOptions::timeout(waiter.order_timeout).idempotency_key(format!("undo-{order_id}"));
+
+    // 1. Payment.
+    let charge = ChargeCard {
+        order_id,
+        amount_cents: order.amount_cents,
+        card: order.masked_card.clone(),
+    };
+    if let Err(e) = waiter.payment.call_with(&charge, options.clone()).await {
+        if let Some(r) = e.rejection().filter(|r| r.code == CARD_DECLINED) {
+            return refuse(
+                StatusCode::PAYMENT_REQUIRED,
+                Refusal {
+                    error: format!("payment refused the card: {}", r.message),
+                    service: Some("payment".to_owned()),
+                    reason: Some(format!("payment declined: {}", r.message)),
+                    order_id: Some(order_id),
+                },
+            );
+        }
+        // The charge may have happened with its answer lost: refund to be sure.
+        let _ = waiter
+            .payment
+            .call_with(&RefundPayment { order_id }, compensation())
+            .await;
+        return failed("payment", order_id, &e, "");
+    }
+
+    // 2. Inventory.
+    let reserve = ReserveIngredients {
+        order_id,
+        pizzas: order.pizzas.clone(),
+    };
+    if let Err(e) = waiter.inventory.call_with(&reserve, options.clone()).await {
+        let refund = waiter
+            .payment
+            .call_with(&RefundPayment { order_id }, compensation())
+            .await;
+        if let Some(r) = e.rejection().filter(|r| r.code == INGREDIENTS_MISSING) {
+            return refuse(
+                StatusCode::CONFLICT,
+                Refusal {
+                    error: format!(
+                        "inventory is short of {}; the charge was {}",
+                        r.message,
+                        if refund.is_ok() {
+                            "refunded"
+                        } else {
+                            "NOT refunded (payment failed)"
+                        }
+                    ),
+                    service: Some("inventory".to_owned()),
+                    reason: Some(format!("ingredients missing: {}", r.message)),
+                    order_id: Some(order_id),
+                },
+            );
+        }
+        let _ = waiter
+            .inventory
+            .call_with(&ReleaseIngredients { order_id }, compensation())
+            .await;
+        return failed("inventory", order_id, &e, " and the charge was refunded");
+    }
+
+    // 3. Kitchen.
+    let ticket = PlaceTicket {
+        order_id,
+        pizzas: order.pizzas,
+    };
+    if let Err(e) = waiter.kitchen.call_with(&ticket, options).await {
+        let _ = waiter
+            .payment
+            .call_with(&RefundPayment { order_id }, compensation())
+            .await;
+        let _ = waiter
+            .inventory
+            .call_with(&ReleaseIngredients { order_id }, compensation())
+            .await;
+        return failed(
+            "kitchen",
+            order_id,
+            &e,
+            "; the charge was refunded and the ingredients released",
+        );
+    }
+    (
+        StatusCode::CREATED,
+        Json(Placed {
+            order_id,
+            status: "ready".to_owned(),
+            amount_cents: order.amount_cents,
+        }),
+    )
+        .into_response()
+}

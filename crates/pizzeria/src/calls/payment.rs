@@ -1,0 +1,94 @@
+//! Payment, call style: handles `ChargeCard` and `RefundPayment`, idempotent per order.
+//!
+//! The domain rule is the events style's: a card ending in
+//! [`crate::services::payment::DECLINED_SUFFIX`] is refused, here with the
+//! typed rejection [`CARD_DECLINED`]. A repeated charge of one order (a retry after a lost
+//! answer, with the order id as idempotency key) answers the first charge again; a refund
+//! returns what was collected at most once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tabgrab::Rejection;
+use tabgrab::call::{CallContext, HandlerError, Handlers};
+use uuid::Uuid;
+
+use crate::commands::{CARD_DECLINED, ChargeCard, Charged, RefundPayment, Refunded};
+use crate::services::lock;
+use crate::services::payment::{DECLINED_SUFFIX, PaymentStats};
+
+/// The payment service's state: a cheap-to-clone handle.
+#[derive(Clone, Debug, Default)]
+pub struct PaymentDesk {
+    /// Amount collected per order and not refunded: what a refund returns.
+    collected: Arc<Mutex<HashMap<Uuid, u64>>>,
+    /// Collected, declined, refunded.
+    stats: Arc<[AtomicU64; 3]>,
+}
+
+impl PaymentDesk {
+    /// A payment desk with nothing collected.
+    pub fn new() -> PaymentDesk {
+        PaymentDesk::default()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> PaymentStats {
+        PaymentStats {
+            collected: self.stats[0].load(Ordering::Relaxed),
+            declined: self.stats[1].load(Ordering::Relaxed),
+            refunded: self.stats[2].load(Ordering::Relaxed),
+        }
+    }
+
+    /// Charges a card; see the module docs.
+    pub fn charge(&self, c: &ChargeCard) -> Result<Charged, Rejection> {
+        let mut collected = lock(&self.collected);
+        if let Some(&amount_cents) = collected.get(&c.order_id) {
+            return Ok(Charged {
+                order_id: c.order_id,
+                amount_cents,
+            });
+        }
+        if c.card.ends_with(DECLINED_SUFFIX) {
+            self.stats[1].fetch_add(1, Ordering::Relaxed);
+            return Err(Rejection::new(
+                CARD_DECLINED,
+                format!("card ending in {DECLINED_SUFFIX} refused by the bank"),
+            ));
+        }
+        collected.insert(c.order_id, c.amount_cents);
+        self.stats[0].fetch_add(1, Ordering::Relaxed);
+        Ok(Charged {
+            order_id: c.order_id,
+            amount_cents: c.amount_cents,
+        })
+    }
+
+    /// Refunds what was collected for an order, at most once.
+    pub fn refund(&self, r: &RefundPayment) -> Refunded {
+        let amount_cents = lock(&self.collected).remove(&r.order_id).unwrap_or(0);
+        if amount_cents > 0 {
+            self.stats[2].fetch_add(1, Ordering::Relaxed);
+        }
+        Refunded {
+            order_id: r.order_id,
+            amount_cents,
+        }
+    }
+
+    /// The handlers of payment's commands.
+    pub fn handlers(&self) -> Handlers {
+        let (a, b) = (self.clone(), self.clone());
+        Handlers::new()
+            .handle(move |c: ChargeCard, _ctx: CallContext| {
+                let result = a.charge(&c).map_err(HandlerError::from);
+                async move { result }
+            })
+            .handle(move |r: RefundPayment, _ctx: CallContext| {
+                let refunded = b.refund(&r);
+                async move { Ok::<_, HandlerError>(refunded) }
+            })
+    }
+}

@@ -1,0 +1,389 @@
+//! The call style: the whole run adds up; a failing service is named and compensated; the
+//! payment service answers a Rust tonic client, Python's grpcio and curl.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use pizzeria::calls::front_desk::{Placed, Refusal};
+use pizzeria::calls::grpc::proto::ChargeCardRequest;
+use pizzeria::calls::grpc::proto::payment_client::PaymentClient;
+use pizzeria::calls::{Ovens, PaymentDesk, Peers, ServiceName, Storeroom, service_router};
+use pizzeria::menu::RARE_INGREDIENT;
+use pizzeria::run::{RunConfig, Style, run};
+use pizzeria::services::Stock;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// The three back-office services on free ports; stopped when `stop` is cancelled.
+struct Backoffice {
+    payment: PaymentDesk,
+    storeroom: Storeroom,
+    urls: Vec<String>,
+    stop: CancellationToken,
+}
+
+async fn backoffice(truffles: u64, with_kitchen: bool) -> Backoffice {
+    let payment = PaymentDesk::new();
+    let storeroom = Storeroom::new(Stock::generous().with(RARE_INGREDIENT, truffles));
+    let ovens = Ovens::new(4, Duration::from_millis(1));
+    let stop = CancellationToken::new();
+    let mut urls = Vec::new();
+    for name in [
+        ServiceName::Payment,
+        ServiceName::Inventory,
+        ServiceName::Kitchen,
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        if name == ServiceName::Kitchen && !with_kitchen {
+            continue; // the kitchen is down: its port refuses connections
+        }
+        let router = service_router(name, &payment, &storeroom, &ovens).unwrap();
+        tokio::spawn(tabgrab::call::serve(
+            listener,
+            router,
+            stop.clone().cancelled_owned(),
+        ));
+    }
+    Backoffice {
+        payment,
+        storeroom,
+        urls,
+        stop,
+    }
+}
+
+async fn front_desk(b: &Backoffice) -> String {
+    let peers = Peers {
+        payment: b.urls[0].clone(),
+        inventory: b.urls[1].clone(),
+        kitchen: b.urls[2].clone(),
+        order_timeout: Duration::from_secs(5),
+        pool: 8,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tabgrab::call::serve(
+        listener,
+        pizzeria::calls::front_desk::app(peers.waiter()),
+        b.stop.clone().cancelled_owned(),
+    ));
+    url
+}
+
+fn order(pizzas: &[&str], card: &str) -> serde_json::Value {
+    json!({ "customer": "ada", "pizzas": pizzas, "card": card })
+}
+
+#[tokio::test]
+async fn a_run_in_the_call_style_adds_up() {
+    let mut config = RunConfig::new(300, "unused");
+    config.style = Style::Calls;
+    let summary = run(config).await.unwrap();
+    assert_eq!(summary.style, Style::Calls);
+    assert_eq!(summary.accepted, 300);
+    assert_eq!(summary.rejected, 0);
+    assert_eq!(summary.delivered + summary.failed, 300);
+    let missing = summary
+        .failed_by_reason
+        .iter()
+        .filter(|(r, _)| r.starts_with("ingredients missing"))
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    // Every order refused for missing ingredients had been charged: refunded once each.
+    assert_eq!(summary.refunds, missing);
+    assert!(summary.render().contains("pizzeria run, style calls"));
+}
+
+#[tokio::test]
+async fn orders_are_made_refused_and_compensated() {
+    let b = backoffice(1, true).await;
+    let url = format!("{}/orders", front_desk(&b).await);
+    let http = reqwest::Client::new();
+
+    let made = http
+        .post(&url)
+        .json(&order(&["tartufo"], "4242424242424242"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201);
+    let placed: Placed = made.json().await.unwrap();
+    assert_eq!(placed.status, "ready");
+    assert_eq!(placed.amount_cents, 2400);
+
+    let declined = http
+        .post(&url)
+        .json(&order(&["margherita"], "4000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declined.status(), 402);
+    let refusal: Refusal = declined.json().await.unwrap();
+    assert_eq!(refusal.service.as_deref(), Some("payment"));
+    assert_eq!(
+        refusal.reason.as_deref(),
+        Some("payment declined: card ending in 0000 refused by the bank")
+    );
+
+    // The one truffle is gone: inventory refuses, and the charge is refunded.
+    let short = http
+        .post(&url)
+        .json(&order(&["tartufo"], "4242424242424242"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(short.status(), 409);
+    let refusal: Refusal = short.json().await.unwrap();
+    assert_eq!(refusal.service.as_deref(), Some("inventory"));
+    assert_eq!(
+        refusal.reason.as_deref(),
+        Some("ingredients missing: truffle")
+    );
+    assert_eq!(b.payment.stats().refunded, 1);
+    assert_eq!(b.storeroom.level(RARE_INGREDIENT), 0);
+    b.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_kitchen_that_is_down_is_named_and_the_order_is_undone() {
+    let b = backoffice(10, false).await;
+    let url = format!("{}/orders", front_desk(&b).await);
+    let http = reqwest::Client::new();
+    let before = b.storeroom.level("basil");
+    let answer = http
+        .post(&url)
+        .json(&order(&["margherita"], "4242424242424242"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    let refusal: Refusal = answer.json().await.unwrap();
+    assert_eq!(refusal.service.as_deref(), Some("kitchen"));
+    assert!(refusal.error.contains("kitchen"), "{}", refusal.error);
+    assert!(refusal.error.contains("unavailable"), "{}", refusal.error);
+    assert_eq!(b.payment.stats().refunded, 1, "the charge was refunded");
+    assert_eq!(
+        b.storeroom.stats().released,
+        1,
+        "the ingredients were released"
+    );
+    assert_eq!(b.storeroom.level("basil"), before);
+    b.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_tonic_client_calls_the_typed_payment_service() {
+    let b = backoffice(1, true).await;
+    let mut client = PaymentClient::connect(b.urls[0].clone()).await.unwrap();
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let reply = client
+        .charge_card(ChargeCardRequest {
+            order_id: order_id.clone(),
+            amount_cents: 900,
+            card: "**** 4242".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.order_id, order_id);
+    assert_eq!(reply.amount_cents, 900);
+    let declined = client
+        .charge_card(ChargeCardRequest {
+            order_id: uuid::Uuid::now_v7().to_string(),
+            amount_cents: 900,
+            card: "**** 0000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(declined.code(), tonic::Code::FailedPrecondition);
+    let rejection: tabgrab::Rejection = serde_json::from_slice(declined.details()).unwrap();
+    assert_eq!(rejection.code, pizzeria::commands::CARD_DECLINED);
+    b.stop.cancel();
+}
+
+/// The Python with grpcio that `.ci/run` prepares, or `None` (skipped loudly unless
+/// `TABGRAB_REQUIRE_SERVICES=1`).
+fn python_with_grpcio() -> Option<String> {
+    let candidates = std::env::var("TABGRAB_PYTHON")
+        .ok()
+        .into_iter()
+        .chain(
+            std::env::var("HOME")
+                .ok()
+                .map(|h| format!("{h}/.cache/tabgrab-venv/bin/python")),
+        )
+        .collect::<Vec<_>>();
+    for python in candidates {
+        let ok = Command::new(&python)
+            .args(["-c", "import grpc, grpc_tools"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(python);
+        }
+    }
+    let reason =
+        "no Python with grpcio and grpcio-tools (set TABGRAB_PYTHON; .ci/run makes a venv)";
+    assert!(
+        !tabgrab_testkit::services::required(),
+        "{reason}, and TABGRAB_REQUIRE_SERVICES=1 requires it"
+    );
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_calls_the_payment_service() {
+    let Some(python) = python_with_grpcio() else {
+        return;
+    };
+    let b = backoffice(1, true).await;
+    let target = b.urls[0].trim_start_matches("http://").to_owned();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new(python)
+        .arg(dir.join("tests/grpc_client.py"))
+        .arg(dir.join("proto"))
+        .arg(&target)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("charged 2100"), "{stdout}");
+    assert!(stdout.contains("declined: FAILED_PRECONDITION"), "{stdout}");
+    assert!(stdout.contains("malformed: INVALID_ARGUMENT"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    assert_eq!(b.payment.stats().collected, 1);
+    b.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_calls_the_http_endpoint() {
+    let curl = "/usr/bin/curl";
+    if !std::path::Path::new(curl).exists() {
+        let reason = "curl is not installed at /usr/bin/curl";
+        assert!(
+            !tabgrab_testkit::services::required(),
+            "{reason}, and TABGRAB_REQUIRE_SERVICES=1 requires it"
+        );
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let b = backoffice(1, true).await;
+    let order_id = uuid::Uuid::now_v7();
+    let run = |body: String| {
+        let url = format!("{}/commands/pizzeria.payment.charge-card.v1", b.urls[0]);
+        async move {
+            let out = tokio::process::Command::new(curl)
+                .args([
+                    "-sS",
+                    "-w",
+                    "\n%{http_code}",
+                    "-H",
+                    "content-type: application/json",
+                    "-d",
+                ])
+                .arg(body)
+                .arg(url)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let ok =
+        run(json!({"order_id": order_id, "amount_cents": 900, "card": "**** 4242"}).to_string())
+            .await;
+    assert!(ok.ends_with("\n200"), "{ok}");
+    assert!(ok.contains("\"amount_cents\":900"), "{ok}");
+    let bad = run("{\"order_id\": 7}".to_owned()).await;
+    assert!(bad.ends_with("\n400"), "{bad}");
+    assert!(bad.contains("invalid_payload"), "{bad}");
+    let declined = run(
+        json!({"order_id": uuid::Uuid::now_v7(), "amount_cents": 900, "card": "**** 0000"})
+            .to_string(),
+    )
+    .await;
+    assert!(declined.ends_with("\n422"), "{declined}");
+    assert!(declined.contains("payment.card-declined"), "{declined}");
+    b.stop.cancel();
+}
+
+/// A `pizzeria service …` child process, killed on drop.
+struct Child(std::process::Child, String);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_service(args: &[&str]) -> Child {
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pizzeria"))
+        .arg("service")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .rsplit_once(" listening on ")
+        .map(|(_, url)| url.to_owned())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    Child(child, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_run_as_separate_processes() {
+    let payment = spawn_service(&["payment"]);
+    let inventory = spawn_service(&["inventory"]);
+    let kitchen = spawn_service(&["kitchen", "--bake-ms", "1"]);
+    let front = spawn_service(&[
+        "front-desk",
+        "--payment",
+        &payment.1,
+        "--inventory",
+        &inventory.1,
+        "--kitchen",
+        &kitchen.1,
+    ]);
+    let http = reqwest::Client::new();
+    let made = http
+        .post(format!("{}/orders", front.1))
+        .json(&order(&["diavola", "funghi"], "4242424242424242"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201);
+    let placed: Placed = made.json().await.unwrap();
+    assert_eq!(placed.amount_cents, 2300);
+    drop(kitchen);
+    let failed = http
+        .post(format!("{}/orders", front.1))
+        .json(&order(&["marinara"], "4242424242424242"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 503);
+    let refusal: Refusal = failed.json().await.unwrap();
+    assert_eq!(refusal.service.as_deref(), Some("kitchen"));
+}

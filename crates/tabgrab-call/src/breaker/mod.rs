@@ -1,0 +1,215 @@
+//! The circuit breaker: stop calling a recipient that is failing, probe it, resume.
+//!
+//! Why: when a recipient is down or drowning, every call to it waits for a timeout and adds
+//! load to it. An open breaker fails calls at once with
+//! [`ErrorKind::CircuitOpen`](tabgrab_core::ErrorKind) (no request leaves the process), the
+//! caller can degrade immediately, and the recipient gets room to recover; after the open
+//! duration a few probe calls test it. tower has no breaker, so this is our own: a pure state
+//! machine ([`state`]) checked against a reference model by a property test, wrapped in a
+//! tower [`Layer`].
+//!
+//! What counts as a failure: `Timeout`, `Unavailable`, `Rejected` (overload), `Handler`,
+//! `Protocol` and a `DeadlineExceeded` the server reports. A typed refusal (`Remote`) and bad
+//! input are answers of a healthy recipient, so they count as successes. A call dropped before
+//! its outcome (the caller's deadline passed, the caller went away) counts as nothing, but gives
+//! a half-open probe slot back.
+//!
+//! An attempt whose deadline has already passed is not sent (`DeadlineExceeded`, no ticket):
+//! the breaker is the last gate before the wire.
+//!
+//! State changes are observable through a `tokio::sync::watch` channel
+//! ([`BreakerHandle::subscribe`]).
+
+pub mod state;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tabgrab_core::ErrorKind;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+pub use self::state::{BreakerConfig, BreakerCore, CircuitState, Outcome, Ticket};
+use crate::{Call, CallError};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Whether an error says the recipient is unhealthy.
+pub fn is_failure(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Timeout
+            | ErrorKind::Unavailable
+            | ErrorKind::Rejected
+            | ErrorKind::Handler
+            | ErrorKind::Protocol
+            | ErrorKind::DeadlineExceeded
+            | ErrorKind::Storage
+            | ErrorKind::Closed
+    )
+}
+
+/// The shared state of one breaker: the machine and the channel that reports its changes.
+#[derive(Debug)]
+struct Shared {
+    core: Mutex<BreakerCore>,
+    changes: watch::Sender<CircuitState>,
+}
+
+/// A handle on a breaker: its state and its changes. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BreakerHandle {
+    shared: Arc<Shared>,
+}
+
+impl BreakerHandle {
+    /// A closed breaker with `config`.
+    pub fn new(config: BreakerConfig) -> BreakerHandle {
+        let (changes, _) = watch::channel(CircuitState::Closed);
+        BreakerHandle {
+            shared: Arc::new(Shared {
+                core: Mutex::new(BreakerCore::new(config)),
+                changes,
+            }),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> CircuitState {
+        self.lock().state()
+    }
+
+    /// A receiver that sees every state change (the latest one, as `watch` does).
+    pub fn subscribe(&self) -> watch::Receiver<CircuitState> {
+        self.shared.changes.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BreakerCore> {
+        // The core has no invariants a panicking holder could break half-way that matter
+        // more than availability: keep going with the inner value.
+        self.shared
+            .core
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the core and publishes a state change if there was one. The change is
+    /// published while the core is still locked, so observers see changes in their order.
+    fn with<T>(&self, f: impl FnOnce(&mut BreakerCore) -> T) -> T {
+        let mut core = self.lock();
+        let before = core.state();
+        let out = f(&mut core);
+        let state = core.state();
+        if before != state {
+            tracing::info!(from = ?before, to = ?state, "circuit breaker changed state");
+            self.shared.changes.send_replace(state);
+        }
+        drop(core);
+        out
+    }
+}
+
+/// Puts a breaker in front of a service.
+#[derive(Clone, Debug)]
+pub struct BreakerLayer {
+    handle: BreakerHandle,
+}
+
+impl BreakerLayer {
+    /// A layer over the breaker of `handle` (share the handle to observe it).
+    pub fn new(handle: BreakerHandle) -> BreakerLayer {
+        BreakerLayer { handle }
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = Breaker<S>;
+    fn layer(&self, inner: S) -> Breaker<S> {
+        Breaker {
+            inner,
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+/// The service of [`BreakerLayer`].
+#[derive(Clone, Debug)]
+pub struct Breaker<S> {
+    inner: S,
+    handle: BreakerHandle,
+}
+
+/// Reports a cancellation if the call's future is dropped before its outcome.
+struct Pending {
+    handle: BreakerHandle,
+    ticket: Option<Ticket>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.handle.with(|core| core.cancel(ticket));
+        }
+    }
+}
+
+impl<S> Service<Call> for Breaker<S>
+where
+    S: Service<Call, Response = Bytes, Error = CallError>,
+    S::Future: Send + 'static,
+{
+    type Response = Bytes;
+    type Error = CallError;
+    type Future = BoxFuture<Result<Bytes, CallError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        // The gate to the wire: an attempt whose deadline has passed (a retry woken by a
+        // timer in the same tick as the deadline) is not sent, and says nothing about the
+        // recipient, so it takes no ticket.
+        if call.deadline.is_some_and(|d| d <= Instant::now()) {
+            let error = CallError::new(
+                ErrorKind::DeadlineExceeded,
+                call.service.clone(),
+                call.envelope.ty.as_str(),
+                "the deadline passed before this attempt could be sent",
+            );
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let Some(ticket) = self.handle.with(|core| core.allow(Instant::now())) else {
+            let error = CallError::new(
+                ErrorKind::CircuitOpen,
+                call.service.clone(),
+                call.envelope.ty.as_str(),
+                "the circuit breaker is open after recent failures, so the call was not sent; \
+                 it will probe the service again after its open duration",
+            );
+            return Box::pin(std::future::ready(Err(error)));
+        };
+        let mut pending = Pending {
+            handle: self.handle.clone(),
+            ticket: Some(ticket),
+        };
+        let work = self.inner.call(call);
+        Box::pin(async move {
+            let result = work.await;
+            let outcome = match &result {
+                Err(e) if is_failure(e.kind()) => Outcome::Failure,
+                _ => Outcome::Success,
+            };
+            if let Some(ticket) = pending.ticket.take() {
+                pending
+                    .handle
+                    .with(|core| core.record(ticket, outcome, Instant::now()));
+            }
+            result
+        })
+    }
+}

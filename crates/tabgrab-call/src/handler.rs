@@ -1,0 +1,300 @@
+//! Typed handlers of commands and queries, keyed by message type, shared by both servers.
+//!
+//! One [`Handlers`] value is served by the HTTP router and the gRPC service alike, so a handler
+//! is written once. The dispatch path is also shared, and it enforces the rules every server
+//! must keep before and around a handler:
+//!
+//! 1. the type must be registered (else [`ServeError`] of kind `UnknownType`: 404,
+//!    `UNIMPLEMENTED`);
+//! 2. the payload must fit the codec's size limit and decode as the message type (else
+//!    `TooLarge` / `InvalidPayload`: 413 / 400, `INVALID_ARGUMENT`); the handler never sees
+//!    bad input;
+//! 3. a call that arrives after its deadline is not handled at all, and past the caller's
+//!    deadline the handler's future is dropped, which cancels its work
+//!    (else it would keep burning capacity for an answer nobody waits for), and the caller
+//!    gets `DeadlineExceeded` (504, `DEADLINE_EXCEEDED`);
+//! 4. a handler's [`Rejection`] goes back whole (422, `FAILED_PRECONDITION` with the rejection
+//!    in the details); any other error is `Handler` (500, `INTERNAL`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tabgrab_core::{Codec, Envelope, Error, ErrorKind, Rejection, Request};
+use tokio::time::Instant;
+
+use crate::call::{CallOptions, RequestKind};
+
+/// What a handler returns when it does not answer: a typed refusal or a failure.
+#[derive(Debug)]
+pub enum HandlerError {
+    /// The handler understood the request and refuses it; carried back whole, never retried.
+    Rejected(Rejection),
+    /// The handler failed (a dependency, a bug); the caller sees `Handler` or this error's kind.
+    Failed(Error),
+}
+
+impl From<Rejection> for HandlerError {
+    fn from(r: Rejection) -> HandlerError {
+        HandlerError::Rejected(r)
+    }
+}
+
+impl From<Error> for HandlerError {
+    fn from(e: Error) -> HandlerError {
+        HandlerError::Failed(e)
+    }
+}
+
+impl From<crate::CallError> for HandlerError {
+    fn from(e: crate::CallError) -> HandlerError {
+        HandlerError::Failed(e.into())
+    }
+}
+
+/// What a handler knows about the call it serves.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// The incoming envelope's attributes (id, source, correlation id); `data` is left empty.
+    pub envelope: Envelope,
+    /// The caller's deadline, if it sent one.
+    pub deadline: Option<Instant>,
+    /// The idempotency key, if the caller sent one.
+    pub idempotency_key: Option<String>,
+}
+
+impl CallContext {
+    /// The time left before the caller's deadline.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Options for a nested call made while handling this one: the same deadline, so the
+    /// budget shrinks hop by hop and the whole chain stops when the edge's budget is spent.
+    pub fn options(&self) -> CallOptions {
+        CallOptions {
+            deadline: self.deadline,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// Why the server did not produce a response; mapped to a status by each transport.
+#[derive(Debug)]
+pub struct ServeError {
+    /// The matchable kind (`UnknownType`, `InvalidPayload`, `TooLarge`, `DeadlineExceeded`,
+    /// `Remote`, `Handler`, …).
+    pub kind: ErrorKind,
+    /// What happened, naming the message type.
+    pub message: String,
+    /// The refusal, for `Remote`.
+    pub rejection: Option<Rejection>,
+}
+
+impl ServeError {
+    /// A new error.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ServeError {
+        ServeError {
+            kind,
+            message: message.into(),
+            rejection: None,
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Erased =
+    dyn Fn(Bytes, CallContext) -> BoxFuture<Result<Bytes, ServeError>> + Send + Sync + 'static;
+
+/// A registered handler, with its request kind.
+#[derive(Clone)]
+struct Entry {
+    kind: RequestKind,
+    handler: Arc<Erased>,
+}
+
+/// The typed handlers of a server, keyed by message type.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tabgrab_call::{CallContext, HandlerError, Handlers};
+/// use tabgrab_core::{Message, Query, request};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Ping { n: u32 }
+/// impl Message for Ping { const TYPE: &'static str = "demo.ping.v1"; }
+/// impl Query for Ping { type Response = u32; }
+/// request!(query Ping);
+///
+/// let handlers = Handlers::new()
+///     .handle(|ping: Ping, _ctx: CallContext| async move { Ok::<_, HandlerError>(ping.n + 1) });
+/// assert!(handlers.contains("demo.ping.v1"));
+/// ```
+#[derive(Clone, Default)]
+pub struct Handlers {
+    /// Handlers by message type.
+    entries: Arc<HashMap<&'static str, Entry>>,
+    /// The size limit, applied before decoding.
+    codec: Codec,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handlers")
+            .field("types", &self.entries.keys().collect::<Vec<_>>())
+            .field("max_size", &self.codec.max_size())
+            .finish()
+    }
+}
+
+impl Handlers {
+    /// No handlers, the default 1 MiB size limit.
+    pub fn new() -> Handlers {
+        Handlers::default()
+    }
+
+    /// Sets the codec, whose maximum size limits request bodies.
+    pub fn codec(mut self, codec: Codec) -> Handlers {
+        self.codec = codec;
+        self
+    }
+
+    /// The codec in force.
+    pub fn codec_ref(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// Registers the handler of `R`. A second handler for the same type replaces the first.
+    pub fn handle<R, F, Fut, E>(mut self, handler: F) -> Handlers
+    where
+        R: Request,
+        F: Fn(R, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, E>> + Send + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: Arc<Erased> = Arc::new(move |body: Bytes, ctx: CallContext| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move {
+                let request: R = serde_json::from_slice(&body).map_err(|e| {
+                    ServeError::new(
+                        ErrorKind::InvalidPayload,
+                        format!(
+                            "the body is not a valid {} ({e}); send the JSON of the message",
+                            R::TYPE
+                        ),
+                    )
+                })?;
+                match handler(request, ctx).await {
+                    Ok(response) => serde_json::to_vec(&response).map(Bytes::from).map_err(|e| {
+                        ServeError::new(
+                            ErrorKind::Handler,
+                            format!("the response to {} does not serialise: {e}", R::TYPE),
+                        )
+                    }),
+                    Err(e) => Err(match e.into() {
+                        HandlerError::Rejected(rejection) => ServeError {
+                            kind: ErrorKind::Remote,
+                            message: format!("the {} handler refused it: {rejection}", R::TYPE),
+                            rejection: Some(rejection),
+                        },
+                        HandlerError::Failed(error) => {
+                            // Keep kinds a caller can act on (a nested call's deadline,
+                            // overload); anything else is a handler failure.
+                            let kind = match error.kind() {
+                                k @ (ErrorKind::DeadlineExceeded
+                                | ErrorKind::Rejected
+                                | ErrorKind::Unavailable) => k,
+                                _ => ErrorKind::Handler,
+                            };
+                            ServeError::new(
+                                kind,
+                                format!("the {} handler failed: {error}", R::TYPE),
+                            )
+                        }
+                    }),
+                }
+            }) as BoxFuture<Result<Bytes, ServeError>>
+        });
+        let kind = if R::IS_COMMAND {
+            RequestKind::Command
+        } else {
+            RequestKind::Query
+        };
+        let entries = Arc::make_mut(&mut self.entries);
+        entries.insert(
+            R::TYPE,
+            Entry {
+                kind,
+                handler: erased,
+            },
+        );
+        self
+    }
+
+    /// Whether a handler for `ty` is registered.
+    pub fn contains(&self, ty: &str) -> bool {
+        self.entries.contains_key(ty)
+    }
+
+    /// The kind of the request type `ty`, if registered.
+    pub fn kind_of(&self, ty: &str) -> Option<RequestKind> {
+        self.entries.get(ty).map(|e| e.kind)
+    }
+
+    /// Runs the handler of `envelope.ty` on its data, under the rules of the module docs.
+    pub async fn dispatch(
+        &self,
+        envelope: Envelope,
+        deadline: Option<Instant>,
+        idempotency_key: Option<String>,
+    ) -> Result<Bytes, ServeError> {
+        let Some(entry) = self.entries.get(envelope.ty.as_str()) else {
+            return Err(ServeError::new(
+                ErrorKind::UnknownType,
+                format!(
+                    "no handler for message type {:?} here; check the type name and version",
+                    envelope.ty
+                ),
+            ));
+        };
+        if let Err(e) = self.codec.check_size(envelope.data.len()) {
+            return Err(ServeError::new(
+                ErrorKind::TooLarge,
+                format!("{} refused: {}", envelope.ty, e.message()),
+            ));
+        }
+        let ty = envelope.ty.clone();
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(ServeError::new(
+                ErrorKind::DeadlineExceeded,
+                format!("the caller's deadline for {ty} had passed when it arrived; not handled"),
+            ));
+        }
+        let mut envelope = envelope;
+        let body = std::mem::take(&mut envelope.data);
+        let ctx = CallContext {
+            envelope,
+            deadline,
+            idempotency_key,
+        };
+        let work = (entry.handler)(body, ctx);
+        match deadline {
+            None => work.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
+                Ok(result) => result,
+                Err(_) => Err(ServeError::new(
+                    ErrorKind::DeadlineExceeded,
+                    format!(
+                        "the caller's deadline for {ty} passed while the handler worked; \
+                         its work was cancelled"
+                    ),
+                )),
+            },
+        }
+    }
+}

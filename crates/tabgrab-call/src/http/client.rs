@@ -1,0 +1,363 @@
+//! The HTTP client transport: one [`Call`] → one `POST`, over hyper's pooled client.
+//!
+//! Why hyper's client and not reqwest: the transport is a tower `Service` under our own
+//! layers (deadline, retry, breaker), so reqwest's own timeout and redirect machinery would
+//! only be in the way, and hyper-util's pooled client is what reqwest is built on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tabgrab_core::{Codec, Envelope, ErrorKind};
+use time::format_description::well_known::Rfc3339;
+use tower::Service;
+
+use super::{ErrorBody, kind_from_str};
+use crate::call::{IDEMPOTENCY_KEY, TIMEOUT_HEADER};
+use crate::{Call, CallError};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Sends calls as HTTP requests to one base URL. Cheap to clone: one reference count (the
+/// client stack clones its transport for every call).
+#[derive(Clone, Debug)]
+pub struct HttpTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The pooled hyper client.
+    client: HyperClient<HttpConnector, Full<Bytes>>,
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    /// Limits what we send and what we accept back.
+    codec: Codec,
+}
+
+/// Builds an [`HttpTransport`].
+#[derive(Debug)]
+pub struct HttpTransportBuilder {
+    base: String,
+    http2_only: bool,
+    connect_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    codec: Codec,
+    connection_window: u32,
+}
+
+impl HttpTransport {
+    /// A transport to `base` (`http://127.0.0.1:8080`) with defaults.
+    pub fn new(base: impl Into<String>) -> HttpTransport {
+        HttpTransport::builder(base).build()
+    }
+
+    /// A builder for a transport to `base`.
+    pub fn builder(base: impl Into<String>) -> HttpTransportBuilder {
+        HttpTransportBuilder {
+            base: base.into(),
+            http2_only: false,
+            connect_timeout: Duration::from_secs(2),
+            pool_max_idle_per_host: 256,
+            codec: Codec::default(),
+            connection_window: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl HttpTransportBuilder {
+    /// Speak HTTP/2 only (prior knowledge): all calls multiplexed on one connection.
+    pub fn http2_only(mut self, yes: bool) -> Self {
+        self.http2_only = yes;
+        self
+    }
+
+    /// How long connecting may take before the call fails with `Unavailable`.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Idle connections kept per host (HTTP/1.1).
+    pub fn pool_max_idle_per_host(mut self, n: usize) -> Self {
+        self.pool_max_idle_per_host = n;
+        self
+    }
+
+    /// The HTTP/2 connection-level receive window, in bytes (default 8 MiB; HTTP/2 only). h2 also sizes its
+    /// defence against floods of small DATA frames from it (half the window): a client that
+    /// has thousands of calls in flight receives thousands of small answers at once, and with
+    /// a small window h2 would close the connection (`ENHANCE_YOUR_CALM`). Raise it for tens
+    /// of thousands of calls in flight on one connection.
+    pub fn connection_window(mut self, bytes: u32) -> Self {
+        self.connection_window = bytes;
+        self
+    }
+
+    /// The codec whose size limit applies to requests and responses.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Builds the transport.
+    pub fn build(self) -> HttpTransport {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        let client = HyperClient::builder(TokioExecutor::new())
+            .http2_only(self.http2_only)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .http2_initial_connection_window_size(self.connection_window)
+            .build(connector);
+        HttpTransport {
+            inner: Arc::new(Inner {
+                client,
+                base: self.base.trim_end_matches('/').to_owned(),
+                codec: self.codec,
+            }),
+        }
+    }
+}
+
+impl Service<Call> for HttpTransport {
+    type Response = Bytes;
+    type Error = CallError;
+    type Future = BoxFuture<Result<Bytes, CallError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { send(&inner.client, &inner.base, inner.codec, call).await })
+    }
+}
+
+async fn send(
+    client: &HyperClient<HttpConnector, Full<Bytes>>,
+    base: &str,
+    codec: Codec,
+    call: Call,
+) -> Result<Bytes, CallError> {
+    let service = call.service.clone();
+    let ty: &str = &call.envelope.ty;
+    let fail =
+        |kind: ErrorKind, message: String| CallError::new(kind, service.clone(), ty, message);
+    let headers = ce_headers(&codec, &call.envelope)
+        .map_err(|e| fail(e.kind(), format!("cannot send it: {}", e.message())))?;
+    let body = call.envelope.data.clone();
+    let uri: Uri = format!("{base}/{}/{ty}", call.kind.path_segment())
+        .parse()
+        .map_err(|e| {
+            fail(
+                ErrorKind::Malformed,
+                format!("bad URL from base {base}: {e}"),
+            )
+        })?;
+    let mut request = Request::builder().method(Method::POST).uri(uri);
+    if let Some(map) = request.headers_mut() {
+        *map = headers;
+    }
+    if let Some(remaining) = call.remaining() {
+        request = request.header(TIMEOUT_HEADER, remaining.as_millis().max(1).to_string());
+    }
+    if let Some(key) = &call.idempotency_key {
+        request = request.header(IDEMPOTENCY_KEY, key);
+    }
+    let request = request.body(Full::new(body)).map_err(|e| {
+        fail(
+            ErrorKind::Malformed,
+            format!("cannot build the request: {e}"),
+        )
+    })?;
+    let response = client.request(request).await.map_err(|e| {
+        let what = if e.is_connect() {
+            "cannot connect"
+        } else {
+            "the connection failed"
+        };
+        fail(ErrorKind::Unavailable, format!("{what} to {base}")).with_source(e)
+    })?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), codec.max_size())
+        .collect()
+        .await
+        .map_err(|e| {
+            fail(
+                ErrorKind::Protocol,
+                format!(
+                    "the response body could not be read (or exceeds {} bytes): {e}",
+                    codec.max_size()
+                ),
+            )
+        })?
+        .to_bytes();
+    if status == StatusCode::OK {
+        return Ok(body);
+    }
+    Err(error_from(&call, status, &body))
+}
+
+/// The CloudEvents binary-mode headers of `envelope`: written straight into a `HeaderMap` with
+/// static names when every attribute is plain header text (the common case: ids, URIs, type
+/// names, RFC 3339 times), else through [`Codec::encode_binary`], which percent-encodes. Both
+/// give the same headers (a unit test holds them equal) and check the same size limit.
+fn ce_headers(codec: &Codec, envelope: &Envelope) -> Result<HeaderMap, tabgrab_core::Error> {
+    if let Some(map) = plain_ce_headers(codec, envelope) {
+        return Ok(map);
+    }
+    let (pairs, _) = codec.encode_binary(envelope)?;
+    let mut map = HeaderMap::with_capacity(pairs.len() + 3);
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            map.append(name, value);
+        }
+    }
+    Ok(map)
+}
+
+/// The fast path of [`ce_headers`]; `None` when a value needs percent-encoding, the envelope
+/// has extensions or a deadline, or it is over the size limit (the codec then says why).
+fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
+    if !envelope.extensions.is_empty() || envelope.deadline.is_some() {
+        return None;
+    }
+    let plain = |v: &str| {
+        v.bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%')
+    };
+    let time = match envelope.time {
+        Some(t) => Some(t.format(&Rfc3339).ok()?),
+        None => None,
+    };
+    let attributes: [(&'static str, Option<&str>); 10] = [
+        ("ce-specversion", Some(tabgrab_core::envelope::SPEC_VERSION)),
+        ("ce-id", Some(&envelope.id)),
+        ("ce-source", Some(&envelope.source)),
+        ("ce-type", Some(&envelope.ty)),
+        ("ce-time", time.as_deref()),
+        ("ce-subject", envelope.subject.as_deref()),
+        ("ce-correlationid", envelope.correlationid.as_deref()),
+        ("ce-causationid", envelope.causationid.as_deref()),
+        ("ce-traceparent", envelope.traceparent.as_deref()),
+        ("ce-replyto", envelope.replyto.as_deref()),
+    ];
+    let mut map = HeaderMap::with_capacity(14);
+    let mut size = envelope.data.len();
+    let present = attributes
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+        .chain(
+            envelope
+                .datacontenttype
+                .as_deref()
+                .map(|v| ("content-type", v)),
+        );
+    for (name, value) in present {
+        if !plain(value) {
+            return None;
+        }
+        size += name.len() + value.len();
+        map.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).ok()?,
+        );
+    }
+    codec.check_size(size).ok()?;
+    Some(map)
+}
+
+/// The error an HTTP error answer stands for.
+fn error_from(call: &Call, status: StatusCode, body: &[u8]) -> CallError {
+    let service = call.service.clone();
+    let ty = call.envelope.ty.as_str();
+    if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) {
+        if let Some(rejection) = parsed.rejection {
+            return CallError::remote(service, ty, rejection);
+        }
+        if let Some(kind) = kind_from_str(&parsed.kind) {
+            return CallError::new(
+                kind,
+                service,
+                ty,
+                format!("the server answered {status}: {}", parsed.error),
+            );
+        }
+    }
+    let kind = match status {
+        StatusCode::BAD_REQUEST => ErrorKind::InvalidPayload,
+        StatusCode::NOT_FOUND => ErrorKind::UnknownType,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::TooLarge,
+        StatusCode::TOO_MANY_REQUESTS => ErrorKind::Rejected,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => ErrorKind::Unavailable,
+        StatusCode::GATEWAY_TIMEOUT => ErrorKind::DeadlineExceeded,
+        _ => ErrorKind::Protocol,
+    };
+    CallError::new(
+        kind,
+        service,
+        ty,
+        format!(
+            "the server answered {status} with a body that is not a tabgrab error: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slow_path(codec: &Codec, envelope: &Envelope) -> Vec<(String, String)> {
+        let mut pairs = codec.encode_binary(envelope).unwrap().0;
+        pairs.sort();
+        pairs
+    }
+
+    fn as_pairs(map: &HeaderMap) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = map
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        pairs.sort();
+        pairs
+    }
+
+    #[test]
+    fn the_fast_headers_are_the_codecs_headers() {
+        let codec = Codec::default();
+        let envelope = Envelope::raw("/pizzeria/front-desk", "demo.ping.v1", Bytes::from("{}"))
+            .with_subject("order-1")
+            .with_correlation_id("c-1");
+        let fast = plain_ce_headers(&codec, &envelope).expect("plain attributes");
+        assert_eq!(as_pairs(&fast), slow_path(&codec, &envelope));
+    }
+
+    #[test]
+    fn values_that_need_encoding_take_the_codecs_path() {
+        let codec = Codec::default();
+        let envelope = Envelope::raw("/a source with spaces", "demo.ping.v1", Bytes::new());
+        assert!(plain_ce_headers(&codec, &envelope).is_none());
+        let map = ce_headers(&codec, &envelope).unwrap();
+        assert_eq!(as_pairs(&map), slow_path(&codec, &envelope));
+        assert_eq!(map["ce-source"], "/a%20source%20with%20spaces");
+    }
+
+    #[test]
+    fn the_size_limit_holds_on_both_paths() {
+        let codec = Codec::with_max_size(64);
+        let envelope = Envelope::raw("/s", "demo.ping.v1", Bytes::from(vec![b'1'; 100]));
+        let err = ce_headers(&codec, &envelope).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+    }
+}

@@ -1,0 +1,91 @@
+//! The HTTP transport: an axum router in front of [`Handlers`](crate::Handlers), and a hyper
+//! client transport for the client stack.
+//!
+//! Routing: `POST /commands/{type}` and `POST /queries/{type}`, the type being the message's
+//! versioned name (`/commands/pizzeria.payment.charge-card.v1`). Why the type in the path and
+//! not one endpoint: logs, proxies and metrics see what was called, a query can be told from a
+//! command without reading the body, and `curl` needs nothing else. The body is the message's
+//! JSON; CloudEvents attributes travel in binary mode (`ce-*` headers). A plain JSON POST
+//! without `ce-*` headers is accepted too (the server makes the envelope), so any HTTP client
+//! can call.
+//!
+//! The caller's remaining budget travels in the `tabgrab-timeout` header (milliseconds,
+//! relative, like `grpc-timeout`); an idempotency key in `idempotency-key`.
+//!
+//! Answers: `200` with the response's JSON; otherwise a JSON body
+//! `{"kind": "...", "error": "...", "rejection": {...}}` with the status:
+//!
+//! | kind | status |
+//! |---|---|
+//! | `invalid_payload`, `malformed` (bad JSON, bad `ce-*` header) | 400 |
+//! | `unknown_type` | 404 |
+//! | `too_large` | 413 |
+//! | `remote` (the handler's rejection, in `rejection`) | 422 |
+//! | `rejected` (overload) | 429 |
+//! | `handler` | 500 |
+//! | `unavailable` (a dependency of the handler) | 503 |
+//! | `deadline_exceeded` | 504 |
+
+mod client;
+mod server;
+
+pub use self::client::{HttpTransport, HttpTransportBuilder};
+pub use self::server::router;
+
+use serde::{Deserialize, Serialize};
+use tabgrab_core::{ErrorKind, Rejection};
+
+/// The JSON body of an HTTP error answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error kind's stable name ([`ErrorKind::as_str`]).
+    pub kind: String,
+    /// What happened, naming the message type.
+    pub error: String,
+    /// The handler's refusal, for kind `remote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<Rejection>,
+}
+
+/// The status of an error kind.
+pub(crate) fn status_of(kind: ErrorKind) -> http::StatusCode {
+    use http::StatusCode as S;
+    match kind {
+        ErrorKind::InvalidPayload
+        | ErrorKind::Malformed
+        | ErrorKind::MissingAttribute
+        | ErrorKind::UnsupportedVersion
+        | ErrorKind::TypeMismatch => S::BAD_REQUEST,
+        ErrorKind::UnknownType => S::NOT_FOUND,
+        ErrorKind::TooLarge => S::PAYLOAD_TOO_LARGE,
+        ErrorKind::Remote => S::UNPROCESSABLE_ENTITY,
+        ErrorKind::Rejected | ErrorKind::CircuitOpen => S::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => S::SERVICE_UNAVAILABLE,
+        ErrorKind::DeadlineExceeded | ErrorKind::Timeout => S::GATEWAY_TIMEOUT,
+        _ => S::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An error kind from its stable name.
+pub(crate) fn kind_from_str(name: &str) -> Option<ErrorKind> {
+    const ALL: [ErrorKind; 17] = [
+        ErrorKind::Malformed,
+        ErrorKind::TooLarge,
+        ErrorKind::UnknownType,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::MissingAttribute,
+        ErrorKind::TypeMismatch,
+        ErrorKind::InvalidPayload,
+        ErrorKind::Handler,
+        ErrorKind::Storage,
+        ErrorKind::Closed,
+        ErrorKind::Timeout,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::CircuitOpen,
+        ErrorKind::Rejected,
+        ErrorKind::Unavailable,
+        ErrorKind::Remote,
+        ErrorKind::Protocol,
+    ];
+    ALL.into_iter().find(|k| k.as_str() == name)
+}

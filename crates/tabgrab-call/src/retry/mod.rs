@@ -1,0 +1,144 @@
+//! Retries: only what is safe and worth it, spaced with full jitter, within a budget.
+//!
+//! A retry is sent only when all of these hold:
+//! - the error's kind is retryable (`Timeout`, `Unavailable`, `Rejected`, a handler failure;
+//!   never bad input, a refusal, an open circuit or a spent deadline);
+//! - the call is idempotent: a query, or a command that carries an idempotency key (the
+//!   recipient then treats the repeat as the same command);
+//! - the attempts so far are below the cap;
+//! - the backoff ends before the call's deadline (a retry that cannot finish in time only
+//!   adds load);
+//! - the retry budget has a token.
+//!
+//! Why a budget and not only a cap on attempts: with a cap of 3, a recipient that fails
+//! everything receives 3× its normal load exactly when it is weakest, and every caller's
+//! retries synchronise into a storm. A budget lets retries be at most a share of recent
+//! requests (tower's [`TpsBudget`](tower::retry::budget::TpsBudget): a percentage of the requests of the last seconds plus a
+//! small floor), so under a broad outage the extra load is bounded, while an isolated failure
+//! is still retried. Backoff is exponential with *full jitter* (a uniform pause between zero and
+//! the exponential bound) so that callers that failed together do not retry together.
+
+pub mod budget;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng as _;
+use tokio::time::{Instant, Sleep};
+use tower::retry::Policy;
+
+pub use self::budget::RetryBudget;
+use crate::{Call, CallError};
+
+/// How retries are spaced and capped.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryConfig {
+    /// Attempts per call, the first included (1: never retry).
+    pub max_attempts: u32,
+    /// The bound of the first backoff; doubled each attempt.
+    pub base: Duration,
+    /// The largest backoff bound.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> RetryConfig {
+        RetryConfig {
+            max_attempts: 3,
+            base: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The exponential bound before attempt `retry` (1 for the first retry).
+    pub fn bound(&self, retry: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// The tower retry [`Policy`] of the client: see the module docs for the rules.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Caps and backoff.
+    config: RetryConfig,
+    /// Shared by every call of the client.
+    budget: Arc<RetryBudget>,
+    /// Attempts made so far by this call (the policy is cloned per call by tower).
+    attempts: u32,
+}
+
+impl RetryPolicy {
+    /// A policy with `config` drawing on `budget`.
+    pub fn new(config: RetryConfig, budget: Arc<RetryBudget>) -> RetryPolicy {
+        RetryPolicy {
+            config,
+            budget,
+            attempts: 1,
+        }
+    }
+}
+
+impl Policy<Call, Bytes, CallError> for RetryPolicy {
+    type Future = Sleep;
+
+    fn retry(&mut self, call: &mut Call, result: &mut Result<Bytes, CallError>) -> Option<Sleep> {
+        let Err(error) = result else {
+            return None;
+        };
+        if !error.is_retryable() || !call.is_idempotent() {
+            return None;
+        }
+        if self.attempts >= self.config.max_attempts {
+            return None;
+        }
+        let bound = self.config.bound(self.attempts);
+        let pause = if bound.is_zero() {
+            Duration::ZERO
+        } else {
+            rand::rng().random_range(Duration::ZERO..=bound)
+        };
+        let resume = Instant::now() + pause;
+        if call.deadline.is_some_and(|deadline| resume >= deadline) {
+            return None;
+        }
+        if !self.budget.withdraw() {
+            tracing::debug!(service = %call.service, ty = %call.envelope.ty, "retry budget spent; not retrying");
+            return None;
+        }
+        self.attempts += 1;
+        Some(tokio::time::sleep_until(resume))
+    }
+
+    fn clone_request(&mut self, call: &Call) -> Option<Call> {
+        if self.attempts == 1 {
+            // The first attempt of a call: it earns the budget its share.
+            self.budget.deposit();
+        }
+        call.is_idempotent().then(|| call.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_double_up_to_the_cap() {
+        let config = RetryConfig {
+            max_attempts: 10,
+            base: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        };
+        assert_eq!(config.bound(1), Duration::from_millis(10));
+        assert_eq!(config.bound(2), Duration::from_millis(20));
+        assert_eq!(config.bound(3), Duration::from_millis(40));
+        assert_eq!(config.bound(4), Duration::from_millis(50));
+        assert_eq!(config.bound(40), Duration::from_millis(50));
+    }
+}
