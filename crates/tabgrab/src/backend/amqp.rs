@@ -106,6 +106,10 @@ pub struct AmqpBus {
     exchanges: Arc<Mutex<HashSet<String>>>,
     /// Queues this bus declared, by topic, so that `delete_topic` removes them.
     queues: Arc<Mutex<Vec<(String, String)>>>,
+    /// Serialises queue declarations and remembers the declared ones: RabbitMQ 3.10 answers
+    /// two concurrent declarations of one quorum queue (or a use right after a concurrent
+    /// declaration) with INTERNAL_ERROR, which closes the whole connection.
+    declared: Arc<tokio::sync::Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for AmqpBus {
@@ -157,6 +161,7 @@ impl AmqpBus {
             codec: Codec::default(),
             exchanges: Arc::new(Mutex::new(HashSet::new())),
             queues: Arc::new(Mutex::new(Vec::new())),
+            declared: Arc::new(tokio::sync::Mutex::new(HashSet::new())),
         };
         bus.declare_exchange(BROKER_DLX, ExchangeKind::Fanout)
             .await?;
@@ -233,6 +238,10 @@ impl AmqpBus {
         topic: &str,
         queue: &str,
     ) -> Result<(), Error> {
+        let mut declared = self.declared.lock().await;
+        if declared.contains(queue) {
+            return Ok(());
+        }
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
@@ -273,7 +282,9 @@ impl AmqpBus {
                     format!("amqp {}: cannot bind the queue {queue}", self.url),
                     e,
                 )
-            })
+            })?;
+        declared.insert(queue.to_owned());
+        Ok(())
     }
 
     async fn publish_inner(&self, topic: &str, envelope: &Envelope) -> Result<Published, Error> {
@@ -426,8 +437,15 @@ impl AmqpBus {
     }
 
     async fn read_all_inner(&self, topic: &str) -> Result<Vec<Envelope>, Error> {
-        let queue = format!("{}.archive", exchange_name(topic));
+        let exchange = exchange_name(topic);
+        let queue = format!("{exchange}.archive");
         let channel = self.channel().await?;
+        // Declared (empty) rather than probed: a basic.get on a missing queue makes the
+        // broker close the channel, and racing that close with the next channel on the same
+        // connection can fail the whole connection.
+        self.declare_exchange(&exchange, ExchangeKind::Topic)
+            .await?;
+        self.declare_queue(&channel, topic, &queue).await?;
         let mut envelopes = Vec::new();
         loop {
             let got = channel
@@ -436,8 +454,12 @@ impl AmqpBus {
             let message = match got {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
-                // No such queue: nothing was ever dead-lettered.
-                Err(_) => return Ok(Vec::new()),
+                Err(e) => {
+                    return Err(unavailable(
+                        format!("amqp {}: cannot read the queue {queue}", self.url),
+                        e,
+                    ));
+                }
             };
             let d = message.delivery;
             envelopes.push(decode(self.codec, &d.properties, Bytes::from(d.data))?);
@@ -599,6 +621,7 @@ impl Backend for AmqpBus {
                 mine.into_iter().map(|(_, q)| q).collect()
             };
             for queue in queues {
+                self.declared.lock().await.remove(&queue);
                 let _ = channel
                     .queue_delete(queue.into(), QueueDeleteOptions::default())
                     .await;
