@@ -1,0 +1,396 @@
+//! tabgrab on RabbitMQ beside raw lapin, in one run, on the same server (127.0.0.1:5672).
+//!
+//! - **events/s**: 256 concurrent publishers publish N events (persistent, publisher confirms,
+//!   each publish awaited for its confirm) into a durable quorum queue while one consumer
+//!   handles and acks them; the time runs from the first publish until the last is handled.
+//!   tabgrab: `Publisher::publish` + `Subscription`. Raw: `basic_publish` + confirm, and a
+//!   `basic_consume` stream acking each delivery.
+//! - **request-reply round trips/s**, 32 callers: tabgrab's `Requester::request` (in-memory
+//!   store; request and reply each a confirmed publish into a quorum queue) beside raw lapin
+//!   RPC (a request queue, `reply_to` a durable reply queue, `correlation_id`, confirms).
+//!
+//! Run: `cargo run --release -p tabgrab --example amqp_overhead [-- EVENTS]` (default 20,000).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::Bus;
+use tabgrab::event::{Context, Publisher, Subscription};
+use tabgrab::messaging::{MemoryStore, Requester, Responder, SendOptions};
+use tabgrab::{Event, Message, Query, request};
+use tokio::sync::oneshot;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const PUBLISHERS: u64 = 256;
+const CALLERS: u64 = 32;
+const PAD: usize = 150;
+
+#[derive(Serialize, Deserialize)]
+struct Tick {
+    n: u64,
+    pad: String,
+}
+impl Message for Tick {
+    const TYPE: &'static str = "bench.tick.sent.v1";
+}
+impl Event for Tick {}
+
+#[derive(Serialize, Deserialize)]
+struct Ping {
+    n: u64,
+}
+impl Message for Ping {
+    const TYPE: &'static str = "bench.ping.send.v1";
+}
+impl Query for Ping {
+    type Response = u64;
+}
+request!(query Ping);
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+async fn fan<F, Fut>(n: u64, workers: u64, work: F) -> Result<(), BoxError>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send,
+{
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let work = work.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < n {
+                work(i).await?;
+                i += workers;
+            }
+            Ok::<(), BoxError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn tabgrab_events(n: u64) -> Result<f64, BoxError> {
+    let bus = Bus::connect(URL).await?;
+    let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let handled = Arc::new(AtomicU64::new(0));
+    let sub = {
+        let handled = Arc::clone(&handled);
+        Subscription::builder(&bus, &topic, "bench")
+            .concurrency(256)
+            .max_in_flight(1000)
+            .handle(move |_t: Tick, _ctx: Context| {
+                let handled = Arc::clone(&handled);
+                async move {
+                    handled.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            })
+            .start()?
+    };
+    sub.ready().await?;
+    let publisher = Publisher::new(&bus, &topic, "/bench")?;
+    let start = Instant::now();
+    fan(n, PUBLISHERS, move |i| {
+        let publisher = publisher.clone();
+        async move {
+            let tick = Tick {
+                n: i,
+                pad: "x".repeat(PAD),
+            };
+            publisher.publish(&tick, format!("s{}", i % 1024)).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    while handled.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    sub.shutdown().await?;
+    bus.delete_topic(&topic).await?;
+    Ok(rate)
+}
+
+async fn raw_events(n: u64) -> Result<f64, BoxError> {
+    let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let consume = conn.create_channel().await?;
+    let queue = format!("raw-bench-{}", uuid::Uuid::now_v7().simple());
+    consume
+        .queue_declare(queue.as_str().into(), durable(), quorum())
+        .await?;
+    consume.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = consume
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let handled = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let handled = Arc::clone(&handled);
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let _ = serde_json::from_slice::<Tick>(&d.data);
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                handled.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let start = Instant::now();
+    let q = queue.clone();
+    fan(n, PUBLISHERS, move |i| {
+        let publish = publish.clone();
+        let q = q.clone();
+        async move {
+            let body = serde_json::to_vec(&Tick {
+                n: i,
+                pad: "x".repeat(PAD),
+            })?;
+            publish
+                .basic_publish(
+                    "".into(),
+                    q.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    while handled.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    reader.abort();
+    consume
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    Ok(rate)
+}
+
+async fn tabgrab_request_reply(n: u64) -> Result<f64, BoxError> {
+    let bus = Bus::connect(URL).await?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let topic = format!("ping-{id}");
+    let group = format!("bench-{id}");
+    let responder = Responder::builder(&bus, &topic, "ping")
+        .concurrency(256)
+        .handle(|p: Ping, _ctx| async move { Ok(p.n) })
+        .start()?;
+    responder.ready().await?;
+    let requester = Requester::builder(&bus, &group)
+        .store(MemoryStore::new())
+        .route::<Ping>(&topic)
+        .concurrency(256)
+        .start()?;
+    requester.ready().await?;
+    let start = Instant::now();
+    let r = requester.clone();
+    fan(n, CALLERS, move |i| {
+        let r = r.clone();
+        async move {
+            r.request(
+                &Ping { n: i },
+                SendOptions::default().timeout(Duration::from_secs(30)),
+            )
+            .await?
+            .ok()
+            .ok_or("no answer")?;
+            Ok(())
+        }
+    })
+    .await?;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    requester.shutdown().await?;
+    responder.shutdown().await?;
+    bus.delete_topic(&topic).await?;
+    bus.delete_topic(&format!("replies.{group}")).await?;
+    Ok(rate)
+}
+
+/// Raw lapin RPC: durable request and reply queues, confirms both ways, correlation ids.
+async fn raw_request_reply(n: u64) -> Result<f64, BoxError> {
+    let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let (requests, replies) = (format!("raw-req-{id}"), format!("raw-rep-{id}"));
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    ch.queue_declare(requests.as_str().into(), durable(), quorum())
+        .await?;
+    ch.queue_declare(replies.as_str().into(), durable(), quorum())
+        .await?;
+    // Responder.
+    let rch = conn.create_channel().await?;
+    rch.confirm_select(ConfirmSelectOptions::default()).await?;
+    rch.basic_qos(256, BasicQosOptions::default()).await?;
+    let mut incoming = rch
+        .basic_consume(
+            requests.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let responder = {
+        let rch = rch.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = incoming.next().await {
+                let rch = rch.clone();
+                tokio::spawn(async move {
+                    let reply_to = d.properties.reply_to().clone().unwrap_or_else(|| "".into());
+                    let mut props = BasicProperties::default().with_delivery_mode(2);
+                    if let Some(c) = d.properties.correlation_id() {
+                        props = props.with_correlation_id(c.clone());
+                    }
+                    if let Ok(confirm) = rch
+                        .basic_publish(
+                            "".into(),
+                            reply_to,
+                            BasicPublishOptions::default(),
+                            &d.data,
+                            props,
+                        )
+                        .await
+                    {
+                        let _ = confirm.await;
+                    }
+                    let _ = d.acker.ack(BasicAckOptions::default()).await;
+                });
+            }
+        })
+    };
+    // Reply consumer: hands replies to waiters by correlation id.
+    let waiters: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
+    let cch = conn.create_channel().await?;
+    cch.basic_qos(256, BasicQosOptions::default()).await?;
+    let mut replies_in = cch
+        .basic_consume(
+            replies.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let reader = {
+        let waiters = Arc::clone(&waiters);
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = replies_in.next().await {
+                if let Some(c) = d.properties.correlation_id()
+                    && let Ok(mut w) = waiters.lock()
+                    && let Some(tx) = w.remove(c.as_str())
+                {
+                    let _ = tx.send(());
+                }
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let (req_q, rep_q) = (requests.clone(), replies.clone());
+    fan(n, CALLERS, move |i| {
+        let (ch, waiters, req_q, rep_q) = (
+            ch.clone(),
+            Arc::clone(&waiters),
+            req_q.clone(),
+            rep_q.clone(),
+        );
+        async move {
+            let correlation = uuid::Uuid::now_v7().to_string();
+            let (tx, rx) = oneshot::channel();
+            waiters
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(correlation.clone(), tx);
+            let body = serde_json::to_vec(&Ping { n: i })?;
+            ch.basic_publish(
+                "".into(),
+                req_q.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_reply_to(rep_q.as_str().into())
+                    .with_correlation_id(correlation.as_str().into()),
+            )
+            .await?
+            .await?;
+            tokio::time::timeout(Duration::from_secs(30), rx).await??;
+            Ok(())
+        }
+    })
+    .await?;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    responder.abort();
+    reader.abort();
+    let ch = conn.create_channel().await?;
+    ch.queue_delete(requests.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    ch.queue_delete(replies.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    Ok(rate)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    let rr = n / 4;
+    println!(
+        "RabbitMQ at 127.0.0.1:5672: {n} events ({PUBLISHERS} publishers, {PAD}-byte pad), {rr} round trips ({CALLERS} callers)"
+    );
+    let raw = raw_events(n).await?;
+    let ours = tabgrab_events(n).await?;
+    let raw_rr = raw_request_reply(rr).await?;
+    let ours_rr = tabgrab_request_reply(rr).await?;
+    println!("| figure | tabgrab | raw lapin | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| events/s (confirmed publish + handle, quorum queue) | {ours:.0} | {raw:.0} | {:.2} |",
+        ours / raw
+    );
+    println!(
+        "| request-reply round trips/s | {ours_rr:.0} | {raw_rr:.0} | {:.2} |",
+        ours_rr / raw_rr
+    );
+    Ok(())
+}
