@@ -160,6 +160,7 @@ fn main() {
         let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
         match args.get(3).map(String::as_str) {
             Some("grpc-raw") => in_flight_raw_tonic(n),
+            Some("http2-raw") => in_flight_raw_hyper(n),
             other => in_flight_child(n, other == Some("grpc")),
         }
         return;
@@ -182,6 +183,12 @@ fn main() {
     let which = args.get(4).map(String::as_str).unwrap_or("both");
     if which != "grpc" {
         in_flight_scenario(in_flight, false);
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--in-flight", &in_flight.to_string(), "http2-raw"])
+            .output()
+            .unwrap();
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
     }
     if which != "http2" {
         in_flight_scenario(in_flight, true);
@@ -266,6 +273,74 @@ fn in_flight_raw_tonic(n: usize) {
     let _ = child.wait();
     println!(
         "{n} calls in flight at once, server answers after 1 s, current-thread runtime, raw tonic client (baseline):"
+    );
+    println!(
+        "  wall time {:.2} s, ok {ok}, errors {errors}, peak RSS {hwm}, OS threads {threads}",
+        wall.as_secs_f64()
+    );
+    if let Some(e) = first_error {
+        println!("  first error: {e}");
+    }
+}
+
+/// The HTTP/2 baseline of part 3: the same N calls with a raw `hyper_util` pooled client
+/// (HTTP/2 prior knowledge, the same 1 GiB window) posting the bare JSON body, no tabgrab
+/// layers or headers.
+fn in_flight_raw_hyper(n: usize) {
+    let (base, mut child) = start_slow_server();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (wall, ok, errors, first_error) = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .http2_initial_connection_window_size(1 << 30)
+                .build_http::<Full<Bytes>>();
+        let uri: http::Uri = format!("{base}/queries/{}", Sleep::TYPE).parse().unwrap();
+        let call = |body: &'static [u8]| {
+            let client = client.clone();
+            let request = http::Request::post(uri.clone())
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(body)))
+                .unwrap();
+            async move {
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                let ok = response.status() == 200;
+                let body = response.into_body().collect().await;
+                match (ok, body) {
+                    (true, Ok(_)) => Ok(()),
+                    (_, body) => Err(format!("{body:?}")),
+                }
+            }
+        };
+        call(b"{\"ms\":0}").await.unwrap();
+        let started = Instant::now();
+        let mut calls: futures::stream::FuturesUnordered<_> =
+            (0..n).map(|_| call(b"{\"ms\":1000}")).collect();
+        let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+        while let Some(result) = calls.next().await {
+            match result {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        (started.elapsed(), ok, errors, first_error)
+    });
+    let threads = proc_status("Threads:");
+    let hwm = proc_status("VmHWM:");
+    drop(runtime);
+    drop(child.stdin.take());
+    let _ = child.wait();
+    println!(
+        "{n} calls in flight at once, server answers after 1 s, current-thread runtime, raw hyper HTTP/2 client (baseline):"
     );
     println!(
         "  wall time {:.2} s, ok {ok}, errors {errors}, peak RSS {hwm}, OS threads {threads}",
