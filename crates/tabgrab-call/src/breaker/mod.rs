@@ -161,6 +161,9 @@ impl<H: AsRef<BreakerHandle>> Pending<H> {
     /// The gate to the wire: an attempt whose deadline has passed (a retry woken by a timer
     /// in the same tick as the deadline) is not sent, and says nothing about the recipient,
     /// so it takes no ticket; an open breaker refuses it.
+    // The error is the call's own error, handed up as it is; boxing it would cost every
+    // refused attempt an allocation for nothing.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn admit(handle: H, call: &Call) -> Result<Pending<H>, CallError> {
         let now = Instant::now();
         if call.deadline.is_some_and(|d| d <= now) {
