@@ -16,6 +16,10 @@
 //! HTTP/2 (one connection each, the calls multiplexed as streams: N HTTP/1.1 calls would need
 //! N sockets, beyond `ulimit -n`), and reports wall time, its peak RSS (`VmHWM`) and its OS
 //! threads (`Threads` in /proc/self/status). Optional 4th argument: `grpc` or `http2` only.
+//! Beside each, the same N calls with the raw client (raw tonic; raw hyper over HTTP/2).
+//!
+//! `--decompose [SECONDS] [CONCURRENCY]`: parts 1 and 2 with a third contender, the tabgrab
+//! transport alone (no layers), to tell the transport's cost from the layers'.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
@@ -160,8 +164,19 @@ fn main() {
         let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
         match args.get(3).map(String::as_str) {
             Some("grpc-raw") => in_flight_raw_tonic(n),
+            Some("http2-raw") => in_flight_raw_hyper(n),
             other => in_flight_child(n, other == Some("grpc")),
         }
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--decompose") {
+        let seconds: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+        let concurrency: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(64);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(decompose(seconds, concurrency));
         return;
     }
     let seconds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -182,6 +197,12 @@ fn main() {
     let which = args.get(4).map(String::as_str).unwrap_or("both");
     if which != "grpc" {
         in_flight_scenario(in_flight, false);
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--in-flight", &in_flight.to_string(), "http2-raw"])
+            .output()
+            .unwrap();
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
     }
     if which != "http2" {
         in_flight_scenario(in_flight, true);
@@ -274,6 +295,181 @@ fn in_flight_raw_tonic(n: usize) {
     if let Some(e) = first_error {
         println!("  first error: {e}");
     }
+}
+
+/// The HTTP/2 baseline of part 3: the same N calls with a raw `hyper_util` pooled client
+/// (HTTP/2 prior knowledge, the same 1 GiB window) posting the bare JSON body, no tabgrab
+/// layers or headers.
+fn in_flight_raw_hyper(n: usize) {
+    let (base, mut child) = start_slow_server();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (wall, ok, errors, first_error) = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .http2_initial_connection_window_size(1 << 30)
+                .build_http::<Full<Bytes>>();
+        let uri: http::Uri = format!("{base}/queries/{}", Sleep::TYPE).parse().unwrap();
+        let call = |body: &'static [u8]| {
+            let client = client.clone();
+            let request = http::Request::post(uri.clone())
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(body)))
+                .unwrap();
+            async move {
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                let ok = response.status() == 200;
+                let body = response.into_body().collect().await;
+                match (ok, body) {
+                    (true, Ok(_)) => Ok(()),
+                    (_, body) => Err(format!("{body:?}")),
+                }
+            }
+        };
+        call(b"{\"ms\":0}").await.unwrap();
+        let started = Instant::now();
+        let mut calls: futures::stream::FuturesUnordered<_> =
+            (0..n).map(|_| call(b"{\"ms\":1000}")).collect();
+        let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+        while let Some(result) = calls.next().await {
+            match result {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        (started.elapsed(), ok, errors, first_error)
+    });
+    let threads = proc_status("Threads:");
+    let hwm = proc_status("VmHWM:");
+    drop(runtime);
+    drop(child.stdin.take());
+    let _ = child.wait();
+    println!(
+        "{n} calls in flight at once, server answers after 1 s, current-thread runtime, raw hyper HTTP/2 client (baseline):"
+    );
+    println!(
+        "  wall time {:.2} s, ok {ok}, errors {errors}, peak RSS {hwm}, OS threads {threads}",
+        wall.as_secs_f64()
+    );
+    if let Some(e) = first_error {
+        println!("  first error: {e}");
+    }
+}
+
+/// `--decompose [SECONDS] [CONCURRENCY]`: where the stack's overhead goes. Per transport,
+/// alternating in one run: the raw client, the tabgrab transport alone (a `Call` made by hand
+/// with a deadline, sent with `oneshot`: envelope, headers, deadline header, no layers), and
+/// the whole `Client`.
+async fn decompose(seconds: u64, concurrency: usize) {
+    use tower::ServiceExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tabgrab_call::serve(
+        listener,
+        tabgrab_call::router(handlers()),
+        std::future::pending(),
+    ));
+    let base = format!("http://{addr}");
+    let service: Arc<str> = Arc::from("bench");
+    let call_of = move |i: u64| tabgrab_call::Call {
+        service: Arc::clone(&service),
+        kind: tabgrab_call::RequestKind::Query,
+        envelope: Arc::new(tabgrab_core::Envelope::new("/tabgrab/client", &Echo { n: i }).unwrap()),
+        deadline: Some(tokio::time::Instant::now() + Duration::from_secs(5)),
+        idempotency_key: None,
+    };
+
+    let raw = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build_http::<Full<Bytes>>();
+    let uri: http::Uri = format!("{base}/queries/bench.echo.v1").parse().unwrap();
+    let raw_call = move |i: u64| {
+        let raw = raw.clone();
+        let uri = uri.clone();
+        async move {
+            let request = http::Request::post(uri)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(format!("{{\"n\":{i}}}"))))
+                .unwrap();
+            match raw.request(request).await {
+                Ok(r) if r.status() == 200 => r.into_body().collect().await.is_ok(),
+                _ => false,
+            }
+        }
+    };
+    let transport = HttpTransport::builder(base.clone())
+        .pool_max_idle_per_host(concurrency)
+        .build();
+    let stack = Client::builder(transport.clone())
+        .service_name("bench")
+        .build();
+    let call = call_of.clone();
+    let transport_call = move |i: u64| {
+        let transport = transport.clone();
+        let call = call(i);
+        async move { transport.oneshot(call).await.is_ok() }
+    };
+    let stack_call = move |i: u64| {
+        let stack = stack.clone();
+        async move { stack.call(&Echo { n: i }).await.is_ok_and(|n| n == i) }
+    };
+    let mut figures = [vec![], vec![], vec![]];
+    for _ in 0..2 {
+        figures[0].push(measure(seconds, concurrency, raw_call.clone()).await);
+        figures[1].push(measure(seconds, concurrency, transport_call.clone()).await);
+        figures[2].push(measure(seconds, concurrency, stack_call.clone()).await);
+    }
+    let [raw_f, transport_f, stack_f] = figures.map(|f| mean(&f[0], &f[1]));
+    println!("HTTP/1.1 decomposition, {concurrency} callers:");
+    row("raw hyper client", &raw_f, None);
+    row("HttpTransport alone", &transport_f, Some(&raw_f));
+    row("Client (all layers)", &stack_f, Some(&raw_f));
+
+    let tonic_client = CallsClient::connect(base.clone()).await.unwrap();
+    let raw_call = move |i: u64| {
+        let mut client = tonic_client.clone();
+        async move {
+            let request = CallRequest {
+                r#type: Echo::TYPE.to_owned(),
+                data: Bytes::from(format!("{{\"n\":{i}}}")),
+                attributes: Default::default(),
+            };
+            client.call(request).await.is_ok()
+        }
+    };
+    let transport = GrpcTransport::new(base.clone()).unwrap();
+    let stack = Client::builder(transport.clone())
+        .service_name("bench")
+        .build();
+    let transport_call = move |i: u64| {
+        let transport = transport.clone();
+        let call = call_of(i);
+        async move { transport.oneshot(call).await.is_ok() }
+    };
+    let stack_call = move |i: u64| {
+        let stack = stack.clone();
+        async move { stack.call(&Echo { n: i }).await.is_ok_and(|n| n == i) }
+    };
+    let mut figures = [vec![], vec![], vec![]];
+    for _ in 0..2 {
+        figures[0].push(measure(seconds, concurrency, raw_call.clone()).await);
+        figures[1].push(measure(seconds, concurrency, transport_call.clone()).await);
+        figures[2].push(measure(seconds, concurrency, stack_call.clone()).await);
+    }
+    let [raw_f, transport_f, stack_f] = figures.map(|f| mean(&f[0], &f[1]));
+    println!("gRPC decomposition, {concurrency} callers:");
+    row("raw tonic client", &raw_f, None);
+    row("GrpcTransport alone", &transport_f, Some(&raw_f));
+    row("Client (all layers)", &stack_f, Some(&raw_f));
 }
 
 async fn overhead(seconds: u64, concurrency: usize) {

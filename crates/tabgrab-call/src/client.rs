@@ -10,27 +10,46 @@
 //! | [`breaker`](crate::breaker) | `CircuitOpen` | next to the wire: it judges the recipient by single attempts |
 //! | attempt timeout (optional) | `Timeout` | one slow attempt can be retried within the deadline |
 //! | transport ([`HttpTransport`](crate::http::HttpTransport), [`GrpcTransport`](crate::grpc::GrpcTransport)) | `Unavailable`, `Remote`, `Protocol`, … | sends the remaining budget to the server |
+//!
+//! Each layer is a tower [`Layer`](tower::Layer) of its own module, for stacks of other
+//! shapes. The client, though, runs the same layers *fused*: one `async` function per call
+//! that acquires the bulkhead permit, sets the deadline, loops over the attempts and gates each
+//! one at the breaker, using the layers' own rules and errors (shared helpers). Why: composed
+//! tower layers cost, per call, a clone of the boxed stack for `oneshot`, a clone of the
+//! inner stack for tower's `Retry` future, and one boxed future per layer; fused, a call
+//! costs one boxed future, one timer (the deadline; a second only with an attempt timeout)
+//! and a clone of the transport per attempt (one reference count for tabgrab's transports).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tabgrab_core::{Envelope, ErrorKind, Request};
-use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceBuilder, ServiceExt as _};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt as _};
 
 use crate::CallError;
-use crate::breaker::{BreakerConfig, BreakerHandle, BreakerLayer};
+use crate::breaker::{BreakerConfig, BreakerHandle, Pending};
 use crate::call::{Call, CallOptions, RequestKind};
-use crate::deadline::{AttemptTimeoutLayer, DeadlineLayer};
-use crate::limit::LimitLayer;
-use crate::retry::{RetryBudget, RetryConfig, RetryPolicy};
+use crate::retry::{RetryBudget, RetryConfig};
+
+/// The future of one call through the stack, borrowing the stack.
+type StackFuture<'a> = Pin<Box<dyn Future<Output = Result<Bytes, CallError>> + Send + 'a>>;
+
+/// The layers over a transport, with the transport's type erased.
+trait Stack: Send + Sync {
+    /// Runs `call` through the layers and the transport.
+    fn call(&self, call: Call) -> StackFuture<'_>;
+}
 
 /// Calls one service's commands and queries; cheap to clone, share it between tasks.
 #[derive(Clone)]
 pub struct Client {
-    /// The layers over the transport.
-    stack: BoxCloneSyncService<Call, Bytes, CallError>,
+    /// The layers over the transport, fused (see the module docs).
+    stack: Arc<dyn Stack>,
     /// The service called, for errors.
     service: Arc<str>,
     /// The CloudEvents `source` of the calls sent.
@@ -111,7 +130,7 @@ impl Client {
             deadline: options.deadline,
             idempotency_key: options.idempotency_key,
         };
-        let bytes = self.stack.clone().oneshot(call).await?;
+        let bytes = self.stack.call(call).await?;
         serde_json::from_slice(&bytes).map_err(|e| {
             CallError::new(
                 ErrorKind::Protocol,
@@ -196,22 +215,124 @@ where
     pub fn build(self) -> Client {
         let budget = self.budget.unwrap_or_default();
         let breaker = BreakerHandle::new(self.breaker);
-        let stack = ServiceBuilder::new()
-            .layer(LimitLayer::new(self.max_in_flight))
-            .layer(DeadlineLayer::new(self.default_timeout))
-            .layer(tower::retry::RetryLayer::new(RetryPolicy::new(
-                self.retry,
-                Arc::clone(&budget),
-            )))
-            .layer(BreakerLayer::new(breaker.clone()))
-            .layer(AttemptTimeoutLayer::new(self.attempt_timeout))
-            .service(self.transport);
+        let (permits, max_in_flight) = crate::limit::permits(self.max_in_flight);
+        let stack = Fused {
+            transport: self.transport,
+            permits,
+            max_in_flight,
+            default_timeout: self.default_timeout,
+            attempt_timeout: self.attempt_timeout,
+            retry: self.retry,
+            budget: Arc::clone(&budget),
+            breaker: breaker.clone(),
+        };
         Client {
-            stack: BoxCloneSyncService::new(stack),
+            stack: Arc::new(stack),
             service: self.service.into(),
             source: self.source.into(),
             breaker,
             budget,
         }
+    }
+}
+
+/// The layers of the module docs' table as one function per call.
+struct Fused<T> {
+    transport: T,
+    /// The bulkhead ([`crate::limit`]).
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    /// The deadline of calls that bring none ([`crate::deadline`]).
+    default_timeout: Duration,
+    attempt_timeout: Option<Duration>,
+    /// Retries ([`crate::retry`]).
+    retry: RetryConfig,
+    budget: Arc<RetryBudget>,
+    /// The breaker ([`crate::breaker`]).
+    breaker: BreakerHandle,
+}
+
+impl<T> Stack for Fused<T>
+where
+    T: Service<Call, Response = Bytes, Error = CallError> + Clone + Send + Sync + 'static,
+    T::Future: Send + 'static,
+{
+    fn call(&self, call: Call) -> StackFuture<'_> {
+        Box::pin(self.run(call))
+    }
+}
+
+impl<T> Fused<T>
+where
+    T: Service<Call, Response = Bytes, Error = CallError> + Clone + Send + Sync + 'static,
+    T::Future: Send + 'static,
+{
+    /// Bulkhead, then deadline around the retries.
+    async fn run(&self, mut call: Call) -> Result<Bytes, CallError> {
+        // The bulkhead: outermost, so retries and pauses hold the one slot.
+        let Ok(_permit) = self.permits.try_acquire() else {
+            return Err(crate::limit::shed(&call, self.max_in_flight));
+        };
+        // The deadline: the caller's, or the default one.
+        let now = Instant::now();
+        let deadline = *call
+            .deadline
+            .get_or_insert_with(|| now + self.default_timeout);
+        if deadline <= now {
+            return Err(crate::deadline::expired(&call.service, &call.envelope.ty));
+        }
+        match tokio::time::timeout_at(deadline, self.attempts(&call)).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::deadline::expired(&call.service, &call.envelope.ty)),
+        }
+    }
+
+    /// The retry loop: attempts, each through the breaker, paced and bounded by the retry
+    /// rules ([`crate::retry::next_attempt`]).
+    async fn attempts(&self, call: &Call) -> Result<Bytes, CallError> {
+        // Every call earns the budget its share once, as tower's `Retry` with our policy does.
+        self.budget.deposit();
+        let mut attempts = 1;
+        loop {
+            let result = self.attempt(call.clone()).await;
+            let Err(error) = &result else {
+                return result;
+            };
+            let Some(resume) =
+                crate::retry::next_attempt(&self.retry, &self.budget, attempts, call, error)
+            else {
+                return result;
+            };
+            attempts += 1;
+            tokio::time::sleep_until(resume).await;
+        }
+    }
+
+    /// One attempt: the breaker's gate, the attempt timeout, the transport.
+    async fn attempt(&self, call: Call) -> Result<Bytes, CallError> {
+        let pending = Pending::admit(&self.breaker, &call)?;
+        let result = match self.attempt_timeout {
+            None => self.send(call).await,
+            Some(timeout) => {
+                let (service, envelope) = (Arc::clone(&call.service), Arc::clone(&call.envelope));
+                match tokio::time::timeout(timeout, self.send(call)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(crate::deadline::attempt_timed_out(
+                        &service,
+                        &envelope.ty,
+                        timeout,
+                    )),
+                }
+            }
+        };
+        pending.finish(&result);
+        result
+    }
+
+    /// Hands the attempt to (a clone of) the transport, once it is ready.
+    async fn send(&self, call: Call) -> Result<Bytes, CallError> {
+        let mut transport = self.transport.clone();
+        transport.ready().await?;
+        transport.call(call).await
     }
 }

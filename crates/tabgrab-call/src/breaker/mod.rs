@@ -143,16 +143,70 @@ pub struct Breaker<S> {
     handle: BreakerHandle,
 }
 
-/// Reports a cancellation if the call's future is dropped before its outcome.
-struct Pending {
-    handle: BreakerHandle,
+impl AsRef<BreakerHandle> for BreakerHandle {
+    fn as_ref(&self) -> &BreakerHandle {
+        self
+    }
+}
+
+/// An admitted attempt: reports its outcome with [`Pending::finish`], or a cancellation if it
+/// is dropped before its outcome. `H` is an owned handle (the layer's `'static` future) or a
+/// borrowed one (the client's fused stack, which saves the reference count).
+pub(crate) struct Pending<H: AsRef<BreakerHandle>> {
+    handle: H,
     ticket: Option<Ticket>,
 }
 
-impl Drop for Pending {
+impl<H: AsRef<BreakerHandle>> Pending<H> {
+    /// The gate to the wire: an attempt whose deadline has passed (a retry woken by a timer
+    /// in the same tick as the deadline) is not sent, and says nothing about the recipient,
+    /// so it takes no ticket; an open breaker refuses it.
+    // The error is the call's own error, handed up as it is; boxing it would cost every
+    // refused attempt an allocation for nothing.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn admit(handle: H, call: &Call) -> Result<Pending<H>, CallError> {
+        let now = Instant::now();
+        if call.deadline.is_some_and(|d| d <= now) {
+            return Err(CallError::new(
+                ErrorKind::DeadlineExceeded,
+                call.service.clone(),
+                call.envelope.ty.as_str(),
+                "the deadline passed before this attempt could be sent",
+            ));
+        }
+        let Some(ticket) = handle.as_ref().with(|core| core.allow(now)) else {
+            return Err(CallError::new(
+                ErrorKind::CircuitOpen,
+                call.service.clone(),
+                call.envelope.ty.as_str(),
+                "the circuit breaker is open after recent failures, so the call was not sent; \
+                 it will probe the service again after its open duration",
+            ));
+        };
+        Ok(Pending {
+            handle,
+            ticket: Some(ticket),
+        })
+    }
+
+    /// Records the attempt's outcome.
+    pub(crate) fn finish(mut self, result: &Result<Bytes, CallError>) {
+        let outcome = match result {
+            Err(e) if is_failure(e.kind()) => Outcome::Failure,
+            _ => Outcome::Success,
+        };
+        if let Some(ticket) = self.ticket.take() {
+            self.handle
+                .as_ref()
+                .with(|core| core.record(ticket, outcome, Instant::now()));
+        }
+    }
+}
+
+impl<H: AsRef<BreakerHandle>> Drop for Pending<H> {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            self.handle.with(|core| core.cancel(ticket));
+            self.handle.as_ref().with(|core| core.cancel(ticket));
         }
     }
 }
@@ -171,44 +225,14 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        // The gate to the wire: an attempt whose deadline has passed (a retry woken by a
-        // timer in the same tick as the deadline) is not sent, and says nothing about the
-        // recipient, so it takes no ticket.
-        if call.deadline.is_some_and(|d| d <= Instant::now()) {
-            let error = CallError::new(
-                ErrorKind::DeadlineExceeded,
-                call.service.clone(),
-                call.envelope.ty.as_str(),
-                "the deadline passed before this attempt could be sent",
-            );
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        let Some(ticket) = self.handle.with(|core| core.allow(Instant::now())) else {
-            let error = CallError::new(
-                ErrorKind::CircuitOpen,
-                call.service.clone(),
-                call.envelope.ty.as_str(),
-                "the circuit breaker is open after recent failures, so the call was not sent; \
-                 it will probe the service again after its open duration",
-            );
-            return Box::pin(std::future::ready(Err(error)));
-        };
-        let mut pending = Pending {
-            handle: self.handle.clone(),
-            ticket: Some(ticket),
+        let pending = match Pending::admit(self.handle.clone(), &call) {
+            Ok(pending) => pending,
+            Err(error) => return Box::pin(std::future::ready(Err(error))),
         };
         let work = self.inner.call(call);
         Box::pin(async move {
             let result = work.await;
-            let outcome = match &result {
-                Err(e) if is_failure(e.kind()) => Outcome::Failure,
-                _ => Outcome::Success,
-            };
-            if let Some(ticket) = pending.ticket.take() {
-                pending
-                    .handle
-                    .with(|core| core.record(ticket, outcome, Instant::now()));
-            }
+            pending.finish(&result);
             result
         })
     }

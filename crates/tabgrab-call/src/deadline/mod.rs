@@ -27,6 +27,28 @@ use crate::{Call, CallError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The error of a call whose deadline passed (shared by [`Deadline`] and the client's fused
+/// stack, so both say the same).
+pub(crate) fn expired(service: &Arc<str>, ty: &str) -> CallError {
+    CallError::new(
+        ErrorKind::DeadlineExceeded,
+        Arc::clone(service),
+        ty,
+        "the deadline passed before an answer came; the caller's budget is spent, \
+         raise the deadline or make the recipient faster",
+    )
+}
+
+/// The error of an attempt that outlived the attempt timeout.
+pub(crate) fn attempt_timed_out(service: &Arc<str>, ty: &str, timeout: Duration) -> CallError {
+    CallError::new(
+        ErrorKind::Timeout,
+        Arc::clone(service),
+        ty,
+        format!("no answer within the attempt timeout of {timeout:?}"),
+    )
+}
+
 /// Applies a default deadline and enforces the deadline of each call.
 #[derive(Clone, Copy, Debug)]
 pub struct DeadlineLayer {
@@ -77,15 +99,7 @@ where
             .get_or_insert_with(|| Instant::now() + self.default_timeout);
         let service = call.service.clone();
         let envelope = Arc::clone(&call.envelope);
-        let expired = move || {
-            CallError::new(
-                ErrorKind::DeadlineExceeded,
-                service,
-                envelope.ty.as_str(),
-                "the deadline passed before an answer came; the caller's budget is spent, \
-                 raise the deadline or make the recipient faster",
-            )
-        };
+        let expired = move || expired(&service, &envelope.ty);
         if deadline <= Instant::now() {
             return Box::pin(std::future::ready(Err(expired())));
         }
@@ -153,12 +167,7 @@ where
         Box::pin(async move {
             match tokio::time::timeout(timeout, work).await {
                 Ok(result) => result,
-                Err(_) => Err(CallError::new(
-                    ErrorKind::Timeout,
-                    service,
-                    envelope.ty.as_str(),
-                    format!("no answer within the attempt timeout of {timeout:?}"),
-                )),
+                Err(_) => Err(attempt_timed_out(&service, &envelope.ty, timeout)),
             }
         })
     }

@@ -125,15 +125,18 @@ impl Service<Call> for GrpcTransport {
             let mut client = inner.client.clone();
             let uri = &inner.uri;
             let envelope = &call.envelope;
-            let mut attributes = std::collections::HashMap::new();
-            attributes.insert("id".to_owned(), envelope.id.clone());
-            attributes.insert("source".to_owned(), envelope.source.clone());
-            for (name, value) in [
+            let optional = [
                 ("subject", &envelope.subject),
                 ("correlationid", &envelope.correlationid),
                 ("causationid", &envelope.causationid),
                 ("traceparent", &envelope.traceparent),
-            ] {
+            ];
+            // Sized for what is sent: the map lives, with the request, until h2 has written it.
+            let present = optional.iter().filter(|(_, v)| v.is_some()).count();
+            let mut attributes = std::collections::HashMap::with_capacity(2 + present);
+            attributes.insert("id".to_owned(), envelope.id.clone());
+            attributes.insert("source".to_owned(), envelope.source.clone());
+            for (name, value) in optional {
                 if let Some(value) = value {
                     attributes.insert(name.to_owned(), value.clone());
                 }

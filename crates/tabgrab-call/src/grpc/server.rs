@@ -128,11 +128,29 @@ impl Calls for CallsService {
             data,
             attributes,
         } = request.into_inner();
-        let mut envelope = Envelope::raw("/unknown", r#type, data);
+        // What `Envelope::raw("/unknown", ..)` makes, with the caller's attributes set on it;
+        // written out so that the id (a UUIDv7) and the source are made only when the caller
+        // sent none, not made and then overwritten on every call.
+        let (mut id, mut source) = (None, None);
+        let mut envelope = Envelope {
+            id: String::new(),
+            source: String::new(),
+            ty: r#type,
+            time: Some(time::OffsetDateTime::now_utc()),
+            subject: None,
+            datacontenttype: Some(tabgrab_core::envelope::JSON.to_owned()),
+            correlationid: None,
+            causationid: None,
+            traceparent: None,
+            replyto: None,
+            deadline: None,
+            extensions: Default::default(),
+            data,
+        };
         for (name, value) in attributes {
             match name.as_str() {
-                "id" => envelope.id = value,
-                "source" => envelope.source = value,
+                "id" => id = Some(value),
+                "source" => source = Some(value),
                 "subject" => envelope.subject = Some(value),
                 "correlationid" => envelope.correlationid = Some(value),
                 "causationid" => envelope.causationid = Some(value),
@@ -142,6 +160,11 @@ impl Calls for CallsService {
                 }
             }
         }
+        envelope.id = match id {
+            Some(id) => id,
+            None => Envelope::raw("", "", Bytes::new()).id,
+        };
+        envelope.source = source.unwrap_or_else(|| "/unknown".to_owned());
         let data = self
             .handlers
             .dispatch(envelope, deadline, idempotency_key)

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
-use tabgrab_core::{Envelope, ErrorKind};
+use tabgrab_core::{Codec, Envelope, ErrorKind};
 use tokio::time::Instant;
 
 use super::{ErrorBody, status_of};
@@ -178,6 +178,32 @@ fn envelope_of(
     if !headers.contains_key("ce-specversion") {
         return Ok(Envelope::raw("/unknown", ty, body));
     }
+    let decoded = match plain_envelope(handlers.codec_ref(), headers, &body) {
+        Some(envelope) => Ok(envelope),
+        None => codec_envelope(handlers, ty, headers, body),
+    };
+    let envelope = decoded?;
+    if envelope.ty != ty {
+        return Err(ServeError::new(
+            ErrorKind::TypeMismatch,
+            format!(
+                "header ce-type says {} but the path says {ty}; they must agree",
+                envelope.ty
+            ),
+        ));
+    }
+    Ok(envelope)
+}
+
+/// The envelope through [`Codec::decode_binary`](tabgrab_core::Codec::decode_binary), which
+/// handles every case (percent-encoding, extensions, any RFC 3339 offset) and says what is
+/// wrong.
+fn codec_envelope(
+    handlers: &Handlers,
+    ty: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Envelope, ServeError> {
     // Only the CloudEvents headers go to the codec (http's names are lowercase already).
     let pairs = headers
         .iter()
@@ -192,14 +218,185 @@ fn envelope_of(
                 format!("the CloudEvents headers of the {ty} request are invalid: {e}"),
             )
         })?;
-    if envelope.ty != ty {
-        return Err(ServeError::new(
-            ErrorKind::TypeMismatch,
-            format!(
-                "header ce-type says {} but the path says {ty}; they must agree",
-                envelope.ty
-            ),
-        ));
-    }
     Ok(envelope)
+}
+
+/// The fast path of the envelope, for what tabgrab's clients send: the known attributes,
+/// no percent-encoding, no extension, the time as `…Z` (what [`rfc3339`](super) writes),
+/// specversion 1.0, the required attributes present, within the size limit. It makes the
+/// envelope the codec would make without its per-header allocations (a lowercased copy of
+/// each name) and without the general RFC 3339 parser; `None` for anything else, which the
+/// codec then decodes or refuses with its own message (a unit test holds both equal).
+fn plain_envelope(codec: &Codec, headers: &HeaderMap, body: &Bytes) -> Option<Envelope> {
+    let mut envelope = Envelope {
+        id: String::new(),
+        source: String::new(),
+        ty: String::new(),
+        time: None,
+        subject: None,
+        datacontenttype: None,
+        correlationid: None,
+        causationid: None,
+        traceparent: None,
+        replyto: None,
+        deadline: None,
+        extensions: Default::default(),
+        data: body.clone(),
+    };
+    let mut specversion = false;
+    let mut size = body.len();
+    for (name, value) in headers {
+        let name = name.as_str();
+        if !(name.starts_with("ce-") || name == "content-type") {
+            continue;
+        }
+        size += name.len() + value.len();
+        let value = value.to_str().ok().filter(|v| !v.contains('%'))?;
+        match name {
+            "ce-specversion" => specversion = value == tabgrab_core::envelope::SPEC_VERSION,
+            "ce-id" => envelope.id = value.to_owned(),
+            "ce-source" => envelope.source = value.to_owned(),
+            "ce-type" => envelope.ty = value.to_owned(),
+            "ce-time" => envelope.time = Some(parse_utc(value)?),
+            "ce-subject" => envelope.subject = Some(value.to_owned()),
+            "content-type" => envelope.datacontenttype = Some(value.to_owned()),
+            "ce-correlationid" => envelope.correlationid = Some(value.to_owned()),
+            "ce-causationid" => envelope.causationid = Some(value.to_owned()),
+            "ce-traceparent" => envelope.traceparent = Some(value.to_owned()),
+            "ce-replyto" => envelope.replyto = Some(value.to_owned()),
+            _ => return None,
+        }
+    }
+    let complete = specversion
+        && !envelope.id.is_empty()
+        && !envelope.source.is_empty()
+        && !envelope.ty.is_empty();
+    (complete && codec.check_size(size).is_ok()).then_some(envelope)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (1–9 fraction digits) as the `time` crate's RFC 3339
+/// parser reads it; `None` for any other spelling, which goes to that parser.
+fn parse_utc(text: &str) -> Option<time::OffsetDateTime> {
+    let b = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let digits = b.get(range)?;
+        digits.iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    let nanos = match b.len() {
+        20 => 0,
+        22..=30 if b[19] == b'.' => {
+            let digits = b.len() - 21;
+            number(20..b.len() - 1)? * 10u32.pow(9 - digits as u32)
+        }
+        _ => return None,
+    };
+    let month = time::Month::try_from(u8::try_from(number(5..7)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(
+        i32::try_from(number(0..4)?).ok()?,
+        month,
+        u8::try_from(number(8..10)?).ok()?,
+    )
+    .ok()?;
+    let time = time::Time::from_hms_nano(
+        u8::try_from(number(11..13)?).ok()?,
+        u8::try_from(number(14..16)?).ok()?,
+        u8::try_from(number(17..19)?).ok()?,
+        nanos,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, time).assume_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn by_codec(map: &HeaderMap, body: &Bytes) -> Result<Envelope, tabgrab_core::Error> {
+        let pairs = map
+            .iter()
+            .filter(|(n, _)| n.as_str().starts_with("ce-") || *n == header::CONTENT_TYPE)
+            .map(|(n, v)| (n.as_str(), v.as_bytes()));
+        Codec::default().decode_binary(pairs, body.clone())
+    }
+
+    #[test]
+    fn the_fast_envelope_is_the_codecs_envelope() {
+        let codec = Codec::default();
+        let body = Bytes::from_static(b"{\"n\":7}");
+        let base = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "0193a3c4-0000-7000-8000-000000000000"),
+            ("ce-source", "/tabgrab/client"),
+            ("ce-type", "bench.echo.v1"),
+            ("content-type", "application/json"),
+            ("tabgrab-timeout", "5000"),
+        ];
+        let times = [
+            "2026-11-27T02:37:05Z",
+            "2026-11-27T02:37:05.1Z",
+            "2026-11-27T02:37:05.123456789Z",
+            "2026-11-27T02:37:05.000000001Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2024-02-29T12:00:00.5Z",
+        ];
+        for time in times {
+            let mut pairs = base.to_vec();
+            pairs.push(("ce-time", time));
+            pairs.push(("ce-subject", "order-1"));
+            pairs.push(("ce-correlationid", "c-1"));
+            let map = headers(&pairs);
+            let fast = plain_envelope(&codec, &map, &body).expect(time);
+            assert_eq!(fast, by_codec(&map, &body).unwrap(), "{time}");
+        }
+        let map = headers(&base);
+        assert_eq!(
+            plain_envelope(&codec, &map, &body).unwrap(),
+            by_codec(&map, &body).unwrap()
+        );
+        // Left to the codec: other spellings of the time, bad dates, percent-encoding,
+        // extensions, a missing or wrong attribute.
+        let odd: [&[(&'static str, &str)]; 9] = [
+            &[("ce-time", "2026-11-27T02:37:05+02:00")],
+            &[("ce-time", "2026-11-27t02:37:05z")],
+            &[("ce-time", "2026-02-30T02:37:05Z")],
+            &[("ce-time", "2026-11-27T02:37:60Z")],
+            &[("ce-time", "2026-11-27T02:37:05.1234567891Z")],
+            &[("ce-source", "/a%20b")],
+            &[("ce-myextension", "x")],
+            &[("ce-specversion", "0.3")],
+            &[("ce-id", "")],
+        ];
+        for extra in odd {
+            let mut map = headers(&base);
+            for (name, value) in extra {
+                map.insert(
+                    http::HeaderName::from_static(name),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            assert!(plain_envelope(&codec, &map, &body).is_none(), "{extra:?}");
+        }
+        let small = Codec::with_max_size(16);
+        assert!(plain_envelope(&small, &headers(&base), &body).is_none());
+    }
 }

@@ -25,6 +25,19 @@ use crate::{Call, CallError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The error of a call shed by the bulkhead (shared with the client's fused stack).
+pub(crate) fn shed(call: &Call, max: usize) -> CallError {
+    CallError::new(
+        ErrorKind::Rejected,
+        call.service.clone(),
+        call.envelope.ty.as_str(),
+        format!(
+            "shed: {max} calls to this service are already in flight (the bulkhead's cap); \
+             slow down or raise max_in_flight"
+        ),
+    )
+}
+
 /// Caps calls in flight; see the module docs.
 #[derive(Clone, Debug)]
 pub struct LimitLayer {
@@ -37,12 +50,15 @@ pub struct LimitLayer {
 impl LimitLayer {
     /// At most `max_in_flight` calls at a time (at least 1).
     pub fn new(max_in_flight: usize) -> LimitLayer {
-        let max = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
-        LimitLayer {
-            permits: Arc::new(Semaphore::new(max)),
-            max,
-        }
+        let (permits, max) = permits(max_in_flight);
+        LimitLayer { permits, max }
     }
+}
+
+/// The semaphore of a bulkhead of `max_in_flight` calls (at least 1), and its cap.
+pub(crate) fn permits(max_in_flight: usize) -> (Arc<Semaphore>, usize) {
+    let max = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+    (Arc::new(Semaphore::new(max)), max)
 }
 
 impl<S> Layer<S> for LimitLayer {
@@ -79,17 +95,7 @@ where
 
     fn call(&mut self, call: Call) -> Self::Future {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
-            let error = CallError::new(
-                ErrorKind::Rejected,
-                call.service.clone(),
-                call.envelope.ty.as_str(),
-                format!(
-                    "shed: {} calls to this service are already in flight (the bulkhead's cap); \
-                     slow down or raise max_in_flight",
-                    self.max
-                ),
-            );
-            return Box::pin(std::future::ready(Err(error)));
+            return Box::pin(std::future::ready(Err(shed(&call, self.max))));
         };
         let work = self.inner.call(call);
         Box::pin(async move {

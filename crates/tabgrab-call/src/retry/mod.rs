@@ -91,26 +91,7 @@ impl Policy<Call, Bytes, CallError> for RetryPolicy {
         let Err(error) = result else {
             return None;
         };
-        if !error.is_retryable() || !call.is_idempotent() {
-            return None;
-        }
-        if self.attempts >= self.config.max_attempts {
-            return None;
-        }
-        let bound = self.config.bound(self.attempts);
-        let pause = if bound.is_zero() {
-            Duration::ZERO
-        } else {
-            rand::rng().random_range(Duration::ZERO..=bound)
-        };
-        let resume = Instant::now() + pause;
-        if call.deadline.is_some_and(|deadline| resume >= deadline) {
-            return None;
-        }
-        if !self.budget.withdraw() {
-            tracing::debug!(service = %call.service, ty = %call.envelope.ty, "retry budget spent; not retrying");
-            return None;
-        }
+        let resume = next_attempt(&self.config, &self.budget, self.attempts, call, error)?;
         self.attempts += 1;
         Some(tokio::time::sleep_until(resume))
     }
@@ -122,6 +103,39 @@ impl Policy<Call, Bytes, CallError> for RetryPolicy {
         }
         call.is_idempotent().then(|| call.clone())
     }
+}
+
+/// When to send attempt `attempts + 1` of `call` after `error`, or `None` when it must not be
+/// retried (the rules of the module docs; a granted retry takes a budget token). Shared by
+/// [`RetryPolicy`] and the client's fused stack, so both decide alike.
+pub(crate) fn next_attempt(
+    config: &RetryConfig,
+    budget: &RetryBudget,
+    attempts: u32,
+    call: &Call,
+    error: &CallError,
+) -> Option<Instant> {
+    if !error.is_retryable() || !call.is_idempotent() {
+        return None;
+    }
+    if attempts >= config.max_attempts {
+        return None;
+    }
+    let bound = config.bound(attempts);
+    let pause = if bound.is_zero() {
+        Duration::ZERO
+    } else {
+        rand::rng().random_range(Duration::ZERO..=bound)
+    };
+    let resume = Instant::now() + pause;
+    if call.deadline.is_some_and(|deadline| resume >= deadline) {
+        return None;
+    }
+    if !budget.withdraw() {
+        tracing::debug!(service = %call.service, ty = %call.envelope.ty, "retry budget spent; not retrying");
+        return None;
+    }
+    Some(resume)
 }
 
 #[cfg(test)]
