@@ -37,6 +37,7 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod http;
+pub mod lab;
 pub mod menu;
 pub mod messages;
 pub mod messaging;
