@@ -274,6 +274,11 @@ fn ticket() -> PlaceTicket {
 /// A thread per call, each a blocking HTTP/1.1 POST.
 fn baseline(n: u64, recipient: SocketAddr) -> Result<u64, Error> {
     let path = format!("/commands/{}", PlaceTicket::TYPE);
+    // Every thread waits at the barrier until all N exist, so the N requests are in flight
+    // at once (as the async callers' are), not spread over the time it takes to spawn them.
+    let barrier = Arc::new(std::sync::Barrier::new(
+        usize::try_from(n).unwrap_or(usize::MAX),
+    ));
     let mut threads = Vec::new();
     for _ in 0..n {
         let body = serde_json::to_vec(&ticket())
@@ -283,9 +288,11 @@ fn baseline(n: u64, recipient: SocketAddr) -> Result<u64, Error> {
              content-length: {}\r\nconnection: close\r\n\r\n",
             body.len()
         );
+        let barrier = Arc::clone(&barrier);
         let thread = std::thread::Builder::new()
             .stack_size(64 * 1024)
             .spawn(move || -> bool {
+                barrier.wait();
                 let Ok(mut stream) = TcpStream::connect(recipient) else {
                     return false;
                 };

@@ -190,14 +190,12 @@ fn line_chart(
             points.join(" "),
             escape(&serie.name)
         );
-        let ly = TOP + 14.0 * i as f64 + 4.0;
+        // The legend: one row above the plot, right-aligned, clear of the lines.
+        let lx = W - RIGHT - 78.0 * (series.len() - i) as f64;
         let _ = write!(
             s,
-            r##"<rect x="{:.1}" y="{:.1}" width="10" height="3" fill="{color}"/><text x="{:.1}" y="{:.1}">{}</text>"##,
-            W - RIGHT - 110.0,
-            ly,
-            W - RIGHT - 96.0,
-            ly + 5.0,
+            r##"<rect x="{lx:.1}" y="12" width="10" height="3" fill="{color}"/><text x="{:.1}" y="17">{}</text>"##,
+            lx + 14.0,
             escape(&serie.name)
         );
     }
