@@ -155,3 +155,81 @@ pub(crate) fn figures(style: Style, down: &str, trace: &Trace) -> AvailabilityFi
         f.failed > 0 || f.lost > 0 || f.accepted_during_outage < f.offered_during_outage;
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lab::load::Post;
+    use crate::lab::restaurant::Counters;
+
+    /// Ten orders 100 ms apart; the service is down from 300 to 600 ms; `answer` and `end`
+    /// decide each order from its send time.
+    fn trace(answer: impl Fn(Instant, bool) -> (Answer, End)) -> Trace {
+        let t0 = Instant::now();
+        let (down, up) = (
+            t0 + Duration::from_millis(300),
+            t0 + Duration::from_millis(600),
+        );
+        let mut posts = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..10 {
+            let sent = t0 + Duration::from_millis(100 * i);
+            let (answer, end) = answer(sent, sent >= down && sent < up);
+            posts.push(Post {
+                sent,
+                answered: sent + Duration::from_millis(1),
+                answer,
+            });
+            ends.push(end);
+        }
+        Trace {
+            t0,
+            posts,
+            ends,
+            outage: Some((down, up)),
+            counters: Counters::default(),
+        }
+    }
+
+    #[test]
+    fn refusals_during_the_outage_mean_the_recipient_must_be_up() {
+        let t = trace(|sent, down| {
+            if down {
+                (Answer::Refused { timeout: false }, End::Failed(sent))
+            } else {
+                (Answer::Made, End::Made(sent))
+            }
+        });
+        let f = figures(Style::Calls, "kitchen", &t);
+        assert_eq!((f.offered_during_outage, f.accepted_during_outage), (3, 0));
+        assert_eq!((f.failed, f.lost), (3, 0));
+        assert!(f.recipient_must_be_up);
+        assert!(f.recovery_s.is_some());
+    }
+
+    #[test]
+    fn orders_that_wait_and_are_made_after_the_restart_mean_it_need_not_be() {
+        let t = trace(|sent, _| {
+            let made = sent + Duration::from_millis(700);
+            (Answer::Accepted(uuid::Uuid::now_v7()), End::Made(made))
+        });
+        let f = figures(Style::Events, "kitchen", &t);
+        assert_eq!(f.accepted_during_outage, 3);
+        assert_eq!((f.failed, f.lost), (0, 0));
+        assert!(f.completed_after_recovery > 0);
+        assert!(!f.recipient_must_be_up);
+    }
+
+    #[test]
+    fn an_accepted_order_that_never_ends_is_lost_and_decides_the_verdict() {
+        let t = trace(|sent, down| {
+            let end = if down { End::Lost } else { End::Made(sent) };
+            (Answer::Accepted(uuid::Uuid::now_v7()), end)
+        });
+        let f = figures(Style::Messaging, "payment", &t);
+        assert_eq!(f.lost, 3);
+        assert!(f.recipient_must_be_up);
+    }
+}

@@ -463,3 +463,26 @@ async fn events(n: u64, delay: Duration) -> Result<u64, Error> {
         .map_err(bus_error("cannot close the bus"))?;
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(peak_threads: u64) -> ProbeOutput {
+        ProbeOutput {
+            completed: 1000,
+            wall_s: 0.3,
+            peak_threads,
+            peak_rss_mib: 20.0,
+        }
+    }
+
+    #[test]
+    fn a_caller_blocks_a_thread_per_request_from_ninety_percent_of_n_threads() {
+        let verdict = |threads| BlockingFigures::new(Caller::Baseline, 1000, 200, probe(threads));
+        assert!(!verdict(4).blocks_a_thread_per_request);
+        assert!(!verdict(899).blocks_a_thread_per_request);
+        assert!(verdict(900).blocks_a_thread_per_request);
+        assert!(verdict(1002).blocks_a_thread_per_request);
+    }
+}

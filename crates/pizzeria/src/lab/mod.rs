@@ -10,7 +10,7 @@
 //! | scenario | module | how |
 //! |---|---|---|
 //! | blocking | [`blocking`] | N requests in flight on one thread, each taking a fixed time at the recipient, in a child process per caller; a thread-per-call baseline beside them |
-//! | availability | [`availability`] | the kitchen, then payment, stopped for a while as customers keep ordering ([`trial`], [`restaurant`]) |
+//! | availability | [`availability`] | the kitchen, then payment, stopped for a while as customers keep ordering (`trial.rs`, `restaurant.rs`) |
 //! | response expected | [`response`] | responses, correlation records, timeouts and the front desk's open work, per order |
 //! | capacity | [`capacity`] | a kitchen with two ovens under more orders than it can bake |
 //!
@@ -190,7 +190,7 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
         let plan = Plan {
             kit: kit.clone(),
             rate: config.rate,
-            orders: (config.rate * if config.quick { 1.0 } else { 2.0 }).round() as u64,
+            orders: (config.rate * if config.quick { 0.5 } else { 2.0 }).round() as u64,
             seed: config.seed,
             outage: None,
             drain: Duration::from_secs(30),
@@ -215,7 +215,7 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
         let plan = Plan {
             kit: slow.clone(),
             rate: offered,
-            orders: (offered * if config.quick { 1.0 } else { 2.0 }).round() as u64,
+            orders: (offered * if config.quick { 0.6 } else { 2.0 }).round() as u64,
             seed: config.seed,
             outage: None,
             drain: Duration::from_secs(30),
