@@ -42,6 +42,52 @@ pub enum Command {
     /// consumer group on the shared bus (start one several times to share its work), prints
     /// `ready`, and runs until SIGINT or SIGTERM.
     Service(ServiceArgs),
+    /// The lab: runs the restaurant in each style under the same load and fault schedule,
+    /// measures whether the caller's thread is blocked, whether the recipient must be up,
+    /// whether a response is expected and what each does to the kitchen's capacity; prints
+    /// the comparison table and writes lab.json and lab.html.
+    Lab(LabArgs),
+    /// One blocking measurement in this process (the lab runs it as a child; not for people).
+    #[command(hide = true)]
+    LabProbe(LabProbeArgs),
+}
+
+/// Options of `pizzeria lab`.
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// The reduced lab: 1,000 requests in flight, a 1 s outage, seconds instead of minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write lab.json and lab.html.
+    #[arg(long, default_value = "./lab-out")]
+    pub out: PathBuf,
+    /// The bus to measure: `embedded` (in-process, the default). NATS and RabbitMQ URLs
+    /// are refused by this build.
+    #[arg(long, default_value = "embedded")]
+    pub bus: String,
+    /// Seed of the customers' random choices [default: 1].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Requests in flight in the blocking scenario [default: 10000, quick 1000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=15_000))]
+    pub n: Option<u64>,
+}
+
+/// Options of `pizzeria lab-probe`.
+#[derive(Debug, Args)]
+pub struct LabProbeArgs {
+    /// The caller to measure.
+    #[arg(value_enum)]
+    pub caller: crate::lab::blocking::Caller,
+    /// Requests in flight.
+    #[arg(long)]
+    pub n: u64,
+    /// The recipient's time per request, in milliseconds.
+    #[arg(long)]
+    pub delay_ms: u64,
+    /// The recipient's address (calls, baseline).
+    #[arg(long)]
+    pub recipient: std::net::SocketAddr,
 }
 
 /// Options of `pizzeria service`.
@@ -201,7 +247,65 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
         Command::DeadLetters(args) => dead_letters_command(&args),
         Command::Bench(args) => bench_command(args).await,
         Command::Service(args) => service_command(args).await,
+        Command::Lab(args) => lab_command(args).await,
+        Command::LabProbe(args) => lab_probe_command(args).await,
     }
+}
+
+async fn lab_command(args: LabArgs) -> Result<(), Error> {
+    match args.bus.as_str() {
+        "embedded" => {}
+        url if url.starts_with("nats://") => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "the NATS backend is not available in this build; run `pizzeria lab` on the embedded bus (--bus embedded)",
+            ));
+        }
+        url if url.starts_with("amqp://") || url.starts_with("amqps://") => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "the RabbitMQ (AMQP) backend is not available in this build; run `pizzeria lab` on the embedded bus (--bus embedded)",
+            ));
+        }
+        other => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("--bus {other:?} is not a bus this build knows: use `embedded`"),
+            ));
+        }
+    }
+    let mut config = crate::lab::LabConfig::new(args.quick, args.out);
+    config.progress = std::io::stderr().is_terminal();
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    if let Some(n) = args.n {
+        config.blocking_n = n;
+    }
+    let report = crate::lab::run(&config).await?;
+    print!("{}", report.render());
+    println!(
+        "\nwrote {} and {}",
+        config.out.join("lab.json").display(),
+        config.out.join("lab.html").display()
+    );
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot write the table").with_source(e))
+}
+
+async fn lab_probe_command(args: LabProbeArgs) -> Result<(), Error> {
+    let output = crate::lab::blocking::probe(
+        args.caller,
+        args.n,
+        Duration::from_millis(args.delay_ms),
+        args.recipient,
+    )
+    .await?;
+    let json = serde_json::to_string(&output)
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot encode the figures").with_source(e))?;
+    println!("{json}");
+    Ok(())
 }
 
 async fn service_command(args: ServiceArgs) -> Result<(), Error> {

@@ -20,6 +20,7 @@
 //! | [`calls`] | the same restaurant in the call style: handlers over HTTP and gRPC, a front desk that calls them |
 //! | [`http`] | the front desk's HTTP API |
 //! | [`run`] | the restaurant under simulated load, and its summary |
+//! | [`lab`] | the comparison table of the three kinds, measured: blocking, availability, response expected, capacity |
 //! | [`cli`] | the `pizzeria` command line |
 //!
 //! ```no_run
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod http;
+pub mod lab;
 pub mod menu;
 pub mod messages;
 pub mod messaging;

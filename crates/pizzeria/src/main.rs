@@ -14,10 +14,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The lab's blocking probe measures what one thread does: it gets a current-thread
+    // runtime, so the threads it counts are its own.
+    let mut builder = if matches!(cli.command, pizzeria::cli::Command::LabProbe(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("pizzeria: cannot start the async runtime: {e}");

@@ -57,7 +57,15 @@ struct Counters {
 pub struct Services {
     responders: Vec<Responder>,
     counters: Arc<Counters>,
+    /// How to start each responder again (by topic), over the same state: the lab stops a
+    /// service and restarts it to measure what its absence does.
+    factories: Vec<(&'static str, Factory)>,
+    /// The topic of each running responder, in the order of `responders`.
+    running: Vec<&'static str>,
 }
+
+/// Starts one responder on a bus.
+type Factory = Arc<dyn Fn(&EmbeddedBus) -> Result<Responder, tabgrab::Error> + Send + Sync>;
 
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,150 +93,199 @@ impl Services {
         let counters = Arc::new(Counters::default());
         // Payment: amount charged per order (None: declined), and refunded orders.
         let charged: Arc<Mutex<HashMap<Uuid, Option<u64>>>> = Arc::default();
-        let payment = {
-            let charge_book = Arc::clone(&charged);
-            let refund_book = Arc::clone(&charged);
-            let refund_counters = Arc::clone(&counters);
-            Responder::builder(bus, PAYMENT, PAYMENT)
-                .handle(move |c: ChargeCard, _ctx| {
-                    let answer = {
-                        let mut book = lock(&charge_book);
-                        let entry = book.entry(c.order_id).or_insert_with(|| {
-                            (!c.card.ends_with(DECLINED_SUFFIX)).then_some(c.amount_cents)
-                        });
-                        match entry {
-                            Some(cents) => Ok(Charged {
-                                order_id: c.order_id,
-                                amount_cents: *cents,
-                            }),
-                            None => Err(Rejection::new(
-                                CARD_DECLINED,
-                                format!("card ending in {DECLINED_SUFFIX} refused by the bank"),
-                            )),
+        let payment_factory: Factory = {
+            let counters = Arc::clone(&counters);
+            Arc::new(move |bus: &EmbeddedBus| {
+                let charge_book = Arc::clone(&charged);
+                let refund_book = Arc::clone(&charged);
+                let refund_counters = Arc::clone(&counters);
+                Responder::builder(bus, PAYMENT, PAYMENT)
+                    .handle(move |c: ChargeCard, _ctx| {
+                        let answer = {
+                            let mut book = lock(&charge_book);
+                            let entry = book.entry(c.order_id).or_insert_with(|| {
+                                (!c.card.ends_with(DECLINED_SUFFIX)).then_some(c.amount_cents)
+                            });
+                            match entry {
+                                Some(cents) => Ok(Charged {
+                                    order_id: c.order_id,
+                                    amount_cents: *cents,
+                                }),
+                                None => Err(Rejection::new(
+                                    CARD_DECLINED,
+                                    format!("card ending in {DECLINED_SUFFIX} refused by the bank"),
+                                )),
+                            }
+                        };
+                        async move { answer }
+                    })
+                    .handle(move |r: RefundPayment, _ctx| {
+                        // Take the amount out of the book: a second refund finds nothing.
+                        let cents = lock(&refund_book)
+                            .get_mut(&r.order_id)
+                            .and_then(Option::take)
+                            .unwrap_or(0);
+                        if cents > 0 {
+                            refund_counters.refunds.fetch_add(1, Ordering::Relaxed);
                         }
-                    };
-                    async move { answer }
-                })
-                .handle(move |r: RefundPayment, _ctx| {
-                    // Take the amount out of the book: a second refund finds nothing.
-                    let cents = lock(&refund_book)
-                        .get_mut(&r.order_id)
-                        .and_then(Option::take)
-                        .unwrap_or(0);
-                    if cents > 0 {
-                        refund_counters.refunds.fetch_add(1, Ordering::Relaxed);
-                    }
-                    async move {
-                        Ok(Refunded {
-                            order_id: r.order_id,
-                            amount_cents: cents,
-                        })
-                    }
-                })
-                .start()?
+                        async move {
+                            Ok(Refunded {
+                                order_id: r.order_id,
+                                amount_cents: cents,
+                            })
+                        }
+                    })
+                    .start()
+            })
         };
+        let payment = payment_factory(bus)?;
         // Inventory: the shelf, and what each order holds.
         let shelf = Arc::new(Mutex::new((
             stock,
             HashMap::<Uuid, Vec<(&'static str, u64)>>::new(),
         )));
-        let inventory = {
-            let reserve_shelf = Arc::clone(&shelf);
-            let release_shelf = Arc::clone(&shelf);
-            let release_counters = Arc::clone(&counters);
-            Responder::builder(bus, INVENTORY, INVENTORY)
-                .handle(move |r: ReserveIngredients, _ctx| {
-                    let answer = {
-                        let mut guard = lock(&reserve_shelf);
-                        let (stock, held) = &mut *guard;
-                        match held.entry(r.order_id) {
-                            Entry::Occupied(_) => Ok(Reserved {
-                                order_id: r.order_id,
-                            }),
-                            Entry::Vacant(slot) => {
-                                let wanted = needs(&indices(&r.pizzas));
-                                match stock.take(&wanted) {
-                                    Ok(()) => {
-                                        slot.insert(wanted);
-                                        Ok(Reserved {
-                                            order_id: r.order_id,
-                                        })
-                                    }
-                                    Err(missing) => {
-                                        let refusal = Rejection::new(
-                                            INGREDIENTS_MISSING,
-                                            format!("ingredients missing: {}", missing.join(", ")),
-                                        );
-                                        Err(refusal
-                                            .clone()
-                                            .with_details(&Missing {
-                                                ingredients: missing,
+        let inventory_factory: Factory = {
+            let counters = Arc::clone(&counters);
+            Arc::new(move |bus: &EmbeddedBus| {
+                let reserve_shelf = Arc::clone(&shelf);
+                let release_shelf = Arc::clone(&shelf);
+                let release_counters = Arc::clone(&counters);
+                Responder::builder(bus, INVENTORY, INVENTORY)
+                    .handle(move |r: ReserveIngredients, _ctx| {
+                        let answer = {
+                            let mut guard = lock(&reserve_shelf);
+                            let (stock, held) = &mut *guard;
+                            match held.entry(r.order_id) {
+                                Entry::Occupied(_) => Ok(Reserved {
+                                    order_id: r.order_id,
+                                }),
+                                Entry::Vacant(slot) => {
+                                    let wanted = needs(&indices(&r.pizzas));
+                                    match stock.take(&wanted) {
+                                        Ok(()) => {
+                                            slot.insert(wanted);
+                                            Ok(Reserved {
+                                                order_id: r.order_id,
                                             })
-                                            .unwrap_or(refusal))
+                                        }
+                                        Err(missing) => {
+                                            let refusal = Rejection::new(
+                                                INGREDIENTS_MISSING,
+                                                format!(
+                                                    "ingredients missing: {}",
+                                                    missing.join(", ")
+                                                ),
+                                            );
+                                            Err(refusal
+                                                .clone()
+                                                .with_details(&Missing {
+                                                    ingredients: missing,
+                                                })
+                                                .unwrap_or(refusal))
+                                        }
                                     }
                                 }
                             }
-                        }
-                    };
-                    async move { answer }
-                })
-                .handle(move |r: ReleaseIngredients, _ctx| {
-                    let released = {
-                        let mut guard = lock(&release_shelf);
-                        let (stock, held) = &mut *guard;
-                        match held.get_mut(&r.order_id) {
-                            Some(wanted) if !wanted.is_empty() => {
-                                stock.put_back(wanted);
-                                wanted.clear();
-                                true
+                        };
+                        async move { answer }
+                    })
+                    .handle(move |r: ReleaseIngredients, _ctx| {
+                        let released = {
+                            let mut guard = lock(&release_shelf);
+                            let (stock, held) = &mut *guard;
+                            match held.get_mut(&r.order_id) {
+                                Some(wanted) if !wanted.is_empty() => {
+                                    stock.put_back(wanted);
+                                    wanted.clear();
+                                    true
+                                }
+                                _ => false,
                             }
-                            _ => false,
+                        };
+                        if released {
+                            release_counters.releases.fetch_add(1, Ordering::Relaxed);
                         }
-                    };
-                    if released {
-                        release_counters.releases.fetch_add(1, Ordering::Relaxed);
-                    }
-                    async move {
-                        Ok(Released {
-                            order_id: r.order_id,
-                            released,
-                        })
-                    }
-                })
-                .start()?
+                        async move {
+                            Ok(Released {
+                                order_id: r.order_id,
+                                released,
+                            })
+                        }
+                    })
+                    .start()
+            })
         };
+        let inventory = inventory_factory(bus)?;
         // The kitchen: ovens, and the orders already baked (a repeated ticket is not rebaked).
         let ovens = Arc::new(Semaphore::new(ovens.max(1)));
         let baked: Arc<Mutex<std::collections::HashSet<Uuid>>> = Arc::default();
-        let kitchen = {
+        let kitchen_factory: Factory = {
             let counters = Arc::clone(&counters);
-            Responder::builder(bus, KITCHEN, KITCHEN)
-                .concurrency(256)
-                .handle(move |t: PlaceTicket, _ctx| {
-                    let ovens = Arc::clone(&ovens);
-                    let baked = Arc::clone(&baked);
-                    let counters = Arc::clone(&counters);
-                    async move {
-                        if !lock(&baked).contains(&t.order_id) {
-                            let _oven = ovens.acquire().await.map_err(|_| {
-                                Rejection::new("kitchen.closed", "the kitchen is closing")
-                            })?;
-                            tokio::time::sleep(bake_time).await;
-                            if lock(&baked).insert(t.order_id) {
-                                counters.baked.fetch_add(1, Ordering::Relaxed);
+            Arc::new(move |bus: &EmbeddedBus| {
+                let counters = Arc::clone(&counters);
+                let ovens = Arc::clone(&ovens);
+                let baked = Arc::clone(&baked);
+                Responder::builder(bus, KITCHEN, KITCHEN)
+                    .concurrency(256)
+                    .handle(move |t: PlaceTicket, _ctx| {
+                        let ovens = Arc::clone(&ovens);
+                        let baked = Arc::clone(&baked);
+                        let counters = Arc::clone(&counters);
+                        async move {
+                            if !lock(&baked).contains(&t.order_id) {
+                                let _oven = ovens.acquire().await.map_err(|_| {
+                                    Rejection::new("kitchen.closed", "the kitchen is closing")
+                                })?;
+                                tokio::time::sleep(bake_time).await;
+                                if lock(&baked).insert(t.order_id) {
+                                    counters.baked.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
+                            Ok(Baked {
+                                order_id: t.order_id,
+                            })
                         }
-                        Ok(Baked {
-                            order_id: t.order_id,
-                        })
-                    }
-                })
-                .start()?
+                    })
+                    .start()
+            })
         };
+        let kitchen = kitchen_factory(bus)?;
         Ok(Services {
             responders: vec![payment, inventory, kitchen],
             counters,
+            factories: vec![
+                (PAYMENT, payment_factory),
+                (INVENTORY, inventory_factory),
+                (KITCHEN, kitchen_factory),
+            ],
+            running: vec![PAYMENT, INVENTORY, KITCHEN],
         })
+    }
+
+    /// Stops the responder of `topic` (payment, inventory or the kitchen): its requests wait
+    /// in the topic until [`Services::restart`]. Returns whether one was running.
+    pub async fn stop(&mut self, topic: &str) -> Result<bool, tabgrab::Error> {
+        let Some(i) = self.running.iter().position(|t| *t == topic) else {
+            return Ok(false);
+        };
+        self.running.swap_remove(i);
+        self.responders.swap_remove(i).shutdown().await?;
+        Ok(true)
+    }
+
+    /// Starts the responder of `topic` again on `bus`, over the same state (stock, book,
+    /// ovens); it resumes from its group's committed offset. Returns whether `topic` is one
+    /// of the three and was stopped.
+    pub fn restart(&mut self, bus: &EmbeddedBus, topic: &str) -> Result<bool, tabgrab::Error> {
+        if self.running.contains(&topic) {
+            return Ok(false);
+        }
+        let Some((name, factory)) = self.factories.iter().find(|(t, _)| *t == topic) else {
+            return Ok(false);
+        };
+        self.responders.push(factory(bus)?);
+        self.running.push(name);
+        Ok(true)
     }
 
     /// What the responders did so far.

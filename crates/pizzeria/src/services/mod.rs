@@ -176,6 +176,44 @@ impl Pizzeria {
         }
     }
 
+    /// Stops one service's consumer group (`kitchen::GROUP`, `payment::GROUP`, …): its
+    /// events wait in the log until [`Pizzeria::restart_group`]. Returns whether it was
+    /// running. The lab uses this to take a service down while customers keep ordering.
+    pub async fn stop_group(&mut self, group: &str) -> Result<bool, tabgrab::Error> {
+        let Some(i) = self
+            .subscriptions
+            .iter()
+            .position(|(name, _)| *name == group)
+        else {
+            return Ok(false);
+        };
+        let (_, subscription) = self.subscriptions.swap_remove(i);
+        subscription.shutdown().await?;
+        Ok(true)
+    }
+
+    /// Starts a group stopped by [`Pizzeria::stop_group`] again on `bus`, with the same
+    /// service state; it resumes from its committed offset. Returns whether it was stopped.
+    pub fn restart_group(
+        &mut self,
+        bus: &EmbeddedBus,
+        group: &str,
+    ) -> Result<bool, tabgrab::Error> {
+        if self.subscriptions.iter().any(|(name, _)| *name == group) {
+            return Ok(false);
+        }
+        let (name, subscription) = match group {
+            front_desk::GROUP => (front_desk::GROUP, self.front_desk.subscribe(bus)?),
+            payment::GROUP => (payment::GROUP, self.payment.subscribe(bus)?),
+            inventory::GROUP => (inventory::GROUP, self.inventory.subscribe(bus)?),
+            kitchen::GROUP => (kitchen::GROUP, self.kitchen.subscribe(bus)?),
+            delivery::GROUP => (delivery::GROUP, self.delivery.subscribe(bus)?),
+            _ => return Ok(false),
+        };
+        self.subscriptions.push((name, subscription));
+        Ok(true)
+    }
+
     /// Stops every group: stops reading, lets running handlers finish, commits offsets.
     pub async fn shutdown(self) -> Result<(), tabgrab::Error> {
         let mut first_error = None;
