@@ -194,11 +194,13 @@ impl Pizzeria {
 
     /// Starts a group stopped by [`Pizzeria::stop_group`] again on `bus`, with the same
     /// service state; it resumes from its committed offset. Returns whether it was stopped.
+    /// `bus` is a [`Bus`] or an `&EmbeddedBus`.
     pub fn restart_group(
         &mut self,
-        bus: &EmbeddedBus,
+        bus: impl Into<Bus>,
         group: &str,
     ) -> Result<bool, tabgrab::Error> {
+        let bus = &bus.into();
         if self.subscriptions.iter().any(|(name, _)| *name == group) {
             return Ok(false);
         }

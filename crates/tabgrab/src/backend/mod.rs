@@ -378,6 +378,12 @@ impl From<&EmbeddedBus> for Bus {
     }
 }
 
+impl From<&mut EmbeddedBus> for Bus {
+    fn from(bus: &mut EmbeddedBus) -> Bus {
+        Bus::from(bus.clone())
+    }
+}
+
 impl From<&Bus> for Bus {
     fn from(bus: &Bus) -> Bus {
         bus.clone()
