@@ -61,8 +61,8 @@ pub struct LabArgs {
     /// Where to write lab.json and lab.html.
     #[arg(long, default_value = "./lab-out")]
     pub out: PathBuf,
-    /// The bus to measure: `embedded` (in-process, the default). NATS and RabbitMQ URLs
-    /// are refused by this build.
+    /// The bus to measure: `embedded` (in-process, the default). The lab does not run on
+    /// NATS or RabbitMQ yet, so their URLs are refused with a message saying so.
     #[arg(long, default_value = "embedded")]
     pub bus: String,
     /// Seed of the customers' random choices [default: 1].
@@ -258,19 +258,19 @@ async fn lab_command(args: LabArgs) -> Result<(), Error> {
         url if url.starts_with("nats://") => {
             return Err(Error::new(
                 ErrorKind::Usage,
-                "the NATS backend is not available in this build; run `pizzeria lab` on the embedded bus (--bus embedded)",
+                "the lab does not run on NATS yet (the restaurant does: `pizzeria run --bus nats://…`); run `pizzeria lab` on the embedded bus (--bus embedded)",
             ));
         }
         url if url.starts_with("amqp://") || url.starts_with("amqps://") => {
             return Err(Error::new(
                 ErrorKind::Usage,
-                "the RabbitMQ (AMQP) backend is not available in this build; run `pizzeria lab` on the embedded bus (--bus embedded)",
+                "the lab does not run on RabbitMQ yet (the restaurant does: `pizzeria run --bus amqp://…`); run `pizzeria lab` on the embedded bus (--bus embedded)",
             ));
         }
         other => {
             return Err(Error::new(
                 ErrorKind::Usage,
-                format!("--bus {other:?} is not a bus this build knows: use `embedded`"),
+                format!("--bus {other:?} is not a bus the lab knows: use `embedded`"),
             ));
         }
     }

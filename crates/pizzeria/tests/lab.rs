@@ -204,7 +204,7 @@ fn the_quick_lab_measures_the_table_and_its_report_renders_with_charts() {
 }
 
 #[test]
-fn the_lab_refuses_a_bus_this_build_does_not_have() {
+fn the_lab_refuses_a_broker_it_does_not_run_on_yet() {
     let out = tempfile::tempdir().unwrap();
     let output = pizzeria()
         .args(["lab", "--quick", "--bus", "nats://127.0.0.1:4222", "--out"])
@@ -214,7 +214,7 @@ fn the_lab_refuses_a_bus_this_build_does_not_have() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("NATS backend is not available in this build"),
+        stderr.contains("the lab does not run on NATS yet"),
         "{stderr}"
     );
 }
