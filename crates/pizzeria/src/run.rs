@@ -291,14 +291,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let first_offset = pizzeria.log_end();
     let watcher = pizzeria.front_desk.watch();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| {
-            Error::new(ErrorKind::Io, "cannot bind the front desk on 127.0.0.1").with_source(e)
-        })?;
-    let addr = listener.local_addr().map_err(|e| {
-        Error::new(ErrorKind::Io, "cannot read the front desk's address").with_source(e)
-    })?;
+    let (listener, addr) = bind_front_desk().await?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
@@ -342,33 +335,47 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     stopped?;
     closed?;
 
-    let wall = started.elapsed().as_secs_f64();
-    let ended = tally.delivered + tally.failed;
-    let ms = |q: f64| tally.latency.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Summary {
-        style: config.style,
-        seed: config.seed,
-        orders: config.orders,
-        accepted: tally.accepted,
-        rejected: tally.rejected,
-        delivered: tally.delivered,
-        failed: tally.failed,
-        failed_by_reason: tally.failed_by_reason,
-        refunds,
-        releases,
-        events_published,
-        dead_letters,
-        wall_time_s: wall,
-        orders_per_s: if wall > 0.0 { ended as f64 / wall } else { 0.0 },
-        latency: Latency {
-            p50_ms: ms(0.5),
-            p99_ms: ms(0.99),
-            max_ms: tally.latency.max() as f64 / 1000.0,
+    Ok(tally.into_summary(
+        &config,
+        started,
+        Counts {
+            refunds,
+            releases,
+            events_published,
+            dead_letters,
+            correlation_records: None,
+            timeouts: None,
         },
-        peak_rss_mib: peak_rss_mib(),
-        correlation_records: None,
-        timeouts: None,
-    })
+    ))
+}
+
+/// Binds the front desk on a free loopback port, for the simulated customers.
+pub(crate) async fn bind_front_desk() -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Io, "cannot bind the front desk on 127.0.0.1").with_source(e)
+        })?;
+    let addr = listener.local_addr().map_err(|e| {
+        Error::new(ErrorKind::Io, "cannot read the front desk's address").with_source(e)
+    })?;
+    Ok((listener, addr))
+}
+
+/// What a style counted beside the driver's tally, for its [`Summary`].
+pub(crate) struct Counts {
+    /// Refunds given.
+    pub(crate) refunds: u64,
+    /// Ingredients put back.
+    pub(crate) releases: u64,
+    /// Messages the run published on the bus.
+    pub(crate) events_published: u64,
+    /// Messages given up on.
+    pub(crate) dead_letters: u64,
+    /// Correlation records written (messaging only).
+    pub(crate) correlation_records: Option<u64>,
+    /// Requests that timed out (messaging only).
+    pub(crate) timeouts: Option<u64>,
 }
 
 /// What the driver counted.
@@ -390,6 +397,42 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// The run's summary: this tally, the style's own counts, and the time since `started`.
+    pub(crate) fn into_summary(
+        self,
+        config: &RunConfig,
+        started: Instant,
+        counts: Counts,
+    ) -> Summary {
+        let wall = started.elapsed().as_secs_f64();
+        let ended = self.delivered + self.failed;
+        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        Summary {
+            style: config.style,
+            seed: config.seed,
+            orders: config.orders,
+            accepted: self.accepted,
+            rejected: self.rejected,
+            delivered: self.delivered,
+            failed: self.failed,
+            refunds: counts.refunds,
+            releases: counts.releases,
+            events_published: counts.events_published,
+            dead_letters: counts.dead_letters,
+            wall_time_s: wall,
+            orders_per_s: if wall > 0.0 { ended as f64 / wall } else { 0.0 },
+            latency: Latency {
+                p50_ms: ms(0.5),
+                p99_ms: ms(0.99),
+                max_ms: self.latency.max() as f64 / 1000.0,
+            },
+            peak_rss_mib: peak_rss_mib(),
+            correlation_records: counts.correlation_records,
+            timeouts: counts.timeouts,
+            failed_by_reason: self.failed_by_reason,
+        }
+    }
+
     fn ended(&mut self, sent: Instant, terminal: &Terminal, progress: &ProgressBar) {
         match &terminal.outcome {
             Outcome::Delivered => {
@@ -748,14 +791,7 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
         }
     };
     let watcher = front_desk.watch();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| {
-            Error::new(ErrorKind::Io, "cannot bind the front desk on 127.0.0.1").with_source(e)
-        })?;
-    let addr = listener.local_addr().map_err(|e| {
-        Error::new(ErrorKind::Io, "cannot read the front desk's address").with_source(e)
-    })?;
+    let (listener, addr) = bind_front_desk().await?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
@@ -785,33 +821,18 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
             .map_err(|e| Error::new(ErrorKind::Io, "stopping failed").with_source(e))?;
     }
     let tally = driven?;
-    let wall = started.elapsed().as_secs_f64();
-    let ended = tally.delivered + tally.failed;
-    let ms = |q: f64| tally.latency.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Summary {
-        style: config.style,
-        seed: config.seed,
-        orders: config.orders,
-        accepted: tally.accepted,
-        rejected: tally.rejected,
-        delivered: tally.delivered,
-        failed: tally.failed,
-        failed_by_reason: tally.failed_by_reason,
-        refunds,
-        releases,
-        events_published: 0,
-        dead_letters,
-        wall_time_s: wall,
-        orders_per_s: if wall > 0.0 { ended as f64 / wall } else { 0.0 },
-        latency: Latency {
-            p50_ms: ms(0.5),
-            p99_ms: ms(0.99),
-            max_ms: tally.latency.max() as f64 / 1000.0,
+    Ok(tally.into_summary(
+        &config,
+        started,
+        Counts {
+            refunds,
+            releases,
+            events_published: 0,
+            dead_letters,
+            correlation_records: None,
+            timeouts: None,
         },
-        peak_rss_mib: peak_rss_mib(),
-        correlation_records: None,
-        timeouts: None,
-    })
+    ))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, ErrorKind};
 use crate::menu::RARE_INGREDIENT;
-use crate::run::{Latency, RunConfig, Summary, drive, peak_rss_mib};
+use crate::run::{Counts, RunConfig, Summary, bind_front_desk, drive};
 use crate::services::Stock;
 use front_desk::FrontDesk;
 use services::Services;
@@ -96,14 +96,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         .map_err(|e| bus_error("cannot start the front desk", e))?;
     let watcher = desk.watch();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| {
-            Error::new(ErrorKind::Io, "cannot bind the front desk on 127.0.0.1").with_source(e)
-        })?;
-    let addr = listener.local_addr().map_err(|e| {
-        Error::new(ErrorKind::Io, "cannot read the front desk's address").with_source(e)
-    })?;
+    let (listener, addr) = bind_front_desk().await?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
@@ -147,33 +140,18 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     stopped_services.map_err(|e| bus_error("the services did not stop cleanly", e))?;
     closed.map_err(|e| bus_error("the bus did not close cleanly", e))?;
 
-    let wall = started.elapsed().as_secs_f64();
-    let ended = tally.delivered + tally.failed;
-    let ms = |q: f64| tally.latency.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Summary {
-        style: config.style,
-        seed: config.seed,
-        orders: config.orders,
-        accepted: tally.accepted,
-        rejected: tally.rejected,
-        delivered: tally.delivered,
-        failed: tally.failed,
-        failed_by_reason: tally.failed_by_reason,
-        refunds: service_stats.refunds,
-        releases: service_stats.releases,
-        events_published: appended_after.saturating_sub(appended_before),
-        dead_letters: dead_after.saturating_sub(dead_before),
-        wall_time_s: wall,
-        orders_per_s: if wall > 0.0 { ended as f64 / wall } else { 0.0 },
-        latency: Latency {
-            p50_ms: ms(0.5),
-            p99_ms: ms(0.99),
-            max_ms: tally.latency.max() as f64 / 1000.0,
+    Ok(tally.into_summary(
+        &config,
+        started,
+        Counts {
+            refunds: service_stats.refunds,
+            releases: service_stats.releases,
+            events_published: appended_after.saturating_sub(appended_before),
+            dead_letters: dead_after.saturating_sub(dead_before),
+            correlation_records: Some(stats.records_written),
+            timeouts: Some(stats.timed_out),
         },
-        peak_rss_mib: peak_rss_mib(),
-        correlation_records: Some(stats.records_written),
-        timeouts: Some(stats.timed_out),
-    })
+    ))
 }
 
 /// Waits until the correlation store holds no pending or in-progress request.
