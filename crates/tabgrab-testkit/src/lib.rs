@@ -4,7 +4,9 @@
 //!   with a printed reason when the server is absent, and fails instead when
 //!   `TABGRAB_REQUIRE_SERVICES=1` (as `.ci/run` sets), so CI cannot pass by skipping.
 //! - [`history`]: the set checker of RELIABILITY.md over recorded operations.
+//! - [`effects`]: the effects checker: exactly one effect per (consumer group, message id).
 
+pub mod effects;
 pub mod history;
 pub mod nats_server;
 pub mod services;

