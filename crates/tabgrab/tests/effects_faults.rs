@@ -18,7 +18,7 @@ use fx::{AnyInbox, Db, Kind, TxPoint};
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use tabgrab::backend::embedded::EmbeddedBus;
-use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
+use tabgrab::event::{Context, Publisher, Subscription};
 use tabgrab::retry::Backoff;
 use tabgrab::{Event, Message};
 use tabgrab_testkit::effects;
@@ -26,7 +26,9 @@ use tabgrab_testkit::effects;
 const GROUP: &str = "payment";
 const TOPIC: &str = "work";
 /// Events per kill scenario.
-const EVENTS: u64 = 120;
+const EVENTS: u64 = 180;
+/// Rounds of the three failpoints per kill scenario (a child each).
+const ROUNDS: usize = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Work {
@@ -119,14 +121,19 @@ fn consumer(
                     }
                 };
                 here(Failpoint::BeforeHandling);
-                if work.poison {
-                    // Records and applies, then fails: the transaction rolls back.
-                    let _ = db.handle(&inbox, ctx.envelope(), |_| {}).await;
-                    return Err(HandlerError::transient(std::io::Error::other("poison")));
-                }
-                db.handle(&inbox, ctx.envelope(), |p| match p {
-                    TxPoint::BeforeCommit => here(Failpoint::BeforeCommit),
-                    TxPoint::AfterCommit => here(Failpoint::AfterCommit),
+                db.handle(&inbox, ctx.envelope(), |p| {
+                    match p {
+                        TxPoint::BeforeCommit => here(Failpoint::BeforeCommit),
+                        TxPoint::AfterCommit => here(Failpoint::AfterCommit),
+                    }
+                    if work.poison && p == TxPoint::BeforeCommit {
+                        // Recorded and applied, then it fails: the transaction rolls back.
+                        return Err(tabgrab::Error::new(
+                            tabgrab::ErrorKind::Handler,
+                            "poison: this event always fails",
+                        ));
+                    }
+                    Ok(())
                 })
                 .await?;
                 Ok(())
@@ -191,8 +198,9 @@ async fn consumer_killed_at_each_failpoint(kind: Kind) {
         ids
     };
     let started = Instant::now();
-    for point in Failpoint::ALL {
-        let at = rng.random_range(1..=EVENTS / 4);
+    let mut kills = 0;
+    for point in Failpoint::ALL.into_iter().cycle().take(3 * ROUNDS) {
+        let at = rng.random_range(1..=EVENTS / (3 * ROUNDS as u64));
         let mut child = fx::spawn_child(
             "fx_consumer_child",
             &[
@@ -210,6 +218,7 @@ async fn consumer_killed_at_each_failpoint(kind: Kind) {
             point.name()
         );
         println!("  killed at {} on delivery {at}", point.name());
+        kills += 1;
     }
     let inbox = finish_in_process(dir.path(), &db, EVENTS).await;
     let report = effects::check(
@@ -218,7 +227,7 @@ async fn consumer_killed_at_each_failpoint(kind: Kind) {
     );
     let dups = db.dups().await;
     println!(
-        "{scenario}: 3 kills, {EVENTS} events, {report}; duplicates caught by the inbox {} (restart run: {}), {:?}",
+        "{scenario}: {kills} kills, {EVENTS} events, {report}; duplicates caught by the inbox {} (restart run: {}), {:?}",
         dups.len(),
         inbox.stats().duplicates,
         started.elapsed()
@@ -377,4 +386,58 @@ async fn sqlite_poison_is_dead_lettered_without_effect_and_others_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_poison_is_dead_lettered_without_effect_and_others_flow() {
     poison_is_dead_lettered_without_effect(Kind::Postgres).await;
+}
+
+/// The checker is not vacuous: the same duplicate injection without the inbox shows second
+/// effects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_inbox_the_checker_sees_second_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let publisher = Publisher::new(&bus, TOPIC, "/test").unwrap();
+    let envelopes: Vec<_> = (0..10)
+        .map(|i| {
+            publisher
+                .envelope(
+                    &Work {
+                        n: i,
+                        poison: false,
+                    },
+                    "s",
+                )
+                .unwrap()
+        })
+        .collect();
+    let mut copies = envelopes.clone();
+    copies.extend(envelopes[..3].iter().cloned());
+    publisher.publish_batch(&copies).await.unwrap();
+    let effects = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sub = {
+        let effects = Arc::clone(&effects);
+        Subscription::builder(&bus, TOPIC, GROUP)
+            .handle(move |_: Work, ctx: Context| {
+                let effects = Arc::clone(&effects);
+                async move {
+                    effects
+                        .lock()
+                        .unwrap()
+                        .push((GROUP.to_owned(), ctx.envelope().id.clone()));
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sub.watermark() < copies.len() as u64 {
+        assert!(Instant::now() < deadline, "the consumer did not finish");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sub.shutdown().await.unwrap();
+    let report = effects::check(
+        envelopes.iter().map(|e| (GROUP, e.id.as_str())),
+        effects.lock().unwrap().clone(),
+    );
+    assert_eq!(report.duplicated.len(), 3, "{report}");
+    assert!(!report.is_valid());
 }

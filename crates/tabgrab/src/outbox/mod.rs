@@ -15,7 +15,7 @@
 //! - **No zombie:** a row is deleted only after the bus acknowledged its publish (durably); a
 //!   relay that dies before that leaves the row, and the next relay publishes it again. A
 //!   restarted relay catches up within its poll interval, plus (SQLite) the lease of the dead
-//!   relay's claim: 3 s by default.
+//!   relay's claim: 2 s by default.
 //! - **At least once, de-duplicated where the engine can:** a crash between the publish and
 //!   the delete publishes the event again *with the same envelope id*; JetStream drops the
 //!   copy within its duplicate window (`Nats-Msg-Id`), and an [`Inbox`](crate::inbox::Inbox)

@@ -19,7 +19,7 @@
 //! full speed.
 //!
 //! # Leases (SQLite)
-//! A SQLite claim lasts `lease` (3 s by default) and the relay renews it every third of that
+//! A SQLite claim lasts `lease` (2 s by default) and the relay renews it every third of that
 //! while it publishes. A relay that dies holds its rows until the lease lapses; one that
 //! stalls longer than its lease (a paused process) may find its rows taken and republished by
 //! another relay, and then publishes its own copies late: duplicates by id, possibly after
@@ -106,14 +106,14 @@ impl<DB: Database> std::fmt::Debug for RelayBuilder<DB> {
 }
 
 impl<DB: Database> RelayBuilder<DB> {
-    /// Defaults: poll every 100 ms, 100 rows per round, 3 s leases.
+    /// Defaults: poll every 100 ms, 100 rows per round, 2 s leases.
     pub(crate) fn new(outbox: Outbox<DB>, bus: Bus) -> RelayBuilder<DB> {
         RelayBuilder {
             outbox,
             bus,
             poll_interval: Duration::from_millis(100),
             batch_size: 100,
-            lease: Duration::from_secs(3),
+            lease: Duration::from_secs(2),
             hook: None,
         }
     }
@@ -132,7 +132,7 @@ impl<DB: Database> RelayBuilder<DB> {
         self
     }
 
-    /// How long a claim lasts on SQLite without renewal (default 3 s, at least 300 ms): the
+    /// How long a claim lasts on SQLite without renewal (default 2 s, at least 300 ms): the
     /// delay before another relay takes over the rows of a relay that died. Ignored on
     /// PostgreSQL, where a claim is a lock released when the relay's connection closes.
     pub fn lease(mut self, lease: Duration) -> RelayBuilder<DB> {

@@ -4,7 +4,7 @@
 //! publishes (the application could not commit meanwhile). Instead a claim is one atomic
 //! `UPDATE .. RETURNING` that stamps the rows with the relay's id and a lease deadline; the
 //! relay renews the lease while it publishes, then deletes what it sent. A relay that dies
-//! leaves its rows leased until the lease lapses (3 s by default), then any relay takes them.
+//! leaves its rows leased until the lease lapses (2 s by default), then any relay takes them.
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;

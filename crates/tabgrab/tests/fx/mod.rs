@@ -205,12 +205,13 @@ impl Db {
     }
 
     /// The handler's transaction: record the id in the inbox; the first time apply the
-    /// effect, a duplicate only notes that it was one. `die` is called at each point.
+    /// effect, a duplicate only notes that it was one. `at` is called at each point; an error
+    /// from it abandons the transaction (rolled back) and is returned.
     pub async fn handle(
         &self,
         inbox: &AnyInbox,
         envelope: &Envelope,
-        die: impl Fn(TxPoint),
+        at: impl Fn(TxPoint) -> Result<(), Error>,
     ) -> Result<bool, Error> {
         let p = self.prefix();
         match (self, inbox) {
@@ -224,9 +225,9 @@ impl Db {
                     .execute(&mut *tx)
                     .await
                     .map_err(storage)?;
-                die(TxPoint::BeforeCommit);
+                at(TxPoint::BeforeCommit)?;
                 tx.commit().await.map_err(storage)?;
-                die(TxPoint::AfterCommit);
+                at(TxPoint::AfterCommit)?;
                 Ok(first)
             }
             (Db::Postgres(pool, _), AnyInbox::Postgres(inbox)) => {
@@ -241,9 +242,9 @@ impl Db {
                 .execute(&mut *tx)
                 .await
                 .map_err(storage)?;
-                die(TxPoint::BeforeCommit);
+                at(TxPoint::BeforeCommit)?;
                 tx.commit().await.map_err(storage)?;
-                die(TxPoint::AfterCommit);
+                at(TxPoint::AfterCommit)?;
                 Ok(first)
             }
             _ => unreachable!("inbox and database kinds match"),
