@@ -10,6 +10,7 @@
 
 mod fx;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use fx::{AnyInbox, Db, Kind, TxPoint};
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
+use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Context, Publisher, Subscription};
 use tabgrab::retry::Backoff;
@@ -440,4 +442,188 @@ async fn without_the_inbox_the_checker_sees_second_effects() {
     );
     assert_eq!(report.duplicated.len(), 3, "{report}");
     assert!(!report.is_valid());
+}
+
+/// The paused member's handler: on its first delivery it writes `marker` inside the
+/// transaction (effect written, not committed) and lingers there, so the parent can SIGSTOP
+/// it past the ack wait while it holds the message.
+fn pause_consumer(
+    bus: &Bus,
+    topic: &str,
+    db: Db,
+    inbox: AnyInbox,
+    marker: Option<PathBuf>,
+) -> Subscription {
+    let handled = Arc::new(AtomicU64::new(0));
+    Subscription::builder(bus, topic, GROUP)
+        .ack_wait(PAUSE_ACK_WAIT)
+        .backoff(fast_backoff())
+        .handle(move |_: Work, ctx: Context| {
+            let db = db.clone();
+            let inbox = inbox.clone();
+            let handled = Arc::clone(&handled);
+            let marker = marker.clone();
+            async move {
+                let n = handled.fetch_add(1, Ordering::SeqCst) + 1;
+                db.handle(&inbox, ctx.envelope(), |p| {
+                    if let (Some(marker), TxPoint::BeforeCommit, 1) = (&marker, p, n) {
+                        std::fs::write(marker, &ctx.envelope().id).unwrap();
+                        // Lingers in the open transaction; the parent stops the process here.
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Ok(())
+                })
+                .await?;
+                Ok(())
+            }
+        })
+        .start()
+        .unwrap()
+}
+
+/// The ack wait of the pause scenario; the pause lasts well past it.
+const PAUSE_ACK_WAIT: Duration = Duration::from_secs(1);
+const PAUSE: Duration = Duration::from_millis(2500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of the pause scenarios"]
+async fn fx_pause_child() {
+    let Ok(dir) = std::env::var("FX_PAUSE_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let kind = Kind::parse(&std::env::var("FX_DB").unwrap());
+    let prefix = std::env::var("FX_PREFIX").unwrap();
+    let topic = std::env::var("FX_TOPIC").unwrap();
+    let db = Db::open(kind, &dir, &prefix).await;
+    let inbox = db.inbox(GROUP).await;
+    let bus = Bus::connect(NATS_URL).await.unwrap();
+    let _sub = pause_consumer(&bus, &topic, db, inbox, Some(dir.join("held")));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} failed");
+}
+
+async fn paused_member_past_its_ack_wait(kind: Kind) {
+    if !kind.available() || !tabgrab_testkit::services::require("NATS", "127.0.0.1:4222") {
+        return;
+    }
+    const EVENTS: u64 = 20;
+    let scenario = format!("pause past the ack wait (nats, {})", kind.name());
+    let _seed = fx::seed(&scenario);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = fx::unique_prefix();
+    let topic = format!("fx-pause-{prefix}");
+    let db = Db::open(kind, dir.path(), &prefix).await;
+    db.create_tables().await;
+    let bus = Bus::connect(NATS_URL).await.unwrap();
+    println!("  connected");
+    let publisher = Publisher::new(&bus, &topic, "/test").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..EVENTS {
+        let receipt = publisher
+            .publish(
+                &Work {
+                    n: i,
+                    poison: false,
+                },
+                format!("s{}", i % 4),
+            )
+            .await
+            .unwrap();
+        ids.push(receipt.id);
+    }
+    // Member A (a child) takes its first message and lingers inside the transaction.
+    let mut a = fx::spawn_child(
+        "fx_pause_child",
+        &[
+            ("FX_PAUSE_DIR", dir.path().display().to_string()),
+            ("FX_DB", kind.name().to_owned()),
+            ("FX_PREFIX", prefix.clone()),
+            ("FX_TOPIC", topic.clone()),
+        ],
+    );
+    let marker = dir.path().join("held");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "member A never took a message");
+        assert!(a.try_wait().unwrap().is_none(), "member A exited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(&a, "-STOP");
+    println!("  member A stopped");
+    let stopped = Instant::now();
+    let held = std::fs::read_to_string(&marker).unwrap();
+    // Member B (this process) gets everything, A's held messages after the ack wait.
+    let inbox = db.inbox(GROUP).await;
+    let b = pause_consumer(&bus, &topic, db.clone(), inbox.clone(), None);
+    b.ready().await.unwrap();
+    println!("  member B ready");
+    tokio::time::sleep(PAUSE.saturating_sub(stopped.elapsed())).await;
+    signal(&a, "-CONT");
+    println!("  member A continued");
+    // Quiescence: every event has its effect and nothing is pending for the group.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let effects = db.effects().await;
+        if effects.len() as u64 >= EVENTS && b.lag() == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group did not finish: {} effects",
+            effects.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let A finish what it held (it was resumed), then stop both.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    b.shutdown().await.unwrap();
+    let report = effects::check(
+        ids.iter().map(|id| (GROUP, id.as_str())),
+        db.effects().await,
+    );
+    let dups = db.dups().await;
+    let held_dup = dups.iter().any(|(_, id)| *id == held);
+    println!(
+        "{scenario}: {EVENTS} events, A paused {PAUSE:?} (ack wait {PAUSE_ACK_WAIT:?}) holding {held}; {report}; duplicates caught {} (the one held inside its transaction among them: {held_dup})",
+        dups.len(),
+    );
+    assert!(report.is_valid(), "{report}");
+    assert!(
+        !dups.is_empty(),
+        "messages held by the paused member were redelivered to the other and caught as duplicates"
+    );
+    bus.delete_topic(&topic).await.unwrap();
+    db.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_member_paused_past_its_ack_wait_applies_each_effect_once() {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        paused_member_past_its_ack_wait(Kind::Sqlite),
+    )
+    .await
+    .expect("the pause scenario is bounded to 60 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_member_paused_past_its_ack_wait_applies_each_effect_once() {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        paused_member_past_its_ack_wait(Kind::Postgres),
+    )
+    .await
+    .expect("the pause scenario is bounded to 60 s");
 }

@@ -18,6 +18,11 @@ impl InboxSql for Postgres {
         t: &'a str,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
+            // An existing table is left alone: CREATE INDEX would wait for every open
+            // transaction that wrote to it (a handler's transaction in another process).
+            if crate::outbox::table_exists(pool, &format!("{t}_age")).await? {
+                return Ok(());
+            }
             let create = format!(
                 "CREATE TABLE IF NOT EXISTS {t} (grp TEXT NOT NULL, id TEXT NOT NULL, \
                    received_ms BIGINT NOT NULL, PRIMARY KEY (grp, id))"

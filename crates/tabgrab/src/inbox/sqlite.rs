@@ -17,6 +17,11 @@ impl InboxSql for Sqlite {
         t: &'a str,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
+            // An existing table is left alone: even `IF NOT EXISTS` DDL takes the write lock,
+            // and would wait for a handler stalled inside its transaction.
+            if crate::outbox::sqlite_exists(pool, &format!("{t}_age")).await? {
+                return Ok(());
+            }
             let create = format!(
                 "CREATE TABLE IF NOT EXISTS {t} (grp TEXT NOT NULL, id TEXT NOT NULL, \
                    received_ms INTEGER NOT NULL, PRIMARY KEY (grp, id))"

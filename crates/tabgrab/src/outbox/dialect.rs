@@ -32,6 +32,9 @@ pub struct ClaimedRow {
     pub envelope: Vec<u8>,
 }
 
+/// A claim and its rows, in staging order.
+pub(crate) type Claimed<C> = (C, Vec<ClaimedRow>);
+
 /// What a relay reports when it is done with a claimed batch.
 pub struct Outcome<'a> {
     /// Published: delete them.
@@ -74,7 +77,7 @@ pub trait OutboxSql: sqlx::Database + Sized {
         limit: i64,
         now_ms: i64,
         lease_until_ms: i64,
-    ) -> BoxFuture<'a, Result<(Self::Claim, Vec<ClaimedRow>), sqlx::Error>>;
+    ) -> BoxFuture<'a, Result<Claimed<Self::Claim>, sqlx::Error>>;
 
     /// Extends the lease on claimed rows (a no-op where the claim is a lock). Returns how many
     /// rows this owner still holds.

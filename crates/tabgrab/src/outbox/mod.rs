@@ -67,8 +67,11 @@ use crate::{Codec, Envelope, Error, ErrorKind};
 pub(crate) mod dialect;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::table_exists;
 mod relay;
 mod sqlite;
+pub(crate) use sqlite::sqlite_exists;
 
 pub use relay::{Relay, RelayBuilder, RelayEvent, RelayStats};
 

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use sqlx::Postgres;
 use sqlx::Row as _;
 
-use super::dialect::{ClaimedRow, NewRow, OutboxSql, Outcome};
+use super::dialect::{Claimed, ClaimedRow, NewRow, OutboxSql, Outcome};
 
 impl OutboxSql for Postgres {
     const NAME: &'static str = "postgres";
@@ -27,6 +27,11 @@ impl OutboxSql for Postgres {
         t: &'a str,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
+            // An existing table is left alone: CREATE INDEX would wait for every open
+            // transaction that wrote to it (a relay holding its claim, a stalled consumer).
+            if table_exists(pool, &format!("{t}_subject")).await? {
+                return Ok(());
+            }
             let create = format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\
                    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id TEXT NOT NULL, \
@@ -73,7 +78,7 @@ impl OutboxSql for Postgres {
         limit: i64,
         _now_ms: i64,
         _lease_until_ms: i64,
-    ) -> BoxFuture<'a, Result<(Self::Claim, Vec<ClaimedRow>), sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Claimed<Self::Claim>, sqlx::Error>> {
         async move {
             let mut tx = pool.begin().await?;
             let sql = format!(
@@ -170,4 +175,16 @@ impl OutboxSql for Postgres {
         }
         .boxed()
     }
+}
+
+/// Whether the relation `name` (a table or index) exists in the search path.
+pub(crate) async fn table_exists(
+    pool: &sqlx::Pool<Postgres>,
+    table: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query("SELECT to_regclass($1) IS NOT NULL AS present")
+        .bind(table)
+        .fetch_one(pool)
+        .await?;
+    row.try_get("present")
 }

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use sqlx::Row as _;
 use sqlx::Sqlite;
 
-use super::dialect::{ClaimedRow, NewRow, OutboxSql, Outcome, json_list};
+use super::dialect::{Claimed, ClaimedRow, NewRow, OutboxSql, Outcome, json_list};
 
 impl OutboxSql for Sqlite {
     const NAME: &'static str = "sqlite";
@@ -22,6 +22,11 @@ impl OutboxSql for Sqlite {
         t: &'a str,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
+            // An existing table is left alone: even `IF NOT EXISTS` DDL takes the write lock,
+            // and would wait for a writer that is stalled inside its transaction.
+            if sqlite_exists(pool, &format!("{t}_subject")).await? {
+                return Ok(());
+            }
             // AUTOINCREMENT: sequence numbers are never reused, even after the newest row
             // was sent and deleted, so `seq` is the staging order for the table's lifetime.
             let create = format!(
@@ -69,7 +74,7 @@ impl OutboxSql for Sqlite {
         limit: i64,
         now_ms: i64,
         lease_until_ms: i64,
-    ) -> BoxFuture<'a, Result<((), Vec<ClaimedRow>), sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Claimed<()>, sqlx::Error>> {
         async move {
             // One statement, so atomic against other relays (SQLite serialises writers). A
             // row is skipped while an earlier row of its (topic, subject) is leased by a live
@@ -191,4 +196,16 @@ impl OutboxSql for Sqlite {
         }
         .boxed()
     }
+}
+
+/// Whether the table or index `name` exists (a read: no write lock).
+pub(crate) async fn sqlite_exists(
+    pool: &sqlx::Pool<Sqlite>,
+    name: &str,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("SELECT 1 FROM sqlite_master WHERE name = ?")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .is_some())
 }
