@@ -3,7 +3,7 @@
 //! inbox reports a second delivery as a duplicate; several relays keep per-subject order.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tabgrab::Envelope;
@@ -203,5 +203,82 @@ async fn stage_refuses_a_bad_topic_and_a_bad_table_name() {
     let mut tx = pool.begin().await.unwrap();
     let err = outbox.stage(&mut tx, "", &event(1, "s")).await.unwrap_err();
     assert_eq!(err.kind(), tabgrab::ErrorKind::Malformed);
-    let _ = HashMap::<u8, u8>::new();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_copies_of_one_message_are_recorded_once() {
+    if !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .unwrap();
+    let table = format!("inbox_race_{:x}", rand::random::<u32>());
+    let inbox = Inbox::postgres_table(pool.clone(), "payment", &table)
+        .await
+        .unwrap();
+    let e = event(1, "o-1");
+    // The first copy records and holds its transaction open; the second copy's record
+    // waits for it, and once it commits, finds a duplicate.
+    let mut first = pool.begin().await.unwrap();
+    assert!(inbox.record(&mut first, &e).await.unwrap());
+    let second = {
+        let (pool, inbox, e) = (pool.clone(), inbox.clone(), e.clone());
+        tokio::spawn(async move {
+            let mut tx = pool.begin().await.unwrap();
+            let fresh = inbox.record(&mut tx, &e).await.unwrap();
+            tx.commit().await.unwrap();
+            fresh
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !second.is_finished(),
+        "the second copy waits for the first transaction"
+    );
+    first.commit().await.unwrap();
+    assert!(!second.await.unwrap(), "and is then a duplicate");
+    assert_eq!(inbox.stats().duplicates, 1);
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outbox_publishes_committed_events_and_never_rolled_back_ones() {
+    if !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .unwrap();
+    let table = format!("outbox_basic_{:x}", rand::random::<u32>());
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let outbox = Outbox::postgres_table(pool.clone(), &table).await.unwrap();
+    let relay = outbox.relay(&bus).start();
+    let committed = event(1, "o-1");
+    let mut tx = pool.begin().await.unwrap();
+    outbox.stage(&mut tx, "orders", &committed).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .stage(&mut tx, "orders", &event(2, "o-2"))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    wait_drained(&outbox, Duration::from_secs(5)).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(read_topic(&bus, "orders"), vec![committed]);
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&pool)
+        .await
+        .unwrap();
 }
