@@ -282,3 +282,36 @@ async fn postgres_outbox_publishes_committed_events_and_never_rolled_back_ones()
         .await
         .unwrap();
 }
+
+/// Backend independence, and the envelope id as the de-duplication key: a row published
+/// again (as after a relay crash between the publish and the delete) is recognised by
+/// JetStream as a duplicate, and the stream holds the event once.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_relay_republish_is_deduplicated_by_the_envelope_id() {
+    if !tabgrab_testkit::services::require("NATS", "127.0.0.1:4222") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(dir.path()).await;
+    let bus = tabgrab::backend::Bus::connect("nats://127.0.0.1:4222")
+        .await
+        .unwrap();
+    let topic = format!("outbox-dedup-{:x}", rand::random::<u32>());
+    let outbox = Outbox::sqlite(pool.clone()).await.unwrap();
+    let relay = outbox.relay(&bus).start();
+    let e = event(1, "o-1");
+    for _ in 0..2 {
+        let mut tx = pool.begin().await.unwrap();
+        outbox.stage(&mut tx, &topic, &e).await.unwrap();
+        outbox.commit(tx).await.unwrap();
+        wait_drained(&outbox, Duration::from_secs(5)).await;
+    }
+    let stats = outbox.stats();
+    assert_eq!((stats.published, stats.duplicates), (2, 1), "{stats:?}");
+    let backend = bus.as_backend().unwrap();
+    let stored = backend.read_all(&topic).await.unwrap();
+    assert_eq!(stored, vec![e], "one event in the stream");
+    relay.shutdown().await.unwrap();
+    bus.delete_topic(&topic).await.unwrap();
+}

@@ -260,6 +260,17 @@ impl<DB: Database> Inbox<DB> {
 
     /// Prunes every `every` in the background, keeping `retention`. The pruner stops when
     /// its handle is dropped or shut down.
+    ///
+    /// ```no_run
+    /// # async fn demo(inbox: tabgrab::inbox::Inbox<sqlx::Sqlite>) {
+    /// use std::time::Duration;
+    /// use tabgrab::inbox::DEFAULT_RETENTION;
+    ///
+    /// let pruner = inbox.spawn_pruner(Duration::from_secs(3600), DEFAULT_RETENTION);
+    /// // ... at shutdown
+    /// pruner.shutdown().await;
+    /// # }
+    /// ```
     pub fn spawn_pruner(&self, every: Duration, retention: Duration) -> Pruner {
         let inbox = self.clone();
         let cancel = CancellationToken::new();

@@ -281,6 +281,23 @@ impl<DB: Database> Outbox<DB> {
 
     /// Starts building a relay that publishes this outbox's rows to `bus` (a [`Bus`] or an
     /// `&EmbeddedBus`). Several relays may run, in this process or others.
+    ///
+    /// ```no_run
+    /// # async fn demo(outbox: tabgrab::outbox::Outbox<sqlx::Sqlite>) -> Result<(), tabgrab::Error> {
+    /// use std::time::Duration;
+    /// use tabgrab::backend::Bus;
+    ///
+    /// let bus = Bus::connect("nats://127.0.0.1:4222").await?;
+    /// let relay = outbox
+    ///     .relay(&bus)
+    ///     .poll_interval(Duration::from_millis(50))
+    ///     .batch_size(200)
+    ///     .start();
+    /// // ... later
+    /// println!("{:?}", relay.stats());
+    /// relay.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn relay(&self, bus: impl Into<Bus>) -> RelayBuilder<DB> {
         RelayBuilder::new(self.clone(), bus.into())
     }
