@@ -77,8 +77,11 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Counters of an inbox in this process.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Records that inserted the id.
     first: AtomicU64,
+    /// Records that found the id.
     duplicates: AtomicU64,
+    /// Ids deleted by pruning.
     pruned: AtomicU64,
 }
 

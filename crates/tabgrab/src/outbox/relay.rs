@@ -177,11 +177,17 @@ impl<DB: Database> RelayBuilder<DB> {
 /// Counters of one relay.
 #[derive(Debug, Default)]
 struct RelayCounters {
+    /// Rounds that claimed rows.
     rounds: AtomicU64,
+    /// Rows claimed.
     claimed: AtomicU64,
+    /// Rows the bus acknowledged.
     published: AtomicU64,
+    /// Acknowledged as duplicates of the same id.
     duplicates: AtomicU64,
+    /// Failed publishes.
     publish_errors: AtomicU64,
+    /// Failed claims, renewals, deletes.
     store_errors: AtomicU64,
 }
 
@@ -259,13 +265,21 @@ impl Drop for Relay {
 
 /// The relay's task state.
 struct Worker<DB: Database> {
+    /// The rows' table, the pool, the wake-ups and the shared counters.
     outbox: Outbox<DB>,
+    /// Where the rows are published.
     bus: Bus,
+    /// The longest sleep between rounds.
     poll_interval: Duration,
+    /// Most rows per claim.
     batch_size: usize,
+    /// How long a SQLite claim lasts without renewal.
     lease: Duration,
+    /// Called at each moment of a round.
     hook: Option<Hook>,
+    /// This relay's id, written into its SQLite leases.
     owner: String,
+    /// This relay's own counters.
     stats: Arc<RelayCounters>,
     /// One publisher per topic, made on first use.
     publishers: HashMap<String, Publisher>,
@@ -274,8 +288,11 @@ struct Worker<DB: Database> {
 /// What publishing one lane produced.
 #[derive(Default)]
 struct LaneResult {
+    /// Published: to delete.
     sent: Vec<i64>,
+    /// Failed, with the error: an attempt is counted.
     failed: Vec<(i64, String)>,
+    /// Not attempted (behind a failure of their subject): given back.
     untouched: Vec<i64>,
 }
 
