@@ -15,6 +15,9 @@ pub enum ErrorKind {
     Deadline,
     /// The command line asked for something impossible.
     Usage,
+    /// This style or scenario cannot run on the chosen engine (the message says which and
+    /// what runs instead): a documented limit, not a failure.
+    Unsupported,
 }
 
 /// A pizzeria error: a kind, a message, and an optional source.

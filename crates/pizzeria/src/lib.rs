@@ -21,6 +21,7 @@
 //! | [`http`] | the front desk's HTTP API |
 //! | [`run`] | the restaurant under simulated load, and its summary |
 //! | [`lab`] | the comparison table of the three kinds, measured: blocking, availability, response expected, capacity |
+//! | [`namespace`] | topics prefixed per run, so runs share a broker without mixing, and are deleted after |
 //! | [`cli`] | the `pizzeria` command line |
 //!
 //! ```no_run
@@ -42,6 +43,7 @@ pub mod lab;
 pub mod menu;
 pub mod messages;
 pub mod messaging;
+pub mod namespace;
 pub mod order;
 pub mod run;
 pub mod service;

@@ -251,15 +251,8 @@ impl Summary {
 
 /// Runs the restaurant under simulated load; see the module docs.
 pub async fn run(config: RunConfig) -> Result<Summary, Error> {
-    if config.bus.is_some() && config.style != Style::Events {
-        return Err(Error::new(
-            ErrorKind::Usage,
-            format!(
-                "--bus runs the events style; the {} style of pizzeria runs on the embedded bus only \
-                 (tabgrab's messaging itself runs on NATS and RabbitMQ)",
-                config.style.as_str()
-            ),
-        ));
+    if config.bus.is_some() {
+        check_bus_style(&config)?;
     }
     if config.style == Style::Messaging {
         return crate::messaging::run(config).await;
@@ -347,6 +340,25 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
             timeouts: None,
         },
     ))
+}
+
+/// Which styles run on `--bus`: events (services here, spawned or external) and messaging
+/// (every service in this process); calls talk HTTP and use no bus.
+fn check_bus_style(config: &RunConfig) -> Result<(), Error> {
+    match config.style {
+        Style::Events => Ok(()),
+        Style::Messaging if config.placement == Placement::InProcess => Ok(()),
+        Style::Messaging => Err(Error::new(
+            ErrorKind::Unsupported,
+            "the messaging style runs every service in this process on --bus (--services in-process); \
+             its responders have no `pizzeria service` process yet",
+        )),
+        Style::Calls => Err(Error::new(
+            ErrorKind::Unsupported,
+            "the calls style talks HTTP between the services and uses no bus: drop --bus \
+             (run the services apart with `pizzeria service <name> --listen ..`)",
+        )),
+    }
 }
 
 /// Binds the front desk on a free loopback port, for the simulated customers.
@@ -752,9 +764,9 @@ fn nix_kill(pid: libc::pid_t, signal: libc::c_int) -> std::io::Result<()> {
 /// The events style on a shared bus: services here, in child processes, or elsewhere.
 async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     let started = Instant::now();
-    let bus = tabgrab::backend::Bus::connect(url).await.map_err(|e| {
-        Error::new(ErrorKind::Bus, format!("cannot connect to the bus {url}")).with_source(e)
-    })?;
+    // `?namespace=` prefixes the run's topics; they are deleted at the end (see namespace.rs).
+    let connection = crate::namespace::connect(url).await?;
+    let bus = connection.bus().clone();
     if let Ok(report) = bus.report().await {
         eprintln!("bus: {report}");
     }
@@ -820,6 +832,7 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
             .await
             .map_err(|e| Error::new(ErrorKind::Io, "stopping failed").with_source(e))?;
     }
+    connection.clean_up().await?;
     let tally = driven?;
     Ok(tally.into_summary(
         &config,

@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use tabgrab::backend::Bus;
 use tabgrab::event::Subscription;
 
 use crate::error::{Error, ErrorKind};
@@ -83,9 +82,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     let name = config.name.as_str();
-    let bus = Bus::connect(&config.bus)
-        .await
-        .map_err(bus_error("cannot connect to the bus"))?;
+    // Through the pizzeria's connect, so that `?namespace=` works as for `pizzeria run`.
+    let bus = crate::namespace::connect(&config.bus).await?.bus().clone();
     if let Ok(report) = bus.report().await {
         eprintln!("{name}: {report}");
     }

@@ -202,19 +202,3 @@ fn the_quick_lab_measures_the_table_and_its_report_renders_with_charts() {
         }
     }
 }
-
-#[test]
-fn the_lab_refuses_a_broker_it_does_not_run_on_yet() {
-    let out = tempfile::tempdir().unwrap();
-    let output = pizzeria()
-        .args(["lab", "--quick", "--bus", "nats://127.0.0.1:4222", "--out"])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("the lab does not run on NATS yet"),
-        "{stderr}"
-    );
-}

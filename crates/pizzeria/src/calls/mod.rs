@@ -27,6 +27,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tabgrab::call::Client;
+use tabgrab::call::breaker::BreakerConfig;
 use tabgrab::call::http::HttpTransport;
 
 pub use front_desk::Waiter;
@@ -66,8 +67,15 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// The front desk's clients of the three services, each behind tabgrab's client stack.
+    /// The front desk's clients of the three services, each behind tabgrab's client stack
+    /// with its default circuit breaker.
     pub fn waiter(&self) -> Waiter {
+        self.waiter_with(BreakerConfig::default())
+    }
+
+    /// [`Peers::waiter`] with each client's circuit breaker set to `breaker` (the lab sets
+    /// its open period explicitly, since it bounds how soon calls recover after an outage).
+    pub fn waiter_with(&self, breaker: BreakerConfig) -> Waiter {
         let client = |name: &str, url: &str| {
             Client::builder(
                 HttpTransport::builder(url)
@@ -77,6 +85,7 @@ impl Peers {
             .service_name(name)
             .source("/pizzeria/front-desk")
             .default_timeout(self.order_timeout)
+            .breaker(breaker)
             .build()
         };
         Waiter {

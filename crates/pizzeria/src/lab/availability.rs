@@ -9,10 +9,18 @@
 //! Recovery is the time from the restart until the backlog (orders accepted before the
 //! restart) has been made and a new order has been made too: for calls, the first order
 //! made after the restart; for the queued styles, the drain of what waited.
+//!
+//! What dominates the calls style's recovery is its circuit breaker, not the kitchen: the
+//! breaker opened during the outage and re-opens on every failed probe, and after the
+//! restart it refuses every call until its open period has run out. `breaker_wait_s`
+//! measures that wait (from the restart to the breaker's first move out of `Open`, from its
+//! recorded transitions), so the report can say how much of the recovery it was.
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+
+use tabgrab::call::breaker::CircuitState;
 
 use super::load::{Answer, End};
 use super::trial::Trace;
@@ -62,6 +70,11 @@ pub struct AvailabilityFigures {
     pub lost: u64,
     /// From restart to recovery (see the module docs), in seconds; none if it never did.
     pub recovery_s: Option<f64>,
+    /// Calls: from the restart until the stopped service's circuit breaker let a call
+    /// through again (0 if it was not open at the restart), in seconds; none for the other
+    /// styles, or if it never did.
+    #[serde(default)]
+    pub breaker_wait_s: Option<f64>,
     /// Derived: the outage made orders fail or get lost, or kept them from being accepted.
     pub recipient_must_be_up: bool,
     /// 100 ms buckets, for the chart.
@@ -91,6 +104,7 @@ pub(crate) fn figures(style: Style, down: &str, trace: &Trace) -> AvailabilityFi
         failed_during_outage: 0,
         lost: 0,
         recovery_s: None,
+        breaker_wait_s: None,
         recipient_must_be_up: false,
         series: Vec::new(),
     };
@@ -151,9 +165,30 @@ pub(crate) fn figures(style: Style, down: &str, trace: &Trace) -> AvailabilityFi
         let done = last_backlog.map_or(first, |l| l.max(first));
         done.saturating_duration_since(restarted).as_secs_f64()
     });
+    f.breaker_wait_s = breaker_wait(&trace.breaker, restarted);
     f.recipient_must_be_up =
         f.failed > 0 || f.lost > 0 || f.accepted_during_outage < f.offered_during_outage;
     f
+}
+
+/// From `restarted` until the breaker left `Open` (0 if it was not open then); `None` if
+/// there are no transitions (not the calls style) or it stayed open.
+fn breaker_wait(transitions: &[(Instant, CircuitState)], restarted: Instant) -> Option<f64> {
+    if transitions.is_empty() {
+        return None;
+    }
+    let at_restart = transitions
+        .iter()
+        .rev()
+        .find(|(at, _)| *at <= restarted)
+        .map_or(CircuitState::Closed, |(_, state)| *state);
+    if at_restart != CircuitState::Open {
+        return Some(0.0);
+    }
+    transitions
+        .iter()
+        .find(|(at, state)| *at > restarted && *state != CircuitState::Open)
+        .map(|(at, _)| at.saturating_duration_since(restarted).as_secs_f64())
 }
 
 #[cfg(test)]
@@ -181,6 +216,7 @@ mod tests {
                 sent,
                 answered: sent + Duration::from_millis(1),
                 answer,
+                desk: None,
             });
             ends.push(end);
         }
@@ -190,6 +226,7 @@ mod tests {
             ends,
             outage: Some((down, up)),
             counters: Counters::default(),
+            breaker: Vec::new(),
         }
     }
 
@@ -220,6 +257,29 @@ mod tests {
         assert_eq!((f.failed, f.lost), (0, 0));
         assert!(f.completed_after_recovery > 0);
         assert!(!f.recipient_must_be_up);
+    }
+
+    #[test]
+    fn the_breaker_wait_runs_from_the_restart_to_its_first_move_out_of_open() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let restarted = at(600);
+        let opened = vec![
+            (at(310), CircuitState::Open),
+            (at(500), CircuitState::HalfOpen),
+            (at(505), CircuitState::Open),
+            (at(1000), CircuitState::HalfOpen),
+            (at(1010), CircuitState::Closed),
+        ];
+        let wait = breaker_wait(&opened, restarted).unwrap();
+        assert!((wait - 0.4).abs() < 1e-6, "{wait}");
+        let closed = vec![
+            (at(310), CircuitState::Open),
+            (at(550), CircuitState::Closed),
+        ];
+        assert_eq!(breaker_wait(&closed, restarted), Some(0.0));
+        assert_eq!(breaker_wait(&[], restarted), None);
+        assert_eq!(breaker_wait(&opened[..3], restarted), None);
     }
 
     #[test]

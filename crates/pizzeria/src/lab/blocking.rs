@@ -16,6 +16,10 @@
 //! the usual synchronous client. It makes the difference visible rather than assumed: with
 //! N calls in flight it holds N threads, and tabgrab's styles hold a handful.
 //!
+//! On a broker (`pizzeria lab --bus nats://…`) the messaging and events probes use it, in a
+//! namespace of their own that they delete at the end; the recipient's side still runs in
+//! the probe, so the threads of the broker's client library (if it has any) are counted too.
+//!
 //! The verdict "blocks a thread per request" is derived from the figure: peak threads of at
 //! least 90% of N.
 
@@ -27,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::call::Client;
 use tabgrab::call::http::HttpTransport;
@@ -41,6 +46,7 @@ use crate::calls::{Ovens, PaymentDesk, ServiceName, Storeroom, service_router};
 use crate::commands::{Baked, PlaceTicket};
 use crate::error::{Error, ErrorKind};
 use crate::messages::PizzaReady;
+use crate::namespace::Connection;
 
 /// The caller of the blocking measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -151,6 +157,7 @@ pub(crate) async fn measure(
     n: u64,
     delay: Duration,
     recipient: SocketAddr,
+    bus: Option<&str>,
 ) -> Result<BlockingFigures, Error> {
     let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
     let mut command = std::process::Command::new(exe);
@@ -160,6 +167,9 @@ pub(crate) async fn measure(
         .args(["--n", &n.to_string()])
         .args(["--delay-ms", &delay_ms.to_string()])
         .args(["--recipient", &recipient.to_string()]);
+    if let Some(url) = bus {
+        command.args(["--bus", url]);
+    }
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .map_err(|e| Error::new(ErrorKind::Io, "the probe's task failed").with_source(e))?
@@ -245,14 +255,15 @@ pub async fn probe(
     n: u64,
     delay: Duration,
     recipient: SocketAddr,
+    bus: Option<&str>,
 ) -> Result<ProbeOutput, Error> {
     let sampler = ThreadSampler::start()?;
     let started = Instant::now();
     let completed = match caller {
         Caller::Baseline => baseline(n, recipient)?,
         Caller::Calls => calls(n, recipient).await?,
-        Caller::Messaging => messaging(n, delay).await?,
-        Caller::Events => events(n, delay).await?,
+        Caller::Messaging => messaging(n, delay, ProbeBus::open(bus).await?).await?,
+        Caller::Events => events(n, delay, ProbeBus::open(bus).await?).await?,
     };
     let wall_s = started.elapsed().as_secs_f64();
     let peak_threads = sampler.finish();
@@ -360,11 +371,60 @@ fn bus_error(what: &'static str) -> impl FnOnce(tabgrab::Error) -> Error {
     move |e| Error::new(ErrorKind::Bus, what).with_source(e)
 }
 
+/// The bus of a messaging or events probe: an embedded bus in a scratch directory, or a
+/// broker namespace (deleted at the end). The scratch directory holds the correlation store.
+struct ProbeBus {
+    dir: tempfile::TempDir,
+    bus: Bus,
+    embedded: Option<EmbeddedBus>,
+    connection: Option<Connection>,
+}
+
+impl ProbeBus {
+    async fn open(url: Option<&str>) -> Result<ProbeBus, Error> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| Error::new(ErrorKind::Io, "cannot make a temp dir").with_source(e))?;
+        Ok(match url {
+            None => {
+                let embedded =
+                    EmbeddedBus::open(dir.path()).map_err(bus_error("cannot open the bus"))?;
+                ProbeBus {
+                    dir,
+                    bus: Bus::from(&embedded),
+                    embedded: Some(embedded),
+                    connection: None,
+                }
+            }
+            Some(url) => {
+                let connection = crate::namespace::connect(url).await?;
+                ProbeBus {
+                    dir,
+                    bus: connection.bus().clone(),
+                    embedded: None,
+                    connection: Some(connection),
+                }
+            }
+        })
+    }
+
+    async fn close(self) -> Result<(), Error> {
+        if let Some(embedded) = self.embedded {
+            embedded
+                .close()
+                .await
+                .map_err(bus_error("cannot close the bus"))?;
+        }
+        if let Some(connection) = self.connection {
+            connection.clean_up().await?;
+        }
+        drop(self.dir);
+        Ok(())
+    }
+}
+
 /// N `Requester::send`s, then every reply.
-async fn messaging(n: u64, delay: Duration) -> Result<u64, Error> {
-    let dir = tempfile::tempdir()
-        .map_err(|e| Error::new(ErrorKind::Io, "cannot make a temp dir").with_source(e))?;
-    let bus = EmbeddedBus::open(dir.path()).map_err(bus_error("cannot open the bus"))?;
+async fn messaging(n: u64, delay: Duration, probe_bus: ProbeBus) -> Result<u64, Error> {
+    let (bus, dir) = (probe_bus.bus.clone(), probe_bus.dir.path().to_owned());
     let size = usize::try_from(n).unwrap_or(usize::MAX).max(1);
     let responder = Responder::builder(&bus, "kitchen", "kitchen")
         .concurrency(size)
@@ -379,7 +439,7 @@ async fn messaging(n: u64, delay: Duration) -> Result<u64, Error> {
     let replied = Arc::new(AtomicU64::new(0));
     let notify = Arc::new(Notify::new());
     let (r, w) = (Arc::clone(&replied), Arc::clone(&notify));
-    let store = SqliteStore::open(dir.path().join("correlation.db"))
+    let store = SqliteStore::open(dir.join("correlation.db"))
         .await
         .map_err(bus_error("cannot open the correlation store"))?;
     let requester = Requester::builder(&bus, "lab-probe")
@@ -394,6 +454,14 @@ async fn messaging(n: u64, delay: Duration) -> Result<u64, Error> {
         })
         .start()
         .map_err(bus_error("cannot start the requester"))?;
+    responder
+        .ready()
+        .await
+        .map_err(bus_error("the responder did not join the bus"))?;
+    requester
+        .ready()
+        .await
+        .map_err(bus_error("the requester did not join the bus"))?;
     let sends = (0..n).map(|_| {
         let requester = requester.clone();
         async move {
@@ -412,17 +480,13 @@ async fn messaging(n: u64, delay: Duration) -> Result<u64, Error> {
         .shutdown()
         .await
         .map_err(bus_error("the responder did not stop"))?;
-    bus.close()
-        .await
-        .map_err(bus_error("cannot close the bus"))?;
+    probe_bus.close().await?;
     Ok(done)
 }
 
 /// N publishes, then every event handled.
-async fn events(n: u64, delay: Duration) -> Result<u64, Error> {
-    let dir = tempfile::tempdir()
-        .map_err(|e| Error::new(ErrorKind::Io, "cannot make a temp dir").with_source(e))?;
-    let bus = EmbeddedBus::open(dir.path()).map_err(bus_error("cannot open the bus"))?;
+async fn events(n: u64, delay: Duration, probe_bus: ProbeBus) -> Result<u64, Error> {
+    let bus = probe_bus.bus.clone();
     let size = usize::try_from(n).unwrap_or(usize::MAX).max(1);
     let handled = Arc::new(AtomicU64::new(0));
     let notify = Arc::new(Notify::new());
@@ -441,6 +505,10 @@ async fn events(n: u64, delay: Duration) -> Result<u64, Error> {
         })
         .start()
         .map_err(bus_error("cannot subscribe"))?;
+    subscription
+        .ready()
+        .await
+        .map_err(bus_error("the subscription did not join the bus"))?;
     let publisher = Publisher::new(&bus, "lab", "/pizzeria/lab").map_err(bus_error("publisher"))?;
     let publishes = (0..n).map(|_| {
         let publisher = publisher.clone();
@@ -458,9 +526,7 @@ async fn events(n: u64, delay: Duration) -> Result<u64, Error> {
         .shutdown()
         .await
         .map_err(bus_error("the subscription did not stop"))?;
-    bus.close()
-        .await
-        .map_err(bus_error("cannot close the bus"))?;
+    probe_bus.close().await?;
     Ok(done)
 }
 

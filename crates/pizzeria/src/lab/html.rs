@@ -269,8 +269,8 @@ pub fn render(report: &LabReport) -> String {
     let mut body = String::new();
     let _ = write!(
         body,
-        "<h1>pizzeria lab</h1><p class=\"meta\">{} backend · seed {} · {}{} · {:.0} s · {} ({} CPUs, {}) · pizzeria {}</p>",
-        escape(&report.bus),
+        "<h1>pizzeria lab</h1><p class=\"meta\">bus: {} · seed {} · {}{} · {:.0} s · {} ({} CPUs, {}) · pizzeria {} · {}</p>",
+        escape(&report.bus_label()),
         report.seed,
         escape(&report.started_at),
         if report.quick { " · quick" } else { "" },
@@ -278,10 +278,15 @@ pub fn render(report: &LabReport) -> String {
         escape(&report.machine.hostname),
         report.machine.cpus,
         escape(&report.machine.kernel),
-        escape(&report.version)
+        escape(&report.version),
+        escape(&report.rustc)
     );
     // The table.
-    body.push_str("<h2>The table, measured</h2><table id=\"lab-table\"><tr><th></th>");
+    let _ = write!(
+        body,
+        "<h2>The table, measured</h2><table id=\"lab-table\"><tr><th>on {}</th>",
+        escape(&report.bus)
+    );
     for c in &report.table.columns {
         let _ = write!(body, "<th>{}</th>", escape(c));
     }
@@ -298,7 +303,11 @@ pub fn render(report: &LabReport) -> String {
         }
         body.push_str("</tr>");
     }
-    body.push_str("</table>");
+    body.push_str("</table><ul class=\"notes\">");
+    for note in report.notes() {
+        let _ = write!(body, "<li>{}</li>", escape(&note));
+    }
+    body.push_str("</ul>");
 
     // Orders over time through each outage.
     for down in ["kitchen", "payment"] {

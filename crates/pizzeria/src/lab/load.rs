@@ -42,6 +42,50 @@ pub(crate) struct Post {
     pub(crate) answered: Instant,
     /// How.
     pub(crate) answer: Answer,
+    /// When the front desk's server received the order and when its handler answered, from
+    /// the [`DESK_TIMING`] header (`None` if the answer had none, e.g. no answer at all).
+    pub(crate) desk: Option<(Instant, Instant)>,
+}
+
+/// The response header in which the lab's front desk reports when it received an order and
+/// when its handler answered, in nanoseconds since [`epoch`] (same process, same clock).
+pub(crate) const DESK_TIMING: &str = "x-pizzeria-lab-desk";
+
+/// The instant the desk timings count from: the first use in this process.
+pub(crate) fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `router` with the [`DESK_TIMING`] header on every answer: the front desk's own work on
+/// a request, from its arrival at the server to its handler's answer (the body already
+/// produced; sending it is not counted).
+pub(crate) fn timed(router: axum::Router) -> axum::Router {
+    let since = |t: Instant| t.saturating_duration_since(epoch()).as_nanos();
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            let received = Instant::now();
+            let mut response = next.run(request).await;
+            let answered = Instant::now();
+            if let Ok(value) = axum::http::HeaderValue::from_str(&format!(
+                "{} {}",
+                since(received),
+                since(answered)
+            )) {
+                response.headers_mut().insert(DESK_TIMING, value);
+            }
+            response
+        },
+    ))
+}
+
+/// Reads a [`DESK_TIMING`] header back into instants.
+fn desk_timing(headers: &reqwest::header::HeaderMap) -> Option<(Instant, Instant)> {
+    let value = headers.get(DESK_TIMING)?.to_str().ok()?;
+    let (a, b) = value.split_once(' ')?;
+    let at =
+        |ns: &str| -> Option<Instant> { Some(epoch() + Duration::from_nanos(ns.parse().ok()?)) };
+    Some((at(a)?, at(b)?))
 }
 
 #[derive(Deserialize)]
@@ -66,6 +110,7 @@ pub(crate) async fn offer(
     let mut rng = StdRng::seed_from_u64(seed);
     let start = tokio::time::Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let _ = epoch();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
         let order = customer(i, &mut rng, 0.0);
@@ -74,17 +119,21 @@ pub(crate) async fn offer(
         let url = url.to_owned();
         tasks.spawn(async move {
             let sent = Instant::now();
-            let answer = match client.post(&url).json(&order).send().await {
-                Err(_) => Answer::Unanswered,
-                Ok(response) => match response.status().as_u16() {
-                    202 => match response.json::<OrderId>().await {
-                        Ok(o) => Answer::Accepted(o.order_id),
-                        Err(_) => Answer::Unanswered,
-                    },
-                    201 => Answer::Made,
-                    504 => Answer::Refused { timeout: true },
-                    _ => Answer::Refused { timeout: false },
-                },
+            let (answer, desk) = match client.post(&url).json(&order).send().await {
+                Err(_) => (Answer::Unanswered, None),
+                Ok(response) => {
+                    let desk = desk_timing(response.headers());
+                    let answer = match response.status().as_u16() {
+                        202 => match response.json::<OrderId>().await {
+                            Ok(o) => Answer::Accepted(o.order_id),
+                            Err(_) => Answer::Unanswered,
+                        },
+                        201 => Answer::Made,
+                        504 => Answer::Refused { timeout: true },
+                        _ => Answer::Refused { timeout: false },
+                    };
+                    (answer, desk)
+                }
             };
             (
                 i,
@@ -92,6 +141,7 @@ pub(crate) async fn offer(
                     sent,
                     answered: Instant::now(),
                     answer,
+                    desk,
                 },
             )
         });

@@ -19,8 +19,14 @@
 //! network) to the output directory.
 //!
 //! # Backends
-//! This build measures the embedded backend. `--bus` accepts `embedded`; NATS and RabbitMQ
-//! URLs are refused with a clear error until those backends are merged.
+//! `--bus` chooses the engine the messaging and events styles run on: `embedded` (the
+//! default), `nats://host:port` or `amqp://user:pass@host:port/vhost`. On a broker every
+//! trial and every blocking probe gets a namespace of its own
+//! (`lab-<pid>-<random>-<trial>`, see [`crate::namespace`]): nothing it publishes mixes with
+//! another run's, even one on the same broker at the same time, and its streams, exchanges
+//! and queues are deleted when the trial ends. The calls style talks HTTP and uses no bus,
+//! so its column is the same measurement on every engine (the report says so). A scenario
+//! that cannot run on an engine is an [`ErrorKind::Unsupported`] error, never a figure.
 
 pub mod availability;
 pub mod blocking;
@@ -45,6 +51,61 @@ use report::{LabReport, Machine};
 use restaurant::{Down, Kit};
 use trial::{Outage, Plan};
 
+/// The engine the lab measures the messaging and events styles on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabBus {
+    /// The embedded log, a fresh directory per trial.
+    Embedded,
+    /// A broker's URL (`nats://…`, `amqp://…`), without a namespace: the lab makes one per
+    /// trial.
+    Broker(String),
+}
+
+impl LabBus {
+    /// Reads `--bus`: `embedded`, `nats://…` or `amqp://…`.
+    pub fn parse(bus: &str) -> Result<LabBus, Error> {
+        if bus == "embedded" || bus == "embedded://" {
+            return Ok(LabBus::Embedded);
+        }
+        if !(bus.starts_with("nats://") || bus.starts_with("amqp://")) {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!(
+                    "--bus {bus:?} is not a bus the lab knows: use `embedded`, `nats://host:port` or `amqp://user:pass@host:port/vhost`"
+                ),
+            ));
+        }
+        let (url, namespace) = crate::namespace::split_url(bus)?;
+        if namespace.is_some() {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "the lab makes a namespace per trial (and deletes it): drop `namespace=` from --bus",
+            ));
+        }
+        Ok(LabBus::Broker(url))
+    }
+
+    /// The engine's name: `embedded`, `nats`, `amqp`.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            LabBus::Embedded => "embedded",
+            LabBus::Broker(url) if url.starts_with("nats://") => "nats",
+            LabBus::Broker(_) => "amqp",
+        }
+    }
+
+    /// The URL of one trial's namespace on the broker (`None` on the embedded bus).
+    fn trial(&self, run: &str, trial: &str) -> Option<String> {
+        match self {
+            LabBus::Embedded => None,
+            LabBus::Broker(url) => {
+                let glue = if url.contains('?') { '&' } else { '?' };
+                Some(format!("{url}{glue}namespace={run}-{trial}"))
+            }
+        }
+    }
+}
+
 /// What the lab does.
 #[derive(Clone, Debug)]
 pub struct LabConfig {
@@ -66,6 +127,12 @@ pub struct LabConfig {
     pub probe_exe: PathBuf,
     /// Whether to show progress bars on stderr.
     pub progress: bool,
+    /// The engine of the messaging and events styles.
+    pub bus: LabBus,
+    /// How long the calls style's circuit breakers stay open before they let a probe through
+    /// (the rest of tabgrab's defaults: 5 failures in a row or half of the last 100 calls
+    /// open it, 3 probes close it). It bounds the calls style's recovery from below.
+    pub breaker_open_for: Duration,
 }
 
 impl LabConfig {
@@ -81,6 +148,8 @@ impl LabConfig {
             out: out.into(),
             probe_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pizzeria")),
             progress: false,
+            bus: LabBus::Embedded,
+            breaker_open_for: Duration::from_secs(1),
         }
     }
 }
@@ -101,6 +170,18 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
         .unwrap_or_default();
     let data = tempfile::tempdir()
         .map_err(|e| Error::new(ErrorKind::Io, "cannot make a scratch directory").with_source(e))?;
+    // On a broker: check it answers before measuring anything, and read what it is.
+    let bus_report = match &config.bus {
+        LabBus::Embedded => None,
+        LabBus::Broker(url) => Some(report::BusReport::read(url).await?),
+    };
+    // Namespaces of this run: unique per process and run, so two labs (or a lab and the
+    // tests) on one broker never share a topic.
+    let run_id = format!(
+        "lab-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::now_v7().simple().to_string()[24..]
+    );
     let styles = [Style::Calls, Style::Messaging, Style::Events];
     let callers = [
         blocking::Caller::Calls,
@@ -132,6 +213,10 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
                 config.blocking_n,
                 config.blocking_delay,
                 recipient,
+                config
+                    .bus
+                    .trial(&run_id, &format!("probe-{}", caller.as_str()))
+                    .as_deref(),
             )
             .await?,
         );
@@ -139,16 +224,22 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
     }
     stop.cancel();
 
+    let breaker = tabgrab::call::breaker::BreakerConfig {
+        open_for: config.breaker_open_for,
+        ..tabgrab::call::breaker::BreakerConfig::default()
+    };
     let kit = Kit {
         ovens: 16,
         bake_time: Duration::from_millis(2),
         request_timeout: Duration::from_secs(60),
         order_timeout: Duration::from_secs(5),
+        breaker,
     };
     let before = Duration::from_millis(if config.quick { 500 } else { 1000 });
-    // Long enough, in the full lab, for the calls' circuit breaker (open for 5 s) to let
-    // orders through again, so their recovery is measured too.
-    let after = Duration::from_millis(if config.quick { 500 } else { 3500 });
+    // Long enough for the calls' circuit breaker (open for `breaker_open_for` after its last
+    // failed probe) to let orders through again, so their recovery is measured too.
+    let after = Duration::from_millis(if config.quick { 500 } else { 3500 })
+        .max(config.breaker_open_for + Duration::from_millis(500));
     let total = before + config.outage + after;
     let orders = (config.rate * total.as_secs_f64()).round() as u64;
 
@@ -172,6 +263,9 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
                     length: config.outage,
                 }),
                 drain: Duration::from_secs(30),
+                bus: config
+                    .bus
+                    .trial(&run_id, &format!("{}-{}", down.as_str(), style.as_str())),
             };
             let dir = scratch(
                 data.path(),
@@ -194,6 +288,9 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
             seed: config.seed,
             outage: None,
             drain: Duration::from_secs(30),
+            bus: config
+                .bus
+                .trial(&run_id, &format!("response-{}", style.as_str())),
         };
         let dir = scratch(data.path(), &format!("response-{}", style.as_str()))?;
         let trace = trial::run(style, &plan, &dir).await?;
@@ -208,6 +305,7 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
         bake_time: Duration::from_millis(10),
         request_timeout: Duration::from_secs(60),
         order_timeout: Duration::from_secs(5),
+        breaker,
     };
     let offered = 400.0;
     for style in styles {
@@ -219,6 +317,9 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
             seed: config.seed,
             outage: None,
             drain: Duration::from_secs(30),
+            bus: config
+                .bus
+                .trial(&run_id, &format!("capacity-{}", style.as_str())),
         };
         let dir = scratch(data.path(), &format!("capacity-{}", style.as_str()))?;
         let trace = trial::run(style, &plan, &dir).await?;
@@ -242,9 +343,15 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
     let report = LabReport {
         seed: config.seed,
         quick: config.quick,
-        bus: "embedded".to_owned(),
+        bus: config.bus.engine().to_owned(),
+        bus_report,
+        namespace: (config.bus != LabBus::Embedded).then(|| run_id.clone()),
+        breaker_open_for_s: config.breaker_open_for.as_secs_f64(),
         machine: Machine::read(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        rustc: option_env!("PIZZERIA_RUSTC_VERSION")
+            .unwrap_or("unknown (not recorded at build time)")
+            .to_owned(),
         started_at,
         wall_time_s: started.elapsed().as_secs_f64(),
         blocking: blocking_figures,

@@ -53,6 +53,49 @@ impl Machine {
     }
 }
 
+/// The broker the lab ran on, as it described itself when the lab started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BusReport {
+    /// `nats` or `amqp`.
+    pub engine: String,
+    /// The URL, without user and password.
+    pub url: String,
+    /// The server's version, where the engine reports it (NATS does; RabbitMQ's is not read).
+    pub server_version: Option<String>,
+    /// What an acknowledged publish means there (storage, replicas, fsync), as the engine
+    /// reports it.
+    pub details: Vec<String>,
+}
+
+impl BusReport {
+    /// Connects to `url` and reads its start-up report; fails with a clear error if the
+    /// broker does not answer.
+    pub async fn read(url: &str) -> Result<BusReport, crate::Error> {
+        let connection = crate::namespace::connect(url).await?;
+        let report = connection.bus().report().await.map_err(|e| {
+            crate::Error::new(
+                crate::ErrorKind::Bus,
+                format!("the broker at {} did not describe itself", shown(url)),
+            )
+            .with_source(e)
+        })?;
+        Ok(BusReport {
+            engine: report.engine,
+            url: shown(url),
+            server_version: report.server_version,
+            details: report.details,
+        })
+    }
+}
+
+/// `url` without its user and password.
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// One cell of the table: the deciding figures and the verdict derived from them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cell {
@@ -87,12 +130,25 @@ pub struct LabReport {
     pub seed: u64,
     /// Whether this was the reduced `--quick` lab.
     pub quick: bool,
-    /// The backend: `embedded`.
+    /// The engine of the messaging and events styles: `embedded`, `nats` or `amqp`.
     pub bus: String,
+    /// The broker, as it described itself (none on the embedded bus).
+    #[serde(default)]
+    pub bus_report: Option<BusReport>,
+    /// On a broker: the prefix of every namespace the run used (`lab-<pid>-<random>`; each
+    /// trial's is `<prefix>-<trial>`), all deleted at the end.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// How long the calls style's circuit breakers stayed open before a probe, in seconds.
+    #[serde(default)]
+    pub breaker_open_for_s: f64,
     /// The machine.
     pub machine: Machine,
     /// pizzeria's version.
     pub version: String,
+    /// The compiler that built this binary (`rustc --version`, recorded at build time).
+    #[serde(default)]
+    pub rustc: String,
     /// When the lab started, RFC 3339.
     pub started_at: String,
     /// The lab's wall time, in seconds.
@@ -172,7 +228,12 @@ pub(crate) fn table(
                             a.lost,
                             a.recovery_s.map_or_else(
                                 || ", none made after restart".to_owned(),
-                                |r| format!(", recovered in {r:.2} s")
+                                |r| match a.breaker_wait_s {
+                                    Some(w) if w > 0.0 => format!(
+                                        ", recovered in {r:.2} s ({w:.2} s of it the breaker's wait)"
+                                    ),
+                                    _ => format!(", recovered in {r:.2} s"),
+                                }
                             )
                         ),
                         verdict: yes_no(a.recipient_must_be_up),
@@ -259,8 +320,8 @@ impl LabReport {
         let width = 30;
         let first = 26;
         let mut out = format!(
-            "pizzeria lab, {} backend, seed {}{}, {:.0} s, {} CPUs\n\n",
-            self.bus,
+            "pizzeria lab, bus: {}, seed {}{}, {:.0} s, {} CPUs\n\n",
+            self.bus_label(),
             self.seed,
             if self.quick { ", quick" } else { "" },
             self.wall_time_s,
@@ -275,7 +336,8 @@ impl LabReport {
             s
         };
         out.push_str(&sep);
-        out.push_str(&format!("| {:<first$} ", ""));
+        let corner = format!("on {}", self.bus);
+        out.push_str(&format!("| {corner:<first$} "));
         for c in &self.table.columns {
             out.push_str(&format!("| {c:<width$} "));
         }
@@ -311,7 +373,58 @@ impl LabReport {
             }
             out.push_str(&sep);
         }
+        for note in self.notes() {
+            for (i, line) in wrap(&note, 100).into_iter().enumerate() {
+                out.push_str(if i == 0 { "* " } else { "  " });
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
         out
+    }
+
+    /// The bus in words: `embedded`, or the engine with its server version and URL.
+    pub fn bus_label(&self) -> String {
+        match &self.bus_report {
+            None => self.bus.clone(),
+            Some(b) => format!(
+                "{} (server {}, {})",
+                b.engine,
+                b.server_version
+                    .as_deref()
+                    .unwrap_or("version not reported"),
+                b.url
+            ),
+        }
+    }
+
+    /// What the table's figures mean where that is not obvious, for the text and the HTML.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.bus != "embedded" {
+            notes.push(format!(
+                "messaging and events ran on {}; calls talk HTTP and use no bus, so their column is the same measurement on every bus",
+                self.bus
+            ));
+        }
+        notes.push(
+            "work open: from the order reaching the front desk's HTTP server until the front desk holds nothing for it: calls and events, until its handler answered (events: once the broker acknowledged OrderAccepted); messaging, until the last reply was handled".to_owned(),
+        );
+        if let Some(worst) = self
+            .availability
+            .iter()
+            .filter_map(|a| Some((a, a.breaker_wait_s?)))
+            .max_by(|x, y| x.1.total_cmp(&y.1))
+        {
+            notes.push(format!(
+                "calls' recovery is bounded by the circuit breaker: after the restart it stays open until {:.1} s after its last failed probe (the lab's open period); here up to {:.2} s of a recovery of {:.2} s was that wait ({} down)",
+                self.breaker_open_for_s,
+                worst.1,
+                worst.0.recovery_s.unwrap_or(0.0),
+                worst.0.down
+            ));
+        }
+        notes
     }
 }
 

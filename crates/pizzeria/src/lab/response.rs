@@ -1,13 +1,22 @@
 //! Response expected: per order, the response messages, the correlation records, the
 //! timeouts, and how long the front desk's work for the order stays open.
 //!
-//! "Work open" is what the front desk must hold on to for an order: calls, the `POST`
-//! handling (it waits for every service); messaging, from the send to the last reply
-//! handled (the order is confirmed); events, the `POST` handling, that is until the
-//! publish of `OrderAccepted` returned. Response messages are counted from the bus (records
-//! on reply topics) or, for calls, as the HTTP responses the services sent the front desk.
-//! The verdict "response expected" is yes when an order caused any response or any
-//! correlation record.
+//! "Work open" is what the front desk must hold on to for an order, measured inside the
+//! front desk, from the moment its HTTP server received the order (the lab's front desk
+//! stamps each answer, see `load::DESK_TIMING`):
+//!
+//! | style | until |
+//! |---|---|
+//! | calls | its handler answered: it waited for payment, inventory and the kitchen |
+//! | events | its handler answered: `OrderAccepted` was published and acknowledged by the bus |
+//! | messaging | the last reply was handled (the order confirmed): the requests stay pending, in the correlation store, until then |
+//!
+//! The customer's own round trip of `POST /orders` (connection, request, response on the
+//! wire) is reported beside it as `post_round_trip`, since that is what a client waits,
+//! but it is not the front desk's work. Response messages are counted on the bus (records on
+//! reply topics on the embedded log, acknowledged publishes to reply topics on a broker) or,
+//! for calls, as the HTTP responses the services sent the front desk. The verdict "response
+//! expected" is yes when an order caused any response or any correlation record.
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +76,9 @@ pub struct ResponseFigures {
     pub bus_messages_per_order: f64,
     /// How long the front desk's work for an order stays open.
     pub work_open: Spread,
+    /// The customer's `POST /orders` round trip (for comparison; not the front desk's work).
+    #[serde(default)]
+    pub post_round_trip: Spread,
     /// Every order's work-open time, in milliseconds, for the chart.
     pub work_open_ms: Vec<f64>,
     /// Derived: any response or correlation record per order.
@@ -83,7 +95,11 @@ pub(crate) fn figures(style: Style, trace: &Trace) -> ResponseFigures {
             n as f64 / orders as f64
         }
     };
+    let ms = |from: std::time::Instant, to: std::time::Instant| {
+        to.saturating_duration_since(from).as_secs_f64() * 1000.0
+    };
     let mut open = Vec::new();
+    let mut round_trip = Vec::new();
     let mut completed = 0;
     let mut timeouts = trace.counters.timeouts;
     for (post, end) in trace.posts.iter().zip(&trace.ends) {
@@ -93,13 +109,17 @@ pub(crate) fn figures(style: Style, trace: &Trace) -> ResponseFigures {
         if matches!(post.answer, Answer::Refused { timeout: true }) {
             timeouts += 1;
         }
+        round_trip.push(ms(post.sent, post.answered));
+        let Some((received, answered)) = post.desk else {
+            continue;
+        };
         let until = match (style, end) {
             (Style::Messaging, End::Made(at)) => Some(*at),
             (Style::Messaging, _) => None,
-            _ => Some(post.answered),
+            _ => Some(answered),
         };
         if let Some(until) = until {
-            open.push(until.saturating_duration_since(post.sent).as_secs_f64() * 1000.0);
+            open.push(ms(received, until));
         }
     }
     let c = trace.counters;
@@ -113,6 +133,7 @@ pub(crate) fn figures(style: Style, trace: &Trace) -> ResponseFigures {
         timeouts,
         bus_messages_per_order: per(c.bus_messages),
         work_open: Spread::of(&mut sorted),
+        post_round_trip: Spread::of(&mut round_trip),
         work_open_ms: open,
         response_expected: c.responses > 0 || c.correlation_records > 0,
     }

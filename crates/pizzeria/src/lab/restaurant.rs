@@ -14,6 +14,15 @@
 //!
 //! Restarting uses the same service state (ovens, stock, books): only the process's
 //! attention is taken away, as when a service is redeployed.
+//!
+//! On a broker the messaging and events styles run in the trial's namespace (see
+//! [`crate::namespace`]): a stopped group's durable consumer (NATS) or quorum queue
+//! (RabbitMQ) keeps what arrives meanwhile, and the namespace's topics are deleted when
+//! the restaurant closes. Response messages are then the publishes the broker acknowledged
+//! on reply topics, counted by the namespace; on the embedded bus they are read from the log.
+//!
+//! Every front desk is served with [`super::load::timed`], so each answer says when the
+//! front desk received the order and when it answered (its own work, see `response.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -22,7 +31,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::call::breaker::{BreakerConfig, CircuitState};
 use tabgrab::messaging::{CorrelationStore, SqliteStore};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -33,6 +44,7 @@ use crate::calls::{Ovens, PaymentDesk, Peers, ServiceName, Storeroom, front_desk
 use crate::error::{Error, ErrorKind};
 use crate::messaging::front_desk::FrontDesk as MessagingDesk;
 use crate::messaging::services::{self as responders, Services};
+use crate::namespace::Connection;
 use crate::run::Style;
 use crate::services::front_desk::{Outcome, Terminal};
 use crate::services::{Pizzeria, Settings, Stock};
@@ -67,6 +79,8 @@ pub(crate) struct Kit {
     pub(crate) request_timeout: Duration,
     /// Calls: the deadline of one order.
     pub(crate) order_timeout: Duration,
+    /// Calls: the front desk's circuit breakers (one per service).
+    pub(crate) breaker: BreakerConfig,
 }
 
 /// What answers "is a response expected", counted since the restaurant opened.
@@ -91,14 +105,57 @@ struct CallServer {
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
+/// The bus of one trial: the embedded log in its directory, or the trial's namespace on a
+/// broker.
+enum Wire {
+    Embedded(EmbeddedBus),
+    Broker(Connection),
+}
+
+impl Wire {
+    async fn open(dir: &Path, url: Option<&str>) -> Result<Wire, Error> {
+        Ok(match url {
+            None => {
+                Wire::Embedded(EmbeddedBus::open(dir).map_err(bus_error("cannot open the bus"))?)
+            }
+            Some(url) => Wire::Broker(crate::namespace::connect(url).await?),
+        })
+    }
+
+    fn bus(&self) -> Bus {
+        match self {
+            Wire::Embedded(bus) => Bus::from(bus),
+            Wire::Broker(connection) => connection.bus().clone(),
+        }
+    }
+
+    /// Response messages so far: records on `replies.*` topics.
+    fn responses(&self) -> Result<u64, Error> {
+        match self {
+            Wire::Embedded(bus) => reply_records(bus),
+            Wire::Broker(c) => Ok(c
+                .published(|t| t.starts_with("replies.") && !t.ends_with(".dead-letters"))
+                .unwrap_or(0)),
+        }
+    }
+
+    /// Closes the embedded bus, or deletes the namespace's topics.
+    async fn close(self) -> Result<(), Error> {
+        match self {
+            Wire::Embedded(bus) => bus.close().await.map_err(bus_error("cannot close the bus")),
+            Wire::Broker(connection) => connection.clean_up().await.map(|_| ()),
+        }
+    }
+}
+
 enum Inner {
     Events {
-        bus: EmbeddedBus,
+        bus: Wire,
         pizzeria: Option<Pizzeria>,
         first_offset: u64,
     },
     Messaging {
-        bus: EmbeddedBus,
+        bus: Wire,
         store: Arc<dyn CorrelationStore>,
         services: Option<Services>,
         desk: MessagingDesk,
@@ -109,7 +166,26 @@ enum Inner {
         ovens: Ovens,
         servers: Vec<CallServer>,
         responses: Arc<AtomicU64>,
+        /// Transitions of the front desk's breaker per service, recorded as they happen.
+        breakers: Vec<(ServiceName, Transitions)>,
     },
+}
+
+/// A breaker's transitions with their instants.
+type Transitions = Arc<std::sync::Mutex<Vec<(Instant, CircuitState)>>>;
+
+/// Records every transition of `client`'s breaker until the client is dropped.
+fn record_breaker(client: &tabgrab::call::Client) -> Transitions {
+    let log: Transitions = Arc::default();
+    let mut changes = client.breaker().subscribe();
+    let into = Arc::clone(&log);
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let state = *changes.borrow_and_update();
+            crate::services::lock(&into).push((Instant::now(), state));
+        }
+    });
+    log
 }
 
 /// A running restaurant in one style; see the module docs.
@@ -149,32 +225,34 @@ fn stock() -> Stock {
 }
 
 impl Restaurant {
-    /// Opens the restaurant of `style` with its data under `dir`.
-    pub(crate) async fn open(style: Style, kit: &Kit, dir: &Path) -> Result<Restaurant, Error> {
+    /// Opens the restaurant of `style` with its data under `dir`, on the broker `bus` (a URL
+    /// with the trial's namespace) or, without one, on an embedded bus in `dir`.
+    pub(crate) async fn open(
+        style: Style,
+        kit: &Kit,
+        dir: &Path,
+        bus: Option<&str>,
+    ) -> Result<Restaurant, Error> {
         let listener = bind(any_port()).await?;
         let front_addr = local(&listener)?;
         let stop = CancellationToken::new();
         let (inner, watcher, task): (_, _, JoinHandle<Result<(), Error>>) = match style {
             Style::Events => {
-                let bus = EmbeddedBus::open(dir).map_err(bus_error("cannot open the bus"))?;
+                let bus = Wire::open(dir, bus).await?;
                 let settings = Settings {
                     ovens: kit.ovens,
                     bake_time: kit.bake_time,
                     stock: stock(),
                 };
-                let pizzeria = Pizzeria::start(&bus, settings)?;
+                let pizzeria = Pizzeria::start(bus.bus(), settings)?;
+                pizzeria.ready().await?;
                 let watcher = pizzeria.front_desk.watch();
                 let first_offset = pizzeria.log_end();
-                let task = tokio::spawn(crate::http::serve(
+                let task = serve_front(
                     listener,
-                    pizzeria.front_desk.clone(),
-                    stop.clone().cancelled_owned(),
-                ));
-                let task = tokio::spawn(async move {
-                    task.await
-                        .map_err(|e| Error::new(ErrorKind::Io, "server task").with_source(e))?
-                        .map_err(|e| Error::new(ErrorKind::Io, "front desk").with_source(e))
-                });
+                    crate::http::app(pizzeria.front_desk.clone()),
+                    stop.clone(),
+                );
                 (
                     Inner::Events {
                         bus,
@@ -186,27 +264,29 @@ impl Restaurant {
                 )
             }
             Style::Messaging => {
-                let bus = EmbeddedBus::open(dir).map_err(bus_error("cannot open the bus"))?;
+                let bus = Wire::open(dir, bus).await?;
                 let store: Arc<dyn CorrelationStore> = Arc::new(
                     SqliteStore::open(dir.join("correlation.db"))
                         .await
                         .map_err(bus_error("cannot open the correlation store"))?,
                 );
-                let services = Services::start(&bus, stock(), kit.ovens, kit.bake_time)
+                let services = Services::start(bus.bus(), stock(), kit.ovens, kit.bake_time)
                     .map_err(bus_error("cannot start the services"))?;
-                let desk = MessagingDesk::start(&bus, Arc::clone(&store), kit.request_timeout)
+                let desk = MessagingDesk::start(bus.bus(), Arc::clone(&store), kit.request_timeout)
                     .map_err(bus_error("cannot start the front desk"))?;
+                services
+                    .ready()
+                    .await
+                    .map_err(bus_error("the services did not join the bus"))?;
+                desk.ready()
+                    .await
+                    .map_err(bus_error("the front desk did not join the bus"))?;
                 let watcher = desk.watch();
-                let task = tokio::spawn(crate::messaging::http::serve(
+                let task = serve_front(
                     listener,
-                    desk.clone(),
-                    stop.clone().cancelled_owned(),
-                ));
-                let task = tokio::spawn(async move {
-                    task.await
-                        .map_err(|e| Error::new(ErrorKind::Io, "server task").with_source(e))?
-                        .map_err(|e| Error::new(ErrorKind::Io, "front desk").with_source(e))
-                });
+                    crate::messaging::http::app(desk.clone()),
+                    stop.clone(),
+                );
                 (
                     Inner::Messaging {
                         bus,
@@ -253,16 +333,12 @@ impl Restaurant {
                     order_timeout: kit.order_timeout,
                     pool: 256,
                 };
-                let serve = tabgrab::call::serve(
-                    listener,
-                    front_desk::app(peers.waiter()),
-                    stop.clone().cancelled_owned(),
-                );
-                let task = tokio::spawn(async move {
-                    serve
-                        .await
-                        .map_err(|e| Error::new(ErrorKind::Io, "front desk").with_source(e))
-                });
+                let waiter = peers.waiter_with(kit.breaker);
+                let breakers = vec![
+                    (ServiceName::Payment, record_breaker(&waiter.payment)),
+                    (ServiceName::Kitchen, record_breaker(&waiter.kitchen)),
+                ];
+                let task = serve_front(listener, front_desk::app(waiter), stop.clone());
                 (
                     Inner::Calls {
                         payment,
@@ -270,6 +346,7 @@ impl Restaurant {
                         ovens,
                         servers,
                         responses,
+                        breakers,
                     },
                     None,
                     task,
@@ -314,12 +391,12 @@ impl Restaurant {
         match &mut self.inner {
             Inner::Events { bus, pizzeria, .. } => {
                 if let Some(p) = pizzeria.as_mut() {
-                    p.restart_group(bus, group(service))?;
+                    p.restart_group(bus.bus(), group(service))?;
                 }
             }
             Inner::Messaging { bus, services, .. } => {
                 if let Some(s) = services.as_mut() {
-                    s.restart(bus, topic(service))?;
+                    s.restart(bus.bus(), topic(service))?;
                 }
             }
             Inner::Calls {
@@ -328,6 +405,7 @@ impl Restaurant {
                 ovens,
                 servers,
                 responses,
+                ..
             } => {
                 if let Some(server) = servers.iter_mut().find(|s| s.name == call_name(service)) {
                     server.stop = CancellationToken::new();
@@ -346,27 +424,41 @@ impl Restaurant {
                 pizzeria,
                 first_offset,
             } => Counters {
-                bus_messages: pizzeria
-                    .as_ref()
-                    .map_or(0, |p| p.log_end().saturating_sub(*first_offset)),
-                responses: reply_records(bus)?,
+                bus_messages: match bus {
+                    Wire::Embedded(_) => pizzeria
+                        .as_ref()
+                        .map_or(0, |p| p.log_end().saturating_sub(*first_offset)),
+                    Wire::Broker(c) => c.published(|t| !t.ends_with(".dead-letters")).unwrap_or(0),
+                },
+                responses: bus.responses()?,
                 correlation_records: 0,
                 timeouts: 0,
             },
             Inner::Messaging { bus, desk, .. } => {
                 let stats = desk.stats();
+                let responses = bus.responses()?;
                 let mut bus_messages = 0;
-                for topic in [
-                    responders::PAYMENT,
-                    responders::INVENTORY,
-                    responders::KITCHEN,
-                ] {
-                    bus_messages += bus
-                        .topic(topic)
-                        .map_err(bus_error("cannot open a topic"))?
-                        .end_offset();
+                match bus {
+                    Wire::Embedded(bus) => {
+                        for topic in [
+                            responders::PAYMENT,
+                            responders::INVENTORY,
+                            responders::KITCHEN,
+                        ] {
+                            bus_messages += bus
+                                .topic(topic)
+                                .map_err(bus_error("cannot open a topic"))?
+                                .end_offset();
+                        }
+                    }
+                    Wire::Broker(c) => {
+                        bus_messages = c
+                            .published(|t| {
+                                !t.ends_with(".dead-letters") && !t.starts_with("replies.")
+                            })
+                            .unwrap_or(0);
+                    }
                 }
-                let responses = reply_records(bus)?;
                 Counters {
                     bus_messages: bus_messages + responses,
                     responses,
@@ -430,6 +522,19 @@ impl Restaurant {
         }
     }
 
+    /// Calls: the recorded transitions of the front desk's breaker for `service`; empty for
+    /// the other styles.
+    pub(crate) fn breaker_transitions(&self, service: Down) -> Vec<(Instant, CircuitState)> {
+        match &self.inner {
+            Inner::Calls { breakers, .. } => breakers
+                .iter()
+                .find(|(name, _)| *name == call_name(service))
+                .map(|(_, log)| crate::services::lock(log).clone())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Shuts everything down in order.
     pub(crate) async fn close(self) -> Result<(), Error> {
         self.front.0.cancel();
@@ -441,9 +546,7 @@ impl Restaurant {
                 if let Some(p) = pizzeria.take() {
                     p.shutdown().await?;
                 }
-                bus.close()
-                    .await
-                    .map_err(bus_error("cannot close the bus"))?;
+                bus.close().await?;
             }
             Inner::Messaging {
                 bus,
@@ -459,9 +562,7 @@ impl Restaurant {
                         .await
                         .map_err(bus_error("the services did not stop"))?;
                 }
-                bus.close()
-                    .await
-                    .map_err(bus_error("cannot close the bus"))?;
+                bus.close().await?;
             }
             Inner::Calls { servers, .. } => {
                 for mut server in servers {
@@ -475,6 +576,20 @@ impl Restaurant {
         served
             .map_err(|e| Error::new(ErrorKind::Io, "the front desk's task failed").with_source(e))?
     }
+}
+
+/// Serves a front desk's `router`, stamped with the desk timing, until `stop`.
+fn serve_front(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> JoinHandle<Result<(), Error>> {
+    let serve = tabgrab::call::serve(listener, super::load::timed(router), stop.cancelled_owned());
+    tokio::spawn(async move {
+        serve
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, "the front desk's server failed").with_source(e))
+    })
 }
 
 /// Starts (or restarts, on the same address) one call-style service.

@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tabgrab::call::breaker::CircuitState;
+
 use super::load::{self, End, Post};
 use super::restaurant::{Counters, Down, Kit, Restaurant};
 use crate::error::{Error, ErrorKind};
@@ -38,6 +40,9 @@ pub(crate) struct Plan {
     pub(crate) outage: Option<Outage>,
     /// How long to wait for accepted orders to end after the last answer.
     pub(crate) drain: Duration,
+    /// The broker URL with this trial's namespace, or `None` for an embedded bus in the
+    /// trial's directory.
+    pub(crate) bus: Option<String>,
 }
 
 /// What a trial saw.
@@ -53,11 +58,13 @@ pub(crate) struct Trace {
     pub(crate) outage: Option<(Instant, Instant)>,
     /// The restaurant's counters at the end.
     pub(crate) counters: Counters,
+    /// Calls: the transitions of the stopped service's circuit breaker (empty otherwise).
+    pub(crate) breaker: Vec<(Instant, CircuitState)>,
 }
 
 /// Runs one trial in `dir` (a fresh directory).
 pub(crate) async fn run(style: Style, plan: &Plan, dir: &Path) -> Result<Trace, Error> {
-    let mut restaurant = Restaurant::open(style, &plan.kit, dir).await?;
+    let mut restaurant = Restaurant::open(style, &plan.kit, dir, plan.bus.as_deref()).await?;
     let url = restaurant.orders_url.clone();
     let (rate, orders, seed) = (plan.rate, plan.orders, plan.seed);
     // The customers' own timeout: longer than any outage, so a refusal is the front desk's.
@@ -83,6 +90,10 @@ pub(crate) async fn run(style: Style, plan: &Plan, dir: &Path) -> Result<Trace, 
         .await;
     restaurant.settle(Duration::from_secs(10)).await;
     let counters = restaurant.counters()?;
+    let breaker = plan
+        .outage
+        .map(|o| restaurant.breaker_transitions(o.service))
+        .unwrap_or_default();
     restaurant.close().await?;
     Ok(Trace {
         t0,
@@ -90,5 +101,6 @@ pub(crate) async fn run(style: Style, plan: &Plan, dir: &Path) -> Result<Trace, 
         posts,
         outage,
         counters,
+        breaker,
     })
 }

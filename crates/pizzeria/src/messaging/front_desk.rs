@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::backend::Bus;
 use tabgrab::event::HandlerError;
 use tabgrab::messaging::{
     CorrelationStore, Outcome, ReplyContext, Requester, RequesterStats, SendOptions,
@@ -123,10 +123,11 @@ fn order_of(ctx: &ReplyContext) -> Result<Uuid, HandlerError> {
 }
 
 impl FrontDesk {
-    /// Starts the front desk's requester on `bus` with `store`; requests time out after
-    /// `timeout`.
+    /// Starts the front desk's requester on `bus` (a [`Bus`] of any engine, or an
+    /// `&EmbeddedBus`) with `store`; requests time out after `timeout`. On a broker, wait
+    /// for [`FrontDesk::ready`] before taking orders.
     pub fn start(
-        bus: &EmbeddedBus,
+        bus: impl Into<Bus>,
         store: Arc<dyn CorrelationStore>,
         timeout: Duration,
     ) -> Result<FrontDesk, tabgrab::Error> {
@@ -139,7 +140,7 @@ impl FrontDesk {
             }),
         };
         let (d1, d2, d3) = (desk.clone(), desk.clone(), desk.clone());
-        let requester = Requester::builder(bus, GROUP)
+        let requester = Requester::builder(bus.into(), GROUP)
             .shared_store(store)
             .default_timeout(timeout)
             .sweep_interval(Duration::from_millis(50))
@@ -205,6 +206,15 @@ impl FrontDesk {
     /// The requester (for its stats and shutdown).
     pub fn requester(&self) -> Option<Requester> {
         lock(&self.inner.requester).clone()
+    }
+
+    /// Waits until the requester's group has joined its reply topic (at once on the
+    /// embedded bus; on RabbitMQ a reply published before the queue exists is refused).
+    pub async fn ready(&self) -> Result<(), tabgrab::Error> {
+        match self.requester() {
+            Some(requester) => requester.ready().await,
+            None => Ok(()),
+        }
     }
 
     /// This node's requester counters.

@@ -23,6 +23,7 @@ pub mod services;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::read_dead_letters;
 use tabgrab::messaging::{CorrelationStore, SqliteStore};
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, ErrorKind};
 use crate::menu::RARE_INGREDIENT;
+use crate::namespace::Connection;
 use crate::run::{Counts, RunConfig, Summary, bind_front_desk, drive};
 use crate::services::Stock;
 use front_desk::FrontDesk;
@@ -65,16 +67,79 @@ fn tally_topics(bus: &EmbeddedBus) -> Result<(u64, u64), Error> {
     Ok((appended, dead))
 }
 
+/// The bus of a messaging run: the embedded log in the data directory, or a broker.
+enum Wire {
+    /// The embedded log: counts are read from its topics.
+    Embedded(EmbeddedBus),
+    /// A broker (maybe in a namespace): counts are the publishes it acknowledged.
+    Broker(Connection),
+}
+
+impl Wire {
+    fn bus(&self) -> Bus {
+        match self {
+            Wire::Embedded(bus) => Bus::from(bus),
+            Wire::Broker(connection) => connection.bus().clone(),
+        }
+    }
+
+    /// Messages published on the style's topics, and dead letters, so far.
+    fn tally(&self) -> Result<(u64, u64), Error> {
+        match self {
+            Wire::Embedded(bus) => tally_topics(bus),
+            Wire::Broker(connection) => {
+                let dead = |t: &str| t.ends_with(".dead-letters");
+                Ok((
+                    connection.published(|t| !dead(t)).unwrap_or(0),
+                    connection.published(dead).unwrap_or(0),
+                ))
+            }
+        }
+    }
+
+    /// Closes the embedded bus, or deletes a namespace's topics on a broker.
+    async fn close(self) -> Result<(), Error> {
+        match self {
+            Wire::Embedded(bus) => bus
+                .close()
+                .await
+                .map_err(|e| bus_error("the bus did not close cleanly", e)),
+            Wire::Broker(connection) => connection.clean_up().await.map(|_| ()),
+        }
+    }
+}
+
 /// Runs the restaurant in the messaging style; see the module docs and [`crate::run`].
+///
+/// With `config.bus` (`nats://…`, `amqp://…`, maybe with `?namespace=…`) the requests and
+/// replies travel through that broker and every service runs in this process; the
+/// correlation store stays `correlation.db` in the data directory (one requester node). A
+/// namespace's topics are deleted at the end.
 pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let started = Instant::now();
-    let bus = EmbeddedBus::open(&config.data_dir).map_err(|e| {
+    let wire = match &config.bus {
+        Some(url) => {
+            let connection = crate::namespace::connect(url).await?;
+            if let Ok(report) = connection.bus().report().await {
+                eprintln!("bus: {report}");
+            }
+            Wire::Broker(connection)
+        }
+        None => Wire::Embedded(EmbeddedBus::open(&config.data_dir).map_err(|e| {
+            Error::new(
+                ErrorKind::Bus,
+                format!(
+                    "cannot open the data directory {}",
+                    config.data_dir.display()
+                ),
+            )
+            .with_source(e)
+        })?),
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         Error::new(
-            ErrorKind::Bus,
-            format!(
-                "cannot open the data directory {}",
-                config.data_dir.display()
-            ),
+            ErrorKind::Io,
+            format!("cannot make {}", config.data_dir.display()),
         )
         .with_source(e)
     })?;
@@ -83,7 +148,8 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
             .await
             .map_err(|e| bus_error("cannot open the correlation store", e))?,
     );
-    let (appended_before, dead_before) = tally_topics(&bus)?;
+    let bus = wire.bus();
+    let (appended_before, dead_before) = wire.tally()?;
     let truffles = config.truffles.unwrap_or(config.orders / 25);
     let services = Services::start(
         &bus,
@@ -94,6 +160,13 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     .map_err(|e| bus_error("cannot start the services", e))?;
     let desk = FrontDesk::start(&bus, Arc::clone(&store), config.request_timeout)
         .map_err(|e| bus_error("cannot start the front desk", e))?;
+    services
+        .ready()
+        .await
+        .map_err(|e| bus_error("the services did not join the bus", e))?;
+    desk.ready()
+        .await
+        .map_err(|e| bus_error("the front desk did not join the bus", e))?;
     let watcher = desk.watch();
 
     let (listener, addr) = bind_front_desk().await?;
@@ -117,8 +190,8 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let service_stats = services.stats();
     let stopped_desk = desk.shutdown().await;
     let stopped_services = services.shutdown().await;
-    let (appended_after, dead_after) = tally_topics(&bus)?;
-    let closed = bus.close().await;
+    let (appended_after, dead_after) = wire.tally()?;
+    let closed = wire.close().await;
 
     let tally = driven?;
     settled?;
@@ -138,7 +211,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     }
     stopped_desk.map_err(|e| bus_error("the front desk did not stop cleanly", e))?;
     stopped_services.map_err(|e| bus_error("the services did not stop cleanly", e))?;
-    closed.map_err(|e| bus_error("the bus did not close cleanly", e))?;
+    closed?;
 
     Ok(tally.into_summary(
         &config,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tabgrab::Rejection;
-use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::backend::Bus;
 use tabgrab::messaging::Responder;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -65,7 +65,7 @@ pub struct Services {
 }
 
 /// Starts one responder on a bus.
-type Factory = Arc<dyn Fn(&EmbeddedBus) -> Result<Responder, tabgrab::Error> + Send + Sync>;
+type Factory = Arc<dyn Fn(&Bus) -> Result<Responder, tabgrab::Error> + Send + Sync>;
 
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,19 +83,21 @@ fn indices(pizzas: &[String]) -> Vec<u8> {
 }
 
 impl Services {
-    /// Starts payment, inventory and the kitchen on `bus`.
+    /// Starts payment, inventory and the kitchen on `bus` (a [`Bus`] of any engine, or an
+    /// `&EmbeddedBus`). On a broker, wait for [`Services::ready`] before the first request.
     pub fn start(
-        bus: &EmbeddedBus,
+        bus: impl Into<Bus>,
         stock: Stock,
         ovens: usize,
         bake_time: Duration,
     ) -> Result<Services, tabgrab::Error> {
+        let bus = &bus.into();
         let counters = Arc::new(Counters::default());
         // Payment: amount charged per order (None: declined), and refunded orders.
         let charged: Arc<Mutex<HashMap<Uuid, Option<u64>>>> = Arc::default();
         let payment_factory: Factory = {
             let counters = Arc::clone(&counters);
-            Arc::new(move |bus: &EmbeddedBus| {
+            Arc::new(move |bus: &Bus| {
                 let charge_book = Arc::clone(&charged);
                 let refund_book = Arc::clone(&charged);
                 let refund_counters = Arc::clone(&counters);
@@ -146,7 +148,7 @@ impl Services {
         )));
         let inventory_factory: Factory = {
             let counters = Arc::clone(&counters);
-            Arc::new(move |bus: &EmbeddedBus| {
+            Arc::new(move |bus: &Bus| {
                 let reserve_shelf = Arc::clone(&shelf);
                 let release_shelf = Arc::clone(&shelf);
                 let release_counters = Arc::clone(&counters);
@@ -221,7 +223,7 @@ impl Services {
         let baked: Arc<Mutex<std::collections::HashSet<Uuid>>> = Arc::default();
         let kitchen_factory: Factory = {
             let counters = Arc::clone(&counters);
-            Arc::new(move |bus: &EmbeddedBus| {
+            Arc::new(move |bus: &Bus| {
                 let counters = Arc::clone(&counters);
                 let ovens = Arc::clone(&ovens);
                 let baked = Arc::clone(&baked);
@@ -276,7 +278,8 @@ impl Services {
     /// Starts the responder of `topic` again on `bus`, over the same state (stock, book,
     /// ovens); it resumes from its group's committed offset. Returns whether `topic` is one
     /// of the three and was stopped.
-    pub fn restart(&mut self, bus: &EmbeddedBus, topic: &str) -> Result<bool, tabgrab::Error> {
+    pub fn restart(&mut self, bus: impl Into<Bus>, topic: &str) -> Result<bool, tabgrab::Error> {
+        let bus = &bus.into();
         if self.running.contains(&topic) {
             return Ok(false);
         }
@@ -286,6 +289,15 @@ impl Services {
         self.responders.push(factory(bus)?);
         self.running.push(name);
         Ok(true)
+    }
+
+    /// Waits until every running responder has joined the bus (at once on the embedded
+    /// bus; on RabbitMQ a request published before its queue exists would be refused).
+    pub async fn ready(&self) -> Result<(), tabgrab::Error> {
+        for responder in &self.responders {
+            responder.ready().await?;
+        }
+        Ok(())
     }
 
     /// What the responders did so far.
