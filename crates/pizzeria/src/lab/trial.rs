@@ -62,9 +62,18 @@ pub(crate) struct Trace {
     pub(crate) breaker: Vec<(Instant, CircuitState)>,
 }
 
-/// Runs one trial in `dir` (a fresh directory).
+/// Runs one trial in `dir` (a fresh directory). The restaurant is closed (on a broker: its
+/// namespace deleted) whether the trial succeeded or not.
 pub(crate) async fn run(style: Style, plan: &Plan, dir: &Path) -> Result<Trace, Error> {
     let mut restaurant = Restaurant::open(style, &plan.kit, dir, plan.bus.as_deref()).await?;
+    let traced = trace(&mut restaurant, plan).await;
+    let closed = restaurant.close().await;
+    let trace = traced?;
+    closed?;
+    Ok(trace)
+}
+
+async fn trace(restaurant: &mut Restaurant, plan: &Plan) -> Result<Trace, Error> {
     let url = restaurant.orders_url.clone();
     let (rate, orders, seed) = (plan.rate, plan.orders, plan.seed);
     // The customers' own timeout: longer than any outage, so a refusal is the front desk's.
@@ -94,7 +103,6 @@ pub(crate) async fn run(style: Style, plan: &Plan, dir: &Path) -> Result<Trace, 
         .outage
         .map(|o| restaurant.breaker_transitions(o.service))
         .unwrap_or_default();
-    restaurant.close().await?;
     Ok(Trace {
         t0,
         ends: load::ends_of(&posts, &ends),
