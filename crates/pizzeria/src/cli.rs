@@ -109,6 +109,12 @@ pub struct ServiceArgs {
     /// (required when more than one kitchen runs).
     #[arg(long, requires = "bus")]
     pub kitchen_db: Option<String>,
+    /// Events style, payment and inventory: where the service keeps its state (ledger or
+    /// reservations and shelf, inbox, outbox): `sqlite:PATH`, `postgres://user@host/db`
+    /// (several members of a group, or a restart on another machine, share it) or `memory`
+    /// (not durable) [default: sqlite:./pizzeria-data/<service>.sqlite].
+    #[arg(long, requires = "bus")]
+    pub store: Option<String>,
     /// The address to listen on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
@@ -222,6 +228,12 @@ pub struct RunArgs {
     /// PostgreSQL URL of the kitchens' shared rail (needed with more than one kitchen).
     #[arg(long)]
     pub kitchen_db: Option<String>,
+    /// Events style: where payment and inventory keep their state (ledger, reservations and
+    /// shelf, inboxes, outbox), `sqlite:PATH`, `postgres://user@host/db` or `memory` (not
+    /// durable) [default: sqlite:<data-dir>/effects.sqlite; with --services spawn, one file
+    /// per service, sqlite:<data-dir>/<service>.sqlite].
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 /// Options of `pizzeria dead-letters`.
@@ -306,6 +318,7 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
             bake_time: Duration::from_millis(args.bake_ms),
             kitchen_db: args.kitchen_db,
             truffles: Some(args.truffles),
+            store: args.store,
         };
         return crate::service::serve(config, crate::service::signal()).await;
     }
@@ -394,6 +407,7 @@ async fn run_command(args: RunArgs) -> Result<(), Error> {
         placement: args.services,
         kitchens: usize::try_from(args.kitchens).unwrap_or(1),
         kitchen_db: args.kitchen_db,
+        store: args.store,
     };
     let summary = run::run(config).await?;
     if args.json {

@@ -103,6 +103,10 @@ pub struct RunConfig {
     pub kitchens: usize,
     /// PostgreSQL URL of the kitchens' shared rail (needed with more than one kitchen).
     pub kitchen_db: Option<String>,
+    /// Where payment and inventory keep their state (`sqlite:PATH`, `postgres://…`,
+    /// `memory`); `None`: `sqlite:<data_dir>/effects.sqlite` on the embedded bus, and for
+    /// child processes one such file per service.
+    pub store: Option<String>,
 }
 
 /// Where the services of a run on a shared bus run.
@@ -138,6 +142,7 @@ impl RunConfig {
             placement: Placement::InProcess,
             kitchens: 1,
             kitchen_db: None,
+            store: None,
         }
     }
 }
@@ -280,7 +285,10 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         bake_time: config.bake_time,
         stock: Stock::generous().with(RARE_INGREDIENT, truffles),
     };
-    let pizzeria = Pizzeria::start(&bus, settings)?;
+    // Payment's and inventory's durable state; each run is a new day: the shelf is restocked.
+    let store = open_store(&config, "effects").await?;
+    store.restock(&settings.stock).await?;
+    let pizzeria = Pizzeria::start_with(&bus, settings, store)?;
     let first_offset = pizzeria.log_end();
     let watcher = pizzeria.front_desk.watch();
 
@@ -460,6 +468,31 @@ impl Tally {
         }
         progress.inc(1);
     }
+}
+
+/// Opens the run's store: `--store`, or `sqlite:<data_dir>/<name>.sqlite`.
+pub(crate) async fn open_store(
+    config: &RunConfig,
+    name: &str,
+) -> Result<crate::services::Store, Error> {
+    let url = store_url(config, name);
+    crate::services::Store::open(&url).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Bus,
+            format!("cannot open the payment and inventory store {url}"),
+        )
+        .with_source(e)
+    })
+}
+
+/// The store URL of `--store`, or a SQLite file `<name>.sqlite` in the data directory.
+fn store_url(config: &RunConfig, name: &str) -> String {
+    config.store.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite:{}",
+            config.data_dir.join(format!("{name}.sqlite")).display()
+        )
+    })
 }
 
 /// Sends the customers and waits for their orders to end.
@@ -657,6 +690,10 @@ impl Children {
             if let Some(db) = &config.kitchen_db {
                 command.args(["--kitchen-db", db]);
             }
+            if matches!(name, "payment" | "inventory") {
+                // One SQLite file per process unless they share a PostgreSQL store.
+                command.args(["--store", &store_url(config, name)]);
+            }
             let truffles = config.truffles.unwrap_or(config.orders / 25);
             command.args(["--truffles", &truffles.to_string()]);
             let mut child = command.spawn().map_err(|e| {
@@ -778,6 +815,11 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     };
     let children = match config.placement {
         Placement::Spawn => {
+            // A new day for the inventory process's shelf (its store outlives the run).
+            open_store(&config, "inventory")
+                .await?
+                .restock(&settings.stock)
+                .await?;
             let url = url.to_owned();
             let cfg = config.clone();
             Some(
@@ -790,7 +832,9 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     };
     let (pizzeria, front_desk, front_sub) = match config.placement {
         Placement::InProcess => {
-            let pizzeria = Pizzeria::start(&bus, settings)?;
+            let store = open_store(&config, "effects").await?;
+            store.restock(&settings.stock).await?;
+            let pizzeria = Pizzeria::start_with(&bus, settings, store)?;
             pizzeria.ready().await?;
             let fd = pizzeria.front_desk.clone();
             (Some(pizzeria), fd, None)

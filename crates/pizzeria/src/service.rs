@@ -3,7 +3,8 @@
 //!
 //! Each service is its consumer group, so starting a service twice makes two members that
 //! share its events (the kitchen's tickets are then shared through PostgreSQL:
-//! `--kitchen-db`). The process prints `ready <name> <pid>` once its group has joined, then
+//! `--kitchen-db`), and payment's or inventory's members share their state through a
+//! PostgreSQL `--store`. The process prints `ready <name> <pid>` once its group has joined, then
 //! a `status` line whenever its counters move, and stops on SIGINT or SIGTERM (running
 //! handlers finish; what they did not finish is redelivered to another member).
 
@@ -13,7 +14,7 @@ use tabgrab::event::Subscription;
 
 use crate::error::{Error, ErrorKind};
 use crate::menu::RARE_INGREDIENT;
-use crate::services::{Delivery, Inventory, Kitchen, Payment, Stock};
+use crate::services::{Delivery, Inventory, Kitchen, Payment, Stock, Store};
 
 /// The services that run on their own. In the events style the front desk runs with
 /// `pizzeria run`, which takes the customers' orders; in the call style delivery does not exist.
@@ -70,6 +71,9 @@ pub struct ServiceConfig {
     pub kitchen_db: Option<String>,
     /// Inventory: truffles in stock (`None`: plenty).
     pub truffles: Option<u64>,
+    /// Payment, inventory: where their state is (`sqlite:PATH`, `postgres://…`, `memory`);
+    /// `None`: `sqlite:./pizzeria-data/<service>.sqlite`.
+    pub store: Option<String>,
 }
 
 fn bus_error(what: &str) -> impl FnOnce(tabgrab::Error) -> Error + '_ {
@@ -88,16 +92,41 @@ pub async fn serve(
         eprintln!("{name}: {report}");
     }
     let mut kitchen = None;
-    let subscription: Subscription = match config.name {
-        ServiceName::Payment => Payment::new(&bus)?.subscribe(&bus)?,
-        ServiceName::Inventory => {
+    let store = match config.name {
+        ServiceName::Payment | ServiceName::Inventory => {
+            let url = config
+                .store
+                .clone()
+                .unwrap_or_else(|| format!("sqlite:./pizzeria-data/{name}.sqlite"));
+            let store = Store::open(&url).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Bus,
+                    format!("cannot open the {name} store {url}"),
+                )
+                .with_source(e)
+            })?;
+            eprintln!("{name}: state in {}", store.url());
+            Some(store)
+        }
+        _ => None,
+    };
+    let relay = store.as_ref().map(|s| s.relay(&bus));
+    let subscription: Subscription = match (config.name, &store) {
+        (ServiceName::Payment, Some(store)) => Payment::new(store.clone()).subscribe(&bus)?,
+        (ServiceName::Inventory, Some(store)) => {
             let stock = match config.truffles {
                 Some(n) => Stock::generous().with(RARE_INGREDIENT, n),
                 None => Stock::generous(),
             };
-            Inventory::new(&bus, stock)?.subscribe(&bus)?
+            Inventory::new(store.clone(), stock).subscribe(&bus)?
         }
-        ServiceName::Kitchen => {
+        (ServiceName::Payment | ServiceName::Inventory, None) => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "payment and inventory need a store",
+            ));
+        }
+        (ServiceName::Kitchen, _) => {
             let k = match &config.kitchen_db {
                 Some(url) => Kitchen::shared(&bus, config.ovens, config.bake_time, url).await?,
                 None => Kitchen::new(&bus, config.ovens, config.bake_time)?,
@@ -106,8 +135,8 @@ pub async fn serve(
             kitchen = Some(k);
             s
         }
-        ServiceName::Delivery => Delivery::new(&bus)?.subscribe(&bus)?,
-        ServiceName::FrontDesk => {
+        (ServiceName::Delivery, _) => Delivery::new(&bus)?.subscribe(&bus)?,
+        (ServiceName::FrontDesk, _) => {
             return Err(Error::new(
                 ErrorKind::Usage,
                 "in the events style the front desk runs with `pizzeria run --bus .. --services external`",
@@ -129,8 +158,12 @@ pub async fn serve(
         }
         let stats = subscription.stats();
         let in_oven = kitchen.as_ref().map_or(0, Kitchen::in_oven);
+        let duplicates = match &store {
+            Some(store) => store.stats().await.map_or(0, |s| s.duplicates()),
+            None => 0,
+        };
         let line = format!(
-            "status {name} acked={} retries={} dead_lettered={} in_oven={in_oven}",
+            "status {name} acked={} retries={} dead_lettered={} in_oven={in_oven} duplicates={duplicates}",
             stats.acked, stats.retries, stats.dead_lettered
         );
         if line != last {
@@ -142,6 +175,12 @@ pub async fn serve(
         .shutdown()
         .await
         .map_err(bus_error("the service did not stop cleanly"))?;
+    if let Some(relay) = relay {
+        relay
+            .shutdown()
+            .await
+            .map_err(bus_error("the outbox relay did not stop cleanly"))?;
+    }
     println!("stopped {name}");
     Ok(())
 }

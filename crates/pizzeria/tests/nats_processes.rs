@@ -40,8 +40,10 @@ fn summary(output: &std::process::Output) -> Value {
 #[test]
 fn a_thousand_orders_through_five_service_processes_are_all_delivered() {
     let Some(server) = servers() else { return };
+    let data = tempfile::tempdir().unwrap();
     let output = pizzeria()
         .args(["run", "--style", "events", "--orders", "1000", "--json"])
+        .args(["--data-dir", data.path().to_str().unwrap()])
         .args([
             "--bus",
             &server.url(),
@@ -72,6 +74,8 @@ impl Service {
     fn start(name: &str, url: &str, extra: &[&str]) -> Service {
         let mut child = pizzeria()
             .args(["service", name, "--bus", url, "--kitchen-db", POSTGRES])
+            // Payment's and inventory's state is not what this test is about.
+            .args(["--store", "memory"])
             .args(extra)
             .stdout(Stdio::piped())
             .spawn()

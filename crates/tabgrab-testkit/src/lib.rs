@@ -5,8 +5,10 @@
 //!   `TABGRAB_REQUIRE_SERVICES=1` (as `.ci/run` sets), so CI cannot pass by skipping.
 //! - [`history`]: the set checker of RELIABILITY.md over recorded operations.
 //! - [`effects`]: the effects checker: exactly one effect per (consumer group, message id).
+//! - [`lifecycle`]: the per-entity state-machine checker (allowed transitions, terminal states).
 
 pub mod effects;
 pub mod history;
+pub mod lifecycle;
 pub mod nats_server;
 pub mod services;

@@ -5,25 +5,28 @@
 //! [`Stock`], all or nothing, and publishing `IngredientsReserved`; if anything is short it
 //! takes nothing and publishes `IngredientsMissing` with the names. It reacts to
 //! `OrderCancelled` by putting the order's ingredients back and publishing
-//! `IngredientsReleased`, *at most once* and only if it had reserved them. When an order is
-//! delivered its ingredients are eaten: inventory forgets the order, so its memory is bounded
-//! by the orders in flight.
+//! `IngredientsReleased`, *at most once* and only if it had reserved them. A delivered
+//! order's ingredients are eaten: they stay reserved.
 //!
-//! State is kept in memory for now; a durable store and an inbox come later.
+//! Its state is durable, in the [`Store`]: the shelf's levels, and a `reserve` or `release`
+//! row per order. Each event is handled in one transaction that records the event's id in
+//! inventory's inbox, takes (or puts back) the stock, writes the row and stages the outcome
+//! in the outbox: a redelivered `OrderAccepted` reserves nothing a second time, and a
+//! cancellation that overtook its `OrderAccepted` makes the late one reserve nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tabgrab::backend::Bus;
-use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
-use uuid::Uuid;
+use tabgrab::event::{Context, HandlerError, Subscription};
+use tokio::sync::OnceCell;
 
-use super::lock;
+use super::store::{Store, kind};
 use crate::menu::{self, MENU};
 use crate::messages::{
     IngredientsMissing, IngredientsReleased, IngredientsReserved, OrderAccepted, OrderCancelled,
-    OrderDelivered, TOPIC, registry,
+    TOPIC, registry,
 };
 
 /// The consumer group of inventory.
@@ -60,6 +63,11 @@ impl Stock {
     /// Units of `ingredient` on the shelf.
     pub fn level(&self, ingredient: &str) -> u64 {
         self.levels.get(ingredient).copied().unwrap_or(0)
+    }
+
+    /// Every ingredient with its units.
+    pub(crate) fn levels(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.levels.iter().map(|(i, n)| (*i, *n))
     }
 
     /// Takes `needs` if all of it is there; otherwise takes nothing and names what is short.
@@ -107,14 +115,13 @@ pub struct Inventory {
 }
 
 struct Inner {
-    /// Publishes inventory's outcomes.
-    publisher: Publisher,
-    /// The shelf.
-    stock: Mutex<Stock>,
-    /// The pizzas (menu indices) of each order whose ingredients are set aside and not yet
-    /// eaten or put back: what a release returns. A few bytes per order in flight.
-    reserved: Mutex<HashMap<Uuid, Box<[u8]>>>,
-    /// Counters: reserved, missing, released.
+    /// The shelf, the reservations, the inbox and the outbox.
+    store: Store,
+    /// What the shelf holds at opening, if the store has no levels yet.
+    opening: Stock,
+    /// Set once the opening stock is on the store's shelf.
+    shelved: OnceCell<()>,
+    /// Counters: reserved, missing, released (committed in this process).
     stats: [AtomicU64; 3],
 }
 
@@ -144,16 +151,18 @@ pub(crate) fn needs(pizzas: &[u8]) -> Vec<(&'static str, u64)> {
 }
 
 impl Inventory {
-    /// An inventory with `stock` on its shelf, publishing to the pizzeria topic of `bus`.
-    pub fn new(bus: &Bus, stock: Stock) -> Result<Inventory, tabgrab::Error> {
-        Ok(Inventory {
+    /// An inventory keeping its shelf and reservations in `store`, whose shelf holds `stock`
+    /// at opening (a store that already has levels keeps them: see [`Store::open_shelf`]);
+    /// its events are published by the store's relay.
+    pub fn new(store: Store, stock: Stock) -> Inventory {
+        Inventory {
             inner: Arc::new(Inner {
-                publisher: Publisher::new(bus, TOPIC, SOURCE)?,
-                stock: Mutex::new(stock),
-                reserved: Mutex::new(HashMap::new()),
+                store,
+                opening: stock,
+                shelved: OnceCell::new(),
                 stats: Default::default(),
             }),
-        })
+        }
     }
 
     /// The counters so far.
@@ -167,13 +176,23 @@ impl Inventory {
     }
 
     /// Units of `ingredient` on the shelf now.
-    pub fn level(&self, ingredient: &str) -> u64 {
-        lock(&self.inner.stock).level(ingredient)
+    pub async fn level(&self, ingredient: &str) -> Result<u64, tabgrab::Error> {
+        self.shelve().await?;
+        self.inner.store.level(ingredient).await
+    }
+
+    /// Puts the opening stock on the store's shelf, once per process.
+    async fn shelve(&self) -> Result<(), tabgrab::Error> {
+        self.inner
+            .shelved
+            .get_or_try_init(|| self.inner.store.open_shelf(&self.inner.opening))
+            .await?;
+        Ok(())
     }
 
     /// Starts inventory's consumer group.
     pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
-        let (a, b, c) = (self.clone(), self.clone(), self.clone());
+        let (a, b) = (self.clone(), self.clone());
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())
             .handle(move |e: OrderAccepted, ctx: Context| {
@@ -182,22 +201,13 @@ impl Inventory {
             })
             .handle(move |e: OrderCancelled, ctx: Context| {
                 let inventory = b.clone();
-                async move { inventory.release(e.order_id, &ctx).await }
-            })
-            .handle(move |e: OrderDelivered, _ctx: Context| {
-                let inventory = c.clone();
-                async move {
-                    lock(&inventory.inner.reserved).remove(&e.order_id);
-                    Ok(())
-                }
+                async move { inventory.release(e, &ctx).await }
             })
             .start()
     }
 
+    /// Reserves the order's ingredients (or reports what is missing), once.
     async fn reserve(&self, e: OrderAccepted, ctx: &Context) -> Result<(), HandlerError> {
-        if lock(&self.inner.reserved).contains_key(&e.order_id) {
-            return Ok(()); // a redelivery: already reserved
-        }
         let mut pizzas = Vec::with_capacity(e.pizzas.len());
         for name in &e.pizzas {
             let Some(index) = MENU.iter().position(|p| p.name == name) else {
@@ -210,51 +220,75 @@ impl Inventory {
             };
             pizzas.push(u8::try_from(index).unwrap_or(u8::MAX));
         }
+        self.shelve().await?;
         let needs = needs(&pizzas);
-        let taken = lock(&self.inner.stock).take(&needs);
-        match taken {
-            Ok(()) => {
-                let event = IngredientsReserved {
-                    order_id: e.order_id,
-                };
-                if let Err(error) = self
-                    .inner
-                    .publisher
-                    .publish_caused(&event, ctx.envelope())
-                    .await
-                {
-                    lock(&self.inner.stock).put_back(&needs);
-                    return Err(error.into());
-                }
-                lock(&self.inner.reserved).insert(e.order_id, pizzas.into_boxed_slice());
-                self.inner.stats[0].fetch_add(1, Ordering::Relaxed);
-            }
-            Err(missing) => {
-                let event = IngredientsMissing {
-                    order_id: e.order_id,
-                    missing,
-                };
-                self.inner
-                    .publisher
-                    .publish_caused(&event, ctx.envelope())
-                    .await?;
-                self.inner.stats[1].fetch_add(1, Ordering::Relaxed);
-            }
+        let cause = ctx.envelope();
+        let order = e.order_id.to_string();
+        let mut unit = self.inner.store.begin().await?;
+        if !unit.record(GROUP, cause).await? {
+            unit.rollback().await?;
+            return Ok(()); // a duplicate: reserved (or found missing) already
         }
+        if unit.lock_order(GROUP, &order, false).await? {
+            unit.commit().await?; // cancelled before this late OrderAccepted
+            return Ok(());
+        }
+        let missing = unit.take(&needs).await?;
+        if missing.is_empty() {
+            unit.reservation(&order, kind::RESERVE, &pizzas, cause)
+                .await?;
+            let event = IngredientsReserved {
+                order_id: e.order_id,
+            };
+            unit.stage(SOURCE, &event, cause).await?;
+            unit.commit().await?;
+            self.inner.stats[0].fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        // Something is short: take nothing. Undo the partial take in a fresh transaction.
+        unit.rollback().await?;
+        let mut unit = self.inner.store.begin().await?;
+        if !unit.record(GROUP, cause).await? {
+            unit.rollback().await?;
+            return Ok(());
+        }
+        if unit.lock_order(GROUP, &order, false).await? {
+            unit.commit().await?;
+            return Ok(());
+        }
+        let event = IngredientsMissing {
+            order_id: e.order_id,
+            missing,
+        };
+        unit.stage(SOURCE, &event, cause).await?;
+        unit.commit().await?;
+        self.inner.stats[1].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    async fn release(&self, order_id: Uuid, ctx: &Context) -> Result<(), HandlerError> {
-        let Some(pizzas) = lock(&self.inner.reserved).get(&order_id).cloned() else {
-            return Ok(()); // nothing reserved, or already released
+    /// Puts the order's ingredients back if they were reserved and not released yet.
+    async fn release(&self, e: OrderCancelled, ctx: &Context) -> Result<(), HandlerError> {
+        self.shelve().await?;
+        let cause = ctx.envelope();
+        let order = e.order_id.to_string();
+        let mut unit = self.inner.store.begin().await?;
+        if !unit.record(GROUP, cause).await? {
+            unit.rollback().await?;
+            return Ok(());
+        }
+        unit.lock_order(GROUP, &order, true).await?;
+        let Some(pizzas) = unit.releasable(&order).await? else {
+            unit.commit().await?; // nothing reserved, or released already
+            return Ok(());
         };
-        let event = IngredientsReleased { order_id };
-        self.inner
-            .publisher
-            .publish_caused(&event, ctx.envelope())
+        unit.put_back(&needs(&pizzas)).await?;
+        unit.reservation(&order, kind::RELEASE, &pizzas, cause)
             .await?;
-        lock(&self.inner.stock).put_back(&needs(&pizzas));
-        lock(&self.inner.reserved).remove(&order_id);
+        let event = IngredientsReleased {
+            order_id: e.order_id,
+        };
+        unit.stage(SOURCE, &event, cause).await?;
+        unit.commit().await?;
         self.inner.stats[2].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -9,19 +9,30 @@
 //! | [`kitchen`] | `PaymentCollected` and `IngredientsReserved`, `OrderCancelled` | `PizzaReady` |
 //! | [`delivery`] | `PizzaReady` | `OrderDelivered` |
 //!
-//! Payment and inventory also react to `OrderDelivered`, only to forget the order: that keeps
-//! their memory bounded by the orders in flight rather than by every order ever taken.
+//! Every event is published as an effect of the event it reacts to, so its `causationid`
+//! names that event and its `correlationid` is the id of the order's `OrderAccepted`: one
+//! order's events form one conversation in the log.
 //!
-//! Every event is published with `publish_caused`, so its `causationid` names the event it
-//! reacts to and its `correlationid` is the id of the order's `OrderAccepted`: one order's
-//! events form one conversation in the log. Services keep their state in memory for this
-//! style's first version; durable state and an idempotent inbox come with the `store` module.
+//! # What is durable
+//! Payment and inventory keep their state in a [`Store`] (SQLite next to the embedded bus,
+//! PostgreSQL when several processes share it): each of their handlers records the event in
+//! its group's inbox, applies its effect (a ledger row; a reservation and the stock it takes)
+//! and stages its outcome in the outbox, in one transaction; the store's relay publishes the
+//! outcomes. So payment charges once per order and inventory reserves once even when an
+//! event is delivered again, and refunds and releases happen at most once, across crashes.
+//! The kitchen and delivery are at least once: the kitchen's rail is in memory (or in
+//! PostgreSQL for several kitchens, `Kitchen::shared`) and a kitchen that dies between its
+//! bell and its acknowledgement bakes the order again, so a `PizzaReady` (and then an
+//! `OrderDelivered`) may be published twice; every reader takes the second as the fact it
+//! already knows. The front desk's view of the orders is in memory (a restarted front desk
+//! rebuilds it only from the events it is delivered again).
 
 pub mod delivery;
 pub mod front_desk;
 pub mod inventory;
 pub mod kitchen;
 pub mod payment;
+pub mod store;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -36,6 +47,7 @@ pub use front_desk::FrontDesk;
 pub use inventory::{Inventory, Stock};
 pub use kitchen::Kitchen;
 pub use payment::Payment;
+pub use store::{Store, StoreRelay};
 
 /// How the restaurant is equipped.
 #[derive(Clone, Debug)]
@@ -72,6 +84,10 @@ pub struct Pizzeria {
     pub kitchen: Kitchen,
     /// Delivery, for its counters.
     pub delivery: Delivery,
+    /// Payment's and inventory's durable state, for its counters and its audit.
+    pub store: Store,
+    /// Publishes what payment and inventory staged in the store's outbox.
+    relay: StoreRelay,
     /// The running consumer groups, by group name, stopped by [`Pizzeria::shutdown`].
     subscriptions: Vec<(&'static str, Subscription)>,
     /// The topic's log (embedded bus), to tell when every group has caught up with it; on a
@@ -80,14 +96,27 @@ pub struct Pizzeria {
 }
 
 impl Pizzeria {
-    /// Starts every service on `bus`. Each group resumes from its committed offset. Must be
-    /// called inside a tokio runtime.
+    /// Starts every service on `bus`, with payment's and inventory's state in a private
+    /// store in memory ([`Store::memory`]: the same transactions, not durable; use
+    /// [`Pizzeria::start_with`] for a durable one). Each group resumes from its committed
+    /// offset. Must be called inside a tokio runtime.
     /// `bus` is a [`Bus`] (any engine) or an `&EmbeddedBus`.
     pub fn start(bus: impl Into<Bus>, settings: Settings) -> Result<Pizzeria, tabgrab::Error> {
+        Pizzeria::start_with(bus, settings, Store::memory())
+    }
+
+    /// Starts every service on `bus`, with payment's and inventory's state in `store`, and
+    /// the store's relay. Must be called inside a tokio runtime.
+    pub fn start_with(
+        bus: impl Into<Bus>,
+        settings: Settings,
+        store: Store,
+    ) -> Result<Pizzeria, tabgrab::Error> {
         let bus = &bus.into();
         let front_desk = FrontDesk::new(bus)?;
-        let payment = Payment::new(bus)?;
-        let inventory = Inventory::new(bus, settings.stock)?;
+        let payment = Payment::new(store.clone());
+        let inventory = Inventory::new(store.clone(), settings.stock);
+        let relay = store.relay(bus);
         let kitchen = Kitchen::new(bus, settings.ovens, settings.bake_time)?;
         let delivery = Delivery::new(bus)?;
         let subscriptions = vec![
@@ -103,6 +132,8 @@ impl Pizzeria {
             inventory,
             kitchen,
             delivery,
+            store,
+            relay,
             subscriptions,
             log: match bus.as_embedded() {
                 Some(embedded) => Some(embedded.topic(TOPIC)?),
@@ -141,13 +172,18 @@ impl Pizzeria {
         Ok(())
     }
 
-    /// Waits until every group has handled every event, so that the compensations caused by
-    /// the last events have run too. Fails after `timeout`, naming the groups behind.
+    /// Waits until every group has handled every event and the outbox is empty, so that the
+    /// compensations caused by the last events have run too. Fails after `timeout`, naming
+    /// the groups behind.
     pub async fn settle(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         let mut settled_checks = 0;
         loop {
-            if self.caught_up() {
+            if self.caught_up()
+                && self.store.pending().await.map_err(|e| {
+                    Error::new(ErrorKind::Bus, "cannot read the outbox").with_source(e)
+                })? == 0
+            {
                 // Twice in a row, a poll apart: a handler may be about to publish.
                 settled_checks += 1;
                 if settled_checks >= 2 {
@@ -216,13 +252,18 @@ impl Pizzeria {
         Ok(true)
     }
 
-    /// Stops every group: stops reading, lets running handlers finish, commits offsets.
+    /// Stops every group (stops reading, lets running handlers finish, commits offsets),
+    /// then the relay (what it has not published yet stays in a durable store's outbox, and
+    /// is published by the next relay).
     pub async fn shutdown(self) -> Result<(), tabgrab::Error> {
         let mut first_error = None;
         for (_, subscription) in self.subscriptions {
             if let Err(e) = subscription.shutdown().await {
                 first_error.get_or_insert(e);
             }
+        }
+        if let Err(e) = self.relay.shutdown().await {
+            first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -1,28 +1,29 @@
 //! Payment: charges the card of every accepted order, and refunds cancelled orders it charged.
 //!
-//! It reacts to `OrderAccepted` by publishing `PaymentCollected`, or `PaymentDeclined` for a
-//! card that ends in `0000` (the simulation's bad card). It reacts to `OrderCancelled` by
-//! publishing `PaymentRefunded`, *at most once* and only if it collected money for the order:
-//! a declined card is never "refunded". It forgets an order when it is delivered (nothing left
-//! to compensate), so its memory is bounded by the orders in flight.
+//! It reacts to `OrderAccepted` by charging the order (a `charge` row in its ledger) and
+//! publishing `PaymentCollected`, or `PaymentDeclined` for a card that ends in `0000` (the
+//! simulation's bad card). It reacts to `OrderCancelled` by refunding (a `refund` row) and
+//! publishing `PaymentRefunded`, *at most once* and only if it charged the order: a declined
+//! card is never "refunded".
 //!
-//! Delivery is at least once, so every handler is idempotent: a redelivered `OrderAccepted`
-//! for an order already charged changes nothing. The state is kept in memory for now; a
-//! durable store and an inbox (processed event ids per group) come later and make the
-//! at-most-once refund survive a crash too.
+//! Its state is durable, in the [`Store`]: each event is handled in one transaction that
+//! records the event's id in payment's inbox, writes the ledger row and stages the outcome in
+//! the outbox, so a redelivered `OrderAccepted` (after a crash, a timeout, a relay that
+//! published twice) charges nothing a second time, and the outcome is published if and only
+//! if the charge was committed. An `OrderCancelled` that arrives before its `OrderAccepted`
+//! (a redelivery overtaken by the cancellation) is remembered, and the late `OrderAccepted`
+//! then charges nothing.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tabgrab::backend::Bus;
-use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
-use uuid::Uuid;
+use tabgrab::event::{Context, HandlerError, Subscription};
 
-use super::lock;
+use super::store::{Store, kind};
 use crate::messages::{
-    OrderAccepted, OrderCancelled, OrderDelivered, PaymentCollected, PaymentDeclined,
-    PaymentRefunded, TOPIC, registry,
+    OrderAccepted, OrderCancelled, PaymentCollected, PaymentDeclined, PaymentRefunded, TOPIC,
+    registry,
 };
 
 /// The consumer group of payment.
@@ -32,7 +33,7 @@ pub const SOURCE: &str = "/pizzeria/payment";
 /// Cards ending in these digits are declined (the simulation's bad card).
 pub const DECLINED_SUFFIX: &str = "0000";
 
-/// Payment's counters, for the run summary.
+/// Payment's counters in this process, for the run summary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PaymentStats {
     /// Cards charged.
@@ -51,11 +52,9 @@ pub struct Payment {
 }
 
 struct Inner {
-    /// Publishes payment's outcomes.
-    publisher: Publisher,
-    /// Amount collected per order not yet delivered or refunded: what a refund returns.
-    collected: Mutex<HashMap<Uuid, u64>>,
-    /// Counters.
+    /// The ledger, the inbox and the outbox.
+    store: Store,
+    /// Counters: collected, declined, refunded (committed in this process).
     stats: [AtomicU64; 3],
 }
 
@@ -68,15 +67,15 @@ impl std::fmt::Debug for Payment {
 }
 
 impl Payment {
-    /// A payment service publishing to the pizzeria topic of `bus`.
-    pub fn new(bus: &Bus) -> Result<Payment, tabgrab::Error> {
-        Ok(Payment {
+    /// A payment service keeping its ledger in `store`; its events are published by the
+    /// store's relay (see [`Store::relay`]).
+    pub fn new(store: Store) -> Payment {
+        Payment {
             inner: Arc::new(Inner {
-                publisher: Publisher::new(bus, TOPIC, SOURCE)?,
-                collected: Mutex::new(HashMap::new()),
+                store,
                 stats: Default::default(),
             }),
-        })
+        }
     }
 
     /// The counters so far.
@@ -91,7 +90,7 @@ impl Payment {
 
     /// Starts payment's consumer group.
     pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
-        let (a, b, c) = (self.clone(), self.clone(), self.clone());
+        let (a, b) = (self.clone(), self.clone());
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())
             .handle(move |e: OrderAccepted, ctx: Context| {
@@ -100,62 +99,69 @@ impl Payment {
             })
             .handle(move |e: OrderCancelled, ctx: Context| {
                 let payment = b.clone();
-                async move { payment.refund(e.order_id, &ctx).await }
-            })
-            .handle(move |e: OrderDelivered, _ctx: Context| {
-                let payment = c.clone();
-                async move {
-                    lock(&payment.inner.collected).remove(&e.order_id);
-                    Ok(())
-                }
+                async move { payment.refund(e, &ctx).await }
             })
             .start()
     }
 
+    /// Charges (or declines) the order, once.
     async fn charge(&self, e: OrderAccepted, ctx: &Context) -> Result<(), HandlerError> {
-        if lock(&self.inner.collected).contains_key(&e.order_id) {
-            return Ok(()); // a redelivery: already charged
+        let cause = ctx.envelope();
+        let order = e.order_id.to_string();
+        let mut unit = self.inner.store.begin().await?;
+        if !unit.record(GROUP, cause).await? {
+            unit.rollback().await?;
+            return Ok(()); // a duplicate: charged (or declined) already
         }
-        if e.card.ends_with(DECLINED_SUFFIX) {
+        if unit.lock_order(GROUP, &order, false).await? {
+            // Cancelled before this (late) OrderAccepted: charge nothing.
+            unit.commit().await?;
+            return Ok(());
+        }
+        let counter = if e.card.ends_with(DECLINED_SUFFIX) {
             let event = PaymentDeclined {
                 order_id: e.order_id,
                 reason: format!("card ending in {DECLINED_SUFFIX} refused by the bank"),
             };
-            self.inner
-                .publisher
-                .publish_caused(&event, ctx.envelope())
+            unit.stage(SOURCE, &event, cause).await?;
+            1
+        } else {
+            unit.ledger(&order, kind::CHARGE, e.amount_cents, cause)
                 .await?;
-            self.inner.stats[1].fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let event = PaymentCollected {
-            order_id: e.order_id,
-            amount_cents: e.amount_cents,
+            let event = PaymentCollected {
+                order_id: e.order_id,
+                amount_cents: e.amount_cents,
+            };
+            unit.stage(SOURCE, &event, cause).await?;
+            0
         };
-        self.inner
-            .publisher
-            .publish_caused(&event, ctx.envelope())
-            .await?;
-        lock(&self.inner.collected).insert(e.order_id, e.amount_cents);
-        self.inner.stats[0].fetch_add(1, Ordering::Relaxed);
+        unit.commit().await?;
+        self.inner.stats[counter].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    async fn refund(&self, order_id: Uuid, ctx: &Context) -> Result<(), HandlerError> {
-        // Only money collected and not yet returned is refunded; the entry is removed once
-        // the refund is durable, so a second cancellation finds nothing: at most once.
-        let Some(amount_cents) = lock(&self.inner.collected).get(&order_id).copied() else {
+    /// Refunds the order if it was charged and not refunded yet.
+    async fn refund(&self, e: OrderCancelled, ctx: &Context) -> Result<(), HandlerError> {
+        let cause = ctx.envelope();
+        let order = e.order_id.to_string();
+        let mut unit = self.inner.store.begin().await?;
+        if !unit.record(GROUP, cause).await? {
+            unit.rollback().await?;
+            return Ok(());
+        }
+        unit.lock_order(GROUP, &order, true).await?;
+        let Some(amount_cents) = unit.refundable(&order).await? else {
+            unit.commit().await?; // nothing collected, or refunded already
             return Ok(());
         };
+        unit.ledger(&order, kind::REFUND, amount_cents, cause)
+            .await?;
         let event = PaymentRefunded {
-            order_id,
+            order_id: e.order_id,
             amount_cents,
         };
-        self.inner
-            .publisher
-            .publish_caused(&event, ctx.envelope())
-            .await?;
-        lock(&self.inner.collected).remove(&order_id);
+        unit.stage(SOURCE, &event, cause).await?;
+        unit.commit().await?;
         self.inner.stats[2].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -1,0 +1,933 @@
+//! The durable state of payment and inventory: their effects (the ledger, the reservations,
+//! the shelf), their inboxes and their outbox, in one SQL database.
+//!
+//! # Why one transaction per event
+//! Delivery is at least once, and a service can die between any two steps. So each handler of
+//! payment and inventory does all of its work in **one transaction** of this database
+//! ([`Unit`]): it records the event's id in its group's inbox (a redelivered event finds the id
+//! and changes nothing), applies its effect (a ledger row, a reservation and the stock it
+//! takes), and stages the events it publishes in the outbox. The relay publishes them after
+//! the commit, keeping their ids, so a crash anywhere leaves either nothing (the event is
+//! redelivered and handled as the first time) or everything (the redelivery is a duplicate,
+//! and the staged events are published by the next relay). Payment therefore charges once per
+//! order, inventory reserves once, and a refund or a release happens at most once.
+//!
+//! # One row per order, to serialise an order's handlers
+//! `OrderAccepted` and `OrderCancelled` of one order may be handled at the same moment (by two
+//! members of a group, or after a crash that redelivers the first past the second). Every
+//! handler therefore first upserts its service's row for the order in
+//! `pizzeria_order_state`: on PostgreSQL the upsert holds the row's lock until the commit, so
+//! the second handler waits and then sees what the first did (SQLite has one writer anyway).
+//! The row also remembers a cancellation that came first, so that a late `OrderAccepted` of a
+//! cancelled order charges and reserves nothing.
+//!
+//! # Where
+//! - `sqlite:PATH`: a file, the default next to the embedded bus (`<data-dir>/effects.sqlite`),
+//!   in WAL mode with `synchronous = NORMAL`: a committed transaction survives a crash of the
+//!   process (kill -9); a power loss may lose the last transactions, each whole (inbox, effect
+//!   and outbox together).
+//! - `postgres://…`: several processes share it (several payment or inventory members, or
+//!   one that restarts elsewhere); `FOR UPDATE SKIP LOCKED` lets their relays share the outbox.
+//! - `memory`: a private SQLite database in memory, for tests and the lab: the same
+//!   transactions, gone with the process.
+//!
+//! The tables are `pizzeria_payment_ledger` (one row per charge or refund),
+//! `pizzeria_inventory_reservations` (one row per reservation or release), `pizzeria_stock`,
+//! `pizzeria_order_state`, and tabgrab's `tabgrab_inbox` and `tabgrab_outbox`.
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPoolOptions, Postgres};
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Pool, Transaction};
+use tabgrab::backend::Bus;
+use tabgrab::inbox::{Inbox, InboxStats};
+use tabgrab::outbox::{Outbox, OutboxStats, Relay};
+use tabgrab::{Envelope, Error, ErrorKind, Event};
+use tokio::sync::OnceCell;
+
+use super::inventory::Stock;
+use crate::messages::TOPIC;
+
+/// The consumer groups that keep an inbox here.
+const GROUPS: [&str; 2] = [super::payment::GROUP, super::inventory::GROUP];
+
+/// Where a [`Store`] keeps its data, parsed from the `--store` option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// A private SQLite database in memory (not durable).
+    Memory,
+    /// A SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// Parses `memory`, `sqlite:PATH` (or `sqlite://PATH`) and `postgres://…` /
+    /// `postgresql://…`.
+    pub fn parse(url: &str) -> Result<StoreUrl, Error> {
+        if url == "memory" {
+            return Ok(StoreUrl::Memory);
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreUrl::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .filter(|p| !p.is_empty())
+        {
+            return Ok(StoreUrl::Sqlite(path.into()));
+        }
+        Err(Error::new(
+            ErrorKind::Malformed,
+            format!(
+                "store {url:?} is not a store URL: use sqlite:PATH, postgres://user@host/db or memory"
+            ),
+        ))
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Memory => f.write_str("memory"),
+            StoreUrl::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            StoreUrl::Postgres(url) => {
+                // Never print a password.
+                let shown = match url.split_once('@') {
+                    Some((_, host)) => format!("postgres://…@{host}"),
+                    None => url.clone(),
+                };
+                f.write_str(&shown)
+            }
+        }
+    }
+}
+
+/// The pool, outbox and inboxes on one kind of database.
+pub(crate) struct Parts<DB: tabgrab::sql::Database> {
+    /// The connections.
+    pool: Pool<DB>,
+    /// Events staged by handlers, published by the relay.
+    outbox: Outbox<DB>,
+    /// Payment's processed event ids.
+    payment: Inbox<DB>,
+    /// Inventory's processed event ids.
+    inventory: Inbox<DB>,
+}
+
+impl<DB: tabgrab::sql::Database> Clone for Parts<DB> {
+    fn clone(&self) -> Self {
+        Parts {
+            pool: self.pool.clone(),
+            outbox: self.outbox.clone(),
+            payment: self.payment.clone(),
+            inventory: self.inventory.clone(),
+        }
+    }
+}
+
+impl<DB: tabgrab::sql::Database> Parts<DB> {
+    fn inbox(&self, group: &str) -> &Inbox<DB> {
+        if group == super::payment::GROUP {
+            &self.payment
+        } else {
+            &self.inventory
+        }
+    }
+}
+
+/// The opened database.
+#[derive(Clone)]
+enum Db {
+    /// SQLite (a file, or memory).
+    Sqlite(Parts<Sqlite>),
+    /// PostgreSQL.
+    Postgres(Parts<Postgres>),
+}
+
+/// Runs `$body` with `$p` bound to the [`Parts`] of either database (the body is compiled for
+/// each; the SQL in it must read the same in both, with `$1`-style placeholders).
+macro_rules! on_db {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($p) => $body,
+            Db::Postgres($p) => $body,
+        }
+    };
+}
+
+/// The durable state of payment and inventory. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct Store {
+    /// Shared by clones.
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    /// Where the data is.
+    url: StoreUrl,
+    /// The database, opened at the first use (at once by [`Store::open`]).
+    db: OnceCell<Db>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.inner.url.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `Storage` error about the pizzeria's store.
+fn storage(operation: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
+    move |e| {
+        Error::new(
+            ErrorKind::Storage,
+            format!(
+                "pizzeria store: {operation} failed; check that the database is reachable and writable"
+            ),
+        )
+        .with_source(e)
+    }
+}
+
+/// The pizzeria's own tables; `{seq}` is the dialect's auto-increment key.
+const SCHEMA: [&str; 6] = [
+    "CREATE TABLE IF NOT EXISTS pizzeria_payment_ledger (seq {seq}, order_id TEXT NOT NULL, \
+     kind TEXT NOT NULL, amount_cents BIGINT NOT NULL, cause_id TEXT NOT NULL, at_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS pizzeria_payment_ledger_order ON pizzeria_payment_ledger (order_id)",
+    "CREATE TABLE IF NOT EXISTS pizzeria_inventory_reservations (seq {seq}, order_id TEXT NOT NULL, \
+     kind TEXT NOT NULL, pizzas TEXT NOT NULL, cause_id TEXT NOT NULL, at_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS pizzeria_inventory_reservations_order \
+     ON pizzeria_inventory_reservations (order_id)",
+    "CREATE TABLE IF NOT EXISTS pizzeria_stock (ingredient TEXT PRIMARY KEY, units BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pizzeria_order_state (service TEXT NOT NULL, order_id TEXT NOT NULL, \
+     cancelled BIGINT NOT NULL, PRIMARY KEY (service, order_id))",
+];
+
+impl Store {
+    /// A private store in memory: the same transactions as a durable one, gone with the
+    /// process. Opened at its first use, so this needs no runtime.
+    pub fn memory() -> Store {
+        Store::lazy(StoreUrl::Memory)
+    }
+
+    fn lazy(url: StoreUrl) -> Store {
+        Store {
+            inner: Arc::new(StoreInner {
+                url,
+                db: OnceCell::new(),
+            }),
+        }
+    }
+
+    /// Opens the store at `url` (see [`StoreUrl::parse`]), creating its tables if needed.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tabgrab::Error> {
+    /// use pizzeria::services::Store;
+    ///
+    /// let store = Store::open("sqlite:./pizzeria-data/effects.sqlite").await?;
+    /// println!("{}", store.audit().await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(url: &str) -> Result<Store, Error> {
+        let store = Store::lazy(StoreUrl::parse(url)?);
+        store.db().await?;
+        Ok(store)
+    }
+
+    /// Opens a SQLite store in the file at `path`.
+    pub async fn sqlite(path: impl AsRef<Path>) -> Result<Store, Error> {
+        let store = Store::lazy(StoreUrl::Sqlite(path.as_ref().to_owned()));
+        store.db().await?;
+        Ok(store)
+    }
+
+    /// Where the data is.
+    pub fn url(&self) -> &StoreUrl {
+        &self.inner.url
+    }
+
+    async fn db(&self) -> Result<&Db, Error> {
+        self.inner
+            .db
+            .get_or_try_init(|| connect(&self.inner.url))
+            .await
+    }
+
+    /// Starts a relay that publishes the staged events to the pizzeria topic of `bus`. Several
+    /// relays may run on one PostgreSQL store (one per process).
+    pub fn relay(&self, bus: &Bus) -> StoreRelay {
+        let store = self.clone();
+        let bus = bus.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let db = store.db().await?;
+            let relay: Relay = on_db!(db, p => p.outbox.relay(bus).poll_interval(Duration::from_millis(50)).start());
+            stopped.cancelled().await;
+            relay.shutdown().await
+        });
+        StoreRelay {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Staged events not yet published (in every process).
+    pub async fn pending(&self) -> Result<u64, Error> {
+        on_db!(self.db().await?, p => p.outbox.pending().await)
+    }
+
+    /// This process's counters of the outbox and of the two inboxes.
+    pub async fn stats(&self) -> Result<StoreStats, Error> {
+        Ok(on_db!(self.db().await?, p => StoreStats {
+            outbox: p.outbox.stats(),
+            payment: p.payment.stats(),
+            inventory: p.inventory.stats(),
+        }))
+    }
+
+    /// Begins one handler's transaction.
+    pub(crate) async fn begin(&self) -> Result<Unit, Error> {
+        Ok(match self.db().await? {
+            Db::Sqlite(p) => Unit::Sqlite {
+                tx: p.pool.begin().await.map_err(storage("begin"))?,
+                parts: p.clone(),
+            },
+            Db::Postgres(p) => Unit::Postgres {
+                tx: p.pool.begin().await.map_err(storage("begin"))?,
+                parts: p.clone(),
+            },
+        })
+    }
+
+    /// Puts `stock` on the shelf where the shelf has no level yet for an ingredient (a new
+    /// store); a store that has one keeps it (a restarted inventory does not restock).
+    pub async fn open_shelf(&self, stock: &Stock) -> Result<(), Error> {
+        self.shelve(stock, "DO NOTHING").await
+    }
+
+    /// Sets the shelf to `stock`, whatever it held: a new day (`pizzeria run` restocks before
+    /// its first order).
+    pub async fn restock(&self, stock: &Stock) -> Result<(), Error> {
+        self.shelve(stock, "DO UPDATE SET units = excluded.units")
+            .await
+    }
+
+    async fn shelve(&self, stock: &Stock, on_conflict: &str) -> Result<(), Error> {
+        let sql = format!(
+            "INSERT INTO pizzeria_stock (ingredient, units) VALUES ($1, $2) \
+             ON CONFLICT (ingredient) {on_conflict}"
+        );
+        on_db!(self.db().await?, p => {
+            let mut tx = p.pool.begin().await.map_err(storage("begin"))?;
+            for (ingredient, units) in stock.levels() {
+                sqlx::query(&sql)
+                    .bind(ingredient)
+                    .bind(i64::try_from(units).unwrap_or(i64::MAX))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(storage("stock the shelf"))?;
+            }
+            tx.commit().await.map_err(storage("commit the shelf"))?;
+        });
+        Ok(())
+    }
+
+    /// Units of `ingredient` on the shelf (0 for one never stocked).
+    pub async fn level(&self, ingredient: &str) -> Result<u64, Error> {
+        let units: Option<i64> = on_db!(self.db().await?, p => {
+            sqlx::query_scalar("SELECT units FROM pizzeria_stock WHERE ingredient = $1")
+                .bind(ingredient)
+                .fetch_optional(&p.pool)
+                .await
+                .map_err(storage("read the shelf"))?
+        });
+        Ok(units.map_or(0, |u| u64::try_from(u).unwrap_or(0)))
+    }
+
+    /// Reads the ledger and the reservations back and checks them: exactly one charge per
+    /// charged order, at most one refund and only of a charge, at most one reservation and one
+    /// release per order and a release only of a reservation.
+    pub async fn audit(&self) -> Result<Audit, Error> {
+        let (payments, reservations): (Vec<(String, String)>, Vec<(String, String)>) = on_db!(self.db().await?, p => {
+            let payments = sqlx::query_as(
+                "SELECT order_id, kind FROM pizzeria_payment_ledger ORDER BY seq",
+            )
+            .fetch_all(&p.pool)
+            .await
+            .map_err(storage("read the ledger"))?;
+            let reservations = sqlx::query_as(
+                "SELECT order_id, kind FROM pizzeria_inventory_reservations ORDER BY seq",
+            )
+            .fetch_all(&p.pool)
+            .await
+            .map_err(storage("read the reservations"))?;
+            (payments, reservations)
+        });
+        Ok(Audit::of(&payments, &reservations))
+    }
+}
+
+impl Store {
+    /// Every effect row, as (`payment:charge` | `payment:refund` | `inventory:reserve` |
+    /// `inventory:release`, the id of the event that caused it): what an effects checker
+    /// compares with the events on the bus.
+    pub async fn effects(&self) -> Result<Vec<(String, String)>, Error> {
+        let sql = "SELECT 'payment:' || kind, cause_id FROM pizzeria_payment_ledger \
+                   UNION ALL SELECT 'inventory:' || kind, cause_id FROM pizzeria_inventory_reservations";
+        Ok(on_db!(self.db().await?, p => sqlx::query_as(sql)
+            .fetch_all(&p.pool)
+            .await
+            .map_err(storage("read the effects"))?))
+    }
+}
+
+/// Connects and creates the tables.
+async fn connect(url: &StoreUrl) -> Result<Db, Error> {
+    match url {
+        StoreUrl::Memory | StoreUrl::Sqlite(_) => {
+            let options = match url {
+                StoreUrl::Sqlite(path) => {
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            Error::new(
+                                ErrorKind::Storage,
+                                format!("pizzeria store: cannot create {}", dir.display()),
+                            )
+                            .with_source(e)
+                        })?;
+                    }
+                    SqliteConnectOptions::new()
+                        .filename(path)
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                }
+                _ => SqliteConnectOptions::from_str("sqlite::memory:")
+                    .map_err(storage("open the memory database"))?,
+            }
+            .busy_timeout(Duration::from_secs(30));
+            // One connection: SQLite has one writer at a time, and a pool queue is fairer and
+            // cheaper than connections spinning on the file lock (and a memory database lives
+            // as long as its one connection).
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(Duration::from_secs(60))
+                .connect_with(options)
+                .await
+                .map_err(storage("open SQLite"))?;
+            for sql in SCHEMA {
+                let sql = sql.replace("{seq}", "INTEGER PRIMARY KEY AUTOINCREMENT");
+                sqlx::query(&sql)
+                    .execute(&pool)
+                    .await
+                    .map_err(storage("create the tables"))?;
+            }
+            Ok(Db::Sqlite(Parts {
+                outbox: Outbox::sqlite(pool.clone()).await?,
+                payment: Inbox::sqlite(pool.clone(), GROUPS[0]).await?,
+                inventory: Inbox::sqlite(pool.clone(), GROUPS[1]).await?,
+                pool,
+            }))
+        }
+        StoreUrl::Postgres(url) => {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await
+                .map_err(storage("connect to PostgreSQL"))?;
+            // Processes starting together race on CREATE .. IF NOT EXISTS (PostgreSQL reports
+            // a unique violation to the loser): a few tries, then the tables are there.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match create_pg(&pool).await {
+                    Ok(parts) => return Ok(Db::Postgres(parts)),
+                    Err(e) if attempt >= 5 => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100 * attempt)).await,
+                }
+            }
+        }
+    }
+}
+
+async fn create_pg(pool: &Pool<Postgres>) -> Result<Parts<Postgres>, Error> {
+    for sql in SCHEMA {
+        let sql = sql.replace("{seq}", "BIGSERIAL PRIMARY KEY");
+        sqlx::query(&sql)
+            .execute(pool)
+            .await
+            .map_err(storage("create the tables"))?;
+    }
+    Ok(Parts {
+        outbox: Outbox::postgres(pool.clone()).await?,
+        payment: Inbox::postgres(pool.clone(), GROUPS[0]).await?,
+        inventory: Inbox::postgres(pool.clone(), GROUPS[1]).await?,
+        pool: pool.clone(),
+    })
+}
+
+/// The relay of a [`Store`], started by [`Store::relay`].
+#[derive(Debug)]
+pub struct StoreRelay {
+    /// Stops the relay.
+    stop: tokio_util::sync::CancellationToken,
+    /// Opens the store, runs the relay, stops it.
+    task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+}
+
+impl StoreRelay {
+    /// Stops the relay after its current round and waits.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.stop.cancel();
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| {
+                Error::new(ErrorKind::Closed, "the pizzeria's outbox relay failed").with_source(e)
+            })?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for StoreRelay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// This process's counters of a store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// The outbox and its relays.
+    pub outbox: OutboxStats,
+    /// Payment's inbox: `duplicates` are redeliveries that changed nothing.
+    pub payment: InboxStats,
+    /// Inventory's inbox.
+    pub inventory: InboxStats,
+}
+
+impl StoreStats {
+    /// Duplicate deliveries the two inboxes absorbed.
+    pub fn duplicates(&self) -> u64 {
+        self.payment.duplicates + self.inventory.duplicates
+    }
+}
+
+/// Kinds of ledger and reservation rows.
+pub(crate) mod kind {
+    /// Payment took the order's money.
+    pub(crate) const CHARGE: &str = "charge";
+    /// Payment gave it back.
+    pub(crate) const REFUND: &str = "refund";
+    /// Inventory set the order's ingredients aside.
+    pub(crate) const RESERVE: &str = "reserve";
+    /// Inventory put them back.
+    pub(crate) const RELEASE: &str = "release";
+}
+
+/// What [`Store::audit`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// Orders charged.
+    pub charged: u64,
+    /// Orders refunded.
+    pub refunded: u64,
+    /// Orders whose ingredients were reserved.
+    pub reserved: u64,
+    /// Orders whose ingredients were released.
+    pub released: u64,
+    /// Broken promises, one line each: must be empty.
+    pub violations: Vec<String>,
+}
+
+impl Audit {
+    /// Checks rows (order id, kind) of the ledger and of the reservations, in order.
+    pub fn of(payments: &[(String, String)], reservations: &[(String, String)]) -> Audit {
+        use std::collections::HashMap;
+        let mut audit = Audit::default();
+        let mut per_order: HashMap<&str, (u32, u32)> = HashMap::new();
+        for (order, k) in payments {
+            let entry = per_order.entry(order.as_str()).or_default();
+            match k.as_str() {
+                kind::CHARGE => entry.0 += 1,
+                kind::REFUND => {
+                    if entry.0 == 0 {
+                        audit
+                            .violations
+                            .push(format!("order {order}: refunded without a charge before"));
+                    }
+                    entry.1 += 1;
+                }
+                other => audit
+                    .violations
+                    .push(format!("order {order}: unknown ledger row {other:?}")),
+            }
+        }
+        for (order, (charges, refunds)) in &per_order {
+            audit.charged += u64::from(*charges > 0);
+            audit.refunded += u64::from(*refunds > 0);
+            if *charges > 1 {
+                audit
+                    .violations
+                    .push(format!("order {order}: charged {charges} times"));
+            }
+            if *refunds > 1 {
+                audit
+                    .violations
+                    .push(format!("order {order}: refunded {refunds} times"));
+            }
+        }
+        let mut per_order: HashMap<&str, (u32, u32)> = HashMap::new();
+        for (order, k) in reservations {
+            let entry = per_order.entry(order.as_str()).or_default();
+            match k.as_str() {
+                kind::RESERVE => entry.0 += 1,
+                kind::RELEASE => {
+                    if entry.0 == 0 {
+                        audit.violations.push(format!(
+                            "order {order}: released without a reservation before"
+                        ));
+                    }
+                    entry.1 += 1;
+                }
+                other => audit
+                    .violations
+                    .push(format!("order {order}: unknown reservation row {other:?}")),
+            }
+        }
+        for (order, (reserves, releases)) in &per_order {
+            audit.reserved += u64::from(*reserves > 0);
+            audit.released += u64::from(*releases > 0);
+            if *reserves > 1 {
+                audit
+                    .violations
+                    .push(format!("order {order}: reserved {reserves} times"));
+            }
+            if *releases > 1 {
+                audit
+                    .violations
+                    .push(format!("order {order}: released {releases} times"));
+            }
+        }
+        audit.violations.sort();
+        audit
+    }
+
+    /// No violation.
+    pub fn is_valid(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl std::fmt::Display for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} charged, {} refunded, {} reserved, {} released, {} violations",
+            self.charged,
+            self.refunded,
+            self.reserved,
+            self.released,
+            self.violations.len()
+        )?;
+        for v in self.violations.iter().take(10) {
+            write!(f, "\n  {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One handler's transaction: inbox, effect and outbox commit together or not at all.
+pub(crate) enum Unit {
+    /// On SQLite.
+    Sqlite {
+        /// The transaction.
+        tx: Transaction<'static, Sqlite>,
+        /// The outbox and inboxes.
+        parts: Parts<Sqlite>,
+    },
+    /// On PostgreSQL.
+    Postgres {
+        /// The transaction.
+        tx: Transaction<'static, Postgres>,
+        /// The outbox and inboxes.
+        parts: Parts<Postgres>,
+    },
+}
+
+/// Runs `$body` with `$tx` (the transaction) and `$p` (the parts) of either database.
+macro_rules! on_unit {
+    ($unit:expr, $tx:ident, $p:ident => $body:expr) => {
+        match $unit {
+            Unit::Sqlite { tx: $tx, parts: $p } => $body,
+            Unit::Postgres { tx: $tx, parts: $p } => $body,
+        }
+    };
+}
+
+/// Milliseconds since the epoch, as the tables store it.
+fn now() -> i64 {
+    i64::try_from(super::now_ms()).unwrap_or(i64::MAX)
+}
+
+impl Unit {
+    /// Records `envelope` in `group`'s inbox: `true` the first time, `false` for a duplicate
+    /// (then apply nothing).
+    pub(crate) async fn record(&mut self, group: &str, envelope: &Envelope) -> Result<bool, Error> {
+        on_unit!(self, tx, p => p.inbox(group).record(tx, envelope).await)
+    }
+
+    /// Takes `service`'s row of `order_id` (waiting for another handler of the same order to
+    /// commit), marking it cancelled if `cancel`; returns whether it is cancelled.
+    pub(crate) async fn lock_order(
+        &mut self,
+        service: &str,
+        order_id: &str,
+        cancel: bool,
+    ) -> Result<bool, Error> {
+        let sql = "INSERT INTO pizzeria_order_state (service, order_id, cancelled) \
+                   VALUES ($1, $2, $3) ON CONFLICT (service, order_id) DO UPDATE \
+                   SET cancelled = CASE WHEN excluded.cancelled = 1 THEN 1 \
+                   ELSE pizzeria_order_state.cancelled END RETURNING cancelled";
+        let cancelled: i64 = on_unit!(self, tx, _p => sqlx::query_scalar(sql)
+            .bind(service)
+            .bind(order_id)
+            .bind(i64::from(cancel))
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(storage("lock the order"))?);
+        Ok(cancelled != 0)
+    }
+
+    /// Appends a ledger row.
+    pub(crate) async fn ledger(
+        &mut self,
+        order_id: &str,
+        kind: &str,
+        amount_cents: u64,
+        cause: &Envelope,
+    ) -> Result<(), Error> {
+        let sql = "INSERT INTO pizzeria_payment_ledger (order_id, kind, amount_cents, cause_id, at_ms) \
+                   VALUES ($1, $2, $3, $4, $5)";
+        on_unit!(self, tx, _p => sqlx::query(sql)
+            .bind(order_id)
+            .bind(kind)
+            .bind(i64::try_from(amount_cents).unwrap_or(i64::MAX))
+            .bind(cause.id.as_str())
+            .bind(now())
+            .execute(&mut **tx)
+            .await
+            .map_err(storage("write the ledger"))
+            .map(drop)?);
+        Ok(())
+    }
+
+    /// The amount charged for `order_id` and not refunded, if any.
+    pub(crate) async fn refundable(&mut self, order_id: &str) -> Result<Option<u64>, Error> {
+        let sql = "SELECT kind, amount_cents FROM pizzeria_payment_ledger WHERE order_id = $1 ORDER BY seq";
+        let rows: Vec<(String, i64)> = on_unit!(self, tx, _p => sqlx::query_as(sql)
+            .bind(order_id)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(storage("read the ledger"))?);
+        let charged = rows.iter().find(|(k, _)| k == kind::CHARGE);
+        let refunded = rows.iter().any(|(k, _)| k == kind::REFUND);
+        Ok(match charged {
+            Some((_, amount)) if !refunded => Some(u64::try_from(*amount).unwrap_or(0)),
+            _ => None,
+        })
+    }
+
+    /// Takes `needs` (ingredient, units) from the shelf, all or nothing: the names of the
+    /// ingredients short if any (then this unit must be rolled back).
+    pub(crate) async fn take(
+        &mut self,
+        needs: &[(&'static str, u64)],
+    ) -> Result<Vec<String>, Error> {
+        // In name order, so that two inventories never wait for each other's rows in a cycle.
+        let mut needs = needs.to_vec();
+        needs.sort_unstable();
+        let sql =
+            "UPDATE pizzeria_stock SET units = units - $1 WHERE ingredient = $2 AND units >= $1";
+        let mut missing = Vec::new();
+        for (ingredient, units) in needs {
+            let done = on_unit!(self, tx, _p => sqlx::query(sql)
+                .bind(i64::try_from(units).unwrap_or(i64::MAX))
+                .bind(ingredient)
+                .execute(&mut **tx)
+                .await
+                .map_err(storage("take from the shelf"))?
+                .rows_affected());
+            if done == 0 {
+                missing.push(ingredient.to_owned());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Puts `needs` back on the shelf.
+    pub(crate) async fn put_back(&mut self, needs: &[(&'static str, u64)]) -> Result<(), Error> {
+        let mut needs = needs.to_vec();
+        needs.sort_unstable();
+        let sql = "UPDATE pizzeria_stock SET units = units + $1 WHERE ingredient = $2";
+        for (ingredient, units) in needs {
+            on_unit!(self, tx, _p => sqlx::query(sql)
+                .bind(i64::try_from(units).unwrap_or(i64::MAX))
+                .bind(ingredient)
+                .execute(&mut **tx)
+                .await
+                .map_err(storage("put back on the shelf"))
+            .map(drop)?);
+        }
+        Ok(())
+    }
+
+    /// Appends a reservation row; `pizzas` are menu indices.
+    pub(crate) async fn reservation(
+        &mut self,
+        order_id: &str,
+        kind: &str,
+        pizzas: &[u8],
+        cause: &Envelope,
+    ) -> Result<(), Error> {
+        let pizzas: Vec<String> = pizzas.iter().map(ToString::to_string).collect();
+        let sql = "INSERT INTO pizzeria_inventory_reservations (order_id, kind, pizzas, cause_id, at_ms) \
+                   VALUES ($1, $2, $3, $4, $5)";
+        on_unit!(self, tx, _p => sqlx::query(sql)
+            .bind(order_id)
+            .bind(kind)
+            .bind(pizzas.join(","))
+            .bind(cause.id.as_str())
+            .bind(now())
+            .execute(&mut **tx)
+            .await
+            .map_err(storage("write the reservation"))
+            .map(drop)?);
+        Ok(())
+    }
+
+    /// The pizzas (menu indices) reserved for `order_id` and not released, if any.
+    pub(crate) async fn releasable(&mut self, order_id: &str) -> Result<Option<Vec<u8>>, Error> {
+        let sql = "SELECT kind, pizzas FROM pizzeria_inventory_reservations WHERE order_id = $1 ORDER BY seq";
+        let rows: Vec<(String, String)> = on_unit!(self, tx, _p => sqlx::query_as(sql)
+            .bind(order_id)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(storage("read the reservations"))?);
+        let reserved = rows.iter().find(|(k, _)| k == kind::RESERVE);
+        let released = rows.iter().any(|(k, _)| k == kind::RELEASE);
+        Ok(match reserved {
+            Some((_, pizzas)) if !released => {
+                Some(pizzas.split(',').filter_map(|p| p.parse().ok()).collect())
+            }
+            _ => None,
+        })
+    }
+
+    /// Stages `event` as an effect of `cause` (same subject, causation and correlation): it is
+    /// published after the commit.
+    pub(crate) async fn stage<E: Event>(
+        &mut self,
+        source: &str,
+        event: &E,
+        cause: &Envelope,
+    ) -> Result<(), Error> {
+        let mut envelope = Envelope::new(source, event)?.caused_by(cause);
+        envelope.subject.clone_from(&cause.subject);
+        on_unit!(self, tx, p => p.outbox.stage(tx, TOPIC, &envelope).await)
+    }
+
+    /// Commits, then wakes this process's relay.
+    pub(crate) async fn commit(self) -> Result<(), Error> {
+        on_unit!(self, tx, p => p.outbox.commit(tx).await)
+    }
+
+    /// Rolls back.
+    pub(crate) async fn rollback(self) -> Result<(), Error> {
+        on_unit!(self, tx, _p => tx.rollback().await.map_err(storage("roll back")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_parse_and_hide_passwords() {
+        assert_eq!(StoreUrl::parse("memory").ok(), Some(StoreUrl::Memory));
+        assert_eq!(
+            StoreUrl::parse("sqlite:./d/e.sqlite").ok(),
+            Some(StoreUrl::Sqlite("./d/e.sqlite".into()))
+        );
+        assert_eq!(
+            StoreUrl::parse("sqlite:///tmp/e.sqlite").ok(),
+            Some(StoreUrl::Sqlite("/tmp/e.sqlite".into()))
+        );
+        let pg = StoreUrl::parse("postgres://u:secret@h:5432/db").ok();
+        assert_eq!(
+            pg.map(|u| u.to_string()).as_deref(),
+            Some("postgres://…@h:5432/db")
+        );
+        let bad = StoreUrl::parse("mysql://x").err().map(|e| e.kind());
+        assert_eq!(bad, Some(ErrorKind::Malformed));
+        assert!(StoreUrl::parse("sqlite:").is_err());
+    }
+
+    #[test]
+    fn the_audit_finds_double_charges_and_refunds_without_a_charge() {
+        let row = |o: &str, k: &str| (o.to_owned(), k.to_owned());
+        let good = Audit::of(
+            &[row("a", "charge"), row("b", "charge"), row("b", "refund")],
+            &[
+                row("a", "reserve"),
+                row("c", "reserve"),
+                row("c", "release"),
+            ],
+        );
+        assert!(good.is_valid(), "{good}");
+        assert_eq!(
+            (good.charged, good.refunded, good.reserved, good.released),
+            (2, 1, 2, 1)
+        );
+        let bad = Audit::of(
+            &[
+                row("a", "charge"),
+                row("a", "charge"),
+                row("b", "refund"),
+                row("a", "refund"),
+                row("a", "refund"),
+            ],
+            &[
+                row("c", "release"),
+                row("d", "reserve"),
+                row("d", "reserve"),
+            ],
+        );
+        assert_eq!(
+            bad.violations,
+            [
+                "order a: charged 2 times",
+                "order a: refunded 2 times",
+                "order b: refunded without a charge before",
+                "order c: released without a reservation before",
+                "order d: reserved 2 times",
+            ],
+            "{bad}"
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! What the effects tests share: the pizzeria order's state machine, and reading every
+//! event of the pizzeria topic back from a bus.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pizzeria::messages::{
+    IngredientsMissing, IngredientsReleased, IngredientsReserved, OrderAccepted, OrderCancelled,
+    OrderDelivered, PaymentCollected, PaymentDeclined, PaymentRefunded, PizzaReady, TOPIC,
+    registry,
+};
+use tabgrab::Message;
+use tabgrab::backend::Bus;
+use tabgrab::event::{Context, StartFrom, Subscription};
+use tabgrab_testkit::lifecycle::{Lifecycle, LifecycleReport, Rule};
+
+/// One event read back: (order id, message id, short fact name).
+pub(crate) type Fact = (String, String, &'static str);
+
+/// The short name of each pizzeria event type.
+pub(crate) fn fact_name(ty: &str) -> &'static str {
+    match ty {
+        OrderAccepted::TYPE => "accepted",
+        PaymentCollected::TYPE => "collected",
+        PaymentDeclined::TYPE => "declined",
+        IngredientsReserved::TYPE => "reserved",
+        IngredientsMissing::TYPE => "missing",
+        PizzaReady::TYPE => "ready",
+        OrderDelivered::TYPE => "delivered",
+        OrderCancelled::TYPE => "cancelled",
+        PaymentRefunded::TYPE => "refunded",
+        IngredientsReleased::TYPE => "released",
+        _ => "unknown",
+    }
+}
+
+/// An order's life: accepted → paid and reserved (either order) → baking → ready →
+/// delivered; or cancelled after a decline or a shortage, with at most one refund (only of a
+/// collection) and at most one release (only of a reservation). The kitchen and delivery
+/// are at least once: a repeated bell or delivery (a new id) is counted, not a violation.
+/// Terminal: delivered, or cancelled with every collection refunded and every reservation
+/// released.
+pub(crate) fn order_machine() -> Lifecycle {
+    Lifecycle::new()
+        .rule(Rule::new("accepted").once())
+        .rule(
+            Rule::new("collected")
+                .after("accepted")
+                .once()
+                .excludes("declined"),
+        )
+        .rule(
+            Rule::new("declined")
+                .after("accepted")
+                .once()
+                .excludes("collected"),
+        )
+        .rule(
+            Rule::new("reserved")
+                .after("accepted")
+                .once()
+                .excludes("missing"),
+        )
+        .rule(
+            Rule::new("missing")
+                .after("accepted")
+                .once()
+                .excludes("reserved"),
+        )
+        .rule(
+            Rule::new("ready")
+                .after("collected")
+                .after("reserved")
+                .excludes("cancelled")
+                .repeatable(),
+        )
+        .rule(
+            Rule::new("delivered")
+                .after("ready")
+                .excludes("cancelled")
+                .repeatable(),
+        )
+        .rule(
+            Rule::new("cancelled")
+                .after("accepted")
+                .after_any(["declined", "missing"])
+                .excludes("ready")
+                .once(),
+        )
+        .rule(
+            Rule::new("refunded")
+                .after("collected")
+                .after("cancelled")
+                .once(),
+        )
+        .rule(
+            Rule::new("released")
+                .after("reserved")
+                .after("cancelled")
+                .once(),
+        )
+        .terminal(|f| {
+            if f.has("delivered") {
+                return Ok(());
+            }
+            if !f.has("cancelled") {
+                return Err(format!(
+                    "neither delivered nor cancelled: {:?}",
+                    f.sequence()
+                ));
+            }
+            if f.has("collected") && !f.has("refunded") {
+                return Err(format!(
+                    "cancelled, charged and not refunded: {:?}",
+                    f.sequence()
+                ));
+            }
+            if f.has("reserved") && !f.has("released") {
+                return Err(format!(
+                    "cancelled, reserved and not released: {:?}",
+                    f.sequence()
+                ));
+            }
+            Ok(())
+        })
+}
+
+/// How many orders have `fact` (copies and repeats counted once).
+pub(crate) fn orders_with(facts: &[Fact], fact: &str) -> u64 {
+    let orders: std::collections::HashSet<&str> = facts
+        .iter()
+        .filter(|(_, _, f)| *f == fact)
+        .map(|(o, _, _)| o.as_str())
+        .collect();
+    orders.len() as u64
+}
+
+/// The effects the events on the bus call for, as (`service:kind`, id of the causing
+/// event): a charge for each collected order (caused by its `OrderAccepted`), a refund for each
+/// refunded one (caused by its `OrderCancelled`), a reservation, a release. Compare with
+/// `Store::effects` in `tabgrab_testkit::effects::check`.
+pub(crate) fn expected_effects(facts: &[Fact]) -> Vec<(String, String)> {
+    use std::collections::HashMap;
+    let mut first: HashMap<(&str, &str), &str> = HashMap::new();
+    for (order, id, fact) in facts {
+        first.entry((order.as_str(), *fact)).or_insert(id.as_str());
+    }
+    let mut expected = Vec::new();
+    for ((order, fact), _) in first.iter() {
+        let (key, cause) = match *fact {
+            "collected" => ("payment:charge", "accepted"),
+            "refunded" => ("payment:refund", "cancelled"),
+            "reserved" => ("inventory:reserve", "accepted"),
+            "released" => ("inventory:release", "cancelled"),
+            _ => continue,
+        };
+        if let Some(id) = first.get(&(*order, cause)) {
+            expected.push((key.to_owned(), (*id).to_owned()));
+        }
+    }
+    expected
+}
+
+/// Checks `facts` (in bus order) against [`order_machine`].
+pub(crate) fn check_orders(facts: &[Fact]) -> LifecycleReport {
+    let mut history = order_machine().history();
+    for (order, id, fact) in facts {
+        history.record(order.clone(), id.clone(), *fact);
+    }
+    history.check()
+}
+
+/// Every event of the pizzeria topic on `bus`, in the order the bus delivers them to a new
+/// consumer group (which reads from the beginning): waits (bounded) until the group has
+/// caught up and nothing new arrived for `quiet`.
+pub(crate) async fn read_back(bus: &Bus, quiet: Duration) -> Vec<Fact> {
+    let facts: Arc<Mutex<Vec<Fact>>> = Arc::default();
+    let group = format!("audit-{}", uuid::Uuid::now_v7().simple());
+    let mut builder = Subscription::builder(bus, TOPIC, &group)
+        .known(&registry())
+        .start_from(StartFrom::Beginning)
+        .concurrency(1);
+    macro_rules! collect {
+        ($($ty:ty),*) => {$(
+            let sink = Arc::clone(&facts);
+            builder = builder.handle(move |_e: $ty, ctx: Context| {
+                let sink = Arc::clone(&sink);
+                async move {
+                    let envelope = ctx.envelope();
+                    sink.lock().unwrap().push((
+                        envelope.subject.clone().unwrap_or_default(),
+                        envelope.id.clone(),
+                        fact_name(&envelope.ty),
+                    ));
+                    Ok(())
+                }
+            });
+        )*};
+    }
+    collect!(
+        OrderAccepted,
+        PaymentCollected,
+        PaymentDeclined,
+        IngredientsReserved,
+        IngredientsMissing,
+        PizzaReady,
+        OrderDelivered,
+        OrderCancelled,
+        PaymentRefunded,
+        IngredientsReleased
+    );
+    let subscription = builder.start().unwrap();
+    subscription.ready().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (usize::MAX, Instant::now());
+    loop {
+        let n = facts.lock().unwrap().len();
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if subscription.lag() == 0 && last.1.elapsed() >= quiet {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reading the topic back did not finish in 30 s ({n} events, lag {})",
+            subscription.lag()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    subscription.shutdown().await.unwrap();
+    Arc::try_unwrap(facts).unwrap().into_inner().unwrap()
+}
