@@ -11,6 +11,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tabgrab_core::{ErrorKind, Rejection};
 
 /// Why a call did not produce a response.
@@ -126,6 +127,43 @@ impl From<CallError> for tabgrab_core::Error {
     fn from(e: CallError) -> tabgrab_core::Error {
         tabgrab_core::Error::new(e.kind, e.to_string())
     }
+}
+
+/// The JSON body of an error answer (HTTP and NATS): the kind, the message and the
+/// handler's refusal.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error kind's stable name ([`ErrorKind::as_str`]).
+    pub kind: String,
+    /// What happened, naming the message type.
+    pub error: String,
+    /// The handler's refusal, for kind `remote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<Rejection>,
+}
+
+/// An error kind from its stable name.
+pub(crate) fn kind_from_str(name: &str) -> Option<ErrorKind> {
+    const ALL: [ErrorKind; 17] = [
+        ErrorKind::Malformed,
+        ErrorKind::TooLarge,
+        ErrorKind::UnknownType,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::MissingAttribute,
+        ErrorKind::TypeMismatch,
+        ErrorKind::InvalidPayload,
+        ErrorKind::Handler,
+        ErrorKind::Storage,
+        ErrorKind::Closed,
+        ErrorKind::Timeout,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::CircuitOpen,
+        ErrorKind::Rejected,
+        ErrorKind::Unavailable,
+        ErrorKind::Remote,
+        ErrorKind::Protocol,
+    ];
+    ALL.into_iter().find(|k| k.as_str() == name)
 }
 
 #[cfg(test)]

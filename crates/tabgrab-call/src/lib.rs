@@ -10,8 +10,10 @@
 //! - The server side: [`Handlers`] holds typed handlers keyed by message type; [`router`]
 //!   serves them over HTTP ([`http::router`]) and gRPC ([`grpc::router`]) on one port with
 //!   [`serve`].
+//!   The same handlers answer over core NATS ([`nats::serve`]: a queue group per service).
 //! - The client side: [`Client`] is a tower stack over a transport
-//!   ([`http::HttpTransport`], [`grpc::GrpcTransport`]); see [`client`] for the layers.
+//!   ([`http::HttpTransport`], [`grpc::GrpcTransport`], [`nats::NatsTransport`]); see
+//!   [`client`] for the layers.
 //! - Errors: [`CallError`], whose [`kind`](CallError::kind) says which layer or side stopped the
 //!   call, and whose [`rejection`](CallError::rejection) is the handler's typed refusal.
 //!
@@ -56,8 +58,11 @@ pub mod handler;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod limit;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod retry;
 pub mod server;
+mod wire;
 
 pub use call::{Call, CallOptions, IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
 pub use client::{Client, ClientBuilder};

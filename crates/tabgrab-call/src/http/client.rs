@@ -234,7 +234,7 @@ fn ce_headers(codec: &Codec, envelope: &Envelope) -> Result<HeaderMap, tabgrab_c
 /// Cheaper than the codec's path in what it allocates, which matters with many calls in
 /// flight (each request's headers live until h2 has written them): a map sized for the
 /// headers of a call (not the codec's worst case), static values for `ce-specversion` and the
-/// JSON content type, and the time written by [`rfc3339`] on the stack.
+/// JSON content type, and the time written by [`rfc3339`](crate::wire::rfc3339) on the stack.
 fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
     if !envelope.extensions.is_empty() || envelope.deadline.is_some() {
         return None;
@@ -243,9 +243,9 @@ fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
         v.bytes()
             .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%')
     };
-    let mut time_buf = [0u8; RFC3339_MAX];
+    let mut time_buf = [0u8; crate::wire::RFC3339_MAX];
     let time = match envelope.time {
-        Some(t) => Some(rfc3339(t, &mut time_buf)?),
+        Some(t) => Some(crate::wire::rfc3339(t, &mut time_buf)?),
         None => None,
     };
     let attributes: [(&'static str, Option<&str>); 9] = [
@@ -295,51 +295,6 @@ fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
     }
     codec.check_size(size).ok()?;
     Some(map)
-}
-
-/// The longest [`rfc3339`] output: `9999-12-31T23:59:59.999999999Z`.
-const RFC3339_MAX: usize = 30;
-
-/// `time` as RFC 3339, byte for byte what `time`'s `Rfc3339` writes (fractional seconds
-/// without trailing zeros, `Z`), into `buf` and without allocating; `None` for what only the
-/// `time` crate's path handles (an offset other than UTC, a year outside 0–9999).
-fn rfc3339(time: time::OffsetDateTime, buf: &mut [u8; RFC3339_MAX]) -> Option<&str> {
-    if !time.offset().is_utc() || !(0..10_000).contains(&time.year()) {
-        return None;
-    }
-    let (year, month, day) = time.to_calendar_date();
-    let (hour, minute, second, nanos) = time.to_hms_nano();
-    let mut put = |at: usize, value: u32, digits: usize| {
-        let mut v = value;
-        for i in (at..at + digits).rev() {
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, year.unsigned_abs(), 4);
-    put(5, u32::from(u8::from(month)), 2);
-    put(8, u32::from(day), 2);
-    put(11, u32::from(hour), 2);
-    put(14, u32::from(minute), 2);
-    put(17, u32::from(second), 2);
-    let mut len = 19;
-    if nanos != 0 {
-        let (mut digits, mut fraction) = (9, nanos);
-        while fraction % 10 == 0 {
-            fraction /= 10;
-            digits -= 1;
-        }
-        put(20, fraction, digits);
-        buf[19] = b'.';
-        len = 20 + digits;
-    }
-    buf[4] = b'-';
-    buf[7] = b'-';
-    buf[10] = b'T';
-    buf[13] = b':';
-    buf[16] = b':';
-    buf[len] = b'Z';
-    std::str::from_utf8(&buf[..=len]).ok()
 }
 
 /// The error an HTTP error answer stands for.
@@ -428,56 +383,6 @@ mod tests {
         let map = ce_headers(&codec, &envelope).unwrap();
         assert_eq!(as_pairs(&map), slow_path(&codec, &envelope));
         assert_eq!(map["ce-source"], "/a%20source%20with%20spaces");
-    }
-
-    #[test]
-    fn the_time_is_written_as_the_time_crate_writes_it() {
-        use time::format_description::well_known::Rfc3339;
-        let check = |t: time::OffsetDateTime| {
-            let mut buf = [0u8; RFC3339_MAX];
-            assert_eq!(
-                rfc3339(t, &mut buf),
-                Some(t.format(&Rfc3339).unwrap().as_str()),
-                "{t:?}"
-            );
-        };
-        let base = time::macros::datetime!(2026-11-27 02:37:05 UTC);
-        for nanos in [
-            0,
-            1,
-            10,
-            100,
-            120_000,
-            123_456_789,
-            500_000_000,
-            999_999_999,
-            100_000_000,
-        ] {
-            check(base + time::Duration::nanoseconds(nanos));
-        }
-        check(time::macros::datetime!(0000-01-01 00:00:00 UTC));
-        check(time::macros::datetime!(9999-12-31 23:59:59.999999999 UTC));
-        check(time::OffsetDateTime::now_utc());
-        let mut seconds: i64 = 0;
-        for _ in 0..10_000 {
-            seconds = seconds
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let s = seconds.rem_euclid(253_402_300_799);
-            let n = (seconds >> 7).rem_euclid(1_000_000_000);
-            check(
-                time::OffsetDateTime::from_unix_timestamp(s - 62_167_219_200)
-                    .unwrap()
-                    .replace_nanosecond(n as u32)
-                    .unwrap(),
-            );
-        }
-        // What the fast path leaves to the codec.
-        let mut buf = [0u8; RFC3339_MAX];
-        assert_eq!(
-            rfc3339(base.to_offset(time::macros::offset!(+2)), &mut buf),
-            None
-        );
     }
 
     #[test]

@@ -32,20 +32,9 @@ mod server;
 pub use self::client::{HttpTransport, HttpTransportBuilder};
 pub use self::server::router;
 
-use serde::{Deserialize, Serialize};
-use tabgrab_core::{ErrorKind, Rejection};
-
-/// The JSON body of an HTTP error answer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// The error kind's stable name ([`ErrorKind::as_str`]).
-    pub kind: String,
-    /// What happened, naming the message type.
-    pub error: String,
-    /// The handler's refusal, for kind `remote`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rejection: Option<Rejection>,
-}
+pub use crate::error::ErrorBody;
+pub(crate) use crate::error::kind_from_str;
+use tabgrab_core::ErrorKind;
 
 /// The status of an error kind.
 pub(crate) fn status_of(kind: ErrorKind) -> http::StatusCode {
@@ -64,28 +53,4 @@ pub(crate) fn status_of(kind: ErrorKind) -> http::StatusCode {
         ErrorKind::DeadlineExceeded | ErrorKind::Timeout => S::GATEWAY_TIMEOUT,
         _ => S::INTERNAL_SERVER_ERROR,
     }
-}
-
-/// An error kind from its stable name.
-pub(crate) fn kind_from_str(name: &str) -> Option<ErrorKind> {
-    const ALL: [ErrorKind; 17] = [
-        ErrorKind::Malformed,
-        ErrorKind::TooLarge,
-        ErrorKind::UnknownType,
-        ErrorKind::UnsupportedVersion,
-        ErrorKind::MissingAttribute,
-        ErrorKind::TypeMismatch,
-        ErrorKind::InvalidPayload,
-        ErrorKind::Handler,
-        ErrorKind::Storage,
-        ErrorKind::Closed,
-        ErrorKind::Timeout,
-        ErrorKind::DeadlineExceeded,
-        ErrorKind::CircuitOpen,
-        ErrorKind::Rejected,
-        ErrorKind::Unavailable,
-        ErrorKind::Remote,
-        ErrorKind::Protocol,
-    ];
-    ALL.into_iter().find(|k| k.as_str() == name)
 }

@@ -221,98 +221,16 @@ fn codec_envelope(
     Ok(envelope)
 }
 
-/// The fast path of the envelope, for what tabgrab's clients send: the known attributes,
-/// no percent-encoding, no extension, the time as `…Z` (what [`rfc3339`](super) writes),
-/// specversion 1.0, the required attributes present, within the size limit. It makes the
-/// envelope the codec would make without its per-header allocations (a lowercased copy of
-/// each name) and without the general RFC 3339 parser; `None` for anything else, which the
-/// codec then decodes or refuses with its own message (a unit test holds both equal).
+/// The fast path of the envelope ([`crate::wire::fast_envelope`]) over HTTP headers; `None`
+/// for anything the codec must decode.
 fn plain_envelope(codec: &Codec, headers: &HeaderMap, body: &Bytes) -> Option<Envelope> {
-    let mut envelope = Envelope {
-        id: String::new(),
-        source: String::new(),
-        ty: String::new(),
-        time: None,
-        subject: None,
-        datacontenttype: None,
-        correlationid: None,
-        causationid: None,
-        traceparent: None,
-        replyto: None,
-        deadline: None,
-        extensions: Default::default(),
-        data: body.clone(),
-    };
-    let mut specversion = false;
-    let mut size = body.len();
-    for (name, value) in headers {
-        let name = name.as_str();
-        if !(name.starts_with("ce-") || name == "content-type") {
-            continue;
-        }
-        size += name.len() + value.len();
-        let value = value.to_str().ok().filter(|v| !v.contains('%'))?;
-        match name {
-            "ce-specversion" => specversion = value == tabgrab_core::envelope::SPEC_VERSION,
-            "ce-id" => envelope.id = value.to_owned(),
-            "ce-source" => envelope.source = value.to_owned(),
-            "ce-type" => envelope.ty = value.to_owned(),
-            "ce-time" => envelope.time = Some(parse_utc(value)?),
-            "ce-subject" => envelope.subject = Some(value.to_owned()),
-            "content-type" => envelope.datacontenttype = Some(value.to_owned()),
-            "ce-correlationid" => envelope.correlationid = Some(value.to_owned()),
-            "ce-causationid" => envelope.causationid = Some(value.to_owned()),
-            "ce-traceparent" => envelope.traceparent = Some(value.to_owned()),
-            "ce-replyto" => envelope.replyto = Some(value.to_owned()),
-            _ => return None,
-        }
-    }
-    let complete = specversion
-        && !envelope.id.is_empty()
-        && !envelope.source.is_empty()
-        && !envelope.ty.is_empty();
-    (complete && codec.check_size(size).is_ok()).then_some(envelope)
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (1–9 fraction digits) as the `time` crate's RFC 3339
-/// parser reads it; `None` for any other spelling, which goes to that parser.
-fn parse_utc(text: &str) -> Option<time::OffsetDateTime> {
-    let b = text.as_bytes();
-    let number = |range: std::ops::Range<usize>| -> Option<u32> {
-        let digits = b.get(range)?;
-        digits.iter().try_fold(0u32, |n, &d| {
-            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
-        })
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
-        return None;
-    }
-    if b[16] != b':' || b[b.len() - 1] != b'Z' {
-        return None;
-    }
-    let nanos = match b.len() {
-        20 => 0,
-        22..=30 if b[19] == b'.' => {
-            let digits = b.len() - 21;
-            number(20..b.len() - 1)? * 10u32.pow(9 - digits as u32)
-        }
-        _ => return None,
-    };
-    let month = time::Month::try_from(u8::try_from(number(5..7)?).ok()?).ok()?;
-    let date = time::Date::from_calendar_date(
-        i32::try_from(number(0..4)?).ok()?,
-        month,
-        u8::try_from(number(8..10)?).ok()?,
+    crate::wire::fast_envelope(
+        codec,
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+        body,
     )
-    .ok()?;
-    let time = time::Time::from_hms_nano(
-        u8::try_from(number(11..13)?).ok()?,
-        u8::try_from(number(14..16)?).ok()?,
-        u8::try_from(number(17..19)?).ok()?,
-        nanos,
-    )
-    .ok()?;
-    Some(time::PrimitiveDateTime::new(date, time).assume_utc())
 }
 
 #[cfg(test)]

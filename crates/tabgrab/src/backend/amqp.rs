@@ -583,6 +583,10 @@ impl Backend for AmqpBus {
             dedup_window: None,
             group_wide_order: false,
             multi_process: true,
+            // The quorum queue's `x-delivery-limit` dead-letters to the broker's own exchange
+            // (`tabgrab.broker-dead-letters`), not to the topic's dead letters.
+            broker_max_deliveries: false,
+            captures_terminations: false,
             keeps_events_without_groups: false,
         }
     }

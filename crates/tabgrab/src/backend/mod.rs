@@ -71,6 +71,23 @@ pub struct Capabilities {
     pub group_wide_order: bool,
     /// Several processes may share the bus (the embedded log is locked by one process).
     pub multi_process: bool,
+    /// The broker itself counts the deliveries of a message, stops redelivering it after
+    /// `max_deliveries`, and tabgrab captures the broker's notice of that into the dead
+    /// letters (JetStream's `MAX_DELIVERIES` advisory, kept in a stream until a member
+    /// handles it): a message that crashes every consumer is dead-lettered even when no
+    /// consumer survives to see it. The broker does not know why the consumers failed, so
+    /// such a dead letter has reason `max_deliveries`, the broker's delivery count as its
+    /// attempts, and an error that says the last error is unknown. When `false`, the next
+    /// consumer that receives the message after `max_deliveries` dead-letters it (it must be
+    /// delivered once more). Failures a consumer sees (a handler's error, bad input) are
+    /// dead-lettered by the consumer on every engine, with the last error.
+    pub broker_max_deliveries: bool,
+    /// A message that another client of a group gave up on (JetStream `+TERM <reason>`, e.g.
+    /// a worker written without tabgrab) is captured into the dead letters with the reason
+    /// it gave (reason `terminated`). nats-server 2.10+ only: 2.9 publishes the
+    /// `MSG_TERMINATED` advisory without a reason and treats `+TERM <reason>` as no
+    /// acknowledgement at all.
+    pub captures_terminations: bool,
 }
 
 /// The durable position of a published envelope.
@@ -138,6 +155,9 @@ pub struct SubscribeRequest {
     pub ack_wait: Duration,
     /// How many deliveries may be outstanding for this member.
     pub max_in_flight: usize,
+    /// Deliveries of one message before it is dead-lettered; a broker that counts
+    /// deliveries itself ([`Capabilities::broker_max_deliveries`]) stops redelivering there.
+    pub max_deliveries: u32,
 }
 
 /// What an engine reports about itself at start-up: what an acknowledged publish means there.
@@ -308,6 +328,8 @@ impl Bus {
                 dedup_window: None,
                 group_wide_order: true,
                 multi_process: false,
+                broker_max_deliveries: false,
+                captures_terminations: false,
             },
             Engine::Broker(b) => b.capabilities(),
         }

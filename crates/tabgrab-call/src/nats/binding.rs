@@ -1,0 +1,216 @@
+//! The CloudEvents NATS binding of the envelope: attributes as `ce-*` headers (and
+//! `content-type`), the payload as the message body, untouched. Calls over NATS use it, and
+//! so does tabgrab's NATS event backend (JetStream messages carry the same headers).
+//!
+//! Both directions have a fast path for what tabgrab itself sends (known attributes, plain
+//! header text, a UTC time): static header names and no percent-encoding pass on the way
+//! out, no lowercased copies of names and no general RFC 3339 parser on the way in. Anything
+//! else goes through the codec's general [`Codec::encode_binary`] /
+//! [`Codec::decode_binary`]; unit tests hold both paths equal.
+
+use async_nats::{HeaderMap, HeaderName};
+use bytes::Bytes;
+use tabgrab_core::{Codec, Envelope, Error, ErrorKind};
+
+/// The CloudEvents binary-mode headers of `envelope`: static names and the values as they are
+/// when every attribute is plain header text (the common case), else the codec's
+/// percent-encoded pairs. Both give the same headers (a unit test holds them equal) and check
+/// the same size limit.
+pub fn encode_headers(codec: &Codec, envelope: &Envelope) -> Result<HeaderMap, Error> {
+    if let Some(map) = plain_ce_headers(codec, envelope) {
+        return Ok(map);
+    }
+    let (pairs, _) = codec.encode_binary(envelope)?;
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        let name: HeaderName = name.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::Malformed,
+                format!("{name:?} cannot be a NATS header name"),
+            )
+        })?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// The fast path of [`encode_headers`]; `None` when a value needs percent-encoding, the envelope
+/// has extensions or a deadline, or it is over the size limit (the codec then says why).
+fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
+    if !envelope.extensions.is_empty() || envelope.deadline.is_some() {
+        return None;
+    }
+    let plain = |v: &str| {
+        v.bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%')
+    };
+    let mut time_buf = [0u8; crate::wire::RFC3339_MAX];
+    let time = match envelope.time {
+        Some(t) => Some(crate::wire::rfc3339(t, &mut time_buf)?),
+        None => None,
+    };
+    const NAMES: [HeaderName; 10] = [
+        HeaderName::from_static("ce-id"),
+        HeaderName::from_static("ce-source"),
+        HeaderName::from_static("ce-type"),
+        HeaderName::from_static("ce-time"),
+        HeaderName::from_static("ce-subject"),
+        HeaderName::from_static("ce-correlationid"),
+        HeaderName::from_static("ce-causationid"),
+        HeaderName::from_static("ce-traceparent"),
+        HeaderName::from_static("ce-replyto"),
+        HeaderName::from_static("content-type"),
+    ];
+    const TEXT: [&str; 10] = [
+        "ce-id",
+        "ce-source",
+        "ce-type",
+        "ce-time",
+        "ce-subject",
+        "ce-correlationid",
+        "ce-causationid",
+        "ce-traceparent",
+        "ce-replyto",
+        "content-type",
+    ];
+    let values: [Option<&str>; 10] = [
+        Some(&envelope.id),
+        Some(&envelope.source),
+        Some(&envelope.ty),
+        time,
+        envelope.subject.as_deref(),
+        envelope.correlationid.as_deref(),
+        envelope.causationid.as_deref(),
+        envelope.traceparent.as_deref(),
+        envelope.replyto.as_deref(),
+        envelope.datacontenttype.as_deref(),
+    ];
+    let spec = tabgrab_core::envelope::SPEC_VERSION;
+    let mut map = HeaderMap::new();
+    map.insert(HeaderName::from_static("ce-specversion"), spec);
+    let mut size = envelope.data.len() + "ce-specversion".len() + spec.len();
+    for ((name, text), value) in NAMES.into_iter().zip(TEXT).zip(values) {
+        let Some(value) = value else { continue };
+        if !plain(value) {
+            return None;
+        }
+        size += text.len() + value.len();
+        map.insert(name, value);
+    }
+    codec.check_size(size).ok()?;
+    Some(map)
+}
+
+/// Decodes a message in CloudEvents binary mode: the fast path for what tabgrab sends, else
+/// the codec (which says what is wrong). Without headers the codec reports the missing
+/// attributes.
+pub fn decode(
+    codec: &Codec,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Result<Envelope, Error> {
+    let empty = HeaderMap::new();
+    let headers = headers.unwrap_or(&empty);
+    let pairs = || {
+        headers.iter().flat_map(|(name, values)| {
+            values.iter().map(move |v| {
+                (
+                    <HeaderName as AsRef<str>>::as_ref(name),
+                    v.as_str().as_bytes(),
+                )
+            })
+        })
+    };
+    match crate::wire::fast_envelope(codec, pairs(), &payload) {
+        Some(envelope) => Ok(envelope),
+        None => codec.decode_binary(pairs(), payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(map: &HeaderMap) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = map
+            .iter()
+            .flat_map(|(n, vs)| {
+                vs.iter()
+                    .map(move |v| (n.to_string(), v.as_str().to_owned()))
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    }
+
+    fn by_codec(codec: &Codec, envelope: &Envelope) -> Vec<(String, String)> {
+        let mut pairs = codec.encode_binary(envelope).unwrap().0;
+        pairs.sort();
+        pairs
+    }
+
+    #[test]
+    fn the_fast_decoding_is_the_codecs() {
+        let codec = Codec::default();
+        let mut envelope = Envelope::raw("/s", "demo.ping.v1", Bytes::from("{}"))
+            .with_subject("o-1")
+            .with_correlation_id("c-1");
+        envelope.replyto = Some("replies.front".into());
+        let headers = encode_headers(&codec, &envelope).unwrap();
+        let fast = crate::wire::fast_envelope(
+            &codec,
+            headers
+                .iter()
+                .flat_map(|(n, vs)| vs.iter().map(move |v| (n.as_ref(), v.as_str().as_bytes()))),
+            &envelope.data,
+        )
+        .expect("tabgrab's own headers take the fast path");
+        assert_eq!(fast, envelope);
+        assert_eq!(
+            decode(&codec, Some(&headers), envelope.data.clone()).unwrap(),
+            envelope
+        );
+        // Extensions and percent-encoded values go to the codec, with the same result.
+        envelope.extensions.insert("tenant".into(), "a b".into());
+        envelope.source = "/a source".into();
+        let headers = encode_headers(&codec, &envelope).unwrap();
+        assert_eq!(
+            decode(&codec, Some(&headers), envelope.data.clone()).unwrap(),
+            envelope
+        );
+        // No headers: the codec names what is missing.
+        let err = decode(&codec, None, Bytes::from("{}")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingAttribute);
+    }
+
+    #[test]
+    fn the_fast_headers_are_the_codecs_headers() {
+        let codec = Codec::default();
+        let envelope = Envelope::raw("/pizzeria/front-desk", "demo.ping.v1", Bytes::from("{}"))
+            .with_subject("order-1")
+            .with_correlation_id("c-1");
+        let fast = plain_ce_headers(&codec, &envelope).expect("plain attributes");
+        assert_eq!(pairs(&fast), by_codec(&codec, &envelope));
+        let mut envelope = Envelope::raw("/s", "demo.ping.v1", Bytes::from("x"));
+        envelope.causationid = Some("cause-1".into());
+        envelope.traceparent =
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        envelope.replyto = Some("group-a".into());
+        envelope.datacontenttype = Some("text/plain".into());
+        envelope.time = None;
+        let fast = plain_ce_headers(&codec, &envelope).expect("plain attributes");
+        assert_eq!(pairs(&fast), by_codec(&codec, &envelope));
+        // What needs encoding takes the codec's path, with the same result.
+        let envelope = Envelope::raw("/a source", "demo.ping.v1", Bytes::new());
+        assert!(plain_ce_headers(&codec, &envelope).is_none());
+        let map = encode_headers(&codec, &envelope).unwrap();
+        assert_eq!(pairs(&map), by_codec(&codec, &envelope));
+        // The size limit holds on both paths.
+        let small = Codec::with_max_size(64);
+        let big = Envelope::raw("/s", "demo.ping.v1", Bytes::from(vec![b'1'; 100]));
+        assert_eq!(
+            encode_headers(&small, &big).unwrap_err().kind(),
+            ErrorKind::TooLarge
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! The NATS transport: calls as core NATS request-reply, served by the same
+//! [`Handlers`](crate::Handlers) as HTTP and gRPC, on a queue group per service.
+//!
+//! Why core NATS and not JetStream for calls: a call wants an answer *now* from a service
+//! that is up, and fails fast when none is; nothing is persisted, so a call costs one publish
+//! each way through the server. Request-response *messaging* (`tabgrab::messaging`), where the
+//! request must survive the recipient being down, uses JetStream instead.
+//!
+//! # Subjects
+//! A call of type `pizzeria.payment.charge-card.v1` to the service `payment` is a request on
+//! `tabgrab.call.payment.commands.pizzeria.payment.charge-card.v1` (`queries` for a query),
+//! the same shape as the HTTP route `POST /commands/{type}`. The service is one subject token
+//! (dots become `~`); characters a subject cannot hold (whitespace, `*`, `>`) become `_`.
+//! Servers of a service subscribe to `tabgrab.call.<service>.>` in the queue group
+//! `<service>`, so NATS hands each request to one of them: any number of instances share
+//! the work, and a stopped one simply stops getting requests.
+//!
+//! # The wire
+//! - Request: the message's JSON as the payload; CloudEvents attributes in binary mode
+//!   (`ce-*` headers, `content-type`), the caller's remaining budget in `tabgrab-timeout`
+//!   (milliseconds, relative, as over HTTP) and an idempotency key in `idempotency-key`. A
+//!   plain request without `ce-*` headers is accepted too (the server makes the envelope
+//!   from the subject), so `nats req tabgrab.call.menu.queries.demo.price.v1 '{..}'` works.
+//! - Answer: the response's JSON, no headers; or a `tabgrab-error: <kind>` header with the
+//!   JSON [`ErrorBody`](crate::error::ErrorBody) (`kind`, `error`, `rejection`) as over HTTP,
+//!   so a handler's [`Rejection`](tabgrab_core::Rejection) comes back whole.
+//!
+//! # Errors
+//! | what happened | [`ErrorKind`](tabgrab_core::ErrorKind) |
+//! |---|---|
+//! | no server of the service is subscribed (NATS "no responders", at once) | `Unavailable` (retryable: the breaker counts it) |
+//! | no answer before the caller's deadline (the request's timeout) | `DeadlineExceeded` |
+//! | no answer before an attempt timeout shorter than the deadline | `Timeout` |
+//! | the server sheds the call (more than [`NatsServeConfig::max_in_flight`] running) | `Rejected` |
+//! | the handler's refusal, unknown type, bad payload, handler failure | as over HTTP |
+//! | the connection to NATS is down | `Unavailable` |
+//!
+//! The client's layers (bulkhead, deadline, retries, breaker) sit above the transport and
+//! work over it unchanged: see [`Client`](crate::Client).
+
+pub mod binding;
+mod client;
+mod server;
+
+pub use self::client::{NatsTransport, NatsTransportBuilder};
+pub use self::server::{NatsListener, NatsServeConfig, listen, serve, serve_with};
+
+use async_nats::HeaderName;
+
+use crate::call::RequestKind;
+
+/// The first tokens of every call subject.
+pub const SUBJECT_PREFIX: &str = "tabgrab.call";
+
+/// The reply header that marks an error answer; its value is the error kind's name.
+pub const ERROR_HEADER: &str = "tabgrab-error";
+
+pub(crate) const ERROR_HEADER_NAME: HeaderName = HeaderName::from_static(ERROR_HEADER);
+
+/// The subject token of a service: dots become `~`, what a subject cannot hold becomes `_`.
+pub fn service_token(service: &str) -> String {
+    if service.is_empty() {
+        return "_".to_owned();
+    }
+    service
+        .chars()
+        .map(|c| match c {
+            '.' => '~',
+            c if c == '*' || c == '>' || c.is_whitespace() || c.is_control() => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// The message type as subject tokens: its dots kept, empty tokens and what a subject cannot
+/// hold replaced by `_`.
+pub fn type_tokens(ty: &str) -> String {
+    let mut out = String::with_capacity(ty.len());
+    for (i, token) in ty.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if token.is_empty() {
+            out.push('_');
+            continue;
+        }
+        out.extend(token.chars().map(|c| {
+            if c == '*' || c == '>' || c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        }));
+    }
+    out
+}
+
+/// The subject a server of `service` subscribes to: `tabgrab.call.<service>.>`.
+pub fn service_subject(service: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{}.>", service_token(service))
+}
+
+/// The subject of a call of type `ty` to `service`.
+pub fn call_subject(service: &str, kind: RequestKind, ty: &str) -> String {
+    format!(
+        "{SUBJECT_PREFIX}.{}.{}.{}",
+        service_token(service),
+        kind.path_segment(),
+        type_tokens(ty)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_valid_nats_subjects() {
+        assert_eq!(
+            call_subject(
+                "payment",
+                RequestKind::Command,
+                "pizzeria.payment.charge-card.v1"
+            ),
+            "tabgrab.call.payment.commands.pizzeria.payment.charge-card.v1"
+        );
+        assert_eq!(
+            service_subject("pizzeria.menu"),
+            "tabgrab.call.pizzeria~menu.>"
+        );
+        assert_eq!(
+            call_subject("a b", RequestKind::Query, "x..y *>"),
+            "tabgrab.call.a_b.queries.x._.y___"
+        );
+        assert_eq!(service_token(""), "_");
+    }
+}

@@ -1,0 +1,317 @@
+//! The NATS server side: a queue-group subscription per service in front of
+//! [`Handlers`]; see the [module docs](super).
+//!
+//! Like the HTTP server, it is a function of its listener (here a subscription, made by
+//! [`listen`] so that a test knows when requests can arrive) and of a shutdown future.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Message, Subject, Subscriber};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use tabgrab_core::{Envelope, Error, ErrorKind};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::{ERROR_HEADER_NAME, SUBJECT_PREFIX, service_subject, service_token, type_tokens};
+use crate::call::{IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
+use crate::error::ErrorBody;
+use crate::handler::{Handlers, ServeError};
+
+/// A service's subscription to its call subjects, in its queue group; serve it with
+/// [`serve`].
+#[derive(Debug)]
+pub struct NatsListener {
+    /// The connection answers go out on.
+    client: async_nats::Client,
+    /// The queue-group subscription to `tabgrab.call.<service>.>`.
+    subscriber: Subscriber,
+    /// `tabgrab.call.<service>.`: what every request's subject starts with.
+    prefix: String,
+    /// The service, for logs.
+    service: String,
+}
+
+impl NatsListener {
+    /// The service served.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+}
+
+/// Knobs of [`serve_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct NatsServeConfig {
+    /// Handlers running at once; a request beyond it is answered at once with `Rejected`
+    /// (load shedding: the caller's retry or breaker decides, and the server's memory stays
+    /// bounded; NATS itself would drop messages for a subscriber that falls behind).
+    pub max_in_flight: usize,
+    /// How long shutdown waits for running handlers to answer.
+    pub drain_timeout: Duration,
+}
+
+impl Default for NatsServeConfig {
+    fn default() -> NatsServeConfig {
+        NatsServeConfig {
+            max_in_flight: 10_000,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Subscribes to the calls of `service` on `client`, in the service's queue group, and waits
+/// until the server has the subscription (so a request sent after this returns finds it).
+pub async fn listen(client: &async_nats::Client, service: &str) -> Result<NatsListener, Error> {
+    let token = service_token(service);
+    let subscriber = client
+        .queue_subscribe(service_subject(service), token.clone())
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("cannot subscribe to the calls of service {service} on NATS"),
+            )
+            .with_source(e)
+        })?;
+    client.flush().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("the NATS server did not confirm the subscription of service {service}"),
+        )
+        .with_source(e)
+    })?;
+    Ok(NatsListener {
+        client: client.clone(),
+        subscriber,
+        prefix: format!("{SUBJECT_PREFIX}.{token}."),
+        service: service.to_owned(),
+    })
+}
+
+/// Serves `handlers` on `listener` until `shutdown` completes; then stops taking requests,
+/// answers those already received, and returns.
+pub async fn serve(
+    listener: NatsListener,
+    handlers: Handlers,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    serve_with(listener, handlers, shutdown, NatsServeConfig::default()).await
+}
+
+/// [`serve`] with explicit knobs.
+pub async fn serve_with(
+    listener: NatsListener,
+    handlers: Handlers,
+    shutdown: impl Future<Output = ()> + Send,
+    config: NatsServeConfig,
+) -> Result<(), Error> {
+    let NatsListener {
+        client,
+        mut subscriber,
+        prefix,
+        service,
+    } = listener;
+    let max = config.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max));
+    let server = Arc::new(Server {
+        client,
+        handlers,
+        prefix,
+    });
+    tokio::pin!(shutdown);
+    let mut draining = false;
+    loop {
+        let message = if draining {
+            subscriber.next().await
+        } else {
+            tokio::select! {
+                message = subscriber.next() => message,
+                () = &mut shutdown => {
+                    // Unsubscribe, but take what the server already sent us.
+                    draining = true;
+                    let _ = subscriber.drain().await;
+                    continue;
+                }
+            }
+        };
+        let Some(message) = message else { break };
+        let Some(reply) = message.reply.clone() else {
+            tracing::warn!(service, subject = %message.subject, "a call without a reply subject was ignored: nobody can receive its answer");
+            continue;
+        };
+        match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => {
+                let server = Arc::clone(&server);
+                tokio::spawn(async move {
+                    let answer = server.serve_one(&message).await;
+                    server.answer(reply, answer).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                let shed = ServeError::new(
+                    ErrorKind::Rejected,
+                    format!("service {service} has {max} calls running; try again later"),
+                );
+                server.answer(reply, Err(shed)).await;
+            }
+        }
+    }
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(config.drain_timeout, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            service,
+            "handlers still running after the drain timeout; their callers will time out"
+        );
+    }
+    let _ = server.client.flush().await;
+    Ok(())
+}
+
+/// What every request task shares.
+struct Server {
+    client: async_nats::Client,
+    handlers: Handlers,
+    prefix: String,
+}
+
+impl Server {
+    /// Routes, decodes and dispatches one request.
+    async fn serve_one(&self, message: &Message) -> Result<Bytes, ServeError> {
+        let (kind, subject_ty) = self.route(&message.subject)?;
+        let headers = message.headers.as_ref();
+        let deadline = deadline_of(headers)?;
+        let idempotency_key = headers
+            .and_then(|h| h.get(IDEMPOTENCY_KEY))
+            .map(|v| v.as_str().to_owned());
+        let envelope = self.envelope_of(subject_ty, headers, &message.payload)?;
+        match self.handlers.kind_of(&envelope.ty) {
+            None => {
+                return Err(ServeError::new(
+                    ErrorKind::UnknownType,
+                    format!(
+                        "no handler for message type {:?} here; check the type name and version",
+                        envelope.ty
+                    ),
+                ));
+            }
+            Some(registered) if registered != kind => {
+                return Err(ServeError::new(
+                    ErrorKind::UnknownType,
+                    format!(
+                        "{} is not a {}; send it to {}{}.{}",
+                        envelope.ty,
+                        if kind == RequestKind::Command {
+                            "command"
+                        } else {
+                            "query"
+                        },
+                        self.prefix,
+                        registered.path_segment(),
+                        type_tokens(&envelope.ty)
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        self.handlers
+            .dispatch(envelope, deadline, idempotency_key)
+            .await
+    }
+
+    /// The request kind and the type's tokens from the subject.
+    fn route<'a>(&self, subject: &'a Subject) -> Result<(RequestKind, &'a str), ServeError> {
+        let rest = subject.as_str().strip_prefix(self.prefix.as_str());
+        let routed = rest.and_then(|rest| {
+            if let Some(ty) = rest.strip_prefix("commands.") {
+                Some((RequestKind::Command, ty))
+            } else {
+                rest.strip_prefix("queries.")
+                    .map(|ty| (RequestKind::Query, ty))
+            }
+        });
+        routed.ok_or_else(|| {
+            ServeError::new(
+                ErrorKind::UnknownType,
+                format!(
+                    "subject {subject} is not a call; send to {}commands.<type> or {}queries.<type>",
+                    self.prefix, self.prefix
+                ),
+            )
+        })
+    }
+
+    /// The envelope: from `ce-*` headers when present, else made here for a plain request.
+    fn envelope_of(
+        &self,
+        subject_ty: &str,
+        headers: Option<&HeaderMap>,
+        body: &Bytes,
+    ) -> Result<Envelope, ServeError> {
+        let Some(headers) = headers.filter(|h| h.get("ce-specversion").is_some()) else {
+            return Ok(Envelope::raw("/unknown", subject_ty, body.clone()));
+        };
+        let envelope =
+            super::binding::decode(self.handlers.codec_ref(), Some(headers), body.clone())
+                .map_err(|e| {
+                    ServeError::new(
+                        e.kind(),
+                        format!(
+                            "the CloudEvents headers of the {subject_ty} request are invalid: {e}"
+                        ),
+                    )
+                })?;
+        if type_tokens(&envelope.ty) != subject_ty {
+            return Err(ServeError::new(
+                ErrorKind::TypeMismatch,
+                format!(
+                    "header ce-type says {} but the subject says {subject_ty}; they must agree",
+                    envelope.ty
+                ),
+            ));
+        }
+        Ok(envelope)
+    }
+
+    /// Publishes the answer (the response, or the error with its kind in a header).
+    async fn answer(&self, reply: Subject, answer: Result<Bytes, ServeError>) {
+        let sent = match answer {
+            Ok(body) => self.client.publish(reply, body).await,
+            Err(e) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(ERROR_HEADER_NAME, e.kind.as_str());
+                let body = ErrorBody {
+                    kind: e.kind.as_str().to_owned(),
+                    error: e.message,
+                    rejection: e.rejection,
+                };
+                let body = serde_json::to_vec(&body).unwrap_or_default();
+                self.client
+                    .publish_with_headers(reply, headers, Bytes::from(body))
+                    .await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "answering a call failed; the caller will time out");
+        }
+    }
+}
+
+/// The deadline from the `tabgrab-timeout` header.
+fn deadline_of(headers: Option<&HeaderMap>) -> Result<Option<Instant>, ServeError> {
+    let Some(value) = headers.and_then(|h| h.get(TIMEOUT_HEADER)) else {
+        return Ok(None);
+    };
+    let ms = value.as_str().trim().parse::<u64>().map_err(|_| {
+        ServeError::new(
+            ErrorKind::Malformed,
+            format!("header {TIMEOUT_HEADER} must be a whole number of milliseconds"),
+        )
+    })?;
+    Ok(Instant::now().checked_add(Duration::from_millis(ms)))
+}

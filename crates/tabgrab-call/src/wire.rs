@@ -1,0 +1,212 @@
+//! The CloudEvents binary-mode details every transport shares: the time written and read
+//! without the `time` crate's general RFC 3339 machinery, and the fast decoding of the
+//! envelope tabgrab's own clients send.
+//!
+//! Why here and not in the codec: these are shortcuts for the common case (tabgrab talking
+//! to tabgrab: known attributes, plain header text, a UTC time), each checked by a unit test
+//! against the codec's general path, which every transport still uses for anything else.
+
+use bytes::Bytes;
+use tabgrab_core::{Codec, Envelope};
+
+/// The longest [`rfc3339`] output: `9999-12-31T23:59:59.999999999Z`.
+pub(crate) const RFC3339_MAX: usize = 30;
+
+/// `time` as RFC 3339, byte for byte what `time`'s `Rfc3339` writes (fractional seconds
+/// without trailing zeros, `Z`), into `buf` and without allocating; `None` for what only the
+/// `time` crate's path handles (an offset other than UTC, a year outside 0–9999).
+pub(crate) fn rfc3339(time: time::OffsetDateTime, buf: &mut [u8; RFC3339_MAX]) -> Option<&str> {
+    if !time.offset().is_utc() || !(0..10_000).contains(&time.year()) {
+        return None;
+    }
+    let (year, month, day) = time.to_calendar_date();
+    let (hour, minute, second, nanos) = time.to_hms_nano();
+    let mut put = |at: usize, value: u32, digits: usize| {
+        let mut v = value;
+        for i in (at..at + digits).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year.unsigned_abs(), 4);
+    put(5, u32::from(u8::from(month)), 2);
+    put(8, u32::from(day), 2);
+    put(11, u32::from(hour), 2);
+    put(14, u32::from(minute), 2);
+    put(17, u32::from(second), 2);
+    let mut len = 19;
+    if nanos != 0 {
+        let (mut digits, mut fraction) = (9, nanos);
+        while fraction % 10 == 0 {
+            fraction /= 10;
+            digits -= 1;
+        }
+        put(20, fraction, digits);
+        buf[19] = b'.';
+        len = 20 + digits;
+    }
+    buf[4] = b'-';
+    buf[7] = b'-';
+    buf[10] = b'T';
+    buf[13] = b':';
+    buf[16] = b':';
+    buf[len] = b'Z';
+    std::str::from_utf8(&buf[..=len]).ok()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (1–9 fraction digits) as the `time` crate's RFC 3339
+/// parser reads it; `None` for any other spelling, which goes to that parser.
+pub(crate) fn parse_utc(text: &str) -> Option<time::OffsetDateTime> {
+    let b = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let digits = b.get(range)?;
+        digits.iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    let nanos = match b.len() {
+        20 => 0,
+        22..=30 if b[19] == b'.' => {
+            let digits = b.len() - 21;
+            number(20..b.len() - 1)? * 10u32.pow(9 - digits as u32)
+        }
+        _ => return None,
+    };
+    let month = time::Month::try_from(u8::try_from(number(5..7)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(
+        i32::try_from(number(0..4)?).ok()?,
+        month,
+        u8::try_from(number(8..10)?).ok()?,
+    )
+    .ok()?;
+    let time = time::Time::from_hms_nano(
+        u8::try_from(number(11..13)?).ok()?,
+        u8::try_from(number(14..16)?).ok()?,
+        u8::try_from(number(17..19)?).ok()?,
+        nanos,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, time).assume_utc())
+}
+
+/// The envelope of CloudEvents binary-mode headers in the common case: the known attributes,
+/// no percent-encoding, no extension, the time as `…Z` (what [`rfc3339`] writes),
+/// specversion 1.0, the required attributes present, within the size limit. It makes the
+/// envelope the codec would make without its per-header allocations (a lowercased copy of
+/// each name) and without the general RFC 3339 parser; `None` for anything else, which the
+/// codec then decodes or refuses with its own message (unit tests hold both equal).
+///
+/// `headers` yields every header (names as sent: tabgrab sends them lowercase); headers
+/// other than `ce-*` and `content-type` are skipped.
+pub(crate) fn fast_envelope<'a>(
+    codec: &Codec,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    body: &Bytes,
+) -> Option<Envelope> {
+    let mut envelope = Envelope {
+        id: String::new(),
+        source: String::new(),
+        ty: String::new(),
+        time: None,
+        subject: None,
+        datacontenttype: None,
+        correlationid: None,
+        causationid: None,
+        traceparent: None,
+        replyto: None,
+        deadline: None,
+        extensions: Default::default(),
+        data: body.clone(),
+    };
+    let mut specversion = false;
+    let mut size = body.len();
+    for (name, value) in headers {
+        if !(name.starts_with("ce-") || name == "content-type") {
+            continue;
+        }
+        size += name.len() + value.len();
+        let value = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| !v.contains('%'))?;
+        match name {
+            "ce-specversion" => specversion = value == tabgrab_core::envelope::SPEC_VERSION,
+            "ce-id" => envelope.id = value.to_owned(),
+            "ce-source" => envelope.source = value.to_owned(),
+            "ce-type" => envelope.ty = value.to_owned(),
+            "ce-time" => envelope.time = Some(parse_utc(value)?),
+            "ce-subject" => envelope.subject = Some(value.to_owned()),
+            "content-type" => envelope.datacontenttype = Some(value.to_owned()),
+            "ce-correlationid" => envelope.correlationid = Some(value.to_owned()),
+            "ce-causationid" => envelope.causationid = Some(value.to_owned()),
+            "ce-traceparent" => envelope.traceparent = Some(value.to_owned()),
+            "ce-replyto" => envelope.replyto = Some(value.to_owned()),
+            _ => return None,
+        }
+    }
+    let complete = specversion
+        && !envelope.id.is_empty()
+        && !envelope.source.is_empty()
+        && !envelope.ty.is_empty();
+    (complete && codec.check_size(size).is_ok()).then_some(envelope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_is_written_as_the_time_crate_writes_it() {
+        use time::format_description::well_known::Rfc3339;
+        let check = |t: time::OffsetDateTime| {
+            let mut buf = [0u8; RFC3339_MAX];
+            assert_eq!(
+                rfc3339(t, &mut buf),
+                Some(t.format(&Rfc3339).unwrap().as_str()),
+                "{t:?}"
+            );
+        };
+        let base = time::macros::datetime!(2026-11-27 02:37:05 UTC);
+        for nanos in [
+            0,
+            1,
+            10,
+            100,
+            120_000,
+            123_456_789,
+            500_000_000,
+            999_999_999,
+            100_000_000,
+        ] {
+            check(base + time::Duration::nanoseconds(nanos));
+        }
+        check(time::macros::datetime!(0000-01-01 00:00:00 UTC));
+        check(time::macros::datetime!(9999-12-31 23:59:59.999999999 UTC));
+        check(time::OffsetDateTime::now_utc());
+        let mut seconds: i64 = 0;
+        for _ in 0..10_000 {
+            seconds = seconds
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let s = seconds.rem_euclid(253_402_300_799);
+            let n = (seconds >> 7).rem_euclid(1_000_000_000);
+            check(
+                time::OffsetDateTime::from_unix_timestamp(s - 62_167_219_200)
+                    .unwrap()
+                    .replace_nanosecond(n as u32)
+                    .unwrap(),
+            );
+        }
+        // What the fast path leaves to the codec.
+        let mut buf = [0u8; RFC3339_MAX];
+        assert_eq!(
+            rfc3339(base.to_offset(time::macros::offset!(+2)), &mut buf),
+            None
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! Calls over core NATS: the same handlers as HTTP and gRPC, on a queue group per service,
+//! through the same client stack. Runs against the shared nats-server on 127.0.0.1:4222
+//! (skipped with a printed reason when it is absent, a failure under
+//! `TABGRAB_REQUIRE_SERVICES=1`); every test uses a service name of its own.
+#![cfg(feature = "nats")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tabgrab_call::nats::{self, NatsTransport};
+use tabgrab_call::retry::RetryConfig;
+use tabgrab_call::{CallContext, CallOptions, Client, HandlerError, Handlers};
+use tabgrab_core::ErrorKind;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use common::{Add, Charge, Charged, Probe, Slow, eventually, handlers};
+
+const URL: &str = "nats://127.0.0.1:4222";
+
+async fn connect() -> Option<async_nats::Client> {
+    if !tabgrab_testkit::services::require("NATS", "127.0.0.1:4222") {
+        return None;
+    }
+    Some(async_nats::connect(URL).await.unwrap())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid_like())
+}
+
+/// A unique suffix without another dependency: the time and a counter.
+fn uuid_like() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{nanos:x}{}{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A server of `service` on its own connection; stops (draining) when the sender is used or
+/// dropped.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tabgrab_core::Error>>,
+}
+
+impl Running {
+    async fn start(service: &str, handlers: Handlers) -> Running {
+        let client = async_nats::connect(URL).await.unwrap();
+        let listener = nats::listen(&client, service).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(nats::serve(listener, handlers, async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+fn client(nats: &async_nats::Client, service: &str) -> Client {
+    Client::builder(NatsTransport::new(nats.clone(), service))
+        .service_name(service)
+        .build()
+}
+
+#[tokio::test]
+async fn answers_and_a_rejection_travels_back_typed() {
+    let Some(nats) = connect().await else { return };
+    let service = unique("answers");
+    let probe = Probe::default();
+    let server = Running::start(&service, handlers(&probe)).await;
+    let client = client(&nats, &service);
+    assert_eq!(client.call(&Add { n: 41 }).await.unwrap(), 42);
+    assert_eq!(
+        client.call(&Charge { amount: 5 }).await.unwrap(),
+        Charged { amount: 5 }
+    );
+    let refused = client.call(&Charge { amount: 0 }).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Remote, "{refused}");
+    let rejection = refused.rejection().expect("the rejection travels back");
+    assert_eq!(rejection.code, "test.zero");
+    assert_eq!(rejection.message, "nothing to charge");
+    assert!(refused.to_string().contains("test.charge.v1"), "{refused}");
+    // A refusal is an answer: not retried, so three calls reached the handlers.
+    assert_eq!(probe.calls(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_responders_is_unavailable_at_once_and_opens_the_breaker() {
+    let Some(nats) = connect().await else { return };
+    let service = unique("nobody");
+    let client = Client::builder(NatsTransport::new(nats.clone(), &service))
+        .service_name(&service)
+        .retry(RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        })
+        .build();
+    let started = Instant::now();
+    let err = client
+        .call_with(&Add { n: 1 }, CallOptions::timeout(Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("no responders"), "{err}");
+    // Fast: NATS says at once that nobody listens; the 10 s deadline plays no part.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The breaker counts it like any unavailable recipient, and opens.
+    let mut open = None;
+    for _ in 0..50 {
+        let err = client.call(&Add { n: 1 }).await.unwrap_err();
+        if err.kind() == ErrorKind::CircuitOpen {
+            open = Some(err);
+            break;
+        }
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    }
+    assert!(open.is_some(), "the breaker never opened");
+}
+
+#[tokio::test]
+async fn the_deadline_is_the_request_timeout_and_cancels_the_handler() {
+    let Some(nats) = connect().await else { return };
+    let service = unique("slow");
+    let probe = Probe::default();
+    let server = Running::start(&service, handlers(&probe)).await;
+    let client = client(&nats, &service);
+    let started = Instant::now();
+    let err = client
+        .call_with(
+            &Slow { ms: 10_000 },
+            CallOptions::timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert!(took >= Duration::from_millis(190), "{took:?}");
+    assert!(took < Duration::from_millis(700), "{took:?}");
+    // The server got the same budget in `tabgrab-timeout` and dropped the handler's future.
+    assert!(
+        eventually(Duration::from_secs(3), || probe.cancelled() == 1).await,
+        "handler not cancelled"
+    );
+    // An attempt timeout below the deadline is a `Timeout` of that attempt (retried while
+    // the deadline allows: a query is idempotent).
+    let client = Client::builder(NatsTransport::new(nats.clone(), &service))
+        .service_name(&service)
+        .attempt_timeout(Duration::from_millis(100))
+        .retry(RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        })
+        .build();
+    let err = client
+        .call_with(
+            &Slow { ms: 10_000 },
+            CallOptions::timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn any_server_of_the_queue_group_answers() {
+    let Some(nats) = connect().await else { return };
+    let service = unique("group");
+    let counted = |hits: Arc<AtomicU64>| {
+        Handlers::new().handle(move |q: Add, _ctx: CallContext| {
+            let hits = Arc::clone(&hits);
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(q.n + 1)
+            }
+        })
+    };
+    let (a_hits, b_hits) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let a = Running::start(&service, counted(Arc::clone(&a_hits))).await;
+    let b = Running::start(&service, counted(Arc::clone(&b_hits))).await;
+    let client = client(&nats, &service);
+    for n in 0..64 {
+        assert_eq!(client.call(&Add { n }).await.unwrap(), n + 1);
+    }
+    let (from_a, from_b) = (a_hits.load(Ordering::SeqCst), b_hits.load(Ordering::SeqCst));
+    // Each request went to exactly one member; NATS picks at random, so both got some (the
+    // chance that one got all 64 is 2^-63).
+    assert_eq!(from_a + from_b, 64);
+    assert!(from_a > 0 && from_b > 0, "a {from_a}, b {from_b}");
+    // One member stops: the other answers everything.
+    a.stop().await;
+    for n in 0..16 {
+        assert_eq!(client.call(&Add { n }).await.unwrap(), n + 1);
+    }
+    assert_eq!(a_hits.load(Ordering::SeqCst), from_a);
+    assert_eq!(b_hits.load(Ordering::SeqCst), from_b + 16);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_stranger_can_request_with_plain_json_and_bad_input_is_refused() {
+    let Some(nats) = connect().await else { return };
+    let service = unique("plain");
+    let probe = Probe::default();
+    let server = Running::start(&service, handlers(&probe)).await;
+    // Plain core NATS, no tabgrab: the envelope is made from the subject.
+    let subject = nats::call_subject(&service, tabgrab_call::RequestKind::Query, "test.add.v1");
+    let answer = nats
+        .request(subject.clone(), "{\"n\": 1}".into())
+        .await
+        .unwrap();
+    assert_eq!(&answer.payload[..], b"2");
+    assert!(answer.headers.is_none());
+    // Bad JSON: an error answer with its kind, never the handler.
+    let answer = nats.request(subject, "{\"n\": ".into()).await.unwrap();
+    let headers = answer.headers.expect("an error answer has headers");
+    assert_eq!(
+        headers.get(nats::ERROR_HEADER).map(|v| v.as_str()),
+        Some("invalid_payload")
+    );
+    // An unknown type, and a query sent as a command.
+    let unknown = nats::call_subject(&service, tabgrab_call::RequestKind::Query, "test.nope.v1");
+    let answer = nats.request(unknown, "{}".into()).await.unwrap();
+    assert_eq!(
+        answer
+            .headers
+            .unwrap()
+            .get(nats::ERROR_HEADER)
+            .map(|v| v.as_str()),
+        Some("unknown_type")
+    );
+    let wrong = nats::call_subject(&service, tabgrab_call::RequestKind::Command, "test.add.v1");
+    let answer = nats.request(wrong, "{\"n\": 1}".into()).await.unwrap();
+    assert_eq!(
+        answer
+            .headers
+            .unwrap()
+            .get(nats::ERROR_HEADER)
+            .map(|v| v.as_str()),
+        Some("unknown_type")
+    );
+    assert_eq!(probe.calls(), 1);
+    server.stop().await;
+}
