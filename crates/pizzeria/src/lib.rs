@@ -15,7 +15,7 @@
 //! | [`order`] | what a customer asks for, and its validation |
 //! | [`messages`] | the events, with versioned names, and their registry |
 //! | [`commands`] | the commands of the call and messaging styles, with their answers |
-//! | [`services`] | front desk, payment, inventory, kitchen, delivery: consumer groups |
+//! | [`services`] | front desk, payment, inventory, kitchen, delivery: consumer groups; payment's and inventory's durable store (inbox, effects, outbox) |
 //! | [`messaging`] | the request-response messaging style: front desk as requester, services as responders |
 //! | [`calls`] | the same restaurant in the call style: handlers over HTTP and gRPC, a front desk that calls them |
 //! | [`http`] | the front desk's HTTP API |

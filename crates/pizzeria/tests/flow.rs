@@ -257,7 +257,7 @@ async fn a_declined_card_cancels_the_order_releases_ingredients_and_refunds_noth
         "a cancelled order is not baked"
     );
     assert_eq!(
-        harness.pizzeria.inventory.level("basil"),
+        harness.pizzeria.inventory.level("basil").await.unwrap(),
         pizzeria::services::inventory::GENEROUS
     );
     harness.stop().await;

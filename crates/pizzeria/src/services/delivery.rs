@@ -3,7 +3,8 @@
 //!
 //! Delivery keeps no state: a redelivered `PizzaReady` would publish a second
 //! `OrderDelivered`, which every reader treats as the fact it already knows (the front desk
-//! records each fact once). An inbox that drops such duplicates comes with the `store` module.
+//! records each fact once). Delivery is at least once on purpose: its effect is the event
+//! itself, so an inbox would only save a repeated `OrderDelivered`, which is harmless.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,8 +15,9 @@
 //! # Memory
 //! The view holds one small fixed-size record per order (flags, ten timestamps, the reason of
 //! a cancellation), not the events: memory grows with the number of orders, never with the
-//! log. The view lives in memory for now; a durable view (and an inbox that makes handlers
-//! effectively-once across restarts) comes with the `store` module.
+//! log. The view lives in memory: a restarted front desk knows only the orders whose events
+//! it is delivered again (payment's and inventory's effects are durable, in their
+//! [`Store`](super::Store); the view is a cache of the events).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
