@@ -34,6 +34,7 @@
 //!     not know the last error, and the dead letter says so). On 2.10+ the same stream keeps
 //!     `MSG_TERMINATED` advisories: a message another client terminated with `+TERM <reason>`
 //!     becomes a dead letter with reason `terminated` and that reason as its error.
+//!
 //!   Both kinds carry `Nats-Msg-Id` `tabgrab-dl-<stream>-<consumer>-<sequence>` when captured,
 //!   so a capture handled twice (a member died before acking the advisory) is one dead letter.
 //!   What each server version does was checked on Debian's 2.9.10 and PyPI's 2.15.1: both
