@@ -360,7 +360,9 @@ impl Store {
     /// charged order, at most one refund and only of a charge, at most one reservation and one
     /// release per order and a release only of a reservation.
     pub async fn audit(&self) -> Result<Audit, Error> {
-        let (payments, reservations): (Vec<(String, String)>, Vec<(String, String)>) = on_db!(self.db().await?, p => {
+        /// One ledger or reservation row: the order and what happened to it.
+        type Row = (String, String);
+        let (payments, reservations): (Vec<Row>, Vec<Row>) = on_db!(self.db().await?, p => {
             let payments = sqlx::query_as(
                 "SELECT order_id, kind FROM pizzeria_payment_ledger ORDER BY seq",
             )
