@@ -12,6 +12,57 @@ use tabgrab_core::{Codec, Envelope};
 /// The longest [`rfc3339`] output: `9999-12-31T23:59:59.999999999Z`.
 pub(crate) const RFC3339_MAX: usize = 30;
 
+/// The CloudEvents binary-mode headers of `envelope` as (name, value) pairs, `ce-specversion`
+/// first and `content-type` last, when every value is plain header text (no percent-encoding
+/// needed), the envelope has no extensions and no deadline, and the headers fit the codec's
+/// size limit; `None` otherwise (the transport then takes the codec's general path, which
+/// says why). Every transport builds its own header map from these pairs, so the check is
+/// written once.
+pub(crate) fn plain_headers<'a>(
+    codec: &Codec,
+    envelope: &'a Envelope,
+    time_buf: &'a mut [u8; RFC3339_MAX],
+) -> Option<impl Iterator<Item = (&'static str, &'a str)>> {
+    if !envelope.extensions.is_empty() || envelope.deadline.is_some() {
+        return None;
+    }
+    let plain = |v: &str| {
+        v.bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%')
+    };
+    let time = match envelope.time {
+        Some(t) => Some(rfc3339(t, time_buf)?),
+        None => None,
+    };
+    let headers: [(&'static str, Option<&'a str>); 11] = [
+        ("ce-specversion", Some(tabgrab_core::envelope::SPEC_VERSION)),
+        ("ce-id", Some(&envelope.id)),
+        ("ce-source", Some(&envelope.source)),
+        ("ce-type", Some(&envelope.ty)),
+        ("ce-time", time),
+        ("ce-subject", envelope.subject.as_deref()),
+        ("ce-correlationid", envelope.correlationid.as_deref()),
+        ("ce-causationid", envelope.causationid.as_deref()),
+        ("ce-traceparent", envelope.traceparent.as_deref()),
+        ("ce-replyto", envelope.replyto.as_deref()),
+        ("content-type", envelope.datacontenttype.as_deref()),
+    ];
+    let mut size = envelope.data.len();
+    for (name, value) in headers {
+        let Some(value) = value else { continue };
+        if !plain(value) {
+            return None;
+        }
+        size += name.len() + value.len();
+    }
+    codec.check_size(size).ok()?;
+    Some(
+        headers
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v))),
+    )
+}
+
 /// `time` as RFC 3339, byte for byte what `time`'s `Rfc3339` writes (fractional seconds
 /// without trailing zeros, `Z`), into `buf` and without allocating; `None` for what only the
 /// `time` crate's path handles (an offset other than UTC, a year outside 0–9999).

@@ -236,64 +236,19 @@ fn ce_headers(codec: &Codec, envelope: &Envelope) -> Result<HeaderMap, tabgrab_c
 /// headers of a call (not the codec's worst case), static values for `ce-specversion` and the
 /// JSON content type, and the time written by [`rfc3339`](crate::wire::rfc3339) on the stack.
 fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
-    if !envelope.extensions.is_empty() || envelope.deadline.is_some() {
-        return None;
-    }
-    let plain = |v: &str| {
-        v.bytes()
-            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%')
-    };
+    use tabgrab_core::envelope::{JSON, SPEC_VERSION};
     let mut time_buf = [0u8; crate::wire::RFC3339_MAX];
-    let time = match envelope.time {
-        Some(t) => Some(crate::wire::rfc3339(t, &mut time_buf)?),
-        None => None,
-    };
-    let attributes: [(&'static str, Option<&str>); 9] = [
-        ("ce-id", Some(&envelope.id)),
-        ("ce-source", Some(&envelope.source)),
-        ("ce-type", Some(&envelope.ty)),
-        ("ce-time", time),
-        ("ce-subject", envelope.subject.as_deref()),
-        ("ce-correlationid", envelope.correlationid.as_deref()),
-        ("ce-causationid", envelope.causationid.as_deref()),
-        ("ce-traceparent", envelope.traceparent.as_deref()),
-        ("ce-replyto", envelope.replyto.as_deref()),
-    ];
     // The attributes, the content type, the deadline and an idempotency key: 12 entries
     // without growing (the codec's 14 would allocate room for 24).
     let mut map = HeaderMap::with_capacity(10);
-    let spec = tabgrab_core::envelope::SPEC_VERSION;
-    map.insert(
-        HeaderName::from_static("ce-specversion"),
-        HeaderValue::from_static(spec),
-    );
-    let mut size = envelope.data.len() + "ce-specversion".len() + spec.len();
-    let present = attributes
-        .into_iter()
-        .filter_map(|(name, value)| value.map(|v| (name, v)));
-    for (name, value) in present {
-        if !plain(value) {
-            return None;
-        }
-        size += name.len() + value.len();
-        map.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_str(value).ok()?,
-        );
-    }
-    if let Some(content_type) = envelope.datacontenttype.as_deref() {
-        if !plain(content_type) {
-            return None;
-        }
-        size += "content-type".len() + content_type.len();
-        let value = if content_type == tabgrab_core::envelope::JSON {
-            HeaderValue::from_static(tabgrab_core::envelope::JSON)
-        } else {
-            HeaderValue::from_str(content_type).ok()?
+    for (name, value) in crate::wire::plain_headers(codec, envelope, &mut time_buf)? {
+        let value = match value {
+            SPEC_VERSION => HeaderValue::from_static(SPEC_VERSION),
+            JSON if name == "content-type" => HeaderValue::from_static(JSON),
+            _ => HeaderValue::from_str(value).ok()?,
         };
-        map.insert(http::header::CONTENT_TYPE, value);
+        map.insert(HeaderName::from_static(name), value);
     }
-    codec.check_size(size).ok()?;
     Some(map)
 }
 

@@ -37,67 +37,11 @@ pub fn encode_headers(codec: &Codec, envelope: &Envelope) -> Result<HeaderMap, E
 /// The fast path of [`encode_headers`]; `None` when a value needs percent-encoding, the envelope
 /// has extensions or a deadline, or it is over the size limit (the codec then says why).
 fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
-    if !envelope.extensions.is_empty() || envelope.deadline.is_some() {
-        return None;
-    }
-    let plain = |v: &str| {
-        v.bytes()
-            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%')
-    };
     let mut time_buf = [0u8; crate::wire::RFC3339_MAX];
-    let time = match envelope.time {
-        Some(t) => Some(crate::wire::rfc3339(t, &mut time_buf)?),
-        None => None,
-    };
-    const NAMES: [HeaderName; 10] = [
-        HeaderName::from_static("ce-id"),
-        HeaderName::from_static("ce-source"),
-        HeaderName::from_static("ce-type"),
-        HeaderName::from_static("ce-time"),
-        HeaderName::from_static("ce-subject"),
-        HeaderName::from_static("ce-correlationid"),
-        HeaderName::from_static("ce-causationid"),
-        HeaderName::from_static("ce-traceparent"),
-        HeaderName::from_static("ce-replyto"),
-        HeaderName::from_static("content-type"),
-    ];
-    const TEXT: [&str; 10] = [
-        "ce-id",
-        "ce-source",
-        "ce-type",
-        "ce-time",
-        "ce-subject",
-        "ce-correlationid",
-        "ce-causationid",
-        "ce-traceparent",
-        "ce-replyto",
-        "content-type",
-    ];
-    let values: [Option<&str>; 10] = [
-        Some(&envelope.id),
-        Some(&envelope.source),
-        Some(&envelope.ty),
-        time,
-        envelope.subject.as_deref(),
-        envelope.correlationid.as_deref(),
-        envelope.causationid.as_deref(),
-        envelope.traceparent.as_deref(),
-        envelope.replyto.as_deref(),
-        envelope.datacontenttype.as_deref(),
-    ];
-    let spec = tabgrab_core::envelope::SPEC_VERSION;
     let mut map = HeaderMap::new();
-    map.insert(HeaderName::from_static("ce-specversion"), spec);
-    let mut size = envelope.data.len() + "ce-specversion".len() + spec.len();
-    for ((name, text), value) in NAMES.into_iter().zip(TEXT).zip(values) {
-        let Some(value) = value else { continue };
-        if !plain(value) {
-            return None;
-        }
-        size += text.len() + value.len();
-        map.insert(name, value);
+    for (name, value) in crate::wire::plain_headers(codec, envelope, &mut time_buf)? {
+        map.insert(HeaderName::from_static(name), value);
     }
-    codec.check_size(size).ok()?;
     Some(map)
 }
 
