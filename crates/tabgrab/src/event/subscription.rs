@@ -693,6 +693,17 @@ impl Group {
                 }
             }
         }
+        // What the client has received but the loop did not take goes back at once, not
+        // after the broker's ack wait (bounded: a broken stream may yield errors forever).
+        for _ in 0..self.options.max_in_flight {
+            match futures::StreamExt::next(&mut deliveries).now_or_never() {
+                Some(Some(Ok(delivery))) => {
+                    let _ = delivery.acker.nack(Duration::ZERO).await;
+                }
+                Some(Some(Err(_))) => {}
+                Some(None) | None => break,
+            }
+        }
         drop(deliveries);
         self.lanes.close();
         if tokio::time::timeout(self.options.drain_timeout, self.lanes.wait())
@@ -773,11 +784,12 @@ impl Group {
         };
         if attempt > self.options.max_deliveries {
             tracing::warn!(topic = %self.topic, group = %self.name, position, attempt, "delivered too often without an acknowledgement; dead-lettered");
-            let letter =
-                DeadLetter::new(&self.topic, &self.name, position, &raw, Some(&envelope)).because(
+            let letter = DeadLetter::new(&self.topic, &self.name, position, &raw, Some(&envelope))
+                .because(
                     "max_deliveries",
                     format!(
-                        "delivered {attempt} times without an acknowledgement (its consumers                          stopped or crashed while handling it)"
+                        "delivered {attempt} times without an acknowledgement (its consumers \
+                         stopped or crashed while handling it)"
                     ),
                     attempt - 1,
                 );
@@ -879,9 +891,13 @@ impl Group {
         raw: Bytes,
         permit: OwnedSemaphorePermit,
     ) {
-        let handled = lock(&self.members)
-            .first()
-            .is_some_and(|m| m.handlers.contains_key(&envelope.ty));
+        let handled = match lock(&self.members).first() {
+            Some(member) => member.handlers.contains_key(&envelope.ty),
+            // The last member left while this record was being taken: the group is stopping.
+            // Not a type nobody handles: it stays pending (redelivered after a restart; on a
+            // broker it is given back with the other held deliveries).
+            None => return,
+        };
         if !handled {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             self.done(offset).await;

@@ -259,6 +259,68 @@ pub(crate) async fn unacknowledged_events_are_redelivered_to_the_next_member(f: 
     f.cleanup().await;
 }
 
+/// Members that stop while deliveries keep arriving leave every event they did not finish to
+/// the group: none is acknowledged without a handler having run it. (A member stopping
+/// between taking a delivery and queueing it once counted it as a type nobody handles and
+/// acknowledged it unhandled.)
+pub(crate) async fn members_stopping_under_load_lose_nothing(f: Fixture) {
+    const CYCLES: usize = 12;
+    let topic = f.topic("churn");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let seen: Seen = Arc::default();
+    let member = || {
+        Subscription::builder(&f.bus, &topic, "kitchen")
+            .ack_wait(Duration::from_secs(1))
+            .handle(recorder(&seen))
+            .start()
+            .unwrap()
+    };
+    // The group exists before the first publish (RabbitMQ keeps nothing for a missing group).
+    let mut current = member();
+    current.ready().await.unwrap();
+    let orders: Vec<String> = (0..16).map(|i| format!("c{i}")).collect();
+    let publishing = {
+        let orders = orders.clone();
+        tokio::spawn(async move {
+            let refs: Vec<&str> = orders.iter().map(String::as_str).collect();
+            publish_tickets(&publisher, &refs, 25).await;
+        })
+    };
+    // Stop the member whenever it has handled a few more events, while the publisher runs.
+    for _ in 0..CYCLES {
+        let before = seen.lock().unwrap().len();
+        let start = Instant::now();
+        while seen.lock().unwrap().len() < before + 10 && start.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        current.shutdown().await.unwrap();
+        current = member();
+        current.ready().await.unwrap();
+    }
+    publishing.await.unwrap();
+    let all: HashSet<(String, u32)> = orders
+        .iter()
+        .flat_map(|o| (0..25).map(move |s| (o.clone(), s)))
+        .collect();
+    let start = Instant::now();
+    loop {
+        let got: HashSet<(String, u32)> = seen.lock().unwrap().iter().cloned().collect();
+        if got == all {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{} of {} events never reached a handler, e.g. {:?}",
+            all.len() - got.len(),
+            all.len(),
+            all.difference(&got).take(5).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    current.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
 /// An event that always fails goes to dead letters after max deliveries, with its reason;
 /// other subjects keep flowing meanwhile.
 pub(crate) async fn poison_is_dead_lettered_and_others_flow(f: Fixture) {
@@ -610,6 +672,7 @@ macro_rules! conformance {
             scenario!(order_is_kept_per_subject);
             scenario!(every_group_sees_every_event_and_members_share);
             scenario!(unacknowledged_events_are_redelivered_to_the_next_member);
+            scenario!(members_stopping_under_load_lose_nothing);
             scenario!(poison_is_dead_lettered_and_others_flow);
             scenario!(bad_input_is_dead_lettered_with_its_reason);
             scenario!(a_retried_publish_is_deduplicated_as_the_capability_says);
