@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use tabgrab_core::{Envelope, Error, ErrorKind};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -144,11 +144,16 @@ pub async fn serve_with(
         match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => {
                 let server = Arc::clone(&server);
-                tokio::spawn(async move {
+                let mut call = Box::pin(async move {
                     let answer = server.serve_one(&message).await;
                     server.answer(reply, answer).await;
                     drop(permit);
                 });
+                // A handler that finishes at once (most do: no I/O) is answered here, without
+                // a task and the hand-over to another worker; one that waits gets a task.
+                if call.as_mut().now_or_never().is_none() {
+                    tokio::spawn(call);
+                }
             }
             Err(_) => {
                 let shed = ServeError::new(
