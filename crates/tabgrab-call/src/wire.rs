@@ -12,29 +12,44 @@ use tabgrab_core::{Codec, Envelope};
 /// The longest [`rfc3339`] output: `9999-12-31T23:59:59.999999999Z`.
 pub(crate) const RFC3339_MAX: usize = 30;
 
+/// Room for the two times an envelope may carry (`ce-time` and `ce-deadline`), written by
+/// [`rfc3339`] on the caller's stack.
+pub(crate) type TimeBufs = [[u8; RFC3339_MAX]; 2];
+
+/// A header name of [`plain_headers`]: a known attribute's static name, or an extension
+/// attribute (lowercase letters and digits) whose header is `ce-` and the attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Name<'a> {
+    /// `ce-id`, `content-type`, …
+    Known(&'static str),
+    /// The attribute name without the `ce-` prefix.
+    Extension(&'a str),
+}
+
 /// The CloudEvents binary-mode headers of `envelope` as (name, value) pairs, `ce-specversion`
-/// first and `content-type` last, when every value is plain header text (no percent-encoding
-/// needed), the envelope has no extensions and no deadline, and the headers fit the codec's
-/// size limit; `None` otherwise (the transport then takes the codec's general path, which
-/// says why). Every transport builds its own header map from these pairs, so the check is
-/// written once.
+/// first, when every value is plain header text (no percent-encoding needed), every
+/// extension name is a valid attribute name, and the headers fit the codec's size limit;
+/// `None` otherwise (the transport then takes the codec's general path, which says why).
+/// Every transport builds its own header map from these pairs, so the check is written once.
 pub(crate) fn plain_headers<'a>(
     codec: &Codec,
     envelope: &'a Envelope,
-    time_buf: &'a mut [u8; RFC3339_MAX],
-) -> Option<impl Iterator<Item = (&'static str, &'a str)>> {
-    if !envelope.extensions.is_empty() || envelope.deadline.is_some() {
-        return None;
-    }
+    bufs: &'a mut TimeBufs,
+) -> Option<impl Iterator<Item = (Name<'a>, &'a str)>> {
     let plain = |v: &str| {
         v.bytes()
             .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%')
     };
+    let [time_buf, deadline_buf] = bufs;
     let time = match envelope.time {
         Some(t) => Some(rfc3339(t, time_buf)?),
         None => None,
     };
-    let headers: [(&'static str, Option<&'a str>); 11] = [
+    let deadline = match envelope.deadline {
+        Some(t) => Some(rfc3339(t, deadline_buf)?),
+        None => None,
+    };
+    let known: [(&'static str, Option<&'a str>); 12] = [
         ("ce-specversion", Some(tabgrab_core::envelope::SPEC_VERSION)),
         ("ce-id", Some(&envelope.id)),
         ("ce-source", Some(&envelope.source)),
@@ -45,22 +60,36 @@ pub(crate) fn plain_headers<'a>(
         ("ce-causationid", envelope.causationid.as_deref()),
         ("ce-traceparent", envelope.traceparent.as_deref()),
         ("ce-replyto", envelope.replyto.as_deref()),
+        ("ce-deadline", deadline),
         ("content-type", envelope.datacontenttype.as_deref()),
     ];
     let mut size = envelope.data.len();
-    for (name, value) in headers {
+    for (name, value) in known {
         let Some(value) = value else { continue };
         if !plain(value) {
             return None;
         }
         size += name.len() + value.len();
     }
+    for (name, value) in &envelope.extensions {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !valid || !plain(value) {
+            return None;
+        }
+        size += "ce-".len() + name.len() + value.len();
+    }
     codec.check_size(size).ok()?;
-    Some(
-        headers
-            .into_iter()
-            .filter_map(|(name, value)| value.map(|v| (name, v))),
-    )
+    let known = known
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (Name::Known(name), v)));
+    let extensions = envelope
+        .extensions
+        .iter()
+        .map(|(name, value)| (Name::Extension(name.as_str()), value.as_str()));
+    Some(known.chain(extensions))
 }
 
 /// `time` as RFC 3339, byte for byte what `time`'s `Rfc3339` writes (fractional seconds
@@ -147,7 +176,8 @@ pub(crate) fn parse_utc(text: &str) -> Option<time::OffsetDateTime> {
 }
 
 /// The envelope of CloudEvents binary-mode headers in the common case: the known attributes,
-/// no percent-encoding, no extension, the time as `…Z` (what [`rfc3339`] writes),
+/// no percent-encoding, extensions named in lowercase letters and digits, the time and the
+/// deadline as `…Z` (what [`rfc3339`] writes),
 /// specversion 1.0, the required attributes present, within the size limit. It makes the
 /// envelope the codec would make without its per-header allocations (a lowercased copy of
 /// each name) and without the general RFC 3339 parser; `None` for anything else, which the
@@ -179,6 +209,15 @@ pub(crate) fn fast_envelope<'a>(
     let mut size = body.len();
     for (name, value) in headers {
         if !(name.starts_with("ce-") || name == "content-type") {
+            let attribute = name
+                .as_bytes()
+                .get(..3)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"ce-"))
+                || name.eq_ignore_ascii_case("content-type");
+            if attribute {
+                // Another spelling of an attribute's header: the codec lowercases it.
+                return None;
+            }
             continue;
         }
         size += name.len() + value.len();
@@ -197,7 +236,21 @@ pub(crate) fn fast_envelope<'a>(
             "ce-causationid" => envelope.causationid = Some(value.to_owned()),
             "ce-traceparent" => envelope.traceparent = Some(value.to_owned()),
             "ce-replyto" => envelope.replyto = Some(value.to_owned()),
-            _ => return None,
+            "ce-deadline" => envelope.deadline = Some(parse_utc(value)?),
+            _ => {
+                // An extension; anything the codec would refuse or lowercase goes to it.
+                let attribute = name.strip_prefix("ce-")?;
+                let valid = !attribute.is_empty()
+                    && attribute
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                if !valid {
+                    return None;
+                }
+                envelope
+                    .extensions
+                    .insert(attribute.to_owned(), value.to_owned());
+            }
         }
     }
     let complete = specversion

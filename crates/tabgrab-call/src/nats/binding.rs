@@ -34,13 +34,18 @@ pub fn encode_headers(codec: &Codec, envelope: &Envelope) -> Result<HeaderMap, E
     Ok(map)
 }
 
-/// The fast path of [`encode_headers`]; `None` when a value needs percent-encoding, the envelope
-/// has extensions or a deadline, or it is over the size limit (the codec then says why).
+/// The fast path of [`encode_headers`]; `None` when a value needs percent-encoding or it is
+/// over the size limit (the codec then says why).
 fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
-    let mut time_buf = [0u8; crate::wire::RFC3339_MAX];
+    use crate::wire::Name;
+    let mut bufs = [[0u8; crate::wire::RFC3339_MAX]; 2];
     let mut map = HeaderMap::new();
-    for (name, value) in crate::wire::plain_headers(codec, envelope, &mut time_buf)? {
-        map.insert(HeaderName::from_static(name), value);
+    for (name, value) in crate::wire::plain_headers(codec, envelope, &mut bufs)? {
+        let name = match name {
+            Name::Known(name) => HeaderName::from_static(name),
+            Name::Extension(attribute) => format!("ce-{attribute}").parse().ok()?,
+        };
+        map.insert(name, value);
     }
     Some(map)
 }
@@ -144,6 +149,35 @@ mod tests {
         envelope.time = None;
         let fast = plain_ce_headers(&codec, &envelope).expect("plain attributes");
         assert_eq!(pairs(&fast), by_codec(&codec, &envelope));
+        // A request's deadline and a reply's extensions stay on the fast path.
+        let mut envelope = Envelope::raw("/s", "demo.ping.v1", Bytes::from("{}"));
+        envelope.deadline = Some(time::macros::datetime!(2026-11-27 09:00:00.25 UTC));
+        envelope
+            .extensions
+            .insert("requesttype".into(), "demo.ping.v1".into());
+        envelope
+            .extensions
+            .insert("responder".into(), "menu".into());
+        let fast = plain_ce_headers(&codec, &envelope).expect("plain attributes");
+        assert_eq!(pairs(&fast), by_codec(&codec, &envelope));
+        assert_eq!(
+            crate::wire::fast_envelope(
+                &codec,
+                fast.iter().flat_map(|(n, vs)| vs
+                    .iter()
+                    .map(move |v| (n.as_ref(), v.as_str().as_bytes()))),
+                &envelope.data,
+            ),
+            Some(envelope.clone())
+        );
+        // An extension name the codec refuses, or one spelt in capitals, goes to the codec.
+        let mut odd = envelope.clone();
+        odd.extensions.insert("Tenant".into(), "a".into());
+        assert!(plain_ce_headers(&codec, &odd).is_none());
+        let mut capitals = fast.clone();
+        capitals.insert("Ce-Subject", "o-1");
+        let decoded = decode(&codec, Some(&capitals), envelope.data.clone()).unwrap();
+        assert_eq!(decoded.subject.as_deref(), Some("o-1"));
         // What needs encoding takes the codec's path, with the same result.
         let envelope = Envelope::raw("/a source", "demo.ping.v1", Bytes::new());
         assert!(plain_ce_headers(&codec, &envelope).is_none());
