@@ -67,7 +67,14 @@ impl Query for Ping {
 request!(query Ping);
 
 const PUBLISHERS: u64 = 256;
-const CALLERS: u64 = 32;
+/// Concurrent callers of the round-trip parts (`TABGRAB_BENCH_CALLERS` overrides it).
+fn callers_count() -> u64 {
+    std::env::var("TABGRAB_BENCH_CALLERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&c| c > 0)
+        .unwrap_or(32)
+}
 /// Events per second in the latency phase (lower on the fsync-every-publish server).
 static RATE: AtomicU64 = AtomicU64::new(1000);
 const PAD: usize = 150;
@@ -314,13 +321,14 @@ where
 {
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..CALLERS {
+    let callers = callers_count();
+    for c in 0..callers {
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = c;
             while i < n {
                 call(i).await?;
-                i += CALLERS;
+                i += callers;
             }
             Ok::<(), BoxError>(())
         }));
@@ -621,8 +629,9 @@ async fn main() -> Result<(), BoxError> {
         ));
     }
     println!(
-        "{PUBLISHERS} publishers, {}-byte pad; latency for 3 s; {CALLERS} callers; parts {parts:?}",
-        PAD
+        "{PUBLISHERS} publishers, {}-byte pad; latency for 3 s; {} callers; parts {parts:?}",
+        PAD,
+        callers_count()
     );
     for (label, _server, url, slow) in &servers {
         let (n, rr) = if *slow { (n / 10, rr / 10) } else { (n, rr) };
