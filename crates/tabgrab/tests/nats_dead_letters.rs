@@ -313,8 +313,65 @@ macro_rules! on_both_servers {
     };
 }
 
+/// A group whose consumer exists already (made by an older tabgrab without `max_deliver`,
+/// or by a member with other options) takes the settings of the member that joins.
+async fn an_existing_consumer_takes_the_joining_members_settings(server: Server) {
+    let bus = Bus::connect(&server.url).await.unwrap();
+    let topic = unique("update");
+    let seen: Seen = Arc::default();
+    // The stream exists once a member has joined; then the consumer is replaced by one as an
+    // old tabgrab made it: no max_deliver, no backoff, a 30 s ack wait.
+    member(&bus, &topic, "kitchen", &seen)
+        .await
+        .shutdown()
+        .await
+        .unwrap();
+    let js = jetstream::new(async_nats::connect(&server.url).await.unwrap());
+    let stream = js.get_stream(stream_name(&topic)).await.unwrap();
+    stream.delete_consumer("kitchen").await.unwrap();
+    let old: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("kitchen".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            filter_subject: format!("tabgrab.{topic}.>"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(old.cached_info().config.max_deliver, -1);
+    let sub = member(&bus, &topic, "kitchen", &seen).await;
+    let mut now: consumer::PullConsumer = stream.get_consumer("kitchen").await.unwrap();
+    let config = &now.info().await.unwrap().config;
+    assert_eq!(config.max_deliver, 2, "{config:?}");
+    assert_eq!(config.ack_wait, Duration::from_millis(300), "{config:?}");
+    assert_eq!(
+        config.backoff,
+        vec![Duration::from_millis(300)],
+        "{config:?}"
+    );
+    // And it still works: an event published now is handled.
+    let publisher = Publisher::new(&bus, &topic, "/deadletters").unwrap();
+    publisher
+        .publish(
+            &Ticket {
+                order: "o-9".into(),
+            },
+            "o-9",
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while !seen.lock().unwrap().contains(&"o-9".to_owned()) {
+        assert!(start.elapsed() < DEADLINE, "the event was not handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sub.shutdown().await.unwrap();
+    bus.delete_topic(&topic).await.unwrap();
+}
+
 on_both_servers!(
     crashed_consumers_are_dead_lettered_by_the_server,
+    an_existing_consumer_takes_the_joining_members_settings,
     a_termination_by_another_client_is_captured_with_its_reason,
     own_terminations_are_not_captured_twice
 );

@@ -20,7 +20,9 @@
 //!   acknowledged publish survive a power loss (see README and BENCHMARKS.md).
 //! - **Consumer groups**: explicit acks; the consumer's `max_deliver` is the subscription's
 //!   `max_deliveries`, with a `backoff` (the ack wait, doubling) between redeliveries after a
-//!   consumer died or stalled. Dead letters go to the topic `<topic>.dead-letters`, a stream
+//!   consumer died or stalled. A member that joins sets these on the group's consumer even
+//!   if it exists already (made by an older tabgrab, or by a member with other options): the
+//!   last member to join decides. Dead letters go to the topic `<topic>.dead-letters`, a stream
 //!   too (JetStream has no dead-letter stream of its own), in two ways:
 //!   - what a consumer sees fail (a handler's error after its retries, bad input) it
 //!     dead-letters itself, with the last error, and only then terminates the message
@@ -394,18 +396,27 @@ impl NatsBus {
             ..Default::default()
         };
         let capture = self.start_capture(&request.topic).await?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(&name, config)
-            .await
-            .map_err(|e| {
-                unavailable(
-                    format!(
-                        "nats {}: cannot create the consumer {name} (group {}) on the stream of topic {}",
-                        self.url, request.group, request.topic
-                    ),
-                    e,
-                )
-            })?;
+        // Create, or update a consumer that exists (its ack wait, max_deliver and backoff
+        // become this member's: a group made by an older tabgrab, or with other options,
+        // gets the current ones). A change the server refuses keeps the consumer as it is.
+        let consumer: consumer::PullConsumer = match stream.create_consumer(config).await {
+            Ok(consumer) => consumer,
+            Err(update) => match stream.get_consumer(&name).await {
+                Ok(consumer) => {
+                    tracing::warn!(topic = %request.topic, group = %request.group, error = %update, "the group's consumer could not take this member's settings; it keeps its own");
+                    consumer
+                }
+                Err(_) => {
+                    return Err(unavailable(
+                        format!(
+                            "nats {}: cannot create the consumer {name} (group {}) on the stream of topic {}",
+                            self.url, request.group, request.topic
+                        ),
+                        update,
+                    ));
+                }
+            },
+        };
         let messages = consumer
             .stream()
             .max_messages_per_batch(request.max_in_flight.clamp(1, 256))
