@@ -21,7 +21,9 @@
 //!   JetStream publish and a group delivery) beside the like-for-like raw baseline: raw
 //!   JetStream, the request published to a stream and awaited for its ack, pulled and acked
 //!   by a responder that publishes the reply to a second stream (awaited for its ack), pulled
-//!   and acked by the requester's reader, which hands it to the caller by correlation id.
+//!   and acked by the requester's reader, which hands it to the caller by correlation id;
+//!   and the same raw baseline carrying the `ce-*` headers (and reply `Nats-Msg-Id`) that a
+//!   tabgrab request and reply carry, written by tabgrab's own encoder.
 //!
 //! Run: `cargo run --release -p tabgrab --example nats_overhead [-- EVENTS] [--parts
 //! events,calls,messaging] [--servers default,always,shared]` (default 20,000 events, every
@@ -466,7 +468,7 @@ async fn tabgrab_calls(url: &str, n: u64) -> Result<f64, BoxError> {
 /// The like-for-like raw baseline of request-reply messaging: both legs durable JetStream
 /// publishes (awaited for the ack) and pull consumers with explicit acks, replies matched to
 /// callers by a correlation id header.
-async fn raw_durable_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
+async fn raw_durable_request_reply(url: &str, n: u64, ce_headers: bool) -> Result<f64, BoxError> {
     use std::collections::HashMap;
     use tokio::sync::oneshot;
     let client = async_nats::connect(url).await?;
@@ -507,7 +509,34 @@ async fn raw_durable_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
                 let rep_subject = rep_subject.clone();
                 tokio::spawn(async move {
                     let mut headers = async_nats::HeaderMap::new();
-                    if let Some(c) = m.headers.as_ref().and_then(|h| h.get("correlation-id")) {
+                    let correlation = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("correlation-id"))
+                        .map(|c| c.as_str().to_owned());
+                    if ce_headers {
+                        // What a tabgrab reply carries: made by tabgrab's own encoder.
+                        let mut reply = tabgrab::Envelope::raw(
+                            "/bench/ping",
+                            "tabgrab.reply.v1",
+                            m.payload.clone(),
+                        );
+                        reply.subject.clone_from(&correlation);
+                        reply.correlationid.clone_from(&correlation);
+                        reply.causationid.clone_from(&correlation);
+                        reply
+                            .extensions
+                            .insert("requesttype".into(), Ping::TYPE.into());
+                        reply.extensions.insert("responder".into(), "ping".into());
+                        if let Ok(ce) = tabgrab::call::nats::binding::encode_headers(
+                            &tabgrab::Codec::default(),
+                            &reply,
+                        ) {
+                            headers = ce;
+                        }
+                        headers.insert("Nats-Msg-Id", reply.id.as_str());
+                    }
+                    if let Some(c) = &correlation {
                         headers.insert("correlation-id", c.as_str());
                     }
                     if let Ok(ack) = js
@@ -549,10 +578,24 @@ async fn raw_durable_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
                     .lock()
                     .map_err(|_| "poisoned")?
                     .insert(correlation.clone(), tx);
+                let body = serde_json::to_vec(&Ping { n: i })?;
                 let mut headers = async_nats::HeaderMap::new();
+                if ce_headers {
+                    // What a tabgrab request carries: made by tabgrab's own encoder.
+                    let mut request =
+                        tabgrab::Envelope::raw("/bench", Ping::TYPE, body.clone().into());
+                    request.subject = Some(correlation.clone());
+                    request.correlationid = Some(correlation.clone());
+                    request.replyto = Some("replies.bench".into());
+                    request.deadline =
+                        Some(time::OffsetDateTime::now_utc() + Duration::from_secs(30));
+                    headers = tabgrab::call::nats::binding::encode_headers(
+                        &tabgrab::Codec::default(),
+                        &request,
+                    )?;
+                }
                 headers.insert("correlation-id", correlation.as_str());
                 headers.insert("Nats-Msg-Id", correlation.as_str());
-                let body = serde_json::to_vec(&Ping { n: i })?;
                 js.publish_with_headers(subject, headers, body.into())
                     .await?
                     .await?;
@@ -683,11 +726,13 @@ async fn main() -> Result<(), BoxError> {
             None
         };
         if part("messaging") {
-            let durable = raw_durable_request_reply(url, rr).await?;
+            let durable = raw_durable_request_reply(url, rr, false).await?;
+            let durable_ce = raw_durable_request_reply(url, rr, true).await?;
             let ours_rr = tabgrab_request_reply(url, rr).await?;
             println!(
-                "| request-reply messaging, round trips/s | {ours_rr:.0} | {durable:.0} (durable: JetStream both ways) | {} | | |",
-                ratio(ours_rr, durable)
+                "| request-reply messaging, round trips/s | {ours_rr:.0} | {durable:.0} (durable: JetStream both ways) | {} | {durable_ce:.0} | {} |",
+                ratio(ours_rr, durable),
+                ratio(ours_rr, durable_ce)
             );
             if let Some(core) = calls {
                 println!(
