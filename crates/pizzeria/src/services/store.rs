@@ -31,6 +31,14 @@
 //! - `memory`: a private SQLite database in memory, for tests and the lab: the same
 //!   transactions, gone with the process.
 //!
+//! # What a transaction costs
+//! On SQLite every statement is a round trip to the thread sqlx runs for the one connection;
+//! on two cores that round trip (two context switches, about 50 µs) costs far more than
+//! SQLite's own work, and the transactions run one after the other. So a unit keeps its
+//! round trips few (the shelf is taken in one statement, the pool does not ping the
+//! connection before lending it), and handlers take turns ([`SQLITE_HANDLER_TURNS`]) so that
+//! the relay's claims are not queued behind a hundred of them.
+//!
 //! The tables are `pizzeria_payment_ledger` (one row per charge or refund),
 //! `pizzeria_inventory_reservations` (one row per reservation or release), `pizzeria_stock`,
 //! `pizzeria_order_state`, and tabgrab's `tabgrab_inbox` and `tabgrab_outbox`.
@@ -49,10 +57,24 @@ use tabgrab::backend::Bus;
 use tabgrab::inbox::{Inbox, InboxStats};
 use tabgrab::outbox::{Outbox, OutboxStats, Relay};
 use tabgrab::{Envelope, Error, ErrorKind, Event};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use super::inventory::Stock;
 use crate::messages::TOPIC;
+
+/// Handler transactions that may wait for a SQLite connection at once.
+///
+/// SQLite has one connection here, and sqlx's pool serves waiters in order. Payment and
+/// inventory run up to 64 handlers each, so without a limit the relay's every claim and
+/// every "mark sent" queued behind about a hundred handler transactions (80 ms each on two
+/// cores, measured): it published 100 rows per 170 ms while the handlers staged more, and
+/// nearly every event went out after the last handler. With two turns the relay waits for
+/// at most two transactions; the other handlers wait here, holding nothing.
+const SQLITE_HANDLER_TURNS: usize = 2;
+
+/// Handler transactions at once on PostgreSQL: four of the pool's connections stay free for
+/// the relay (which holds one while it publishes a batch) and for reads.
+const POSTGRES_HANDLER_TURNS: usize = 12;
 
 /// The consumer groups that keep an inbox here.
 const GROUPS: [&str; 2] = [super::payment::GROUP, super::inventory::GROUP];
@@ -121,6 +143,9 @@ pub(crate) struct Parts<DB: tabgrab::sql::Database> {
     payment: Inbox<DB>,
     /// Inventory's processed event ids.
     inventory: Inbox<DB>,
+    /// Handler transactions admitted to the pool's queue at once (see
+    /// [`SQLITE_HANDLER_TURNS`]).
+    turns: Arc<Semaphore>,
 }
 
 impl<DB: tabgrab::sql::Database> Clone for Parts<DB> {
@@ -130,6 +155,7 @@ impl<DB: tabgrab::sql::Database> Clone for Parts<DB> {
             outbox: self.outbox.clone(),
             payment: self.payment.clone(),
             inventory: self.inventory.clone(),
+            turns: Arc::clone(&self.turns),
         }
     }
 }
@@ -297,16 +323,26 @@ impl Store {
         }))
     }
 
-    /// Begins one handler's transaction.
+    /// Begins one handler's transaction, once a turn is free (see
+    /// [`SQLITE_HANDLER_TURNS`]).
     pub(crate) async fn begin(&self) -> Result<Unit, Error> {
-        Ok(match self.db().await? {
+        let db = self.db().await?;
+        let turns = on_db!(db, p => Arc::clone(&p.turns));
+        // The semaphore is never closed.
+        let turn = turns
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Closed, "pizzeria store: closed").with_source(e))?;
+        Ok(match db {
             Db::Sqlite(p) => Unit::Sqlite {
                 tx: p.pool.begin().await.map_err(storage("begin"))?,
                 parts: p.clone(),
+                _turn: turn,
             },
             Db::Postgres(p) => Unit::Postgres {
                 tx: p.pool.begin().await.map_err(storage("begin"))?,
                 parts: p.clone(),
+                _turn: turn,
             },
         })
     }
@@ -423,9 +459,12 @@ async fn connect(url: &StoreUrl) -> Result<Db, Error> {
             // One connection: SQLite has one writer at a time, and a pool queue is fairer and
             // cheaper than connections spinning on the file lock (and a memory database lives
             // as long as its one connection).
+            // No ping before each acquire: a SQLite connection is a file, not a socket that
+            // a peer may close, and every ping is one more round trip to sqlx's SQLite thread.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
+                .test_before_acquire(false)
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .acquire_timeout(Duration::from_secs(60))
@@ -443,6 +482,7 @@ async fn connect(url: &StoreUrl) -> Result<Db, Error> {
                 outbox: Outbox::sqlite(pool.clone()).await?,
                 payment: Inbox::sqlite(pool.clone(), GROUPS[0]).await?,
                 inventory: Inbox::sqlite(pool.clone(), GROUPS[1]).await?,
+                turns: Arc::new(Semaphore::new(SQLITE_HANDLER_TURNS)),
                 pool,
             }))
         }
@@ -480,6 +520,7 @@ async fn create_pg(pool: &Pool<Postgres>) -> Result<Parts<Postgres>, Error> {
         outbox: Outbox::postgres(pool.clone()).await?,
         payment: Inbox::postgres(pool.clone(), GROUPS[0]).await?,
         inventory: Inbox::postgres(pool.clone(), GROUPS[1]).await?,
+        turns: Arc::new(Semaphore::new(POSTGRES_HANDLER_TURNS)),
         pool: pool.clone(),
     })
 }
@@ -662,6 +703,8 @@ pub(crate) enum Unit {
         tx: Transaction<'static, Sqlite>,
         /// The outbox and inboxes.
         parts: Parts<Sqlite>,
+        /// This unit's turn, given back when it ends.
+        _turn: OwnedSemaphorePermit,
     },
     /// On PostgreSQL.
     Postgres {
@@ -669,6 +712,8 @@ pub(crate) enum Unit {
         tx: Transaction<'static, Postgres>,
         /// The outbox and inboxes.
         parts: Parts<Postgres>,
+        /// This unit's turn, given back when it ends.
+        _turn: OwnedSemaphorePermit,
     },
 }
 
@@ -676,8 +721,12 @@ pub(crate) enum Unit {
 macro_rules! on_unit {
     ($unit:expr, $tx:ident, $p:ident => $body:expr) => {
         match $unit {
-            Unit::Sqlite { tx: $tx, parts: $p } => $body,
-            Unit::Postgres { tx: $tx, parts: $p } => $body,
+            Unit::Sqlite {
+                tx: $tx, parts: $p, ..
+            } => $body,
+            Unit::Postgres {
+                tx: $tx, parts: $p, ..
+            } => $body,
         }
     };
 }
@@ -761,25 +810,48 @@ impl Unit {
         &mut self,
         needs: &[(&'static str, u64)],
     ) -> Result<Vec<String>, Error> {
-        // In name order, so that two inventories never wait for each other's rows in a cycle.
         let mut needs = needs.to_vec();
         needs.sort_unstable();
-        let sql =
-            "UPDATE pizzeria_stock SET units = units - $1 WHERE ingredient = $2 AND units >= $1";
-        let mut missing = Vec::new();
-        for (ingredient, units) in needs {
-            let done = on_unit!(self, tx, _p => sqlx::query(sql)
-                .bind(i64::try_from(units).unwrap_or(i64::MAX))
-                .bind(ingredient)
-                .execute(&mut **tx)
-                .await
-                .map_err(storage("take from the shelf"))?
-                .rows_affected());
-            if done == 0 {
-                missing.push(ingredient.to_owned());
+        let taken: Vec<String> = match self {
+            // SQLite: one statement for all the ingredients (each statement is a round trip
+            // to sqlx's SQLite thread, the main cost of a unit); one writer, so no lock cycle.
+            Unit::Sqlite { tx, .. } => {
+                let sql = "UPDATE pizzeria_stock SET units = units - n.value FROM json_each($1) n \
+                           WHERE pizzeria_stock.ingredient = n.key AND units >= n.value \
+                           RETURNING ingredient";
+                let wanted: serde_json::Map<String, serde_json::Value> = needs
+                    .iter()
+                    .map(|(ingredient, units)| ((*ingredient).to_owned(), (*units).into()))
+                    .collect();
+                sqlx::query_scalar(sql)
+                    .bind(serde_json::Value::Object(wanted).to_string())
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(storage("take from the shelf"))?
             }
-        }
-        Ok(missing)
+            // PostgreSQL: one row after the other, in name order, so that two inventories
+            // never wait for each other's rows in a cycle.
+            Unit::Postgres { tx, .. } => {
+                let sql = "UPDATE pizzeria_stock SET units = units - $1 \
+                           WHERE ingredient = $2 AND units >= $1 RETURNING ingredient";
+                let mut taken = Vec::new();
+                for (ingredient, units) in &needs {
+                    let row: Option<String> = sqlx::query_scalar(sql)
+                        .bind(i64::try_from(*units).unwrap_or(i64::MAX))
+                        .bind(*ingredient)
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .map_err(storage("take from the shelf"))?;
+                    taken.extend(row);
+                }
+                taken
+            }
+        };
+        Ok(needs
+            .iter()
+            .filter(|(ingredient, _)| !taken.iter().any(|t| t == ingredient))
+            .map(|(ingredient, _)| (*ingredient).to_owned())
+            .collect())
     }
 
     /// Puts `needs` back on the shelf.
@@ -868,6 +940,70 @@ impl Unit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::menu::RARE_INGREDIENT;
+    use crate::services::inventory::GENEROUS;
+
+    /// Takes from `store`'s shelf: all or nothing, naming what is short (an ingredient the
+    /// shelf never had included), and nothing left taken after a rollback.
+    async fn the_shelf_is_taken_all_or_nothing(store: &Store) {
+        store
+            .restock(&Stock::generous().with(RARE_INGREDIENT, 1))
+            .await
+            .unwrap();
+        let mut unit = store.begin().await.unwrap();
+        let missing = unit
+            .take(&[("dough", 2), (RARE_INGREDIENT, 2), ("unicorn", 1)])
+            .await
+            .unwrap();
+        assert_eq!(missing, [RARE_INGREDIENT, "unicorn"]);
+        unit.rollback().await.unwrap();
+        assert_eq!(store.level("dough").await.unwrap(), GENEROUS);
+        assert_eq!(store.level(RARE_INGREDIENT).await.unwrap(), 1);
+
+        let mut unit = store.begin().await.unwrap();
+        let missing = unit
+            .take(&[(RARE_INGREDIENT, 1), ("dough", 2)])
+            .await
+            .unwrap();
+        assert!(missing.is_empty(), "{missing:?}");
+        unit.commit().await.unwrap();
+        assert_eq!(store.level("dough").await.unwrap(), GENEROUS - 2);
+        assert_eq!(store.level(RARE_INGREDIENT).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn sqlite_takes_the_shelf_in_one_statement_all_or_nothing() {
+        the_shelf_is_taken_all_or_nothing(&Store::memory()).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_takes_the_shelf_row_by_row_all_or_nothing() {
+        const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+        let admin = match sqlx::PgPool::connect(&format!("{SERVER}/test")).await {
+            Ok(admin) => admin,
+            Err(e) => {
+                assert!(
+                    std::env::var_os("TABGRAB_REQUIRE_SERVICES").is_none(),
+                    "PostgreSQL is required (TABGRAB_REQUIRE_SERVICES is set): {e}"
+                );
+                return;
+            }
+        };
+        let name = format!("pizzeria_take_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let store = Store::open(&format!("{SERVER}/{name}")).await.unwrap();
+        the_shelf_is_taken_all_or_nothing(&store).await;
+        if let Ok(Db::Postgres(p)) = store.db().await {
+            p.pool.close().await;
+        }
+        sqlx::query(&format!("DROP DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn store_urls_parse_and_hide_passwords() {
