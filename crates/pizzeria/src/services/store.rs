@@ -36,7 +36,7 @@
 //! on two cores that round trip (two context switches, about 50 µs) costs far more than
 //! SQLite's own work, and the transactions run one after the other. So a unit keeps its
 //! round trips few (the shelf is taken in one statement, the pool does not ping the
-//! connection before lending it), and handlers take turns ([`SQLITE_HANDLER_TURNS`]) so that
+//! connection before lending it), and handlers take turns (`SQLITE_HANDLER_TURNS`) so that
 //! the relay's claims are not queued behind a hundred of them.
 //!
 //! The tables are `pizzeria_payment_ledger` (one row per charge or refund),
