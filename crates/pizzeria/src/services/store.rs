@@ -42,7 +42,7 @@
 //! one batch instead of queueing behind a hundred handlers. A unit's `commit` returns once
 //! its batch committed, so a handler still acknowledges its event only when its inbox record,
 //! effect and staged events are durable together. On PostgreSQL each unit keeps a
-//! transaction of its own, at most `POSTGRES_HANDLER_TURNS` at once.
+//! transaction of its own on a connection of the pool.
 //!
 //! The tables are `pizzeria_payment_ledger` (one row per charge or refund),
 //! `pizzeria_inventory_reservations` (one row per reservation or release), `pizzeria_stock`,
@@ -64,7 +64,7 @@ use tabgrab::inbox::{Inbox, InboxStats};
 use tabgrab::outbox::{Outbox, OutboxStats, Relay};
 use tabgrab::{Envelope, Error, ErrorKind, Event};
 
-use tokio::sync::{Mutex, OnceCell, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Mutex, OnceCell, OwnedMutexGuard, watch};
 
 use super::inventory::Stock;
 use crate::messages::TOPIC;
@@ -85,10 +85,6 @@ const SQLITE_LINGER: Duration = Duration::from_millis(50);
 
 /// The savepoint of a unit that joined a batch.
 const SAVEPOINT: &str = "SAVEPOINT pizzeria_unit";
-
-/// Handler transactions at once on PostgreSQL: four of the pool's connections stay free for
-/// the relay (which holds one while it publishes a batch) and for reads.
-const POSTGRES_HANDLER_TURNS: usize = 12;
 
 /// The consumer groups that keep an inbox here.
 const GROUPS: [&str; 2] = [super::payment::GROUP, super::inventory::GROUP];
@@ -163,8 +159,9 @@ pub(crate) struct Parts<DB: tabgrab::sql::Database> {
 
 /// How a store's handlers share its connections.
 pub(crate) enum Gate<DB: tabgrab::sql::Database> {
-    /// PostgreSQL: a transaction per unit, at most this many at once.
-    Turns(Arc<Semaphore>),
+    /// PostgreSQL: a transaction of its own per unit, on a connection of the pool (a limit
+    /// in front of the pool's queue made runs slower, measured).
+    Pool,
     /// SQLite: units one after the other, several per transaction.
     Batches(Arc<Batcher<DB>>),
 }
@@ -172,7 +169,7 @@ pub(crate) enum Gate<DB: tabgrab::sql::Database> {
 impl<DB: tabgrab::sql::Database> Clone for Gate<DB> {
     fn clone(&self) -> Self {
         match self {
-            Gate::Turns(t) => Gate::Turns(Arc::clone(t)),
+            Gate::Pool => Gate::Pool,
             Gate::Batches(b) => Gate::Batches(Arc::clone(b)),
         }
     }
@@ -354,9 +351,8 @@ impl Store {
     }
 
     /// Begins one handler's unit: on SQLite in the open batch (see [`Batcher`]), on
-    /// PostgreSQL in a transaction of its own once a turn is free.
+    /// PostgreSQL in a transaction of its own.
     pub(crate) async fn begin(&self) -> Result<Unit, Error> {
-        let closed = |e| Error::new(ErrorKind::Closed, "pizzeria store: closed").with_source(e);
         Ok(match self.db().await? {
             Db::Sqlite(p) => {
                 let Gate::Batches(batcher) = &p.gate else {
@@ -371,18 +367,10 @@ impl Store {
                     parts: p.clone(),
                 }
             }
-            Db::Postgres(p) => {
-                let Gate::Turns(turns) = &p.gate else {
-                    return Err(Error::new(ErrorKind::Storage, "pizzeria store: no turns"));
-                };
-                // The semaphore is never closed.
-                let turn = Arc::clone(turns).acquire_owned().await.map_err(closed)?;
-                Unit::Postgres {
-                    tx: p.pool.begin().await.map_err(storage("begin"))?,
-                    parts: p.clone(),
-                    _turn: turn,
-                }
-            }
+            Db::Postgres(p) => Unit::Postgres {
+                tx: p.pool.begin().await.map_err(storage("begin"))?,
+                parts: p.clone(),
+            },
         })
     }
 
@@ -562,7 +550,7 @@ async fn create_pg(pool: &Pool<Postgres>) -> Result<Parts<Postgres>, Error> {
         outbox: Outbox::postgres(pool.clone()).await?,
         payment: Inbox::postgres(pool.clone(), GROUPS[0]).await?,
         inventory: Inbox::postgres(pool.clone(), GROUPS[1]).await?,
-        gate: Gate::Turns(Arc::new(Semaphore::new(POSTGRES_HANDLER_TURNS))),
+        gate: Gate::Pool,
         pool: pool.clone(),
     })
 }
@@ -760,8 +748,6 @@ pub(crate) enum Unit {
         tx: Transaction<'static, Postgres>,
         /// The outbox and inboxes.
         parts: Parts<Postgres>,
-        /// This unit's turn, given back when it ends.
-        _turn: OwnedSemaphorePermit,
     },
 }
 
