@@ -337,6 +337,7 @@ impl<DB: Database> Worker<DB> {
         let limit = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
         let pool = self.outbox.pool.clone();
         let table = Arc::clone(&self.outbox.table);
+        let started = std::time::Instant::now();
         let claimed = <DB as OutboxSql>::claim(
             &pool,
             &table,
@@ -366,6 +367,7 @@ impl<DB: Database> Worker<DB> {
             }
             return false;
         }
+        let claimed_after = started.elapsed();
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         self.stats
             .claimed
@@ -400,6 +402,7 @@ impl<DB: Database> Worker<DB> {
                 }
             }
         };
+        let published_after = started.elapsed();
         let published = !result.sent.is_empty();
         self.emit(&RelayEvent::MarkingSent {
             sent: result.sent.len(),
@@ -419,6 +422,15 @@ impl<DB: Database> Worker<DB> {
             // them now) and are published again: duplicates by id, never a loss.
             Err(e) => self.store_error("mark sent", &e),
         }
+        // Where a round's time goes: a claim or a "mark sent" that waits long is a relay
+        // queued behind the application's transactions on a small pool.
+        tracing::debug!(
+            relay = %self.owner, rows = rows.len(),
+            claim_us = micros(claimed_after),
+            publish_us = micros(published_after.saturating_sub(claimed_after)),
+            mark_sent_us = micros(started.elapsed().saturating_sub(published_after)),
+            "outbox relay round"
+        );
         published
     }
 
@@ -538,4 +550,9 @@ impl<DB: Database> Worker<DB> {
         }
         Ok(())
     }
+}
+
+/// Whole microseconds, for logs.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

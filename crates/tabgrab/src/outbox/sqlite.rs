@@ -145,12 +145,24 @@ impl OutboxSql for Sqlite {
         outcome: Outcome<'a>,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
+            let delete = format!(
+                "DELETE FROM {t} WHERE owner = ? AND seq IN (SELECT value FROM json_each(?))"
+            );
+            if outcome.failed.is_empty() && outcome.untouched.is_empty() {
+                // The usual end of a round: one statement, atomic by itself, so no
+                // BEGIN and COMMIT (each a round trip to sqlx's SQLite thread).
+                if !outcome.sent.is_empty() {
+                    sqlx::query(&delete)
+                        .bind(owner)
+                        .bind(json_list(outcome.sent.iter().copied()))
+                        .execute(pool)
+                        .await?;
+                }
+                return Ok(());
+            }
             let mut tx = pool.begin().await?;
             if !outcome.sent.is_empty() {
-                let sql = format!(
-                    "DELETE FROM {t} WHERE owner = ? AND seq IN (SELECT value FROM json_each(?))"
-                );
-                sqlx::query(&sql)
+                sqlx::query(&delete)
                     .bind(owner)
                     .bind(json_list(outcome.sent.iter().copied()))
                     .execute(&mut *tx)
