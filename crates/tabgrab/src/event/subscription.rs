@@ -911,7 +911,10 @@ impl Group {
             offset,
             first_attempt,
             envelope: Arc::new(envelope),
-            raw,
+            // A copy: the record is a slice of the buffer it was read in (a 64 KiB chunk of
+            // the log, a client's read buffer), which a slice would keep alive for as long as
+            // the job waits. Jobs spread thinly over a backlog pinned a chunk each.
+            raw: Bytes::copy_from_slice(&raw),
             _permit: permit,
         };
         let mut state = lock(&self.state);
