@@ -277,10 +277,12 @@ async fn postgres_outbox_publishes_committed_events_and_never_rolled_back_ones()
     wait_drained(&outbox, Duration::from_secs(5)).await;
     relay.shutdown().await.unwrap();
     assert_eq!(read_topic(&bus, "orders"), vec![committed]);
-    sqlx::query(&format!("DROP TABLE {table}"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    for t in [format!("{table}_dead"), table] {
+        sqlx::query(&format!("DROP TABLE {t}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
 }
 
 /// Backend independence, and the envelope id as the de-duplication key: a row published
@@ -314,4 +316,87 @@ async fn nats_relay_republish_is_deduplicated_by_the_envelope_id() {
     assert_eq!(stored, vec![e], "one event in the stream");
     relay.shutdown().await.unwrap();
     bus.delete_topic(&topic).await.unwrap();
+}
+
+/// An event the bus refuses for good (here: larger than the bus takes) goes to the outbox's
+/// dead-letter table with its reason, and the events behind it on its subject are published;
+/// nothing is lost and the subject is not blocked. Returns the dead letters for the caller's
+/// own checks.
+async fn refused_event_is_dead_lettered_and_its_subject_flows<DB: tabgrab::sql::Database>(
+    outbox: &Outbox<DB>,
+    pool: &sqlx::Pool<DB>,
+) -> Vec<tabgrab::outbox::OutboxDeadLetter>
+where
+    for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    // The bus takes envelopes of up to 1 KiB; the outbox (default codec) stages up to 1 MiB.
+    let mut config = tabgrab::backend::embedded::EmbeddedConfig::new(dir.path().join("bus"));
+    config.codec = tabgrab::Codec::with_max_size(1024);
+    let bus = EmbeddedBus::open_with(config).unwrap();
+    let big = Envelope::raw(
+        "/test",
+        "test.thing.happened.v1",
+        format!("{{\"pad\":\"{}\"}}", "x".repeat(4096)).into(),
+    )
+    .with_subject("o-1");
+    let after = event(2, "o-1");
+    let other = event(3, "o-2");
+    let mut tx = pool.begin().await.unwrap();
+    for e in [&big, &after, &other] {
+        outbox.stage(&mut tx, "orders", e).await.unwrap();
+    }
+    outbox.commit(tx).await.unwrap();
+    let relay = outbox.relay(&bus).start();
+    wait_drained(outbox, Duration::from_secs(5)).await;
+    let stats = relay.stats();
+    relay.shutdown().await.unwrap();
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    assert_eq!(outbox.stats().dead_lettered, 1);
+    // The event behind it on its subject, and the other subject, were published, in order.
+    assert_eq!(read_topic(&bus, "orders"), vec![after, other]);
+    let letters = outbox.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.id, big.id);
+    assert_eq!(letter.topic, "orders");
+    assert_eq!(letter.subject, "o-1");
+    assert_eq!(letter.reason, "too_large");
+    assert_eq!(letter.attempts, 1);
+    assert!(!letter.error.is_empty());
+    // Kept as staged: it decodes to the very envelope.
+    assert_eq!(
+        tabgrab::Codec::default().decode(&letter.envelope).unwrap(),
+        big
+    );
+    letters
+}
+
+#[tokio::test]
+async fn sqlite_refused_event_is_dead_lettered_and_its_subject_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(dir.path()).await;
+    let outbox = Outbox::sqlite(pool.clone()).await.unwrap();
+    refused_event_is_dead_lettered_and_its_subject_flows(&outbox, &pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refused_event_is_dead_lettered_and_its_subject_flows() {
+    if !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .unwrap();
+    let table = format!("outbox_dead_{:x}", rand::random::<u32>());
+    let outbox = Outbox::postgres_table(pool.clone(), &table).await.unwrap();
+    refused_event_is_dead_lettered_and_its_subject_flows(&outbox, &pool).await;
+    for t in [format!("{table}_dead"), table] {
+        sqlx::query(&format!("DROP TABLE {t}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
 }

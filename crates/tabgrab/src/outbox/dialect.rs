@@ -43,6 +43,24 @@ pub struct Outcome<'a> {
     pub failed: &'a [(i64, String)],
     /// Not attempted (held behind a failure of their subject, or shutdown): give them back.
     pub untouched: &'a [i64],
+    /// Rows the bus refused for good (bad input), with the reason kind and the error: moved
+    /// to the dead-letter table, so that their subject flows again.
+    pub dead: &'a [(i64, &'static str, String)],
+}
+
+/// A row of the dead-letter table.
+#[derive(Debug)]
+pub struct DeadRow {
+    pub seq: i64,
+    pub id: String,
+    pub topic: String,
+    pub subject: String,
+    pub envelope: Vec<u8>,
+    pub staged_ms: i64,
+    pub attempts: i64,
+    pub reason: String,
+    pub error: String,
+    pub dead_ms: i64,
 }
 
 /// The outbox's SQL for one database. Public in a private module: sealed, so only tabgrab
@@ -103,9 +121,40 @@ pub trait OutboxSql: sqlx::Database + Sized {
         pool: &'a sqlx::Pool<Self>,
         table: &'a str,
     ) -> BoxFuture<'a, Result<i64, sqlx::Error>>;
+
+    fn dead_letters<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DeadRow>, sqlx::Error>>;
 }
 
 /// A JSON array of sequence numbers (SQLite binds a list as one `json_each` argument).
+/// The columns of the dead-letter table `<table>_dead`, in the order [`DeadRow`] reads them.
+pub(crate) const DEAD_COLUMNS: &str =
+    "seq, id, topic, subject, envelope, staged_ms, attempts, reason, error, dead_ms";
+
+/// Reads a [`DeadRow`].
+pub(crate) fn dead_row<R: sqlx::Row>(r: &R) -> Result<DeadRow, sqlx::Error>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(DeadRow {
+        seq: r.try_get("seq")?,
+        id: r.try_get("id")?,
+        topic: r.try_get("topic")?,
+        subject: r.try_get("subject")?,
+        envelope: r.try_get("envelope")?,
+        staged_ms: r.try_get("staged_ms")?,
+        attempts: r.try_get("attempts")?,
+        reason: r.try_get("reason")?,
+        error: r.try_get("error")?,
+        dead_ms: r.try_get("dead_ms")?,
+    })
+}
+
 pub(crate) fn json_list(seqs: impl IntoIterator<Item = i64>) -> String {
     let mut out = String::from("[");
     for (i, s) in seqs.into_iter().enumerate() {

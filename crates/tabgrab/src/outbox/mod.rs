@@ -31,6 +31,11 @@
 //!   when they update that subject's row); and a relay stalled past its lease (SQLite) may
 //!   publish a copy after its successor, out of order (the copy is a duplicate by id).
 //! - **Bounded table:** sent rows are deleted in the transaction that ends the claim.
+//! - **Bad input does not block a subject:** an event the bus refuses for good (too large for
+//!   it, malformed) is moved, in the transaction that ends the claim, to the dead-letter
+//!   table `<table>_dead` with the reason ([`Outbox::dead_letters`]), and the events behind
+//!   it on its subject are published. A failure that a retry may fix (the bus down) keeps the
+//!   row, and its subject waits.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tabgrab::Error> {
@@ -91,6 +96,8 @@ pub(crate) struct Counters {
     pub(crate) publish_errors: AtomicU64,
     /// Claims, renewals or deletes that failed (retried after a poll interval).
     pub(crate) store_errors: AtomicU64,
+    /// Rows moved to the dead-letter table.
+    pub(crate) dead_lettered: AtomicU64,
     /// Rows deleted after their publish.
     pub(crate) marked_sent: AtomicU64,
 }
@@ -112,6 +119,36 @@ pub struct OutboxStats {
     pub store_errors: u64,
     /// Rows deleted after their publish.
     pub marked_sent: u64,
+    /// Rows the bus refused for good (too large, malformed), moved by a relay to the
+    /// dead-letter table ([`Outbox::dead_letters`]).
+    pub dead_lettered: u64,
+}
+
+/// A staged event the bus refused for good (too large for it, malformed), which a relay moved
+/// out of the outbox into `<table>_dead` so that the events behind it on its subject flow.
+/// Nothing is lost: the row keeps the envelope as it was staged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxDeadLetter {
+    /// The row's staging sequence number.
+    pub seq: i64,
+    /// The envelope id.
+    pub id: String,
+    /// The topic it was staged for.
+    pub topic: String,
+    /// Its subject (empty when it had none).
+    pub subject: String,
+    /// The envelope as staged (the outbox codec's structured JSON).
+    pub envelope: Vec<u8>,
+    /// When it was staged, in milliseconds since the Unix epoch.
+    pub staged_ms: i64,
+    /// Publish attempts, the refused one included.
+    pub attempts: i64,
+    /// The error kind, e.g. `too_large`.
+    pub reason: String,
+    /// The bus's error, in words.
+    pub error: String,
+    /// When it was moved, in milliseconds since the Unix epoch.
+    pub dead_ms: i64,
 }
 
 /// A transactional outbox in the application's database. Cheap to clone.
@@ -276,7 +313,31 @@ impl<DB: Database> Outbox<DB> {
             publish_errors: c.publish_errors.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
             marked_sent: c.marked_sent.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
         }
+    }
+
+    /// The events a relay moved out of the outbox because the bus refused them for good,
+    /// oldest first. They stay until the application deletes them from `<table>_dead`.
+    pub async fn dead_letters(&self) -> Result<Vec<OutboxDeadLetter>, Error> {
+        let rows = <DB as dialect::OutboxSql>::dead_letters(&self.pool, &self.table)
+            .await
+            .map_err(|e| db_error(&Self::what(), "list the dead letters", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboxDeadLetter {
+                seq: r.seq,
+                id: r.id,
+                topic: r.topic,
+                subject: r.subject,
+                envelope: r.envelope,
+                staged_ms: r.staged_ms,
+                attempts: r.attempts,
+                reason: r.reason,
+                error: r.error,
+                dead_ms: r.dead_ms,
+            })
+            .collect())
     }
 
     /// Starts building a relay that publishes this outbox's rows to `bus` (a [`Bus`] or an

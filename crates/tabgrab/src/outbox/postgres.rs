@@ -16,7 +16,9 @@ use futures::future::BoxFuture;
 use sqlx::Postgres;
 use sqlx::Row as _;
 
-use super::dialect::{Claimed, ClaimedRow, NewRow, OutboxSql, Outcome};
+use super::dialect::{
+    Claimed, ClaimedRow, DEAD_COLUMNS, DeadRow, NewRow, OutboxSql, Outcome, dead_row,
+};
 
 impl OutboxSql for Postgres {
     const NAME: &'static str = "postgres";
@@ -29,6 +31,17 @@ impl OutboxSql for Postgres {
         async move {
             // An existing table is left alone: CREATE INDEX would wait for every open
             // transaction that wrote to it (a relay holding its claim, a stalled consumer).
+            if !table_exists(pool, &format!("{t}_dead")).await? {
+                // Checked on its own: an outbox made before dead letters gets the table too.
+                let dead = format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_dead (\
+                       seq BIGINT PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL, \
+                       subject TEXT NOT NULL, envelope BYTEA NOT NULL, staged_ms BIGINT NOT NULL, \
+                       attempts BIGINT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, \
+                       dead_ms BIGINT NOT NULL)"
+                );
+                sqlx::query(&dead).execute(pool).await?;
+            }
             if table_exists(pool, &format!("{t}_subject")).await? {
                 return Ok(());
             }
@@ -157,6 +170,22 @@ impl OutboxSql for Postgres {
                     .execute(&mut *tx)
                     .await?;
             }
+            let bury = format!(
+                "INSERT INTO {t}_dead ({DEAD_COLUMNS}) \
+                 SELECT seq, id, topic, subject, envelope, staged_ms, attempts + 1, $1, $2, $3 \
+                 FROM {t} WHERE seq = $4"
+            );
+            let remove = format!("DELETE FROM {t} WHERE seq = $1");
+            for (seq, reason, error) in outcome.dead {
+                sqlx::query(&bury)
+                    .bind(*reason)
+                    .bind(error)
+                    .bind(crate::sql::now_ms())
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&remove).bind(seq).execute(&mut *tx).await?;
+            }
             // Untouched rows need nothing: committing releases their locks.
             tx.commit().await
         }
@@ -172,6 +201,18 @@ impl OutboxSql for Postgres {
                 .fetch_one(pool)
                 .await?;
             row.try_get("n")
+        }
+        .boxed()
+    }
+
+    fn dead_letters<'a>(
+        pool: &'a sqlx::Pool<Postgres>,
+        t: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DeadRow>, sqlx::Error>> {
+        async move {
+            let sql = format!("SELECT {DEAD_COLUMNS} FROM {t}_dead ORDER BY seq");
+            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            rows.iter().map(dead_row).collect()
         }
         .boxed()
     }

@@ -189,6 +189,7 @@ struct RelayCounters {
     publish_errors: AtomicU64,
     /// Failed claims, renewals, deletes.
     store_errors: AtomicU64,
+    dead_lettered: AtomicU64,
 }
 
 /// A snapshot of one relay's counters.
@@ -206,6 +207,8 @@ pub struct RelayStats {
     pub publish_errors: u64,
     /// Failed claims, renewals or deletes.
     pub store_errors: u64,
+    /// Rows the bus refused for good, moved to the dead-letter table.
+    pub dead_lettered: u64,
 }
 
 /// A running relay. Dropping it stops the task (without waiting); [`Relay::shutdown`] stops
@@ -238,6 +241,7 @@ impl Relay {
             duplicates: s.duplicates.load(Ordering::Relaxed),
             publish_errors: s.publish_errors.load(Ordering::Relaxed),
             store_errors: s.store_errors.load(Ordering::Relaxed),
+            dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
         }
     }
 
@@ -294,6 +298,8 @@ struct LaneResult {
     failed: Vec<(i64, String)>,
     /// Not attempted (behind a failure of their subject): given back.
     untouched: Vec<i64>,
+    /// Refused for good (bad input): to the dead-letter table, with the reason and error.
+    dead: Vec<(i64, &'static str, String)>,
 }
 
 impl<DB: Database> Worker<DB> {
@@ -359,6 +365,7 @@ impl<DB: Database> Worker<DB> {
                 sent: &[],
                 failed: &[],
                 untouched: &[],
+                dead: &[],
             };
             if let Err(e) =
                 <DB as OutboxSql>::finish(claim, &pool, &table, &self.owner, empty).await
@@ -411,12 +418,18 @@ impl<DB: Database> Worker<DB> {
             sent: &result.sent,
             failed: &result.failed,
             untouched: &result.untouched,
+            dead: &result.dead,
         };
         match <DB as OutboxSql>::finish(claim, &pool, &table, &self.owner, outcome).await {
             Ok(()) => {
                 self.counters()
                     .marked_sent
                     .fetch_add(result.sent.len() as u64, Ordering::Relaxed);
+                let dead = result.dead.len() as u64;
+                self.stats.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+                self.counters()
+                    .dead_lettered
+                    .fetch_add(dead, Ordering::Relaxed);
             }
             // The rows stay (SQLite: until the lease lapses; PostgreSQL: the rollback frees
             // them now) and are published again: duplicates by id, never a loss.
@@ -493,6 +506,19 @@ impl<DB: Database> Worker<DB> {
                                     batch,
                                 });
                             }
+                            Err(e) if refused_for_good(e.kind()) => {
+                                // No retry can publish it (too large, malformed): kept in the
+                                // dead-letter table, and its subject goes on.
+                                this.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                                this.counters()
+                                    .publish_errors
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(
+                                    relay = %this.owner, seq = row.seq, id = %row.id, topic = %row.topic,
+                                    error = %e, "outbox relay: the bus refuses this event for good; it goes to the outbox's dead letters"
+                                );
+                                out.dead.push((row.seq, e.kind().as_str(), e.to_string()));
+                            }
                             Err(e) => {
                                 this.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
                                 this.counters()
@@ -516,6 +542,7 @@ impl<DB: Database> Worker<DB> {
                 all.sent.extend(r.sent);
                 all.failed.extend(r.failed);
                 all.untouched.extend(r.untouched);
+                all.dead.extend(r.dead);
             }
             all
         }
@@ -555,4 +582,20 @@ impl<DB: Database> Worker<DB> {
 /// Whole microseconds, for logs.
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Whether a publish error means the event can never be published (bad input: too large for
+/// the bus, malformed, a type or attribute the bus refuses), so retrying would block its
+/// subject forever.
+fn refused_for_good(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Malformed
+            | ErrorKind::TooLarge
+            | ErrorKind::UnknownType
+            | ErrorKind::UnsupportedVersion
+            | ErrorKind::MissingAttribute
+            | ErrorKind::TypeMismatch
+            | ErrorKind::InvalidPayload
+    )
 }

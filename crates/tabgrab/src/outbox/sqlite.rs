@@ -11,7 +11,9 @@ use futures::future::BoxFuture;
 use sqlx::Row as _;
 use sqlx::Sqlite;
 
-use super::dialect::{Claimed, ClaimedRow, NewRow, OutboxSql, Outcome, json_list};
+use super::dialect::{
+    Claimed, ClaimedRow, DEAD_COLUMNS, DeadRow, NewRow, OutboxSql, Outcome, dead_row, json_list,
+};
 
 impl OutboxSql for Sqlite {
     const NAME: &'static str = "sqlite";
@@ -24,6 +26,17 @@ impl OutboxSql for Sqlite {
         async move {
             // An existing table is left alone: even `IF NOT EXISTS` DDL takes the write lock,
             // and would wait for a writer that is stalled inside its transaction.
+            if !sqlite_exists(pool, &format!("{t}_dead")).await? {
+                // Checked on its own: an outbox made before dead letters gets the table too.
+                let dead = format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_dead (\
+                       seq INTEGER PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL, \
+                       subject TEXT NOT NULL, envelope BLOB NOT NULL, staged_ms INTEGER NOT NULL, \
+                       attempts INTEGER NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, \
+                       dead_ms INTEGER NOT NULL)"
+                );
+                sqlx::query(&dead).execute(pool).await?;
+            }
             if sqlite_exists(pool, &format!("{t}_subject")).await? {
                 return Ok(());
             }
@@ -148,7 +161,8 @@ impl OutboxSql for Sqlite {
             let delete = format!(
                 "DELETE FROM {t} WHERE owner = ? AND seq IN (SELECT value FROM json_each(?))"
             );
-            if outcome.failed.is_empty() && outcome.untouched.is_empty() {
+            if outcome.failed.is_empty() && outcome.untouched.is_empty() && outcome.dead.is_empty()
+            {
                 // The usual end of a round: one statement, atomic by itself, so no
                 // BEGIN and COMMIT (each a round trip to sqlx's SQLite thread).
                 if !outcome.sent.is_empty() {
@@ -180,6 +194,27 @@ impl OutboxSql for Sqlite {
                     .execute(&mut *tx)
                     .await?;
             }
+            let bury = format!(
+                "INSERT INTO {t}_dead ({DEAD_COLUMNS}) \
+                 SELECT seq, id, topic, subject, envelope, staged_ms, attempts + 1, ?, ?, ? \
+                 FROM {t} WHERE owner = ? AND seq = ?"
+            );
+            let remove = format!("DELETE FROM {t} WHERE owner = ? AND seq = ?");
+            for (seq, reason, error) in outcome.dead {
+                sqlx::query(&bury)
+                    .bind(*reason)
+                    .bind(error)
+                    .bind(crate::sql::now_ms())
+                    .bind(owner)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&remove)
+                    .bind(owner)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             if !outcome.untouched.is_empty() {
                 let sql = format!(
                     "UPDATE {t} SET lease_until_ms = 0 WHERE owner = ? \
@@ -205,6 +240,18 @@ impl OutboxSql for Sqlite {
                 .fetch_one(pool)
                 .await?;
             row.try_get("n")
+        }
+        .boxed()
+    }
+
+    fn dead_letters<'a>(
+        pool: &'a sqlx::Pool<Sqlite>,
+        t: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DeadRow>, sqlx::Error>> {
+        async move {
+            let sql = format!("SELECT {DEAD_COLUMNS} FROM {t}_dead ORDER BY seq");
+            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            rows.iter().map(dead_row).collect()
         }
         .boxed()
     }
