@@ -191,6 +191,39 @@ async fn sqlite_inbox_reports_a_second_delivery_as_a_duplicate() {
     assert!(other_group.contains(&e.id).await.unwrap());
 }
 
+/// The background pruner removes ids older than the retention, of its own group, and stops
+/// when shut down.
+#[tokio::test]
+async fn sqlite_inbox_pruner_removes_old_ids_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(dir.path()).await;
+    let inbox = Inbox::sqlite(pool.clone(), "payment").await.unwrap();
+    let other_group = Inbox::sqlite(pool.clone(), "kitchen").await.unwrap();
+    let events: Vec<Envelope> = (0..5).map(|n| event(n, "o-1")).collect();
+    let mut tx = pool.begin().await.unwrap();
+    for e in &events {
+        assert!(inbox.record(&mut tx, e).await.unwrap());
+        assert!(other_group.record(&mut tx, e).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    // A retention of 1 ms: every id is old by the pruner's first round.
+    let pruner = inbox.spawn_pruner(Duration::from_millis(20), Duration::from_millis(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while inbox.stats().pruned < 5 {
+        assert!(Instant::now() < deadline, "pruned {}", inbox.stats().pruned);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pruner.shutdown().await;
+    for e in &events {
+        assert!(!inbox.contains(&e.id).await.unwrap(), "{} was pruned", e.id);
+        assert!(
+            other_group.contains(&e.id).await.unwrap(),
+            "another group's ids stay"
+        );
+    }
+    assert_eq!(inbox.stats().pruned, 5);
+}
+
 #[tokio::test]
 async fn stage_refuses_a_bad_topic_and_a_bad_table_name() {
     let dir = tempfile::tempdir().unwrap();

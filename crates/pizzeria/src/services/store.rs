@@ -60,7 +60,7 @@ use sqlx::sqlite::{
 use sqlx::{Pool, Transaction};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tabgrab::backend::Bus;
-use tabgrab::inbox::{Inbox, InboxStats};
+use tabgrab::inbox::{Inbox, InboxStats, Pruner};
 use tabgrab::outbox::{Outbox, OutboxStats, Relay};
 use tabgrab::{Envelope, Error, ErrorKind, Event};
 
@@ -85,6 +85,13 @@ const SQLITE_LINGER: Duration = Duration::from_millis(50);
 
 /// The savepoint of a unit that joined a batch.
 const SAVEPOINT: &str = "SAVEPOINT pizzeria_unit";
+
+/// How long the inboxes remember a handled event's id: far beyond any redelivery (a broker's
+/// ack wait and backoff, a restart), so a late copy is still recognised.
+pub const INBOX_RETENTION: Duration = tabgrab::inbox::DEFAULT_RETENTION;
+
+/// How often the inboxes are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The consumer groups that keep an inbox here.
 const GROUPS: [&str; 2] = [super::payment::GROUP, super::inventory::GROUP];
@@ -317,8 +324,9 @@ impl Store {
             .await
     }
 
-    /// Starts a relay that publishes the staged events to the pizzeria topic of `bus`. Several
-    /// relays may run on one PostgreSQL store (one per process).
+    /// Starts a relay that publishes the staged events to the pizzeria topic of `bus`, and
+    /// the pruners that keep the two inboxes to [`INBOX_RETENTION`] (hourly). Several relays
+    /// may run on one PostgreSQL store (one per process; pruning twice is harmless).
     pub fn relay(&self, bus: &Bus) -> StoreRelay {
         let store = self.clone();
         let bus = bus.clone();
@@ -327,7 +335,14 @@ impl Store {
         let task = tokio::spawn(async move {
             let db = store.db().await?;
             let relay: Relay = on_db!(db, p => p.outbox.relay(bus).poll_interval(Duration::from_millis(50)).start());
+            let pruners: [Pruner; 2] = on_db!(db, p => [
+                p.payment.spawn_pruner(PRUNE_EVERY, INBOX_RETENTION),
+                p.inventory.spawn_pruner(PRUNE_EVERY, INBOX_RETENTION),
+            ]);
             stopped.cancelled().await;
+            for pruner in pruners {
+                pruner.shutdown().await;
+            }
             relay.shutdown().await
         });
         StoreRelay {

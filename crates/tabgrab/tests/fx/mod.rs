@@ -170,7 +170,14 @@ impl Db {
     pub async fn drop_tables(&self) {
         if let Db::Postgres(..) = self {
             let p = self.prefix().to_owned();
-            for t in ["effects", "dups", "ledger", "inbox", "outbox", "outbox_dead"] {
+            for t in [
+                "effects",
+                "dups",
+                "ledger",
+                "inbox",
+                "outbox",
+                "outbox_dead",
+            ] {
                 self.exec(&format!("DROP TABLE IF EXISTS {p}_{t}")).await;
             }
         }
