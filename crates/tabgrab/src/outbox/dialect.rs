@@ -3,6 +3,8 @@
 
 use futures::future::BoxFuture;
 
+use super::OutboxDeadLetter;
+
 /// A staged event, as `stage` inserts it.
 pub struct NewRow<'a> {
     /// The envelope id (the de-duplication key).
@@ -46,21 +48,6 @@ pub struct Outcome<'a> {
     /// Rows the bus refused for good (bad input), with the reason kind and the error: moved
     /// to the dead-letter table, so that their subject flows again.
     pub dead: &'a [(i64, &'static str, String)],
-}
-
-/// A row of the dead-letter table.
-#[derive(Debug)]
-pub struct DeadRow {
-    pub seq: i64,
-    pub id: String,
-    pub topic: String,
-    pub subject: String,
-    pub envelope: Vec<u8>,
-    pub staged_ms: i64,
-    pub attempts: i64,
-    pub reason: String,
-    pub error: String,
-    pub dead_ms: i64,
 }
 
 /// The outbox's SQL for one database. Public in a private module: sealed, so only tabgrab
@@ -125,23 +112,23 @@ pub trait OutboxSql: sqlx::Database + Sized {
     fn dead_letters<'a>(
         pool: &'a sqlx::Pool<Self>,
         table: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<DeadRow>, sqlx::Error>>;
+    ) -> BoxFuture<'a, Result<Vec<OutboxDeadLetter>, sqlx::Error>>;
 }
 
 /// A JSON array of sequence numbers (SQLite binds a list as one `json_each` argument).
-/// The columns of the dead-letter table `<table>_dead`, in the order [`DeadRow`] reads them.
+/// The columns of the dead-letter table `<table>_dead`.
 pub(crate) const DEAD_COLUMNS: &str =
     "seq, id, topic, subject, envelope, staged_ms, attempts, reason, error, dead_ms";
 
-/// Reads a [`DeadRow`].
-pub(crate) fn dead_row<R: sqlx::Row>(r: &R) -> Result<DeadRow, sqlx::Error>
+/// Reads a row of the dead-letter table.
+pub(crate) fn dead_row<R: sqlx::Row>(r: &R) -> Result<OutboxDeadLetter, sqlx::Error>
 where
     for<'c> &'c str: sqlx::ColumnIndex<R>,
     i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    Ok(DeadRow {
+    Ok(OutboxDeadLetter {
         seq: r.try_get("seq")?,
         id: r.try_get("id")?,
         topic: r.try_get("topic")?,

@@ -320,24 +320,9 @@ impl<DB: Database> Outbox<DB> {
     /// The events a relay moved out of the outbox because the bus refused them for good,
     /// oldest first. They stay until the application deletes them from `<table>_dead`.
     pub async fn dead_letters(&self) -> Result<Vec<OutboxDeadLetter>, Error> {
-        let rows = <DB as dialect::OutboxSql>::dead_letters(&self.pool, &self.table)
+        <DB as dialect::OutboxSql>::dead_letters(&self.pool, &self.table)
             .await
-            .map_err(|e| db_error(&Self::what(), "list the dead letters", e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| OutboxDeadLetter {
-                seq: r.seq,
-                id: r.id,
-                topic: r.topic,
-                subject: r.subject,
-                envelope: r.envelope,
-                staged_ms: r.staged_ms,
-                attempts: r.attempts,
-                reason: r.reason,
-                error: r.error,
-                dead_ms: r.dead_ms,
-            })
-            .collect())
+            .map_err(|e| db_error(&Self::what(), "list the dead letters", e))
     }
 
     /// Starts building a relay that publishes this outbox's rows to `bus` (a [`Bus`] or an

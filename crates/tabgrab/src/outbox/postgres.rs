@@ -16,9 +16,7 @@ use futures::future::BoxFuture;
 use sqlx::Postgres;
 use sqlx::Row as _;
 
-use super::dialect::{
-    Claimed, ClaimedRow, DEAD_COLUMNS, DeadRow, NewRow, OutboxSql, Outcome, dead_row,
-};
+use super::dialect::{Claimed, ClaimedRow, DEAD_COLUMNS, NewRow, OutboxSql, Outcome, dead_row};
 
 impl OutboxSql for Postgres {
     const NAME: &'static str = "postgres";
@@ -208,7 +206,7 @@ impl OutboxSql for Postgres {
     fn dead_letters<'a>(
         pool: &'a sqlx::Pool<Postgres>,
         t: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<DeadRow>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<super::OutboxDeadLetter>, sqlx::Error>> {
         async move {
             let sql = format!("SELECT {DEAD_COLUMNS} FROM {t}_dead ORDER BY seq");
             let rows = sqlx::query(&sql).fetch_all(pool).await?;

@@ -12,7 +12,7 @@ use sqlx::Row as _;
 use sqlx::Sqlite;
 
 use super::dialect::{
-    Claimed, ClaimedRow, DEAD_COLUMNS, DeadRow, NewRow, OutboxSql, Outcome, dead_row, json_list,
+    Claimed, ClaimedRow, DEAD_COLUMNS, NewRow, OutboxSql, Outcome, dead_row, json_list,
 };
 
 impl OutboxSql for Sqlite {
@@ -247,7 +247,7 @@ impl OutboxSql for Sqlite {
     fn dead_letters<'a>(
         pool: &'a sqlx::Pool<Sqlite>,
         t: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<DeadRow>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<super::OutboxDeadLetter>, sqlx::Error>> {
         async move {
             let sql = format!("SELECT {DEAD_COLUMNS} FROM {t}_dead ORDER BY seq");
             let rows = sqlx::query(&sql).fetch_all(pool).await?;
