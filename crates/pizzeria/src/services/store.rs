@@ -532,6 +532,23 @@ async fn connect(url: &StoreUrl) -> Result<Db, Error> {
             }))
         }
         StoreUrl::Postgres(url) => {
+            // One direct connection first: the pool retries a refused connection until its
+            // acquire timeout and then reports only that it timed out, so a wrong host, port
+            // or password would cost 30 s and hide the reason.
+            use sqlx::Connection as _;
+            let probe = tokio::time::timeout(
+                Duration::from_secs(10),
+                sqlx::postgres::PgConnection::connect(url),
+            )
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Storage,
+                    "pizzeria store: PostgreSQL did not answer within 10 s",
+                )
+            })?
+            .map_err(storage("connect to PostgreSQL"))?;
+            let _ = probe.close().await;
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(30))
@@ -1194,6 +1211,35 @@ mod tests {
     use super::*;
     use crate::menu::RARE_INGREDIENT;
     use crate::services::inventory::GENEROUS;
+
+    /// A PostgreSQL that refuses the connection is reported at once, with the reason, not
+    /// after the pool's 30 s acquire timeout as "pool timed out".
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_reported_at_once_with_the_reason() {
+        let started = std::time::Instant::now();
+        // Port 1 on loopback: nothing listens, the kernel refuses at once.
+        let error = match Store::open("postgres://nobody@127.0.0.1:1/x").await {
+            Ok(_) => panic!("nothing listens on port 1"),
+            Err(e) => e,
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(error.kind(), ErrorKind::Storage);
+        let chain = format!("{error:#}");
+        let mut source = std::error::Error::source(&error);
+        let mut causes = String::new();
+        while let Some(cause) = source {
+            causes.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        assert!(
+            causes.to_lowercase().contains("refused"),
+            "the reason is kept: {chain} / {causes}"
+        );
+    }
 
     /// Takes from `store`'s shelf: all or nothing, naming what is short (an ingredient the
     /// shelf never had included), and nothing left taken after a rollback.
