@@ -66,3 +66,30 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// A PostgreSQL pool of up to `max_connections`, made after one direct connection succeeded.
+///
+/// sqlx's pool retries a refused connection until its acquire timeout and then reports only
+/// that it timed out, so a wrong host, port, password or database would cost the whole
+/// timeout and hide the reason. The direct connection fails at once with it (connection
+/// refused, password authentication failed, database does not exist); it is given
+/// `probe_timeout` for a server that does not answer at all.
+#[cfg(feature = "postgres")]
+pub async fn connect_postgres(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+    probe_timeout: std::time::Duration,
+) -> Result<sqlx::PgPool, sqlx::Error> {
+    use sqlx::Connection as _;
+    let probe = tokio::time::timeout(probe_timeout, sqlx::PgConnection::connect(url))
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    // Closing is a courtesy to the server; the pool opens its own connections.
+    let _ = probe.close().await;
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect(url)
+        .await
+}

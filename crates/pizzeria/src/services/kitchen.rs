@@ -123,11 +123,14 @@ impl Kitchen {
             )
             .with_source(e)
         };
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(database_url)
-            .await
-            .map_err(db)?;
+        let pool = tabgrab::sql::connect_postgres(
+            database_url,
+            8,
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(db)?;
         let create = "CREATE TABLE IF NOT EXISTS pizzeria_kitchen_tickets \
                       (order_id UUID PRIMARY KEY, flags SMALLINT NOT NULL)";
         // Two kitchens starting together race on CREATE TABLE IF NOT EXISTS (PostgreSQL

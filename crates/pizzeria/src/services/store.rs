@@ -53,7 +53,7 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPoolOptions, Postgres};
+use sqlx::postgres::Postgres;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -532,29 +532,16 @@ async fn connect(url: &StoreUrl) -> Result<Db, Error> {
             }))
         }
         StoreUrl::Postgres(url) => {
-            // One direct connection first: the pool retries a refused connection until its
-            // acquire timeout and then reports only that it timed out, so a wrong host, port
-            // or password would cost 30 s and hide the reason.
-            use sqlx::Connection as _;
-            let probe = tokio::time::timeout(
+            // Probes with one direct connection first: a refused one is reported at once,
+            // with its reason, not after the pool's acquire timeout as "pool timed out".
+            let pool = tabgrab::sql::connect_postgres(
+                url,
+                16,
+                Duration::from_secs(30),
                 Duration::from_secs(10),
-                sqlx::postgres::PgConnection::connect(url),
             )
             .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Storage,
-                    "pizzeria store: PostgreSQL did not answer within 10 s",
-                )
-            })?
             .map_err(storage("connect to PostgreSQL"))?;
-            let _ = probe.close().await;
-            let pool = PgPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect(url)
-                .await
-                .map_err(storage("connect to PostgreSQL"))?;
             // Processes starting together race on CREATE .. IF NOT EXISTS (PostgreSQL reports
             // a unique violation to the loser): a few tries, then the tables are there.
             let mut attempt = 0;

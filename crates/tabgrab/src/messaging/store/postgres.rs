@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use sqlx::Row as _;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgRow};
 
 use super::{
     Claim, CorrelationStore, PendingRequest, RecordState, ReplyKey, StoreCounts, add_count,
@@ -116,12 +116,10 @@ impl PostgresStore {
     /// Connects to `url` and uses table `table` (`[a-z0-9_]`, created if needed).
     pub async fn connect_table(url: &str, table: &str) -> Result<PostgresStore, Error> {
         validate_table(table)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await
-            .map_err(|e| db_error("postgres", "connect", e))?;
+        let pool =
+            crate::sql::connect_postgres(url, 8, Duration::from_secs(10), Duration::from_secs(10))
+                .await
+                .map_err(|e| db_error("postgres", "connect", e))?;
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {table} (\
                id TEXT PRIMARY KEY, grp TEXT NOT NULL, request_type TEXT NOT NULL, \
