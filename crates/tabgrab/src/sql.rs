@@ -84,7 +84,15 @@ pub async fn connect_postgres(
     use sqlx::Connection as _;
     let probe = tokio::time::timeout(probe_timeout, sqlx::PgConnection::connect(url))
         .await
-        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        .map_err(|_| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "PostgreSQL did not answer within {} ms",
+                    probe_timeout.as_millis()
+                ),
+            ))
+        })??;
     // Closing is a courtesy to the server; the pool opens its own connections.
     let _ = probe.close().await;
     sqlx::postgres::PgPoolOptions::new()

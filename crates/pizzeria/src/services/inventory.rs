@@ -224,11 +224,9 @@ impl Inventory {
         let needs = needs(&pizzas);
         let cause = ctx.envelope();
         let order = e.order_id.to_string();
-        let mut unit = self.inner.store.begin().await?;
-        if !unit.record(GROUP, cause).await? {
-            unit.rollback().await?;
+        let Some(mut unit) = self.inner.store.begin_once(GROUP, cause).await? else {
             return Ok(()); // a duplicate: reserved (or found missing) already
-        }
+        };
         if unit.lock_order(GROUP, &order, false).await? {
             unit.commit().await?; // cancelled before this late OrderAccepted
             return Ok(());
@@ -247,11 +245,9 @@ impl Inventory {
         }
         // Something is short: take nothing. Undo the partial take in a fresh transaction.
         unit.rollback().await?;
-        let mut unit = self.inner.store.begin().await?;
-        if !unit.record(GROUP, cause).await? {
-            unit.rollback().await?;
+        let Some(mut unit) = self.inner.store.begin_once(GROUP, cause).await? else {
             return Ok(());
-        }
+        };
         if unit.lock_order(GROUP, &order, false).await? {
             unit.commit().await?;
             return Ok(());
@@ -271,11 +267,9 @@ impl Inventory {
         self.shelve().await?;
         let cause = ctx.envelope();
         let order = e.order_id.to_string();
-        let mut unit = self.inner.store.begin().await?;
-        if !unit.record(GROUP, cause).await? {
-            unit.rollback().await?;
+        let Some(mut unit) = self.inner.store.begin_once(GROUP, cause).await? else {
             return Ok(());
-        }
+        };
         unit.lock_order(GROUP, &order, true).await?;
         let Some(pizzas) = unit.releasable(&order).await? else {
             unit.commit().await?; // nothing reserved, or released already

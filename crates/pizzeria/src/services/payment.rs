@@ -108,11 +108,9 @@ impl Payment {
     async fn charge(&self, e: OrderAccepted, ctx: &Context) -> Result<(), HandlerError> {
         let cause = ctx.envelope();
         let order = e.order_id.to_string();
-        let mut unit = self.inner.store.begin().await?;
-        if !unit.record(GROUP, cause).await? {
-            unit.rollback().await?;
+        let Some(mut unit) = self.inner.store.begin_once(GROUP, cause).await? else {
             return Ok(()); // a duplicate: charged (or declined) already
-        }
+        };
         if unit.lock_order(GROUP, &order, false).await? {
             // Cancelled before this (late) OrderAccepted: charge nothing.
             unit.commit().await?;
@@ -144,11 +142,9 @@ impl Payment {
     async fn refund(&self, e: OrderCancelled, ctx: &Context) -> Result<(), HandlerError> {
         let cause = ctx.envelope();
         let order = e.order_id.to_string();
-        let mut unit = self.inner.store.begin().await?;
-        if !unit.record(GROUP, cause).await? {
-            unit.rollback().await?;
+        let Some(mut unit) = self.inner.store.begin_once(GROUP, cause).await? else {
             return Ok(());
-        }
+        };
         unit.lock_order(GROUP, &order, true).await?;
         let Some(amount_cents) = unit.refundable(&order).await? else {
             unit.commit().await?; // nothing collected, or refunded already

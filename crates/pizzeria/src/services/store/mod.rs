@@ -350,6 +350,22 @@ impl Store {
         }))
     }
 
+    /// Begins the unit of `envelope`'s handling by `group` and records the envelope in the
+    /// group's inbox; `None` (the unit rolled back) when the group has handled it already, so a
+    /// redelivery changes nothing.
+    pub(crate) async fn begin_once(
+        &self,
+        group: &str,
+        envelope: &Envelope,
+    ) -> Result<Option<Unit>, Error> {
+        let mut unit = self.begin().await?;
+        if unit.record(group, envelope).await? {
+            return Ok(Some(unit));
+        }
+        unit.rollback().await?;
+        Ok(None)
+    }
+
     /// Begins one handler's unit: on SQLite in the open batch (see [`Batcher`]), on
     /// PostgreSQL in a transaction of its own.
     pub(crate) async fn begin(&self) -> Result<Unit, Error> {
@@ -632,75 +648,79 @@ pub struct Audit {
     pub violations: Vec<String>,
 }
 
+/// An effect and the one that undoes it (a charge and its refund, a reservation and its
+/// release): each at most once per order, and no undoing without the effect before it.
+struct Pair {
+    done: &'static str,
+    undone: &'static str,
+    done_word: &'static str,
+    undone_word: &'static str,
+    before: &'static str,
+    table: &'static str,
+}
+
+impl Pair {
+    /// Counts the orders with the effect and with its undoing; adds the broken rules to
+    /// `violations`.
+    fn tally(&self, rows: &[(String, String)], violations: &mut Vec<String>) -> (u64, u64) {
+        use std::collections::HashMap;
+        let mut per_order: HashMap<&str, (u32, u32)> = HashMap::new();
+        for (order, k) in rows {
+            let entry = per_order.entry(order.as_str()).or_default();
+            if k == self.done {
+                entry.0 += 1;
+            } else if k == self.undone {
+                if entry.0 == 0 {
+                    violations.push(format!(
+                        "order {order}: {} without {} before",
+                        self.undone_word, self.before
+                    ));
+                }
+                entry.1 += 1;
+            } else {
+                violations.push(format!("order {order}: unknown {} row {k:?}", self.table));
+            }
+        }
+        let (mut done, mut undone) = (0, 0);
+        for (order, (n_done, n_undone)) in &per_order {
+            done += u64::from(*n_done > 0);
+            undone += u64::from(*n_undone > 0);
+            if *n_done > 1 {
+                violations.push(format!("order {order}: {} {n_done} times", self.done_word));
+            }
+            if *n_undone > 1 {
+                violations.push(format!(
+                    "order {order}: {} {n_undone} times",
+                    self.undone_word
+                ));
+            }
+        }
+        (done, undone)
+    }
+}
+
 impl Audit {
     /// Checks rows (order id, kind) of the ledger and of the reservations, in order.
     pub fn of(payments: &[(String, String)], reservations: &[(String, String)]) -> Audit {
-        use std::collections::HashMap;
         let mut audit = Audit::default();
-        let mut per_order: HashMap<&str, (u32, u32)> = HashMap::new();
-        for (order, k) in payments {
-            let entry = per_order.entry(order.as_str()).or_default();
-            match k.as_str() {
-                kind::CHARGE => entry.0 += 1,
-                kind::REFUND => {
-                    if entry.0 == 0 {
-                        audit
-                            .violations
-                            .push(format!("order {order}: refunded without a charge before"));
-                    }
-                    entry.1 += 1;
-                }
-                other => audit
-                    .violations
-                    .push(format!("order {order}: unknown ledger row {other:?}")),
-            }
-        }
-        for (order, (charges, refunds)) in &per_order {
-            audit.charged += u64::from(*charges > 0);
-            audit.refunded += u64::from(*refunds > 0);
-            if *charges > 1 {
-                audit
-                    .violations
-                    .push(format!("order {order}: charged {charges} times"));
-            }
-            if *refunds > 1 {
-                audit
-                    .violations
-                    .push(format!("order {order}: refunded {refunds} times"));
-            }
-        }
-        let mut per_order: HashMap<&str, (u32, u32)> = HashMap::new();
-        for (order, k) in reservations {
-            let entry = per_order.entry(order.as_str()).or_default();
-            match k.as_str() {
-                kind::RESERVE => entry.0 += 1,
-                kind::RELEASE => {
-                    if entry.0 == 0 {
-                        audit.violations.push(format!(
-                            "order {order}: released without a reservation before"
-                        ));
-                    }
-                    entry.1 += 1;
-                }
-                other => audit
-                    .violations
-                    .push(format!("order {order}: unknown reservation row {other:?}")),
-            }
-        }
-        for (order, (reserves, releases)) in &per_order {
-            audit.reserved += u64::from(*reserves > 0);
-            audit.released += u64::from(*releases > 0);
-            if *reserves > 1 {
-                audit
-                    .violations
-                    .push(format!("order {order}: reserved {reserves} times"));
-            }
-            if *releases > 1 {
-                audit
-                    .violations
-                    .push(format!("order {order}: released {releases} times"));
-            }
-        }
+        let payment = Pair {
+            done: kind::CHARGE,
+            undone: kind::REFUND,
+            done_word: "charged",
+            undone_word: "refunded",
+            before: "a charge",
+            table: "ledger",
+        };
+        (audit.charged, audit.refunded) = payment.tally(payments, &mut audit.violations);
+        let inventory = Pair {
+            done: kind::RESERVE,
+            undone: kind::RELEASE,
+            done_word: "reserved",
+            undone_word: "released",
+            before: "a reservation",
+            table: "reservation",
+        };
+        (audit.reserved, audit.released) = inventory.tally(reservations, &mut audit.violations);
         audit.violations.sort();
         audit
     }
@@ -1200,7 +1220,9 @@ mod tests {
         if let Ok(Db::Postgres(p)) = store.db().await {
             p.pool.close().await;
         }
-        sqlx::query(&format!("DROP DATABASE {name}"))
+        // FORCE: a closed connection's server process may still be exiting (the store's
+        // probe connection, for one), and PostgreSQL counts it as a session until it is gone.
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
             .execute(&admin)
             .await
             .unwrap();
