@@ -112,7 +112,7 @@ pub struct ServiceArgs {
     /// Events style, payment and inventory: where the service keeps its state (ledger or
     /// reservations and shelf, inbox, outbox): `sqlite:PATH`, `postgres://user@host/db`
     /// (several members of a group, or a restart on another machine, share it) or `memory`
-    /// (not durable) [default: sqlite:./pizzeria-data/<service>.sqlite].
+    /// (not durable); by default `sqlite:./pizzeria-data/<service>.sqlite`.
     #[arg(long, requires = "bus")]
     pub store: Option<String>,
     /// The address to listen on (port 0: any free port, printed at start).
@@ -230,8 +230,8 @@ pub struct RunArgs {
     pub kitchen_db: Option<String>,
     /// Events style: where payment and inventory keep their state (ledger, reservations and
     /// shelf, inboxes, outbox), `sqlite:PATH`, `postgres://user@host/db` or `memory` (not
-    /// durable) [default: sqlite:<data-dir>/effects.sqlite; with --services spawn, one file
-    /// per service, sqlite:<data-dir>/<service>.sqlite].
+    /// durable); by default `sqlite:<data-dir>/effects.sqlite`, and with --services spawn one
+    /// file per service, `sqlite:<data-dir>/<service>.sqlite`.
     #[arg(long)]
     pub store: Option<String>,
 }

@@ -2,7 +2,7 @@
 //! transport (HTTP, gRPC, a reply message on a bus).
 //!
 //! A call or a request can fail in two very different ways: the *plumbing* failed (timeout,
-//! recipient down, circuit open: an [`Error`](crate::Error) whose kind says which), or the
+//! recipient down, circuit open: an [`Error`] whose kind says which), or the
 //! recipient understood the request and said no ("card declined", "out of truffles"). The
 //! second is a business answer, never retried, and the caller branches on it. A `Rejection`
 //! is that answer: a stable machine-readable `code` (`namespace.reason`, like

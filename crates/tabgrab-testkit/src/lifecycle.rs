@@ -8,8 +8,8 @@
 //! which facts must come before it (all of them, or at least one of a set), which ones exclude
 //! it, and how often it may happen. A fact published at least once by a service that may repeat
 //! it (a re-baked pizza after a crash) is marked [`Rule::repeatable`]: repeats are counted, not
-//! reported. After quiescence, [`Lifecycle::check`] also asks the terminal predicate of each
-//! entity whether it is done.
+//! reported. After quiescence, [`LifecycleHistory::check`] also asks the terminal predicate of
+//! each entity whether it is done.
 //!
 //! Facts with the same message id are one message read twice (a redelivery or a relay that
 //! published again after a crash): the checker counts them as copies and looks at the first.
@@ -46,7 +46,8 @@ pub struct Rule {
     after_all: Vec<String>,
     /// Groups of facts of which at least one must have been seen before.
     after_any: Vec<Vec<String>>,
-    /// Facts that must not have been seen before (nor after: see [`Lifecycle::check`]).
+    /// Facts that must not have been seen before (nor after: see
+    /// [`LifecycleHistory::check`]).
     excludes: Vec<String>,
     /// How often the fact may happen per entity (`None`: any number of times).
     at_most: Option<u32>,

@@ -15,7 +15,7 @@ pub fn write(report: &LabReport, path: &Path) -> Result<(), Error> {
     })
 }
 
-/// Reads a report written by [`write`].
+/// Reads a report written by [`write()`].
 pub fn read(path: &Path) -> Result<LabReport, Error> {
     let bytes = std::fs::read(path).map_err(|e| {
         Error::new(ErrorKind::Io, format!("cannot read {}", path.display())).with_source(e)
