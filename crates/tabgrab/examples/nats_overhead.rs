@@ -29,6 +29,8 @@
 //! events,calls,messaging] [--servers default,always,shared]` (default 20,000 events, every
 //! part, the two servers it starts, plus the shared one when `TABGRAB_BENCH_SHARED` is set).
 //! It needs a nats-server binary (`TABGRAB_NATS_SERVER`, or the venv `.ci/run` makes).
+//! `TABGRAB_BENCH_CALLERS` sets the callers of the round-trip parts; `TABGRAB_BENCH_ONLY=tabgrab`
+//! skips the raw baselines (to profile tabgrab's side alone).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -620,6 +622,12 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// Whether the raw baselines run (`TABGRAB_BENCH_ONLY=tabgrab` skips them, to profile
+/// tabgrab's side alone).
+fn baselines() -> bool {
+    std::env::var("TABGRAB_BENCH_ONLY").map_or(true, |only| only != "tabgrab")
+}
+
 /// The value of `--flag a,b` among the arguments, split at commas.
 fn list_arg(flag: &str) -> Option<Vec<String>> {
     let args: Vec<String> = std::env::args().collect();
@@ -688,8 +696,14 @@ async fn main() -> Result<(), BoxError> {
         );
         println!("|---|---|---|---|---|---|");
         if part("events") {
-            let raw = raw_events(url, n, false).await?;
-            let raw_ce = raw_events(url, n, true).await?;
+            let (raw, raw_ce) = if baselines() {
+                (
+                    raw_events(url, n, false).await?,
+                    raw_events(url, n, true).await?,
+                )
+            } else {
+                (Row::default(), Row::default())
+            };
             let ours = tabgrab_events(url, n).await?;
             println!(
                 "| events/s (publish + handle) | {:.0} | {:.0} | {} | {:.0} | {} |",
@@ -712,8 +726,10 @@ async fn main() -> Result<(), BoxError> {
             // Twice each, alternating, so that a busy phase of the machine hits both.
             let (mut raw, mut raw_ce, mut ours) = (0.0, 0.0, 0.0);
             for _ in 0..2 {
-                raw += raw_request_reply(url, rr).await? / 2.0;
-                raw_ce += raw_request_reply_with(url, rr, true).await? / 2.0;
+                if baselines() {
+                    raw += raw_request_reply(url, rr).await? / 2.0;
+                    raw_ce += raw_request_reply_with(url, rr, true).await? / 2.0;
+                }
                 ours += tabgrab_calls(url, rr).await? / 2.0;
             }
             println!(
@@ -726,8 +742,14 @@ async fn main() -> Result<(), BoxError> {
             None
         };
         if part("messaging") {
-            let durable = raw_durable_request_reply(url, rr, false).await?;
-            let durable_ce = raw_durable_request_reply(url, rr, true).await?;
+            let (durable, durable_ce) = if baselines() {
+                (
+                    raw_durable_request_reply(url, rr, false).await?,
+                    raw_durable_request_reply(url, rr, true).await?,
+                )
+            } else {
+                (0.0, 0.0)
+            };
             let ours_rr = tabgrab_request_reply(url, rr).await?;
             println!(
                 "| request-reply messaging, round trips/s | {ours_rr:.0} | {durable:.0} (durable: JetStream both ways) | {} | {durable_ce:.0} | {} |",

@@ -307,7 +307,9 @@ impl NatsBus {
         msg_id: &str,
     ) -> Result<Published, Error> {
         if !self.stream_known(topic) {
-            self.ensure_stream(topic).await?;
+            // Boxed: its future is about 4 KiB, which would otherwise be part of (and copied
+            // with) every publish's future, though it runs once per topic.
+            Box::pin(self.ensure_stream(topic)).await?;
         }
         let subject = async_nats::Subject::from(nats_subject(topic, envelope.subject.as_deref()));
         let mut attempt = 1;

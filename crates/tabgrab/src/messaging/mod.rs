@@ -128,7 +128,8 @@ pub struct SendOptions {
     /// order id, a step). It is stored with the request, so it survives restarts.
     pub context: serde_json::Value,
     /// The request's subject (what it is about); requests and replies are ordered per
-    /// subject. `None`: the request id (no ordering between requests).
+    /// subject. `None`: no subject, and no ordering between requests (each has a lane of
+    /// its own).
     pub subject: Option<String>,
 }
 

@@ -594,7 +594,9 @@ impl Requester {
         envelope.correlationid = Some(id.to_string());
         envelope.replyto = Some(inner.reply_topic.clone());
         envelope.deadline = to_datetime(deadline_ms);
-        envelope.subject = Some(options.subject.unwrap_or_else(|| id.to_string()));
+        // No subject by default: each request then has a lane of its own (keyed by its id),
+        // and a broker is not made to index one subject per request.
+        envelope.subject = options.subject;
         let record = PendingRequest {
             id: id.to_string(),
             group: inner.group.clone(),
