@@ -207,23 +207,24 @@ impl AmqpBus {
         {
             return Ok(());
         }
-        self.publisher
-            .exchange_declare(
-                name.into(),
-                kind,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
+        // Boxed: it runs once per exchange, and inline its future would make every publish's
+        // future larger than the allocator's small sizes.
+        Box::pin(self.publisher.exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await
+        .map_err(|e| {
+            unavailable(
+                format!("amqp {}: cannot declare the exchange {name}", self.url),
+                e,
             )
-            .await
-            .map_err(|e| {
-                unavailable(
-                    format!("amqp {}: cannot declare the exchange {name}", self.url),
-                    e,
-                )
-            })?;
+        })?;
         self.exchanges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -301,9 +302,14 @@ impl AmqpBus {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .contains(&archive)
             {
-                let channel = self.channel().await?;
-                self.declare_queue(&channel, topic, &archive).await?;
-                let _ = channel.close(200, "".into()).await;
+                // Boxed, once per topic: see `declare_exchange`.
+                Box::pin(async {
+                    let channel = self.channel().await?;
+                    self.declare_queue(&channel, topic, &archive).await?;
+                    let _ = channel.close(200, "".into()).await;
+                    Ok::<(), Error>(())
+                })
+                .await?;
                 self.exchanges
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -343,18 +349,18 @@ impl AmqpBus {
                 e,
             )
         };
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key(envelope.subject.as_deref()).into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                properties,
-            )
+        // Boxed: lapin's publish future alone is about 1 KiB (see `declare_exchange`).
+        let publish = self.publisher.basic_publish(
+            exchange.into(),
+            routing_key(envelope.subject.as_deref()).into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &body,
+            properties,
+        );
+        let confirm = Box::pin(publish)
             .await
             .map_err(|e| fail("failed", e))?
             .await
