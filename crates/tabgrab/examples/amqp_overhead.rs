@@ -12,6 +12,10 @@
 //!   store; request and reply each a confirmed publish into a quorum queue) beside raw lapin
 //!   RPC (a request queue, `reply_to` a durable reply queue, `correlation_id`, confirms).
 //!
+//! Each raw baseline runs twice: bare, and carrying what a tabgrab message carries (the
+//! CloudEvents `ce-*` headers and AMQP properties, written by tabgrab's own
+//! `backend::amqp::encode`), so that the wire format's own cost is told apart from tabgrab's.
+//!
 //! Run: `cargo run --release -p tabgrab --example amqp_overhead [-- EVENTS]` (default 20,000;
 //! a quarter as many round trips). Each figure is measured twice, alternating with raw lapin.
 
@@ -224,7 +228,9 @@ async fn tabgrab_events(n: u64) -> Result<Row, BoxError> {
     })
 }
 
-async fn raw_events(n: u64) -> Result<Row, BoxError> {
+/// Raw lapin events; with `ce_headers`, each message carries what a tabgrab event carries
+/// (the CloudEvents headers and AMQP properties, written by tabgrab's own encoder).
+async fn raw_events(n: u64, ce_headers: bool) -> Result<Row, BoxError> {
     let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
     let publish = conn.create_channel().await?;
     publish
@@ -264,18 +270,28 @@ async fn raw_events(n: u64) -> Result<Row, BoxError> {
         let publish = publish.clone();
         let q = q.clone();
         async move {
-            let body = serde_json::to_vec(&Tick {
+            let tick = Tick {
                 n: i,
                 sent_us,
                 pad: "x".repeat(PAD),
-            })?;
+            };
+            let (properties, body) = if ce_headers {
+                let mut envelope = tabgrab::Envelope::new("/bench", &tick)?;
+                envelope.subject = Some(format!("s{}", i % 1024));
+                tabgrab::backend::amqp::encode(&tabgrab::Codec::default(), &envelope)?
+            } else {
+                (
+                    BasicProperties::default().with_delivery_mode(2),
+                    serde_json::to_vec(&tick)?.into(),
+                )
+            };
             publish
                 .basic_publish(
                     "".into(),
                     q.as_str().into(),
                     BasicPublishOptions::default(),
                     &body,
-                    BasicProperties::default().with_delivery_mode(2),
+                    properties,
                 )
                 .await?
                 .await?;
@@ -345,7 +361,9 @@ async fn tabgrab_request_reply(n: u64) -> Result<f64, BoxError> {
 }
 
 /// Raw lapin RPC: durable request and reply queues, confirms both ways, correlation ids.
-async fn raw_request_reply(n: u64) -> Result<f64, BoxError> {
+/// With `ce_headers`, requests and replies carry what tabgrab's carry (CloudEvents headers and
+/// AMQP properties, written by tabgrab's own encoder).
+async fn raw_request_reply(n: u64, ce_headers: bool) -> Result<f64, BoxError> {
     let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
     let id = uuid::Uuid::now_v7().simple().to_string();
     let (requests, replies) = (format!("raw-req-{id}"), format!("raw-rep-{id}"));
@@ -374,9 +392,29 @@ async fn raw_request_reply(n: u64) -> Result<f64, BoxError> {
                 let rch = rch.clone();
                 tokio::spawn(async move {
                     let reply_to = d.properties.reply_to().clone().unwrap_or_else(|| "".into());
+                    let correlation = d.properties.correlation_id().clone();
                     let mut props = BasicProperties::default().with_delivery_mode(2);
-                    if let Some(c) = d.properties.correlation_id() {
-                        props = props.with_correlation_id(c.clone());
+                    if ce_headers {
+                        // What a tabgrab reply carries.
+                        let mut reply = tabgrab::Envelope::raw(
+                            "/bench/ping",
+                            "tabgrab.reply.v1",
+                            d.data.clone().into(),
+                        );
+                        let correlation = correlation.as_ref().map(|c| c.to_string());
+                        reply.correlationid.clone_from(&correlation);
+                        reply.causationid = correlation;
+                        reply
+                            .extensions
+                            .insert("requesttype".into(), Ping::TYPE.into());
+                        reply.extensions.insert("responder".into(), "ping".into());
+                        if let Ok((p, _)) =
+                            tabgrab::backend::amqp::encode(&tabgrab::Codec::default(), &reply)
+                        {
+                            props = p;
+                        }
+                    } else if let Some(c) = correlation {
+                        props = props.with_correlation_id(c);
                     }
                     if let Ok(confirm) = rch
                         .basic_publish(
@@ -438,15 +476,25 @@ async fn raw_request_reply(n: u64) -> Result<f64, BoxError> {
                 .map_err(|_| "poisoned")?
                 .insert(correlation.clone(), tx);
             let body = serde_json::to_vec(&Ping { n: i })?;
+            let properties = if ce_headers {
+                // What a tabgrab request carries.
+                let mut request = tabgrab::Envelope::raw("/bench", Ping::TYPE, body.clone().into());
+                request.correlationid = Some(correlation.clone());
+                request.replyto = Some(rep_q.clone());
+                request.deadline = Some(time::OffsetDateTime::now_utc() + Duration::from_secs(30));
+                tabgrab::backend::amqp::encode(&tabgrab::Codec::default(), &request)?.0
+            } else {
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_reply_to(rep_q.as_str().into())
+                    .with_correlation_id(correlation.as_str().into())
+            };
             ch.basic_publish(
                 "".into(),
                 req_q.as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_reply_to(rep_q.as_str().into())
-                    .with_correlation_id(correlation.as_str().into()),
+                properties,
             )
             .await?
             .await?;
@@ -478,30 +526,35 @@ async fn main() -> Result<(), BoxError> {
     );
     // Twice, alternating, one row per round: RabbitMQ's own throughput swings between runs
     // (quorum-queue commits), so one pair alone says little.
-    println!("| figure | round | tabgrab | raw lapin | ratio |");
-    println!("|---|---|---|---|---|");
+    println!("| figure | round | tabgrab | raw lapin | ratio | raw + the same headers | ratio |");
+    println!("|---|---|---|---|---|---|---|");
     for round in 1..=2 {
-        let raw = raw_events(n).await?;
+        let raw = raw_events(n, false).await?;
+        let raw_ce = raw_events(n, true).await?;
         let ours = tabgrab_events(n).await?;
-        let raw_rr = raw_request_reply(rr).await?;
+        let raw_rr = raw_request_reply(rr, false).await?;
+        let raw_ce_rr = raw_request_reply(rr, true).await?;
         let ours_rr = tabgrab_request_reply(rr).await?;
         println!(
-            "| events/s (confirmed publish + handle, quorum queue) | {round} | {:.0} | {:.0} | {:.2} |",
+            "| events/s (confirmed publish + handle, quorum queue) | {round} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
             ours.events_per_s,
             raw.events_per_s,
-            ours.events_per_s / raw.events_per_s
+            ours.events_per_s / raw.events_per_s,
+            raw_ce.events_per_s,
+            ours.events_per_s / raw_ce.events_per_s
         );
         println!(
-            "| publish-to-handler p50 at {RATE}/s (µs) | {round} | {} | {} | |",
-            ours.p50_us, raw.p50_us
+            "| publish-to-handler p50 at {RATE}/s (µs) | {round} | {} | {} | | {} | |",
+            ours.p50_us, raw.p50_us, raw_ce.p50_us
         );
         println!(
-            "| publish-to-handler p99 at {RATE}/s (µs) | {round} | {} | {} | |",
-            ours.p99_us, raw.p99_us
+            "| publish-to-handler p99 at {RATE}/s (µs) | {round} | {} | {} | | {} | |",
+            ours.p99_us, raw.p99_us, raw_ce.p99_us
         );
         println!(
-            "| request-reply round trips/s | {round} | {ours_rr:.0} | {raw_rr:.0} | {:.2} |",
-            ours_rr / raw_rr
+            "| request-reply round trips/s | {round} | {ours_rr:.0} | {raw_rr:.0} | {:.2} | {raw_ce_rr:.0} | {:.2} |",
+            ours_rr / raw_rr,
+            ours_rr / raw_ce_rr
         );
     }
     Ok(())

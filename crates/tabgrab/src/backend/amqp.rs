@@ -74,6 +74,37 @@ pub fn queue_name(topic: &str, group: &str) -> String {
     format!("tabgrab.{topic}.{group}")
 }
 
+/// An envelope as a persistent AMQP message: the CloudEvents attributes as `ce-*` headers
+/// (binary mode), and the AMQP properties a broker and other clients read (`message_id`,
+/// `type`, `content_type`, `correlation_id`, `reply_to`, `timestamp`); the body is the data.
+pub fn encode(codec: &Codec, envelope: &Envelope) -> Result<(BasicProperties, Bytes), Error> {
+    let (pairs, body) = codec.encode_binary(envelope)?;
+    let mut headers = FieldTable::default();
+    for (name, value) in pairs {
+        if name != "content-type" {
+            headers.insert(name.into(), AMQPValue::LongString(value.into()));
+        }
+    }
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(envelope.id.as_str().into())
+        .with_type(envelope.ty.as_str().into())
+        .with_headers(headers);
+    if let Some(ct) = &envelope.datacontenttype {
+        properties = properties.with_content_type(ct.as_str().into());
+    }
+    if let Some(c) = &envelope.correlationid {
+        properties = properties.with_correlation_id(c.as_str().into());
+    }
+    if let Some(r) = &envelope.replyto {
+        properties = properties.with_reply_to(r.as_str().into());
+    }
+    if let Some(t) = envelope.time {
+        properties = properties.with_timestamp(u64::try_from(t.unix_timestamp()).unwrap_or(0));
+    }
+    Ok((properties, body))
+}
+
 fn routing_key(subject: Option<&str>) -> String {
     match subject {
         None | Some("") => "_".to_owned(),
@@ -316,30 +347,7 @@ impl AmqpBus {
                     .insert(archive);
             }
         }
-        let (pairs, body) = self.codec.encode_binary(envelope)?;
-        let mut headers = FieldTable::default();
-        for (name, value) in pairs {
-            if name != "content-type" {
-                headers.insert(name.into(), AMQPValue::LongString(value.into()));
-            }
-        }
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(envelope.id.as_str().into())
-            .with_type(envelope.ty.as_str().into())
-            .with_headers(headers);
-        if let Some(ct) = &envelope.datacontenttype {
-            properties = properties.with_content_type(ct.as_str().into());
-        }
-        if let Some(c) = &envelope.correlationid {
-            properties = properties.with_correlation_id(c.as_str().into());
-        }
-        if let Some(r) = &envelope.replyto {
-            properties = properties.with_reply_to(r.as_str().into());
-        }
-        if let Some(t) = envelope.time {
-            properties = properties.with_timestamp(u64::try_from(t.unix_timestamp()).unwrap_or(0));
-        }
+        let (properties, body) = encode(&self.codec, envelope)?;
         let fail = |what: &str, e: lapin::Error| {
             unavailable(
                 format!(
