@@ -32,7 +32,8 @@
 //! the two rounds; latencies are the second round's).
 //! It needs a nats-server binary (`TABGRAB_NATS_SERVER`, or the venv `.ci/run` makes).
 //! `TABGRAB_BENCH_CALLERS` sets the callers of the round-trip parts; `TABGRAB_BENCH_ONLY=tabgrab`
-//! skips the raw baselines (to profile tabgrab's side alone).
+//! skips the raw baselines (to profile tabgrab's side alone), `TABGRAB_BENCH_ONLY=raw` tabgrab's
+//! side.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -630,6 +631,11 @@ fn baselines() -> bool {
     std::env::var("TABGRAB_BENCH_ONLY").map_or(true, |only| only != "tabgrab")
 }
 
+/// Whether tabgrab's side runs (`TABGRAB_BENCH_ONLY=raw` skips it).
+fn tabgrab_side() -> bool {
+    std::env::var("TABGRAB_BENCH_ONLY").map_or(true, |only| only != "raw")
+}
+
 /// The value of `--flag a,b` among the arguments, split at commas.
 fn list_arg(flag: &str) -> Option<Vec<String>> {
     let args: Vec<String> = std::env::args().collect();
@@ -707,7 +713,9 @@ async fn main() -> Result<(), BoxError> {
                     raw = raw_events(url, n, false).await?;
                     raw_ce = raw_events(url, n, true).await?;
                 }
-                ours = tabgrab_events(url, n).await?;
+                if tabgrab_side() {
+                    ours = tabgrab_events(url, n).await?;
+                }
                 for (sum, row) in rates.iter_mut().zip([&raw, &raw_ce, &ours]) {
                     *sum += row.events_per_s / 2.0;
                 }
@@ -739,7 +747,9 @@ async fn main() -> Result<(), BoxError> {
                     raw += raw_request_reply(url, rr).await? / 2.0;
                     raw_ce += raw_request_reply_with(url, rr, true).await? / 2.0;
                 }
-                ours += tabgrab_calls(url, rr).await? / 2.0;
+                if tabgrab_side() {
+                    ours += tabgrab_calls(url, rr).await? / 2.0;
+                }
             }
             println!(
                 "| calls over core NATS, round trips/s | {ours:.0} | {raw:.0} (core request) | {} | {raw_ce:.0} | {} |",
@@ -758,7 +768,9 @@ async fn main() -> Result<(), BoxError> {
                     durable += raw_durable_request_reply(url, rr, false).await? / 2.0;
                     durable_ce += raw_durable_request_reply(url, rr, true).await? / 2.0;
                 }
-                ours_rr += tabgrab_request_reply(url, rr).await? / 2.0;
+                if tabgrab_side() {
+                    ours_rr += tabgrab_request_reply(url, rr).await? / 2.0;
+                }
             }
             println!(
                 "| request-reply messaging, round trips/s | {ours_rr:.0} | {durable:.0} (durable: JetStream both ways) | {} | {durable_ce:.0} | {} |",
