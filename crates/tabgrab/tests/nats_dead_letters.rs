@@ -69,6 +69,7 @@ async fn member(bus: &Bus, topic: &str, group: &str, seen: &Seen) -> Subscriptio
     let seen = Arc::clone(seen);
     let sub = Subscription::builder(bus, topic, group)
         .max_deliveries(2)
+        .max_redeliveries(2)
         .ack_wait(Duration::from_millis(300))
         .handle(move |t: Ticket, _ctx: Context| {
             let seen = Arc::clone(&seen);

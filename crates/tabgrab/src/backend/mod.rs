@@ -71,14 +71,14 @@ pub struct Capabilities {
     pub group_wide_order: bool,
     /// Several processes may share the bus (the embedded log is locked by one process).
     pub multi_process: bool,
-    /// The broker itself counts the deliveries of a message, stops redelivering it after
-    /// `max_deliveries`, and tabgrab captures the broker's notice of that into the dead
+    /// The broker itself counts the deliveries of a message, stops redelivering it after the
+    /// subscription's `max_redeliveries`, and tabgrab captures the broker's notice of that into the dead
     /// letters (JetStream's `MAX_DELIVERIES` advisory, kept in a stream until a member
     /// handles it): a message that crashes every consumer is dead-lettered even when no
     /// consumer survives to see it. The broker does not know why the consumers failed, so
     /// such a dead letter has reason `max_deliveries`, the broker's delivery count as its
     /// attempts, and an error that says the last error is unknown. When `false`, the next
-    /// consumer that receives the message after `max_deliveries` dead-letters it (it must be
+    /// consumer that receives the message after `max_redeliveries` dead-letters it (it must be
     /// delivered once more). Failures a consumer sees (a handler's error, bad input) are
     /// dead-lettered by the consumer on every engine, with the last error.
     pub broker_max_deliveries: bool,
@@ -155,8 +155,9 @@ pub struct SubscribeRequest {
     pub ack_wait: Duration,
     /// How many deliveries may be outstanding for this member.
     pub max_in_flight: usize,
-    /// Deliveries of one message before it is dead-lettered; a broker that counts
-    /// deliveries itself ([`Capabilities::broker_max_deliveries`]) stops redelivering there.
+    /// Deliveries of one message before it is dead-lettered unrun (the subscription's
+    /// `max_redeliveries`, a guard against crash loops); a broker that counts deliveries
+    /// itself ([`Capabilities::broker_max_deliveries`]) stops redelivering there.
     pub max_deliveries: u32,
 }
 

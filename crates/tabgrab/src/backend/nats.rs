@@ -19,7 +19,8 @@
 //!   two minutes by default, and only `sync_interval: always` (nats-server 2.10+) makes an
 //!   acknowledged publish survive a power loss (see README and BENCHMARKS.md).
 //! - **Consumer groups**: explicit acks; the consumer's `max_deliver` is the subscription's
-//!   `max_deliveries`, with a `backoff` (the ack wait, doubling) between redeliveries after a
+//!   `max_redeliveries` (not its `max_deliveries`: the server also counts deliveries a member
+//!   gave back unstarted), with a `backoff` (the ack wait, doubling) between redeliveries after a
 //!   consumer died or stalled. A member that joins sets these on the group's consumer even
 //!   if it exists already (made by an older tabgrab, or by a member with other options): the
 //!   last member to join decides. Dead letters go to the topic `<topic>.dead-letters`, a stream
@@ -806,9 +807,11 @@ fn advisory_stream_name(topic: &str) -> String {
 }
 
 /// The redeliveries' spacing after a consumer left a delivery unsettled: the ack wait, then
-/// doubling (up to 8 steps); JetStream wants fewer steps than `max_deliver`.
-fn redelivery_backoff(ack_wait: Duration, max_deliveries: u32) -> Vec<Duration> {
-    let steps = max_deliveries.saturating_sub(1).min(8);
+/// doubling, up to 4 steps (8 × the ack wait, then that); JetStream wants fewer steps than
+/// `max_deliver`. Not more: the server's count also grows with deliveries that stopping
+/// members gave back, which should not wait for an hour.
+fn redelivery_backoff(ack_wait: Duration, max_deliver: u32) -> Vec<Duration> {
+    let steps = max_deliver.saturating_sub(1).min(4);
     (0..steps)
         .map(|i| ack_wait.saturating_mul(1 << i))
         .collect()

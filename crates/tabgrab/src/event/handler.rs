@@ -37,7 +37,9 @@ impl Context {
         self.offset
     }
 
-    /// The delivery attempt, starting at 1.
+    /// The handler's attempt on this delivery, starting at 1 (a broker's redelivery, after a
+    /// consumer crashed or stopped, starts again at 1; see
+    /// [`SubscriptionBuilder::max_redeliveries`](super::SubscriptionBuilder::max_redeliveries)).
     pub fn attempt(&self) -> u32 {
         self.attempt
     }

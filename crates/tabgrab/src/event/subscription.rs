@@ -7,8 +7,18 @@
 //! backoff inside the lane, dead letters after `max_deliveries`. A delivery is acknowledged
 //! when its handler succeeded or its dead letter is stored; while it waits in a lane or
 //! retries, the subscription reports progress to the broker so that it is not redelivered
-//! behind its own back. A delivery the broker has already made more than `max_deliveries`
-//! times (its consumers crashed on it) is dead-lettered without running the handler again.
+//! behind its own back.
+//!
+//! # Two limits
+//! `max_deliveries` bounds the handler's attempts on one delivery (its retries run inside the
+//! lane). A broker also counts how often it delivered a message, but that count is not the
+//! handler's attempts: it grows by one for every delivery a member took and gave back without
+//! running it (a member that stops with a backlog, messages in transit when it stopped). Used
+//! as the attempt count, it dead-lettered events no handler had ever failed on, after a few
+//! restarts under load. So the broker's count only guards against crash loops: a delivery the
+//! broker has made more than `max_redeliveries` times (default 20: its consumers kept crashing
+//! or stalling on it, or kept stopping) is dead-lettered without running the handler again,
+//! and a broker that counts itself stops there.
 //!
 //! # How a group works
 //! One dispatcher task per (topic, group) reads the topic's log from the group's committed
@@ -105,6 +115,7 @@ pub struct SubscriptionStats {
 #[derive(Clone, Debug)]
 struct Options {
     max_deliveries: u32,
+    max_redeliveries: u32,
     backoff: Backoff,
     start_from: StartFrom,
     concurrency: usize,
@@ -118,6 +129,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             max_deliveries: 5,
+            max_redeliveries: 20,
             backoff: Backoff::default(),
             start_from: StartFrom::Committed,
             concurrency: 64,
@@ -193,9 +205,20 @@ impl SubscriptionBuilder {
         self
     }
 
-    /// Deliveries before an event goes to dead letters (default 5, at least 1).
+    /// Handler attempts on one delivery before the event goes to dead letters (default 5,
+    /// at least 1); the retries run in the event's lane, with [`Self::backoff`].
     pub fn max_deliveries(mut self, n: u32) -> SubscriptionBuilder {
         self.options.max_deliveries = n.max(1);
+        self
+    }
+
+    /// On a broker: how often it may deliver an event before the event is dead-lettered
+    /// without running its handler again (default 20, at least 1). It guards against crash
+    /// loops: a broker counts every delivery, also those a member gave back unstarted when it
+    /// stopped, so this is larger than [`Self::max_deliveries`], which counts the handler's
+    /// attempts. A broker that counts deliveries itself stops redelivering there.
+    pub fn max_redeliveries(mut self, n: u32) -> SubscriptionBuilder {
+        self.options.max_redeliveries = n.max(1);
         self
     }
 
@@ -469,8 +492,6 @@ enum Readiness {
 /// A record waiting in its subject's lane.
 struct Job {
     offset: u64,
-    /// The attempt number of the first delivery (a broker may have delivered it before).
-    first_attempt: u32,
     envelope: Arc<Envelope>,
     raw: Bytes,
     /// Held until the job is done: bounds read-ahead.
@@ -638,7 +659,7 @@ impl Group {
             start: self.options.start_from,
             ack_wait: self.options.ack_wait,
             max_in_flight: self.options.max_in_flight,
-            max_deliveries: self.options.max_deliveries,
+            max_deliveries: self.options.max_redeliveries,
         };
         let mut deliveries = match backend.subscribe(request.clone()).await {
             Ok(d) => d,
@@ -782,7 +803,7 @@ impl Group {
                 return;
             }
         };
-        if attempt > self.options.max_deliveries {
+        if attempt > self.options.max_redeliveries {
             tracing::warn!(topic = %self.topic, group = %self.name, position, attempt, "delivered too often without an acknowledgement; dead-lettered");
             let letter = DeadLetter::new(&self.topic, &self.name, position, &raw, Some(&envelope))
                 .because(
@@ -798,7 +819,9 @@ impl Group {
             }
             return;
         }
-        self.enqueue(envelope, position, attempt, raw, permit).await;
+        // The handler's attempts count from 1 on every delivery: the broker's count also
+        // counts deliveries given back unstarted (see "Two limits" above).
+        self.enqueue(envelope, position, raw, permit).await;
     }
 
     /// Reads the log and feeds the lanes until cancelled; then drains and commits.
@@ -877,8 +900,7 @@ impl Group {
                 return;
             }
         };
-        self.enqueue(envelope, offset, 1, record.payload, permit)
-            .await;
+        self.enqueue(envelope, offset, record.payload, permit).await;
     }
 
     /// Queues a decoded envelope on its subject's lane (or skips it when no member handles
@@ -887,7 +909,6 @@ impl Group {
         self: &Arc<Group>,
         envelope: Envelope,
         offset: u64,
-        first_attempt: u32,
         raw: Bytes,
         permit: OwnedSemaphorePermit,
     ) {
@@ -909,7 +930,6 @@ impl Group {
             .unwrap_or_else(|| envelope.id.clone());
         let job = Job {
             offset,
-            first_attempt,
             envelope: Arc::new(envelope),
             // A copy: the record is a slice of the buffer it was read in (a 64 KiB chunk of
             // the log, a client's read buffer), which a slice would keep alive for as long as
@@ -967,7 +987,7 @@ impl Group {
             self.done(job.offset).await;
             return;
         };
-        let mut attempt = job.first_attempt;
+        let mut attempt = 1;
         loop {
             let ctx = Context {
                 envelope: Arc::clone(&job.envelope),

@@ -321,6 +321,71 @@ pub(crate) async fn members_stopping_under_load_lose_nothing(f: Fixture) {
     f.cleanup().await;
 }
 
+/// Members that stop with a backlog give back deliveries no handler ran: the broker counts
+/// them, but they use up none of the handler's `max_deliveries`. (The broker's count was
+/// taken for the handler's attempts, so three quick restarts dead-lettered events that had
+/// never failed.)
+pub(crate) async fn stopping_with_a_backlog_uses_up_no_attempts(f: Fixture) {
+    const STOPS: usize = 3;
+    let topic = f.topic("backlog");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let seen: Seen = Arc::default();
+    let member = || {
+        let seen = Arc::clone(&seen);
+        Subscription::builder(&f.bus, &topic, "kitchen")
+            .max_deliveries(2)
+            // What was in transit to a stopped member comes back after the ack wait.
+            .ack_wait(Duration::from_secs(1))
+            .concurrency(1)
+            .handle(move |t: Ticket, _ctx: Context| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    // Slow enough that a member holds a backlog when it is told to stop.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    seen.lock().unwrap().push((t.order, t.seq));
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    // The group exists before the publish (RabbitMQ keeps nothing for a missing group).
+    let first = member();
+    first.ready().await.unwrap();
+    first.shutdown().await.unwrap();
+    // Two subjects: their events wait in two lanes, one after the other.
+    publish_tickets(&publisher, &["b0", "b1"], 20).await;
+    // Members that stop as soon as they have joined and taken a first event.
+    for _ in 0..STOPS {
+        let before = seen.lock().unwrap().len();
+        let sub = member();
+        sub.ready().await.unwrap();
+        wait_until("the member took events", || {
+            seen.lock().unwrap().len() > before
+        })
+        .await;
+        sub.shutdown().await.unwrap();
+    }
+    let last = member();
+    last.ready().await.unwrap();
+    wait_until("every event handled", || {
+        let got: HashSet<(String, u32)> = seen.lock().unwrap().iter().cloned().collect();
+        got.len() == 40
+    })
+    .await;
+    last.shutdown().await.unwrap();
+    let letters = f.bus.dead_letters(&topic).await.unwrap();
+    assert!(
+        letters.is_empty(),
+        "events dead-lettered though no handler failed: {:?}",
+        letters
+            .iter()
+            .map(|l| (&l.subject, &l.reason, l.attempts))
+            .collect::<Vec<_>>()
+    );
+    f.cleanup().await;
+}
+
 /// An event that always fails goes to dead letters after max deliveries, with its reason;
 /// other subjects keep flowing meanwhile.
 pub(crate) async fn poison_is_dead_lettered_and_others_flow(f: Fixture) {
@@ -673,6 +738,7 @@ macro_rules! conformance {
             scenario!(every_group_sees_every_event_and_members_share);
             scenario!(unacknowledged_events_are_redelivered_to_the_next_member);
             scenario!(members_stopping_under_load_lose_nothing);
+            scenario!(stopping_with_a_backlog_uses_up_no_attempts);
             scenario!(poison_is_dead_lettered_and_others_flow);
             scenario!(bad_input_is_dead_lettered_with_its_reason);
             scenario!(a_retried_publish_is_deduplicated_as_the_capability_says);
