@@ -22,9 +22,10 @@
 //!   `Subscription::ready`.
 //! - **Delivery limit and dead letters**: the subscription dead-letters (with the reason) after
 //!   `max_deliveries` failed attempts, and a delivery whose `x-delivery-count` already exceeds
-//!   its `max_redeliveries` (its consumers crashed on it) without running it. Each queue also has an explicit `x-delivery-limit` (50;
-//!   RabbitMQ 3.10 has no default) and the dead-letter exchange `tabgrab.broker-dead-letters`,
-//!   so that a message is never redelivered forever even without tabgrab.
+//!   its `max_redeliveries` (its consumers crashed on it) without running it. Each queue also
+//!   has an explicit `x-delivery-limit` (50; RabbitMQ 3.10 has no default) and the dead-letter
+//!   exchange `tabgrab.broker-dead-letters`, so that a message is never redelivered forever
+//!   even without tabgrab.
 //! - **Request-response** uses the same topics: replies go to the requester group's topic
 //!   `replies.<group>`, a durable quorum queue, so they survive a requester restart; the
 //!   envelope's `replyto` and `correlationid` also travel as the AMQP `reply_to` and

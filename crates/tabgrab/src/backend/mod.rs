@@ -72,9 +72,9 @@ pub struct Capabilities {
     /// Several processes may share the bus (the embedded log is locked by one process).
     pub multi_process: bool,
     /// The broker itself counts the deliveries of a message, stops redelivering it after the
-    /// subscription's `max_redeliveries`, and tabgrab captures the broker's notice of that into the dead
-    /// letters (JetStream's `MAX_DELIVERIES` advisory, kept in a stream until a member
-    /// handles it): a message that crashes every consumer is dead-lettered even when no
+    /// subscription's `max_redeliveries`, and tabgrab captures the broker's notice of that
+    /// into the dead letters (JetStream's `MAX_DELIVERIES` advisory, kept in a stream until a
+    /// member handles it): a message that crashes every consumer is dead-lettered even when no
     /// consumer survives to see it. The broker does not know why the consumers failed, so
     /// such a dead letter has reason `max_deliveries`, the broker's delivery count as its
     /// attempts, and an error that says the last error is unknown. When `false`, the next
