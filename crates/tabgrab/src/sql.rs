@@ -25,10 +25,14 @@ impl Database for sqlx::Sqlite {}
 #[cfg(feature = "postgres")]
 impl Database for sqlx::Postgres {}
 
+/// The longest table name: the names derived from it (`<table>_subject`, the longest suffix)
+/// must fit PostgreSQL's 63-byte identifiers, which it would otherwise truncate.
+pub(crate) const MAX_TABLE_NAME: usize = 63 - "_subject".len();
+
 /// Checks a table name (it is spliced into statements).
 pub(crate) fn validate_table(what: &str, table: &str) -> Result<(), Error> {
     let ok = !table.is_empty()
-        && table.len() <= 60
+        && table.len() <= MAX_TABLE_NAME
         && table
             .bytes()
             .next()
@@ -42,7 +46,8 @@ pub(crate) fn validate_table(what: &str, table: &str) -> Result<(), Error> {
         Err(Error::new(
             ErrorKind::Malformed,
             format!(
-                "{what} table name {table:?} is invalid: use 1-60 of [a-z0-9_], not starting with a digit"
+                "{what} table name {table:?} is invalid: use 1-{MAX_TABLE_NAME} of [a-z0-9_], not \
+                 starting with a digit (names derived from it must fit PostgreSQL's 63 bytes)"
             ),
         ))
     }
@@ -100,4 +105,26 @@ pub async fn connect_postgres(
         .acquire_timeout(acquire_timeout)
         .connect(url)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name derived from a valid table name fits PostgreSQL's 63-byte identifiers
+    /// (longer ones it truncates, with a notice per statement); a longer table name is refused.
+    #[test]
+    fn table_names_leave_room_for_their_derived_names() {
+        let longest = "t".repeat(MAX_TABLE_NAME);
+        validate_table("outbox", &longest).expect("the longest name is valid");
+        for suffix in ["_subject", "_dead", "_age", "_due"] {
+            assert!(format!("{longest}{suffix}").len() <= 63, "{suffix}");
+        }
+        let error = validate_table("outbox", &format!("{longest}t")).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Malformed);
+        assert!(error.to_string().contains("1-55"), "{error}");
+        for bad in ["", "9lives", "Orders", "drop table;"] {
+            assert!(validate_table("outbox", bad).is_err(), "{bad:?}");
+        }
+    }
 }

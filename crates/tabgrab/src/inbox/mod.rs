@@ -139,7 +139,8 @@ impl Inbox<sqlx::Sqlite> {
         Inbox::open(pool, group, DEFAULT_TABLE).await
     }
 
-    /// [`Inbox::sqlite`] with another table name (`[a-z0-9_]`, at most 60 bytes).
+    /// [`Inbox::sqlite`] with another table name (`[a-z0-9_]`, at most 55 bytes, so that
+    /// the names derived from it fit PostgreSQL's identifiers).
     pub async fn sqlite_table(
         pool: sqlx::SqlitePool,
         group: &str,
@@ -157,7 +158,8 @@ impl Inbox<sqlx::Postgres> {
         Inbox::open(pool, group, DEFAULT_TABLE).await
     }
 
-    /// [`Inbox::postgres`] with another table name (`[a-z0-9_]`, at most 60 bytes).
+    /// [`Inbox::postgres`] with another table name (`[a-z0-9_]`, at most 55 bytes, so that
+    /// the names derived from it fit PostgreSQL's identifiers).
     pub async fn postgres_table(
         pool: sqlx::PgPool,
         group: &str,

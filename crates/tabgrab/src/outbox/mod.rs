@@ -198,7 +198,8 @@ impl Outbox<sqlx::Sqlite> {
         Outbox::open(pool, DEFAULT_TABLE).await
     }
 
-    /// [`Outbox::sqlite`] with another table name (`[a-z0-9_]`, at most 60 bytes).
+    /// [`Outbox::sqlite`] with another table name (`[a-z0-9_]`, at most 55 bytes, so that
+    /// the names derived from it fit PostgreSQL's identifiers).
     pub async fn sqlite_table(
         pool: sqlx::SqlitePool,
         table: &str,
@@ -215,7 +216,8 @@ impl Outbox<sqlx::Postgres> {
         Outbox::open(pool, DEFAULT_TABLE).await
     }
 
-    /// [`Outbox::postgres`] with another table name (`[a-z0-9_]`, at most 60 bytes).
+    /// [`Outbox::postgres`] with another table name (`[a-z0-9_]`, at most 55 bytes, so that
+    /// the names derived from it fit PostgreSQL's identifiers).
     pub async fn postgres_table(
         pool: sqlx::PgPool,
         table: &str,

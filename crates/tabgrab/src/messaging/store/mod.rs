@@ -229,25 +229,7 @@ pub trait CorrelationStore: Send + Sync + 'static {
 
 /// Checks a table name for the SQL stores (it is spliced into statements).
 pub(crate) fn validate_table(table: &str) -> Result<(), Error> {
-    let ok = !table.is_empty()
-        && table.len() <= 60
-        && table
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && table
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(
-            crate::ErrorKind::Malformed,
-            format!(
-                "correlation table name {table:?} is invalid: use 1-60 of [a-z0-9_], not starting with a digit"
-            ),
-        ))
-    }
+    crate::sql::validate_table("correlation", table)
 }
 
 /// Wraps a database error as a `Storage` error naming the store and operation.
