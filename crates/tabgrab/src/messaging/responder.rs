@@ -35,7 +35,8 @@ impl RequestContext {
         envelope.correlationid.as_deref().unwrap_or(&envelope.id)
     }
 
-    /// The delivery attempt, starting at 1 (a request is redelivered after a crash).
+    /// The handler's attempt on this delivery of the request, starting at 1 (a request
+    /// redelivered after a crash starts again at 1; see `Context::attempt`).
     pub fn attempt(&self) -> u32 {
         self.delivery.attempt()
     }
