@@ -107,6 +107,14 @@ impl ServeError {
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A call that passed the checks: its handler's future, the caller's deadline, and the type
+/// name (for the deadline's error).
+struct Started {
+    work: BoxFuture<Result<Bytes, ServeError>>,
+    deadline: Option<Instant>,
+    ty: String,
+}
 type Erased =
     dyn Fn(Bytes, CallContext) -> BoxFuture<Result<Bytes, ServeError>> + Send + Sync + 'static;
 
@@ -247,12 +255,42 @@ impl Handlers {
     }
 
     /// Runs the handler of `envelope.ty` on its data, under the rules of the module docs.
-    pub async fn dispatch(
+    ///
+    /// The checks run when it is called, and the returned future holds only the handler's
+    /// future and the deadline: transports box or spawn it per call, and a future that also
+    /// held the envelope was larger than the allocator's small sizes (about 1 KiB).
+    pub fn dispatch(
         &self,
         envelope: Envelope,
         deadline: Option<Instant>,
         idempotency_key: Option<String>,
-    ) -> Result<Bytes, ServeError> {
+    ) -> impl Future<Output = Result<Bytes, ServeError>> + Send + 'static {
+        let started = self.start(envelope, deadline, idempotency_key);
+        async move {
+            let Started { work, deadline, ty } = started?;
+            match deadline {
+                None => work.await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ServeError::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!(
+                            "the caller's deadline for {ty} passed while the handler worked; \
+                             its work was cancelled"
+                        ),
+                    )),
+                },
+            }
+        }
+    }
+
+    /// The checks of [`Handlers::dispatch`], and the handler's future.
+    fn start(
+        &self,
+        envelope: Envelope,
+        deadline: Option<Instant>,
+        idempotency_key: Option<String>,
+    ) -> Result<Started, ServeError> {
         let Some(entry) = self.entries.get(envelope.ty.as_str()) else {
             return Err(ServeError::new(
                 ErrorKind::UnknownType,
@@ -282,19 +320,10 @@ impl Handlers {
             deadline,
             idempotency_key,
         };
-        let work = (entry.handler)(body, ctx);
-        match deadline {
-            None => work.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
-                Ok(result) => result,
-                Err(_) => Err(ServeError::new(
-                    ErrorKind::DeadlineExceeded,
-                    format!(
-                        "the caller's deadline for {ty} passed while the handler worked; \
-                         its work was cancelled"
-                    ),
-                )),
-            },
-        }
+        Ok(Started {
+            work: (entry.handler)(body, ctx),
+            deadline,
+            ty,
+        })
     }
 }
