@@ -216,7 +216,8 @@ impl SubscriptionBuilder {
     /// without running its handler again (default 20, at least 1). It guards against crash
     /// loops: a broker counts every delivery, also those a member gave back unstarted when it
     /// stopped, so this is larger than [`Self::max_deliveries`], which counts the handler's
-    /// attempts. A broker that counts deliveries itself stops redelivering there.
+    /// attempts. A broker that counts deliveries itself stops redelivering there; on RabbitMQ
+    /// each group's queue also has its own limit of 50 (`x-delivery-limit`).
     pub fn max_redeliveries(mut self, n: u32) -> SubscriptionBuilder {
         self.options.max_redeliveries = n.max(1);
         self
