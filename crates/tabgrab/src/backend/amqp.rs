@@ -438,13 +438,14 @@ impl AmqpBus {
             })?;
         let codec = self.codec;
         let url = Arc::clone(&self.url);
+        let generation = SUBSCRIPTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The channel lives as long as the stream: closing it gives unacked messages back.
         let keep = Arc::new(channel);
         Ok(consumer
             .map(move |item| {
                 let _keep = &keep;
                 match item {
-                    Ok(d) => Ok(delivery(codec, d)),
+                    Ok(d) => Ok(delivery(codec, generation, d)),
                     Err(e) => Err(unavailable(format!("amqp {url}: consuming failed"), e)),
                 }
             })
@@ -511,7 +512,18 @@ fn decode(codec: Codec, properties: &BasicProperties, body: Bytes) -> Result<Env
     codec.decode_binary(pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())), body)
 }
 
-fn delivery(codec: Codec, d: lapin::message::Delivery) -> Delivery {
+/// Subscriptions made in this process, so that each has positions of its own.
+static SUBSCRIPTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A delivery's position: its delivery tag, which counts from 1 on every channel, under the
+/// subscription's number. A group that joins again after the broker ended its consumer gets
+/// a new channel while deliveries of the old one may still be held; by tag alone a new
+/// delivery could take the place of a held one, be acknowledged by its job and never run.
+fn position(generation: u64, delivery_tag: u64) -> u64 {
+    (generation << 40) | (delivery_tag & ((1 << 40) - 1))
+}
+
+fn delivery(codec: Codec, generation: u64, d: lapin::message::Delivery) -> Delivery {
     let count = d
         .properties
         .headers()
@@ -534,7 +546,7 @@ fn delivery(codec: Codec, d: lapin::message::Delivery) -> Delivery {
     Delivery {
         envelope,
         raw: data,
-        position: d.delivery_tag,
+        position: position(generation, d.delivery_tag),
         attempt: count.saturating_add(1),
         pending: 0,
         acker: Box::new(AmqpAcker(d.acker)),
@@ -673,5 +685,19 @@ impl Backend for AmqpBus {
             })
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::position;
+
+    /// The same delivery tag on two channels (two subscriptions) is two positions; one
+    /// subscription's tags keep their order.
+    #[test]
+    fn positions_of_two_subscriptions_never_meet() {
+        assert_ne!(position(1, 1), position(2, 1));
+        assert!(position(1, 1) < position(1, 2));
+        assert!(position(1, (1 << 40) - 1) < position(2, 1));
     }
 }

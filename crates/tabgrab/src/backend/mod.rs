@@ -118,7 +118,8 @@ pub struct Delivery {
     pub envelope: Result<Envelope, Error>,
     /// The payload bytes as received, kept byte for byte in a dead letter.
     pub raw: Bytes,
-    /// The envelope's position in its topic (JetStream: the stream sequence).
+    /// The envelope's position in its topic (JetStream: the stream sequence; RabbitMQ: the
+    /// subscription's number and the delivery tag). Unique among the group's held deliveries.
     pub position: u64,
     /// How many times the broker has delivered it (1 the first time).
     pub attempt: u32,
