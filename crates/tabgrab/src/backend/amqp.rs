@@ -414,6 +414,11 @@ impl AmqpBus {
             .await?;
         let channel = self.channel().await?;
         let queue = queue_name(&request.topic, &request.group);
+        if request.rejoin {
+            // The broker ended the consumer, perhaps because the queue was deleted: declare
+            // it again rather than trust that it exists.
+            self.declared.lock().await.remove(&queue);
+        }
         self.declare_queue(&channel, &request.topic, &queue).await?;
         if request.start == StartFrom::Latest {
             let _ = channel

@@ -160,6 +160,9 @@ pub struct SubscribeRequest {
     /// `max_redeliveries`, a guard against crash loops); a broker that counts deliveries
     /// itself ([`Capabilities::broker_max_deliveries`]) stops redelivering there.
     pub max_deliveries: u32,
+    /// The group joins again after the broker ended its subscription: what the backend
+    /// remembers about the group's broker objects (a declared queue) may be stale.
+    pub rejoin: bool,
 }
 
 /// What an engine reports about itself at start-up: what an acknowledged publish means there.

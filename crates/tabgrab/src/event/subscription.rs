@@ -661,6 +661,7 @@ impl Group {
             ack_wait: self.options.ack_wait,
             max_in_flight: self.options.max_in_flight,
             max_deliveries: self.options.max_redeliveries,
+            rejoin: false,
         };
         let mut deliveries = match backend.subscribe(request.clone()).await {
             Ok(d) => d,
@@ -674,6 +675,7 @@ impl Group {
         self.ready.send_replace(Readiness::Ready);
         let request = SubscribeRequest {
             start: StartFrom::Committed,
+            rejoin: true,
             ..request
         };
         let keep_alive = CancellationToken::new();
