@@ -5,6 +5,7 @@
 //! - The new delivery runs: by delivery tag alone it took the held one's place, was never
 //!   handled, and was acknowledged when the old one's handler finished.
 #![cfg(feature = "amqp")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
