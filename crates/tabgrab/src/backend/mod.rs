@@ -159,7 +159,7 @@ pub struct SubscribeRequest {
     /// Deliveries of one message before it is dead-lettered unrun (the subscription's
     /// `max_redeliveries`, a guard against crash loops); a broker that counts deliveries
     /// itself ([`Capabilities::broker_max_deliveries`]) stops redelivering there.
-    pub max_deliveries: u32,
+    pub max_redeliveries: u32,
     /// The group joins again after the broker ended its subscription: what the backend
     /// remembers about the group's broker objects (a declared queue) may be stale.
     pub rejoin: bool,

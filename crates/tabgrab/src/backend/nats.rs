@@ -391,8 +391,8 @@ impl NatsBus {
             ack_wait,
             // The server stops redelivering after this and says so in an advisory, which
             // the capture below turns into a dead letter.
-            max_deliver: i64::from(request.max_deliveries.max(1)),
-            backoff: redelivery_backoff(ack_wait, request.max_deliveries),
+            max_deliver: i64::from(request.max_redeliveries.max(1)),
+            backoff: redelivery_backoff(ack_wait, request.max_redeliveries),
             filter_subject: format!("tabgrab.{}.>", topic_token(&request.topic)),
             max_ack_pending: self.config.max_ack_pending,
             ..Default::default()

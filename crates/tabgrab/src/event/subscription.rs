@@ -660,7 +660,7 @@ impl Group {
             start: self.options.start_from,
             ack_wait: self.options.ack_wait,
             max_in_flight: self.options.max_in_flight,
-            max_deliveries: self.options.max_redeliveries,
+            max_redeliveries: self.options.max_redeliveries,
             rejoin: false,
         };
         let mut deliveries = match backend.subscribe(request.clone()).await {
