@@ -174,8 +174,26 @@ impl Backend for Namespaced {
         .boxed()
     }
 
+    fn publish_raw<'a>(
+        &'a self,
+        topic: &'a str,
+        subject: Option<&'a str>,
+        payload: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<Published, tabgrab::Error>> {
+        async move {
+            let scoped = self.scoped(topic);
+            self.inner.publish_raw(&scoped, subject, payload).await
+        }
+        .boxed()
+    }
+
     fn ack_wait(&self, requested: Duration) -> Duration {
         self.inner.ack_wait(requested)
+    }
+
+    fn original_location(&self, topic: &str, position: u64) -> String {
+        self.inner
+            .original_location(&format!("{}{topic}", self.prefix), position)
     }
 
     fn subscribe(

@@ -322,16 +322,30 @@ async fn bad_input_goes_straight_to_dead_letters_with_its_reason() {
     sub.shutdown().await.unwrap();
 
     assert_eq!(*seen.lock().unwrap(), vec![("ok".to_owned(), 9)]);
-    let letters = read_dead_letters(&bus, TOPIC).unwrap();
+    let mut letters = read_dead_letters(&bus, TOPIC).unwrap();
+    // Bad envelopes are dead-lettered in the order read; a payload that does not decode is
+    // found in its lane, so its dead letter may come first.
+    letters.sort_by_key(|l| l.offset);
     assert_eq!(letters.len(), inputs.len());
     for (offset, ((bytes, reason), letter)) in inputs.iter().zip(&letters).enumerate() {
         assert_eq!(letter.reason, *reason, "offset {offset}: {}", letter.error);
         assert_eq!(letter.offset, offset as u64);
-        assert_eq!(
-            &letter.original().unwrap(),
-            bytes,
-            "the original is kept byte for byte"
-        );
+        assert_eq!(letter.original_size, bytes.len() as u64);
+        if letter.original_truncated {
+            // Only the 10 KB one: its dead letter must fit the bus's 4 KiB limit too, so it
+            // keeps the start of it, and says where the whole is.
+            assert_eq!(offset, 1);
+            let excerpt = letter.excerpt().unwrap();
+            assert!(!excerpt.is_empty() && bytes.starts_with(&excerpt));
+            let kept_at = letter.original_kept_at.as_deref().unwrap();
+            assert!(kept_at.contains("offset 1"), "{kept_at}");
+        } else {
+            assert_eq!(
+                &letter.original().unwrap(),
+                bytes,
+                "the original is kept byte for byte"
+            );
+        }
         assert!(!letter.error.is_empty());
     }
     assert!(
@@ -574,4 +588,57 @@ async fn listing_dead_letters_creates_nothing() {
         .unwrap()
         .collect();
     assert!(topics.is_empty(), "reading dead letters made {topics:?}");
+}
+
+/// While the dead letters cannot be written (here: their topic's directory is a file), a bad
+/// record waits unacknowledged, every failed write is counted, and the records behind it
+/// flow; once the dead letters can be written again, it is recorded and the group's
+/// watermark moves past it. A failed dead-letter write used to hold up the whole group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_written_blocks_nothing_and_is_written_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    let blocker = dir
+        .path()
+        .join("topics")
+        .join(format!("{TOPIC}.dead-letters"));
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let seen: Seen = Arc::default();
+    let sub = Subscription::builder(&bus, TOPIC, "g")
+        .backoff(fast_backoff())
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    let bad = tabgrab::backend::Bus::from(&bus)
+        .publish_raw(TOPIC, None, Bytes::from_static(b"\x00 not an envelope"))
+        .await
+        .unwrap();
+    let publisher = Publisher::new(&bus, TOPIC, "/test").unwrap();
+    publish_tickets(&publisher, &["a", "b"], 5).await;
+    wait_until("the records behind the bad one", || {
+        seen.lock().unwrap().len() == 10
+    })
+    .await;
+    wait_until("failed dead-letter writes are counted", || {
+        sub.stats().dead_letter_failures >= 2
+    })
+    .await;
+    assert_eq!(sub.stats().dead_lettered, 0);
+    assert_eq!(
+        sub.watermark(),
+        bad.position,
+        "the bad record is still pending"
+    );
+
+    std::fs::remove_file(&blocker).unwrap();
+    wait_until("the dead letter is written", || {
+        sub.stats().dead_lettered == 1
+    })
+    .await;
+    wait_until("the watermark moves past it", || sub.watermark() == 11).await;
+    let letters = read_dead_letters(&bus, TOPIC).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].offset, bad.position);
+    assert_eq!(letters[0].reason, "malformed");
+    sub.shutdown().await.unwrap();
 }

@@ -40,8 +40,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
@@ -349,11 +349,30 @@ impl AmqpBus {
             }
         }
         let (properties, body) = encode(&self.codec, envelope)?;
-        let fail = |what: &str, e: lapin::Error| {
+        let routing = routing_key(envelope.subject.as_deref());
+        self.send(topic, exchange, routing, &body, properties, || {
+            format!("{} {}", envelope.ty, envelope.id)
+        })
+        .await
+    }
+
+    /// Publishes `body` with `properties` to `exchange` (of `topic`), mandatory and
+    /// confirmed; `what` names the message in errors.
+    async fn send(
+        &self,
+        topic: &str,
+        exchange: String,
+        routing: String,
+        body: &[u8],
+        properties: BasicProperties,
+        what: impl Fn() -> String,
+    ) -> Result<Published, Error> {
+        let fail = |how: &str, e: lapin::Error| {
             unavailable(
                 format!(
-                    "amqp {}: publish of {} {} to topic {topic} {what}; publish it again",
-                    self.url, envelope.ty, envelope.id
+                    "amqp {}: publish of {} to topic {topic} {how}; publish it again",
+                    self.url,
+                    what()
                 ),
                 e,
             )
@@ -361,12 +380,12 @@ impl AmqpBus {
         // Boxed: lapin's publish future alone is about 1 KiB (see `declare_exchange`).
         let publish = self.publisher.basic_publish(
             exchange.into(),
-            routing_key(envelope.subject.as_deref()).into(),
+            routing.into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
             },
-            &body,
+            body,
             properties,
         );
         let confirm = Box::pin(publish)
@@ -382,19 +401,43 @@ impl AmqpBus {
             Confirmation::Ack(Some(_)) => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "amqp {}: topic {topic} has no consumer group yet, so RabbitMQ would drop the {} {}; \
+                    "amqp {}: topic {topic} has no consumer group yet, so RabbitMQ would drop the {}; \
                      start a subscription (or responder) on it first",
-                    self.url, envelope.ty, envelope.id
+                    self.url,
+                    what()
                 ),
             )),
             Confirmation::Nack(_) => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "amqp {}: RabbitMQ refused the {} {} on topic {topic} (nack); publish it again",
-                    self.url, envelope.ty, envelope.id
+                    "amqp {}: RabbitMQ refused the {} on topic {topic} (nack); publish it again",
+                    self.url,
+                    what()
                 ),
             )),
         }
+    }
+
+    async fn publish_raw_inner(
+        &self,
+        topic: &str,
+        subject: Option<&str>,
+        body: Bytes,
+    ) -> Result<Published, Error> {
+        validate_topic(topic)?;
+        let exchange = exchange_name(topic);
+        self.declare_exchange(&exchange, ExchangeKind::Topic)
+            .await?;
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        self.send(
+            topic,
+            exchange,
+            routing_key(subject),
+            &body,
+            properties,
+            || format!("a raw message of {} bytes", body.len()),
+        )
+        .await
     }
 
     async fn subscribe_inner(&self, request: SubscribeRequest) -> Result<Deliveries, Error> {
@@ -596,6 +639,18 @@ impl Acker for AmqpAcker {
         // The subscription stored the dead letter itself; rejecting would dead-letter twice.
         self.done()
     }
+    fn reject(&self) -> BoxFuture<'_, Result<(), Error>> {
+        // The dead letter keeps only an excerpt: the queue's dead-letter exchange keeps the
+        // whole message, with RabbitMQ's `x-death` header naming the queue it came from.
+        async move {
+            self.0
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("amqp: reject failed".into(), e))
+        }
+        .boxed()
+    }
     fn progress(&self) -> BoxFuture<'_, Result<(), Error>> {
         // RabbitMQ has no ack wait to extend (only its consumer_timeout, 30 min by default).
         async { Ok(()) }.boxed()
@@ -635,12 +690,29 @@ impl Backend for AmqpBus {
         self.publish_inner(topic, envelope).boxed()
     }
 
+    fn publish_raw<'a>(
+        &'a self,
+        topic: &'a str,
+        subject: Option<&'a str>,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<Published, Error>> {
+        self.publish_raw_inner(topic, subject, payload).boxed()
+    }
+
     fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>> {
         self.subscribe_inner(request).boxed()
     }
 
     fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
         self.read_all_inner(topic).boxed()
+    }
+
+    fn original_location(&self, topic: &str, position: u64) -> String {
+        let _ = position;
+        format!(
+            "RabbitMQ queue {BROKER_DLX} (rejected there by the group; its x-death header names \
+             the queue of topic {topic})"
+        )
     }
 
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>> {

@@ -108,6 +108,14 @@ pub trait Acker: Send + Sync {
     fn nack(&self, delay: Duration) -> BoxFuture<'_, Result<(), Error>>;
     /// Given up (it was dead-lettered): never deliver it again.
     fn term(&self) -> BoxFuture<'_, Result<(), Error>>;
+    /// Given up, and the dead letter keeps only an excerpt of the message: never deliver it
+    /// again, and keep the whole message where [`Backend::original_location`] says. By
+    /// default the same as [`Acker::term`], for an engine that keeps a message at its
+    /// position after it is settled (JetStream's streams); RabbitMQ rejects it to the queue's
+    /// dead-letter exchange instead.
+    fn reject(&self) -> BoxFuture<'_, Result<(), Error>> {
+        self.term()
+    }
     /// Still working on it: restart the ack-wait timer.
     fn progress(&self) -> BoxFuture<'_, Result<(), Error>>;
 }
@@ -206,6 +214,15 @@ pub trait Backend: Send + Sync + 'static {
         topic: &'a str,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>>;
+    /// Publishes `payload` to `topic` as it is, with no envelope attributes, about `subject`
+    /// where the engine routes by subject: for tools and tests that put foreign or damaged
+    /// messages on a topic. Subscriptions dead-letter what does not decode.
+    fn publish_raw<'a>(
+        &'a self,
+        topic: &'a str,
+        subject: Option<&'a str>,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<Published, Error>>;
     /// The ack wait a subscription asking for `requested` gets (a backend may be configured
     /// to override it, e.g. `?ack_wait_ms=` in a NATS URL); the subscription reports progress
     /// well within it.
@@ -216,6 +233,12 @@ pub trait Backend: Send + Sync + 'static {
     fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>>;
     /// Every envelope of `topic` from the beginning, oldest first (dead-letter listings).
     fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>>;
+    /// Where the engine keeps the whole message at `position` of `topic` once a group has
+    /// given up on it with [`Acker::reject`], in words for a dead letter whose original is
+    /// only an excerpt.
+    fn original_location(&self, topic: &str, position: u64) -> String {
+        format!("{} topic {topic} at position {position}", self.name())
+    }
     /// Deletes a topic and its groups (tests clean up with it).
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     /// What an acknowledged publish means on this engine, read from the server.
@@ -361,6 +384,43 @@ impl Bus {
                 ],
             }),
             Engine::Broker(b) => b.report().await,
+        }
+    }
+
+    /// Publishes `payload` to `topic` as it is, not as an envelope (see
+    /// [`Backend::publish_raw`]): how a test or a tool puts a foreign or damaged message on
+    /// a topic. Subscriptions dead-letter what does not decode.
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        subject: Option<&str>,
+        payload: Bytes,
+    ) -> Result<Published, Error> {
+        match &self.engine {
+            Engine::Embedded(bus) => {
+                let log = bus.topic(topic)?;
+                let offset = log
+                    .append(payload)
+                    .await
+                    .map_err(|e| embedded::storage(topic, "append", e))?;
+                Ok(Published {
+                    position: offset,
+                    duplicate: false,
+                })
+            }
+            Engine::Broker(b) => b.publish_raw(topic, subject, payload).await,
+        }
+    }
+
+    /// Where the engine keeps the whole message at `position` of `topic` after a group gave
+    /// up on it (see [`DeadLetter::original_kept_at`]).
+    pub fn original_location(&self, topic: &str, position: u64) -> String {
+        match &self.engine {
+            Engine::Embedded(bus) => format!(
+                "the embedded log {}, topic {topic}, offset {position} (until retention deletes its segment)",
+                bus.dir().display()
+            ),
+            Engine::Broker(b) => b.original_location(topic, position),
         }
     }
 

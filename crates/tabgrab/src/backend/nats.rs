@@ -365,6 +365,36 @@ impl NatsBus {
         }
     }
 
+    async fn publish_raw_inner(
+        &self,
+        topic: &str,
+        subject: Option<&str>,
+        payload: Bytes,
+    ) -> Result<Published, Error> {
+        self.ensure_stream(topic).await?;
+        let subject = nats_subject(topic, subject);
+        let fail = |e: &dyn std::fmt::Display| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "nats {}: raw publish to topic {topic} (subject {subject}) failed: {e}",
+                    self.url
+                ),
+            )
+        };
+        let ack = self
+            .js
+            .publish(subject.clone(), payload)
+            .await
+            .map_err(|e| fail(&e))?
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(Published {
+            position: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
     async fn subscribe_inner(&self, request: SubscribeRequest) -> Result<Deliveries, Error> {
         let stream = self.ensure_stream(&request.topic).await?;
         validate_topic(&request.group)?;
@@ -595,9 +625,11 @@ impl NatsBus {
             error
         };
         let letter = DeadLetter::new(topic, &group, advisory.stream_seq, &raw, envelope.as_ref())
-            .because(reason, error, attempts);
-        let mut envelope = Envelope::new(format!("/tabgrab/groups/{group}"), &letter)?;
-        envelope.subject.clone_from(&letter.subject);
+            .because(reason, error, attempts)
+            .fit(self.config.codec, || {
+                self.original_location(topic, advisory.stream_seq)
+            });
+        let envelope = letter.envelope()?;
         let msg_id = format!(
             "tabgrab-dl-{}-{}-{}",
             advisory.stream, advisory.consumer, advisory.stream_seq
@@ -861,6 +893,15 @@ impl Backend for NatsBus {
         self.publish_inner(topic, envelope).boxed()
     }
 
+    fn publish_raw<'a>(
+        &'a self,
+        topic: &'a str,
+        subject: Option<&'a str>,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<Published, Error>> {
+        self.publish_raw_inner(topic, subject, payload).boxed()
+    }
+
     fn ack_wait(&self, requested: Duration) -> Duration {
         self.config.ack_wait.unwrap_or(requested)
     }
@@ -871,6 +912,13 @@ impl Backend for NatsBus {
 
     fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
         self.read_all_inner(topic).boxed()
+    }
+
+    fn original_location(&self, topic: &str, position: u64) -> String {
+        format!(
+            "NATS stream {} of topic {topic}, sequence {position} (until the stream's limits remove it)",
+            stream_name(topic)
+        )
     }
 
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>> {

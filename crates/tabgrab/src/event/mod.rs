@@ -23,7 +23,10 @@ mod handler;
 mod publisher;
 mod subscription;
 
-pub use dead_letter::{DEAD_LETTER_TYPE, DeadLetter, dead_letter_topic, read_dead_letters};
+pub use dead_letter::{
+    DEAD_LETTER_TYPE, DeadLetter, ORIGINAL_EXCERPT, ORIGINAL_KEPT_WHOLE, dead_letter_topic,
+    read_dead_letters,
+};
 pub use handler::{Context, HandlerError};
 pub use publisher::{Publisher, Receipt};
 pub(crate) use subscription::{ErasedHandler, Group};

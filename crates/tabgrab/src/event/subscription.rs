@@ -93,6 +93,7 @@ struct Counters {
     acked: AtomicU64,
     retries: AtomicU64,
     dead_lettered: AtomicU64,
+    dead_letter_failures: AtomicU64,
     skipped: AtomicU64,
 }
 
@@ -107,6 +108,10 @@ pub struct SubscriptionStats {
     pub retries: u64,
     /// Records sent to dead letters.
     pub dead_lettered: u64,
+    /// Failed attempts to write a dead letter. Each is retried with backoff; meanwhile the
+    /// record stays unacknowledged (and counts in the lag), while the group's other records
+    /// flow.
+    pub dead_letter_failures: u64,
     /// Known events of types this group does not handle.
     pub skipped: u64,
 }
@@ -377,6 +382,7 @@ impl Subscription {
             acked: c.acked.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            dead_letter_failures: c.dead_letter_failures.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
         }
     }
@@ -504,6 +510,11 @@ struct Job {
 struct State {
     /// Queued jobs per subject; a key exists exactly while its lane task runs.
     lanes: HashMap<String, VecDeque<Job>>,
+    /// Records to dead-letter that never reached a lane (bad input, crash loops), in the
+    /// order they were read, with their read-ahead permits.
+    burials: VecDeque<(DeadLetter, OwnedSemaphorePermit)>,
+    /// Whether the burial lane runs.
+    burying: bool,
     /// Offsets read but not yet done.
     pending: BTreeSet<u64>,
     /// The next offset the dispatcher will read.
@@ -800,9 +811,7 @@ impl Group {
                 let letter =
                     DeadLetter::new(&self.topic, &self.name, position, &raw, envelope.as_deref())
                         .because(e.kind().as_str(), e.to_string(), 0);
-                if self.dead_letter(letter).await {
-                    self.finish(position, Settle::Term).await;
-                }
+                self.bury(letter, permit);
                 return;
             }
         };
@@ -817,9 +826,7 @@ impl Group {
                     ),
                     attempt - 1,
                 );
-            if self.dead_letter(letter).await {
-                self.finish(position, Settle::Term).await;
-            }
+            self.bury(letter, permit);
             return;
         }
         // The handler's attempts count from 1 on every delivery: the broker's count also
@@ -897,9 +904,7 @@ impl Group {
                     envelope.as_deref(),
                 )
                 .because(e.kind().as_str(), e.to_string(), 0);
-                if self.dead_letter(letter).await {
-                    self.done(offset).await;
-                }
+                self.bury(letter, permit);
                 return;
             }
         };
@@ -1053,31 +1058,98 @@ impl Group {
                 Some(&job.envelope),
             )
             .because(reason, error.to_string(), attempt);
-            if Box::pin(self.dead_letter(letter)).await {
-                self.finish(job.offset, Settle::Term).await;
+            if let Some(settle) = Box::pin(self.dead_letter(letter)).await {
+                self.finish(job.offset, settle).await;
             }
             return;
         }
     }
 
-    /// Writes a dead letter durably, retrying storage failures until cancelled. Returns
-    /// whether it was written (only then may the record count as done).
-    async fn dead_letter(&self, letter: DeadLetter) -> bool {
-        let mut retry = 1;
+    /// Dead-letters a record that the dispatcher cannot queue (bad input, a crash loop) in
+    /// the group's burial lane, a task like a subject's lane, so that a slow or failing
+    /// dead-letter write never holds up the records behind it, and such dead letters are
+    /// written in the order they were read. The record's read-ahead permit is held until it
+    /// is settled.
+    fn bury(self: &Arc<Group>, letter: DeadLetter, permit: OwnedSemaphorePermit) {
+        let mut state = lock(&self.state);
+        state.burials.push_back((letter, permit));
+        if !state.burying {
+            state.burying = true;
+            drop(state);
+            self.lanes.spawn(Arc::clone(self).burial());
+        }
+    }
+
+    /// The burial lane: writes queued dead letters one after the other until none is left
+    /// (or the group stops: what is left stays unacknowledged).
+    async fn burial(self: Arc<Group>) {
         loop {
-            match letter.record(&self.bus).await {
+            let (letter, permit) = {
+                let mut state = lock(&self.state);
+                match state.burials.pop_front() {
+                    Some(burial) => burial,
+                    None => {
+                        state.burying = false;
+                        return;
+                    }
+                }
+            };
+            let position = letter.offset;
+            let Some(settle) = self.dead_letter(letter).await else {
+                return;
+            };
+            self.finish(position, settle).await;
+            drop(permit);
+        }
+    }
+
+    /// Writes a dead letter durably. Returns how to settle its record once it is written
+    /// (only then may the record count as done); `None` only when the group stops first, and
+    /// the record then stays unacknowledged (redelivered after a restart).
+    ///
+    /// A dead letter is bounded and cut to fit the bus's envelope limit (see
+    /// `dead_letter.rs`), so a failure is the engine's, not the message's: it is retried with
+    /// the subscription's backoff until it succeeds. Should the engine still refuse it for a
+    /// reason no retry mends (a broker limit below the codec's), it is written without the
+    /// original's bytes (their size and digest stay). Every failure is counted
+    /// ([`SubscriptionStats::dead_letter_failures`]) and logged, at most once per 10 s for
+    /// one record.
+    async fn dead_letter(&self, letter: DeadLetter) -> Option<Settle> {
+        let offset = letter.offset;
+        let mut letter = letter.fit(self.bus.codec(), || {
+            self.bus.original_location(&self.topic, offset)
+        });
+        let mut failures = 0;
+        let mut stripped = false;
+        let mut logged: Option<std::time::Instant> = None;
+        loop {
+            let error = match letter.record(&self.bus).await {
                 Ok(_) => {
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    return true;
-                }
-                Err(e) => {
-                    tracing::error!(topic = %self.topic, group = %self.name, offset = letter.offset, error = %e, "cannot write dead letter; retrying");
-                    tokio::select! {
-                        () = self.cancel.cancelled() => return false,
-                        () = tokio::time::sleep(self.options.backoff.delay(retry)) => {}
+                    if failures > 0 {
+                        tracing::warn!(topic = %self.topic, group = %self.name, offset = letter.offset, failures, "dead letter written after failures");
                     }
-                    retry += 1;
+                    return Some(Settle::term(&letter));
                 }
+                Err(e) => e,
+            };
+            failures += 1;
+            self.counters
+                .dead_letter_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if !error.kind().is_retryable() && !stripped {
+                tracing::error!(topic = %self.topic, group = %self.name, offset = letter.offset, %error, "the engine refused the dead letter; writing it without the original's bytes");
+                letter = letter.without_original();
+                stripped = true;
+                continue;
+            }
+            if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::error!(topic = %self.topic, group = %self.name, offset = letter.offset, failures, %error, "cannot write a dead letter; the record stays unacknowledged and the write is retried");
+                logged = Some(std::time::Instant::now());
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return None,
+                () = tokio::time::sleep(self.options.backoff.delay(failures)) => {}
             }
         }
     }
@@ -1098,7 +1170,12 @@ impl Group {
         };
         let result = match settle {
             Settle::Ack => acker.ack().await,
-            Settle::Term => acker.term().await,
+            Settle::Term {
+                keep_original: false,
+            } => acker.term().await,
+            Settle::Term {
+                keep_original: true,
+            } => acker.reject().await,
         };
         if let Err(e) = result {
             // Not lost: the broker redelivers it, and it is handled again (at least once).
@@ -1190,7 +1267,7 @@ impl Group {
                     ),
                     0,
                 );
-                if self.dead_letter(letter).await {
+                if self.dead_letter(letter).await.is_some() {
                     let mut state = lock(&self.state);
                     state.pending.remove(&range.start);
                     state.next_read = state.next_read.max(range.end);
@@ -1220,8 +1297,18 @@ impl Group {
 enum Settle {
     /// Handled or skipped.
     Ack,
-    /// Dead-lettered.
-    Term,
+    /// Dead-lettered; `keep_original` when the dead letter holds only an excerpt, so that
+    /// the engine must keep the whole message (see [`Acker::reject`]).
+    Term { keep_original: bool },
+}
+
+impl Settle {
+    /// How to settle the record that `letter` stands for.
+    fn term(letter: &DeadLetter) -> Settle {
+        Settle::Term {
+            keep_original: letter.original_truncated,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -490,6 +490,90 @@ pub(crate) async fn bad_input_is_dead_lettered_with_its_reason(f: Fixture) {
     f.cleanup().await;
 }
 
+/// A malformed message close to the engine's size limit (0.8 MB: under NATS's 1 MB
+/// `max_payload`, and its base64 copy over the 1 MiB envelope limit) costs one dead letter,
+/// whose original is an excerpt with the size and digest and the place the engine keeps the
+/// whole; the events behind it flow, and a member that joins later finds nothing left to
+/// redeliver. It wedged the group on NATS and RabbitMQ: the dead letter with a full copy
+/// could never be written, and was retried forever in front of every later message.
+pub(crate) async fn an_oversized_malformed_message_costs_one_dead_letter(f: Fixture) {
+    use sha2::Digest as _;
+    let topic = f.topic("huge");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let seen: Seen = Arc::default();
+    let sub = Subscription::builder(&f.bus, &topic, "g")
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    let garbage: Vec<u8> = (0..800_000_u32).map(|i| (i * 7 % 251) as u8).collect();
+    f.bus
+        .publish_raw(&topic, Some("s"), Bytes::from(garbage.clone()))
+        .await
+        .unwrap();
+    let ticket = |seq| Ticket {
+        order: "s".into(),
+        seq,
+    };
+    publisher.publish(&ticket(1), "s").await.unwrap();
+    wait_until("the event behind the oversized one", || {
+        seen.lock().unwrap().len() == 1
+    })
+    .await;
+    let start = Instant::now();
+    let letter = loop {
+        let letters = f.bus.dead_letters(&topic).await.unwrap();
+        if let Some(letter) = letters.first() {
+            assert_eq!(letters.len(), 1, "{letters:?}");
+            break letter.clone();
+        }
+        assert!(start.elapsed() < DEADLINE, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let decoding = [
+        "malformed",
+        "missing_attribute",
+        "too_large",
+        "unsupported_version",
+    ];
+    assert!(
+        decoding.contains(&letter.reason.as_str()),
+        "{}",
+        letter.reason
+    );
+    assert_eq!(letter.attempts, 0);
+    assert_eq!(letter.original_size, 800_000);
+    assert!(letter.original_truncated);
+    let digest: String = sha2::Sha256::digest(&garbage)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(letter.original_sha256, digest);
+    assert_eq!(
+        letter.excerpt().unwrap(),
+        garbage[..tabgrab::event::ORIGINAL_EXCERPT]
+    );
+    assert!(letter.original_kept_at.is_some(), "{letter:?}");
+    assert_eq!(sub.stats().dead_letter_failures, 0);
+    sub.shutdown().await.unwrap();
+
+    // A later member of the group gets the next event, and nothing of the bad one.
+    let sub = Subscription::builder(&f.bus, &topic, "g")
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    publisher.publish(&ticket(2), "s").await.unwrap();
+    wait_until("the event after the restart", || {
+        seen.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(sub.stats().dead_lettered, 0);
+    assert_eq!(f.bus.dead_letters(&topic).await.unwrap().len(), 1);
+    sub.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
 /// A publish retried with the same envelope id: one event where the engine de-duplicates
 /// (`dedup_window`), two where it says it does not.
 pub(crate) async fn a_retried_publish_is_deduplicated_as_the_capability_says(f: Fixture) {
@@ -741,6 +825,7 @@ macro_rules! conformance {
             scenario!(stopping_with_a_backlog_uses_up_no_attempts);
             scenario!(poison_is_dead_lettered_and_others_flow);
             scenario!(bad_input_is_dead_lettered_with_its_reason);
+            scenario!(an_oversized_malformed_message_costs_one_dead_letter);
             scenario!(a_retried_publish_is_deduplicated_as_the_capability_says);
             scenario!(a_group_can_replay);
             scenario!(request_reply_answers_rejects_and_times_out);
