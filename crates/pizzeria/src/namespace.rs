@@ -191,6 +191,10 @@ impl Backend for Namespaced {
         self.inner.ack_wait(requested)
     }
 
+    fn flush(&self) -> BoxFuture<'_, Result<(), tabgrab::Error>> {
+        self.inner.flush()
+    }
+
     fn original_location(&self, topic: &str, position: u64) -> String {
         self.inner
             .original_location(&format!("{}{topic}", self.prefix), position)

@@ -487,9 +487,12 @@ impl AmqpBus {
         let codec = self.codec;
         let url = Arc::clone(&self.url);
         let generation = SUBSCRIPTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // The channel lives as long as the stream: closing it gives unacked messages back.
+        // The channel lives as long as the stream: closing it gives unacked messages back,
+        // including what the broker had sent but the member had not read when it stopped;
+        // so on stop the stream ends at once.
         let keep = Arc::new(channel);
         Ok(consumer
+            .take_until(request.stop.clone().cancelled_owned())
             .map(move |item| {
                 let _keep = &keep;
                 match item {

@@ -171,6 +171,10 @@ pub struct SubscribeRequest {
     /// The group joins again after the broker ended its subscription: what the backend
     /// remembers about the group's broker objects (a declared queue) may be stale.
     pub rejoin: bool,
+    /// Cancelled when the member stops: the backend stops asking for more, and its stream
+    /// yields what is already on its way to this member, then ends (the subscription gives
+    /// all of it back at once), instead of leaving it to the broker's ack wait.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// What an engine reports about itself at start-up: what an acknowledged publish means there.
@@ -233,6 +237,12 @@ pub trait Backend: Send + Sync + 'static {
     fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>>;
     /// Every envelope of `topic` from the beginning, oldest first (dead-letter listings).
     fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>>;
+    /// Waits until what this client has sent (settlements above all) has reached the
+    /// broker: a stopping member calls it last, so that a process that exits right after
+    /// its subscriptions stopped does not take queued acknowledgements with it.
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Where the engine keeps the whole message at `position` of `topic` once a group has
     /// given up on it with [`Acker::reject`], in words for a dead letter whose original is
     /// only an excerpt.

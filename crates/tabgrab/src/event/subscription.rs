@@ -343,6 +343,11 @@ impl SubscriptionBuilder {
 
 static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
+/// How long a stopping member waits for what the broker had already sent it (to give it
+/// back at once): a NATS member waits for its pull requests to end (a quarter of a second,
+/// unless the server does not answer).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A running member of a consumer group. Dropping it detaches it (the last member stops the
 /// group); [`Subscription::shutdown`] also waits for the drain and the final commit.
 pub struct Subscription {
@@ -673,6 +678,7 @@ impl Group {
             max_in_flight: self.options.max_in_flight,
             max_redeliveries: self.options.max_redeliveries,
             rejoin: false,
+            stop: CancellationToken::new(),
         };
         let mut deliveries = match backend.subscribe(request.clone()).await {
             Ok(d) => d,
@@ -689,6 +695,8 @@ impl Group {
             rejoin: true,
             ..request
         };
+        // Deliveries taken but not started when the member stops.
+        let mut arrived: Vec<Box<dyn Acker>> = Vec::new();
         let keep_alive = CancellationToken::new();
         let ack_wait = backend.ack_wait(self.options.ack_wait);
         tokio::spawn(Arc::clone(&self).keep_alive(ack_wait, keep_alive.clone()));
@@ -702,7 +710,8 @@ impl Group {
                 Some(Ok(delivery)) => {
                     let permit = tokio::select! {
                         () = self.cancel.cancelled() => {
-                            let _ = delivery.acker.nack(Duration::ZERO).await;
+                            // Given back with the rest of the handover below.
+                            arrived.push(delivery.acker);
                             break;
                         }
                         permit = Arc::clone(&self.in_flight).acquire_owned() => permit,
@@ -728,18 +737,29 @@ impl Group {
                 }
             }
         }
-        // What the client has received but the loop did not take goes back at once, not
-        // after the broker's ack wait (bounded: a broken stream may yield errors forever).
-        for _ in 0..self.options.max_in_flight {
-            match futures::StreamExt::next(&mut deliveries).now_or_never() {
-                Some(Some(Ok(delivery))) => {
-                    let _ = delivery.acker.nack(Duration::ZERO).await;
+        // What is on its way to this member goes back at once, not after the broker's ack
+        // wait: the backend stops asking for more, and its stream yields what the broker had
+        // already sent, then ends (bounded in time: a broken stream may never end). It is
+        // given back after the stream ended: earlier, the broker could send it to this
+        // member's requests again.
+        request.stop.cancel();
+        let handover = async {
+            while let Some(item) = futures::StreamExt::next(&mut deliveries).await {
+                if let Ok(delivery) = item {
+                    arrived.push(delivery.acker);
                 }
-                Some(Some(Err(_))) => {}
-                Some(None) | None => break,
             }
+        };
+        if tokio::time::timeout(HANDOVER_TIMEOUT, handover)
+            .await
+            .is_err()
+        {
+            tracing::debug!(topic = %self.topic, group = %self.name, "the broker's stream did not end within the handover time");
         }
         drop(deliveries);
+        for acker in arrived {
+            let _ = acker.nack(Duration::ZERO).await;
+        }
         self.lanes.close();
         if tokio::time::timeout(self.options.drain_timeout, self.lanes.wait())
             .await
@@ -751,6 +771,10 @@ impl Group {
         let held: Vec<Arc<dyn Acker>> = lock(&self.held).drain().map(|(_, a)| a).collect();
         for acker in held {
             let _ = acker.nack(Duration::ZERO).await;
+        }
+        // The settlements are on their way to the broker before `shutdown` returns.
+        if let Err(e) = backend.flush().await {
+            tracing::warn!(topic = %self.topic, group = %self.name, error = %e, "flushing the settlements failed; the broker redelivers what it did not hear of after its ack wait");
         }
         Ok(())
     }

@@ -57,6 +57,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 
+mod pull;
+
 use super::{
     Acker, Backend, Capabilities, Deliveries, Delivery, EngineReport, Published, SubscribeRequest,
     embedded::validate_topic,
@@ -449,20 +451,15 @@ impl NatsBus {
                 }
             },
         };
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(request.max_in_flight.clamp(1, 256))
-            .messages()
-            .await
-            .map_err(|e| {
-                unavailable(
-                    format!(
-                        "nats {}: cannot pull from the consumer {name} of topic {}",
-                        self.url, request.topic
-                    ),
-                    e,
-                )
-            })?;
+        let messages = pull::messages(pull::Pull {
+            client: self.client.clone(),
+            api_prefix: "$JS.API".into(),
+            stream: consumer.cached_info().stream_name.clone(),
+            consumer: consumer.cached_info().name.clone(),
+            batch: request.max_in_flight.clamp(1, 256),
+            stop: request.stop.clone(),
+        })
+        .await?;
         let codec = self.config.codec;
         let topic = request.topic.clone();
         let client = self.client.clone();
@@ -473,9 +470,9 @@ impl NatsBus {
                 let _capture = &capture;
                 match item {
                     Ok(message) => Ok(delivery(codec, &client, term_reason, message)),
-                    Err(e) => Err(unavailable(
-                        format!("nats: pulling from topic {topic} failed"),
-                        e,
+                    Err(e) => Err(Error::new(
+                        e.kind(),
+                        format!("nats: pulling from topic {topic} failed: {}", e.message()),
                     )),
                 }
             })
@@ -729,17 +726,17 @@ fn delivery(
     codec: Codec,
     client: &async_nats::Client,
     term_reason: bool,
-    message: jetstream::Message,
+    message: async_nats::Message,
 ) -> Delivery {
-    let (position, attempt, pending) = match message.info() {
-        Ok(info) => (
+    let info = message.reply.as_deref().and_then(pull::ack_info);
+    let (position, attempt, pending) = match info {
+        Some(info) => (
             info.stream_sequence,
             u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
             info.pending,
         ),
-        Err(_) => (0, 1, 0),
+        None => (0, 1, 0),
     };
-    let message = message.message;
     let envelope = decode(codec, message.headers.as_ref(), message.payload.clone());
     Delivery {
         envelope,
@@ -912,6 +909,25 @@ impl Backend for NatsBus {
 
     fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
         self.read_all_inner(topic).boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            // `Client::flush` only writes the client's buffer to the socket. A request is a
+            // round trip: its answer comes after the server read everything sent before it,
+            // so a process that exits right after cannot lose a settlement to a reset
+            // connection. Any answer will do (the server answers in order); only a failure to
+            // get one is an error.
+            match self.client.request("$JS.API.INFO", Bytes::new()).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+                Err(e) => Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("nats {}: flush failed: {e}", self.url),
+                )),
+            }
+        }
+        .boxed()
     }
 
     fn original_location(&self, topic: &str, position: u64) -> String {
