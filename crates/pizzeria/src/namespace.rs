@@ -249,7 +249,14 @@ pub struct Connection {
 pub async fn connect(url: &str) -> Result<Connection, Error> {
     let (url, namespace) = split_url(url)?;
     let bus = Bus::connect(&url).await.map_err(|e| {
-        Error::new(ErrorKind::Bus, format!("cannot connect to the bus {url}")).with_source(e)
+        Error::new(
+            ErrorKind::Bus,
+            format!(
+                "cannot connect to the bus {}",
+                tabgrab::SecretUrl::new(url.as_str())
+            ),
+        )
+        .with_source(e)
     })?;
     Connection::over(&bus, namespace.as_deref())
 }

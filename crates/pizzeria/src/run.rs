@@ -479,7 +479,10 @@ pub(crate) async fn open_store(
     crate::services::Store::open(&url).await.map_err(|e| {
         Error::new(
             ErrorKind::Bus,
-            format!("cannot open the payment and inventory store {url}"),
+            format!(
+                "cannot open the payment and inventory store {}",
+                tabgrab::SecretUrl::new(url.as_str())
+            ),
         )
         .with_source(e)
     })

@@ -101,7 +101,10 @@ pub async fn serve(
             let store = Store::open(&url).await.map_err(|e| {
                 Error::new(
                     ErrorKind::Bus,
-                    format!("cannot open the {name} store {url}"),
+                    format!(
+                        "cannot open the {name} store {}",
+                        tabgrab::SecretUrl::new(url.as_str())
+                    ),
                 )
                 .with_source(e)
             })?;

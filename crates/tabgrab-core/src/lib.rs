@@ -8,16 +8,19 @@
 //!   (`ce-*` header) mode;
 //! - [`codec`]: size limits and typed decoding of envelopes and registered message types;
 //! - [`error`]: `Error { kind, .. }` with a `#[non_exhaustive]` [`ErrorKind`];
-//! - [`rejection`]: a handler's typed refusal, carried back to the caller by every transport.
+//! - [`rejection`]: a handler's typed refusal, carried back to the caller by every transport;
+//! - [`secret`]: [`SecretUrl`], how every URL that may carry credentials is shown redacted.
 
 pub mod codec;
 pub mod envelope;
 pub mod error;
 pub mod message;
 pub mod rejection;
+pub mod secret;
 
 pub use codec::{Codec, DEFAULT_MAX_SIZE, Registry};
 pub use envelope::Envelope;
 pub use error::{Error, ErrorKind};
 pub use message::{Command, Event, Message, MessageType, Query, Request};
 pub use rejection::Rejection;
+pub use secret::SecretUrl;

@@ -18,6 +18,10 @@ pub struct NatsOptions {
     /// Write `sync_interval: always` (every acknowledged publish is fsynced first). Needs
     /// nats-server 2.10 or later.
     pub sync_always: bool,
+    /// Clients must authenticate with this user and password (tests of credentials).
+    pub user_password: Option<(String, String)>,
+    /// Clients must authenticate with this token.
+    pub token: Option<String>,
 }
 
 /// A running nats-server with JetStream, on a free loopback port, with its own store.
@@ -121,6 +125,15 @@ impl NatsServer {
             writeln!(file, "  sync_interval: always")?;
         }
         writeln!(file, "}}")?;
+        if let Some((user, password)) = &self.options.user_password {
+            writeln!(
+                file,
+                "authorization {{ user: {user:?}, password: {password:?} }}"
+            )?;
+        }
+        if let Some(token) = &self.options.token {
+            writeln!(file, "authorization {{ token: {token:?} }}")?;
+        }
         drop(file);
         let child = Command::new(&self.binary)
             .arg("-c")

@@ -666,7 +666,10 @@ async fn main() -> Result<(), BoxError> {
         if !wanted.iter().any(|w| w == key) {
             continue;
         }
-        let server = NatsServer::start(NatsOptions { sync_always })?;
+        let server = NatsServer::start(NatsOptions {
+            sync_always,
+            ..NatsOptions::default()
+        })?;
         let label = format!(
             "{} {}",
             server.binary_path().display(),

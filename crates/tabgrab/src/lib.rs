@@ -50,5 +50,5 @@ pub use inbox::Inbox;
 pub use outbox::{Outbox, Relay};
 pub use tabgrab_core::{
     Codec, Command, Envelope, Error, ErrorKind, Event, Message, MessageType, Query, Registry,
-    Rejection, Request, codec, envelope, message, rejection, request,
+    Rejection, Request, SecretUrl, codec, envelope, message, rejection, request, secret,
 };

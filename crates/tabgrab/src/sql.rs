@@ -87,6 +87,15 @@ pub async fn connect_postgres(
     probe_timeout: std::time::Duration,
 ) -> Result<sqlx::PgPool, sqlx::Error> {
     use sqlx::Connection as _;
+    let secret = crate::SecretUrl::new(url);
+    // The driver's errors must not carry the password onward (see `tabgrab_core::secret`).
+    let scrub = |e: sqlx::Error| {
+        if secret.has_secret() && secret.scrub_text(&format!("{e} {e:?}")) != format!("{e} {e:?}") {
+            sqlx::Error::Configuration(Box::new(secret.scrub(&e)))
+        } else {
+            e
+        }
+    };
     let probe = tokio::time::timeout(probe_timeout, sqlx::PgConnection::connect(url))
         .await
         .map_err(|_| {
@@ -97,7 +106,8 @@ pub async fn connect_postgres(
                     probe_timeout.as_millis()
                 ),
             ))
-        })??;
+        })?
+        .map_err(scrub)?;
     // Closing is a courtesy to the server; the pool opens its own connections.
     let _ = probe.close().await;
     sqlx::postgres::PgPoolOptions::new()
@@ -105,6 +115,7 @@ pub async fn connect_postgres(
         .acquire_timeout(acquire_timeout)
         .connect(url)
         .await
+        .map_err(scrub)
 }
 
 #[cfg(test)]

@@ -42,7 +42,11 @@ async fn every_acknowledged_event_survives_a_broker_restart_and_retries_are_not_
             binary.display()
         );
     }
-    let mut server = NatsServer::start(NatsOptions { sync_always }).unwrap();
+    let mut server = NatsServer::start(NatsOptions {
+        sync_always,
+        ..NatsOptions::default()
+    })
+    .unwrap();
     let bus = Bus::connect(&server.url()).await.unwrap();
     println!("engine: {}", bus.report().await.unwrap());
     let topic = "restart";

@@ -71,7 +71,8 @@ impl LabBus {
             return Err(Error::new(
                 ErrorKind::Usage,
                 format!(
-                    "--bus {bus:?} is not a bus the lab knows: use `embedded`, `nats://host:port` or `amqp://user:pass@host:port/vhost`"
+                    "--bus {:?} is not a bus the lab knows: use `embedded`, `nats://host:port` or `amqp://user:pass@host:port/vhost`",
+                    tabgrab::SecretUrl::new(bus).redacted()
                 ),
             ));
         }

@@ -58,7 +58,7 @@ impl Machine {
 pub struct BusReport {
     /// `nats` or `amqp`.
     pub engine: String,
-    /// The URL, without user and password.
+    /// The URL, its credentials redacted.
     pub url: String,
     /// The server's version, where the engine reports it (NATS does; RabbitMQ's is not read).
     pub server_version: Option<String>,
@@ -88,12 +88,9 @@ impl BusReport {
     }
 }
 
-/// `url` without its user and password.
+/// `url` with its credentials redacted.
 fn shown(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    tabgrab::SecretUrl::new(url).redacted().to_owned()
 }
 
 /// One cell of the table: the deciding figures and the verdict derived from them.

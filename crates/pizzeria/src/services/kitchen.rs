@@ -116,10 +116,11 @@ impl Kitchen {
         bake_time: Duration,
         database_url: &str,
     ) -> Result<Kitchen, tabgrab::Error> {
+        let shown = tabgrab::SecretUrl::new(database_url);
         let db = |e: sqlx::Error| {
             tabgrab::Error::new(
                 tabgrab::ErrorKind::Storage,
-                format!("kitchen: the shared rail in PostgreSQL ({database_url}) failed"),
+                format!("kitchen: the shared rail in PostgreSQL ({shown}) failed"),
             )
             .with_source(e)
         };

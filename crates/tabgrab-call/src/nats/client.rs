@@ -81,13 +81,17 @@ impl NatsTransport {
 
     /// Connects to NATS at `url` and makes a transport to `service` over it.
     pub async fn connect(url: &str, service: &str) -> Result<NatsTransport, tabgrab_core::Error> {
-        let client = async_nats::connect(url).await.map_err(|e| {
-            tabgrab_core::Error::new(
-                ErrorKind::Unavailable,
-                format!("cannot connect to NATS at {url}; is nats-server running there?"),
-            )
-            .with_source(e)
-        })?;
+        let url = tabgrab_core::SecretUrl::new(url);
+        let client = connect_options(&url)
+            .connect(url.without_userinfo())
+            .await
+            .map_err(|e| {
+                tabgrab_core::Error::new(
+                    ErrorKind::Unavailable,
+                    format!("cannot connect to NATS at {url}; is nats-server running there?"),
+                )
+                .with_source(url.scrub(&e))
+            })?;
         Ok(NatsTransport::new(client, service))
     }
 
@@ -252,5 +256,18 @@ fn error_from(call: &Call, kind: &str, body: &[u8]) -> CallError {
             ty,
             format!("the server answered an unknown error kind {kind:?}: {message}"),
         ),
+    }
+}
+
+/// Client options carrying `url`'s credentials (`user:password@`, or `token@`), to connect to
+/// [`SecretUrl::without_userinfo`]: async-nats neither uses the credentials of a URL nor keeps
+/// them out of its debug log, so they are given apart from the address.
+pub fn connect_options(url: &tabgrab_core::SecretUrl) -> async_nats::ConnectOptions {
+    match url.userinfo() {
+        Some((user, Some(password))) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        Some((token, None)) => async_nats::ConnectOptions::with_token(token),
+        None => async_nats::ConnectOptions::new(),
     }
 }

@@ -42,7 +42,7 @@ pub mod binding;
 mod client;
 mod server;
 
-pub use self::client::{NatsTransport, NatsTransportBuilder};
+pub use self::client::{NatsTransport, NatsTransportBuilder, connect_options};
 pub use self::server::{NatsListener, NatsServeConfig, listen, serve, serve_with};
 
 use async_nats::HeaderName;

@@ -53,7 +53,7 @@ use super::{
     embedded::validate_topic,
 };
 use crate::event::StartFrom;
-use crate::{Codec, Envelope, Error, ErrorKind};
+use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl};
 
 /// The explicit broker-side delivery limit of every group queue.
 const DELIVERY_LIMIT: i32 = 50;
@@ -130,8 +130,8 @@ pub struct AmqpBus {
     connection: Arc<Connection>,
     /// The publishing channel, in confirm mode.
     publisher: Channel,
-    /// The URL without credentials, for messages.
-    url: Arc<str>,
+    /// The URL (shown redacted: it carries credentials).
+    url: SecretUrl,
     /// The envelope size limit.
     codec: Codec,
     /// Exchanges known to exist.
@@ -150,20 +150,13 @@ impl std::fmt::Debug for AmqpBus {
     }
 }
 
-fn shown(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 impl AmqpBus {
     /// Connects to `url` (`amqp://user:pass@host:port/vhost`).
     pub async fn connect(url: &str) -> Result<AmqpBus, Error> {
-        let shown_url = shown(url);
+        let shown_url = SecretUrl::new(url);
         let connection = tokio::time::timeout(
             Duration::from_secs(10),
-            Connection::connect(url, ConnectionProperties::default()),
+            Connection::connect(shown_url.expose(), ConnectionProperties::default()),
         )
         .await
         .map_err(|_| {
@@ -174,8 +167,8 @@ impl AmqpBus {
         })?
         .map_err(|e| {
             unavailable(
-                format!("amqp: cannot connect to {shown_url}; is RabbitMQ running, and are the user and vhost right?"),
-                e,
+                format!("amqp: cannot connect to {shown_url}; is RabbitMQ running, and are the user, password and vhost right?"),
+                shown_url.scrub(&e),
             )
         })?;
         let publisher = connection
@@ -189,7 +182,7 @@ impl AmqpBus {
         let bus = AmqpBus {
             connection: Arc::new(connection),
             publisher,
-            url: shown_url.into(),
+            url: shown_url,
             codec: Codec::default(),
             exchanges: Arc::new(Mutex::new(HashSet::new())),
             queues: Arc::new(Mutex::new(Vec::new())),
@@ -485,7 +478,7 @@ impl AmqpBus {
                 unavailable(format!("amqp {}: cannot consume from {queue}", self.url), e)
             })?;
         let codec = self.codec;
-        let url = Arc::clone(&self.url);
+        let url = self.url.clone();
         let generation = SUBSCRIPTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The channel lives as long as the stream: closing it gives unacked messages back,
         // including what the broker had sent but the member had not read when it stopped;

@@ -296,7 +296,10 @@ impl Bus {
             #[cfg(not(feature = "nats"))]
             return Err(Error::new(
                 ErrorKind::Unavailable,
-                format!("{url}: this build has no NATS backend; enable tabgrab's `nats` feature"),
+                format!(
+                    "{}: this build has no NATS backend; enable tabgrab's `nats` feature",
+                    crate::SecretUrl::new(url)
+                ),
             ));
         }
         if url.starts_with("amqp://") {
@@ -309,7 +312,8 @@ impl Bus {
             return Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "{url}: this build has no RabbitMQ backend; enable tabgrab's `amqp` feature"
+                    "{}: this build has no RabbitMQ backend; enable tabgrab's `amqp` feature",
+                    crate::SecretUrl::new(url)
                 ),
             ));
         }
@@ -317,7 +321,8 @@ impl Bus {
             return Err(Error::new(
                 ErrorKind::Malformed,
                 format!(
-                    "bus URL {url:?}: unknown scheme; use embedded:///path, nats://host:port or amqp://user:pass@host:port/vhost"
+                    "bus URL {:?}: unknown scheme; use embedded:///path, nats://host:port or amqp://user:pass@host:port/vhost",
+                    crate::SecretUrl::new(url).redacted()
                 ),
             ));
         }

@@ -5,7 +5,7 @@
 use tabgrab::{Error, ErrorKind};
 
 /// Where a [`Store`](super::Store) keeps its data, parsed from the `--store` option.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// A private SQLite database in memory (not durable).
     Memory,
@@ -35,9 +35,16 @@ impl StoreUrl {
         Err(Error::new(
             ErrorKind::Malformed,
             format!(
-                "store {url:?} is not a store URL: use sqlite:PATH, postgres://user@host/db or memory"
+                "store {:?} is not a store URL: use sqlite:PATH, postgres://user@host/db or memory",
+                tabgrab::SecretUrl::new(url).redacted()
             ),
         ))
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({self})")
     }
 }
 
@@ -46,13 +53,9 @@ impl std::fmt::Display for StoreUrl {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
             StoreUrl::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            // Never print a password: shown through the one redaction of tabgrab.
             StoreUrl::Postgres(url) => {
-                // Never print a password.
-                let shown = match url.split_once('@') {
-                    Some((_, host)) => format!("postgres://…@{host}"),
-                    None => url.clone(),
-                };
-                f.write_str(&shown)
+                f.write_str(tabgrab::SecretUrl::new(url.as_str()).redacted())
             }
         }
     }
@@ -76,7 +79,7 @@ mod tests {
         let pg = StoreUrl::parse("postgres://u:secret@h:5432/db").ok();
         assert_eq!(
             pg.map(|u| u.to_string()).as_deref(),
-            Some("postgres://…@h:5432/db")
+            Some("postgres://u:***@h:5432/db")
         );
         let bad = StoreUrl::parse("mysql://x").err().map(|e| e.kind());
         assert_eq!(bad, Some(ErrorKind::Malformed));

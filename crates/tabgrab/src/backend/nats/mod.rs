@@ -64,7 +64,7 @@ use super::{
     embedded::validate_topic,
 };
 use crate::event::{DeadLetter, StartFrom, dead_letter_topic};
-use crate::{Codec, Envelope, Error, ErrorKind};
+use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl};
 
 /// How long JetStream remembers message ids for de-duplication.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -102,7 +102,7 @@ impl NatsConfig {
             let number = value.parse::<u64>().map_err(|_| {
                 Error::new(
                     ErrorKind::Malformed,
-                    format!("nats URL {url}: {key}={value:?} is not a number"),
+                    format!("nats URL {}: {key} must be a number", SecretUrl::new(url)),
                 )
             });
             match key {
@@ -112,7 +112,8 @@ impl NatsConfig {
                     return Err(Error::new(
                         ErrorKind::Malformed,
                         format!(
-                            "nats URL {url}: unknown setting {key:?}; known: replicas, ack_wait_ms"
+                            "nats URL {}: unknown setting {key:?}; known: replicas, ack_wait_ms",
+                            SecretUrl::new(url)
                         ),
                     ));
                 }
@@ -140,8 +141,8 @@ pub struct NatsBus {
     client: async_nats::Client,
     /// JetStream over it.
     js: jetstream::Context,
-    /// The server URL, for error messages.
-    url: Arc<str>,
+    /// The server URL (shown redacted: it may carry credentials).
+    url: SecretUrl,
     /// Stream settings.
     config: NatsConfig,
     /// Streams known to exist with the right subjects, so publish checks once.
@@ -200,17 +201,18 @@ impl NatsBus {
     /// Connects with explicit settings. The connection reconnects by itself when the server
     /// restarts; publishes and subscriptions resume.
     pub async fn connect_with(url: &str, config: NatsConfig) -> Result<NatsBus, Error> {
-        let client = async_nats::ConnectOptions::new()
+        let url = SecretUrl::new(url);
+        let client = tabgrab_call::nats::connect_options(&url)
             .name("tabgrab")
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect(url.without_userinfo())
             .await
             .map_err(|e| {
                 unavailable(
                     format!(
-                        "nats: cannot connect to {url}; is nats-server running there (with -js)?"
+                        "nats: cannot connect to {url}; is nats-server running there (with -js), and are the credentials right?"
                     ),
-                    e,
+                    url.scrub(&e),
                 )
             })?;
         let js = jetstream::new(client.clone());
@@ -218,7 +220,7 @@ impl NatsBus {
         Ok(NatsBus {
             client,
             js,
-            url: url.into(),
+            url,
             config,
             streams: Arc::new(Mutex::new(HashSet::new())),
             version,
