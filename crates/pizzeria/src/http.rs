@@ -66,15 +66,15 @@ pub fn app(front_desk: FrontDesk) -> Router {
         .with_state(front_desk)
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes, then waits for open requests.
+/// Serves [`app`] on `listener` until `shutdown` completes, then waits for open requests;
+/// through tabgrab's call server, whose timeouts and connection limit keep idle and slow sockets
+/// from taking it down ([`tabgrab::call::server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     front_desk: FrontDesk,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(front_desk))
-        .with_graceful_shutdown(shutdown)
-        .await
+    tabgrab::call::serve(listener, app(front_desk), shutdown).await
 }
 
 /// A JSON refusal.

@@ -32,15 +32,14 @@ pub fn app(front_desk: FrontDesk) -> Router {
         .with_state(front_desk)
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes.
+/// Serves [`app`] on `listener` until `shutdown` completes, through tabgrab's call server (its
+/// timeouts and connection limit: [`tabgrab::call::server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     front_desk: FrontDesk,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(front_desk))
-        .with_graceful_shutdown(shutdown)
-        .await
+    tabgrab::call::serve(listener, app(front_desk), shutdown).await
 }
 
 fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
