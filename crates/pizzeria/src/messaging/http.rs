@@ -60,7 +60,7 @@ async fn place_order(
         Ok(Json(request)) => request,
         Err(rejection) => {
             return refuse(
-                rejection.status(),
+                crate::http::body_refusal_status(&rejection),
                 format!("the body is not a valid order: {}", rejection.body_text()),
             );
         }
