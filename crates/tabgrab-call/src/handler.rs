@@ -55,6 +55,26 @@ impl HandlerError {
     /// The request is out of the domain's bounds (an amount, a count, a name not on the
     /// menu): refused as invalid input (400, `INVALID_ARGUMENT`), like a payload that does
     /// not decode. `message` names the field and what is allowed.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use tabgrab_call::{CallContext, HandlerError, Handlers};
+    /// use tabgrab_core::{Command, Message, request};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Tip { cents: u64 }
+    /// impl Message for Tip { const TYPE: &'static str = "demo.tip.v1"; }
+    /// impl Command for Tip { type Response = u64; }
+    /// request!(command Tip);
+    ///
+    /// let handlers = Handlers::new().handle(|tip: Tip, _ctx: CallContext| async move {
+    ///     if tip.cents > 10_000 {
+    ///         return Err(HandlerError::invalid("cents: a tip is at most 10000 cents"));
+    ///     }
+    ///     Ok(tip.cents)
+    /// });
+    /// # let _ = handlers;
+    /// ```
     pub fn invalid(message: impl Into<String>) -> HandlerError {
         HandlerError::Failed(Error::new(ErrorKind::InvalidPayload, message))
     }
@@ -202,6 +222,17 @@ impl Handlers {
     }
 
     /// Sets the bounds of the record of idempotency keys (a new, empty record).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tabgrab_call::{Handlers, IdempotencyConfig};
+    ///
+    /// let handlers = Handlers::new().idempotency(IdempotencyConfig {
+    ///     ttl: Duration::from_secs(60),
+    ///     ..IdempotencyConfig::default()
+    /// });
+    /// assert_eq!(handlers.idempotency_config().ttl, Duration::from_secs(60));
+    /// ```
     pub fn idempotency(mut self, config: IdempotencyConfig) -> Handlers {
         self.idempotency = Record::new(config);
         self

@@ -43,6 +43,12 @@ pub const RESERVED: [&str; 13] = [
 ];
 
 /// Refuses a name that is not a valid attribute name ([`ErrorKind::Malformed`]).
+///
+/// ```
+/// use tabgrab_core::attribute::check_name;
+/// assert!(check_name("tenant").is_ok());
+/// assert!(check_name("my_tenant").is_err());
+/// ```
 pub fn check_name(name: &str) -> Result<(), Error> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
@@ -64,6 +70,12 @@ pub fn check_name(name: &str) -> Result<(), Error> {
 
 /// Refuses a value with a control character or a noncharacter ([`ErrorKind::Malformed`]),
 /// naming the attribute.
+///
+/// ```
+/// use tabgrab_core::attribute::check_value;
+/// assert!(check_value("subject", "order 42").is_ok());
+/// assert!(check_value("subject", "42\r\nx-admin: 1").is_err());
+/// ```
 pub fn check_value(name: &str, value: &str) -> Result<(), Error> {
     let bad = if value.is_ascii() {
         value.bytes().position(|b| b < 0x20 || b == 0x7f)

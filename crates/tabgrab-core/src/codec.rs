@@ -185,6 +185,20 @@ impl Codec {
     /// against the limit. What the caller leaves out is made here: a fresh UUIDv7 `id`, the
     /// source `/unknown`, the current `time`, a JSON `datacontenttype`. A `type` attribute,
     /// if given, must be `ty`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tabgrab_core::{Codec, ErrorKind};
+    ///
+    /// let codec = Codec::default();
+    /// let attributes = [("subject".to_owned(), "o-1".to_owned())];
+    /// let envelope = codec.decode_attributes("demo.ping.v1", attributes, Bytes::from("{}"))?;
+    /// assert_eq!(envelope.subject.as_deref(), Some("o-1"));
+    /// let bad = [("Subject".to_owned(), "o-1".to_owned())];
+    /// let e = codec.decode_attributes("demo.ping.v1", bad, Bytes::new()).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Malformed);
+    /// # Ok::<(), tabgrab_core::Error>(())
+    /// ```
     pub fn decode_attributes(
         &self,
         ty: &str,
@@ -240,6 +254,17 @@ impl Codec {
     /// empty, at most [`MAX_ATTRIBUTES`], each name and value valid ([`attribute`]), no
     /// extension under a reserved name, and the attributes' names and values counted with the
     /// payload against the size limit. Servers run it before any handler sees the envelope.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tabgrab_core::{Codec, Envelope, ErrorKind};
+    ///
+    /// let mut envelope = Envelope::raw("/demo", "demo.ping.v1", Bytes::from("{}"));
+    /// assert!(Codec::default().check_envelope(&envelope).is_ok());
+    /// envelope.subject = Some("a\nb".into());
+    /// let e = Codec::default().check_envelope(&envelope).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Malformed);
+    /// ```
     pub fn check_envelope(&self, envelope: &Envelope) -> Result<(), Error> {
         for (name, value) in [
             ("id", &envelope.id),

@@ -88,6 +88,21 @@ use self::tracked::{Tracked, Watched};
 
 /// Knobs of [`serve_with`]. The defaults are safe for a server facing clients it does not
 /// control; tests set short timeouts.
+///
+/// ```no_run
+/// # async fn demo(router: axum::Router) -> std::io::Result<()> {
+/// use std::time::Duration;
+/// use tabgrab_call::ServeConfig;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let config = ServeConfig {
+///     header_read_timeout: Some(Duration::from_secs(5)),
+///     max_connections: 2_000,
+///     ..ServeConfig::default()
+/// };
+/// tabgrab_call::serve_with(listener, router, std::future::pending(), config).await
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct ServeConfig {
     /// Concurrent HTTP/2 streams (calls) per connection.
