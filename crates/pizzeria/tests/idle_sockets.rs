@@ -246,6 +246,8 @@ async fn idle_and_slowloris_sockets_leave_the_server_useful() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ramp_time = ramp.elapsed();
+    let ramp_tries =
+        attack.connected.load(Ordering::Relaxed) + attack.connect_failed.load(Ordering::Relaxed);
     // Open loop: a request every 200 ms whether or not the previous one was answered, so a
     // stuck server cannot hide its delays by slowing the requests down (and the run stays
     // bounded: 20 s plus the last request's timeout).
@@ -287,12 +289,11 @@ async fn idle_and_slowloris_sockets_leave_the_server_useful() {
         ms(percentile(&quiet, 1.0))
     );
     println!(
-        "attack: {IDLE} idle + {SLOWLORIS} slowloris sockets; {} connects in total ({} in the first {:.1} s), {} closed by the server, {} connects failed; server descriptors at most {descriptors}",
-        attack.connected.load(Ordering::Relaxed),
-        IDLE + SLOWLORIS,
+        "attack: {IDLE} idle + {SLOWLORIS} slowloris sockets ({ramp_tries} connects tried in the first {:.1} s); {} connects in total, {} failed, {} sockets closed by the server; server descriptors at most {descriptors}",
         ramp_time.as_secs_f64(),
-        attack.closed_by_server.load(Ordering::Relaxed),
+        attack.connected.load(Ordering::Relaxed),
         attack.connect_failed.load(Ordering::Relaxed),
+        attack.closed_by_server.load(Ordering::Relaxed),
     );
     println!(
         "during the attack: {} of {REQUESTS} requests answered, {failed} failed (timeout {} s); p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
