@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // A request that is not protobuf is INVALID_ARGUMENT, as on tabgrab's own service.
+        .codec_path("tabgrab_call::grpc::ProtoCodec")
         .compile_fds(fds)?;
     Ok(())
 }

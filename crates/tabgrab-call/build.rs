@@ -16,6 +16,8 @@ fn compile() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .bytes(".")
+        // Decoding errors as INVALID_ARGUMENT (src/grpc/codec.rs).
+        .codec_path("crate::grpc::ProtoCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -18,10 +18,65 @@
 //! Every command names its order, and every service handles a repeated command for the same
 //! order as the same command (a retry after a lost answer charges once, reserves once): that
 //! is what lets the caller retry commands safely with the order id as idempotency key.
+//!
+//! Every command also has bounds that its service checks before acting ([`ChargeCard::check`]
+//! and the others): the services are reachable by anyone who can reach their port, not only
+//! by the front desk that validated the order, and a charge of `u64::MAX` cents or a ticket of
+//! 10,000 pizzas must be refused as invalid input, not acted on. The bounds are the order's
+//! ([`MAX_PIZZAS`], the menu) and what follows from them
+//! ([`MAX_CHARGE_CENTS`]).
 
 use serde::{Deserialize, Serialize};
 use tabgrab::{Command, Message, request};
 use uuid::Uuid;
+
+use crate::menu::{self, MENU};
+use crate::order::{MAX_PIZZAS, MIN_PIZZAS};
+
+/// The largest charge: the most pizzas an order may have, each the dearest on the menu.
+pub const MAX_CHARGE_CENTS: u64 = MAX_PIZZAS as u64 * dearest_price();
+
+const fn dearest_price() -> u64 {
+    let mut i = 0;
+    let mut max = 0;
+    while i < MENU.len() {
+        if MENU[i].price_cents > max {
+            max = MENU[i].price_cents;
+        }
+        i += 1;
+    }
+    max
+}
+
+/// Why a command is out of its bounds: names the field and what is allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidCommand(pub String);
+
+impl std::fmt::Display for InvalidCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidCommand {}
+
+/// The pizzas of a command: 1 to [`MAX_PIZZAS`], each on the menu.
+fn check_pizzas(pizzas: &[String]) -> Result<(), InvalidCommand> {
+    if !(MIN_PIZZAS..=MAX_PIZZAS).contains(&pizzas.len()) {
+        return Err(InvalidCommand(format!(
+            "pizzas: an order has {MIN_PIZZAS} to {MAX_PIZZAS} pizzas, got {}",
+            pizzas.len()
+        )));
+    }
+    if let Some(unknown) = pizzas.iter().find(|name| menu::pizza(name).is_none()) {
+        let shown: String = unknown.chars().take(40).collect();
+        return Err(InvalidCommand(format!(
+            "pizzas: {shown:?} is not on the menu; the menu has {}",
+            menu::names()
+        )));
+    }
+    Ok(())
+}
 
 /// Refusal code of [`ChargeCard`]: the bank refused the card.
 pub const CARD_DECLINED: &str = "payment.card-declined";
@@ -62,6 +117,28 @@ pub struct Charged {
 }
 command!(ChargeCard => Charged, "pizzeria.payment.charge-card.v1");
 
+impl ChargeCard {
+    /// The bounds: 1 to [`MAX_CHARGE_CENTS`] cents, the card masked as `**** 1234`.
+    pub fn check(&self) -> Result<(), InvalidCommand> {
+        if !(1..=MAX_CHARGE_CENTS).contains(&self.amount_cents) {
+            return Err(InvalidCommand(format!(
+                "amount_cents: a charge is 1 to {MAX_CHARGE_CENTS} cents, got {}",
+                self.amount_cents
+            )));
+        }
+        let masked = self
+            .card
+            .strip_prefix("**** ")
+            .is_some_and(|last4| last4.len() == 4 && last4.bytes().all(|b| b.is_ascii_digit()));
+        if !masked {
+            return Err(InvalidCommand(
+                "card: the card travels masked, as \"**** \" and its last four digits".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Give back what was collected for an order (a compensation: the order could not be made).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundPayment {
@@ -96,6 +173,13 @@ pub struct Reserved {
     pub order_id: Uuid,
 }
 command!(ReserveIngredients => Reserved, "pizzeria.inventory.reserve-ingredients.v1");
+
+impl ReserveIngredients {
+    /// The bounds: 1 to [`MAX_PIZZAS`] pizzas, each on the menu.
+    pub fn check(&self) -> Result<(), InvalidCommand> {
+        check_pizzas(&self.pizzas)
+    }
+}
 
 /// The details of an [`INGREDIENTS_MISSING`] refusal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +223,13 @@ pub struct Baked {
 }
 command!(PlaceTicket => Baked, "pizzeria.kitchen.place-ticket.v1");
 
+impl PlaceTicket {
+    /// The bounds: 1 to [`MAX_PIZZAS`] pizzas, each on the menu.
+    pub fn check(&self) -> Result<(), InvalidCommand> {
+        check_pizzas(&self.pizzas)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tabgrab::MessageType;
@@ -160,5 +251,34 @@ mod tests {
         let distinct: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(distinct.len(), names.len());
         const { assert!(<ChargeCard as tabgrab::Request>::IS_COMMAND) };
+    }
+
+    #[test]
+    fn commands_out_of_their_bounds_are_refused() {
+        let charge = |amount_cents: u64, card: &str| ChargeCard {
+            order_id: Uuid::nil(),
+            amount_cents,
+            card: card.into(),
+        };
+        assert!(charge(900, "**** 4242").check().is_ok());
+        assert!(charge(MAX_CHARGE_CENTS, "**** 4242").check().is_ok());
+        for bad in [
+            charge(0, "**** 4242"),
+            charge(MAX_CHARGE_CENTS + 1, "**** 4242"),
+            charge(u64::MAX, "**** 4242"),
+            charge(900, "4111111111111111"),
+            charge(900, "**** 42"),
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        let ticket = |pizzas: Vec<String>| PlaceTicket {
+            order_id: Uuid::nil(),
+            pizzas,
+        };
+        assert!(ticket(vec!["margherita".into()]).check().is_ok());
+        assert!(ticket(Vec::new()).check().is_err());
+        assert!(ticket(vec!["margherita".into(); 10_000]).check().is_err());
+        assert!(ticket(vec!["hawaii".into()]).check().is_err());
+        assert_eq!(MAX_CHARGE_CENTS, 10 * 2400);
     }
 }

@@ -66,15 +66,15 @@ pub fn app(front_desk: FrontDesk) -> Router {
         .with_state(front_desk)
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes, then waits for open requests.
+/// Serves [`app`] on `listener` until `shutdown` completes, then waits for open requests;
+/// through tabgrab's call server, whose timeouts and connection limit keep idle and slow sockets
+/// from taking it down ([`tabgrab::call::server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     front_desk: FrontDesk,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(front_desk))
-        .with_graceful_shutdown(shutdown)
-        .await
+    tabgrab::call::serve(listener, app(front_desk), shutdown).await
 }
 
 /// A JSON refusal.
@@ -125,9 +125,20 @@ async fn place_order(
     }
 }
 
+/// The status of a body axum's `Json` refused: 413 and 415 as axum found them, 400 for
+/// anything else. axum answers 422 for JSON of the wrong shape (a missing or unknown field),
+/// but to the customer that is a body that is not an order, which every front desk's API
+/// documents as 400.
+pub(crate) fn body_refusal_status(rejection: &JsonRejection) -> StatusCode {
+    match rejection.status() {
+        s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
 /// Turns axum's JSON rejection into our JSON refusal with a clear message.
 fn refuse_body(rejection: &JsonRejection) -> Response {
-    match rejection.status() {
+    match body_refusal_status(rejection) {
         StatusCode::PAYLOAD_TOO_LARGE => refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(

@@ -387,3 +387,163 @@ async fn services_run_as_separate_processes() {
     let refusal: Refusal = failed.json().await.unwrap();
     assert_eq!(refusal.service.as_deref(), Some("kitchen"));
 }
+
+#[tokio::test]
+async fn the_front_desk_answers_400_for_a_body_that_is_not_an_order() {
+    let b = backoffice(10, true).await;
+    let url = format!("{}/orders", front_desk(&b).await);
+    let http = reqwest::Client::new();
+    let bodies = [
+        // An unknown field, a field of the wrong type, a missing field, not JSON.
+        json!({ "customer": "ada", "pizzas": ["margherita"], "card": "4242424242424242", "tip": 1 })
+            .to_string(),
+        json!({ "customer": 5, "pizzas": ["margherita"], "card": "4242424242424242" }).to_string(),
+        json!({ "customer": "ada" }).to_string(),
+        "{\"customer\":".to_owned(),
+    ];
+    for body in bodies {
+        let answer = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{body}");
+        let refusal: Refusal = answer.json().await.unwrap();
+        assert!(refusal.order_id.is_none());
+    }
+    let answer = http
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(order(&["margherita"], "4242424242424242").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 415);
+    assert_eq!(b.payment.stats().collected, 0, "nothing reached payment");
+    b.stop.cancel();
+}
+
+#[tokio::test]
+async fn commands_out_of_their_bounds_are_refused_on_http_and_grpc() {
+    let b = backoffice(10, true).await;
+    let http = reqwest::Client::new();
+    let post = |service: usize, ty: &str, body: serde_json::Value| {
+        http.post(format!("{}/commands/{ty}", b.urls[service]))
+            .json(&body)
+            .send()
+    };
+    let order_id = uuid::Uuid::now_v7();
+    let pizzas = vec!["margherita"; 10_000];
+    let refused = [
+        (
+            0,
+            "pizzeria.payment.charge-card.v1",
+            json!({"order_id": order_id, "amount_cents": u64::MAX, "card": "**** 4242"}),
+        ),
+        (
+            0,
+            "pizzeria.payment.charge-card.v1",
+            json!({"order_id": order_id, "amount_cents": 0, "card": "**** 4242"}),
+        ),
+        (
+            0,
+            "pizzeria.payment.charge-card.v1",
+            json!({"order_id": order_id, "amount_cents": 900, "card": "4242424242424242"}),
+        ),
+        (
+            1,
+            "pizzeria.inventory.reserve-ingredients.v1",
+            json!({"order_id": order_id, "pizzas": pizzas}),
+        ),
+        (
+            1,
+            "pizzeria.inventory.reserve-ingredients.v1",
+            json!({"order_id": order_id, "pizzas": ["hawaii"]}),
+        ),
+        (
+            2,
+            "pizzeria.kitchen.place-ticket.v1",
+            json!({"order_id": order_id, "pizzas": pizzas}),
+        ),
+        (
+            2,
+            "pizzeria.kitchen.place-ticket.v1",
+            json!({"order_id": order_id, "pizzas": []}),
+        ),
+    ];
+    for (service, ty, body) in refused {
+        let answer = post(service, ty, body).await.unwrap();
+        assert_eq!(answer.status(), 400, "{ty}");
+        let error: tabgrab::call::http::ErrorBody = answer.json().await.unwrap();
+        assert_eq!(error.kind, "invalid_payload", "{ty}");
+    }
+    assert_eq!(b.payment.stats().collected, 0);
+    assert_eq!(b.storeroom.stats().reserved, 0);
+    // A charge of one order for another amount is a conflict, not the first charge again.
+    let charge = |amount: u64| {
+        post(
+            0,
+            "pizzeria.payment.charge-card.v1",
+            json!({"order_id": order_id, "amount_cents": amount, "card": "**** 4242"}),
+        )
+    };
+    assert_eq!(charge(900).await.unwrap().status(), 200);
+    assert_eq!(charge(900).await.unwrap().status(), 200);
+    assert_eq!(charge(100).await.unwrap().status(), 409);
+    assert_eq!(b.payment.stats().collected, 1);
+    // The typed gRPC service answers INVALID_ARGUMENT, for bounds and for bytes that are not
+    // protobuf alike.
+    let mut client = PaymentClient::connect(b.urls[0].clone()).await.unwrap();
+    let status = client
+        .charge_card(ChargeCardRequest {
+            order_id: uuid::Uuid::now_v7().to_string(),
+            amount_cents: u64::MAX,
+            card: "**** 4242".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = client
+        .charge_card(ChargeCardRequest {
+            order_id: order_id.to_string(),
+            amount_cents: 2_000,
+            card: "**** 4242".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists);
+    assert_eq!(grpc_status_of_garbage(&b.urls[0]).await, "3");
+    b.stop.cancel();
+}
+
+/// The `grpc-status` of a ChargeCard whose bytes are no protobuf message.
+async fn grpc_status_of_garbage(base: &str) -> String {
+    use http_body_util::BodyExt as _;
+    let addr = base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // One uncompressed 4-byte frame: a tag with wire type 7, which does not exist.
+    let frame: &[u8] = &[0, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff];
+    let request = http::Request::post(format!("{base}/pizzeria.payment.v1.Payment/ChargeCard"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(frame)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    let status = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status").cloned())
+        .or_else(|| headers.get("grpc-status").cloned())
+        .expect("a grpc-status");
+    status.to_str().unwrap().to_owned()
+}

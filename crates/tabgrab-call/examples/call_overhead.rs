@@ -576,6 +576,7 @@ fn slow_server() {
             ServeConfig {
                 max_concurrent_streams: 1_000_000,
                 connection_window: 1 << 30,
+                ..ServeConfig::default()
             },
         )
         .await

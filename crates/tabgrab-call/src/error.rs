@@ -144,7 +144,7 @@ pub struct ErrorBody {
 
 /// An error kind from its stable name.
 pub(crate) fn kind_from_str(name: &str) -> Option<ErrorKind> {
-    const ALL: [ErrorKind; 17] = [
+    const ALL: [ErrorKind; 19] = [
         ErrorKind::Malformed,
         ErrorKind::TooLarge,
         ErrorKind::UnknownType,
@@ -162,6 +162,8 @@ pub(crate) fn kind_from_str(name: &str) -> Option<ErrorKind> {
         ErrorKind::Unavailable,
         ErrorKind::Remote,
         ErrorKind::Protocol,
+        ErrorKind::Conflict,
+        ErrorKind::UnsupportedMediaType,
     ];
     ALL.into_iter().find(|k| k.as_str() == name)
 }

@@ -6,14 +6,26 @@
 //!
 //! 1. the type must be registered (else [`ServeError`] of kind `UnknownType`: 404,
 //!    `UNIMPLEMENTED`);
-//! 2. the payload must fit the codec's size limit and decode as the message type (else
-//!    `TooLarge` / `InvalidPayload`: 413 / 400, `INVALID_ARGUMENT`); the handler never sees
-//!    bad input;
-//! 3. a call that arrives after its deadline is not handled at all, and past the caller's
+//! 2. the envelope must keep the attribute rules of every transport
+//!    ([`Codec::check_envelope`]: names, values without control characters, at most
+//!    [`MAX_ATTRIBUTES`](tabgrab_core::attribute::MAX_ATTRIBUTES), attributes and payload
+//!    together within the size limit), the payload must be JSON (else `UnsupportedMediaType`:
+//!    415, `INVALID_ARGUMENT`), and it must decode as the message type with no field the type
+//!    does not have (else `TooLarge` / `Malformed` / `MissingAttribute` / `InvalidPayload`:
+//!    413 / 400, `INVALID_ARGUMENT`, the message naming the field); the handler never sees bad
+//!    input. Why unknown fields are refused rather than ignored: a misspelt optional field
+//!    (`"tip_cent"`) would otherwise be dropped in silence and the command run without it;
+//!    message types carry their version in their name, so a sender with new fields sends a
+//!    new version. A handler that finds the input out of its domain's bounds answers
+//!    [`HandlerError::invalid`], the same 400 / `INVALID_ARGUMENT`;
+//! 3. a command with an idempotency key runs at most once per key and payload: a repeat gets
+//!    the first answer, the same key with another payload is a `Conflict` (409,
+//!    `ALREADY_EXISTS`); see [`crate::idempotency`];
+//! 4. a call that arrives after its deadline is not handled at all, and past the caller's
 //!    deadline the handler's future is dropped, which cancels its work
 //!    (else it would keep burning capacity for an answer nobody waits for), and the caller
 //!    gets `DeadlineExceeded` (504, `DEADLINE_EXCEEDED`);
-//! 4. a handler's [`Rejection`] goes back whole (422, `FAILED_PRECONDITION` with the rejection
+//! 5. a handler's [`Rejection`] goes back whole (422, `FAILED_PRECONDITION` with the rejection
 //!    in the details); any other error is `Handler` (500, `INTERNAL`).
 
 use std::collections::HashMap;
@@ -23,10 +35,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use tabgrab_core::{Codec, Envelope, Error, ErrorKind, Rejection, Request};
 use tokio::time::Instant;
 
 use crate::call::{CallOptions, RequestKind};
+use crate::idempotency::{self, Claim, Digest, IdempotencyConfig, Record};
 
 /// What a handler returns when it does not answer: a typed refusal or a failure.
 #[derive(Debug)]
@@ -35,6 +49,35 @@ pub enum HandlerError {
     Rejected(Rejection),
     /// The handler failed (a dependency, a bug); the caller sees `Handler` or this error's kind.
     Failed(Error),
+}
+
+impl HandlerError {
+    /// The request is out of the domain's bounds (an amount, a count, a name not on the
+    /// menu): refused as invalid input (400, `INVALID_ARGUMENT`), like a payload that does
+    /// not decode. `message` names the field and what is allowed.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use tabgrab_call::{CallContext, HandlerError, Handlers};
+    /// use tabgrab_core::{Command, Message, request};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Tip { cents: u64 }
+    /// impl Message for Tip { const TYPE: &'static str = "demo.tip.v1"; }
+    /// impl Command for Tip { type Response = u64; }
+    /// request!(command Tip);
+    ///
+    /// let handlers = Handlers::new().handle(|tip: Tip, _ctx: CallContext| async move {
+    ///     if tip.cents > 10_000 {
+    ///         return Err(HandlerError::invalid("cents: a tip is at most 10000 cents"));
+    ///     }
+    ///     Ok(tip.cents)
+    /// });
+    /// # let _ = handlers;
+    /// ```
+    pub fn invalid(message: impl Into<String>) -> HandlerError {
+        HandlerError::Failed(Error::new(ErrorKind::InvalidPayload, message))
+    }
 }
 
 impl From<Rejection> for HandlerError {
@@ -84,7 +127,7 @@ impl CallContext {
 }
 
 /// Why the server did not produce a response; mapped to a status by each transport.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeError {
     /// The matchable kind (`UnknownType`, `InvalidPayload`, `TooLarge`, `DeadlineExceeded`,
     /// `Remote`, `Handler`, …).
@@ -146,8 +189,10 @@ struct Entry {
 pub struct Handlers {
     /// Handlers by message type.
     entries: Arc<HashMap<&'static str, Entry>>,
-    /// The size limit, applied before decoding.
+    /// The size limit and the attribute rules, applied before decoding.
     codec: Codec,
+    /// The record of idempotency keys, shared by every transport serving these handlers.
+    idempotency: Record,
 }
 
 impl std::fmt::Debug for Handlers {
@@ -176,6 +221,28 @@ impl Handlers {
         &self.codec
     }
 
+    /// Sets the bounds of the record of idempotency keys (a new, empty record).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tabgrab_call::{Handlers, IdempotencyConfig};
+    ///
+    /// let handlers = Handlers::new().idempotency(IdempotencyConfig {
+    ///     ttl: Duration::from_secs(60),
+    ///     ..IdempotencyConfig::default()
+    /// });
+    /// assert_eq!(handlers.idempotency_config().ttl, Duration::from_secs(60));
+    /// ```
+    pub fn idempotency(mut self, config: IdempotencyConfig) -> Handlers {
+        self.idempotency = Record::new(config);
+        self
+    }
+
+    /// The bounds of the record of idempotency keys.
+    pub fn idempotency_config(&self) -> IdempotencyConfig {
+        self.idempotency.config()
+    }
+
     /// Registers the handler of `R`. A second handler for the same type replaces the first.
     pub fn handle<R, F, Fut, E>(mut self, handler: F) -> Handlers
     where
@@ -188,15 +255,7 @@ impl Handlers {
         let erased: Arc<Erased> = Arc::new(move |body: Bytes, ctx: CallContext| {
             let handler = Arc::clone(&handler);
             Box::pin(async move {
-                let request: R = serde_json::from_slice(&body).map_err(|e| {
-                    ServeError::new(
-                        ErrorKind::InvalidPayload,
-                        format!(
-                            "the body is not a valid {} ({e}); send the JSON of the message",
-                            R::TYPE
-                        ),
-                    )
-                })?;
+                let request: R = decode_strict(&body, R::TYPE)?;
                 match handler(request, ctx).await {
                     Ok(response) => serde_json::to_vec(&response).map(Bytes::from).map_err(|e| {
                         ServeError::new(
@@ -216,7 +275,9 @@ impl Handlers {
                             let kind = match error.kind() {
                                 k @ (ErrorKind::DeadlineExceeded
                                 | ErrorKind::Rejected
-                                | ErrorKind::Unavailable) => k,
+                                | ErrorKind::Unavailable
+                                | ErrorKind::InvalidPayload
+                                | ErrorKind::Conflict) => k,
                                 _ => ErrorKind::Handler,
                             };
                             ServeError::new(
@@ -300,11 +361,38 @@ impl Handlers {
                 ),
             ));
         };
-        if let Err(e) = self.codec.check_size(envelope.data.len()) {
+        if let Err(e) = self.codec.check_envelope(&envelope) {
             return Err(ServeError::new(
-                ErrorKind::TooLarge,
+                e.kind(),
                 format!("{} refused: {}", envelope.ty, e.message()),
             ));
+        }
+        if !envelope.is_json() {
+            let ct = envelope.datacontenttype.as_deref().unwrap_or_default();
+            return Err(ServeError::new(
+                ErrorKind::UnsupportedMediaType,
+                format!(
+                    "{} refused: its content type is {ct:?}, and its handler reads JSON; send \
+                     the message as application/json",
+                    envelope.ty
+                ),
+            ));
+        }
+        if let Some(key) = &idempotency_key {
+            let valid = !key.is_empty()
+                && key.len() <= idempotency::MAX_KEY_LEN
+                && tabgrab_core::attribute::check_value("idempotency-key", key).is_ok();
+            if !valid {
+                return Err(ServeError::new(
+                    ErrorKind::Malformed,
+                    format!(
+                        "{} refused: an idempotency key is 1 to {} bytes without control \
+                         characters",
+                        envelope.ty,
+                        idempotency::MAX_KEY_LEN
+                    ),
+                ));
+            }
         }
         let ty = envelope.ty.clone();
         if deadline.is_some_and(|d| d <= Instant::now()) {
@@ -315,15 +403,92 @@ impl Handlers {
         }
         let mut envelope = envelope;
         let body = std::mem::take(&mut envelope.data);
+        let key = match (entry.kind, &idempotency_key) {
+            (RequestKind::Command, Some(key)) => Some(key.clone()),
+            _ => None,
+        };
         let ctx = CallContext {
             envelope,
             deadline,
             idempotency_key,
         };
-        Ok(Started {
-            work: (entry.handler)(body, ctx),
-            deadline,
-            ty,
-        })
+        let work = match key {
+            None => (entry.handler)(body, ctx),
+            Some(key) => keyed(
+                self.idempotency.clone(),
+                Arc::clone(&entry.handler),
+                ty.clone(),
+                key,
+                body,
+                ctx,
+            ),
+        };
+        Ok(Started { work, deadline, ty })
     }
+}
+
+/// A command with an idempotency key: through the record (see [`crate::idempotency`]).
+fn keyed(
+    record: Record,
+    handler: Arc<Erased>,
+    ty: String,
+    key: String,
+    body: Bytes,
+    ctx: CallContext,
+) -> BoxFuture<Result<Bytes, ServeError>> {
+    let digest = Digest::of(&body);
+    let mut input = Some((body, ctx));
+    Box::pin(async move {
+        loop {
+            match record.claim(&ty, &key, digest) {
+                Claim::Run(run) => {
+                    let Some((body, ctx)) = input.take() else {
+                        return Err(ServeError::new(
+                            ErrorKind::Handler,
+                            format!("the {ty} under idempotency key {key:?} ran twice"),
+                        ));
+                    };
+                    let outcome = handler(body, ctx).await;
+                    run.finish(&outcome);
+                    return outcome;
+                }
+                Claim::Replay(outcome) => return outcome,
+                Claim::Conflict => return Err(idempotency::conflict(&ty, &key)),
+                // Within the caller's deadline: `dispatch` bounds this whole future.
+                Claim::Wait(done) => done.await,
+            }
+        }
+    })
+}
+
+/// Decodes a request's JSON as `R`, refusing a field `R` does not have (by its path) as well
+/// as anything that does not decode ([`ErrorKind::InvalidPayload`]).
+fn decode_strict<R: DeserializeOwned>(body: &[u8], ty: &str) -> Result<R, ServeError> {
+    let invalid = |what: String| {
+        ServeError::new(
+            ErrorKind::InvalidPayload,
+            format!("the body is not a valid {ty} ({what}); send the JSON of the message"),
+        )
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut unknown = Vec::new();
+    let request: R = serde_ignored::deserialize(&mut de, |path| {
+        if unknown.len() < 8 {
+            unknown.push(path.to_string());
+        }
+    })
+    .map_err(|e| invalid(e.to_string()))?;
+    de.end().map_err(|e| invalid(e.to_string()))?;
+    if !unknown.is_empty() {
+        return Err(invalid(format!(
+            "unknown field{} {}; a {ty} has no such field",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown
+                .iter()
+                .map(|p| format!("{p:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(request)
 }

@@ -57,6 +57,7 @@ pub mod grpc;
 pub mod handler;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod idempotency;
 pub mod limit;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -68,6 +69,7 @@ pub use call::{Call, CallOptions, IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
 pub use client::{Client, ClientBuilder};
 pub use error::CallError;
 pub use handler::{CallContext, HandlerError, Handlers, ServeError};
+pub use idempotency::IdempotencyConfig;
 pub use server::{ServeConfig, serve, serve_with};
 
 /// Every transport's routes for `handlers`, on one router: HTTP (`/commands/…`, `/queries/…`)

@@ -27,8 +27,9 @@ pub(crate) enum Name<'a> {
 }
 
 /// The CloudEvents binary-mode headers of `envelope` as (name, value) pairs, `ce-specversion`
-/// first, when every value is plain header text (no percent-encoding needed), every
-/// extension name is a valid attribute name, and the headers fit the codec's size limit;
+/// first, when every value is plain header text (no percent-encoding needed, so no control
+/// character), every extension name is a valid attribute name that is not reserved, there are
+/// not too many, and the headers fit the codec's size limit;
 /// `None` otherwise (the transport then takes the codec's general path, which says why).
 /// Every transport builds its own header map from these pairs, so the check is written once.
 pub(crate) fn plain_headers<'a>(
@@ -71,11 +72,17 @@ pub(crate) fn plain_headers<'a>(
         }
         size += name.len() + value.len();
     }
+    // Past the attribute count, or an extension the codec refuses: its path says why.
+    if envelope.extensions.len() + known.len() > tabgrab_core::attribute::MAX_ATTRIBUTES {
+        return None;
+    }
     for (name, value) in &envelope.extensions {
         let valid = !name.is_empty()
+            && name.len() <= tabgrab_core::attribute::MAX_NAME_LEN
             && name
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && !tabgrab_core::attribute::RESERVED.contains(&name.as_str());
         if !valid || !plain(value) {
             return None;
         }

@@ -267,3 +267,79 @@ async fn a_stranger_can_request_with_plain_json_and_bad_input_is_refused() {
     assert_eq!(probe.calls(), 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_input_rules_hold_over_nats_as_over_http_and_grpc() {
+    let Some(nats) = connect().await else { return };
+    let service = unique("strict");
+    let probe = Probe::default();
+    let server = Running::start(&service, handlers(&probe)).await;
+    let kind_of = |answer: async_nats::Message| {
+        answer
+            .headers
+            .and_then(|h| h.get(nats::ERROR_HEADER).map(|v| v.as_str().to_owned()))
+    };
+    let query = nats::call_subject(&service, tabgrab_call::RequestKind::Query, "test.add.v1");
+    let command = nats::call_subject(
+        &service,
+        tabgrab_call::RequestKind::Command,
+        "test.charge.v1",
+    );
+    let with = |pairs: &[(&str, &str)]| {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, *value);
+        }
+        headers
+    };
+    let ce = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "n-1"),
+        ("ce-source", "/t"),
+        ("ce-type", "test.add.v1"),
+    ];
+    // A field the message does not have.
+    let answer = nats
+        .request(query.clone(), "{\"n\": 1, \"m\": 2}".into())
+        .await
+        .unwrap();
+    assert_eq!(kind_of(answer).as_deref(), Some("invalid_payload"));
+    // A payload that is not JSON.
+    let answer = nats
+        .request_with_headers(
+            query.clone(),
+            with(&[("content-type", "text/plain")]),
+            "1".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kind_of(answer).as_deref(), Some("unsupported_media_type"));
+    // Attribute rules: a control character (a NATS header can carry a tab) and a bad name.
+    for bad in [("ce-subject", "a\tb"), ("ce-my_ext", "x")] {
+        let mut pairs = ce.to_vec();
+        pairs.push(bad);
+        let answer = nats
+            .request_with_headers(query.clone(), with(&pairs), "{\"n\": 1}".into())
+            .await
+            .unwrap();
+        assert_eq!(kind_of(answer).as_deref(), Some("malformed"), "{bad:?}");
+    }
+    assert_eq!(probe.calls(), 0);
+    // An idempotency key bound to its payload.
+    let keyed = |amount: u64| {
+        nats.request_with_headers(
+            command.clone(),
+            with(&[("idempotency-key", "k-1")]),
+            format!("{{\"amount\": {amount}}}").into(),
+        )
+    };
+    let first = keyed(5).await.unwrap();
+    assert!(kind_of(first.clone()).is_none());
+    let again = keyed(5).await.unwrap();
+    assert_eq!(again.payload, first.payload);
+    assert_eq!(probe.calls(), 1);
+    let other = keyed(6).await.unwrap();
+    assert_eq!(kind_of(other).as_deref(), Some("conflict"));
+    assert_eq!(probe.calls(), 1);
+    server.stop().await;
+}

@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::envelope::SPEC_VERSION;
+use crate::attribute::{self, MAX_ATTRIBUTES};
+use crate::envelope::{JSON, SPEC_VERSION};
 use crate::{Envelope, Error, ErrorKind, Message, MessageType};
 
 /// Default maximum size of an encoded envelope: 1 MiB.
@@ -70,8 +71,10 @@ impl Codec {
         Ok(())
     }
 
-    /// Encodes in CloudEvents JSON structured mode.
+    /// Encodes in CloudEvents JSON structured mode, after [`Codec::check_envelope`]: what a
+    /// peer must refuse is never sent.
     pub fn encode(&self, envelope: &Envelope) -> Result<Bytes, Error> {
+        self.check_envelope(envelope)?;
         let mut out = Vec::with_capacity(256 + envelope.data.len());
         write_structured(envelope, &mut out)?;
         self.check_size(out.len())
@@ -100,12 +103,14 @@ impl Codec {
         fields.into_envelope()
     }
 
-    /// Encodes in CloudEvents binary mode: `ce-*` headers (and `content-type`) plus the body.
+    /// Encodes in CloudEvents binary mode: `ce-*` headers (and `content-type`) plus the body,
+    /// after [`Codec::check_envelope`].
     /// Header values are percent-encoded as the HTTP binding requires.
     pub fn encode_binary(
         &self,
         envelope: &Envelope,
     ) -> Result<(Vec<(String, String)>, Bytes), Error> {
+        self.check_envelope(envelope)?;
         let mut headers = Vec::with_capacity(12);
         let mut push =
             |name: &str, value: &str| headers.push((name.to_owned(), percent_encode(value)));
@@ -172,6 +177,149 @@ impl Codec {
         self.check_size(size)?;
         fields.data = Some(body);
         fields.into_envelope()
+    }
+
+    /// Decodes an envelope given as a type, attributes by name and the payload (the gRPC
+    /// `Call`'s fields), under every rule of the other decoders: each attribute's name and
+    /// value ([`attribute`]), their number, and their size counted with the payload's
+    /// against the limit. What the caller leaves out is made here: a fresh UUIDv7 `id`, the
+    /// source `/unknown`, the current `time`, a JSON `datacontenttype`. A `type` attribute,
+    /// if given, must be `ty`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tabgrab_core::{Codec, ErrorKind};
+    ///
+    /// let codec = Codec::default();
+    /// let attributes = [("subject".to_owned(), "o-1".to_owned())];
+    /// let envelope = codec.decode_attributes("demo.ping.v1", attributes, Bytes::from("{}"))?;
+    /// assert_eq!(envelope.subject.as_deref(), Some("o-1"));
+    /// let bad = [("Subject".to_owned(), "o-1".to_owned())];
+    /// let e = codec.decode_attributes("demo.ping.v1", bad, Bytes::new()).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Malformed);
+    /// # Ok::<(), tabgrab_core::Error>(())
+    /// ```
+    pub fn decode_attributes(
+        &self,
+        ty: &str,
+        attributes: impl IntoIterator<Item = (String, String)>,
+        data: Bytes,
+    ) -> Result<Envelope, Error> {
+        let mut fields = Fields::default();
+        let mut size = data.len() + "type".len() + ty.len();
+        self.check_size(size)?;
+        for (name, value) in attributes {
+            size += name.len() + value.len();
+            self.check_size(size)?;
+            if name == "data" || name == "data_base64" {
+                return Err(reserved(&name));
+            }
+            fields.set(&name, value)?;
+        }
+        match &fields.ty {
+            Some(given) if given != ty => {
+                return Err(Error::new(
+                    ErrorKind::TypeMismatch,
+                    format!("the type attribute says {given} but the call is of {ty}"),
+                ));
+            }
+            _ => {}
+        }
+        attribute::check_value("type", ty)?;
+        fields.ty = Some(ty.to_owned());
+        if fields.specversion.is_none() {
+            fields.specversion = Some(SPEC_VERSION.to_owned());
+        }
+        if fields.id.is_none() {
+            fields.id = Some(uuid::Uuid::now_v7().to_string());
+        }
+        if fields.source.is_none() {
+            fields.source = Some("/unknown".to_owned());
+        }
+        if fields.time.is_none() {
+            fields.time = Some(OffsetDateTime::now_utc());
+        }
+        if fields.datacontenttype.is_none() {
+            fields.datacontenttype = Some(JSON.to_owned());
+        }
+        fields.data = Some(data);
+        // With what was made here, counted and sized like any envelope.
+        let envelope = fields.into_envelope()?;
+        self.check_envelope(&envelope)?;
+        Ok(envelope)
+    }
+
+    /// Checks a whole envelope against the rules every decoder applies, however it was made
+    /// (a transport's fast path, a relay, code): the required attributes present and not
+    /// empty, at most [`MAX_ATTRIBUTES`], each name and value valid ([`attribute`]), no
+    /// extension under a reserved name, and the attributes' names and values counted with the
+    /// payload against the size limit. Servers run it before any handler sees the envelope.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tabgrab_core::{Codec, Envelope, ErrorKind};
+    ///
+    /// let mut envelope = Envelope::raw("/demo", "demo.ping.v1", Bytes::from("{}"));
+    /// assert!(Codec::default().check_envelope(&envelope).is_ok());
+    /// envelope.subject = Some("a\nb".into());
+    /// let e = Codec::default().check_envelope(&envelope).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Malformed);
+    /// ```
+    pub fn check_envelope(&self, envelope: &Envelope) -> Result<(), Error> {
+        for (name, value) in [
+            ("id", &envelope.id),
+            ("source", &envelope.source),
+            ("type", &envelope.ty),
+        ] {
+            if value.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::MissingAttribute,
+                    format!("the required CloudEvents attribute {name:?} is empty"),
+                ));
+            }
+        }
+        // specversion, id, source, type; the times as RFC 3339 text at most.
+        const TIME_LEN: usize = 35;
+        let mut count = 4;
+        let mut size = envelope.data.len() + "specversion".len() + SPEC_VERSION.len();
+        let known = [
+            ("id", Some(&envelope.id)),
+            ("source", Some(&envelope.source)),
+            ("type", Some(&envelope.ty)),
+            ("datacontenttype", envelope.datacontenttype.as_ref()),
+        ];
+        for (name, value) in known
+            .into_iter()
+            .filter_map(|(n, v)| v.map(|v| (n, v)))
+            .chain(optional_attributes(envelope))
+        {
+            attribute::check_value(name, value)?;
+            size += name.len() + value.len();
+        }
+        count +=
+            usize::from(envelope.datacontenttype.is_some()) + optional_attributes(envelope).count();
+        for (name, present) in [
+            ("time", envelope.time.is_some()),
+            ("deadline", envelope.deadline.is_some()),
+        ] {
+            if present {
+                count += 1;
+                size += name.len() + TIME_LEN;
+            }
+        }
+        count += envelope.extensions.len();
+        if count > MAX_ATTRIBUTES {
+            return Err(too_many_attributes());
+        }
+        for (name, value) in &envelope.extensions {
+            attribute::check_name(name)?;
+            if attribute::RESERVED.contains(&name.as_str()) {
+                return Err(reserved(name));
+            }
+            attribute::check_value(name, value)?;
+            size += name.len() + value.len();
+        }
+        self.check_size(size)
     }
 
     /// Decodes structured mode and checks the type against `registry`.
@@ -261,9 +409,27 @@ fn write_structured(envelope: &Envelope, out: &mut Vec<u8>) -> Result<(), Error>
     map.end().map_err(fail)
 }
 
+/// [`ErrorKind::TooLarge`] for an envelope with more than [`MAX_ATTRIBUTES`].
+fn too_many_attributes() -> Error {
+    Error::new(
+        ErrorKind::TooLarge,
+        format!("an envelope may carry at most {MAX_ATTRIBUTES} attributes"),
+    )
+}
+
+/// [`ErrorKind::Malformed`] for an extension that takes a reserved name.
+fn reserved(name: &str) -> Error {
+    Error::new(
+        ErrorKind::Malformed,
+        format!("{name:?} is a reserved attribute name and cannot be an extension"),
+    )
+}
+
 /// Attributes collected while decoding, before the required ones are checked.
 #[derive(Default)]
 struct Fields {
+    /// Attributes set so far, against [`MAX_ATTRIBUTES`].
+    count: usize,
     specversion: Option<String>,
     id: Option<String>,
     source: Option<String>,
@@ -282,6 +448,11 @@ struct Fields {
 
 impl Fields {
     fn set(&mut self, attribute: &str, value: String) -> Result<(), Error> {
+        self.count += 1;
+        if self.count > MAX_ATTRIBUTES {
+            return Err(too_many_attributes());
+        }
+        attribute::check_value(attribute, &value)?;
         match attribute {
             "specversion" => self.specversion = Some(value),
             "id" => self.id = Some(value),
@@ -296,17 +467,9 @@ impl Fields {
             "replyto" => self.replyto = Some(value),
             "deadline" => self.deadline = Some(parse_time("deadline", &value)?),
             other => {
-                if other.is_empty()
-                    || !other
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                {
-                    return Err(Error::new(
-                        ErrorKind::Malformed,
-                        format!(
-                            "{other:?} is not a valid CloudEvents attribute name (lowercase letters and digits)"
-                        ),
-                    ));
+                attribute::check_name(other)?;
+                if attribute::RESERVED.contains(&other) {
+                    return Err(reserved(other));
                 }
                 self.extensions.insert(other.to_owned(), value);
             }

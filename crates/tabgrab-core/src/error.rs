@@ -49,6 +49,13 @@ pub enum ErrorKind {
     Remote,
     /// The recipient answered something that is not a valid response (wrong status, bad body).
     Protocol,
+    /// The request reuses an identity with other content than at its first use: an
+    /// idempotency key sent again with a different payload. Never retryable: the caller
+    /// must send the same content again, or use a new key.
+    Conflict,
+    /// The payload's media type is not one the recipient reads (tabgrab's handlers read
+    /// JSON).
+    UnsupportedMediaType,
 }
 
 impl ErrorKind {
@@ -84,6 +91,8 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Remote => "remote",
             ErrorKind::Protocol => "protocol",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Everything else in the workspace depends on this crate and it depends on nothing of the
 //! workspace, so it changes rarely. It holds:
 //!
+//! - [`attribute`]: the rules every CloudEvents attribute follows on every transport;
 //! - [`message`]: the `Command`, `Query` and `Event` traits and versioned type names;
 //! - [`envelope`]: the one CloudEvents 1.0 envelope, its JSON structured mode and its binary
 //!   (`ce-*` header) mode;
@@ -11,6 +12,7 @@
 //! - [`rejection`]: a handler's typed refusal, carried back to the caller by every transport;
 //! - [`secret`]: [`SecretUrl`], how every URL that may carry credentials is shown redacted.
 
+pub mod attribute;
 pub mod codec;
 pub mod envelope;
 pub mod error;

@@ -7,7 +7,9 @@
 //! | the card is declined | `402`, `{"error", "service": "payment", "reason": "payment declined: …"}` |
 //! | ingredients are missing (the charge is refunded) | `409`, `service: "inventory"`, `reason: "ingredients missing: …"` |
 //! | a service failed, timed out, is down or its breaker is open (what was done is compensated) | `503` or `504`, naming the service |
-//! | an invalid order | `400`, as in the events style |
+//! | a body that is not an order (not JSON, a missing or unknown field), or an invalid order | `400`, as in the events style |
+//! | a body over 64 KiB | `413` |
+//! | a body without `content-type: application/json` | `415` |
 //!
 //! Every command carries the order id as idempotency key, so the client stack may retry it
 //! (the services treat a repeat as the first). Compensations (refund, release) get their own
@@ -112,7 +114,7 @@ async fn place_order(
         Ok(Json(request)) => request,
         Err(rejection) => {
             return refuse(
-                rejection.status(),
+                crate::http::body_refusal_status(&rejection),
                 Refusal {
                     error: format!("the body is not a valid order: {}", rejection.body_text()),
                     service: None,

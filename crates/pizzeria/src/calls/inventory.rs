@@ -1,5 +1,7 @@
 //! Inventory, call style: handles `ReserveIngredients` (all or nothing) and
-//! `ReleaseIngredients`, idempotent per order, with the events style's [`Stock`].
+//! `ReleaseIngredients`, idempotent per order, with the events style's [`Stock`]. A
+//! reservation out of its bounds (no pizza, more than an order may have, a name not on the
+//! menu: [`ReserveIngredients::check`]) is refused as invalid input, not reserved in part.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,7 +114,10 @@ impl Storeroom {
         let (a, b) = (self.clone(), self.clone());
         Handlers::new()
             .handle(move |r: ReserveIngredients, _ctx: CallContext| {
-                let result = a.reserve(&r).map_err(HandlerError::from);
+                let result = match r.check() {
+                    Ok(()) => a.reserve(&r).map_err(HandlerError::from),
+                    Err(invalid) => Err(HandlerError::invalid(invalid.0)),
+                };
                 async move { result }
             })
             .handle(move |r: ReleaseIngredients, _ctx: CallContext| {

@@ -1,6 +1,8 @@
 //! The kitchen, call style: handles `PlaceTicket` by baking in one of a fixed number of ovens
 //! and answering when the pizzas are out. A caller that gives up (its deadline passed) drops
-//! the bake, which frees the oven.
+//! the bake, which frees the oven. A ticket out of its bounds
+//! ([`PlaceTicket::check`](crate::commands::PlaceTicket::check)) is refused as invalid input
+//! before it takes an oven.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +59,11 @@ impl Ovens {
         let kitchen = self.clone();
         Handlers::new().handle(move |t: PlaceTicket, _ctx: CallContext| {
             let kitchen = kitchen.clone();
-            async move { kitchen.bake(&t).await }
+            async move {
+                t.check()
+                    .map_err(|invalid| HandlerError::invalid(invalid.0))?;
+                kitchen.bake(&t).await
+            }
         })
     }
 }

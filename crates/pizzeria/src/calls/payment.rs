@@ -3,8 +3,11 @@
 //! The domain rule is the events style's: a card ending in
 //! [`crate::services::payment::DECLINED_SUFFIX`] is refused, here with the
 //! typed rejection [`CARD_DECLINED`]. A repeated charge of one order (a retry after a lost
-//! answer, with the order id as idempotency key) answers the first charge again; a refund
-//! returns what was collected at most once.
+//! answer, with the order id as idempotency key) answers the first charge again, but a
+//! charge of the same order for another amount is a conflict (HTTP 409, gRPC
+//! `ALREADY_EXISTS`), not the first charge answered as if it were this one; a refund returns
+//! what was collected at most once. A charge out of its bounds ([`ChargeCard::check`]) is
+//! refused as invalid input before anything else.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,9 +46,19 @@ impl PaymentDesk {
     }
 
     /// Charges a card; see the module docs.
-    pub fn charge(&self, c: &ChargeCard) -> Result<Charged, Rejection> {
+    pub fn charge(&self, c: &ChargeCard) -> Result<Charged, HandlerError> {
         let mut collected = lock(&self.collected);
         if let Some(&amount_cents) = collected.get(&c.order_id) {
+            if amount_cents != c.amount_cents {
+                return Err(HandlerError::Failed(tabgrab::Error::new(
+                    tabgrab::ErrorKind::Conflict,
+                    format!(
+                        "order {} was charged {amount_cents} cents, not {}; an order is \
+                         charged once",
+                        c.order_id, c.amount_cents
+                    ),
+                )));
+            }
             return Ok(Charged {
                 order_id: c.order_id,
                 amount_cents,
@@ -53,10 +66,10 @@ impl PaymentDesk {
         }
         if c.card.ends_with(DECLINED_SUFFIX) {
             self.stats[1].fetch_add(1, Ordering::Relaxed);
-            return Err(Rejection::new(
+            return Err(HandlerError::from(Rejection::new(
                 CARD_DECLINED,
                 format!("card ending in {DECLINED_SUFFIX} refused by the bank"),
-            ));
+            )));
         }
         collected.insert(c.order_id, c.amount_cents);
         self.stats[0].fetch_add(1, Ordering::Relaxed);
@@ -83,7 +96,10 @@ impl PaymentDesk {
         let (a, b) = (self.clone(), self.clone());
         Handlers::new()
             .handle(move |c: ChargeCard, _ctx: CallContext| {
-                let result = a.charge(&c).map_err(HandlerError::from);
+                let result = match c.check() {
+                    Ok(()) => a.charge(&c),
+                    Err(invalid) => Err(HandlerError::invalid(invalid.0)),
+                };
                 async move { result }
             })
             .handle(move |r: RefundPayment, _ctx: CallContext| {

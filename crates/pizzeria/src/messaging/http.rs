@@ -32,15 +32,14 @@ pub fn app(front_desk: FrontDesk) -> Router {
         .with_state(front_desk)
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes.
+/// Serves [`app`] on `listener` until `shutdown` completes, through tabgrab's call server (its
+/// timeouts and connection limit: [`tabgrab::call::server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     front_desk: FrontDesk,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(front_desk))
-        .with_graceful_shutdown(shutdown)
-        .await
+    tabgrab::call::serve(listener, app(front_desk), shutdown).await
 }
 
 fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
@@ -61,7 +60,7 @@ async fn place_order(
         Ok(Json(request)) => request,
         Err(rejection) => {
             return refuse(
-                rejection.status(),
+                crate::http::body_refusal_status(&rejection),
                 format!("the body is not a valid order: {}", rejection.body_text()),
             );
         }

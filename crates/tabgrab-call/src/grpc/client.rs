@@ -174,6 +174,7 @@ fn error_from(call: &Call, uri: &str, status: Status) -> CallError {
     let kind = match status.code() {
         Code::InvalidArgument => ErrorKind::InvalidPayload,
         Code::Unimplemented => ErrorKind::UnknownType,
+        Code::AlreadyExists => ErrorKind::Conflict,
         Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
         Code::Cancelled if call.remaining().is_some_and(|r| r.is_zero()) => {
             ErrorKind::DeadlineExceeded

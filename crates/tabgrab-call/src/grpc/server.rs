@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tabgrab_core::{Envelope, ErrorKind};
+use tabgrab_core::ErrorKind;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
@@ -100,7 +100,9 @@ pub fn status_of(e: ServeError) -> Status {
         | ErrorKind::MissingAttribute
         | ErrorKind::UnsupportedVersion
         | ErrorKind::TypeMismatch
+        | ErrorKind::UnsupportedMediaType
         | ErrorKind::TooLarge => Code::InvalidArgument,
+        ErrorKind::Conflict => Code::AlreadyExists,
         ErrorKind::UnknownType => Code::Unimplemented,
         ErrorKind::DeadlineExceeded | ErrorKind::Timeout => Code::DeadlineExceeded,
         ErrorKind::Remote => Code::FailedPrecondition,
@@ -128,43 +130,18 @@ impl Calls for CallsService {
             data,
             attributes,
         } = request.into_inner();
-        // What `Envelope::raw("/unknown", ..)` makes, with the caller's attributes set on it;
-        // written out so that the id (a UUIDv7) and the source are made only when the caller
-        // sent none, not made and then overwritten on every call.
-        let (mut id, mut source) = (None, None);
-        let mut envelope = Envelope {
-            id: String::new(),
-            source: String::new(),
-            ty: r#type,
-            time: Some(time::OffsetDateTime::now_utc()),
-            subject: None,
-            datacontenttype: Some(tabgrab_core::envelope::JSON.to_owned()),
-            correlationid: None,
-            causationid: None,
-            traceparent: None,
-            replyto: None,
-            deadline: None,
-            extensions: Default::default(),
-            data,
-        };
-        for (name, value) in attributes {
-            match name.as_str() {
-                "id" => id = Some(value),
-                "source" => source = Some(value),
-                "subject" => envelope.subject = Some(value),
-                "correlationid" => envelope.correlationid = Some(value),
-                "causationid" => envelope.causationid = Some(value),
-                "traceparent" => envelope.traceparent = Some(value),
-                _ => {
-                    envelope.extensions.insert(name, value);
-                }
-            }
-        }
-        envelope.id = match id {
-            Some(id) => id,
-            None => Envelope::raw("", "", Bytes::new()).id,
-        };
-        envelope.source = source.unwrap_or_else(|| "/unknown".to_owned());
+        // Under the attribute rules of every transport, counted with `data` against the
+        // size limit.
+        let envelope = self
+            .handlers
+            .codec_ref()
+            .decode_attributes(&r#type, attributes, data)
+            .map_err(|e| {
+                status_of(ServeError::new(
+                    e.kind(),
+                    format!("the {type} call's attributes are invalid: {e}", type = r#type),
+                ))
+            })?;
         let data = self
             .handlers
             .dispatch(envelope, deadline, idempotency_key)

@@ -280,6 +280,8 @@ fn error_from(call: &Call, status: StatusCode, body: &[u8]) -> CallError {
         StatusCode::BAD_REQUEST => ErrorKind::InvalidPayload,
         StatusCode::NOT_FOUND => ErrorKind::UnknownType,
         StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::TooLarge,
+        StatusCode::CONFLICT => ErrorKind::Conflict,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorKind::UnsupportedMediaType,
         StatusCode::TOO_MANY_REQUESTS => ErrorKind::Rejected,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => ErrorKind::Unavailable,
         StatusCode::GATEWAY_TIMEOUT => ErrorKind::DeadlineExceeded,

@@ -9,6 +9,14 @@
 //! without `ce-*` headers is accepted too (the server makes the envelope), so any HTTP client
 //! can call.
 //!
+//! Content types: `application/json` or any `+json` type (the message's JSON; binary mode or
+//! plain), `application/cloudevents+json` (structured mode: the body is the whole CloudEvent,
+//! its `data` the message), or none (taken as JSON, as an envelope without
+//! `datacontenttype` is). Anything else, batches included, is refused with 415 before the
+//! body is read. The JSON must be the message and nothing more: a field the message type does
+//! not have is refused (400), on every transport alike (see [`Handlers`](crate::Handlers)).
+//! Attribute headers follow the rules of [`tabgrab_core::attribute`], as on every transport.
+//!
 //! The caller's remaining budget travels in the `tabgrab-timeout` header (milliseconds,
 //! relative, like `grpc-timeout`); an idempotency key in `idempotency-key`.
 //!
@@ -17,9 +25,11 @@
 //!
 //! | kind | status |
 //! |---|---|
-//! | `invalid_payload`, `malformed` (bad JSON, bad `ce-*` header) | 400 |
+//! | `invalid_payload`, `malformed`, `missing_attribute`, `type_mismatch` (bad JSON, an unknown field, a value out of the domain's bounds, a bad `ce-*` header or idempotency key) | 400 |
 //! | `unknown_type` | 404 |
-//! | `too_large` | 413 |
+//! | `conflict` (an idempotency key used again with another payload) | 409 |
+//! | `too_large` (the body, or the attributes and body together) | 413 |
+//! | `unsupported_media_type` | 415 |
 //! | `remote` (the handler's rejection, in `rejection`) | 422 |
 //! | `rejected` (overload) | 429 |
 //! | `handler` | 500 |
@@ -48,6 +58,8 @@ pub(crate) fn status_of(kind: ErrorKind) -> http::StatusCode {
         ErrorKind::UnknownType => S::NOT_FOUND,
         ErrorKind::TooLarge => S::PAYLOAD_TOO_LARGE,
         ErrorKind::Remote => S::UNPROCESSABLE_ENTITY,
+        ErrorKind::Conflict => S::CONFLICT,
+        ErrorKind::UnsupportedMediaType => S::UNSUPPORTED_MEDIA_TYPE,
         ErrorKind::Rejected | ErrorKind::CircuitOpen => S::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => S::SERVICE_UNAVAILABLE,
         ErrorKind::DeadlineExceeded | ErrorKind::Timeout => S::GATEWAY_TIMEOUT,

@@ -96,6 +96,8 @@ async fn serve_one(
         Some(_) => {}
     }
     let (parts, body) = request.into_parts();
+    // Before a byte of the body is read, too.
+    let structured = structured_mode(&ty, &parts.headers)?;
     let deadline = deadline_of(&parts.headers)?;
     let idempotency_key = parts
         .headers
@@ -103,8 +105,75 @@ async fn serve_one(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = read_body(handlers, &ty, &parts.headers, body).await?;
-    let envelope = envelope_of(handlers, &ty, &parts.headers, body)?;
+    let envelope = if structured {
+        structured_envelope(handlers, &ty, &body)?
+    } else {
+        envelope_of(handlers, &ty, &parts.headers, body)?
+    };
     handlers.dispatch(envelope, deadline, idempotency_key).await
+}
+
+/// The CloudEvents structured-mode media type: the body is the whole envelope.
+const STRUCTURED: &str = "application/cloudevents+json";
+
+/// Whether the request is in structured mode (`application/cloudevents+json`); `false` for a
+/// JSON payload (binary mode, or a plain POST), which is also what a request without
+/// `content-type` is taken for (an envelope without `datacontenttype` holds JSON); refuses
+/// any other media type with [`ErrorKind::UnsupportedMediaType`] (415).
+fn structured_mode(ty: &str, headers: &HeaderMap) -> Result<bool, ServeError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(false);
+    };
+    let unsupported = |shown: &str| {
+        ServeError::new(
+            ErrorKind::UnsupportedMediaType,
+            format!(
+                "the {ty} request's content type is {shown:?}; send the message's JSON as \
+                 application/json (or a +json type), or the CloudEvent as {STRUCTURED}"
+            ),
+        )
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| unsupported("(not visible ASCII)"))?;
+    let media = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media == STRUCTURED {
+        return Ok(true);
+    }
+    if media == "application/json" || (media.ends_with("+json") && !media.contains("batch")) {
+        return Ok(false);
+    }
+    let shown: String = text.chars().take(60).collect();
+    Err(unsupported(&shown))
+}
+
+/// The envelope of a structured-mode body, through the codec (which says what is wrong).
+fn structured_envelope(
+    handlers: &Handlers,
+    ty: &str,
+    body: &Bytes,
+) -> Result<Envelope, ServeError> {
+    let envelope = handlers.codec_ref().decode(body).map_err(|e| {
+        ServeError::new(
+            e.kind(),
+            format!("the {ty} request is not a valid structured CloudEvent: {e}"),
+        )
+    })?;
+    if envelope.ty != ty {
+        return Err(ServeError::new(
+            ErrorKind::TypeMismatch,
+            format!(
+                "the CloudEvent's type is {} but the path says {ty}; they must agree",
+                envelope.ty
+            ),
+        ));
+    }
+    Ok(envelope)
 }
 
 /// The deadline from the `tabgrab-timeout` header.
@@ -176,7 +245,15 @@ fn envelope_of(
     body: Bytes,
 ) -> Result<Envelope, ServeError> {
     if !headers.contains_key("ce-specversion") {
-        return Ok(Envelope::raw("/unknown", ty, body));
+        let mut envelope = Envelope::raw("/unknown", ty, body);
+        // The payload's media type as sent (JSON, checked by `structured_mode`).
+        if let Some(ct) = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            envelope.datacontenttype = Some(ct.to_owned());
+        }
+        return Ok(envelope);
     }
     let decoded = match plain_envelope(handlers.codec_ref(), headers, &body) {
         Some(envelope) => Ok(envelope),

@@ -259,7 +259,12 @@ impl Server {
         body: &Bytes,
     ) -> Result<Envelope, ServeError> {
         let Some(headers) = headers.filter(|h| h.get("ce-specversion").is_some()) else {
-            return Ok(Envelope::raw("/unknown", subject_ty, body.clone()));
+            let mut envelope = Envelope::raw("/unknown", subject_ty, body.clone());
+            // The payload's media type as sent; dispatch refuses one that is not JSON.
+            if let Some(ct) = headers.and_then(|h| h.get("content-type")) {
+                envelope.datacontenttype = Some(ct.as_str().to_owned());
+            }
+            return Ok(envelope);
         };
         let envelope =
             super::binding::decode(self.handlers.codec_ref(), Some(headers), body.clone())

@@ -221,12 +221,178 @@ proptest! {
 
     #[test]
     fn structured_round_trip(subject in ".{0,40}", order in "[a-z0-9-]{1,20}", tenant in "[ -~]{0,20}") {
+        let valid = attribute::check_value("subject", &subject).is_ok();
         let mut envelope = Envelope::new("/p", &OrderAccepted { order_id: order, pizzas: vec![] }).unwrap().with_subject(subject);
         envelope.extensions.insert("tenant".into(), tenant);
         let codec = Codec::default();
+        if !valid {
+            // What a peer must refuse is never sent.
+            prop_assert_eq!(codec.encode(&envelope).unwrap_err().kind(), ErrorKind::Malformed);
+            prop_assert_eq!(codec.encode_binary(&envelope).unwrap_err().kind(), ErrorKind::Malformed);
+            return Ok(());
+        }
         prop_assert_eq!(codec.decode(&codec.encode(&envelope).unwrap()).unwrap(), envelope.clone());
         let (headers, body) = codec.encode_binary(&envelope).unwrap();
         let back = codec.decode_binary(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), body).unwrap();
         prop_assert_eq!(back, envelope);
     }
+}
+
+#[test]
+fn every_decoder_applies_the_attribute_rules() {
+    let codec = Codec::default();
+    let header = |name: &'static str, value: &'static str| (name, value.as_bytes());
+    let base = [
+        header("ce-specversion", "1.0"),
+        header("ce-id", "1"),
+        header("ce-source", "/s"),
+        header("ce-type", "demo.ping.v1"),
+    ];
+    let binary = |extra: (&'static str, &'static [u8])| {
+        let mut headers = base.to_vec();
+        headers.push(extra);
+        codec.decode_binary(headers, Bytes::from_static(b"{}"))
+    };
+    // A CR LF (percent-encoded, as a header must carry it) and an extension under a
+    // reserved name are refused, like a bad name.
+    for bad in [
+        header("ce-subject", "a%0D%0Ax-injected: 1"),
+        header("ce-data", "x"),
+        header("ce-my_ext", "x"),
+    ] {
+        assert_eq!(
+            binary(bad).unwrap_err().kind(),
+            ErrorKind::Malformed,
+            "{bad:?}"
+        );
+    }
+    // Structured mode: the same rules.
+    let structured =
+        br#"{"specversion":"1.0","id":"1","source":"/s","type":"demo.ping.v1","subject":"a\nb"}"#;
+    assert_eq!(
+        codec.decode(structured).unwrap_err().kind(),
+        ErrorKind::Malformed
+    );
+    // More than MAX_ATTRIBUTES is too large, however small each one is.
+    let many: Vec<(String, String)> = (0..MAX_ATTRIBUTES)
+        .map(|i| (format!("x{i}"), "1".to_owned()))
+        .collect();
+    let pairs: Vec<(String, String)> = many
+        .iter()
+        .map(|(n, v)| (format!("ce-{n}"), v.clone()))
+        .chain([
+            ("ce-specversion".to_owned(), "1.0".to_owned()),
+            ("ce-id".to_owned(), "1".to_owned()),
+        ])
+        .collect();
+    let e = codec
+        .decode_binary(
+            pairs.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+            Bytes::new(),
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge);
+    let e = codec
+        .decode_attributes("demo.ping.v1", many, Bytes::new())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge);
+}
+
+#[test]
+fn attributes_by_name_decode_under_the_same_rules() {
+    let codec = Codec::with_max_size(256);
+    let attributes = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let data = Bytes::from_static(b"{\"n\":1}");
+    let envelope = codec
+        .decode_attributes(
+            "demo.ping.v1",
+            attributes(&[
+                ("id", "c-1"),
+                ("subject", "o-1"),
+                ("time", "2026-11-27T09:00:00Z"),
+                ("tenant", "north"),
+            ]),
+            data.clone(),
+        )
+        .unwrap();
+    assert_eq!(envelope.id, "c-1");
+    assert_eq!(envelope.source, "/unknown");
+    assert_eq!(envelope.subject.as_deref(), Some("o-1"));
+    assert!(envelope.time.is_some());
+    assert_eq!(
+        envelope.extensions.get("tenant").map(String::as_str),
+        Some("north")
+    );
+    assert!(envelope.is_json());
+    codec.check_envelope(&envelope).unwrap();
+    // Made here when absent: a fresh id.
+    let made = codec
+        .decode_attributes("demo.ping.v1", Vec::new(), data.clone())
+        .unwrap();
+    assert!(!made.id.is_empty());
+    let refused = |pairs: &[(&str, &str)]| {
+        codec
+            .decode_attributes("demo.ping.v1", attributes(pairs), data.clone())
+            .unwrap_err()
+            .kind()
+    };
+    assert_eq!(refused(&[("id", "")]), ErrorKind::MissingAttribute);
+    assert_eq!(refused(&[("Bad Name", "x")]), ErrorKind::Malformed);
+    assert_eq!(refused(&[("subject", "a\r\nb")]), ErrorKind::Malformed);
+    assert_eq!(refused(&[("data", "x")]), ErrorKind::Malformed);
+    assert_eq!(
+        refused(&[("type", "demo.other.v1")]),
+        ErrorKind::TypeMismatch
+    );
+    assert_eq!(refused(&[("time", "yesterday")]), ErrorKind::Malformed);
+    // The attributes count against the size limit, not only the data.
+    assert_eq!(
+        refused(&[("tenant", &"x".repeat(300))]),
+        ErrorKind::TooLarge
+    );
+}
+
+#[test]
+fn a_made_envelope_is_checked_whole() {
+    let codec = Codec::with_max_size(512);
+    let good = sample();
+    Codec::default().check_envelope(&good).unwrap();
+    let check = |f: &dyn Fn(&mut Envelope)| {
+        let mut e = sample();
+        f(&mut e);
+        codec.check_envelope(&e).unwrap_err().kind()
+    };
+    assert_eq!(check(&|e| e.id.clear()), ErrorKind::MissingAttribute);
+    assert_eq!(
+        check(&|e| e.subject = Some("a\r\nb".into())),
+        ErrorKind::Malformed
+    );
+    assert_eq!(
+        check(&|e| {
+            e.extensions.insert("Bad".into(), "x".into());
+        }),
+        ErrorKind::Malformed
+    );
+    assert_eq!(
+        check(&|e| {
+            e.extensions.insert("id".into(), "x".into());
+        }),
+        ErrorKind::Malformed
+    );
+    assert_eq!(
+        check(&|e| {
+            for i in 0..MAX_ATTRIBUTES {
+                e.extensions.insert(format!("x{i}"), String::new());
+            }
+        }),
+        ErrorKind::TooLarge
+    );
+    // Attributes count against the size limit: a payload that fits alone does not with a
+    // long attribute beside it.
+    assert_eq!(check(&|e| e.source = "/".repeat(500)), ErrorKind::TooLarge);
 }
