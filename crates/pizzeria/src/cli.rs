@@ -29,8 +29,13 @@ pub enum Command {
     /// Run every service in this process and send it simulated customers over HTTP; print a
     /// summary (orders delivered and failed, events, dead letters, throughput, latency).
     Run(RunArgs),
-    /// List the dead letters of the pizzeria topic: events a service gave up on, with why.
+    /// List the dead letters of the pizzeria topic: events a service gave up on, with why
+    /// (of the embedded log in --data-dir, or of a broker with --bus).
     DeadLetters(DeadLettersArgs),
+    /// Show what became of every order, read back from the front desk's durable view (no
+    /// service needs to run): counts by fate, and each order that has not ended with its
+    /// history; `--check` fails if one has not.
+    Orders(OrdersArgs),
     /// Measure the embedded backend beside the disk's own fdatasync: durable publish
     /// throughput and publish-to-handler latency at a fixed rate (see BENCHMARKS.md).
     Bench(BenchArgs),
@@ -106,13 +111,14 @@ pub struct ServiceArgs {
     #[arg(long, conflicts_with_all = ["payment", "inventory", "kitchen"])]
     pub bus: Option<String>,
     /// Events style, kitchen: PostgreSQL URL of the rail shared by several kitchens
-    /// (required when more than one kitchen runs).
+    /// (required when more than one kitchen runs); the kitchen's store, as --store is.
     #[arg(long, requires = "bus")]
     pub kitchen_db: Option<String>,
-    /// Events style, payment and inventory: where the service keeps its state (ledger or
-    /// reservations and shelf, inbox, outbox): `sqlite:PATH`, `postgres://user@host/db`
-    /// (several members of a group, or a restart on another machine, share it) or `memory`
-    /// (not durable); by default `sqlite:./pizzeria-data/<service>.sqlite`.
+    /// Events style: where the service keeps its state (payment's ledger, inventory's
+    /// reservations and shelf, the kitchen's rail, inboxes, outbox): `sqlite:PATH`,
+    /// `postgres://user@host/db` (several members of a group, or a restart on another
+    /// machine, share it) or `memory` (not durable); by default
+    /// `sqlite:./pizzeria-data/<service>.sqlite`.
     #[arg(long, requires = "bus")]
     pub store: Option<String>,
     /// The address to listen on (port 0: any free port, printed at start).
@@ -228,12 +234,39 @@ pub struct RunArgs {
     /// PostgreSQL URL of the kitchens' shared rail (needed with more than one kitchen).
     #[arg(long)]
     pub kitchen_db: Option<String>,
-    /// Events style: where payment and inventory keep their state (ledger, reservations and
-    /// shelf, inboxes, outbox), `sqlite:PATH`, `postgres://user@host/db` or `memory` (not
-    /// durable); by default `sqlite:<data-dir>/effects.sqlite`, and with --services spawn one
-    /// file per service, `sqlite:<data-dir>/<service>.sqlite`.
+    /// Events style: where the services keep their state (ledger, reservations and shelf,
+    /// the kitchen's rail, the front desk's view of the orders, inboxes, outbox),
+    /// `sqlite:PATH`, `postgres://user@host/db` or `memory` (not durable); by default
+    /// `sqlite:<data-dir>/effects.sqlite`, and with --services spawn one file per service,
+    /// `sqlite:<data-dir>/<service>.sqlite`.
     #[arg(long)]
     pub store: Option<String>,
+}
+
+/// Options of `pizzeria orders`.
+#[derive(Debug, Args)]
+pub struct OrdersArgs {
+    /// Directory of the run, as given to `pizzeria run`: its store is
+    /// `<data-dir>/effects.sqlite` (services in one process) or `<data-dir>/front-desk.sqlite`
+    /// (services in other processes).
+    #[arg(long, default_value = "./pizzeria-data")]
+    pub data_dir: PathBuf,
+    /// The front desk's store instead: `sqlite:PATH` or `postgres://…`.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Show this order and its history only.
+    #[arg(long)]
+    pub id: Option<uuid::Uuid>,
+    /// List every order, not only those that have not ended.
+    #[arg(long)]
+    pub all: bool,
+    /// Exit with an error if an order has not ended (delivered, or cancelled with its money
+    /// and ingredients given back).
+    #[arg(long)]
+    pub check: bool,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `pizzeria dead-letters`.
@@ -242,6 +275,10 @@ pub struct DeadLettersArgs {
     /// Directory of the embedded event log, as given to `pizzeria run`.
     #[arg(long, default_value = "./pizzeria-data")]
     pub data_dir: PathBuf,
+    /// A broker instead of the embedded log: `nats://host:port` or
+    /// `amqp://user:pass@host:port/vhost` (with `?namespace=` as given to `pizzeria run`).
+    #[arg(long)]
+    pub bus: Option<String>,
     /// The topic whose dead letters to list: `pizzeria` (the events style), or for the
     /// messaging style `payment`, `inventory`, `kitchen` (requests) and
     /// `replies.front-desk-messaging` (replies, including rejected forged ones).
@@ -263,7 +300,8 @@ fn parse_share(s: &str) -> Result<f64, String> {
 pub async fn execute(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Run(args) => run_command(args).await,
-        Command::DeadLetters(args) => dead_letters_command(&args),
+        Command::DeadLetters(args) => dead_letters_command(&args).await,
+        Command::Orders(args) => orders_command(&args).await,
         Command::Bench(args) => bench_command(args).await,
         Command::Service(args) => service_command(args).await,
         Command::Lab(args) => lab_command(args).await,
@@ -424,23 +462,85 @@ async fn run_command(args: RunArgs) -> Result<(), Error> {
         .map_err(|e| Error::new(ErrorKind::Io, "cannot write the summary").with_source(e))
 }
 
-fn dead_letters_command(args: &DeadLettersArgs) -> Result<(), Error> {
-    if !args.data_dir.join("topics").is_dir() {
-        return Err(Error::new(
-            ErrorKind::Usage,
-            format!(
-                "{} holds no pizzeria data; pass the --data-dir of a `pizzeria run`",
-                args.data_dir.display()
-            ),
-        ));
-    }
-    let bus = EmbeddedBus::open(&args.data_dir).map_err(|e| {
+async fn orders_command(args: &OrdersArgs) -> Result<(), Error> {
+    let url = match &args.store {
+        Some(url) => url.clone(),
+        None => {
+            let found = ["effects", "front-desk"]
+                .iter()
+                .map(|name| args.data_dir.join(format!("{name}.sqlite")))
+                .find(|path| path.is_file());
+            match found {
+                Some(path) => format!("sqlite:{}", path.display()),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Usage,
+                        format!(
+                            "{} holds no front desk store (effects.sqlite or front-desk.sqlite); \
+                             pass the --data-dir of a `pizzeria run`, or --store",
+                            args.data_dir.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    let store = crate::services::Store::open(&url).await.map_err(|e| {
         Error::new(
             ErrorKind::Bus,
-            format!("cannot open {}", args.data_dir.display()),
+            format!(
+                "cannot open the store {}",
+                tabgrab::SecretUrl::new(url.as_str())
+            ),
         )
         .with_source(e)
     })?;
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io, "cannot write to stdout").with_source(e);
+    if let Some(id) = args.id {
+        let Some(view) = crate::orders::view(&store, id).await? else {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("no order {id} in {}", store.url()),
+            ));
+        };
+        if args.json {
+            let json = serde_json::to_string_pretty(&view)
+                .map_err(|e| Error::new(ErrorKind::Io, "cannot encode JSON").with_source(e))?;
+            writeln!(out, "{json}").map_err(io)?;
+        } else {
+            write!(out, "{}", crate::orders::render_one(&view)).map_err(io)?;
+        }
+        return Ok(());
+    }
+    let views = crate::orders::views(&store).await?;
+    let report = crate::orders::Report::of(&views);
+    if args.json {
+        let body = serde_json::json!({
+            "orders": report.orders,
+            "by_fate": report.by_fate,
+            "open": report.open,
+            "all": if args.all { Some(&views) } else { None },
+        });
+        let json = serde_json::to_string_pretty(&body)
+            .map_err(|e| Error::new(ErrorKind::Io, "cannot encode JSON").with_source(e))?;
+        writeln!(out, "{json}").map_err(io)?;
+    } else {
+        write!(out, "{}", report.render()).map_err(io)?;
+        if args.all {
+            for view in views.iter().filter(|v| crate::orders::Fate::of(v).ended()) {
+                write!(out, "{}", crate::orders::render_one(view)).map_err(io)?;
+            }
+        }
+    }
+    out.flush().map_err(io)?;
+    if args.check {
+        report.check()?;
+    }
+    Ok(())
+}
+
+async fn dead_letters_command(args: &DeadLettersArgs) -> Result<(), Error> {
     let topic = args.topic.as_str();
     let valid = !topic.is_empty()
         && !topic.starts_with('.')
@@ -453,7 +553,31 @@ fn dead_letters_command(args: &DeadLettersArgs) -> Result<(), Error> {
             format!("{topic:?} is not a topic name: use letters, digits, '.', '-' and '_'"),
         ));
     }
-    let letters = tabgrab::event::read_dead_letters(&bus, topic)?;
+    let letters = match &args.bus {
+        Some(url) => {
+            let connection = crate::namespace::connect(url).await?;
+            connection.bus().dead_letters(topic).await?
+        }
+        None => {
+            if !args.data_dir.join("topics").is_dir() {
+                return Err(Error::new(
+                    ErrorKind::Usage,
+                    format!(
+                        "{} holds no pizzeria data; pass the --data-dir of a `pizzeria run`, or --bus",
+                        args.data_dir.display()
+                    ),
+                ));
+            }
+            let bus = EmbeddedBus::open(&args.data_dir).map_err(|e| {
+                Error::new(
+                    ErrorKind::Bus,
+                    format!("cannot open {}", args.data_dir.display()),
+                )
+                .with_source(e)
+            })?;
+            tabgrab::event::read_dead_letters(&bus, topic)?
+        }
+    };
     let mut out = std::io::stdout().lock();
     let write = |out: &mut std::io::StdoutLock<'_>, text: String| {
         writeln!(out, "{text}")
@@ -467,10 +591,23 @@ fn dead_letters_command(args: &DeadLettersArgs) -> Result<(), Error> {
         format!("{} dead letters in topic {topic}:", letters.len()),
     )?;
     for letter in &letters {
+        let kept = if letter.original_truncated {
+            format!(
+                "  (original: {} bytes, sha256 {}, kept at {})",
+                letter.original_size,
+                letter.original_sha256,
+                letter
+                    .original_kept_at
+                    .as_deref()
+                    .unwrap_or("an unknown place")
+            )
+        } else {
+            String::new()
+        };
         write(
             &mut out,
             format!(
-                "offset {:>8}  group {:<10}  type {:<36}  reason {:<16}  attempts {:>2}  error: {}",
+                "offset {:>8}  group {:<10}  type {:<36}  reason {:<16}  attempts {:>2}  error: {}{kept}",
                 letter.offset,
                 letter.group,
                 letter.message_type.as_deref().unwrap_or("(undecodable)"),

@@ -15,6 +15,7 @@
 //! | a body without `content-type: application/json` | `415` |
 //! | the bus cannot record the order | `503`: nothing was accepted, try again |
 //! | `GET` of an order the front desk does not know | `404` |
+//! | the front desk cannot read its store | `503` |
 //!
 //! `202` and not `201`: the order is accepted, not done. The status URL shows its progress.
 
@@ -168,11 +169,18 @@ async fn order_status(State(desk): State<FrontDesk>, Path(id): Path<String>) -> 
             format!("no order {shown:?}: order ids are UUIDs, as returned by POST /orders"),
         );
     };
-    match desk.order(order_id) {
-        Some(view) => Json(view).into_response(),
-        None => refuse(
+    match desk.order(order_id).await {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => refuse(
             StatusCode::NOT_FOUND,
             format!("no order {order_id} at this front desk"),
         ),
+        Err(error) => {
+            tracing::error!(%error, "could not read an order");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the front desk cannot read its orders right now; try again",
+            )
+        }
     }
 }

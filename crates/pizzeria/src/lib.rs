@@ -20,6 +20,7 @@
 //! | [`calls`] | the same restaurant in the call style: handlers over HTTP and gRPC, a front desk that calls them |
 //! | [`http`] | the front desk's HTTP API |
 //! | [`run`] | the restaurant under simulated load, and its summary |
+//! | [`orders`] | every order's fate, read back from the front desk's durable view |
 //! | [`lab`] | the comparison table of the three kinds, measured: blocking, availability, response expected, capacity |
 //! | [`namespace`] | topics prefixed per run, so runs share a broker without mixing, and are deleted after |
 //! | [`cli`] | the `pizzeria` command line |
@@ -45,6 +46,7 @@ pub mod messages;
 pub mod messaging;
 pub mod namespace;
 pub mod order;
+pub mod orders;
 pub mod run;
 pub mod service;
 pub mod services;

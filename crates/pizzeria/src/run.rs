@@ -24,6 +24,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
+use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,7 @@ use uuid::Uuid;
 use crate::error::{Error, ErrorKind};
 use crate::http::{self, Accepted, ErrorBody};
 use crate::menu::{MENU, RARE_INGREDIENT};
+use crate::messages::TOPIC;
 use crate::order::OrderRequest;
 use crate::services::front_desk::{Outcome, Terminal};
 use crate::services::{Pizzeria, Settings, Stock};
@@ -285,14 +287,15 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         bake_time: config.bake_time,
         stock: Stock::generous().with(RARE_INGREDIENT, truffles),
     };
-    // Payment's and inventory's durable state; each run is a new day: the shelf is restocked.
+    // Every service's durable state; each run is a new day: the shelf is restocked.
     let store = open_store(&config, "effects").await?;
     store.restock(&settings.stock).await?;
+    let dead_before = count_dead_letters(&Bus::from(&bus)).await;
     let pizzeria = Pizzeria::start_with(&bus, settings, store)?;
-    let first_offset = pizzeria.log_end();
     let watcher = pizzeria.front_desk.watch();
 
     let (listener, addr) = bind_front_desk().await?;
+    announce(addr);
     let stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
@@ -310,15 +313,19 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         Ok(_) => pizzeria.settle(Duration::from_secs(30)).await,
         Err(_) => Ok(()),
     };
-    let dead_letters: u64 = pizzeria.stats().iter().map(|(_, s)| s.dead_lettered).sum();
-    let events_published = pizzeria.log_end().saturating_sub(first_offset);
-    let refunds = pizzeria.payment.stats().refunded;
-    let releases = pizzeria.inventory.stats().released;
+    let dead_letters = count_dead_letters(&Bus::from(&bus))
+        .await
+        .saturating_sub(dead_before);
+    let counted = match &driven {
+        Ok(tally) => Some(count_run(&pizzeria.store, &tally.accepted_ids).await),
+        Err(_) => None,
+    };
     let stopped = pizzeria.shutdown().await;
     let closed = bus.close().await;
 
     let tally = driven?;
     settled?;
+    let (refunds, releases, events_published) = counted.unwrap_or(Ok((0, 0, 0)))?;
     match served {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -409,6 +416,9 @@ pub(crate) struct Tally {
     pub(crate) latency: Histogram<u64>,
     /// Our orders not yet ended, with the time their POST was sent.
     in_flight: HashMap<Uuid, Instant>,
+    /// Every order this run placed and the front desk accepted: the summary counts theirs
+    /// only (a directory or bus reused after a crash holds earlier runs' orders too).
+    pub(crate) accepted_ids: Vec<Uuid>,
     /// Ends heard before the POST's answer (or of orders of an earlier run in the same
     /// directory, which stay here and are ignored).
     early: HashMap<Uuid, Terminal>,
@@ -545,6 +555,7 @@ pub(crate) async fn drive(
         latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
             .map_err(|e| Error::new(ErrorKind::Usage, "cannot make a histogram").with_source(e))?,
         in_flight: HashMap::new(),
+        accepted_ids: Vec::new(),
         early: HashMap::new(),
         first_rejection: None,
     };
@@ -557,6 +568,7 @@ pub(crate) async fn drive(
                 None => posting = false,
                 Some((sent, Ok(order_id))) => {
                     tally.accepted += 1;
+                    tally.accepted_ids.push(order_id);
                     match tally.early.remove(&order_id) {
                         Some(terminal) => tally.ended(sent, &terminal, &progress),
                         None => { tally.in_flight.insert(order_id, sent); }
@@ -678,6 +690,17 @@ impl Children {
         let exe = std::env::current_exe().map_err(|e| {
             Error::new(ErrorKind::Io, "cannot find the pizzeria executable").with_source(e)
         })?;
+        let shared = config.kitchen_db.is_some()
+            || config
+                .store
+                .as_deref()
+                .is_some_and(|s| s.starts_with("postgres"));
+        if config.kitchens > 1 && !shared {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "several kitchens share one rail: give --kitchen-db postgres://… (or a PostgreSQL --store)",
+            ));
+        }
         let mut names = vec!["payment", "inventory", "delivery"];
         names.extend(std::iter::repeat_n("kitchen", config.kitchens.max(1)));
         let mut children = Children(Vec::new());
@@ -693,10 +716,8 @@ impl Children {
             if let Some(db) = &config.kitchen_db {
                 command.args(["--kitchen-db", db]);
             }
-            if matches!(name, "payment" | "inventory") {
-                // One SQLite file per process unless they share a PostgreSQL store.
-                command.args(["--store", &store_url(config, name)]);
-            }
+            // One SQLite file per service unless they share a PostgreSQL store.
+            command.args(["--store", &store_url(config, name)]);
             let truffles = config.truffles.unwrap_or(config.orders / 25);
             command.args(["--truffles", &truffles.to_string()]);
             let mut child = command.spawn().map_err(|e| {
@@ -833,7 +854,8 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
         }
         _ => None,
     };
-    let (pizzeria, front_desk, front_sub) = match config.placement {
+    let dead_before = count_dead_letters(&bus).await;
+    let (pizzeria, front_desk, front_side) = match config.placement {
         Placement::InProcess => {
             let store = open_store(&config, "effects").await?;
             store.restock(&settings.stock).await?;
@@ -843,14 +865,18 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
             (Some(pizzeria), fd, None)
         }
         Placement::Spawn | Placement::External => {
-            let fd = crate::services::FrontDesk::new(&bus)?;
+            // The front desk alone here, with a store (and relay) of its own.
+            let store = open_store(&config, "front-desk").await?;
+            let relay = store.relay(&bus);
+            let fd = crate::services::FrontDesk::new(&bus, store)?;
             let sub = fd.subscribe(&bus)?;
             sub.ready().await?;
-            (None, fd, Some(sub))
+            (None, fd, Some((sub, relay)))
         }
     };
     let watcher = front_desk.watch();
     let (listener, addr) = bind_front_desk().await?;
+    announce(addr);
     let stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
@@ -860,19 +886,23 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     let driven = drive(&config, addr, watcher, started).await;
     stop.cancel();
     let _ = server.await;
-    let (mut dead_letters, mut refunds, mut releases) = (0, 0, 0);
-    if let Some(pizzeria) = pizzeria {
-        if driven.is_ok() {
-            pizzeria.settle(Duration::from_secs(30)).await?;
+    let mut counted = None;
+    if let Ok(tally) = &driven {
+        match &pizzeria {
+            Some(pizzeria) => pizzeria.settle(Duration::from_secs(30)).await?,
+            // The services are elsewhere: the compensations of the last orders are done once
+            // the view of this run's orders stops changing.
+            None => quiesce(front_desk.store(), &tally.accepted_ids).await?,
         }
-        dead_letters = pizzeria.stats().iter().map(|(_, s)| s.dead_lettered).sum();
-        refunds = pizzeria.payment.stats().refunded;
-        releases = pizzeria.inventory.stats().released;
+        counted = Some(count_run(front_desk.store(), &tally.accepted_ids).await?);
+    }
+    let dead_letters = count_dead_letters(&bus).await.saturating_sub(dead_before);
+    if let Some(pizzeria) = pizzeria {
         pizzeria.shutdown().await?;
     }
-    if let Some(sub) = front_sub {
-        dead_letters += sub.stats().dead_lettered;
+    if let Some((sub, relay)) = front_side {
         sub.shutdown().await?;
+        relay.shutdown().await?;
     }
     if let Some(children) = children {
         tokio::task::spawn_blocking(move || children.stop())
@@ -881,18 +911,76 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     }
     connection.clean_up().await?;
     let tally = driven?;
+    let (refunds, releases, events_published) = counted.unwrap_or((0, 0, 0));
     Ok(tally.into_summary(
         &config,
         started,
         Counts {
             refunds,
             releases,
-            events_published: 0,
+            events_published,
             dead_letters,
             correlation_records: None,
             timeouts: None,
         },
     ))
+}
+
+/// Tells the user where the front desk listens while the run lasts.
+fn announce(addr: SocketAddr) {
+    eprintln!(
+        "front desk: http://{addr} (POST /orders, GET /orders/{{id}}); after the run, `pizzeria orders` reads every order back"
+    );
+}
+
+/// The dead letters of the pizzeria topic so far (0 if they cannot be read).
+async fn count_dead_letters(bus: &Bus) -> u64 {
+    match bus.dead_letters(TOPIC).await {
+        Ok(letters) => letters.len() as u64,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the dead letters");
+            0
+        }
+    }
+}
+
+/// The refunds, releases and events of the orders `ids` (this run's), from the front desk's
+/// durable view: what the summary reports, whatever else the store or the bus holds.
+pub(crate) async fn count_run(
+    store: &crate::services::Store,
+    ids: &[Uuid],
+) -> Result<(u64, u64, u64), Error> {
+    use crate::services::front_desk::{IngredientsState, PaymentState};
+    let ours: std::collections::HashSet<Uuid> = ids.iter().copied().collect();
+    let views = crate::orders::views(store).await?;
+    let (mut refunds, mut releases, mut events) = (0, 0, 0);
+    for view in views.iter().filter(|v| ours.contains(&v.order_id)) {
+        refunds += u64::from(view.payment == Some(PaymentState::Refunded));
+        releases += u64::from(view.ingredients == Some(IngredientsState::Released));
+        events += view.timestamps.count();
+    }
+    Ok((refunds, releases, events))
+}
+
+/// Waits until the front desk's view of the orders `ids` has not changed for a moment
+/// (the compensations of the last cancelled orders reached it), at most 30 s.
+async fn quiesce(store: &crate::services::Store, ids: &[Uuid]) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    let mut stable_since = Instant::now();
+    loop {
+        let now = count_run(store, ids).await?;
+        if last != Some(now) {
+            last = Some(now);
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() >= Duration::from_millis(500) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[cfg(test)]

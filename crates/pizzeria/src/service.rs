@@ -67,12 +67,13 @@ pub struct ServiceConfig {
     pub ovens: usize,
     /// Kitchen: time in the oven.
     pub bake_time: Duration,
-    /// Kitchen: PostgreSQL URL of the shared rail (needed when several kitchens run).
+    /// Kitchen: PostgreSQL URL of the shared rail (needed when several kitchens run); the
+    /// kitchen's store, as `store` is.
     pub kitchen_db: Option<String>,
     /// Inventory: truffles in stock (`None`: plenty).
     pub truffles: Option<u64>,
-    /// Payment, inventory: where their state is (`sqlite:PATH`, `postgres://…`, `memory`);
-    /// `None`: `sqlite:./pizzeria-data/<service>.sqlite`.
+    /// Where the service's state is (`sqlite:PATH`, `postgres://…`, `memory`); `None`:
+    /// `sqlite:./pizzeria-data/<service>.sqlite`.
     pub store: Option<String>,
 }
 
@@ -91,60 +92,52 @@ pub async fn serve(
     if let Ok(report) = bus.report().await {
         eprintln!("{name}: {report}");
     }
-    let mut kitchen = None;
-    let store = match config.name {
-        ServiceName::Payment | ServiceName::Inventory => {
-            let url = config
-                .store
-                .clone()
-                .unwrap_or_else(|| format!("sqlite:./pizzeria-data/{name}.sqlite"));
-            let store = Store::open(&url).await.map_err(|e| {
-                Error::new(
-                    ErrorKind::Bus,
-                    format!(
-                        "cannot open the {name} store {}",
-                        tabgrab::SecretUrl::new(url.as_str())
-                    ),
-                )
-                .with_source(e)
-            })?;
-            eprintln!("{name}: state in {}", store.url());
-            Some(store)
-        }
-        _ => None,
+    if config.name == ServiceName::FrontDesk {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "in the events style the front desk runs with `pizzeria run --bus .. --services external`",
+        ));
+    }
+    // Every service keeps what its acknowledgements depend on in its store; several kitchens
+    // share one through PostgreSQL (`--kitchen-db` names it, as `--store` does).
+    let url = match (config.name, &config.kitchen_db) {
+        (ServiceName::Kitchen, Some(db)) => db.clone(),
+        _ => config
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:./pizzeria-data/{name}.sqlite")),
     };
-    let relay = store.as_ref().map(|s| s.relay(&bus));
-    let subscription: Subscription = match (config.name, &store) {
-        (ServiceName::Payment, Some(store)) => Payment::new(store.clone()).subscribe(&bus)?,
-        (ServiceName::Inventory, Some(store)) => {
+    let store = Store::open(&url).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Bus,
+            format!(
+                "cannot open the {name} store {}",
+                tabgrab::SecretUrl::new(url.as_str())
+            ),
+        )
+        .with_source(e)
+    })?;
+    eprintln!("{name}: state in {}", store.url());
+    let relay = store.relay(&bus);
+    let mut kitchen = None;
+    let subscription: Subscription = match config.name {
+        ServiceName::Payment => Payment::new(store.clone()).subscribe(&bus)?,
+        ServiceName::Inventory => {
             let stock = match config.truffles {
                 Some(n) => Stock::generous().with(RARE_INGREDIENT, n),
                 None => Stock::generous(),
             };
-            Inventory::new(store.clone(), stock).subscribe(&bus)?
+            let inventory = Inventory::new(store.clone(), stock);
+            inventory.subscribe(&bus)?
         }
-        (ServiceName::Payment | ServiceName::Inventory, None) => {
-            return Err(Error::new(
-                ErrorKind::Usage,
-                "payment and inventory need a store",
-            ));
-        }
-        (ServiceName::Kitchen, _) => {
-            let k = match &config.kitchen_db {
-                Some(url) => Kitchen::shared(&bus, config.ovens, config.bake_time, url).await?,
-                None => Kitchen::new(&bus, config.ovens, config.bake_time)?,
-            };
+        ServiceName::Kitchen => {
+            let k = Kitchen::new(store.clone(), config.ovens, config.bake_time);
             let s = k.subscribe(&bus)?;
             kitchen = Some(k);
             s
         }
-        (ServiceName::Delivery, _) => Delivery::new(&bus)?.subscribe(&bus)?,
-        (ServiceName::FrontDesk, _) => {
-            return Err(Error::new(
-                ErrorKind::Usage,
-                "in the events style the front desk runs with `pizzeria run --bus .. --services external`",
-            ));
-        }
+        ServiceName::Delivery => Delivery::new(store.clone()).subscribe(&bus)?,
+        ServiceName::FrontDesk => unreachable!("refused above"),
     };
     subscription
         .ready()
@@ -161,10 +154,7 @@ pub async fn serve(
         }
         let stats = subscription.stats();
         let in_oven = kitchen.as_ref().map_or(0, Kitchen::in_oven);
-        let duplicates = match &store {
-            Some(store) => store.stats().await.map_or(0, |s| s.duplicates()),
-            None => 0,
-        };
+        let duplicates = store.stats().await.map_or(0, |s| s.duplicates());
         let line = format!(
             "status {name} acked={} retries={} dead_lettered={} in_oven={in_oven} duplicates={duplicates}",
             stats.acked, stats.retries, stats.dead_lettered
@@ -178,12 +168,10 @@ pub async fn serve(
         .shutdown()
         .await
         .map_err(bus_error("the service did not stop cleanly"))?;
-    if let Some(relay) = relay {
-        relay
-            .shutdown()
-            .await
-            .map_err(bus_error("the outbox relay did not stop cleanly"))?;
-    }
+    relay
+        .shutdown()
+        .await
+        .map_err(bus_error("the outbox relay did not stop cleanly"))?;
     println!("stopped {name}");
     Ok(())
 }

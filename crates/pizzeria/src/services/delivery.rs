@@ -1,17 +1,18 @@
 //! Delivery: hears the bell (`PizzaReady`) and brings the pizzas to the customer
 //! (`OrderDelivered`).
 //!
-//! Delivery keeps no state: a redelivered `PizzaReady` would publish a second
-//! `OrderDelivered`, which every reader treats as the fact it already knows (the front desk
-//! records each fact once). Delivery is at least once on purpose: its effect is the event
-//! itself, so an inbox would only save a repeated `OrderDelivered`, which is harmless.
+//! Its one effect is the event, staged in its [`Store`]'s outbox in the same transaction that
+//! records the bell in delivery's inbox: a redelivered `PizzaReady` (a crash between the
+//! commit and the acknowledgement) finds the inbox record and delivers nothing twice, and the
+//! store's relay publishes `OrderDelivered` even if the process dies right after the commit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tabgrab::backend::Bus;
-use tabgrab::event::{Context, Publisher, Subscription};
+use tabgrab::event::{Context, HandlerError, Subscription};
 
+use super::Store;
 use crate::messages::{OrderDelivered, PizzaReady, TOPIC, registry};
 
 /// The consumer group of delivery.
@@ -22,8 +23,8 @@ pub const SOURCE: &str = "/pizzeria/delivery";
 /// The delivery service: a cheap-to-clone handle.
 #[derive(Clone)]
 pub struct Delivery {
-    /// Publishes `OrderDelivered`.
-    publisher: Publisher,
+    /// Its inbox, and the outbox of `OrderDelivered`.
+    store: Store,
     /// Orders delivered by this process, for the run summary.
     delivered: Arc<AtomicU64>,
 }
@@ -37,12 +38,13 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
-    /// A delivery service publishing to the pizzeria topic of `bus`.
-    pub fn new(bus: &Bus) -> Result<Delivery, tabgrab::Error> {
-        Ok(Delivery {
-            publisher: Publisher::new(bus, TOPIC, SOURCE)?,
+    /// A delivery service keeping its inbox in `store`; its events are published by the
+    /// store's relay (see [`Store::relay`]).
+    pub fn new(store: Store) -> Delivery {
+        Delivery {
+            store,
             delivered: Arc::new(AtomicU64::new(0)),
-        })
+        }
     }
 
     /// Orders delivered by this process.
@@ -57,18 +59,23 @@ impl Delivery {
             .known(&registry())
             .handle(move |e: PizzaReady, ctx: Context| {
                 let delivery = delivery.clone();
-                async move {
-                    let event = OrderDelivered {
-                        order_id: e.order_id,
-                    };
-                    delivery
-                        .publisher
-                        .publish_caused(&event, ctx.envelope())
-                        .await?;
-                    delivery.delivered.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
+                async move { delivery.deliver(e, &ctx).await }
             })
             .start()
+    }
+
+    /// Delivers the order, once per bell.
+    async fn deliver(&self, e: PizzaReady, ctx: &Context) -> Result<(), HandlerError> {
+        let cause = ctx.envelope();
+        let Some(mut unit) = self.store.begin_once(GROUP, cause).await? else {
+            return Ok(()); // a redelivery: delivered already
+        };
+        let event = OrderDelivered {
+            order_id: e.order_id,
+        };
+        unit.stage(SOURCE, &event, cause).await?;
+        unit.commit().await?;
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -12,12 +12,14 @@
 //! publishes `OrderCancelled` with the reason, once per order, and payment and inventory
 //! compensate by reacting to it.
 //!
-//! # Memory
-//! The view holds one small fixed-size record per order (flags, ten timestamps, the reason of
-//! a cancellation), not the events: memory grows with the number of orders, never with the
-//! log. The view lives in memory: a restarted front desk knows only the orders whose events
-//! it is delivered again (payment's and inventory's effects are durable, in their
-//! [`Store`](super::Store); the view is a cache of the events).
+//! # Durable, and in memory
+//! Every fact is written to the front desk's [`Store`] before its event is acknowledged
+//! (one idempotent upsert; see the store's `orders` module), and `OrderCancelled` is staged
+//! there in the same transaction, once per order: a restarted front desk (or `pizzeria
+//! orders`) reads every order's state and history back, and a crash never leaves an order
+//! half known. The process also keeps one small fixed-size record per order in memory
+//! (flags, ten timestamps, the reason of a cancellation), to answer `GET` for an order it has
+//! just taken and to tell its watcher when an order ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +31,8 @@ use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{lock, now_ms};
+use super::store::OrderRow;
+use super::{Store, lock, now_ms};
 use crate::messages::{
     IngredientsMissing, IngredientsReleased, IngredientsReserved, OrderAccepted, OrderCancelled,
     OrderDelivered, PaymentCollected, PaymentDeclined, PaymentRefunded, PizzaReady, TOPIC,
@@ -69,7 +72,7 @@ impl Fact {
 }
 
 /// What the front desk keeps per order: fixed size, so 100,000 orders stay a few MiB.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Record {
     /// `Fact` bits and `CANCEL_SENT`.
     flags: u16,
@@ -113,6 +116,67 @@ impl Record {
     fn time(&self, fact: Fact) -> Option<u64> {
         Some(self.at[fact as usize]).filter(|t| *t != 0)
     }
+
+    /// The record of an order as the store keeps it.
+    fn of_row(row: &OrderRow) -> Record {
+        Record {
+            flags: row.flags,
+            pizzas: row.pizzas,
+            amount_cents: row.amount_cents,
+            at: row.at,
+            reason: row.reason.as_deref().map(Into::into),
+        }
+    }
+
+    /// The order's view (what `GET /orders/{id}` answers).
+    fn view(&self, order_id: Uuid) -> OrderView {
+        let r = self;
+        let payment = if r.has(Fact::Refunded) {
+            Some(PaymentState::Refunded)
+        } else if r.has(Fact::Paid) {
+            Some(PaymentState::Collected)
+        } else if r.has(Fact::Declined) {
+            Some(PaymentState::Declined)
+        } else {
+            None
+        };
+        let ingredients = if r.has(Fact::Released) {
+            Some(IngredientsState::Released)
+        } else if r.has(Fact::Reserved) {
+            Some(IngredientsState::Reserved)
+        } else if r.has(Fact::Missing) {
+            Some(IngredientsState::Missing)
+        } else {
+            None
+        };
+        OrderView {
+            order_id,
+            status: r.status(),
+            reason: r.reason.as_deref().map(str::to_owned),
+            pizzas: r.pizzas,
+            amount_cents: r.amount_cents,
+            payment,
+            ingredients,
+            timestamps: Timestamps {
+                accepted_at_ms: r.time(Fact::Accepted),
+                paid_at_ms: r.time(Fact::Paid),
+                declined_at_ms: r.time(Fact::Declined),
+                reserved_at_ms: r.time(Fact::Reserved),
+                missing_at_ms: r.time(Fact::Missing),
+                ready_at_ms: r.time(Fact::Ready),
+                delivered_at_ms: r.time(Fact::Delivered),
+                cancelled_at_ms: r.time(Fact::Cancelled),
+                refunded_at_ms: r.time(Fact::Refunded),
+                released_at_ms: r.time(Fact::Released),
+            },
+        }
+    }
+}
+
+/// The view of an order from its row in the store (`pizzeria orders` reads it).
+pub(crate) fn view_of_row(row: &OrderRow) -> Option<OrderView> {
+    let order_id = Uuid::parse_str(&row.order_id).ok()?;
+    Some(Record::of_row(row).view(order_id))
 }
 
 /// Where an order stands, as the front desk knows it.
@@ -201,6 +265,34 @@ pub struct Timestamps {
     pub released_at_ms: Option<u64>,
 }
 
+impl Timestamps {
+    /// How many steps happened (each is one event about the order).
+    pub fn count(&self) -> u64 {
+        self.steps().len() as u64
+    }
+
+    /// The steps that happened, oldest first, as (name, ms since the epoch).
+    pub fn steps(&self) -> Vec<(&'static str, u64)> {
+        let mut steps: Vec<(&'static str, u64)> = [
+            ("accepted", self.accepted_at_ms),
+            ("paid", self.paid_at_ms),
+            ("declined", self.declined_at_ms),
+            ("reserved", self.reserved_at_ms),
+            ("missing", self.missing_at_ms),
+            ("ready", self.ready_at_ms),
+            ("delivered", self.delivered_at_ms),
+            ("cancelled", self.cancelled_at_ms),
+            ("refunded", self.refunded_at_ms),
+            ("released", self.released_at_ms),
+        ]
+        .into_iter()
+        .filter_map(|(name, at)| at.map(|at| (name, at)))
+        .collect();
+        steps.sort_by_key(|(_, at)| *at);
+        steps
+    }
+}
+
 /// One order as the front desk sees it: the body of `GET /orders/{id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderView {
@@ -253,8 +345,10 @@ pub struct FrontDesk {
 }
 
 struct Inner {
-    /// Publishes `OrderAccepted` and `OrderCancelled`.
+    /// Publishes `OrderAccepted`.
     publisher: Publisher,
+    /// The durable view, and the outbox of `OrderCancelled`.
+    store: Store,
     /// The order view, one small record per order.
     view: Mutex<HashMap<Uuid, Record>>,
     /// Who is told when an order ends (the load driver), if anyone.
@@ -270,11 +364,13 @@ impl std::fmt::Debug for FrontDesk {
 }
 
 impl FrontDesk {
-    /// A front desk publishing to the pizzeria topic of `bus`.
-    pub fn new(bus: &Bus) -> Result<FrontDesk, tabgrab::Error> {
+    /// A front desk publishing to the pizzeria topic of `bus` and keeping its view of the
+    /// orders in `store` (whose relay publishes its cancellations: see [`Store::relay`]).
+    pub fn new(bus: &Bus, store: Store) -> Result<FrontDesk, tabgrab::Error> {
         Ok(FrontDesk {
             inner: Arc::new(Inner {
                 publisher: Publisher::new(bus, TOPIC, SOURCE)?,
+                store,
                 view: Mutex::new(HashMap::new()),
                 watcher: Mutex::new(None),
             }),
@@ -316,49 +412,20 @@ impl FrontDesk {
         }
     }
 
-    /// The view of one order, if the front desk knows it.
-    pub fn order(&self, order_id: Uuid) -> Option<OrderView> {
-        let view = lock(&self.inner.view);
-        let r = view.get(&order_id)?;
-        let payment = if r.has(Fact::Refunded) {
-            Some(PaymentState::Refunded)
-        } else if r.has(Fact::Paid) {
-            Some(PaymentState::Collected)
-        } else if r.has(Fact::Declined) {
-            Some(PaymentState::Declined)
-        } else {
-            None
-        };
-        let ingredients = if r.has(Fact::Released) {
-            Some(IngredientsState::Released)
-        } else if r.has(Fact::Reserved) {
-            Some(IngredientsState::Reserved)
-        } else if r.has(Fact::Missing) {
-            Some(IngredientsState::Missing)
-        } else {
-            None
-        };
-        Some(OrderView {
-            order_id,
-            status: r.status(),
-            reason: r.reason.as_deref().map(str::to_owned),
-            pizzas: r.pizzas,
-            amount_cents: r.amount_cents,
-            payment,
-            ingredients,
-            timestamps: Timestamps {
-                accepted_at_ms: r.time(Fact::Accepted),
-                paid_at_ms: r.time(Fact::Paid),
-                declined_at_ms: r.time(Fact::Declined),
-                reserved_at_ms: r.time(Fact::Reserved),
-                missing_at_ms: r.time(Fact::Missing),
-                ready_at_ms: r.time(Fact::Ready),
-                delivered_at_ms: r.time(Fact::Delivered),
-                cancelled_at_ms: r.time(Fact::Cancelled),
-                refunded_at_ms: r.time(Fact::Refunded),
-                released_at_ms: r.time(Fact::Released),
-            },
-        })
+    /// The view of one order, if the front desk knows it: from the store (which outlives
+    /// the process), or, for an order taken a moment ago and not read back yet, from memory.
+    pub async fn order(&self, order_id: Uuid) -> Result<Option<OrderView>, tabgrab::Error> {
+        if let Some(row) = self.inner.store.order_row(&order_id.to_string()).await? {
+            return Ok(Some(Record::of_row(&row).view(order_id)));
+        }
+        Ok(lock(&self.inner.view)
+            .get(&order_id)
+            .map(|r| r.view(order_id)))
+    }
+
+    /// The store of the front desk's view.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// How many orders the view holds.
@@ -383,10 +450,7 @@ impl FrontDesk {
             let desk = desk.clone();
             builder.handle(move |e: OrderAccepted, ctx: Context| {
                 let desk = desk.clone();
-                async move {
-                    desk.learned_accepted(&e, &ctx);
-                    Ok(())
-                }
+                async move { desk.learned_accepted(&e, &ctx).await }
             })
         };
         let builder = on_fact::<PaymentCollected>(builder, &desk, Fact::Paid, |e| e.order_id);
@@ -402,8 +466,8 @@ impl FrontDesk {
             builder.handle(move |e: OrderCancelled, ctx: Context| {
                 let desk = desk.clone();
                 async move {
-                    desk.learned(e.order_id, Fact::Cancelled, &ctx, Some(&e.reason));
-                    Ok(())
+                    desk.learned(e.order_id, Fact::Cancelled, &ctx, Some(&e.reason), None)
+                        .await
                 }
             })
         };
@@ -412,8 +476,8 @@ impl FrontDesk {
             builder.handle(move |e: PaymentDeclined, ctx: Context| {
                 let desk = desk.clone();
                 async move {
-                    desk.learned(e.order_id, Fact::Declined, &ctx, None);
-                    desk.cancel(e.order_id, format!("payment declined: {}", e.reason), &ctx)
+                    let reason = format!("payment declined: {}", e.reason);
+                    desk.learned(e.order_id, Fact::Declined, &ctx, None, Some(reason))
                         .await
                 }
             })
@@ -421,9 +485,9 @@ impl FrontDesk {
         let builder = builder.handle(move |e: IngredientsMissing, ctx: Context| {
             let desk = desk.clone();
             async move {
-                desk.learned(e.order_id, Fact::Missing, &ctx, None);
                 let reason = format!("ingredients missing: {}", e.missing.join(", "));
-                desk.cancel(e.order_id, reason, &ctx).await
+                desk.learned(e.order_id, Fact::Missing, &ctx, None, Some(reason))
+                    .await
             }
         });
         builder.start()
@@ -431,28 +495,64 @@ impl FrontDesk {
 
     /// Records an `OrderAccepted` read from the log (the front desk may not have taken the
     /// order itself: another instance, or an earlier run, did).
-    fn learned_accepted(&self, e: &OrderAccepted, ctx: &Context) {
+    async fn learned_accepted(&self, e: &OrderAccepted, ctx: &Context) -> Result<(), HandlerError> {
+        let pizzas = u8::try_from(e.pizzas.len()).unwrap_or(u8::MAX);
+        let at = event_time(ctx);
+        let mut unit = self.inner.store.begin().await?;
+        unit.learn(
+            &e.order_id.to_string(),
+            Fact::Accepted as usize,
+            at,
+            pizzas,
+            e.amount_cents,
+            None,
+        )
+        .await?;
+        unit.commit().await?;
         let mut view = lock(&self.inner.view);
         let record = view.entry(e.order_id).or_default();
         if !record.has(Fact::Accepted) {
             record.flags |= Fact::Accepted.bit();
-            record.at[Fact::Accepted as usize] = event_time(ctx);
-            record.pizzas = u8::try_from(e.pizzas.len()).unwrap_or(u8::MAX);
+            record.at[Fact::Accepted as usize] = at;
+            record.pizzas = pizzas;
             record.amount_cents = e.amount_cents;
         }
+        Ok(())
     }
 
-    /// Records a fact about an order; tells the watcher if the order just ended.
-    fn learned(&self, order_id: Uuid, fact: Fact, ctx: &Context, reason: Option<&str>) {
+    /// Records a fact about an order, durably; with `cancel`, also cancels the order (stages
+    /// `OrderCancelled` with that reason, once per order, in the same transaction). Then tells
+    /// the watcher if the order just ended.
+    async fn learned(
+        &self,
+        order_id: Uuid,
+        fact: Fact,
+        ctx: &Context,
+        reason: Option<&str>,
+        cancel: Option<String>,
+    ) -> Result<(), HandlerError> {
+        let at = event_time(ctx);
+        let id = order_id.to_string();
+        let mut unit = self.inner.store.begin().await?;
+        unit.learn(&id, fact as usize, at, 0, 0, reason).await?;
+        if let Some(reason) = cancel
+            && unit
+                .claim_order_flag(&id, CANCEL_SENT, CANCEL_SENT | Fact::Cancelled.bit())
+                .await?
+        {
+            let event = OrderCancelled { order_id, reason };
+            unit.stage(SOURCE, &event, ctx.envelope()).await?;
+        }
+        unit.commit().await?;
         let ended = {
             let mut view = lock(&self.inner.view);
             let record = view.entry(order_id).or_default();
             if record.has(fact) {
-                return; // a redelivery: the fact is already known
+                return Ok(()); // a redelivery: the fact is already known
             }
             let was_terminal = record.is_terminal();
             record.flags |= fact.bit();
-            record.at[fact as usize] = event_time(ctx);
+            record.at[fact as usize] = at;
             if let Some(reason) = reason {
                 record.reason = Some(reason.into());
             }
@@ -464,38 +564,15 @@ impl FrontDesk {
                 _ => None,
             }
         };
-        if let Some(outcome) = ended {
-            if let Some(watcher) = lock(&self.inner.watcher).as_ref() {
-                // A watcher that went away just stops listening: not the front desk's problem.
-                let _ = watcher.send(Terminal {
-                    order_id,
-                    outcome,
-                    at: Instant::now(),
-                });
-            }
-        }
-    }
-
-    /// Publishes `OrderCancelled` for the order, unless the front desk already did.
-    async fn cancel(
-        &self,
-        order_id: Uuid,
-        reason: String,
-        ctx: &Context,
-    ) -> Result<(), HandlerError> {
-        let already = lock(&self.inner.view)
-            .get(&order_id)
-            .is_some_and(|r| r.flags & CANCEL_SENT != 0 || r.has(Fact::Cancelled));
-        if already {
-            return Ok(());
-        }
-        let event = OrderCancelled { order_id, reason };
-        self.inner
-            .publisher
-            .publish_caused(&event, ctx.envelope())
-            .await?;
-        if let Some(record) = lock(&self.inner.view).get_mut(&order_id) {
-            record.flags |= CANCEL_SENT;
+        if let Some(outcome) = ended
+            && let Some(watcher) = lock(&self.inner.watcher).as_ref()
+        {
+            // A watcher that went away just stops listening: not the front desk's problem.
+            let _ = watcher.send(Terminal {
+                order_id,
+                outcome,
+                at: Instant::now(),
+            });
         }
         Ok(())
     }
@@ -511,10 +588,7 @@ fn on_fact<E: tabgrab::Event>(
     let desk = desk.clone();
     builder.handle(move |e: E, ctx: Context| {
         let desk = desk.clone();
-        async move {
-            desk.learned(order_of(&e), fact, &ctx, None);
-            Ok(())
-        }
+        async move { desk.learned(order_of(&e), fact, &ctx, None, None).await }
     })
 }
 

@@ -15,30 +15,26 @@
 //! above the number of ovens so that orders waiting for an oven do not hold up the events
 //! of other orders.
 //!
-//! A ticket is dropped once its bell rang; cancelled tickets stay (a few bytes each) so that
-//! a late `PaymentCollected` cannot put a cancelled order back on the rail.
-//!
-//! # Several kitchens
-//! The rail is in memory by default: one kitchen process. Several kitchen processes share the
-//! work as one consumer group (`pizzeria service kitchen --bus nats://..`), and then an
-//! order's two events may reach two different kitchens, and a crashed kitchen's unfinished
-//! order reaches another one: the rail must be shared. [`Kitchen::shared`] keeps it in
-//! PostgreSQL (`pizzeria_kitchen_tickets`), where one atomic upsert adds what a kitchen saw
-//! and returns everything seen so far; the kitchen that completes the ticket bakes, and a
-//! ticket is marked baked after its bell rang (a crash before that bakes it again elsewhere:
-//! at least once, never lost).
+//! # The rail is durable
+//! The kitchen acknowledges each of the two events as soon as it noted it: the rail must
+//! outlive a crash, or the half-ticket of an acknowledged first event is lost and the order
+//! is never baked. The rail is in the kitchen's [`Store`] (SQLite by default, PostgreSQL to
+//! share it between several kitchen processes: then an order's two events may reach two
+//! kitchens, and a crashed kitchen's unfinished order another one); see the store's `rail`
+//! module. The bell (`PizzaReady`) is staged in the store's outbox in the same transaction
+//! that marks the ticket baked, so it rings once per order; a kitchen that dies mid-bake bakes
+//! again on the redelivery (at least once in the oven, once at the bell).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tabgrab::backend::Bus;
-use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
+use tabgrab::event::{Context, HandlerError, Subscription};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::lock;
+use super::Store;
 use crate::messages::{
     IngredientsReserved, OrderCancelled, PaymentCollected, PizzaReady, TOPIC, registry,
 };
@@ -54,16 +50,8 @@ const PAID: u8 = 1;
 const RESERVED: u8 = 2;
 /// Ticket flag: the order was cancelled; never bake it.
 const CANCELLED: u8 = 4;
-/// Ticket flag (shared rail only): the bell rang.
+/// Ticket flag: the bell rang.
 const BAKED: u8 = 8;
-
-/// Where the kitchen keeps its tickets.
-enum Rail {
-    /// In this process: one kitchen.
-    Memory(Mutex<HashMap<Uuid, u8>>),
-    /// In PostgreSQL: several kitchens share it.
-    Shared(sqlx::PgPool),
-}
 
 /// The kitchen: a cheap-to-clone handle.
 #[derive(Clone)]
@@ -73,17 +61,15 @@ pub struct Kitchen {
 }
 
 struct Inner {
-    /// Publishes the bell.
-    publisher: Publisher,
+    /// The rail, and the outbox of the bell.
+    store: Store,
     /// One permit per oven.
     ovens: Arc<Semaphore>,
     /// How many ovens, for the group's concurrency.
     oven_count: usize,
     /// How long an order bakes.
     bake_time: Duration,
-    /// What the kitchen has seen per order not yet baked.
-    tickets: Rail,
-    /// Orders baked by this process.
+    /// Bells rung by this process.
     baked: AtomicU64,
 }
 
@@ -98,111 +84,29 @@ impl std::fmt::Debug for Kitchen {
 }
 
 impl Kitchen {
-    /// A kitchen with `ovens` ovens (at least one) that bakes each order for `bake_time`.
-    pub fn new(bus: &Bus, ovens: usize, bake_time: Duration) -> Result<Kitchen, tabgrab::Error> {
-        Kitchen::with_rail(
-            bus,
-            ovens,
-            bake_time,
-            Rail::Memory(Mutex::new(HashMap::new())),
-        )
-    }
-
-    /// A kitchen whose rail is shared with other kitchen processes through PostgreSQL at
-    /// `database_url` (the table is created if needed).
-    pub async fn shared(
-        bus: &Bus,
-        ovens: usize,
-        bake_time: Duration,
-        database_url: &str,
-    ) -> Result<Kitchen, tabgrab::Error> {
-        let shown = tabgrab::SecretUrl::new(database_url);
-        let db = |e: sqlx::Error| {
-            tabgrab::Error::new(
-                tabgrab::ErrorKind::Storage,
-                format!("kitchen: the shared rail in PostgreSQL ({shown}) failed"),
-            )
-            .with_source(e)
-        };
-        let pool = tabgrab::sql::connect_postgres(
-            database_url,
-            8,
-            Duration::from_secs(30),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(db)?;
-        let create = "CREATE TABLE IF NOT EXISTS pizzeria_kitchen_tickets \
-                      (order_id UUID PRIMARY KEY, flags SMALLINT NOT NULL)";
-        // Two kitchens starting together race on CREATE TABLE IF NOT EXISTS (PostgreSQL
-        // reports a unique violation for the loser); the second try sees the table.
-        if sqlx::query(create).execute(&pool).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            sqlx::query(create).execute(&pool).await.map_err(db)?;
-        }
-        Kitchen::with_rail(bus, ovens, bake_time, Rail::Shared(pool))
-    }
-
-    fn with_rail(
-        bus: &Bus,
-        ovens: usize,
-        bake_time: Duration,
-        tickets: Rail,
-    ) -> Result<Kitchen, tabgrab::Error> {
+    /// A kitchen with `ovens` ovens (at least one) that bakes each order for `bake_time`,
+    /// keeping its rail in `store`; its bells are published by the store's relay (see
+    /// [`Store::relay`]). Kitchens that share a PostgreSQL store share the rail.
+    pub fn new(store: Store, ovens: usize, bake_time: Duration) -> Kitchen {
         let ovens = ovens.max(1);
-        Ok(Kitchen {
+        Kitchen {
             inner: Arc::new(Inner {
-                publisher: Publisher::new(bus, TOPIC, SOURCE)?,
+                store,
                 ovens: Arc::new(Semaphore::new(ovens)),
                 oven_count: ovens,
                 bake_time,
-                tickets,
                 baked: AtomicU64::new(0),
             }),
-        })
+        }
     }
 
-    /// Adds `flag` to the order's ticket; returns whether the order should be baked now.
+    /// Adds `flag` to the order's ticket, durably; returns whether the order should be baked
+    /// now (paid, reserved, neither cancelled nor baked).
     async fn note(&self, order_id: Uuid, flag: u8) -> Result<bool, HandlerError> {
-        match &self.inner.tickets {
-            Rail::Memory(tickets) => {
-                let mut tickets = lock(tickets);
-                let ticket = tickets.entry(order_id).or_default();
-                *ticket |= flag;
-                Ok(*ticket == PAID | RESERVED)
-            }
-            Rail::Shared(pool) => {
-                let flags: i16 = sqlx::query_scalar(
-                    "INSERT INTO pizzeria_kitchen_tickets (order_id, flags) VALUES ($1, $2) \
-                     ON CONFLICT (order_id) DO UPDATE \
-                     SET flags = pizzeria_kitchen_tickets.flags | EXCLUDED.flags RETURNING flags",
-                )
-                .bind(order_id)
-                .bind(i16::from(flag))
-                .fetch_one(pool)
-                .await?;
-                Ok(flags == i16::from(PAID | RESERVED))
-            }
-        }
-    }
-
-    /// The bell rang for `order_id`: take its ticket off the rail.
-    async fn rang(&self, order_id: Uuid) -> Result<(), HandlerError> {
-        match &self.inner.tickets {
-            Rail::Memory(tickets) => {
-                lock(tickets).remove(&order_id);
-            }
-            Rail::Shared(pool) => {
-                sqlx::query(
-                    "UPDATE pizzeria_kitchen_tickets SET flags = flags | $2 WHERE order_id = $1",
-                )
-                .bind(order_id)
-                .bind(i16::from(BAKED))
-                .execute(pool)
-                .await?;
-            }
-        }
-        Ok(())
+        let mut unit = self.inner.store.begin().await?;
+        let flags = unit.note_ticket(&order_id.to_string(), flag).await?;
+        unit.commit().await?;
+        Ok(flags == PAID | RESERVED)
     }
 
     /// Orders in the ovens right now.
@@ -236,7 +140,8 @@ impl Kitchen {
             .start()
     }
 
-    /// Notes what was seen; bakes if the order is now paid, reserved and not cancelled.
+    /// Notes what was seen; bakes if the order is now paid, reserved and not cancelled, then
+    /// rings the bell (once per order: see the module docs).
     async fn saw(&self, order_id: Uuid, flag: u8, ctx: &Context) -> Result<(), HandlerError> {
         let ready_to_bake = self.note(order_id, flag).await?;
         if !ready_to_bake {
@@ -252,11 +157,18 @@ impl Kitchen {
             };
             tokio::time::sleep(self.inner.bake_time).await;
         }
-        self.inner
-            .publisher
-            .publish_caused(&PizzaReady { order_id }, ctx.envelope())
+        let mut unit = self.inner.store.begin().await?;
+        if !unit
+            .ring(&order_id.to_string(), BAKED, BAKED | CANCELLED)
+            .await?
+        {
+            // Rung already (a redelivery, another kitchen), or cancelled meanwhile.
+            unit.rollback().await?;
+            return Ok(());
+        }
+        unit.stage(SOURCE, &PizzaReady { order_id }, ctx.envelope())
             .await?;
-        self.rang(order_id).await?;
+        unit.commit().await?;
         self.inner.baked.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -14,18 +14,17 @@
 //! order's events form one conversation in the log.
 //!
 //! # What is durable
-//! Payment and inventory keep their state in a [`Store`] (SQLite next to the embedded bus,
-//! PostgreSQL when several processes share it): each of their handlers records the event in
-//! its group's inbox, applies its effect (a ledger row; a reservation and the stock it takes)
-//! and stages its outcome in the outbox, in one transaction; the store's relay publishes the
-//! outcomes. So payment charges once per order and inventory reserves once even when an
-//! event is delivered again, and refunds and releases happen at most once, across crashes.
-//! The kitchen and delivery are at least once: the kitchen's rail is in memory (or in
-//! PostgreSQL for several kitchens, `Kitchen::shared`) and a kitchen that dies between its
-//! bell and its acknowledgement bakes the order again, so a `PizzaReady` (and then an
-//! `OrderDelivered`) may be published twice; every reader takes the second as the fact it
-//! already knows. The front desk's view of the orders is in memory (a restarted front desk
-//! rebuilds it only from the events it is delivered again).
+//! Every service keeps what its acknowledgements depend on in a [`Store`] (SQLite next to
+//! the embedded bus, PostgreSQL when several processes share it), written before the event
+//! is acknowledged, and stages the events it publishes in the store's outbox in the same
+//! transaction; the store's relay publishes them. Payment and inventory record each event in
+//! their group's inbox with their effect (a ledger row; a reservation and the stock it takes),
+//! so payment charges once per order and inventory reserves once even when an event is
+//! delivered again, and refunds and releases happen at most once, across crashes. The
+//! kitchen keeps its rail there (an order's two halves survive a crash between them) and
+//! rings one bell per order; delivery delivers once per bell; the front desk keeps its view
+//! of every order there, and cancels an order once. Nothing a service acknowledged is known
+//! only to its memory.
 
 pub mod delivery;
 pub mod front_desk;
@@ -84,7 +83,7 @@ pub struct Pizzeria {
     pub kitchen: Kitchen,
     /// Delivery, for its counters.
     pub delivery: Delivery,
-    /// Payment's and inventory's durable state, for its counters and its audit.
+    /// Every service's durable state, for its counters, its audit and the order view.
     pub store: Store,
     /// Publishes what payment and inventory staged in the store's outbox.
     relay: StoreRelay,
@@ -96,29 +95,29 @@ pub struct Pizzeria {
 }
 
 impl Pizzeria {
-    /// Starts every service on `bus`, with payment's and inventory's state in a private
-    /// store in memory ([`Store::memory`]: the same transactions, not durable; use
-    /// [`Pizzeria::start_with`] for a durable one). Each group resumes from its committed
+    /// Starts every service on `bus`, with their state in a private store in memory
+    /// ([`Store::memory`]: the same transactions, not durable; use [`Pizzeria::start_with`]
+    /// for a durable one). Each group resumes from its committed
     /// offset. Must be called inside a tokio runtime.
     /// `bus` is a [`Bus`] (any engine) or an `&EmbeddedBus`.
     pub fn start(bus: impl Into<Bus>, settings: Settings) -> Result<Pizzeria, tabgrab::Error> {
         Pizzeria::start_with(bus, settings, Store::memory())
     }
 
-    /// Starts every service on `bus`, with payment's and inventory's state in `store`, and
-    /// the store's relay. Must be called inside a tokio runtime.
+    /// Starts every service on `bus`, with their state in `store`, and the store's relay.
+    /// Must be called inside a tokio runtime.
     pub fn start_with(
         bus: impl Into<Bus>,
         settings: Settings,
         store: Store,
     ) -> Result<Pizzeria, tabgrab::Error> {
         let bus = &bus.into();
-        let front_desk = FrontDesk::new(bus)?;
+        let front_desk = FrontDesk::new(bus, store.clone())?;
         let payment = Payment::new(store.clone());
         let inventory = Inventory::new(store.clone(), settings.stock);
         let relay = store.relay(bus);
-        let kitchen = Kitchen::new(bus, settings.ovens, settings.bake_time)?;
-        let delivery = Delivery::new(bus)?;
+        let kitchen = Kitchen::new(store.clone(), settings.ovens, settings.bake_time);
+        let delivery = Delivery::new(store.clone());
         let subscriptions = vec![
             (front_desk::GROUP, front_desk.subscribe(bus)?),
             (payment::GROUP, payment.subscribe(bus)?),

@@ -22,13 +22,14 @@ use super::batch::Batcher;
 use super::{Db, Gate, Parts, StoreUrl, storage};
 
 /// The consumer groups that keep an inbox here.
-const GROUPS: [&str; 2] = [
+const GROUPS: [&str; 3] = [
     crate::services::payment::GROUP,
     crate::services::inventory::GROUP,
+    crate::services::delivery::GROUP,
 ];
 
 /// The pizzeria's own tables; `{seq}` is the dialect's auto-increment key.
-const SCHEMA: [&str; 6] = [
+const SCHEMA: [&str; 8] = [
     "CREATE TABLE IF NOT EXISTS pizzeria_payment_ledger (seq {seq}, order_id TEXT NOT NULL, \
      kind TEXT NOT NULL, amount_cents BIGINT NOT NULL, cause_id TEXT NOT NULL, at_ms BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS pizzeria_payment_ledger_order ON pizzeria_payment_ledger (order_id)",
@@ -39,6 +40,13 @@ const SCHEMA: [&str; 6] = [
     "CREATE TABLE IF NOT EXISTS pizzeria_stock (ingredient TEXT PRIMARY KEY, units BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS pizzeria_order_state (service TEXT NOT NULL, order_id TEXT NOT NULL, \
      cancelled BIGINT NOT NULL, PRIMARY KEY (service, order_id))",
+    // The kitchen's rail: what it has seen of each order (see `rail`).
+    "CREATE TABLE IF NOT EXISTS pizzeria_kitchen_rail (order_id TEXT PRIMARY KEY, flags BIGINT NOT NULL)",
+    // The front desk's view of the orders: facts and when each happened (see `orders`).
+    "CREATE TABLE IF NOT EXISTS pizzeria_orders (order_id TEXT PRIMARY KEY, flags BIGINT NOT NULL, \
+     pizzas BIGINT NOT NULL DEFAULT 0, amount_cents BIGINT NOT NULL DEFAULT 0, reason TEXT, \
+     accepted_ms BIGINT, paid_ms BIGINT, declined_ms BIGINT, reserved_ms BIGINT, missing_ms BIGINT, \
+     ready_ms BIGINT, delivered_ms BIGINT, cancelled_ms BIGINT, refunded_ms BIGINT, released_ms BIGINT)",
 ];
 
 /// Connects and creates the tables.
@@ -95,6 +103,7 @@ pub(super) async fn connect(url: &StoreUrl) -> Result<Db, Error> {
                 outbox: Outbox::sqlite(pool.clone()).await?,
                 payment: Inbox::sqlite(pool.clone(), GROUPS[0]).await?,
                 inventory: Inbox::sqlite(pool.clone(), GROUPS[1]).await?,
+                delivery: Inbox::sqlite(pool.clone(), GROUPS[2]).await?,
                 gate: Gate::Batches(Arc::new(Batcher::default())),
                 pool,
             }))
@@ -137,6 +146,7 @@ async fn create_pg(pool: &Pool<Postgres>) -> Result<Parts<Postgres>, Error> {
         outbox: Outbox::postgres(pool.clone()).await?,
         payment: Inbox::postgres(pool.clone(), GROUPS[0]).await?,
         inventory: Inbox::postgres(pool.clone(), GROUPS[1]).await?,
+        delivery: Inbox::postgres(pool.clone(), GROUPS[2]).await?,
         gate: Gate::Pool,
         pool: pool.clone(),
     })

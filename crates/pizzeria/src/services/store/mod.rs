@@ -54,6 +54,7 @@ use super::inventory::Stock;
 pub use audit::Audit;
 use batch::Batcher;
 use connect::connect;
+pub(crate) use orders::OrderRow;
 pub use relay::StoreRelay;
 pub use url::StoreUrl;
 
@@ -71,6 +72,8 @@ pub(crate) struct Parts<DB: tabgrab::sql::Database> {
     payment: Inbox<DB>,
     /// Inventory's processed event ids.
     inventory: Inbox<DB>,
+    /// Delivery's processed event ids.
+    delivery: Inbox<DB>,
     /// How handlers share the connections.
     gate: Gate<DB>,
 }
@@ -100,6 +103,7 @@ impl<DB: tabgrab::sql::Database> Clone for Parts<DB> {
             outbox: self.outbox.clone(),
             payment: self.payment.clone(),
             inventory: self.inventory.clone(),
+            delivery: self.delivery.clone(),
             gate: self.gate.clone(),
         }
     }
@@ -107,10 +111,10 @@ impl<DB: tabgrab::sql::Database> Clone for Parts<DB> {
 
 impl<DB: tabgrab::sql::Database> Parts<DB> {
     fn inbox(&self, group: &str) -> &Inbox<DB> {
-        if group == super::payment::GROUP {
-            &self.payment
-        } else {
-            &self.inventory
+        match group {
+            super::payment::GROUP => &self.payment,
+            super::delivery::GROUP => &self.delivery,
+            _ => &self.inventory,
         }
     }
 }
@@ -135,10 +139,29 @@ macro_rules! on_db {
     };
 }
 
-// Declared after `on_db!`, which they use.
+/// Runs `$body` with `$tx` (the transaction) and `$p` (the parts) of a [`unit::Unit`] on
+/// either database.
+macro_rules! on_unit {
+    ($unit:expr, $tx:ident, $p:ident => $body:expr) => {
+        match $unit {
+            super::unit::Unit::Sqlite {
+                batch: super::batch::Batch { tx: $tx, .. },
+                parts: $p,
+                ..
+            } => $body,
+            super::unit::Unit::Postgres {
+                tx: $tx, parts: $p, ..
+            } => $body,
+        }
+    };
+}
+
+// Declared after `on_db!` and `on_unit!`, which they use.
 mod audit;
 mod batch;
 mod connect;
+mod orders;
+mod rail;
 mod relay;
 mod unit;
 mod url;
@@ -240,6 +263,7 @@ impl Store {
             outbox: p.outbox.stats(),
             payment: p.payment.stats(),
             inventory: p.inventory.stats(),
+            delivery: p.delivery.stats(),
         }))
     }
 
@@ -312,12 +336,14 @@ pub struct StoreStats {
     pub payment: InboxStats,
     /// Inventory's inbox.
     pub inventory: InboxStats,
+    /// Delivery's inbox.
+    pub delivery: InboxStats,
 }
 
 impl StoreStats {
     /// Duplicate deliveries the two inboxes absorbed.
     pub fn duplicates(&self) -> u64 {
-        self.payment.duplicates + self.inventory.duplicates
+        self.payment.duplicates + self.inventory.duplicates + self.delivery.duplicates
     }
 }
 

@@ -27,9 +27,10 @@ impl Store {
         let task = tokio::spawn(async move {
             let db = store.db().await?;
             let relay: Relay = on_db!(db, p => p.outbox.relay(bus).poll_interval(Duration::from_millis(50)).start());
-            let pruners: [Pruner; 2] = on_db!(db, p => [
+            let pruners: [Pruner; 3] = on_db!(db, p => [
                 p.payment.spawn_pruner(PRUNE_EVERY, INBOX_RETENTION),
                 p.inventory.spawn_pruner(PRUNE_EVERY, INBOX_RETENTION),
+                p.delivery.spawn_pruner(PRUNE_EVERY, INBOX_RETENTION),
             ]);
             stopped.cancelled().await;
             for pruner in pruners {

@@ -103,24 +103,8 @@ pub(crate) enum Unit {
     },
 }
 
-/// Runs `$body` with `$tx` (the transaction) and `$p` (the parts) of either database.
-macro_rules! on_unit {
-    ($unit:expr, $tx:ident, $p:ident => $body:expr) => {
-        match $unit {
-            Unit::Sqlite {
-                batch: Batch { tx: $tx, .. },
-                parts: $p,
-                ..
-            } => $body,
-            Unit::Postgres {
-                tx: $tx, parts: $p, ..
-            } => $body,
-        }
-    };
-}
-
 /// Milliseconds since the epoch, as the tables store it.
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     i64::try_from(crate::services::now_ms()).unwrap_or(i64::MAX)
 }
 
