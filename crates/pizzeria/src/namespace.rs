@@ -219,6 +219,18 @@ impl Backend for Namespaced {
         .boxed()
     }
 
+    fn group_lag<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, tabgrab::Error>> {
+        async move {
+            let scoped = self.scoped(topic);
+            self.inner.group_lag(&scoped, group).await
+        }
+        .boxed()
+    }
+
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), tabgrab::Error>> {
         async move {
             let scoped = format!("{}{topic}", self.prefix);

@@ -711,6 +711,32 @@ impl Backend for AmqpBus {
         )
     }
 
+    fn group_lag<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        async move {
+            // A passive declare of a missing queue closes its channel: a channel of its own.
+            let channel = self.channel().await?;
+            let queue = queue_name(topic, group);
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let lag = match channel
+                .queue_declare(queue.as_str().into(), options, FieldTable::default())
+                .await
+            {
+                Ok(q) => Some(u64::from(q.message_count())),
+                Err(_) => None,
+            };
+            let _ = channel.close(200, "".into()).await;
+            Ok(lag)
+        }
+        .boxed()
+    }
+
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         async move {
             let channel = self.channel().await?;

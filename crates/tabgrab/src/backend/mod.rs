@@ -249,6 +249,17 @@ pub trait Backend: Send + Sync + 'static {
     fn original_location(&self, topic: &str, position: u64) -> String {
         format!("{} topic {topic} at position {position}", self.name())
     }
+    /// How many messages of `topic` the group `group` has not settled yet (waiting and in
+    /// flight), or `None` when the group does not exist or the engine cannot say. A group whose
+    /// lag stays above zero while its members run is stuck.
+    fn group_lag<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        let _ = (topic, group);
+        Box::pin(async { Ok(None) })
+    }
     /// Deletes a topic and its groups (tests clean up with it).
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     /// What an acknowledged publish means on this engine, read from the server.
@@ -436,6 +447,25 @@ impl Bus {
                 bus.dir().display()
             ),
             Engine::Broker(b) => b.original_location(topic, position),
+        }
+    }
+
+    /// How many messages of `topic` the consumer group `group` has not settled yet, or `None`
+    /// when there is no such group (or the engine cannot say). On the embedded bus it is the
+    /// distance from the group's committed offset to the end of the log (the offset is
+    /// committed every second and on shutdown); on NATS the consumer's pending and
+    /// unacknowledged messages; on RabbitMQ the messages ready in the group's queue (those a
+    /// member holds unacknowledged are not counted until it gives them back).
+    pub async fn lag(&self, topic: &str, group: &str) -> Result<Option<u64>, Error> {
+        match &self.engine {
+            Engine::Embedded(bus) => {
+                let log = bus.topic(topic)?;
+                let committed = log
+                    .consumer_offset(group)
+                    .map_err(|e| embedded::storage(topic, "read group offset", e))?;
+                Ok(committed.map(|offset| log.end_offset().saturating_sub(offset)))
+            }
+            Engine::Broker(b) => b.group_lag(topic, group).await,
         }
     }
 

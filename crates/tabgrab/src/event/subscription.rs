@@ -594,7 +594,9 @@ impl Group {
             StartFrom::Time(t) => clamp(log.offset_at_time(t)),
             StartFrom::Latest => log.end_offset(),
         };
-        if options.start_from != StartFrom::Committed {
+        // A new group is recorded at once, as a broker creates its consumer or queue: from
+        // now on the log keeps what it has not read, and its lag can be asked.
+        if options.start_from != StartFrom::Committed || committed.is_none() {
             log.commit_consumer(&name, start)
                 .map_err(|e| storage(&topic, "commit group offset", e))?;
         }

@@ -796,6 +796,63 @@ pub(crate) async fn a_publish_before_any_group_is_kept_or_refused(f: Fixture) {
     f.cleanup().await;
 }
 
+/// A group's lag counts what it has not settled: unknown before the group exists, the
+/// backlog while no member runs, zero once a member has handled (and the engine has
+/// recorded) every event.
+pub(crate) async fn a_group_lag_counts_what_it_has_not_settled(f: Fixture) {
+    let topic = f.topic("lag");
+    let group = f.topic("lag-group");
+    assert_eq!(
+        f.bus.lag(&topic, &group).await.unwrap(),
+        None,
+        "no group yet"
+    );
+    let seen: Seen = Arc::default();
+    // The group exists, then its member leaves before the events come.
+    let sub = Subscription::builder(&f.bus, &topic, &group)
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    sub.shutdown().await.unwrap();
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    publish_tickets(&publisher, &["a", "b", "c"], 4).await;
+    let start = Instant::now();
+    loop {
+        // A broker may count a publish a moment after confirming it.
+        let lag = f.bus.lag(&topic, &group).await.unwrap();
+        if lag == Some(12) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "lag {lag:?}, not 12, with no member"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sub = Subscription::builder(&f.bus, &topic, &group)
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    wait_until("the backlog handled", || seen.lock().unwrap().len() == 12).await;
+    // Shutting down settles and commits what was handled.
+    sub.shutdown().await.unwrap();
+    let start = Instant::now();
+    loop {
+        let lag = f.bus.lag(&topic, &group).await.unwrap();
+        if lag == Some(0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "lag {lag:?} after the backlog was handled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.cleanup().await;
+}
+
 /// Instantiates every scenario as its own test in a module named after the backend; `$make`
 /// is an async expression giving `Option<Fixture>` (`None`: skipped, reason printed).
 macro_rules! conformance {
@@ -828,6 +885,7 @@ macro_rules! conformance {
             scenario!(an_oversized_malformed_message_costs_one_dead_letter);
             scenario!(a_retried_publish_is_deduplicated_as_the_capability_says);
             scenario!(a_group_can_replay);
+            scenario!(a_group_lag_counts_what_it_has_not_settled);
             scenario!(request_reply_answers_rejects_and_times_out);
             scenario!(a_publish_before_any_group_is_kept_or_refused);
         }

@@ -939,6 +939,30 @@ impl Backend for NatsBus {
         )
     }
 
+    fn group_lag<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        async move {
+            let Ok(stream) = self.js.get_stream(stream_name(topic)).await else {
+                return Ok(None);
+            };
+            match stream.consumer_info(topic_token(group)).await {
+                Ok(info) => Ok(Some(info.num_pending + info.num_ack_pending as u64)),
+                Err(e) if e.to_string().contains("not found") => Ok(None),
+                Err(e) => Err(unavailable(
+                    format!(
+                        "nats {}: cannot read group {group} of topic {topic}",
+                        self.url
+                    ),
+                    e,
+                )),
+            }
+        }
+        .boxed()
+    }
+
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         async move {
             self.streams
