@@ -909,7 +909,24 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
             .await
             .map_err(|e| Error::new(ErrorKind::Io, "stopping failed").with_source(e))?;
     }
-    connection.clean_up().await?;
+    // A namespace this run owns (its services were here or its children) is deleted, unless
+    // it holds dead letters: those are kept for `pizzeria dead-letters --bus`. With external
+    // services the topics are theirs: nothing is deleted.
+    match connection.namespace() {
+        None => {}
+        Some(_) if config.placement == Placement::External => {}
+        Some(namespace) => {
+            let kept = count_dead_letters(&bus).await;
+            if kept > 0 {
+                eprintln!(
+                    "namespace {namespace} kept: it holds {kept} dead letters \
+                     (`pizzeria dead-letters --bus <the same url>` lists them)"
+                );
+            } else {
+                connection.clean_up().await?;
+            }
+        }
+    }
     let tally = driven?;
     let (refunds, releases, events_published) = counted.unwrap_or((0, 0, 0));
     Ok(tally.into_summary(

@@ -10,10 +10,12 @@ use pizzeria::messages::{
     OrderDelivered, PaymentCollected, PaymentDeclined, PaymentRefunded, PizzaReady, TOPIC,
     registry,
 };
-use tabgrab::Message;
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, StartFrom, Subscription};
+use tabgrab::{Envelope, Message};
 use tabgrab_testkit::lifecycle::{Lifecycle, LifecycleReport, Rule};
+
+pub(crate) mod processes;
 
 /// One event read back: (order id, message id, short fact name).
 pub(crate) type Fact = (String, String, &'static str);
@@ -175,59 +177,122 @@ pub(crate) fn check_orders(facts: &[Fact]) -> LifecycleReport {
 /// consumer group (which reads from the beginning): waits (bounded) until the group has
 /// caught up and nothing new arrived for `quiet`.
 pub(crate) async fn read_back(bus: &Bus, quiet: Duration) -> Vec<Fact> {
-    let facts: Arc<Mutex<Vec<Fact>>> = Arc::default();
     let group = format!("audit-{}", uuid::Uuid::now_v7().simple());
-    let mut builder = Subscription::builder(bus, TOPIC, &group)
-        .known(&registry())
-        .start_from(StartFrom::Beginning)
-        .concurrency(1);
-    macro_rules! collect {
-        ($($ty:ty),*) => {$(
-            let sink = Arc::clone(&facts);
-            builder = builder.handle(move |_e: $ty, ctx: Context| {
-                let sink = Arc::clone(&sink);
-                async move {
-                    let envelope = ctx.envelope();
-                    sink.lock().unwrap().push((
-                        envelope.subject.clone().unwrap_or_default(),
-                        envelope.id.clone(),
-                        fact_name(&envelope.ty),
-                    ));
-                    Ok(())
-                }
-            });
-        )*};
-    }
-    collect!(
-        OrderAccepted,
-        PaymentCollected,
-        PaymentDeclined,
-        IngredientsReserved,
-        IngredientsMissing,
-        PizzaReady,
-        OrderDelivered,
-        OrderCancelled,
-        PaymentRefunded,
-        IngredientsReleased
-    );
-    let subscription = builder.start().unwrap();
-    subscription.ready().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = (usize::MAX, Instant::now());
-    loop {
-        let n = facts.lock().unwrap().len();
-        if n != last.0 {
-            last = (n, Instant::now());
-        } else if subscription.lag() == 0 && last.1.elapsed() >= quiet {
-            break;
+    let recorder = Recorder::start(bus, &group, StartFrom::Beginning).await;
+    recorder.caught_up(quiet).await;
+    recorder.stop().await
+}
+
+/// A consumer group that records every pizzeria event it reads (as [`Fact`]s, in bus
+/// order) and keeps a sample of their envelopes (to publish again, as a duplicate). Types it
+/// does not know, and known types it cannot decode, it dead-letters like any group.
+pub(crate) struct Recorder {
+    facts: Arc<Mutex<Vec<Fact>>>,
+    sample: Arc<Mutex<Vec<Envelope>>>,
+    subscription: Subscription,
+}
+
+/// How many envelopes a [`Recorder`] keeps.
+const SAMPLE: usize = 256;
+
+impl Recorder {
+    /// Starts the group `group` on the pizzeria topic of `bus`, from `start`.
+    pub(crate) async fn start(bus: &Bus, group: &str, start: StartFrom) -> Recorder {
+        let facts: Arc<Mutex<Vec<Fact>>> = Arc::default();
+        let sample: Arc<Mutex<Vec<Envelope>>> = Arc::default();
+        let mut builder = Subscription::builder(bus, TOPIC, group)
+            .known(&registry())
+            .start_from(start)
+            .concurrency(1);
+        macro_rules! collect {
+            ($($ty:ty),*) => {$(
+                let sink = Arc::clone(&facts);
+                let kept = Arc::clone(&sample);
+                builder = builder.handle(move |_e: $ty, ctx: Context| {
+                    let sink = Arc::clone(&sink);
+                    let kept = Arc::clone(&kept);
+                    async move {
+                        let envelope = ctx.envelope();
+                        let mut facts = sink.lock().unwrap();
+                        facts.push((
+                            envelope.subject.clone().unwrap_or_default(),
+                            envelope.id.clone(),
+                            fact_name(&envelope.ty),
+                        ));
+                        let mut kept = kept.lock().unwrap();
+                        if kept.len() < SAMPLE {
+                            kept.push(envelope.clone());
+                        } else {
+                            // Spread over the whole run: replace one, picked by position.
+                            let slot = facts.len() % SAMPLE;
+                            kept[slot] = envelope.clone();
+                        }
+                        Ok(())
+                    }
+                });
+            )*};
         }
-        assert!(
-            Instant::now() < deadline,
-            "reading the topic back did not finish in 30 s ({n} events, lag {})",
-            subscription.lag()
+        collect!(
+            OrderAccepted,
+            PaymentCollected,
+            PaymentDeclined,
+            IngredientsReserved,
+            IngredientsMissing,
+            PizzaReady,
+            OrderDelivered,
+            OrderCancelled,
+            PaymentRefunded,
+            IngredientsReleased
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let subscription = builder.start().unwrap();
+        subscription.ready().await.unwrap();
+        Recorder {
+            facts,
+            sample,
+            subscription,
+        }
     }
-    subscription.shutdown().await.unwrap();
-    Arc::try_unwrap(facts).unwrap().into_inner().unwrap()
+
+    /// The facts recorded so far, in bus order.
+    pub(crate) fn facts(&self) -> Vec<Fact> {
+        self.facts.lock().unwrap().clone()
+    }
+
+    /// Up to `n` recorded envelopes.
+    pub(crate) fn sample(&self, n: usize) -> Vec<Envelope> {
+        self.sample
+            .lock()
+            .unwrap()
+            .iter()
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (bounded, 60 s) until the group has read everything there is and nothing new
+    /// arrived for `quiet`.
+    pub(crate) async fn caught_up(&self, quiet: Duration) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = (usize::MAX, Instant::now());
+        loop {
+            let n = self.facts.lock().unwrap().len();
+            if n != last.0 {
+                last = (n, Instant::now());
+            } else if self.subscription.lag() == 0 && last.1.elapsed() >= quiet {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reading the topic back did not finish in 60 s ({n} events, lag {})",
+                self.subscription.lag()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the group (committing what it read); returns every fact.
+    pub(crate) async fn stop(self) -> Vec<Fact> {
+        self.subscription.shutdown().await.unwrap();
+        Arc::try_unwrap(self.facts).unwrap().into_inner().unwrap()
+    }
 }

@@ -515,6 +515,9 @@ impl AmqpBus {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) => {
+                    // Deleted elsewhere since this connection declared it: declare it again
+                    // next time.
+                    self.declared.lock().await.remove(&queue);
                     return Err(unavailable(
                         format!("amqp {}: cannot read the queue {queue}", self.url),
                         e,

@@ -1,0 +1,741 @@
+//! The whole pizzeria under seeded faults, on the embedded bus, NATS and RabbitMQ: one
+//! scenario written once, three engines.
+//!
+//! While customers order over HTTP, the test kills with SIGKILL what runs the restaurant
+//! (the whole `pizzeria run` process on the embedded bus; any `pizzeria service` process and
+//! the run holding the front desk on a broker) at seeded moments and starts it again, restarts
+//! the NATS server once, and publishes onto the bus what a faulty or hostile producer would:
+//! garbage bytes, a CloudEvent of an unknown type, a known type with the wrong shape, a message
+//! larger than the bus's envelope limit, and copies of events already published (the same id:
+//! duplicate deliveries). A last run is not killed. At the end the testkit's checkers say:
+//! - every order accepted on the bus reached exactly one terminal state through allowed
+//!   transitions (`common::check_orders`), and the front desk's durable view holds exactly
+//!   those orders, every one ended (`pizzeria::orders::Report::check`);
+//! - the ledger balances (`Store::audit`) and matches the facts on the bus; no effect happened
+//!   twice and every effect the bus calls for happened (`tabgrab_testkit::effects::check`);
+//! - every consumer group's lag returns to zero within a bound (`Bus::lag`): nothing wedged;
+//! - every bad message is a dead letter with its reason, in every group that reads it.
+//!
+//! # Tiers
+//! `cargo nextest run -p pizzeria --test chaos` runs one seed per engine (the short tier, in
+//! CI). The long tier runs many seeds per engine with smaller runs:
+//! `PIZZERIA_CHAOS_SEEDS=50 cargo nextest run -p pizzeria --test chaos --run-ignored only`
+//! (each engine's test prints one line per seed and a total). Every seed is printed;
+//! `PIZZERIA_CHAOS_SEED=<seed>` replays one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::processes::{Database, Service, pizzeria};
+use common::{Fact, Recorder};
+use pizzeria::messages::{OrderAccepted, TOPIC};
+use pizzeria::services::Store;
+use rand::rngs::StdRng;
+use rand::{Rng as _, RngCore as _, SeedableRng as _};
+use serde_json::Value;
+use sha2::Digest as _;
+use tabgrab::backend::Bus;
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::event::{Publisher, StartFrom};
+use tabgrab::{Envelope, Message as _};
+use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer};
+
+/// The test's own consumer group: it records every fact (and keeps envelopes to duplicate).
+const AUDIT: &str = "chaos-audit";
+/// The pizzeria's consumer groups.
+const GROUPS: [&str; 5] = ["front-desk", "payment", "inventory", "kitchen", "delivery"];
+/// The services that run as processes on a broker.
+const SERVICES: [&str; 4] = ["payment", "inventory", "kitchen", "delivery"];
+/// How long a group may take to come back to zero lag once the faults stop.
+const LAG_BOUND: Duration = Duration::from_secs(30);
+
+/// How much one seed does.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Runs of the restaurant; all but the last may be killed.
+    runs: usize,
+    /// Orders per run (on the embedded bus, of the last run: the others are killed).
+    orders: u64,
+    /// Orders of an embedded run that is to be killed: more than it places before the kill.
+    killed_orders: u64,
+    /// At most this many SIGKILLs of service processes (brokers).
+    service_kills: usize,
+}
+
+/// One seed per engine, in CI.
+const SHORT: Plan = Plan {
+    runs: 4,
+    orders: 300,
+    killed_orders: 3000,
+    service_kills: 5,
+};
+/// Many seeds per engine, by hand.
+const LONG: Plan = Plan {
+    runs: 3,
+    orders: 150,
+    killed_orders: 2000,
+    service_kills: 3,
+};
+
+/// The seeds to run: `PIZZERIA_CHAOS_SEED` alone, or `PIZZERIA_CHAOS_SEEDS` (else `default`)
+/// random ones.
+fn seeds(default: usize) -> Vec<u64> {
+    if let Some(seed) = std::env::var("PIZZERIA_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let n = std::env::var("PIZZERIA_CHAOS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (0..n).map(|_| rand::random()).collect()
+}
+
+/// What one seed did, for the tier's report.
+#[derive(Debug, Default)]
+struct Outcome {
+    accepted: u64,
+    killed_runs: u32,
+    killed_services: u32,
+    broker_restarts: u32,
+    bad: usize,
+    duplicates: usize,
+    dead_letters: usize,
+    secs: f64,
+}
+
+/// One bad message put on the bus, and how to find its dead letter.
+struct Bad {
+    kind: &'static str,
+    /// The id of a well-formed envelope.
+    id: Option<String>,
+    /// The digest of raw bytes.
+    sha256: Option<String>,
+    /// The groups that must dead-letter it (those that decode it as far as it fails).
+    groups: &'static [&'static str],
+}
+
+/// Groups that decode every message: each must dead-letter what cannot be decoded.
+const EVERY_GROUP: &[&str] = &[
+    "front-desk",
+    "payment",
+    "inventory",
+    "kitchen",
+    "delivery",
+    AUDIT,
+];
+/// Groups that handle `OrderAccepted` (the others only know its type and skip it).
+const ORDER_ACCEPTED_HANDLERS: &[&str] = &["payment", "inventory", AUDIT];
+
+fn sha256(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Publishes one of each bad kind, and `duplicates` copies of recorded envelopes (the same
+/// id: a duplicate delivery, which the inboxes must absorb).
+async fn inject(
+    bus: &Bus,
+    rng: &mut StdRng,
+    oversize: usize,
+    duplicates: Vec<Envelope>,
+) -> (Vec<Bad>, usize) {
+    let publisher = Publisher::new(bus, TOPIC, "/chaos").unwrap();
+    let subject = || uuid::Uuid::now_v7().to_string();
+    let mut bad = Vec::new();
+
+    let mut garbage = vec![0_u8; rng.random_range(1..4096)];
+    rng.fill_bytes(&mut garbage);
+    bus.publish_raw(TOPIC, Some(&subject()), Bytes::from(garbage.clone()))
+        .await
+        .unwrap();
+    bad.push(Bad {
+        kind: "garbage",
+        id: None,
+        sha256: Some(sha256(&garbage)),
+        groups: EVERY_GROUP,
+    });
+
+    let alien = Envelope::raw(
+        "/chaos",
+        "pizzeria.alien-visit.v1",
+        Bytes::from_static(br#"{"from":"mars"}"#),
+    )
+    .with_subject(subject());
+    publisher.publish_envelope(&alien).await.unwrap();
+    bad.push(Bad {
+        kind: "unknown type",
+        id: Some(alien.id.clone()),
+        sha256: None,
+        groups: EVERY_GROUP,
+    });
+
+    let misshapen = Envelope::raw(
+        "/chaos",
+        OrderAccepted::TYPE,
+        Bytes::from_static(br#"{"order_id":42,"pizzas":"many"}"#),
+    )
+    .with_subject(subject());
+    publisher.publish_envelope(&misshapen).await.unwrap();
+    bad.push(Bad {
+        kind: "wrong shape",
+        id: Some(misshapen.id.clone()),
+        sha256: None,
+        groups: ORDER_ACCEPTED_HANDLERS,
+    });
+
+    let mut huge = vec![0_u8; oversize];
+    rng.fill_bytes(&mut huge);
+    bus.publish_raw(TOPIC, Some(&subject()), Bytes::from(huge.clone()))
+        .await
+        .unwrap();
+    bad.push(Bad {
+        kind: "oversized",
+        id: None,
+        sha256: Some(sha256(&huge)),
+        groups: EVERY_GROUP,
+    });
+
+    let copies = duplicates.len();
+    for envelope in &duplicates {
+        publisher.publish_envelope(envelope).await.unwrap();
+    }
+    (bad, copies)
+}
+
+/// Waits (bounded) until every bad message is a dead letter, with a reason, in each group
+/// that must give up on it; returns how many dead letters the topic holds.
+async fn check_dead_letters(seed: u64, bus: &Bus, bad: &[Bad]) -> usize {
+    let deadline = Instant::now() + LAG_BOUND;
+    loop {
+        let letters = bus.dead_letters(TOPIC).await.unwrap();
+        let mut missing = Vec::new();
+        for b in bad {
+            let found: BTreeSet<&str> = letters
+                .iter()
+                .filter(|l| {
+                    (b.id.is_some() && l.message_id == b.id)
+                        || (b.sha256.is_some() && Some(&l.original_sha256) == b.sha256.as_ref())
+                })
+                .inspect(|l| {
+                    assert!(
+                        !l.reason.is_empty() && !l.error.is_empty(),
+                        "seed {seed}: a dead letter without its reason: {l:?}"
+                    );
+                })
+                .map(|l| l.group.as_str())
+                .collect();
+            for group in b.groups {
+                if !found.contains(group) {
+                    missing.push(format!("{} in {group}", b.kind));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return letters.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: bad messages not dead-lettered within {LAG_BOUND:?}: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (bounded) until every group has settled everything.
+async fn check_lag(seed: u64, bus: &Bus, groups: &[&str]) {
+    let deadline = Instant::now() + LAG_BOUND;
+    loop {
+        let mut behind = BTreeMap::new();
+        for group in groups {
+            let lag = bus.lag(TOPIC, group).await.unwrap();
+            if lag != Some(0) {
+                behind.insert(*group, lag);
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: groups still behind {LAG_BOUND:?} after the faults stopped: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The order checks: lifecycle on the bus, the durable view, the ledger, the effects.
+async fn check_orders(seed: u64, store: &Store, facts: &[Fact]) -> u64 {
+    let report = common::check_orders(facts);
+    assert!(report.is_valid(), "seed {seed}: {report}");
+    let accepted: BTreeSet<String> = facts
+        .iter()
+        .filter(|(_, _, f)| *f == "accepted")
+        .map(|(o, _, _)| o.clone())
+        .collect();
+    let views = pizzeria::orders::views(store).await.unwrap();
+    let viewed: BTreeSet<String> = views.iter().map(|v| v.order_id.to_string()).collect();
+    assert_eq!(
+        viewed.len(),
+        accepted.len(),
+        "seed {seed}: the front desk's view and the bus disagree on the accepted orders: \
+         only in the view {:?}, only on the bus {:?}",
+        viewed.difference(&accepted).take(5).collect::<Vec<_>>(),
+        accepted.difference(&viewed).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(viewed, accepted, "seed {seed}");
+    let fates = pizzeria::orders::Report::of(&views);
+    if let Err(e) = fates.check() {
+        panic!("seed {seed}: {e}\n{}", fates.render());
+    }
+    let audit = store.audit().await.unwrap();
+    assert!(audit.is_valid(), "seed {seed}: {audit}");
+    let count = |fact: &str| common::orders_with(facts, fact);
+    assert_eq!(audit.charged, count("collected"), "seed {seed}: {audit}");
+    assert_eq!(audit.refunded, count("refunded"), "seed {seed}: {audit}");
+    assert_eq!(audit.reserved, count("reserved"), "seed {seed}: {audit}");
+    assert_eq!(audit.released, count("released"), "seed {seed}: {audit}");
+    let effects = tabgrab_testkit::effects::check(
+        common::expected_effects(facts),
+        store.effects().await.unwrap(),
+    );
+    assert!(effects.is_valid(), "seed {seed}: {effects}");
+    accepted.len() as u64
+}
+
+/// `pizzeria run` with the chaos settings; `extra` adds engine flags.
+fn spawn_run(orders: u64, seed: u64, extra: &[&str]) -> Child {
+    pizzeria()
+        .args(["run", "--style", "events", "--json"])
+        .args(["--orders", &orders.to_string(), "--concurrency", "16"])
+        .args(["--decline-rate", "0.05", "--deadline-secs", "90"])
+        .args(["--seed", &seed.to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a run that was not killed; it must succeed and account for its orders.
+async fn finish_run(seed: u64, run: Child, orders: u64) -> Value {
+    let output = tokio::task::spawn_blocking(move || run.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "seed {seed}: a run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ended = summary["delivered"].as_u64().unwrap() + summary["failed"].as_u64().unwrap();
+    assert_eq!(
+        ended,
+        summary["accepted"].as_u64().unwrap(),
+        "seed {seed}: {summary}"
+    );
+    assert_eq!(
+        summary["accepted"].as_u64().unwrap() + summary["rejected"].as_u64().unwrap(),
+        orders,
+        "seed {seed}: {summary}"
+    );
+    assert!(
+        summary["events_published"].as_u64().unwrap() > 0,
+        "seed {seed}: {summary}"
+    );
+    summary
+}
+
+/// Whether `child` has exited; SIGKILLs it if not.
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------------------
+// The embedded bus: the whole restaurant is one process; it is what gets killed.
+
+async fn embedded(seed: u64, plan: Plan) -> Outcome {
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let mut outcome = Outcome::default();
+    let mut facts: Vec<Fact> = Vec::new();
+    let mut bad: Vec<Bad> = Vec::new();
+
+    // The audit group exists before the first event, so it reads them all.
+    {
+        let embedded = EmbeddedBus::open(dir.path()).unwrap();
+        let recorder = Recorder::start(&Bus::from(&embedded), AUDIT, StartFrom::Committed).await;
+        recorder.stop().await;
+        embedded.close().await.unwrap();
+    }
+    for r in 0..plan.runs {
+        let last = r + 1 == plan.runs;
+        let orders = if last {
+            plan.orders
+        } else {
+            plan.killed_orders
+        };
+        let mut run = spawn_run(
+            orders,
+            seed.wrapping_add(r as u64),
+            &["--data-dir", &data_dir, "--ovens", "8", "--bake-ms", "5"],
+        );
+        if last {
+            let summary = finish_run(seed, run, plan.orders).await;
+            outcome.accepted += summary["accepted"].as_u64().unwrap();
+            break;
+        }
+        // Anywhere from opening the data directory to the middle of the flow.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..2500))).await;
+        if run.try_wait().unwrap().is_some() {
+            // It ended before the kill: it must have ended well.
+            let summary = finish_run(seed, run, orders).await;
+            outcome.accepted += summary["accepted"].as_u64().unwrap();
+        } else {
+            kill(&mut run);
+            outcome.killed_runs += 1;
+        }
+        // While it is down: read what happened so far, then poison the log.
+        let embedded = EmbeddedBus::open(dir.path()).unwrap();
+        let bus = Bus::from(&embedded);
+        let recorder = Recorder::start(&bus, AUDIT, StartFrom::Committed).await;
+        recorder.caught_up(Duration::from_millis(50)).await;
+        let copies = recorder.sample(rng.random_range(1..20));
+        facts.extend(recorder.stop().await);
+        let (b, duplicates) = inject(&bus, &mut rng, 2 << 20, copies).await;
+        bad.extend(b);
+        outcome.duplicates += duplicates;
+        embedded.close().await.unwrap();
+    }
+
+    let embedded = EmbeddedBus::open(dir.path()).unwrap();
+    let bus = Bus::from(&embedded);
+    let recorder = Recorder::start(&bus, AUDIT, StartFrom::Committed).await;
+    recorder.caught_up(Duration::from_millis(100)).await;
+    facts.extend(recorder.stop().await);
+    let store = Store::open(&format!("sqlite:{data_dir}/effects.sqlite"))
+        .await
+        .unwrap();
+    assert_eq!(store.pending().await.unwrap(), 0, "seed {seed}: outbox");
+    let accepted = check_orders(seed, &store, &facts).await;
+    assert!(accepted >= outcome.accepted, "seed {seed}");
+    outcome.accepted = accepted;
+    let mut groups = GROUPS.to_vec();
+    groups.push(AUDIT);
+    check_lag(seed, &bus, &groups).await;
+    outcome.bad = bad.len();
+    outcome.dead_letters = check_dead_letters(seed, &bus, &bad).await;
+    embedded.close().await.unwrap();
+    outcome.secs = started.elapsed().as_secs_f64();
+    outcome
+}
+
+// ---------------------------------------------------------------------------------------
+// A broker: the services are processes, killed and restarted while runs go on; the front
+// desk lives in the run, which is killed too.
+
+/// The engine under a broker scenario.
+enum Broker {
+    Nats(NatsServer),
+    Amqp { namespace: String },
+}
+
+impl Broker {
+    /// The bus URL the processes get.
+    fn url(&self) -> String {
+        match self {
+            // A killed member's unacknowledged events go to its successor after 1 s.
+            Broker::Nats(server) => format!("{}?ack_wait_ms=1000", server.url()),
+            Broker::Amqp { namespace } => {
+                format!("amqp://guest:guest@127.0.0.1:5672/%2f?namespace={namespace}")
+            }
+        }
+    }
+
+    /// Bytes that exceed the bus's envelope limit but that the engine accepts.
+    fn oversize(&self) -> usize {
+        match self {
+            Broker::Nats(_) => 900_000, // the server's max_payload is 1 MB
+            Broker::Amqp { .. } => 2 << 20,
+        }
+    }
+}
+
+async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut outcome = Outcome::default();
+    let mut bad: Vec<Bad> = Vec::new();
+    let url = engine.url();
+    let db = Database::create("chaos").await;
+    let db_url = db.url();
+    let connection = pizzeria::namespace::connect(&url).await.unwrap();
+    let bus = connection.bus().clone();
+    // Before any event: the audit group reads them all, live.
+    let recorder = Recorder::start(&bus, AUDIT, StartFrom::Committed).await;
+    let mut services: BTreeMap<&str, Service> = SERVICES
+        .iter()
+        .map(|n| (*n, Service::start(n, &url, &db_url)))
+        .collect();
+    let mut restarted_broker = !matches!(engine, Broker::Nats(_));
+
+    for r in 0..plan.runs {
+        let last = r + 1 == plan.runs;
+        let extra = ["--bus", &url, "--services", "external", "--store", &db_url];
+        let mut run = spawn_run(plan.orders, seed.wrapping_add(r as u64), &extra);
+        let kill_run_at = (!last && rng.random_bool(0.5))
+            .then(|| Instant::now() + Duration::from_millis(rng.random_range(300..3000)));
+        let mut injected = false;
+        let finished = loop {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(150..700))).await;
+            if run.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if kill_run_at.is_some_and(|at| Instant::now() >= at) {
+                kill(&mut run);
+                outcome.killed_runs += 1;
+                break false;
+            }
+            match rng.random_range(0..10) {
+                0..5 if (outcome.killed_services as usize) < plan.service_kills => {
+                    let victim = SERVICES[rng.random_range(0..SERVICES.len())];
+                    services.remove(victim).unwrap().kill();
+                    outcome.killed_services += 1;
+                    services.insert(victim, Service::start(victim, &url, &db_url));
+                }
+                5..7 if !injected => {
+                    let copies = recorder.sample(rng.random_range(1..20));
+                    let (b, duplicates) = inject(&bus, &mut rng, engine.oversize(), copies).await;
+                    bad.extend(b);
+                    outcome.duplicates += duplicates;
+                    injected = true;
+                }
+                7 if !restarted_broker => {
+                    if let Broker::Nats(server) = &mut engine {
+                        server.restart().unwrap();
+                        outcome.broker_restarts += 1;
+                    }
+                    restarted_broker = true;
+                }
+                _ => {}
+            }
+        };
+        if finished || last {
+            let summary = finish_run(seed, run, plan.orders).await;
+            outcome.accepted += summary["accepted"].as_u64().unwrap();
+        }
+        if !injected {
+            // Every run meets bad input at least once.
+            let copies = recorder.sample(rng.random_range(1..20));
+            let (b, duplicates) = inject(&bus, &mut rng, engine.oversize(), copies).await;
+            bad.extend(b);
+            outcome.duplicates += duplicates;
+        }
+    }
+    // The last run drained the front desk's backlog; the services drain theirs.
+    let store = Store::open(&db_url).await.unwrap();
+    let deadline = Instant::now() + LAG_BOUND;
+    loop {
+        recorder.caught_up(Duration::from_millis(300)).await;
+        let report = common::check_orders(&recorder.facts());
+        if (report.is_valid() && store.pending().await.unwrap() == 0) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut groups = SERVICES.to_vec();
+    groups.push(AUDIT);
+    check_lag(seed, &bus, &groups).await;
+    outcome.bad = bad.len();
+    outcome.dead_letters = check_dead_letters(seed, &bus, &bad).await;
+    let facts = recorder.stop().await;
+    let accepted = check_orders(seed, &store, &facts).await;
+    assert!(accepted >= outcome.accepted, "seed {seed}");
+    outcome.accepted = accepted;
+    // The front desk's group (in the last run, now ended) settled what it read.
+    check_lag(seed, &bus, &["front-desk"]).await;
+    for (_, service) in std::mem::take(&mut services) {
+        service.stop();
+    }
+    drop(store);
+    if let Broker::Amqp { namespace } = &engine {
+        delete_amqp_namespace(namespace);
+    }
+    drop(connection);
+    db.drop_it().await;
+    outcome.secs = started.elapsed().as_secs_f64();
+    outcome
+}
+
+/// Deletes the queues of `namespace` (declared by several processes: no one connection knows
+/// them all) and its exchanges, best effort, with `rabbitmqctl`.
+fn delete_amqp_namespace(namespace: &str) {
+    let prefix = format!("tabgrab.{namespace}.");
+    let list = |what: &str| -> Vec<String> {
+        std::process::Command::new("rabbitmqctl")
+            .args(["-q", &format!("list_{what}"), "name"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with(&prefix))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for queue in list("queues") {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "delete_queue", &queue])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    for exchange in list("exchanges") {
+        let _ = std::process::Command::new("rabbitmqadmin")
+            .args(["delete", "exchange", &format!("name={exchange}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs `scenario` for each seed, printing each and the total.
+async fn tier<F, Fut>(engine: &str, plan: Plan, seeds: Vec<u64>, scenario: F)
+where
+    F: Fn(u64, Plan) -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    let mut total = Outcome::default();
+    let n = seeds.len();
+    for seed in seeds {
+        println!("{engine}: seed {seed} (replay with PIZZERIA_CHAOS_SEED={seed})");
+        let o = scenario(seed, plan).await;
+        println!(
+            "{engine}: seed {seed}: {} orders accepted, all ended; runs killed {}, services killed {}, \
+             broker restarts {}, {} bad messages all dead-lettered ({} dead letters), \
+             {} duplicates absorbed, groups at lag 0; {:.1} s",
+            o.accepted,
+            o.killed_runs,
+            o.killed_services,
+            o.broker_restarts,
+            o.bad,
+            o.dead_letters,
+            o.duplicates,
+            o.secs
+        );
+        total.accepted += o.accepted;
+        total.killed_runs += o.killed_runs;
+        total.killed_services += o.killed_services;
+        total.broker_restarts += o.broker_restarts;
+        total.bad += o.bad;
+        total.duplicates += o.duplicates;
+        total.secs += o.secs;
+    }
+    println!(
+        "{engine}: {n} seeds passed: {} orders accepted, 0 lost, 0 double effects, 0 wedged groups; \
+         runs killed {}, services killed {}, broker restarts {}, {} bad messages dead-lettered, \
+         {} duplicates absorbed; {:.0} s",
+        total.accepted,
+        total.killed_runs,
+        total.killed_services,
+        total.broker_restarts,
+        total.bad,
+        total.duplicates,
+        total.secs
+    );
+}
+
+fn nats() -> Option<Broker> {
+    nats_server::require()?;
+    if !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432") {
+        return None;
+    }
+    // fsync before every acknowledgement: a broker restart loses nothing acknowledged.
+    let options = NatsOptions {
+        sync_always: true,
+        ..NatsOptions::default()
+    };
+    Some(Broker::Nats(NatsServer::start(options).unwrap()))
+}
+
+fn amqp() -> Option<Broker> {
+    if !tabgrab_testkit::services::require("RabbitMQ", "127.0.0.1:5672")
+        || !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432")
+    {
+        return None;
+    }
+    Some(Broker::Amqp {
+        namespace: format!("chaos-{}", uuid::Uuid::now_v7().simple()),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_the_embedded_bus() {
+    tier("embedded", SHORT, seeds(1), embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_nats() {
+    if nats().is_none() {
+        return;
+    }
+    tier("nats", SHORT, seeds(1), |seed, plan| async move {
+        broker(seed, plan, nats().unwrap()).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_rabbitmq() {
+    if amqp().is_none() {
+        return;
+    }
+    tier("rabbitmq", SHORT, seeds(1), |seed, plan| async move {
+        broker(seed, plan, amqp().unwrap()).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the long tier: minutes; PIZZERIA_CHAOS_SEEDS sets the count (default 50)"]
+async fn chaos_long_on_the_embedded_bus() {
+    tier("embedded", LONG, seeds(50), embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the long tier: minutes; PIZZERIA_CHAOS_SEEDS sets the count (default 50)"]
+async fn chaos_long_on_nats() {
+    if nats().is_none() {
+        return;
+    }
+    tier("nats", LONG, seeds(50), |seed, plan| async move {
+        broker(seed, plan, nats().unwrap()).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the long tier: minutes; PIZZERIA_CHAOS_SEEDS sets the count (default 50)"]
+async fn chaos_long_on_rabbitmq() {
+    if amqp().is_none() {
+        return;
+    }
+    tier("rabbitmq", LONG, seeds(50), |seed, plan| async move {
+        broker(seed, plan, amqp().unwrap()).await
+    })
+    .await;
+}
