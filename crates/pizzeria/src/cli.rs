@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 
 use crate::error::{Error, ErrorKind};
@@ -257,6 +258,10 @@ pub struct OrdersArgs {
     /// Show this order and its history only.
     #[arg(long)]
     pub id: Option<uuid::Uuid>,
+    /// The bus the front desk reads (`nats://…`, `amqp://…`, with `?namespace=` if the run
+    /// had one), to tell how far its view is behind; with --data-dir, its embedded log.
+    #[arg(long)]
+    pub bus: Option<String>,
     /// List every order, not only those that have not ended.
     #[arg(long)]
     pub all: bool,
@@ -515,8 +520,10 @@ async fn orders_command(args: &OrdersArgs) -> Result<(), Error> {
     }
     let views = crate::orders::views(&store).await?;
     let report = crate::orders::Report::of(&views);
+    let behind = view_behind(args).await;
     if args.json {
         let body = serde_json::json!({
+            "view_behind_events": behind.as_ref().ok(),
             "orders": report.orders,
             "by_fate": report.by_fate,
             "open": report.open,
@@ -527,6 +534,18 @@ async fn orders_command(args: &OrdersArgs) -> Result<(), Error> {
         writeln!(out, "{json}").map_err(io)?;
     } else {
         write!(out, "{}", report.render()).map_err(io)?;
+        match &behind {
+            Ok(0) => {}
+            Ok(n) => writeln!(
+                out,
+                "the front desk's view is {n} events behind the bus: orders and outcomes in them \
+                 show once a front desk runs again (`pizzeria run` on the same data)"
+            )
+            .map_err(io)?,
+            Err(why) => {
+                writeln!(out, "how far the view is behind the bus is unknown: {why}").map_err(io)?
+            }
+        }
         if args.all {
             for view in views.iter().filter(|v| crate::orders::Fate::of(v).ended()) {
                 write!(out, "{}", crate::orders::render_one(view)).map_err(io)?;
@@ -536,8 +555,62 @@ async fn orders_command(args: &OrdersArgs) -> Result<(), Error> {
     out.flush().map_err(io)?;
     if args.check {
         report.check()?;
+        match behind {
+            Ok(0) => {}
+            Ok(n) => {
+                return Err(Error::new(
+                    ErrorKind::Deadline,
+                    format!(
+                        "the front desk's view is {n} events behind the bus: it cannot tell yet \
+                         whether every order ended"
+                    ),
+                ));
+            }
+            Err(why) => {
+                return Err(Error::new(
+                    ErrorKind::Usage,
+                    format!("cannot check that every order ended: {why}"),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// How many events of the pizzeria topic the front desk's group has not read: from --bus,
+/// or from the embedded log in --data-dir (`Err` says why it cannot be told).
+async fn view_behind(args: &OrdersArgs) -> Result<u64, String> {
+    let group = crate::services::front_desk::GROUP;
+    let lag = match &args.bus {
+        Some(url) => {
+            let connection = crate::namespace::connect(url)
+                .await
+                .map_err(|e| e.to_string())?;
+            connection.bus().lag(TOPIC, group).await
+        }
+        None if args.store.is_some() => {
+            return Err("pass --bus to compare the view with the bus".into());
+        }
+        None => {
+            if !args.data_dir.join("topics").is_dir() {
+                return Err(format!("{} holds no event log", args.data_dir.display()));
+            }
+            let bus = EmbeddedBus::open(&args.data_dir).map_err(|e| {
+                format!(
+                    "cannot open the event log in {} (is a run using it?): {e}",
+                    args.data_dir.display()
+                )
+            })?;
+            let lag = Bus::from(&bus).lag(TOPIC, group).await;
+            let _ = bus.close().await;
+            lag
+        }
+    };
+    match lag {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Ok(0), // no front desk ever read the topic: nothing it has not read
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 async fn dead_letters_command(args: &DeadLettersArgs) -> Result<(), Error> {

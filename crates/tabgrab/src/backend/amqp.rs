@@ -7,7 +7,8 @@
 //! `o-1` is published with routing key `o-1` (`.`, `*`, `#` and whitespace become `_`). Group
 //! `kitchen` is the quorum queue `tabgrab.orders.kitchen`, bound with `#`. Dead letters of
 //! `orders` go to the topic `orders.dead-letters`, whose exchange feeds the queue
-//! `tabgrab.orders.dead-letters.archive` (listed by `Bus::dead_letters`).
+//! `tabgrab.orders.dead-letters.archive` (listed by `Bus::dead_letters`; a classic queue, so
+//! that listing it, which gives every message back, never reaches a delivery limit).
 //!
 //! # What is promised, and what RabbitMQ cannot give
 //! - **Publish** returns after the broker's confirm (publisher confirms), with delivery mode 2
@@ -69,6 +70,9 @@ fn unavailable(what: String, e: impl std::error::Error + Send + Sync + 'static) 
 pub fn exchange_name(topic: &str) -> String {
     format!("tabgrab.{topic}")
 }
+
+/// The queue that keeps a dead-letter topic's messages: `tabgrab.<topic>.archive`.
+const ARCHIVE_SUFFIX: &str = ".archive";
 
 /// The queue of a consumer group.
 pub fn queue_name(topic: &str, group: &str) -> String {
@@ -269,18 +273,29 @@ impl AmqpBus {
             return Ok(());
         }
         let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongInt(DELIVERY_LIMIT),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(BROKER_DLX.into()),
-        );
+        if topic.ends_with(".dead-letters") && queue.ends_with(ARCHIVE_SUFFIX) {
+            // The dead-letter archive is read by listing it (get, then give everything back):
+            // a quorum queue counts each give-back as a delivery and, at its delivery limit,
+            // would drop the dead letters after some fifty listings. A durable classic queue
+            // has no delivery limit; its persistent messages are on disk before the confirm.
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("classic".into()),
+            );
+        } else {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(DELIVERY_LIMIT),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(BROKER_DLX.into()),
+            );
+        }
         channel
             .queue_declare(queue.into(), durable_queue(), args)
             .await
@@ -320,7 +335,7 @@ impl AmqpBus {
             .await?;
         if topic.ends_with(".dead-letters") {
             // Dead letters are kept whether or not anyone listens.
-            let archive = format!("{exchange}.archive");
+            let archive = format!("{exchange}{ARCHIVE_SUFFIX}");
             if !self
                 .exchanges
                 .lock()
@@ -498,7 +513,7 @@ impl AmqpBus {
 
     async fn read_all_inner(&self, topic: &str) -> Result<Vec<Envelope>, Error> {
         let exchange = exchange_name(topic);
-        let queue = format!("{exchange}.archive");
+        let queue = format!("{exchange}{ARCHIVE_SUFFIX}");
         let channel = self.channel().await?;
         // Declared (empty) rather than probed: a basic.get on a missing queue makes the
         // broker close the channel, and racing that close with the next channel on the same

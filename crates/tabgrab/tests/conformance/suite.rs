@@ -853,6 +853,32 @@ pub(crate) async fn a_group_lag_counts_what_it_has_not_settled(f: Fixture) {
     f.cleanup().await;
 }
 
+/// Listing dead letters changes nothing: after many listings every dead letter is still
+/// there (on RabbitMQ a listing gets and gives back each message, and a queue with a
+/// delivery limit would drop them after some fifty).
+pub(crate) async fn dead_letters_survive_many_listings(f: Fixture) {
+    let topic = f.topic("listed");
+    let seen: Seen = Arc::default();
+    let sub = Subscription::builder(&f.bus, &topic, "g")
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    for i in 0..3_u8 {
+        f.bus
+            .publish_raw(&topic, Some("s"), Bytes::from(vec![b'x', i]))
+            .await
+            .unwrap();
+    }
+    wait_until("three dead letters", || sub.stats().dead_lettered == 3).await;
+    sub.shutdown().await.unwrap();
+    for listing in 0..80 {
+        let letters = f.bus.dead_letters(&topic).await.unwrap();
+        assert_eq!(letters.len(), 3, "listing {listing}: {letters:?}");
+    }
+    f.cleanup().await;
+}
+
 /// Instantiates every scenario as its own test in a module named after the backend; `$make`
 /// is an async expression giving `Option<Fixture>` (`None`: skipped, reason printed).
 macro_rules! conformance {
@@ -886,6 +912,7 @@ macro_rules! conformance {
             scenario!(a_retried_publish_is_deduplicated_as_the_capability_says);
             scenario!(a_group_can_replay);
             scenario!(a_group_lag_counts_what_it_has_not_settled);
+            scenario!(dead_letters_survive_many_listings);
             scenario!(request_reply_answers_rejects_and_times_out);
             scenario!(a_publish_before_any_group_is_kept_or_refused);
         }
