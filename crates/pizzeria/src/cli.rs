@@ -266,7 +266,7 @@ pub struct OrdersArgs {
     #[arg(long)]
     pub all: bool,
     /// Exit with an error if an order has not ended (delivered, or cancelled with its money
-    /// and ingredients given back).
+    /// and ingredients given back), or if the view is behind the bus (it cannot tell yet).
     #[arg(long)]
     pub check: bool,
     /// Print JSON on stdout.

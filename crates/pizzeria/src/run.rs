@@ -892,7 +892,14 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
             Some(pizzeria) => pizzeria.settle(Duration::from_secs(30)).await?,
             // The services are elsewhere: the compensations of the last orders are done once
             // the view of this run's orders stops changing.
-            None => quiesce(front_desk.store(), &tally.accepted_ids).await?,
+            None => {
+                quiesce(front_desk.store(), &tally.accepted_ids).await?;
+                // Its view of the orders is as fresh as its group: read what is waiting
+                // (earlier runs' orders, late outcomes) before leaving.
+                if let Some((sub, _)) = &front_side {
+                    catch_up(sub, front_desk.store()).await;
+                }
+            }
         }
         counted = Some(count_run(front_desk.store(), &tally.accepted_ids).await?);
     }
@@ -981,6 +988,30 @@ pub(crate) async fn count_run(
 
 /// Waits until the front desk's view of the orders `ids` has not changed for a moment
 /// (the compensations of the last cancelled orders reached it), at most 30 s.
+/// Waits (30 s at most) until the front desk's group has read everything on the topic and
+/// its outbox is empty, twice in a row a poll apart; says so on stderr if it gives up.
+async fn catch_up(sub: &tabgrab::event::Subscription, store: &crate::services::Store) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut settled = 0;
+    while settled < 2 {
+        let pending = store.pending().await.unwrap_or(u64::MAX);
+        if sub.lag() == 0 && pending == 0 {
+            settled += 1;
+        } else {
+            settled = 0;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "the front desk's view is {} events behind the bus after 30 s; \
+                 `pizzeria orders` shows how far",
+                sub.lag()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn quiesce(store: &crate::services::Store, ids: &[Uuid]) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = None;

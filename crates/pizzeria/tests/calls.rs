@@ -144,6 +144,30 @@ async fn orders_are_made_refused_and_compensated() {
     );
     assert_eq!(b.payment.stats().refunded, 1);
     assert_eq!(b.storeroom.level(RARE_INGREDIENT), 0);
+
+    // GET /orders/{id} tells each order's fate, as the POST's answer did.
+    let state = |id: uuid::Uuid| {
+        let http = http.clone();
+        let url = format!("{url}/{id}");
+        async move {
+            let answer = http.get(&url).send().await.unwrap();
+            (
+                answer.status(),
+                answer.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, made) = state(placed.order_id).await;
+    assert_eq!(status, 200);
+    assert_eq!(made["status"], "ready", "{made}");
+    assert_eq!(made["amount_cents"], 2400, "{made}");
+    let (_, short) = state(refusal.order_id.unwrap()).await;
+    assert_eq!(short["status"], "cancelled", "{short}");
+    assert_eq!(short["reason"], "ingredients missing: truffle", "{short}");
+    let (status, unknown) = state(uuid::Uuid::now_v7()).await;
+    assert_eq!(status, 404, "{unknown}");
+    let bad = http.get(format!("{url}/not-an-id")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
     b.stop.cancel();
 }
 
@@ -171,6 +195,19 @@ async fn a_kitchen_that_is_down_is_named_and_the_order_is_undone() {
         "the ingredients were released"
     );
     assert_eq!(b.storeroom.level("basil"), before);
+    let state: serde_json::Value = http
+        .get(format!("{url}/{}", refusal.order_id.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["status"], "failed", "{state}");
+    assert!(
+        state["reason"].as_str().unwrap().contains("kitchen"),
+        "{state}"
+    );
     b.stop.cancel();
 }
 

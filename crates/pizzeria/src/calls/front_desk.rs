@@ -14,14 +14,22 @@
 //! Every command carries the order id as idempotency key, so the client stack may retry it
 //! (the services treat a repeat as the first). Compensations (refund, release) get their own
 //! fresh deadline: they must run even when the order's own budget is spent.
+//!
+//! `GET /orders/{id}` tells where an order stands (`charging`, `reserving`, `baking`, then
+//! `ready`, `cancelled` with the reason, or `failed` naming the service): the answer to the
+//! `POST` is the order's fate in this style, and the front desk remembers the last
+//! [`REMEMBERED`] orders of this process, in memory (in this style payment, inventory and
+//! the kitchen keep their state in memory too; the events style keeps all of it durable).
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tabgrab::ErrorKind;
@@ -62,6 +70,49 @@ pub struct Refusal {
     pub order_id: Option<Uuid>,
 }
 
+/// How many orders the call-style front desk remembers for `GET /orders/{id}`.
+pub const REMEMBERED: usize = 100_000;
+
+/// Where an order stands, for `GET /orders/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderState {
+    /// The order's id.
+    pub order_id: Uuid,
+    /// `charging`, `reserving`, `baking`, `ready`, `cancelled` or `failed`.
+    pub status: String,
+    /// What was (or is to be) charged.
+    pub amount_cents: u64,
+    /// Why it was cancelled, or which service failed and what was undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The orders this process took, the oldest forgotten first.
+#[derive(Debug, Default)]
+pub struct OrderBook {
+    states: HashMap<Uuid, OrderState>,
+    order: VecDeque<Uuid>,
+}
+
+impl OrderBook {
+    fn set(&mut self, order_id: Uuid, amount_cents: u64, status: &str, reason: Option<String>) {
+        let state = OrderState {
+            order_id,
+            status: status.to_owned(),
+            amount_cents,
+            reason,
+        };
+        if self.states.insert(order_id, state).is_none() {
+            self.order.push_back(order_id);
+            if self.order.len() > REMEMBERED
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.states.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// The front desk's clients of the three services.
 #[derive(Clone, Debug)]
 pub struct Waiter {
@@ -73,12 +124,34 @@ pub struct Waiter {
     pub kitchen: Client,
     /// The deadline of one order (all its calls), and of each compensation.
     pub order_timeout: Duration,
+    /// The orders taken, for `GET /orders/{id}`.
+    pub orders: Arc<Mutex<OrderBook>>,
 }
 
-/// The front desk's router: `POST /orders`.
+impl Waiter {
+    fn note(&self, order_id: Uuid, amount_cents: u64, status: &str, reason: Option<String>) {
+        self.orders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set(order_id, amount_cents, status, reason);
+    }
+
+    /// Where order `order_id` stands, if this process took it (and has not forgotten it).
+    pub fn order(&self, order_id: Uuid) -> Option<OrderState> {
+        self.orders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .states
+            .get(&order_id)
+            .cloned()
+    }
+}
+
+/// The front desk's router: `POST /orders`, `GET /orders/{id}`.
 pub fn app(waiter: Waiter) -> Router {
     Router::new()
         .route("/orders", post(place_order))
+        .route("/orders/{id}", get(order_status))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::http::MAX_BODY_BYTES,
         ))
@@ -89,21 +162,60 @@ fn refuse(status: StatusCode, refusal: Refusal) -> Response {
     (status, Json(refusal)).into_response()
 }
 
-/// The status and refusal for a call that failed for another reason than a business refusal.
-fn failed(service: &str, order_id: Uuid, e: &CallError, undone: &str) -> Response {
+/// The status and refusal for a call that failed for another reason than a business refusal
+/// (noted in the order book).
+fn failed(
+    waiter: &Waiter,
+    service: &str,
+    order_id: Uuid,
+    amount: u64,
+    e: &CallError,
+    undone: &str,
+) -> Response {
     let status = match e.kind() {
         ErrorKind::DeadlineExceeded | ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
+    let error = format!("{service} failed, so the order was not made{undone}; try again: {e}");
+    waiter.note(order_id, amount, "failed", Some(error.clone()));
     refuse(
         status,
         Refusal {
-            error: format!("{service} failed, so the order was not made{undone}; try again: {e}"),
+            error,
             service: Some(service.to_owned()),
             reason: None,
             order_id: Some(order_id),
         },
     )
+}
+
+async fn order_status(State(waiter): State<Waiter>, Path(id): Path<String>) -> Response {
+    let Ok(order_id) = Uuid::parse_str(&id) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            Refusal {
+                error: format!("{id:?} is not an order id (a UUID)"),
+                service: None,
+                reason: None,
+                order_id: None,
+            },
+        );
+    };
+    match waiter.order(order_id) {
+        Some(state) => (StatusCode::OK, Json(state)).into_response(),
+        None => refuse(
+            StatusCode::NOT_FOUND,
+            Refusal {
+                error: format!(
+                    "no order {order_id}: this front desk remembers the last {REMEMBERED} orders \
+                     it took since it started"
+                ),
+                service: None,
+                reason: None,
+                order_id: Some(order_id),
+            },
+        ),
+    }
 }
 
 async fn place_order(
@@ -139,6 +251,8 @@ async fn place_order(
         }
     };
     let order_id = Uuid::now_v7();
+    let amount = order.amount_cents;
+    waiter.note(order_id, amount, "charging", None);
     let options = CallOptions::timeout(waiter.order_timeout).idempotency_key(order_id.to_string());
     let compensation =
         || CallOptions::timeout(waiter.order_timeout).idempotency_key(format!("undo-{order_id}"));
@@ -151,12 +265,14 @@ async fn place_order(
     };
     if let Err(e) = waiter.payment.call_with(&charge, options.clone()).await {
         if let Some(r) = e.rejection().filter(|r| r.code == CARD_DECLINED) {
+            let reason = format!("payment declined: {}", r.message);
+            waiter.note(order_id, amount, "cancelled", Some(reason.clone()));
             return refuse(
                 StatusCode::PAYMENT_REQUIRED,
                 Refusal {
                     error: format!("payment refused the card: {}", r.message),
                     service: Some("payment".to_owned()),
-                    reason: Some(format!("payment declined: {}", r.message)),
+                    reason: Some(reason),
                     order_id: Some(order_id),
                 },
             );
@@ -166,8 +282,9 @@ async fn place_order(
             .payment
             .call_with(&RefundPayment { order_id }, compensation())
             .await;
-        return failed("payment", order_id, &e, "");
+        return failed(&waiter, "payment", order_id, amount, &e, "");
     }
+    waiter.note(order_id, amount, "reserving", None);
 
     // 2. Inventory.
     let reserve = ReserveIngredients {
@@ -180,6 +297,8 @@ async fn place_order(
             .call_with(&RefundPayment { order_id }, compensation())
             .await;
         if let Some(r) = e.rejection().filter(|r| r.code == INGREDIENTS_MISSING) {
+            let reason = format!("ingredients missing: {}", r.message);
+            waiter.note(order_id, amount, "cancelled", Some(reason.clone()));
             return refuse(
                 StatusCode::CONFLICT,
                 Refusal {
@@ -193,7 +312,7 @@ async fn place_order(
                         }
                     ),
                     service: Some("inventory".to_owned()),
-                    reason: Some(format!("ingredients missing: {}", r.message)),
+                    reason: Some(reason),
                     order_id: Some(order_id),
                 },
             );
@@ -202,8 +321,16 @@ async fn place_order(
             .inventory
             .call_with(&ReleaseIngredients { order_id }, compensation())
             .await;
-        return failed("inventory", order_id, &e, " and the charge was refunded");
+        return failed(
+            &waiter,
+            "inventory",
+            order_id,
+            amount,
+            &e,
+            " and the charge was refunded",
+        );
     }
+    waiter.note(order_id, amount, "baking", None);
 
     // 3. Kitchen.
     let ticket = PlaceTicket {
@@ -220,12 +347,15 @@ async fn place_order(
             .call_with(&ReleaseIngredients { order_id }, compensation())
             .await;
         return failed(
+            &waiter,
             "kitchen",
             order_id,
+            amount,
             &e,
             "; the charge was refunded and the ingredients released",
         );
     }
+    waiter.note(order_id, amount, "ready", None);
     (
         StatusCode::CREATED,
         Json(Placed {

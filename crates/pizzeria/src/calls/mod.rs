@@ -93,6 +93,7 @@ impl Peers {
             inventory: client("inventory", &self.inventory),
             kitchen: client("kitchen", &self.kitchen),
             order_timeout: self.order_timeout,
+            orders: Default::default(),
         }
     }
 }
