@@ -262,6 +262,36 @@ async fn no_command_prints_a_password_or_token_it_was_given() {
         ]);
     check("service kitchen with an unreachable rail", c, false);
 
+    // The commands that read what a run left: the orders from its PostgreSQL store beside
+    // the bus, and the dead letters of a broker; then with wrong credentials.
+    let mut c = pizzeria();
+    c.args(["orders", "--store", &pg_url, "--all"])
+        .args(["--bus", &format!("{nats_user_url}?namespace=secrets1")]);
+    check("orders with a store and a bus", c, true);
+    let mut c = pizzeria();
+    c.args([
+        "dead-letters",
+        "--bus",
+        &format!("{nats_user_url}?namespace=secrets1"),
+    ]);
+    check("dead-letters on NATS with a password", c, true);
+    let mut c = pizzeria();
+    c.args([
+        "dead-letters",
+        "--bus",
+        &nats_token_url.replace(nats_token, wrong),
+    ]);
+    check("dead-letters on NATS with a wrong token", c, false);
+    let mut c = pizzeria();
+    c.args([
+        "orders",
+        "--store",
+        &pg_url,
+        "--bus",
+        &format!("amqp://guest:{amqp_wrong}@127.0.0.1:5672/%2f"),
+    ]);
+    check("orders with a wrong RabbitMQ password", c, true);
+
     // A service process, from start to SIGTERM.
     let mut c = pizzeria();
     c.args(["service", "payment", "--bus", &nats_user_url])
@@ -270,6 +300,6 @@ async fn no_command_prints_a_password_or_token_it_was_given() {
     assert_clean("service payment", &format!("{out}\n{err}"), &secrets);
     checked += 1;
 
-    assert_eq!(checked, 9);
+    assert_eq!(checked, 13);
     drop_database(&db).await;
 }
