@@ -8,10 +8,13 @@
 //! printed anywhere fails the test with the command and the line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::processes::Database;
 use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer};
 
 const POSTGRES: &str = "127.0.0.1:5432";
@@ -108,30 +111,6 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// A PostgreSQL database of the test's own, dropped at the end.
-async fn database() -> String {
-    let name = format!("pizzeria_secrets_{}", uuid::Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&format!("postgres://postgres@{POSTGRES}/test"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    name
-}
-
-async fn drop_database(name: &str) {
-    let admin = sqlx::PgPool::connect(&format!("postgres://postgres@{POSTGRES}/test"))
-        .await
-        .unwrap();
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await;
-    admin.close().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_command_prints_a_password_or_token_it_was_given() {
     if !tabgrab_testkit::services::require("PostgreSQL", POSTGRES)
@@ -165,8 +144,8 @@ async fn no_command_prints_a_password_or_token_it_was_given() {
         port(&with_user)
     );
     let nats_token_url = format!("nats://{nats_token}@127.0.0.1:{}", port(&with_token));
-    let db = database().await;
-    let pg_url = format!("postgres://postgres:{pg_password}@{POSTGRES}/{db}");
+    let db = Database::create("secrets").await;
+    let pg_url = format!("postgres://postgres:{pg_password}@{POSTGRES}/{}", db.name());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_owned();
 
@@ -301,5 +280,5 @@ async fn no_command_prints_a_password_or_token_it_was_given() {
     checked += 1;
 
     assert_eq!(checked, 13);
-    drop_database(&db).await;
+    db.drop_it().await;
 }

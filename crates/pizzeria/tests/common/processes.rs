@@ -40,6 +40,11 @@ impl Database {
         Database { name }
     }
 
+    /// Its name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Its URL.
     pub(crate) fn url(&self) -> String {
         format!("{POSTGRES}/{}", self.name)

@@ -817,19 +817,8 @@ pub(crate) async fn a_group_lag_counts_what_it_has_not_settled(f: Fixture) {
     sub.shutdown().await.unwrap();
     let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
     publish_tickets(&publisher, &["a", "b", "c"], 4).await;
-    let start = Instant::now();
-    loop {
-        // A broker may count a publish a moment after confirming it.
-        let lag = f.bus.lag(&topic, &group).await.unwrap();
-        if lag == Some(12) {
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "lag {lag:?}, not 12, with no member"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // A broker may count a publish a moment after confirming it.
+    wait_for_lag(&f, &topic, &group, 12, "with no member").await;
     let sub = Subscription::builder(&f.bus, &topic, &group)
         .handle(recorder(&seen))
         .start()
@@ -838,19 +827,24 @@ pub(crate) async fn a_group_lag_counts_what_it_has_not_settled(f: Fixture) {
     wait_until("the backlog handled", || seen.lock().unwrap().len() == 12).await;
     // Shutting down settles and commits what was handled.
     sub.shutdown().await.unwrap();
+    wait_for_lag(&f, &topic, &group, 0, "after the backlog was handled").await;
+    f.cleanup().await;
+}
+
+/// Waits (bounded) until the lag of `group` on `topic` is `expected`.
+async fn wait_for_lag(f: &Fixture, topic: &str, group: &str, expected: u64, when: &str) {
     let start = Instant::now();
     loop {
-        let lag = f.bus.lag(&topic, &group).await.unwrap();
-        if lag == Some(0) {
-            break;
+        let lag = f.bus.lag(topic, group).await.unwrap();
+        if lag == Some(expected) {
+            return;
         }
         assert!(
             start.elapsed() < DEADLINE,
-            "lag {lag:?} after the backlog was handled"
+            "lag {lag:?}, not {expected}, {when}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    f.cleanup().await;
 }
 
 /// Listing dead letters changes nothing: after many listings every dead letter is still
