@@ -188,6 +188,8 @@ pub(crate) async fn read_back(bus: &Bus, quiet: Duration) -> Vec<Fact> {
 /// does not know, and known types it cannot decode, it dead-letters like any group.
 pub(crate) struct Recorder {
     facts: Arc<Mutex<Vec<Fact>>>,
+    /// When each fact's envelope was made (Unix nanoseconds), by index.
+    made: Arc<Mutex<Vec<i128>>>,
     sample: Arc<Mutex<Vec<Envelope>>>,
     subscription: Subscription,
 }
@@ -199,6 +201,7 @@ impl Recorder {
     /// Starts the group `group` on the pizzeria topic of `bus`, from `start`.
     pub(crate) async fn start(bus: &Bus, group: &str, start: StartFrom) -> Recorder {
         let facts: Arc<Mutex<Vec<Fact>>> = Arc::default();
+        let made: Arc<Mutex<Vec<i128>>> = Arc::default();
         let sample: Arc<Mutex<Vec<Envelope>>> = Arc::default();
         let mut builder = Subscription::builder(bus, TOPIC, group)
             .known(&registry())
@@ -207,13 +210,18 @@ impl Recorder {
         macro_rules! collect {
             ($($ty:ty),*) => {$(
                 let sink = Arc::clone(&facts);
+                let times = Arc::clone(&made);
                 let kept = Arc::clone(&sample);
                 builder = builder.handle(move |_e: $ty, ctx: Context| {
                     let sink = Arc::clone(&sink);
+                    let times = Arc::clone(&times);
                     let kept = Arc::clone(&kept);
                     async move {
                         let envelope = ctx.envelope();
                         let mut facts = sink.lock().unwrap();
+                        times.lock().unwrap().push(
+                            envelope.time.map_or(i128::MAX, |t| t.unix_timestamp_nanos()),
+                        );
                         facts.push((
                             envelope.subject.clone().unwrap_or_default(),
                             envelope.id.clone(),
@@ -248,6 +256,7 @@ impl Recorder {
         subscription.ready().await.unwrap();
         Recorder {
             facts,
+            made,
             sample,
             subscription,
         }
@@ -256,6 +265,18 @@ impl Recorder {
     /// The facts recorded so far, in bus order.
     pub(crate) fn facts(&self) -> Vec<Fact> {
         self.facts.lock().unwrap().clone()
+    }
+
+    /// The facts recorded so far in the order their envelopes were made (their `time`; bus
+    /// order among equal times). An engine that keeps no order across publishers (RabbitMQ:
+    /// one queue is fed by several channels, each with its own pending window) may deliver
+    /// an effect before its cause; on one machine, one clock, this order is causal.
+    pub(crate) fn facts_in_made_order(&self) -> Vec<Fact> {
+        let facts = self.facts.lock().unwrap();
+        let made = self.made.lock().unwrap();
+        let mut order: Vec<usize> = (0..facts.len()).collect();
+        order.sort_by_key(|&i| (made[i], i));
+        order.into_iter().map(|i| facts[i].clone()).collect()
     }
 
     /// Up to `n` recorded envelopes.
