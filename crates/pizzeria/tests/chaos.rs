@@ -549,7 +549,8 @@ async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
                     outcome.duplicates += duplicates;
                     injected = true;
                 }
-                7 if !restarted_broker => {
+                // Once per seed: at a seeded moment, or in the last run at the latest.
+                n if !restarted_broker && (n == 7 || last) => {
                     if let Broker::Nats(server) = &mut engine {
                         server.restart().unwrap();
                         outcome.broker_restarts += 1;
