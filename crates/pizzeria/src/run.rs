@@ -923,6 +923,7 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
         None => {}
         Some(_) if config.placement == Placement::External => {}
         Some(namespace) => {
+            // Read again now that every group has stopped: what is about to be deleted.
             let kept = count_dead_letters(&bus).await;
             if kept > 0 {
                 eprintln!(

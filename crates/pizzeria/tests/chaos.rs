@@ -141,17 +141,18 @@ fn sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Publishes one of each bad kind, and `duplicates` copies of recorded envelopes (the same
-/// id: a duplicate delivery, which the inboxes must absorb).
+/// Publishes one of each bad kind (noted in `bad`), and `duplicates` copies of recorded
+/// envelopes (the same id: a duplicate delivery, which the inboxes must absorb); returns how
+/// many copies.
 async fn inject(
     bus: &Bus,
     rng: &mut StdRng,
     oversize: usize,
     duplicates: Vec<Envelope>,
-) -> (Vec<Bad>, usize) {
+    bad: &mut Vec<Bad>,
+) -> usize {
     let publisher = Publisher::new(bus, TOPIC, "/chaos").unwrap();
     let subject = || uuid::Uuid::now_v7().to_string();
-    let mut bad = Vec::new();
 
     let mut garbage = vec![0_u8; rng.random_range(1..4096)];
     rng.fill_bytes(&mut garbage);
@@ -205,11 +206,10 @@ async fn inject(
         groups: EVERY_GROUP,
     });
 
-    let copies = duplicates.len();
     for envelope in &duplicates {
         publisher.publish_envelope(envelope).await.unwrap();
     }
-    (bad, copies)
+    duplicates.len()
 }
 
 /// Waits (bounded) until every bad message is a dead letter, with a reason, in each group
@@ -422,9 +422,7 @@ async fn embedded(seed: u64, plan: Plan) -> Outcome {
         recorder.caught_up(Duration::from_millis(50)).await;
         let copies = recorder.sample(rng.random_range(1..20));
         facts.extend(recorder.stop().await);
-        let (b, duplicates) = inject(&bus, &mut rng, 2 << 20, copies).await;
-        bad.extend(b);
-        outcome.duplicates += duplicates;
+        outcome.duplicates += inject(&bus, &mut rng, 2 << 20, copies, &mut bad).await;
         embedded.close().await.unwrap();
     }
 
@@ -520,9 +518,7 @@ async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
             // Every seed meets bad input with the front desk's group up (or about to come
             // up: it exists since the first run, so its backlog waits for it).
             let copies = recorder.sample(rng.random_range(1..20));
-            let (b, duplicates) = inject(&bus, &mut rng, engine.oversize(), copies).await;
-            bad.extend(b);
-            outcome.duplicates += duplicates;
+            outcome.duplicates += inject(&bus, &mut rng, engine.oversize(), copies, &mut bad).await;
             injected = true;
         }
         let finished = loop {
@@ -544,9 +540,8 @@ async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
                 }
                 5..7 if !injected => {
                     let copies = recorder.sample(rng.random_range(1..20));
-                    let (b, duplicates) = inject(&bus, &mut rng, engine.oversize(), copies).await;
-                    bad.extend(b);
-                    outcome.duplicates += duplicates;
+                    outcome.duplicates +=
+                        inject(&bus, &mut rng, engine.oversize(), copies, &mut bad).await;
                     injected = true;
                 }
                 // Once per seed: at a seeded moment, or in the last run at the latest.
@@ -653,9 +648,9 @@ fn delete_amqp_namespace(namespace: &str) {
 }
 
 /// Runs `scenario` for each seed, printing each and the total.
-async fn tier<F, Fut>(engine: &str, plan: Plan, seeds: Vec<u64>, scenario: F)
+async fn tier<F, Fut>(engine: &str, plan: Plan, seeds: Vec<u64>, mut scenario: F)
 where
-    F: Fn(u64, Plan) -> Fut,
+    F: FnMut(u64, Plan) -> Fut,
     Fut: std::future::Future<Output = Outcome>,
 {
     let mut total = Outcome::default();
@@ -722,6 +717,18 @@ fn amqp() -> Option<Broker> {
     })
 }
 
+/// Runs the broker scenario on a new engine from `make` for each seed; skipped (reason
+/// printed) when `make` finds no server.
+async fn broker_tier(name: &str, plan: Plan, default_seeds: usize, make: fn() -> Option<Broker>) {
+    let Some(first) = make() else { return };
+    let mut first = Some(first);
+    tier(name, plan, seeds(default_seeds), |seed, plan| {
+        let engine = first.take().or_else(make).unwrap();
+        broker(seed, plan, engine)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_the_embedded_bus() {
     tier("embedded", SHORT, seeds(1), embedded).await;
@@ -729,24 +736,12 @@ async fn chaos_on_the_embedded_bus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_nats() {
-    if nats().is_none() {
-        return;
-    }
-    tier("nats", SHORT, seeds(1), |seed, plan| async move {
-        broker(seed, plan, nats().unwrap()).await
-    })
-    .await;
+    broker_tier("nats", SHORT, 1, nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_rabbitmq() {
-    if amqp().is_none() {
-        return;
-    }
-    tier("rabbitmq", SHORT, seeds(1), |seed, plan| async move {
-        broker(seed, plan, amqp().unwrap()).await
-    })
-    .await;
+    broker_tier("rabbitmq", SHORT, 1, amqp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -758,23 +753,11 @@ async fn chaos_long_on_the_embedded_bus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the long tier: minutes; PIZZERIA_CHAOS_SEEDS sets the count (default 50)"]
 async fn chaos_long_on_nats() {
-    if nats().is_none() {
-        return;
-    }
-    tier("nats", LONG, seeds(50), |seed, plan| async move {
-        broker(seed, plan, nats().unwrap()).await
-    })
-    .await;
+    broker_tier("nats", LONG, 50, nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the long tier: minutes; PIZZERIA_CHAOS_SEEDS sets the count (default 50)"]
 async fn chaos_long_on_rabbitmq() {
-    if amqp().is_none() {
-        return;
-    }
-    tier("rabbitmq", LONG, seeds(50), |seed, plan| async move {
-        broker(seed, plan, amqp().unwrap()).await
-    })
-    .await;
+    broker_tier("rabbitmq", LONG, 50, amqp).await;
 }

@@ -4,19 +4,16 @@
 //! unacknowledged orders, whose orders the other kitchen then bakes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::processes::{Service, pizzeria};
 use serde_json::Value;
 use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer};
 
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn pizzeria() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pizzeria"))
-}
 
 /// The nats-server and PostgreSQL these tests need, or `None` (skipped, reason printed).
 fn servers() -> Option<NatsServer> {
@@ -64,74 +61,18 @@ fn a_thousand_orders_through_five_service_processes_are_all_delivered() {
     assert!(delivered > 900, "{delivered} delivered");
 }
 
-/// A service process whose stdout lines arrive on a channel; killed on drop.
-struct Service {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Service {
-    fn start(name: &str, url: &str, extra: &[&str]) -> Service {
-        let mut child = pizzeria()
-            .args(["service", name, "--bus", url, "--kitchen-db", POSTGRES])
-            // Payment's and inventory's state is not what this test is about.
-            .args(["--store", "memory"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let service = Service { child, lines };
-        service.wait_for(|l| l.starts_with("ready "), "ready");
-        service
-    }
-
-    /// Waits (bounded) for a line matching `what`.
-    fn wait_for(&self, mut what: impl FnMut(&str) -> bool, label: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {label} line within 60 s"));
-            if what(&line) {
-                return line;
-            }
-        }
-    }
-
-    /// The last `acked=` figure seen so far.
-    fn acked(&self) -> u64 {
-        let mut acked = 0;
-        while let Ok(line) = self.lines.try_recv() {
-            if let Some(n) = field(&line, "acked=") {
-                acked = n;
-            }
-        }
-        acked
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn field(line: &str, name: &str) -> Option<u64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(name))
         .and_then(|v| v.parse().ok())
+}
+
+/// Service `name` on `url`, its payment and inventory state in memory (not what this test is
+/// about), the kitchens' rail in PostgreSQL.
+fn service(name: &'static str, url: &str, extra: &[&str]) -> Service {
+    let mut args = vec!["--bus", url, "--kitchen-db", POSTGRES, "--store", "memory"];
+    args.extend_from_slice(extra);
+    Service::spawn(name, &args)
 }
 
 #[test]
@@ -139,12 +80,12 @@ fn a_killed_kitchen_process_s_unacknowledged_orders_are_baked_by_the_other_kitch
     let Some(server) = servers() else { return };
     // Deliveries of a dead member go to another after 1.5 s instead of 30 s.
     let url = format!("{}?ack_wait_ms=1500", server.url());
-    let _payment = Service::start("payment", &url, &[]);
-    let _inventory = Service::start("inventory", &url, &["--truffles", "1000"]);
-    let _delivery = Service::start("delivery", &url, &[]);
+    let _payment = service("payment", &url, &[]);
+    let _inventory = service("inventory", &url, &["--truffles", "1000"]);
+    let _delivery = service("delivery", &url, &[]);
     // The slow kitchen holds many orders at once: 2 ovens, 200 ms each.
-    let mut slow = Service::start("kitchen", &url, &["--ovens", "2", "--bake-ms", "200"]);
-    let fast = Service::start("kitchen", &url, &["--ovens", "16", "--bake-ms", "2"]);
+    let mut slow = service("kitchen", &url, &["--ovens", "2", "--bake-ms", "200"]);
+    let mut fast = service("kitchen", &url, &["--ovens", "16", "--bake-ms", "2"]);
     let run = pizzeria()
         .args(["run", "--style", "events", "--orders", "300", "--json"])
         .args([
@@ -162,10 +103,11 @@ fn a_killed_kitchen_process_s_unacknowledged_orders_are_baked_by_the_other_kitch
     slow.wait_for(
         |l| field(l, "in_oven=").is_some_and(|n| n > 0),
         "slow kitchen baking",
+        Duration::from_secs(60),
     );
-    slow.child.kill().unwrap(); // SIGKILL: no drain, no nack
-    slow.child.wait().unwrap();
-    println!("killed the slow kitchen (pid {}) mid-bake", slow.child.id());
+    let pid = slow.pid();
+    slow.kill(); // SIGKILL: no drain, no nack
+    println!("killed the slow kitchen (pid {pid}) mid-bake");
     let output = run.wait_with_output().unwrap();
     let s = summary(&output);
     println!("{s}");
@@ -177,5 +119,5 @@ fn a_killed_kitchen_process_s_unacknowledged_orders_are_baked_by_the_other_kitch
         300,
         "no order lost with the killed kitchen"
     );
-    assert!(fast.acked() > 0, "the other kitchen took over");
+    assert!(fast.figure("acked") > 0, "the other kitchen took over");
 }

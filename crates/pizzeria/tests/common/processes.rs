@@ -2,7 +2,7 @@
 //! `pizzeria service` child processes that can be killed with SIGKILL or stopped with SIGTERM.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -72,30 +72,51 @@ pub(crate) struct Service {
     lines: mpsc::Receiver<String>,
     /// Its last lines on stderr.
     errors: Arc<Mutex<VecDeque<String>>>,
-    /// The last `duplicates=` it reported.
-    duplicates: u64,
+    /// The last value of each `name=<number>` figure it printed.
+    figures: HashMap<String, u64>,
 }
 
 impl Service {
     /// Starts service `name` on `bus` with its state in the database `db` and waits (30 s at
     /// most) for its `ready` line.
     pub(crate) fn start(name: &'static str, bus: &str, db: &str) -> Service {
-        let mut command = pizzeria();
-        command
-            .args([
-                "service",
-                name,
+        Service::spawn(
+            name,
+            &[
                 "--bus",
                 bus,
                 "--store",
                 db,
                 "--kitchen-db",
                 db,
-            ])
-            .args(["--truffles", "12", "--ovens", "8", "--bake-ms", "5"])
+                "--truffles",
+                "12",
+                "--ovens",
+                "8",
+                "--bake-ms",
+                "5",
+            ],
+        )
+    }
+
+    /// Starts `pizzeria service <name> <args>` and waits (30 s at most) for its `ready` line.
+    pub(crate) fn spawn(name: &'static str, args: &[&str]) -> Service {
+        let mut child = pizzeria()
+            .args(["service", name])
+            .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap();
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         // The last lines of stderr, to say why a service did not start.
         let stderr = child.stderr.take().unwrap();
         let errors: Arc<Mutex<VecDeque<String>>> = Arc::default();
@@ -109,28 +130,33 @@ impl Service {
                 lines.push_back(line);
             }
         });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let mut service = Service {
             name,
             child,
             lines,
             errors,
-            duplicates: 0,
+            figures: HashMap::new(),
         };
-        service.wait_for("ready ", Duration::from_secs(30));
+        service.wait_for(
+            |l| l.starts_with("ready "),
+            "ready",
+            Duration::from_secs(30),
+        );
         service
     }
 
-    /// Reads lines (bounded) until one starts with `prefix`, noting `duplicates=`.
-    fn wait_for(&mut self, prefix: &str, within: Duration) {
+    /// Its PID.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads lines (bounded) until one matches `what`, noting figures; returns it.
+    pub(crate) fn wait_for(
+        &mut self,
+        mut what: impl FnMut(&str) -> bool,
+        label: &str,
+        within: Duration,
+    ) -> String {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -138,39 +164,37 @@ impl Service {
                 let status = self.child.try_wait().ok().flatten();
                 let errors = self.errors.lock().unwrap();
                 panic!(
-                    "{}: no {prefix:?} line within {within:?} (exit: {status:?}); its stderr:\n{}",
+                    "{}: no {label} line within {within:?} (exit: {status:?}); its stderr:\n{}",
                     self.name,
                     errors.iter().cloned().collect::<Vec<_>>().join("\n")
                 );
             };
             self.note(&line);
-            if line.starts_with(prefix) {
-                return;
+            if what(&line) {
+                return line;
             }
         }
     }
 
     fn note(&mut self, line: &str) {
-        if let Some(n) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("duplicates="))
-            .and_then(|v| v.parse().ok())
-        {
-            self.duplicates = n;
+        for (name, value) in line.split_whitespace().filter_map(|w| w.split_once('=')) {
+            if let Ok(n) = value.parse() {
+                self.figures.insert(name.to_owned(), n);
+            }
         }
     }
 
-    /// Drains the lines so far; returns the last duplicates figure.
-    fn drain(&mut self) -> u64 {
+    /// The last value of the figure `name=` it printed so far (0 if none).
+    pub(crate) fn figure(&mut self, name: &str) -> u64 {
         while let Ok(line) = self.lines.try_recv() {
             self.note(&line);
         }
-        self.duplicates
+        self.figures.get(name).copied().unwrap_or(0)
     }
 
     /// SIGKILL, by PID; returns the duplicates it had reported.
     pub(crate) fn kill(mut self) -> u64 {
-        let duplicates = self.drain();
+        let duplicates = self.figure("duplicates");
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         duplicates
@@ -181,9 +205,13 @@ impl Service {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        self.wait_for("stopped", Duration::from_secs(20));
+        self.wait_for(
+            |l| l.starts_with("stopped"),
+            "stopped",
+            Duration::from_secs(20),
+        );
         self.child.wait().unwrap();
-        self.duplicates
+        self.figure("duplicates")
     }
 }
 
