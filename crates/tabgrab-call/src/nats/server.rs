@@ -75,12 +75,11 @@ pub async fn listen(client: &async_nats::Client, service: &str) -> Result<NatsLi
             )
             .with_source(e)
         })?;
-    client.flush().await.map_err(|e| {
+    confirm_subscriptions(client).await.map_err(|why| {
         Error::new(
             ErrorKind::Unavailable,
-            format!("the NATS server did not confirm the subscription of service {service}"),
+            format!("the NATS server did not confirm the subscription of service {service}: {why}"),
         )
-        .with_source(e)
     })?;
     Ok(NatsListener {
         client: client.clone(),
@@ -88,6 +87,28 @@ pub async fn listen(client: &async_nats::Client, service: &str) -> Result<NatsLi
         prefix: format!("{SUBJECT_PREFIX}.{token}."),
         service: service.to_owned(),
     })
+}
+
+/// Waits until the server has processed this connection's subscriptions, so that a request
+/// from any other client finds them. async-nats' `flush` only empties the client's buffer; a
+/// message to ourselves makes the round trip (the server handles one connection's commands
+/// in order: once our own message comes back, every earlier `SUB` is in place).
+async fn confirm_subscriptions(client: &async_nats::Client) -> Result<(), String> {
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .publish(inbox, Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the connection closed".into()),
+        Err(_) => Err("no round trip within 10 s".into()),
+    }
 }
 
 /// Serves `handlers` on `listener` until `shutdown` completes; then stops taking requests,
