@@ -150,6 +150,10 @@ impl Backend for Namespaced {
         self.inner.name()
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
@@ -201,11 +205,16 @@ impl Backend for Namespaced {
     }
 
     fn subscribe(
-        &self,
+        self: Arc<Self>,
         mut request: SubscribeRequest,
-    ) -> BoxFuture<'_, Result<Deliveries, tabgrab::Error>> {
+    ) -> BoxFuture<'static, Result<Deliveries, tabgrab::Error>> {
         request.topic = self.scoped(&request.topic);
-        self.inner.subscribe(request)
+        Arc::clone(&self.inner).subscribe(request)
+    }
+
+    fn live_lag(&self, topic: &str, group: &str) -> Option<u64> {
+        self.inner
+            .live_lag(&format!("{}{topic}", self.prefix), group)
     }
 
     fn read_all<'a>(
@@ -277,7 +286,7 @@ impl Connection {
     /// `bus`, in `namespace` if given. On a broker every publish is counted; the embedded
     /// bus is used as it is, and refuses a namespace (it is one directory per run already).
     pub fn over(bus: &Bus, namespace: Option<&str>) -> Result<Connection, Error> {
-        let Some(backend) = bus.as_backend() else {
+        if bus.as_embedded().is_some() {
             if namespace.is_some() {
                 return Err(Error::new(
                     ErrorKind::Usage,
@@ -289,8 +298,8 @@ impl Connection {
                 namespace: None,
                 layer: None,
             });
-        };
-        let layer = Arc::new(Namespaced::new(Arc::clone(backend), namespace)?);
+        }
+        let layer = Arc::new(Namespaced::new(Arc::clone(bus.backend()), namespace)?);
         let dyn_layer: Arc<dyn Backend> = layer.clone();
         Ok(Connection {
             bus: Bus::from_backend(dyn_layer),

@@ -63,7 +63,6 @@ pub mod limit;
 pub mod nats;
 pub mod retry;
 pub mod server;
-mod wire;
 
 pub use call::{Call, CallOptions, IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
 pub use client::{Client, ClientBuilder};

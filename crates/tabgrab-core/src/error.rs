@@ -56,6 +56,9 @@ pub enum ErrorKind {
     /// The payload's media type is not one the recipient reads (tabgrab's handlers read
     /// JSON).
     UnsupportedMediaType,
+    /// Stored data was damaged and cannot be read back (a log range that fails its
+    /// checksums): the range is dead-lettered explicitly, never skipped in silence.
+    DataLoss,
 }
 
 impl ErrorKind {
@@ -93,6 +96,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Conflict => "conflict",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::DataLoss => "data_loss",
         }
     }
 }

@@ -10,7 +10,8 @@
 //! - [`codec`]: size limits and typed decoding of envelopes and registered message types;
 //! - [`error`]: `Error { kind, .. }` with a `#[non_exhaustive]` [`ErrorKind`];
 //! - [`rejection`]: a handler's typed refusal, carried back to the caller by every transport;
-//! - [`secret`]: [`SecretUrl`], how every URL that may carry credentials is shown redacted.
+//! - [`secret`]: [`SecretUrl`], how every URL that may carry credentials is shown redacted;
+//! - [`wire`]: the CloudEvents binary-mode binding every transport (HTTP, NATS, AMQP) uses.
 
 pub mod attribute;
 pub mod codec;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod message;
 pub mod rejection;
 pub mod secret;
+pub mod wire;
 
 pub use codec::{Codec, DEFAULT_MAX_SIZE, Registry};
 pub use envelope::Envelope;

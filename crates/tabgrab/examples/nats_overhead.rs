@@ -533,7 +533,7 @@ async fn raw_durable_request_reply(url: &str, n: u64, ce_headers: bool) -> Resul
                             .extensions
                             .insert("requesttype".into(), Ping::TYPE.into());
                         reply.extensions.insert("responder".into(), "ping".into());
-                        if let Ok(ce) = tabgrab::call::nats::binding::encode_headers(
+                        if let Ok(ce) = tabgrab_core::wire::nats::encode_headers(
                             &tabgrab::Codec::default(),
                             &reply,
                         ) {
@@ -594,7 +594,7 @@ async fn raw_durable_request_reply(url: &str, n: u64, ce_headers: bool) -> Resul
                     request.replyto = Some("replies.bench".into());
                     request.deadline =
                         Some(time::OffsetDateTime::now_utc() + Duration::from_secs(30));
-                    headers = tabgrab::call::nats::binding::encode_headers(
+                    headers = tabgrab_core::wire::nats::encode_headers(
                         &tabgrab::Codec::default(),
                         &request,
                     )?;

@@ -38,6 +38,7 @@
 //! ```
 
 pub mod backend;
+#[cfg(feature = "call")]
 pub use tabgrab_call as call;
 pub mod event;
 pub mod inbox;

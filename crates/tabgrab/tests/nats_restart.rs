@@ -114,7 +114,7 @@ async fn every_acknowledged_event_survives_a_broker_restart_and_retries_are_not_
         let receipt = publisher.publish_envelope(envelope).await.unwrap();
         assert!(receipt.duplicate, "a retried publish made a second event");
     }
-    let backend = bus.as_backend().unwrap();
+    let backend = bus.backend();
     let read = backend.read_all(topic).await.unwrap();
     let mut copies: HashMap<String, usize> = HashMap::new();
     for envelope in &read {

@@ -446,9 +446,8 @@ impl Restaurant {
                             responders::KITCHEN,
                         ] {
                             bus_messages += bus
-                                .topic(topic)
-                                .map_err(bus_error("cannot open a topic"))?
-                                .end_offset();
+                                .end_offset(topic)
+                                .map_err(bus_error("cannot open a topic"))?;
                         }
                     }
                     Wire::Broker(c) => {
@@ -640,9 +639,8 @@ fn reply_records(bus: &EmbeddedBus) -> Result<u64, Error> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("replies.") && !name.contains(".dead") {
             total += bus
-                .topic(&name)
-                .map_err(bus_error("cannot open a reply topic"))?
-                .end_offset();
+                .end_offset(&name)
+                .map_err(bus_error("cannot open a reply topic"))?;
         }
     }
     Ok(total)

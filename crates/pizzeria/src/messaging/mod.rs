@@ -57,9 +57,8 @@ fn tally_topics(bus: &EmbeddedBus) -> Result<(u64, u64), Error> {
     let mut dead = 0;
     for topic in topics() {
         appended += bus
-            .topic(&topic)
-            .map_err(|e| bus_error("cannot open a topic", e))?
-            .end_offset();
+            .end_offset(&topic)
+            .map_err(|e| bus_error("cannot open a topic", e))?;
         dead += read_dead_letters(bus, &topic)
             .map_err(|e| bus_error("cannot read dead letters", e))?
             .len() as u64;

@@ -89,9 +89,8 @@ pub struct Pizzeria {
     relay: StoreRelay,
     /// The running consumer groups, by group name, stopped by [`Pizzeria::shutdown`].
     subscriptions: Vec<(&'static str, Subscription)>,
-    /// The topic's log (embedded bus), to tell when every group has caught up with it; on a
-    /// broker the groups' lag says it.
-    log: Option<tabgrab_log::Log>,
+    /// The embedded bus, to count the topic's events (0 on a broker).
+    embedded: Option<tabgrab::backend::embedded::EmbeddedBus>,
 }
 
 impl Pizzeria {
@@ -134,10 +133,7 @@ impl Pizzeria {
             store,
             relay,
             subscriptions,
-            log: match bus.as_embedded() {
-                Some(embedded) => Some(embedded.topic(TOPIC)?),
-                None => None,
-            },
+            embedded: bus.as_embedded().cloned(),
         })
     }
 
@@ -151,16 +147,15 @@ impl Pizzeria {
 
     /// Events in the topic's log so far (its end offset; 0 on a broker).
     pub fn log_end(&self) -> u64 {
-        self.log.as_ref().map_or(0, tabgrab_log::Log::end_offset)
+        self.embedded
+            .as_ref()
+            .and_then(|bus| bus.end_offset(TOPIC).ok())
+            .unwrap_or(0)
     }
 
     /// Whether every group has handled every event in the topic.
     pub fn caught_up(&self) -> bool {
-        let Some(log) = &self.log else {
-            return self.subscriptions.iter().all(|(_, s)| s.lag() == 0);
-        };
-        let end = log.end_offset();
-        self.subscriptions.iter().all(|(_, s)| s.watermark() >= end) && log.end_offset() == end
+        self.subscriptions.iter().all(|(_, s)| s.lag() == 0)
     }
 
     /// Waits until every group has joined the bus (at once on the embedded bus).

@@ -234,15 +234,15 @@ fn ce_headers(codec: &Codec, envelope: &Envelope) -> Result<HeaderMap, tabgrab_c
 /// Cheaper than the codec's path in what it allocates, which matters with many calls in
 /// flight (each request's headers live until h2 has written them): a map sized for the
 /// headers of a call (not the codec's worst case), static values for `ce-specversion` and the
-/// JSON content type, and the time written by [`rfc3339`](crate::wire::rfc3339) on the stack.
+/// JSON content type, and the time written by [`rfc3339`](tabgrab_core::wire::rfc3339) on the stack.
 fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
-    use crate::wire::Name;
     use tabgrab_core::envelope::{JSON, SPEC_VERSION};
-    let mut bufs = [[0u8; crate::wire::RFC3339_MAX]; 2];
+    use tabgrab_core::wire::Name;
+    let mut bufs = [[0u8; tabgrab_core::wire::RFC3339_MAX]; 2];
     // The attributes, the content type, the deadline and an idempotency key: 12 entries
     // without growing (the codec's 14 would allocate room for 24).
     let mut map = HeaderMap::with_capacity(10);
-    for (name, value) in crate::wire::plain_headers(codec, envelope, &mut bufs)? {
+    for (name, value) in tabgrab_core::wire::plain_headers(codec, envelope, &mut bufs)? {
         let value = match value {
             SPEC_VERSION => HeaderValue::from_static(SPEC_VERSION),
             JSON if name == Name::Known("content-type") => HeaderValue::from_static(JSON),

@@ -298,10 +298,10 @@ fn codec_envelope(
     Ok(envelope)
 }
 
-/// The fast path of the envelope ([`crate::wire::fast_envelope`]) over HTTP headers; `None`
+/// The fast path of the envelope ([`tabgrab_core::wire::fast_envelope`]) over HTTP headers; `None`
 /// for anything the codec must decode.
 fn plain_envelope(codec: &Codec, headers: &HeaderMap, body: &Bytes) -> Option<Envelope> {
-    crate::wire::fast_envelope(
+    tabgrab_core::wire::fast_envelope(
         codec,
         headers
             .iter()

@@ -12,6 +12,8 @@ use bytes::Bytes;
 use tabgrab_core::{Codec, ErrorKind};
 use tower::Service;
 
+use tabgrab_core::wire::nats::connect_options;
+
 use super::{ERROR_HEADER_NAME, SUBJECT_PREFIX, service_token, type_tokens};
 use crate::call::{IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
 use crate::error::{ErrorBody, kind_from_str};
@@ -144,7 +146,7 @@ impl Inner {
         let fail = |kind: ErrorKind, message: String| {
             CallError::new(kind, Arc::clone(&call.service), ty, message)
         };
-        let mut headers = super::binding::encode_headers(&self.codec, &call.envelope)
+        let mut headers = tabgrab_core::wire::nats::encode_headers(&self.codec, &call.envelope)
             .map_err(|e| fail(e.kind(), format!("cannot send it: {}", e.message())))?;
         let remaining = call.remaining();
         if let Some(remaining) = remaining {
@@ -256,18 +258,5 @@ fn error_from(call: &Call, kind: &str, body: &[u8]) -> CallError {
             ty,
             format!("the server answered an unknown error kind {kind:?}: {message}"),
         ),
-    }
-}
-
-/// Client options carrying `url`'s credentials (`user:password@`, or `token@`), to connect to
-/// [`SecretUrl::without_userinfo`]: async-nats neither uses the credentials of a URL nor keeps
-/// them out of its debug log, so they are given apart from the address.
-pub fn connect_options(url: &tabgrab_core::SecretUrl) -> async_nats::ConnectOptions {
-    match url.userinfo() {
-        Some((user, Some(password))) => {
-            async_nats::ConnectOptions::with_user_and_password(user, password)
-        }
-        Some((token, None)) => async_nats::ConnectOptions::with_token(token),
-        None => async_nats::ConnectOptions::new(),
     }
 }

@@ -38,12 +38,12 @@
 //! The client's layers (bulkhead, deadline, retries, breaker) sit above the transport and
 //! work over it unchanged: see [`Client`](crate::Client).
 
-pub mod binding;
 mod client;
 mod server;
 
-pub use self::client::{NatsTransport, NatsTransportBuilder, connect_options};
+pub use self::client::{NatsTransport, NatsTransportBuilder};
 pub use self::server::{NatsListener, NatsServeConfig, listen, serve, serve_with};
+pub use tabgrab_core::wire::nats::connect_options;
 
 use async_nats::HeaderName;
 

@@ -287,16 +287,17 @@ impl Server {
             }
             return Ok(envelope);
         };
-        let envelope =
-            super::binding::decode(self.handlers.codec_ref(), Some(headers), body.clone())
-                .map_err(|e| {
-                    ServeError::new(
-                        e.kind(),
-                        format!(
-                            "the CloudEvents headers of the {subject_ty} request are invalid: {e}"
-                        ),
-                    )
-                })?;
+        let envelope = tabgrab_core::wire::nats::decode(
+            self.handlers.codec_ref(),
+            Some(headers),
+            body.clone(),
+        )
+        .map_err(|e| {
+            ServeError::new(
+                e.kind(),
+                format!("the CloudEvents headers of the {subject_ty} request are invalid: {e}"),
+            )
+        })?;
         if type_tokens(&envelope.ty) != subject_ty {
             return Err(ServeError::new(
                 ErrorKind::TypeMismatch,

@@ -676,6 +676,10 @@ impl Backend for AmqpBus {
         "amqp"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             replay_from_time: false,
@@ -713,8 +717,11 @@ impl Backend for AmqpBus {
         self.publish_raw_inner(topic, subject, payload).boxed()
     }
 
-    fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>> {
-        self.subscribe_inner(request).boxed()
+    fn subscribe(
+        self: Arc<Self>,
+        request: SubscribeRequest,
+    ) -> BoxFuture<'static, Result<Deliveries, Error>> {
+        async move { self.subscribe_inner(request).await }.boxed()
     }
 
     fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {

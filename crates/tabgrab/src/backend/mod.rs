@@ -19,10 +19,11 @@
 //! bad-input dead letters, per-subject lanes, retries with backoff, dead letters after
 //! `max_deliveries`) is the same code for every engine: `event::Subscription`.
 //!
-//! The embedded backend is not a `Backend`: it owns its log, so its subscription reads the log
-//! directly and keeps the group's offset itself (watermark commits, replay by offset or time),
-//! where a broker keeps the acknowledgement state. Both sit behind the same [`Bus`], and the
-//! conformance suite (`tests/conformance/`) runs the same scenarios against each.
+//! The embedded log is a `Backend` like the brokers: it hands out deliveries and keeps each
+//! group's offset (watermark commits, replay by offset or time) where a broker keeps the
+//! acknowledgement state. A [`Bus`] is one type over any backend, nothing above this module
+//! names an engine, and the conformance suite (`tests/conformance/`) runs the same scenarios
+//! against each through this contract.
 //!
 //! # Differences are flags, not surprises
 //! What an engine cannot give is a [`Capabilities`] flag, and the conformance suite tests the
@@ -175,6 +176,9 @@ pub struct SubscribeRequest {
     /// yields what is already on its way to this member, then ends (the subscription gives
     /// all of it back at once), instead of leaving it to the broker's ack wait.
     pub stop: tokio_util::sync::CancellationToken,
+    /// How often an engine that keeps the group's position itself (the embedded log) commits
+    /// it; brokers keep it on every settlement and ignore this.
+    pub commit_interval: Duration,
 }
 
 /// What an engine reports about itself at start-up: what an acknowledged publish means there.
@@ -207,6 +211,8 @@ impl std::fmt::Display for EngineReport {
 pub trait Backend: Send + Sync + 'static {
     /// The engine's name (`nats`), for errors and reports.
     fn name(&self) -> &'static str;
+    /// The backend as `Any`, so that [`Bus::as_embedded`] can hand out the concrete engine.
+    fn as_any(&self) -> &dyn std::any::Any;
     /// What the engine promises.
     fn capabilities(&self) -> Capabilities;
     /// The envelope size limit.
@@ -218,6 +224,18 @@ pub trait Backend: Send + Sync + 'static {
         topic: &'a str,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>>;
+    /// Publishes several envelopes to `topic`. By default concurrently, each acknowledged on
+    /// its own (a failure leaves the others published; repeat the batch, ids de-duplicate
+    /// it where the engine can); the embedded log makes them durable together, all or none.
+    fn publish_batch<'a>(
+        &'a self,
+        topic: &'a str,
+        envelopes: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<Vec<Published>, Error>> {
+        Box::pin(futures::future::try_join_all(
+            envelopes.iter().map(|e| self.publish(topic, e)),
+        ))
+    }
     /// Publishes `payload` to `topic` as it is, with no envelope attributes, about `subject`
     /// where the engine routes by subject: for tools and tests that put foreign or damaged
     /// messages on a topic. Subscriptions dead-letter what does not decode.
@@ -233,8 +251,14 @@ pub trait Backend: Send + Sync + 'static {
     fn ack_wait(&self, requested: Duration) -> Duration {
         requested
     }
-    /// Joins `request.group` on `request.topic` (creating the group if needed).
-    fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>>;
+    /// Joins `request.group` on `request.topic` (creating the group if needed). An engine
+    /// that can join without a round trip (the embedded log) joins before the future is
+    /// polled, so that a group starting from the latest event misses nothing published after
+    /// the subscription started.
+    fn subscribe(
+        self: Arc<Self>,
+        request: SubscribeRequest,
+    ) -> BoxFuture<'static, Result<Deliveries, Error>>;
     /// Every envelope of `topic` from the beginning, oldest first (dead-letter listings).
     fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>>;
     /// Waits until what this client has sent (settlements above all) has reached the
@@ -260,19 +284,17 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (topic, group);
         Box::pin(async { Ok(None) })
     }
+    /// The lag of a group that runs in this process, when the engine knows it without asking
+    /// a server (the embedded log: the end of the log minus the group's watermark); `None`
+    /// otherwise, and a subscription then counts what the broker last said is pending.
+    fn live_lag(&self, topic: &str, group: &str) -> Option<u64> {
+        let _ = (topic, group);
+        None
+    }
     /// Deletes a topic and its groups (tests clean up with it).
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     /// What an acknowledged publish means on this engine, read from the server.
     fn report(&self) -> BoxFuture<'_, Result<EngineReport, Error>>;
-}
-
-/// The engine behind a bus.
-#[derive(Clone)]
-pub(crate) enum Engine {
-    /// The in-process log.
-    Embedded(EmbeddedBus),
-    /// A broker.
-    Broker(Arc<dyn Backend>),
 }
 
 /// A cheap-to-clone handle on a bus: the embedded log or a broker, chosen by URL.
@@ -282,7 +304,7 @@ pub(crate) enum Engine {
 #[derive(Clone)]
 pub struct Bus {
     /// The engine.
-    pub(crate) engine: Engine,
+    backend: Arc<dyn Backend>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -340,77 +362,39 @@ impl Bus {
         Ok(Bus::from(EmbeddedBus::open(url)?))
     }
 
-    /// A bus over any broker.
+    /// A bus over any backend.
     pub fn from_backend(backend: Arc<dyn Backend>) -> Bus {
-        Bus {
-            engine: Engine::Broker(backend),
-        }
+        Bus { backend }
     }
 
-    /// The engine's name: `embedded`, `nats`.
+    /// The engine's name: `embedded`, `nats`, `amqp`.
     pub fn name(&self) -> &'static str {
-        match &self.engine {
-            Engine::Embedded(_) => "embedded",
-            Engine::Broker(b) => b.name(),
-        }
+        self.backend.name()
     }
 
     /// The embedded bus, if this is one.
     pub fn as_embedded(&self) -> Option<&EmbeddedBus> {
-        match &self.engine {
-            Engine::Embedded(bus) => Some(bus),
-            Engine::Broker(_) => None,
-        }
+        self.backend.as_any().downcast_ref::<EmbeddedBus>()
     }
 
-    /// The broker, if this is one.
-    pub fn as_backend(&self) -> Option<&Arc<dyn Backend>> {
-        match &self.engine {
-            Engine::Embedded(_) => None,
-            Engine::Broker(b) => Some(b),
-        }
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 
     /// What the engine promises.
     pub fn capabilities(&self) -> Capabilities {
-        match &self.engine {
-            Engine::Embedded(_) => Capabilities {
-                replay_from_time: true,
-                replay_from_offset: true,
-                replay_from_beginning: true,
-                keeps_events_without_groups: true,
-                dedup_window: None,
-                group_wide_order: true,
-                multi_process: false,
-                broker_max_deliveries: false,
-                captures_terminations: false,
-            },
-            Engine::Broker(b) => b.capabilities(),
-        }
+        self.backend.capabilities()
     }
 
     /// The envelope codec (size limit).
     pub fn codec(&self) -> Codec {
-        match &self.engine {
-            Engine::Embedded(bus) => bus.codec(),
-            Engine::Broker(b) => b.codec(),
-        }
+        self.backend.codec()
     }
 
     /// What an acknowledged publish means on this engine (log it at start-up).
     pub async fn report(&self) -> Result<EngineReport, Error> {
-        match &self.engine {
-            Engine::Embedded(bus) => Ok(EngineReport {
-                engine: "embedded".into(),
-                server_version: None,
-                details: vec![
-                    format!("directory {}", bus.dir().display()),
-                    "an acknowledged publish is fsynced (group commit)".into(),
-                    "one process".into(),
-                ],
-            }),
-            Engine::Broker(b) => b.report().await,
-        }
+        self.backend.report().await
     }
 
     /// Publishes `payload` to `topic` as it is, not as an envelope (see
@@ -422,85 +406,49 @@ impl Bus {
         subject: Option<&str>,
         payload: Bytes,
     ) -> Result<Published, Error> {
-        match &self.engine {
-            Engine::Embedded(bus) => {
-                let log = bus.topic(topic)?;
-                let offset = log
-                    .append(payload)
-                    .await
-                    .map_err(|e| embedded::storage(topic, "append", e))?;
-                Ok(Published {
-                    position: offset,
-                    duplicate: false,
-                })
-            }
-            Engine::Broker(b) => b.publish_raw(topic, subject, payload).await,
-        }
+        self.backend.publish_raw(topic, subject, payload).await
     }
 
     /// Where the engine keeps the whole message at `position` of `topic` after a group gave
     /// up on it (see [`DeadLetter::original_kept_at`]).
     pub fn original_location(&self, topic: &str, position: u64) -> String {
-        match &self.engine {
-            Engine::Embedded(bus) => format!(
-                "the embedded log {}, topic {topic}, offset {position} (until retention deletes its segment)",
-                bus.dir().display()
-            ),
-            Engine::Broker(b) => b.original_location(topic, position),
-        }
+        self.backend.original_location(topic, position)
     }
 
     /// How many messages of `topic` the consumer group `group` has not settled yet, or `None`
     /// when there is no such group (or the engine cannot say). On the embedded bus it is the
-    /// distance from the group's committed offset to the end of the log (the offset is
-    /// committed every second and on shutdown); on NATS the consumer's pending and
-    /// unacknowledged messages; on RabbitMQ the messages ready in the group's queue (those a
-    /// member holds unacknowledged are not counted until it gives them back).
+    /// distance from the group's watermark to the end of the log (from its committed offset,
+    /// committed every second and on shutdown, when the group does not run in this process);
+    /// on NATS the consumer's pending and unacknowledged messages; on RabbitMQ the messages
+    /// ready in the group's queue (those a member holds unacknowledged are not counted until
+    /// it gives them back).
     pub async fn lag(&self, topic: &str, group: &str) -> Result<Option<u64>, Error> {
-        match &self.engine {
-            Engine::Embedded(bus) => {
-                let log = bus.topic(topic)?;
-                let committed = log
-                    .consumer_offset(group)
-                    .map_err(|e| embedded::storage(topic, "read group offset", e))?;
-                Ok(committed.map(|offset| log.end_offset().saturating_sub(offset)))
-            }
-            Engine::Broker(b) => b.group_lag(topic, group).await,
-        }
+        self.backend.group_lag(topic, group).await
     }
 
     /// Every dead letter of `topic`, oldest first.
     pub async fn dead_letters(&self, topic: &str) -> Result<Vec<DeadLetter>, Error> {
-        match &self.engine {
-            Engine::Embedded(bus) => crate::event::read_dead_letters(bus, topic),
-            Engine::Broker(b) => b
-                .read_all(&crate::event::dead_letter_topic(topic))
-                .await?
-                .iter()
-                .map(Envelope::decode::<DeadLetter>)
-                .collect(),
-        }
+        self.backend
+            .read_all(&crate::event::dead_letter_topic(topic))
+            .await?
+            .iter()
+            .map(Envelope::decode::<DeadLetter>)
+            .collect()
     }
 
     /// Deletes a topic with its groups and dead letters (brokers only; the embedded bus
     /// deletes nothing: remove its directory). Tests clean up with it.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), Error> {
-        match &self.engine {
-            Engine::Embedded(_) => Ok(()),
-            Engine::Broker(b) => {
-                b.delete_topic(topic).await?;
-                b.delete_topic(&crate::event::dead_letter_topic(topic))
-                    .await
-            }
-        }
+        self.backend.delete_topic(topic).await?;
+        self.backend
+            .delete_topic(&crate::event::dead_letter_topic(topic))
+            .await
     }
 }
 
 impl From<EmbeddedBus> for Bus {
     fn from(bus: EmbeddedBus) -> Bus {
-        Bus {
-            engine: Engine::Embedded(bus),
-        }
+        Bus::from_backend(Arc::new(bus))
     }
 }
 

@@ -27,8 +27,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use crate::backend::embedded::{EmbeddedBus, storage};
-use crate::backend::{Bus, Engine};
+use crate::backend::Bus;
+use crate::backend::embedded::EmbeddedBus;
 use crate::{Codec, Envelope, Error, ErrorKind, Message};
 
 /// The CloudEvents type of dead-letter records.
@@ -45,10 +45,6 @@ const ERROR_MAX: usize = 4 * 1024;
 
 /// The longest id, type or subject a dead letter keeps (they come from the bad message).
 const ATTRIBUTE_MAX: usize = 512;
-
-/// Dead letters written by older versions carried originals of up to 32 MiB; they stay
-/// readable.
-const DEAD_LETTER_READ_MAX: usize = 32 * 1024 * 1024;
 
 /// The topic that holds the dead letters of `topic`.
 pub fn dead_letter_topic(topic: &str) -> String {
@@ -236,15 +232,7 @@ impl DeadLetter {
     pub(crate) async fn record(&self, bus: &Bus) -> Result<u64, Error> {
         let topic = dead_letter_topic(&self.topic);
         let envelope = self.envelope()?;
-        let bus = match &bus.engine {
-            Engine::Embedded(bus) => bus,
-            Engine::Broker(b) => return Ok(b.publish(&topic, &envelope).await?.position),
-        };
-        let log = bus.topic(&topic)?;
-        let bytes = bus.codec().encode(&envelope)?;
-        log.append(bytes)
-            .await
-            .map_err(|e| storage(&topic, "dead-letter", e))
+        Ok(bus.backend().publish(&topic, &envelope).await?.position)
     }
 
     /// This dead letter as the envelope that is written.
@@ -278,28 +266,13 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Every dead letter of `topic`, oldest first.
+/// Every dead letter of `topic` on an embedded bus, oldest first, without a runtime (the
+/// same as [`Bus::dead_letters`]; reading creates nothing).
 pub fn read_dead_letters(bus: &EmbeddedBus, topic: &str) -> Result<Vec<DeadLetter>, Error> {
-    let dl_topic = dead_letter_topic(topic);
-    // Reading must not create anything: no directory means no dead letter was ever written.
-    if !bus.dir().join("topics").join(&dl_topic).is_dir() {
-        return Ok(Vec::new());
-    }
-    let log = bus.topic(&dl_topic)?;
-    let codec = Codec::with_max_size(DEAD_LETTER_READ_MAX);
-    let mut letters = Vec::new();
-    let mut from = log.start_offset();
-    loop {
-        let records = log
-            .read(from, 1024)
-            .map_err(|e| storage(&dl_topic, "read", e))?;
-        let Some(last) = records.last() else { break };
-        from = last.offset + 1;
-        for record in records {
-            letters.push(codec.decode(&record.payload)?.decode::<DeadLetter>()?);
-        }
-    }
-    Ok(letters)
+    bus.read_all_now(&dead_letter_topic(topic))?
+        .iter()
+        .map(Envelope::decode::<DeadLetter>)
+        .collect()
 }
 
 #[cfg(test)]

@@ -29,5 +29,5 @@ pub use dead_letter::{
 };
 pub use handler::{Context, HandlerError};
 pub use publisher::{Publisher, Receipt};
-pub(crate) use subscription::{ErasedHandler, Group};
+pub(crate) use subscription::ErasedHandler;
 pub use subscription::{StartFrom, Subscription, SubscriptionBuilder, SubscriptionStats};

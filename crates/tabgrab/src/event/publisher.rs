@@ -2,20 +2,8 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use crate::backend::embedded::storage;
-use crate::backend::{Backend, Bus, Engine};
-use crate::{Codec, Envelope, Error, Event};
-
-/// Where a publisher writes.
-#[derive(Clone)]
-enum Target {
-    /// The topic's durable log (embedded).
-    Log(tabgrab_log::Log),
-    /// A broker.
-    Broker(Arc<dyn Backend>),
-}
+use crate::backend::{Backend, Bus};
+use crate::{Envelope, Error, Event};
 
 /// Publishes events to one topic. Cheap to clone; on the embedded bus clones share the
 /// topic's log writer, so concurrent publishes are committed together (one fsync for many
@@ -23,13 +11,11 @@ enum Target {
 #[derive(Clone)]
 pub struct Publisher {
     /// Where events go.
-    target: Target,
+    backend: Arc<dyn Backend>,
     /// The topic name, for error messages.
     topic: Arc<str>,
     /// The CloudEvents `source` of every event this publisher makes.
     source: Arc<str>,
-    /// Size limit and encoding.
-    codec: Codec,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -59,15 +45,10 @@ impl Publisher {
     pub fn new(bus: impl Into<Bus>, topic: &str, source: &str) -> Result<Publisher, Error> {
         let bus = bus.into();
         crate::backend::embedded::validate_topic(topic)?;
-        let target = match &bus.engine {
-            Engine::Embedded(bus) => Target::Log(bus.topic(topic)?),
-            Engine::Broker(b) => Target::Broker(Arc::clone(b)),
-        };
         Ok(Publisher {
-            target,
+            backend: Arc::clone(bus.backend()),
             topic: topic.into(),
             source: source.into(),
-            codec: bus.codec(),
         })
     }
 
@@ -116,58 +97,27 @@ impl Publisher {
     /// A publish that failed may be repeated with the same envelope: on engines with
     /// de-duplication it is then not a second event.
     pub async fn publish_envelope(&self, envelope: &Envelope) -> Result<Receipt, Error> {
-        match &self.target {
-            Target::Log(log) => {
-                let bytes = self.codec.encode(envelope)?;
-                let offset = log
-                    .append(bytes)
-                    .await
-                    .map_err(|e| storage(&self.topic, "publish", e))?;
-                Ok(Receipt {
-                    id: envelope.id.clone(),
-                    offset,
-                    duplicate: false,
-                })
-            }
-            Target::Broker(b) => {
-                let published = b.publish(&self.topic, envelope).await?;
-                Ok(Receipt {
-                    id: envelope.id.clone(),
-                    offset: published.position,
-                    duplicate: published.duplicate,
-                })
-            }
-        }
+        let published = self.backend.publish(&self.topic, envelope).await?;
+        Ok(Receipt {
+            id: envelope.id.clone(),
+            offset: published.position,
+            duplicate: published.duplicate,
+        })
     }
 
-    /// Publishes several envelopes with one durability wait; all or none are acknowledged.
-    /// On a broker the envelopes are published concurrently, each acknowledged separately: a
-    /// failure leaves the others published (repeat the batch; ids de-duplicate it).
+    /// Publishes several envelopes. On the embedded bus they are made durable together (one
+    /// durability wait), all or none; on a broker they are published concurrently, each
+    /// acknowledged separately: a failure leaves the others published (repeat the batch; ids
+    /// de-duplicate it where the engine can).
     pub async fn publish_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Receipt>, Error> {
-        let log = match &self.target {
-            Target::Log(log) => log,
-            Target::Broker(_) => {
-                return futures::future::try_join_all(
-                    envelopes.iter().map(|e| self.publish_envelope(e)),
-                )
-                .await;
-            }
-        };
-        let encoded = envelopes
-            .iter()
-            .map(|e| self.codec.encode(e))
-            .collect::<Result<Vec<Bytes>, Error>>()?;
-        let offsets = log
-            .append_batch(encoded)
-            .await
-            .map_err(|e| storage(&self.topic, "publish", e))?;
+        let published = self.backend.publish_batch(&self.topic, envelopes).await?;
         Ok(envelopes
             .iter()
-            .zip(offsets)
-            .map(|(e, offset)| Receipt {
+            .zip(published)
+            .map(|(e, p)| Receipt {
                 id: e.id.clone(),
-                offset,
-                duplicate: false,
+                offset: p.position,
+                duplicate: p.duplicate,
             })
             .collect())
     }

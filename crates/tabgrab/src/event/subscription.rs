@@ -1,49 +1,45 @@
-//! Consumer-group subscriptions, one implementation for every backend.
+//! Consumer-group subscriptions: one runtime over [`Backend`] deliveries, for every engine.
 //!
-//! On the embedded backend a dispatcher reads the topic's log and keeps the group's offset
-//! (below). On a broker (NATS) the broker keeps the group's position and redelivers what is
-//! not acknowledged; the dispatcher takes its deliveries instead of log records, and the rest
-//! is the same code: decoding, bad input to dead letters, per-subject lanes, retries with
-//! backoff inside the lane, dead letters after `max_deliveries`. A delivery is acknowledged
-//! when its handler succeeded or its dead letter is stored; while it waits in a lane or
-//! retries, the subscription reports progress to the broker so that it is not redelivered
-//! behind its own back.
+//! A subscription joins its group through [`Backend::subscribe`] and takes deliveries: the
+//! embedded log's, JetStream's, RabbitMQ's. The engine keeps the group's position and hands
+//! out again what is not acknowledged (the embedded log keeps a watermark of settled offsets,
+//! see `backend::embedded`; a broker its acknowledgement state). Everything above that is
+//! this one code path: decoding checks, bad input to dead letters, per-subject lanes, retries
+//! with backoff inside the lane, dead letters after `max_deliveries`, and each delivery
+//! settled with its acker once its handler succeeded or its dead letter is stored. While a
+//! delivery waits in a lane or retries, the subscription reports progress to the engine so
+//! that it is not redelivered behind its own back.
 //!
 //! # Two limits
 //! `max_deliveries` bounds the handler's attempts on one delivery (its retries run inside the
-//! lane). A broker also counts how often it delivered a message, but that count is not the
+//! lane). An engine also counts how often it delivered a message, but that count is not the
 //! handler's attempts: it grows by one for every delivery a member took and gave back without
 //! running it (a member that stops with a backlog, messages in transit when it stopped). Used
 //! as the attempt count, it dead-lettered events no handler had ever failed on, after a few
-//! restarts under load. So the broker's count only guards against crash loops: a delivery the
-//! broker has made more than `max_redeliveries` times (default 20: its consumers kept crashing
-//! or stalling on it, or kept stopping) is dead-lettered without running the handler again,
-//! and a broker that counts itself stops there.
+//! restarts under load. So the engine's count only guards against crash loops: a delivery made
+//! more than `max_redeliveries` times (default 20: its consumers kept crashing or stalling on
+//! it, or kept stopping) is dead-lettered without running the handler again, and a broker that
+//! counts itself stops there.
 //!
-//! # How a group works
-//! One dispatcher task per (topic, group) reads the topic's log from the group's committed
-//! offset. Each record is decoded (bad input goes to dead letters at once), then queued on
-//! its subject's lane. A lane is a task that handles its subject's events one after the other,
-//! so order is kept per subject, while lanes of different subjects run in parallel (bounded by
+//! # How a member works
+//! One dispatcher task per subscription takes deliveries (at most `max_in_flight` unsettled).
+//! Each is checked (bad input goes to dead letters at once), then queued on its subject's
+//! lane. A lane is a task that handles its subject's events one after the other, so order is
+//! kept per subject, while lanes of different subjects run in parallel (bounded by
 //! `concurrency`). A failing event is retried *inside its lane*, with backoff: only its own
 //! subject waits, the others flow.
 //!
-//! # Offsets
-//! The group's committed offset is the lowest offset that is not yet done (acknowledged,
-//! dead-lettered or skipped): everything below it is finished, so a crash redelivers only work
-//! at or above it (at least once). It is committed every `commit_interval` (1 s by default) and on shutdown.
-//! `max_in_flight` bounds how many records may be read ahead of that watermark, so memory stays
-//! bounded even when one subject retries for a long time.
-//!
 //! # Competing consumers
-//! Subscriptions with the same topic and group on one bus share one dispatcher; each lane is
-//! given to the members in turn. Members of a group are expected to handle the same types.
+//! Subscriptions with the same topic and group are members of one group, in this process or
+//! (on a broker) in others; the engine shares the deliveries among them. Members of a group
+//! are expected to handle the same types. When a member stops, what it holds and has not
+//! started goes back to the engine at once, and the next member gets it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -56,8 +52,8 @@ use tokio_util::task::TaskTracker;
 
 use super::dead_letter::DeadLetter;
 use super::handler::{Context, HandlerError};
-use crate::backend::embedded::{storage, validate_topic};
-use crate::backend::{Acker, Backend, Bus, Delivery, Engine, SubscribeRequest};
+use crate::backend::embedded::validate_topic;
+use crate::backend::{Acker, Backend, Bus, Deliveries, Delivery, SubscribeRequest};
 use crate::retry::Backoff;
 use crate::{Envelope, Error, ErrorKind, Event, Registry};
 
@@ -274,9 +270,11 @@ impl SubscriptionBuilder {
         self
     }
 
-    /// Starts the subscription (joins the group if it already runs on this bus). Must be
-    /// called inside a tokio runtime. On a broker the group is joined in the background:
-    /// [`Subscription::ready`] waits for it and reports a failure.
+    /// Starts the subscription: joins the group (a competing member when it already runs).
+    /// Must be called inside a tokio runtime. An engine that joins without a round trip (the
+    /// embedded log) has joined when this returns; on a broker the group is joined in the
+    /// background. On every engine [`Subscription::ready`] waits for the join and reports a
+    /// failure (an invalid topic or group name is refused here).
     pub fn start(self) -> Result<Subscription, Error> {
         validate_topic(&self.group).map_err(|e| {
             Error::new(
@@ -284,59 +282,43 @@ impl SubscriptionBuilder {
                 format!("consumer group {:?}: {}", self.group, e.message()),
             )
         })?;
-        let member = Member {
-            id: NEXT_MEMBER.fetch_add(1, Ordering::Relaxed),
+        validate_topic(&self.topic)?;
+        let backend = Arc::clone(self.bus.backend());
+        let request = SubscribeRequest {
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            start: self.options.start_from,
+            ack_wait: self.options.ack_wait,
+            max_in_flight: self.options.max_in_flight,
+            max_redeliveries: self.options.max_redeliveries,
+            rejoin: false,
+            stop: CancellationToken::new(),
+            commit_interval: self.options.commit_interval,
+        };
+        let joining = Arc::clone(&backend).subscribe(request.clone());
+        let group = Arc::new(Group {
+            in_flight: Arc::new(Semaphore::new(self.options.max_in_flight)),
+            running: Arc::new(Semaphore::new(self.options.concurrency)),
+            bus: self.bus,
+            topic: self.topic.into(),
+            name: self.group.into(),
             handlers: Arc::new(self.handlers),
-        };
-        let embedded = match &self.bus.engine {
-            Engine::Embedded(bus) => bus.clone(),
-            Engine::Broker(backend) => {
-                validate_topic(&self.topic)?;
-                let group = Group::start_broker(
-                    self.bus.clone(),
-                    Arc::clone(backend),
-                    self.topic,
-                    self.group,
-                    self.registry,
-                    self.options,
-                    member.clone(),
-                );
-                return Ok(Subscription {
-                    group,
-                    member: member.id,
-                });
-            }
-        };
-        let mut groups = embedded.groups()?;
-        let key = (self.topic.clone(), self.group.clone());
-        if let Some(group) = groups.get(&key).and_then(Weak::upgrade) {
-            if group.cancel.is_cancelled() {
-                return Err(Error::new(
-                    ErrorKind::Closed,
-                    format!(
-                        "group {} of topic {} is shutting down; start again once it has stopped",
-                        self.group, self.topic
-                    ),
-                ));
-            }
-            lock(&group.members).push(member.clone());
-            return Ok(Subscription {
-                group,
-                member: member.id,
-            });
-        }
-        let group = Group::start(
-            embedded.clone(),
-            self.topic,
-            self.group,
-            self.registry,
-            self.options,
-            member.clone(),
-        )?;
-        groups.insert(key, Arc::downgrade(&group));
+            held: Mutex::new(HashMap::new()),
+            broker_pending: AtomicU64::new(0),
+            ready: tokio::sync::watch::Sender::new(Readiness::Starting),
+            registry: self.registry,
+            options: self.options,
+            state: Mutex::new(State::default()),
+            counters: Counters::default(),
+            cancel: CancellationToken::new(),
+            lanes: TaskTracker::new(),
+            dispatcher: Mutex::new(None),
+        });
+        let handle = tokio::spawn(Arc::clone(&group).dispatch(backend, request, joining));
+        *lock(&group.dispatcher) = Some(handle);
         Ok(Subscription {
+            member: NEXT_MEMBER.fetch_add(1, Ordering::Relaxed),
             group,
-            member: member.id,
         })
     }
 }
@@ -348,8 +330,8 @@ static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 /// unless the server does not answer).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A running member of a consumer group. Dropping it detaches it (the last member stops the
-/// group); [`Subscription::shutdown`] also waits for the drain and the final commit.
+/// A running member of a consumer group. Dropping it stops it; [`Subscription::shutdown`]
+/// also waits for the drain and for its settlements to reach the engine.
 pub struct Subscription {
     group: Arc<Group>,
     member: u64,
@@ -379,7 +361,7 @@ impl Subscription {
         }
     }
 
-    /// The group's counters (shared by all members).
+    /// This member's counters.
     pub fn stats(&self) -> SubscriptionStats {
         let c = &self.group.counters;
         SubscriptionStats {
@@ -392,19 +374,20 @@ impl Subscription {
         }
     }
 
-    /// How many records of the topic this group has not finished yet (the end of the topic
-    /// minus the watermark): 0 means the group has caught up.
-    ///
-    /// On a broker: what the broker last said is pending for the group, plus what this
-    /// member holds.
+    /// How many records of the topic this group has not finished yet: 0 means the group has
+    /// caught up. On the embedded bus, the end of the topic minus the group's watermark; on a
+    /// broker, what the broker last said is pending for the group, plus what this member
+    /// holds.
     pub fn lag(&self) -> u64 {
-        match &self.group.log {
-            Some(log) => log.end_offset().saturating_sub(self.watermark()),
-            None => {
-                self.group.broker_pending.load(Ordering::Relaxed)
-                    + lock(&self.group.state).pending.len() as u64
-            }
-        }
+        let group = &self.group;
+        group
+            .bus
+            .backend()
+            .live_lag(&group.topic, &group.name)
+            .unwrap_or_else(|| {
+                group.broker_pending.load(Ordering::Relaxed)
+                    + lock(&group.state).pending.len() as u64
+            })
     }
 
     /// Waits until the subscription has joined its group (at once on the embedded bus; on a
@@ -443,18 +426,11 @@ impl Group {
 }
 
 impl Subscription {
-    /// The group's current watermark: every record below it is done.
-    pub fn watermark(&self) -> u64 {
-        lock(&self.group.state).watermark()
-    }
-
-    /// Detaches this member; if it was the last, stops reading, waits for running handlers
-    /// (up to the drain timeout) and commits the group's offset.
+    /// Stops this member: stops taking deliveries, gives back what it has not started, waits
+    /// for running handlers (up to the drain timeout) and for its settlements to reach the
+    /// engine (on the embedded bus, the group's offset is committed).
     pub async fn shutdown(self) -> Result<(), Error> {
-        let last = self.detach();
-        if !last {
-            return Ok(());
-        }
+        self.group.cancel.cancel();
         let dispatcher = lock(&self.group.dispatcher).take();
         match dispatcher {
             Some(handle) => handle.await.map_err(|e| {
@@ -467,30 +443,12 @@ impl Subscription {
             None => Ok(()),
         }
     }
-
-    /// Removes this member; returns whether the group has no member left (and is now stopping).
-    fn detach(&self) -> bool {
-        let mut members = lock(&self.group.members);
-        members.retain(|m| m.id != self.member);
-        let last = members.is_empty();
-        if last {
-            self.group.cancel.cancel();
-        }
-        last
-    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.detach();
+        self.group.cancel.cancel();
     }
-}
-
-/// One member's handlers.
-#[derive(Clone)]
-struct Member {
-    id: u64,
-    handlers: Arc<Handlers>,
 }
 
 /// Whether a group has joined its broker.
@@ -520,28 +478,18 @@ struct State {
     burials: VecDeque<(DeadLetter, OwnedSemaphorePermit)>,
     /// Whether the burial lane runs.
     burying: bool,
-    /// Offsets read but not yet done.
+    /// Positions taken and not yet done.
     pending: BTreeSet<u64>,
-    /// The next offset the dispatcher will read.
-    next_read: u64,
-    /// The offset committed last.
-    committed: u64,
 }
 
-impl State {
-    fn watermark(&self) -> u64 {
-        self.pending.first().copied().unwrap_or(self.next_read)
-    }
-}
-
-/// A consumer group running on a bus.
+/// One member of a consumer group: its handlers and the deliveries it holds.
 pub(crate) struct Group {
     bus: Bus,
     topic: Arc<str>,
     name: Arc<str>,
-    /// The topic's log (embedded); `None` on a broker.
-    log: Option<tabgrab_log::Log>,
-    /// Held broker deliveries by position, settled when done.
+    /// The member's handlers by event type.
+    handlers: Arc<Handlers>,
+    /// Held deliveries by position, settled when done.
     held: Mutex<HashMap<u64, Arc<dyn Acker>>>,
     /// What the broker last reported as pending for the group.
     broker_pending: AtomicU64,
@@ -549,8 +497,6 @@ pub(crate) struct Group {
     ready: tokio::sync::watch::Sender<Readiness>,
     registry: Registry,
     options: Options,
-    members: Mutex<Vec<Member>>,
-    next_member: AtomicUsize,
     state: Mutex<State>,
     counters: Counters,
     cancel: CancellationToken,
@@ -558,11 +504,6 @@ pub(crate) struct Group {
     running: Arc<Semaphore>,
     lanes: TaskTracker,
     dispatcher: Mutex<Option<JoinHandle<Result<(), Error>>>>,
-    /// Whether a background commit is running.
-    committing: AtomicBool,
-    /// Serialises commits (background and final) so that an older watermark never
-    /// overwrites a newer one.
-    commit_lock: tokio::sync::Mutex<()>,
 }
 
 /// Locks a mutex, recovering the data if a panic poisoned it (our critical sections leave
@@ -574,115 +515,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Group {
-    fn start(
-        bus: crate::backend::embedded::EmbeddedBus,
-        topic: String,
-        name: String,
-        registry: Registry,
-        options: Options,
-        member: Member,
-    ) -> Result<Arc<Group>, Error> {
-        let log = bus.topic(&topic)?;
-        let committed = log
-            .consumer_offset(&name)
-            .map_err(|e| storage(&topic, "read group offset", e))?;
-        let clamp = |o: u64| o.clamp(log.start_offset(), log.end_offset());
-        let start = match options.start_from {
-            StartFrom::Committed => committed.unwrap_or_else(|| log.start_offset()),
-            StartFrom::Beginning => log.start_offset(),
-            StartFrom::Offset(o) => clamp(o),
-            StartFrom::Time(t) => clamp(log.offset_at_time(t)),
-            StartFrom::Latest => log.end_offset(),
-        };
-        // A new group is recorded at once, as a broker creates its consumer or queue: from
-        // now on the log keeps what it has not read, and its lag can be asked.
-        if options.start_from != StartFrom::Committed || committed.is_none() {
-            log.commit_consumer(&name, start)
-                .map_err(|e| storage(&topic, "commit group offset", e))?;
-        }
-        tracing::debug!(topic, group = name, start, "consumer group starting");
-        let group = Arc::new(Group {
-            in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
-            running: Arc::new(Semaphore::new(options.concurrency)),
-            bus: Bus::from(bus),
-            topic: topic.into(),
-            name: name.into(),
-            log: Some(log.clone()),
-            held: Mutex::new(HashMap::new()),
-            broker_pending: AtomicU64::new(0),
-            ready: tokio::sync::watch::Sender::new(Readiness::Ready),
-            registry,
-            options,
-            members: Mutex::new(vec![member]),
-            next_member: AtomicUsize::new(0),
-            state: Mutex::new(State {
-                next_read: start,
-                committed: start,
-                ..State::default()
-            }),
-            counters: Counters::default(),
-            cancel: CancellationToken::new(),
-            lanes: TaskTracker::new(),
-            dispatcher: Mutex::new(None),
-            committing: AtomicBool::new(false),
-            commit_lock: tokio::sync::Mutex::new(()),
-        });
-        let handle = tokio::spawn(Arc::clone(&group).dispatch(log, start));
-        *lock(&group.dispatcher) = Some(handle);
-        Ok(group)
-    }
-
-    /// Starts a group on a broker: joins it in the background.
-    fn start_broker(
-        bus: Bus,
+    /// Takes the engine's deliveries and feeds the lanes until cancelled; then drains and
+    /// gives back what was not handled (so another member gets it at once).
+    async fn dispatch(
+        self: Arc<Group>,
         backend: Arc<dyn Backend>,
-        topic: String,
-        name: String,
-        registry: Registry,
-        options: Options,
-        member: Member,
-    ) -> Arc<Group> {
-        let group = Arc::new(Group {
-            in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
-            running: Arc::new(Semaphore::new(options.concurrency)),
-            bus,
-            topic: topic.into(),
-            name: name.into(),
-            log: None,
-            held: Mutex::new(HashMap::new()),
-            broker_pending: AtomicU64::new(0),
-            ready: tokio::sync::watch::Sender::new(Readiness::Starting),
-            registry,
-            options,
-            members: Mutex::new(vec![member]),
-            next_member: AtomicUsize::new(0),
-            state: Mutex::new(State::default()),
-            counters: Counters::default(),
-            cancel: CancellationToken::new(),
-            lanes: TaskTracker::new(),
-            dispatcher: Mutex::new(None),
-            committing: AtomicBool::new(false),
-            commit_lock: tokio::sync::Mutex::new(()),
-        });
-        let handle = tokio::spawn(Arc::clone(&group).dispatch_broker(backend));
-        *lock(&group.dispatcher) = Some(handle);
-        group
-    }
-
-    /// Takes a broker's deliveries and feeds the lanes until cancelled; then drains and gives
-    /// back what was not handled (so another member gets it at once).
-    async fn dispatch_broker(self: Arc<Group>, backend: Arc<dyn Backend>) -> Result<(), Error> {
-        let request = SubscribeRequest {
-            topic: self.topic.to_string(),
-            group: self.name.to_string(),
-            start: self.options.start_from,
-            ack_wait: self.options.ack_wait,
-            max_in_flight: self.options.max_in_flight,
-            max_redeliveries: self.options.max_redeliveries,
-            rejoin: false,
-            stop: CancellationToken::new(),
-        };
-        let mut deliveries = match backend.subscribe(request.clone()).await {
+        request: SubscribeRequest,
+        joining: futures::future::BoxFuture<'static, Result<Deliveries, Error>>,
+    ) -> Result<(), Error> {
+        let mut deliveries = match joining.await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(topic = %self.topic, group = %self.name, error = %e, "cannot join the consumer group");
@@ -701,7 +542,8 @@ impl Group {
         let mut arrived: Vec<Box<dyn Acker>> = Vec::new();
         let keep_alive = CancellationToken::new();
         let ack_wait = backend.ack_wait(self.options.ack_wait);
-        tokio::spawn(Arc::clone(&self).keep_alive(ack_wait, keep_alive.clone()));
+        let keeping_alive =
+            tokio::spawn(Arc::clone(&self).keep_alive(ack_wait, keep_alive.clone()));
         loop {
             let item = tokio::select! {
                 biased;
@@ -725,13 +567,17 @@ impl Group {
                     tracing::warn!(topic = %self.topic, group = %self.name, error = %e, "broker delivery error");
                 }
                 None => {
-                    tracing::warn!(topic = %self.topic, group = %self.name, "the broker ended the subscription; joining again");
+                    tracing::warn!(topic = %self.topic, group = %self.name, "the engine ended the subscription; joining again");
                     tokio::select! {
                         () = self.cancel.cancelled() => break,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
-                    match backend.subscribe(request.clone()).await {
+                    match Arc::clone(&backend).subscribe(request.clone()).await {
                         Ok(d) => deliveries = d,
+                        Err(e) if e.kind() == ErrorKind::Closed => {
+                            tracing::error!(topic = %self.topic, group = %self.name, error = %e, "the engine is closed; the member stops");
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(topic = %self.topic, group = %self.name, error = %e, "joining again failed; retrying");
                         }
@@ -770,6 +616,8 @@ impl Group {
             tracing::warn!(topic = %self.topic, group = %self.name, "drain timed out; unfinished events will be redelivered");
         }
         keep_alive.cancel();
+        // Ended before `shutdown` returns: it holds the member (and its handlers).
+        let _ = keeping_alive.await;
         let held: Vec<Arc<dyn Acker>> = lock(&self.held).drain().map(|(_, a)| a).collect();
         for acker in held {
             let _ = acker.nack(Duration::ZERO).await;
@@ -860,83 +708,6 @@ impl Group {
         self.enqueue(envelope, position, raw, permit).await;
     }
 
-    /// Reads the log and feeds the lanes until cancelled; then drains and commits.
-    async fn dispatch(self: Arc<Group>, log: tabgrab_log::Log, start: u64) -> Result<(), Error> {
-        let mut reader = log.reader(start);
-        let mut tick = tokio::time::interval(self.options.commit_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let batch = tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => break,
-                _ = tick.tick() => { self.commit_in_background(); continue; }
-                batch = reader.next_batch(256) => batch,
-            };
-            match batch {
-                Ok(records) => {
-                    for record in records {
-                        let permit = tokio::select! {
-                            () = self.cancel.cancelled() => break,
-                            permit = Arc::clone(&self.in_flight).acquire_owned() => permit,
-                        };
-                        let Ok(permit) = permit else { break };
-                        self.accept(record, permit).await;
-                    }
-                }
-                Err(e) => {
-                    if !self.read_failed(&log, &mut reader, e).await {
-                        break;
-                    }
-                }
-            }
-        }
-        self.lanes.close();
-        if tokio::time::timeout(self.options.drain_timeout, self.lanes.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(topic = %self.topic, group = %self.name, "drain timed out; unfinished events will be redelivered");
-        }
-        self.commit().await;
-        Ok(())
-    }
-
-    /// Takes one record: decode, check, and queue on its lane (or dead-letter or skip it).
-    async fn accept(self: &Arc<Group>, record: tabgrab_log::Record, permit: OwnedSemaphorePermit) {
-        let offset = record.offset;
-        {
-            let mut state = lock(&self.state);
-            state.pending.insert(offset);
-            state.next_read = offset + 1;
-        }
-        self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let codec = self.bus.codec();
-        let checked = codec
-            .decode(&record.payload)
-            .map_err(|e| (e, None))
-            .and_then(|envelope| match self.registry.check(&envelope.ty) {
-                Ok(()) => Ok(envelope),
-                Err(e) => Err((e, Some(Box::new(envelope)))),
-            });
-        let envelope = match checked {
-            Ok(envelope) => envelope,
-            Err((e, envelope)) => {
-                tracing::warn!(topic = %self.topic, group = %self.name, offset, error = %e, "undecodable record dead-lettered");
-                let letter = DeadLetter::new(
-                    &self.topic,
-                    &self.name,
-                    offset,
-                    &record.payload,
-                    envelope.as_deref(),
-                )
-                .because(e.kind().as_str(), e.to_string(), 0);
-                self.bury(letter, permit);
-                return;
-            }
-        };
-        self.enqueue(envelope, offset, record.payload, permit).await;
-    }
-
     /// Queues a decoded envelope on its subject's lane (or skips it when no member handles
     /// its type).
     async fn enqueue(
@@ -946,14 +717,12 @@ impl Group {
         raw: Bytes,
         permit: OwnedSemaphorePermit,
     ) {
-        let handled = match lock(&self.members).first() {
-            Some(member) => member.handlers.contains_key(&envelope.ty),
-            // The last member left while this record was being taken: the group is stopping.
-            // Not a type nobody handles: it stays pending (redelivered after a restart; on a
-            // broker it is given back with the other held deliveries).
-            None => return,
-        };
-        if !handled {
+        if self.cancel.is_cancelled() {
+            // The member stops while this delivery was being taken. Not a type nobody
+            // handles: it is given back with the other held deliveries.
+            return;
+        }
+        if !self.handlers.contains_key(&envelope.ty) {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             self.done(offset).await;
             return;
@@ -1008,15 +777,7 @@ impl Group {
 
     /// Runs the handler with retries; ends with the job done, or pending if cancelled.
     async fn deliver(&self, job: Job) {
-        let member = {
-            let members = lock(&self.members);
-            if members.is_empty() {
-                return;
-            }
-            let i = self.next_member.fetch_add(1, Ordering::Relaxed) % members.len();
-            members[i].clone()
-        };
-        let Some(handler) = member.handlers.get(&job.envelope.ty).cloned() else {
+        let Some(handler) = self.handlers.get(&job.envelope.ty).cloned() else {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             self.done(job.offset).await;
             return;
@@ -1185,12 +946,9 @@ impl Group {
         self.finish(offset, Settle::Ack).await;
     }
 
-    /// Finishes a record; on a broker, settles its delivery.
+    /// Finishes a record: settles its delivery.
     async fn finish(&self, offset: u64, settle: Settle) {
         lock(&self.state).pending.remove(&offset);
-        if self.log.is_some() {
-            return;
-        }
         let Some(acker) = lock(&self.held).remove(&offset) else {
             return;
         };
@@ -1207,114 +965,6 @@ impl Group {
             // Not lost: the broker redelivers it, and it is handled again (at least once).
             tracing::warn!(topic = %self.topic, group = %self.name, offset, error = %e, "settling a delivery failed; it will be redelivered");
         }
-    }
-
-    /// Starts a commit without holding up dispatch (an offset commit costs two fsyncs); at
-    /// most one runs at a time.
-    fn commit_in_background(self: &Arc<Group>) {
-        if self.committing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let group = Arc::clone(self);
-        tokio::spawn(async move {
-            group.commit().await;
-            group.committing.store(false, Ordering::Release);
-        });
-    }
-
-    /// Commits the watermark if it moved.
-    async fn commit(&self) {
-        // Serialised, and the watermark read inside: commits are written in increasing order.
-        let _serial = self.commit_lock.lock().await;
-        let watermark = {
-            let state = lock(&self.state);
-            let watermark = state.watermark();
-            if watermark <= state.committed {
-                return;
-            }
-            watermark
-        };
-        let Some(log) = self.log.clone() else {
-            return;
-        };
-        let name = Arc::clone(&self.name);
-        let result =
-            tokio::task::spawn_blocking(move || log.commit_consumer(&name, watermark)).await;
-        match result {
-            Ok(Ok(())) => {
-                let mut state = lock(&self.state);
-                state.committed = state.committed.max(watermark);
-            }
-            Ok(Err(e)) => {
-                tracing::error!(topic = %self.topic, group = %self.name, error = %e, "offset commit failed")
-            }
-            Err(e) => {
-                tracing::error!(topic = %self.topic, group = %self.name, error = %e, "offset commit task failed")
-            }
-        }
-    }
-
-    /// Handles a read error: data loss is dead-lettered and skipped *explicitly*; retention
-    /// gaps jump to the oldest retained record; I/O errors are retried. Returns `false` when
-    /// the log can produce nothing more (closed or poisoned): the group then stops.
-    async fn read_failed(
-        &self,
-        log: &tabgrab_log::Log,
-        reader: &mut tabgrab_log::Reader,
-        error: tabgrab_log::Error,
-    ) -> bool {
-        match error.kind() {
-            tabgrab_log::ErrorKind::Closed | tabgrab_log::ErrorKind::Poisoned => {
-                tracing::error!(topic = %self.topic, group = %self.name, %error, "the topic's log stopped; the group stops reading");
-                return false;
-            }
-            tabgrab_log::ErrorKind::Corrupt => {
-                let (range, original) = match error.damaged() {
-                    Some(damage) => (damage.offsets.clone(), format!("{damage:?}")),
-                    None => (reader.position()..reader.position() + 1, String::new()),
-                };
-                tracing::error!(topic = %self.topic, group = %self.name, ?range, %error, "DATA LOSS: skipping a damaged range of the log");
-                {
-                    let mut state = lock(&self.state);
-                    state.pending.insert(range.start);
-                }
-                let letter = DeadLetter::new(
-                    &self.topic,
-                    &self.name,
-                    range.start,
-                    original.as_bytes(),
-                    None,
-                )
-                .because(
-                    "data_loss",
-                    format!(
-                        "offsets {}..{} are damaged: {error}",
-                        range.start, range.end
-                    ),
-                    0,
-                );
-                if self.dead_letter(letter).await.is_some() {
-                    let mut state = lock(&self.state);
-                    state.pending.remove(&range.start);
-                    state.next_read = state.next_read.max(range.end);
-                    reader.seek(range.end);
-                }
-            }
-            tabgrab_log::ErrorKind::Truncated => {
-                let start = log.start_offset();
-                tracing::error!(topic = %self.topic, group = %self.name, from = reader.position(), to = start, "events were deleted by retention before this group read them");
-                lock(&self.state).next_read = start;
-                reader.seek(start);
-            }
-            _ => {
-                tracing::error!(topic = %self.topic, group = %self.name, %error, "reading the topic failed; retrying in 1 s");
-                tokio::select! {
-                    () = self.cancel.cancelled() => {}
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-        true
     }
 }
 

@@ -202,7 +202,7 @@ impl NatsBus {
     /// restarts; publishes and subscriptions resume.
     pub async fn connect_with(url: &str, config: NatsConfig) -> Result<NatsBus, Error> {
         let url = SecretUrl::new(url);
-        let client = tabgrab_call::nats::connect_options(&url)
+        let client = tabgrab_core::wire::nats::connect_options(&url)
             .name("tabgrab")
             .connection_timeout(Duration::from_secs(5))
             .connect(url.without_userinfo())
@@ -293,8 +293,7 @@ impl NatsBus {
         envelope: &Envelope,
         msg_id: &str,
     ) -> Result<(async_nats::HeaderMap, Bytes), Error> {
-        let mut headers =
-            tabgrab_call::nats::binding::encode_headers(&self.config.codec, envelope)?;
+        let mut headers = tabgrab_core::wire::nats::encode_headers(&self.config.codec, envelope)?;
         headers.insert(MSG_ID, msg_id);
         Ok((headers, envelope.data.clone()))
     }
@@ -721,7 +720,7 @@ fn decode(
     headers: Option<&async_nats::HeaderMap>,
     payload: Bytes,
 ) -> Result<Envelope, Error> {
-    tabgrab_call::nats::binding::decode(&codec, headers, payload)
+    tabgrab_core::wire::nats::decode(&codec, headers, payload)
 }
 
 fn delivery(
@@ -866,6 +865,10 @@ impl Backend for NatsBus {
         "nats"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             replay_from_time: true,
@@ -905,8 +908,11 @@ impl Backend for NatsBus {
         self.config.ack_wait.unwrap_or(requested)
     }
 
-    fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<Deliveries, Error>> {
-        self.subscribe_inner(request).boxed()
+    fn subscribe(
+        self: Arc<Self>,
+        request: SubscribeRequest,
+    ) -> BoxFuture<'static, Result<Deliveries, Error>> {
+        async move { self.subscribe_inner(request).await }.boxed()
     }
 
     fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {

@@ -1,4 +1,5 @@
-//! The CloudEvents NATS binding of the envelope: attributes as `ce-*` headers (and
+//! The CloudEvents NATS binding of the envelope, and the NATS connection set-up, for calls
+//! and the event backend alike: attributes as `ce-*` headers (and
 //! `content-type`), the payload as the message body, untouched. Calls over NATS use it, and
 //! so does tabgrab's NATS event backend (JetStream messages carry the same headers).
 //!
@@ -8,9 +9,9 @@
 //! else goes through the codec's general [`Codec::encode_binary`] /
 //! [`Codec::decode_binary`]; unit tests hold both paths equal.
 
+use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl};
 use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
-use tabgrab_core::{Codec, Envelope, Error, ErrorKind};
 
 /// The CloudEvents binary-mode headers of `envelope`: static names and the values as they are
 /// when every attribute is plain header text (the common case), else the codec's
@@ -37,10 +38,10 @@ pub fn encode_headers(codec: &Codec, envelope: &Envelope) -> Result<HeaderMap, E
 /// The fast path of [`encode_headers`]; `None` when a value needs percent-encoding or it is
 /// over the size limit (the codec then says why).
 fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
-    use crate::wire::Name;
-    let mut bufs = [[0u8; crate::wire::RFC3339_MAX]; 2];
+    use super::Name;
+    let mut bufs = [[0u8; super::RFC3339_MAX]; 2];
     let mut map = HeaderMap::new();
-    for (name, value) in crate::wire::plain_headers(codec, envelope, &mut bufs)? {
+    for (name, value) in super::plain_headers(codec, envelope, &mut bufs)? {
         let name = match name {
             Name::Known(name) => HeaderName::from_static(name),
             Name::Extension(attribute) => format!("ce-{attribute}").parse().ok()?,
@@ -70,9 +71,22 @@ pub fn decode(
             })
         })
     };
-    match crate::wire::fast_envelope(codec, pairs(), &payload) {
+    match super::fast_envelope(codec, pairs(), &payload) {
         Some(envelope) => Ok(envelope),
         None => codec.decode_binary(pairs(), payload),
+    }
+}
+
+/// Client options carrying `url`'s credentials (`user:password@`, or `token@`), to connect to
+/// [`SecretUrl::without_userinfo`]: async-nats neither uses the credentials of a URL nor keeps
+/// them out of its debug log, so they are given apart from the address.
+pub fn connect_options(url: &SecretUrl) -> async_nats::ConnectOptions {
+    match url.userinfo() {
+        Some((user, Some(password))) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        Some((token, None)) => async_nats::ConnectOptions::with_token(token),
+        None => async_nats::ConnectOptions::new(),
     }
 }
 

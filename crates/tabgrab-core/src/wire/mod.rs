@@ -1,25 +1,32 @@
-//! The CloudEvents binary-mode details every transport shares: the time written and read
-//! without the `time` crate's general RFC 3339 machinery, and the fast decoding of the
-//! envelope tabgrab's own clients send.
+//! The CloudEvents binary-mode binding every transport shares, in one place: the HTTP
+//! headers of calls, the NATS headers of calls and JetStream events, the AMQP headers of
+//! RabbitMQ messages all map attributes through [`Codec::encode_binary`] /
+//! [`Codec::decode_binary`] and the fast paths here; [`nats`] adapts them to async-nats'
+//! header map (feature `nats`).
 //!
-//! Why here and not in the codec: these are shortcuts for the common case (tabgrab talking
-//! to tabgrab: known attributes, plain header text, a UTC time), each checked by a unit test
-//! against the codec's general path, which every transport still uses for anything else.
+//! The fast paths: the time written and read without the `time` crate's general RFC 3339
+//! machinery, and the fast decoding of the envelope tabgrab's own clients send. They are
+//! shortcuts for the common case (tabgrab talking to tabgrab: known attributes, plain
+//! header text, a UTC time), each checked by a unit test against the codec's general path,
+//! which every transport still uses for anything else.
 
+use crate::{Codec, Envelope};
 use bytes::Bytes;
-use tabgrab_core::{Codec, Envelope};
+
+#[cfg(feature = "nats")]
+pub mod nats;
 
 /// The longest [`rfc3339`] output: `9999-12-31T23:59:59.999999999Z`.
-pub(crate) const RFC3339_MAX: usize = 30;
+pub const RFC3339_MAX: usize = 30;
 
 /// Room for the two times an envelope may carry (`ce-time` and `ce-deadline`), written by
 /// [`rfc3339`] on the caller's stack.
-pub(crate) type TimeBufs = [[u8; RFC3339_MAX]; 2];
+pub type TimeBufs = [[u8; RFC3339_MAX]; 2];
 
 /// A header name of [`plain_headers`]: a known attribute's static name, or an extension
 /// attribute (lowercase letters and digits) whose header is `ce-` and the attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Name<'a> {
+pub enum Name<'a> {
     /// `ce-id`, `content-type`, …
     Known(&'static str),
     /// The attribute name without the `ce-` prefix.
@@ -32,7 +39,7 @@ pub(crate) enum Name<'a> {
 /// not too many, and the headers fit the codec's size limit;
 /// `None` otherwise (the transport then takes the codec's general path, which says why).
 /// Every transport builds its own header map from these pairs, so the check is written once.
-pub(crate) fn plain_headers<'a>(
+pub fn plain_headers<'a>(
     codec: &Codec,
     envelope: &'a Envelope,
     bufs: &'a mut TimeBufs,
@@ -51,7 +58,7 @@ pub(crate) fn plain_headers<'a>(
         None => None,
     };
     let known: [(&'static str, Option<&'a str>); 12] = [
-        ("ce-specversion", Some(tabgrab_core::envelope::SPEC_VERSION)),
+        ("ce-specversion", Some(crate::envelope::SPEC_VERSION)),
         ("ce-id", Some(&envelope.id)),
         ("ce-source", Some(&envelope.source)),
         ("ce-type", Some(&envelope.ty)),
@@ -73,16 +80,16 @@ pub(crate) fn plain_headers<'a>(
         size += name.len() + value.len();
     }
     // Past the attribute count, or an extension the codec refuses: its path says why.
-    if envelope.extensions.len() + known.len() > tabgrab_core::attribute::MAX_ATTRIBUTES {
+    if envelope.extensions.len() + known.len() > crate::attribute::MAX_ATTRIBUTES {
         return None;
     }
     for (name, value) in &envelope.extensions {
         let valid = !name.is_empty()
-            && name.len() <= tabgrab_core::attribute::MAX_NAME_LEN
+            && name.len() <= crate::attribute::MAX_NAME_LEN
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && !tabgrab_core::attribute::RESERVED.contains(&name.as_str());
+            && !crate::attribute::RESERVED.contains(&name.as_str());
         if !valid || !plain(value) {
             return None;
         }
@@ -102,7 +109,7 @@ pub(crate) fn plain_headers<'a>(
 /// `time` as RFC 3339, byte for byte what `time`'s `Rfc3339` writes (fractional seconds
 /// without trailing zeros, `Z`), into `buf` and without allocating; `None` for what only the
 /// `time` crate's path handles (an offset other than UTC, a year outside 0–9999).
-pub(crate) fn rfc3339(time: time::OffsetDateTime, buf: &mut [u8; RFC3339_MAX]) -> Option<&str> {
+pub fn rfc3339(time: time::OffsetDateTime, buf: &mut [u8; RFC3339_MAX]) -> Option<&str> {
     if !time.offset().is_utc() || !(0..10_000).contains(&time.year()) {
         return None;
     }
@@ -143,7 +150,7 @@ pub(crate) fn rfc3339(time: time::OffsetDateTime, buf: &mut [u8; RFC3339_MAX]) -
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (1–9 fraction digits) as the `time` crate's RFC 3339
 /// parser reads it; `None` for any other spelling, which goes to that parser.
-pub(crate) fn parse_utc(text: &str) -> Option<time::OffsetDateTime> {
+pub fn parse_utc(text: &str) -> Option<time::OffsetDateTime> {
     let b = text.as_bytes();
     let number = |range: std::ops::Range<usize>| -> Option<u32> {
         let digits = b.get(range)?;
@@ -192,7 +199,7 @@ pub(crate) fn parse_utc(text: &str) -> Option<time::OffsetDateTime> {
 ///
 /// `headers` yields every header (names as sent: tabgrab sends them lowercase); headers
 /// other than `ce-*` and `content-type` are skipped.
-pub(crate) fn fast_envelope<'a>(
+pub fn fast_envelope<'a>(
     codec: &Codec,
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     body: &Bytes,
@@ -232,7 +239,7 @@ pub(crate) fn fast_envelope<'a>(
             .ok()
             .filter(|v| !v.contains('%'))?;
         match name {
-            "ce-specversion" => specversion = value == tabgrab_core::envelope::SPEC_VERSION,
+            "ce-specversion" => specversion = value == crate::envelope::SPEC_VERSION,
             "ce-id" => envelope.id = value.to_owned(),
             "ce-source" => envelope.source = value.to_owned(),
             "ce-type" => envelope.ty = value.to_owned(),
