@@ -273,10 +273,6 @@ impl LogGroup {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            let (generation, next_read) = {
-                let state = lock(&self.state);
-                (state.generation, state.next_read)
-            };
             self.hand_out_given_back().await;
             {
                 let mut state = lock(&self.state);
@@ -284,8 +280,9 @@ impl LogGroup {
                     state.reading = false;
                     return;
                 }
-                if state.generation != generation || next_read != reader.position() {
-                    // The group moved (a new start position): read from there.
+                if state.next_read != reader.position() {
+                    // The group moved (a new start position, a damaged range passed): read
+                    // from there.
                     reader.seek(state.next_read);
                 }
             }

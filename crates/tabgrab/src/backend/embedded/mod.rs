@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -185,10 +184,28 @@ impl EmbeddedBus {
         groups.get(&(topic.to_owned(), group.to_owned())).cloned()
     }
 
+    /// Appends `bytes` to `topic` durably.
+    async fn append(&self, topic: &str, bytes: Bytes) -> Result<Published, Error> {
+        let position = self
+            .topic(topic)?
+            .append(bytes)
+            .await
+            .map_err(|e| storage(topic, "append", e))?;
+        Ok(Published {
+            position,
+            duplicate: false,
+        })
+    }
+
+    /// Whether `topic` was ever written (asking creates nothing).
+    fn exists(&self, topic: &str) -> Result<bool, Error> {
+        validate_topic(topic)?;
+        Ok(self.dir().join("topics").join(topic).is_dir())
+    }
+
     /// The end offset of `topic`: how many records it has had (0 for a topic never written).
     pub fn end_offset(&self, topic: &str) -> Result<u64, Error> {
-        if !self.dir().join("topics").join(topic).is_dir() {
-            validate_topic(topic)?;
+        if !self.exists(topic)? {
             return Ok(0);
         }
         Ok(self.topic(topic)?.end_offset())
@@ -197,8 +214,7 @@ impl EmbeddedBus {
     /// Every record of `topic`, decoded, oldest first; nothing is created for a topic never
     /// written.
     pub(crate) fn read_all_now(&self, topic: &str) -> Result<Vec<Envelope>, Error> {
-        validate_topic(topic)?;
-        if !self.dir().join("topics").join(topic).is_dir() {
+        if !self.exists(topic)? {
             return Ok(Vec::new());
         }
         let log = self.topic(topic)?;
@@ -303,20 +319,8 @@ impl Backend for EmbeddedBus {
         topic: &'a str,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>> {
-        let prepared = self
-            .topic(topic)
-            .and_then(|log| Ok((log, self.codec().encode(envelope)?)));
-        Box::pin(async move {
-            let (log, bytes) = prepared?;
-            let position = log
-                .append(bytes)
-                .await
-                .map_err(|e| storage(topic, "publish", e))?;
-            Ok(Published {
-                position,
-                duplicate: false,
-            })
-        })
+        let encoded = self.codec().encode(envelope);
+        Box::pin(async move { self.append(topic, encoded?).await })
     }
 
     fn publish_batch<'a>(
@@ -350,17 +354,7 @@ impl Backend for EmbeddedBus {
         _subject: Option<&'a str>,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<Published, Error>> {
-        Box::pin(async move {
-            let position = self
-                .topic(topic)?
-                .append(payload)
-                .await
-                .map_err(|e| storage(topic, "append", e))?;
-            Ok(Published {
-                position,
-                duplicate: false,
-            })
-        })
+        Box::pin(self.append(topic, payload))
     }
 
     /// Joins the group at once (before the future is polled): a subscription that starts
@@ -441,9 +435,5 @@ impl Backend for EmbeddedBus {
                 "one process".into(),
             ],
         })))
-    }
-
-    fn ack_wait(&self, requested: Duration) -> Duration {
-        requested
     }
 }
