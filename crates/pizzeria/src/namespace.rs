@@ -94,6 +94,9 @@ pub fn split_url(url: &str) -> Result<(String, Option<String>), Error> {
 struct Seen {
     /// Acknowledged publishes (duplicates excluded), by topic; every touched topic is a key.
     published: BTreeMap<String, u64>,
+    /// The topic (un-prefixed) of each group queue handed out by `group_queue`, so that a
+    /// reply put straight into a requester's queue counts as a publish to its reply topic.
+    queues: BTreeMap<String, String>,
 }
 
 /// A backend whose topics are all prefixed with a namespace; see the module docs.
@@ -189,6 +192,32 @@ impl Backend for Namespaced {
             self.inner.publish_raw(&scoped, subject, payload).await
         }
         .boxed()
+    }
+
+    fn publish_to_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Published, tabgrab::Error>> {
+        // Queue names are the engine's, already in the namespace (from `group_queue`) or a
+        // foreign client's own.
+        async move {
+            let published = self.inner.publish_to_queue(queue, envelope).await?;
+            let mut seen = self.seen();
+            if let Some(topic) = seen.queues.get(queue).cloned()
+                && !published.duplicate
+            {
+                *seen.published.entry(topic).or_insert(0) += 1;
+            }
+            Ok(published)
+        }
+        .boxed()
+    }
+
+    fn group_queue(&self, topic: &str, group: &str) -> Option<String> {
+        let queue = self.inner.group_queue(&self.scoped(topic), group)?;
+        self.seen().queues.insert(queue.clone(), topic.to_owned());
+        Some(queue)
     }
 
     fn ack_wait(&self, requested: Duration) -> Duration {

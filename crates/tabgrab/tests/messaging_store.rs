@@ -29,8 +29,8 @@ fn request(id: &str, deadline_ms: i64) -> PendingRequest {
 fn key(id: &str) -> ReplyKey<'_> {
     ReplyKey {
         id,
-        request_type: "test.payment.charge.v1",
-        responder: "payment",
+        request_type: Some("test.payment.charge.v1"),
+        responder: Some("payment"),
     }
 }
 
@@ -89,7 +89,7 @@ async fn suite(store: Arc<dyn CorrelationStore>) {
         Claim::Forged
     );
     let wrong_type = ReplyKey {
-        request_type: "test.payment.refund.v1",
+        request_type: Some("test.payment.refund.v1"),
         ..key("b")
     };
     assert_eq!(
@@ -97,7 +97,7 @@ async fn suite(store: Arc<dyn CorrelationStore>) {
         Claim::Forged
     );
     let wrong_responder = ReplyKey {
-        responder: "kitchen",
+        responder: Some("kitchen"),
         ..key("b")
     };
     assert_eq!(
@@ -107,6 +107,25 @@ async fn suite(store: Arc<dyn CorrelationStore>) {
         Claim::Forged
     );
     assert_eq!(s.state("b").await.unwrap(), Some(RecordState::Pending));
+
+    // A reply that names only its correlation id (a plain AMQP client's) is matched by the
+    // id alone: forged when the id is unknown, claimed when it is pending.
+    let id_only = |id| ReplyKey {
+        id,
+        request_type: None,
+        responder: None,
+    };
+    assert_eq!(
+        s.claim_reply(id_only("unknown"), T0, T0 + LEASE)
+            .await
+            .unwrap(),
+        Claim::Forged
+    );
+    assert!(matches!(
+        s.claim_reply(id_only("b"), T0, T0 + LEASE).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    s.release("b").await.unwrap();
 
     // Release gives the claim back.
     assert!(matches!(

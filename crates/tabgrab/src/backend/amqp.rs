@@ -27,10 +27,28 @@
 //!   has an explicit `x-delivery-limit` (50; RabbitMQ 3.10 has no default) and the dead-letter
 //!   exchange `tabgrab.broker-dead-letters`, so that a message is never redelivered forever
 //!   even without tabgrab.
-//! - **Request-response** uses the same topics: replies go to the requester group's topic
-//!   `replies.<group>`, a durable quorum queue, so they survive a requester restart; the
-//!   envelope's `replyto` and `correlationid` also travel as the AMQP `reply_to` and
-//!   `correlation_id` properties.
+//! - **Request-response** speaks the AMQP RPC convention, so that a plain AMQP client (pika,
+//!   amqplib) can be either end ([`Capabilities::reply_queues`] is true). A requester's
+//!   `replyto` is the queue its group consumes replies from,
+//!   `/queues/tabgrab.replies.<group>.<group>` (a durable quorum queue, so replies survive a
+//!   requester restart); it travels as the `ce-replyto` header and, without the `/queues/`
+//!   prefix, as the AMQP `reply_to` property, and the request id as both `ce-correlationid`
+//!   and `correlation_id`. A reply to a queue address is put into that queue through the
+//!   default exchange
+//!   ([`Backend::publish_to_queue`], mandatory and confirmed), with `correlation_id` set.
+//!   RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`) works too; a reply there is sent
+//!   without `mandatory`, which RabbitMQ would answer with a return although it delivered it,
+//!   so a reply to a direct reply-to client that has gone is lost (as direct reply-to is).
+//!
+//! # Messages without CloudEvents headers
+//! A message with no `ce-*` header at all (a plain AMQP client's) is read from its AMQP
+//! properties, through the same CloudEvents decoding as every other message: `message_id`
+//! is the id (else `correlation_id`), `type` the type (else, on a requester's reply queue,
+//! the type of a plain reply), `app_id` the source (else `/amqp`), `correlation_id` the
+//! correlation id, `reply_to` the reply address as `/queues/<reply_to>`, `content_type` the
+//! data content type. What is still missing (no id, no type) makes it bad input, dead-lettered
+//! with the attribute it lacks. A message with some `ce-*` headers is a CloudEvent and is
+//! read from its headers alone.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -50,8 +68,8 @@ use lapin::{
 };
 
 use super::{
-    Acker, Backend, Capabilities, Deliveries, Delivery, EngineReport, Published, SubscribeRequest,
-    embedded::validate_topic,
+    Acker, Backend, Capabilities, Deliveries, Delivery, EngineReport, Published, ReplyAddress,
+    SubscribeRequest, embedded::validate_topic,
 };
 use crate::event::StartFrom;
 use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl};
@@ -102,12 +120,35 @@ pub fn encode(codec: &Codec, envelope: &Envelope) -> Result<(BasicProperties, By
         properties = properties.with_correlation_id(c.as_str().into());
     }
     if let Some(r) = &envelope.replyto {
-        properties = properties.with_reply_to(r.as_str().into());
+        // A queue address is a queue name to a plain AMQP client.
+        let r = r.strip_prefix(ReplyAddress::QUEUE_PREFIX).unwrap_or(r);
+        properties = properties.with_reply_to(r.into());
     }
     if let Some(t) = envelope.time {
         properties = properties.with_timestamp(u64::try_from(t.unix_timestamp()).unwrap_or(0));
     }
     Ok((properties, body))
+}
+
+/// Where [`AmqpBus::send`] publishes: a topic's exchange, or a queue through the default
+/// exchange (for error messages).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Topic(&'a str),
+    /// A queue, and whether the publish is mandatory (returned if the queue is missing).
+    Queue(&'a str, bool),
+}
+
+/// The prefix of RabbitMQ's direct reply-to addresses (`amq.rabbitmq.reply-to.<token>`).
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+impl std::fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Topic(topic) => write!(f, "topic {topic}"),
+            Target::Queue(queue, _) => write!(f, "queue {queue}"),
+        }
+    }
 }
 
 fn routing_key(subject: Option<&str>) -> String {
@@ -358,17 +399,45 @@ impl AmqpBus {
         }
         let (properties, body) = encode(&self.codec, envelope)?;
         let routing = routing_key(envelope.subject.as_deref());
-        self.send(topic, exchange, routing, &body, properties, || {
-            format!("{} {}", envelope.ty, envelope.id)
-        })
+        self.send(
+            Target::Topic(topic),
+            exchange,
+            routing,
+            &body,
+            properties,
+            || format!("{} {}", envelope.ty, envelope.id),
+        )
         .await
     }
 
-    /// Publishes `body` with `properties` to `exchange` (of `topic`), mandatory and
+    async fn publish_to_queue_inner(
+        &self,
+        queue: &str,
+        envelope: &Envelope,
+    ) -> Result<Published, Error> {
+        // Checked as a reply address is: a queue name, not one that could do harm.
+        ReplyAddress::parse(&format!("{}{queue}", ReplyAddress::QUEUE_PREFIX))?;
+        let (properties, body) = encode(&self.codec, envelope)?;
+        // RabbitMQ returns a mandatory message to a direct reply-to address as unroutable even
+        // when it delivered it (3.10 does): such a reply is sent without `mandatory`. Direct
+        // reply-to keeps nothing anyway: a reply to a client that has gone is lost there.
+        let mandatory = !queue.starts_with(DIRECT_REPLY_TO);
+        self.send(
+            Target::Queue(queue, mandatory),
+            String::new(),
+            queue.to_owned(),
+            &body,
+            properties,
+            || format!("{} {}", envelope.ty, envelope.id),
+        )
+        .await
+    }
+
+    /// Publishes `body` with `properties` to `exchange` (of `target`), mandatory and
     /// confirmed; `what` names the message in errors.
     async fn send(
         &self,
-        topic: &str,
+        target: Target<'_>,
         exchange: String,
         routing: String,
         body: &[u8],
@@ -378,7 +447,7 @@ impl AmqpBus {
         let fail = |how: &str, e: lapin::Error| {
             unavailable(
                 format!(
-                    "amqp {}: publish of {} to topic {topic} {how}; publish it again",
+                    "amqp {}: publish of {} to {target} {how}; publish it again",
                     self.url,
                     what()
                 ),
@@ -390,7 +459,7 @@ impl AmqpBus {
             exchange.into(),
             routing.into(),
             BasicPublishOptions {
-                mandatory: true,
+                mandatory: !matches!(target, Target::Queue(_, false)),
                 ..Default::default()
             },
             body,
@@ -408,17 +477,25 @@ impl AmqpBus {
             }),
             Confirmation::Ack(Some(_)) => Err(Error::new(
                 ErrorKind::Unavailable,
-                format!(
-                    "amqp {}: topic {topic} has no consumer group yet, so RabbitMQ would drop the {}; \
-                     start a subscription (or responder) on it first",
-                    self.url,
-                    what()
-                ),
+                match target {
+                    Target::Topic(topic) => format!(
+                        "amqp {}: topic {topic} has no consumer group yet, so RabbitMQ would drop the {}; \
+                         start a subscription (or responder) on it first",
+                        self.url,
+                        what()
+                    ),
+                    Target::Queue(queue, _) => format!(
+                        "amqp {}: there is no queue {queue} (has its client gone?), so RabbitMQ would \
+                         drop the {}",
+                        self.url,
+                        what()
+                    ),
+                },
             )),
             Confirmation::Nack(_) => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "amqp {}: RabbitMQ refused the {} on topic {topic} (nack); publish it again",
+                    "amqp {}: RabbitMQ refused the {} to {target} (nack); publish it again",
                     self.url,
                     what()
                 ),
@@ -438,7 +515,7 @@ impl AmqpBus {
             .await?;
         let properties = BasicProperties::default().with_delivery_mode(2);
         self.send(
-            topic,
+            Target::Topic(topic),
             exchange,
             routing_key(subject),
             &body,
@@ -499,12 +576,13 @@ impl AmqpBus {
         // including what the broker had sent but the member had not read when it stopped;
         // so on stop the stream ends at once.
         let keep = Arc::new(channel);
+        let untyped_as = request.untyped_as.clone();
         Ok(consumer
             .take_until(request.stop.clone().cancelled_owned())
             .map(move |item| {
                 let _keep = &keep;
                 match item {
-                    Ok(d) => Ok(delivery(codec, generation, d)),
+                    Ok(d) => Ok(delivery(codec, generation, d, untyped_as.as_deref())),
                     Err(e) => Err(unavailable(format!("amqp {url}: consuming failed"), e)),
                 }
             })
@@ -540,7 +618,12 @@ impl AmqpBus {
                 }
             };
             let d = message.delivery;
-            envelopes.push(decode(self.codec, &d.properties, Bytes::from(d.data))?);
+            envelopes.push(decode(
+                self.codec,
+                &d.properties,
+                Bytes::from(d.data),
+                None,
+            )?);
         }
         // Closing the channel gives every message back: listing removes nothing.
         let _ = channel.close(200, "".into()).await;
@@ -555,8 +638,16 @@ fn durable_queue() -> QueueDeclareOptions {
     }
 }
 
-/// Reads a CloudEvent from AMQP headers (`ce-*`) and properties.
-fn decode(codec: Codec, properties: &BasicProperties, body: Bytes) -> Result<Envelope, Error> {
+/// Reads a CloudEvent from AMQP headers (`ce-*`) and properties. A message with no `ce-*`
+/// header (a plain AMQP client's) gets its attributes from its AMQP properties, as the
+/// module docs list, with `untyped_as` as its type when it has no `type` property; they are
+/// handed to the codec as the headers they stand for, so there is one decoding.
+fn decode(
+    codec: Codec,
+    properties: &BasicProperties,
+    body: Bytes,
+    untyped_as: Option<&str>,
+) -> Result<Envelope, Error> {
     let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(headers) = properties.headers() {
         for (name, value) in headers {
@@ -566,6 +657,36 @@ fn decode(codec: Codec, properties: &BasicProperties, body: Bytes) -> Result<Env
                 _ => continue,
             };
             pairs.push((name.as_str().to_owned(), bytes));
+        }
+    }
+    let cloud_event = pairs.iter().any(|(name, _)| {
+        name.as_bytes()
+            .get(..3)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"ce-"))
+    });
+    if !cloud_event {
+        fn property(p: &Option<ShortString>) -> Option<&str> {
+            p.as_ref().map(ShortString::as_str)
+        }
+        let correlation_id = property(properties.correlation_id());
+        let reply_to = property(properties.reply_to())
+            .map(|queue| format!("{}{queue}", ReplyAddress::QUEUE_PREFIX));
+        let attributes = [
+            ("ce-specversion", Some(tabgrab_core::envelope::SPEC_VERSION)),
+            (
+                "ce-id",
+                property(properties.message_id()).or(correlation_id),
+            ),
+            ("ce-type", property(properties.kind()).or(untyped_as)),
+            ("ce-source", property(properties.app_id()).or(Some("/amqp"))),
+            ("ce-correlationid", correlation_id),
+            ("ce-replyto", reply_to.as_deref()),
+        ];
+        for (name, value) in attributes {
+            if let Some(value) = value {
+                // The codec reads header values percent-encoded: a literal `%` is `%25`.
+                pairs.push((name.to_owned(), value.replace('%', "%25").into_bytes()));
+            }
         }
     }
     if let Some(ct) = properties.content_type() {
@@ -585,7 +706,12 @@ fn position(generation: u64, delivery_tag: u64) -> u64 {
     (generation << 40) | (delivery_tag & ((1 << 40) - 1))
 }
 
-fn delivery(codec: Codec, generation: u64, d: lapin::message::Delivery) -> Delivery {
+fn delivery(
+    codec: Codec,
+    generation: u64,
+    d: lapin::message::Delivery,
+    untyped_as: Option<&str>,
+) -> Delivery {
     let count = d
         .properties
         .headers()
@@ -604,7 +730,7 @@ fn delivery(codec: Codec, generation: u64, d: lapin::message::Delivery) -> Deliv
         })
         .unwrap_or(u32::from(d.redelivered));
     let data = Bytes::from(d.data);
-    let envelope = decode(codec, &d.properties, data.clone());
+    let envelope = decode(codec, &d.properties, data.clone(), untyped_as);
     Delivery {
         envelope,
         raw: data,
@@ -693,6 +819,7 @@ impl Backend for AmqpBus {
             broker_max_deliveries: false,
             captures_terminations: false,
             keeps_events_without_groups: false,
+            reply_queues: true,
         }
     }
 
@@ -715,6 +842,18 @@ impl Backend for AmqpBus {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<Published, Error>> {
         self.publish_raw_inner(topic, subject, payload).boxed()
+    }
+
+    fn publish_to_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Published, Error>> {
+        self.publish_to_queue_inner(queue, envelope).boxed()
+    }
+
+    fn group_queue(&self, topic: &str, group: &str) -> Option<String> {
+        Some(queue_name(topic, group))
     }
 
     fn subscribe(

@@ -89,6 +89,77 @@ pub struct Capabilities {
     /// `MSG_TERMINATED` advisory without a reason and treats `+TERM <reason>` as no
     /// acknowledgement at all.
     pub captures_terminations: bool,
+    /// A reply can go straight to a named queue ([`ReplyAddress::Queue`], written
+    /// `/queues/<name>`) through [`Backend::publish_to_queue`]: how a client that knows
+    /// nothing of topics (a plain AMQP client's `reply_to`, an exclusive queue or
+    /// `amq.rabbitmq.reply-to`) gets its answer, and where a requester's own replies arrive
+    /// ([`Backend::group_queue`]). When `false` a request whose reply address is a queue is
+    /// refused as malformed and dead-lettered.
+    pub reply_queues: bool,
+}
+
+/// Where a reply goes: the `replyto` of a request.
+///
+/// A topic name (`replies.front-desk`) is published to like any topic; `/queues/<name>` names
+/// a broker queue the reply is put into directly (the engine's default exchange on RabbitMQ),
+/// on engines whose [`Capabilities::reply_queues`] says so. A topic name never starts with
+/// `/`, so the two cannot be confused.
+///
+/// ```
+/// use tabgrab::backend::ReplyAddress;
+///
+/// let queue = ReplyAddress::parse("/queues/amq.gen-x1")?;
+/// assert_eq!(queue, ReplyAddress::Queue("amq.gen-x1".into()));
+/// assert_eq!(queue.to_string(), "/queues/amq.gen-x1");
+/// assert_eq!(ReplyAddress::parse("replies.front")?, ReplyAddress::Topic("replies.front".into()));
+/// assert!(ReplyAddress::parse("/queues/").is_err());
+/// # Ok::<(), tabgrab::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyAddress {
+    /// A topic: the reply is published to it.
+    Topic(String),
+    /// A broker queue, by name: the reply is put into it.
+    Queue(String),
+}
+
+impl ReplyAddress {
+    /// The prefix of a queue address.
+    pub const QUEUE_PREFIX: &'static str = "/queues/";
+
+    /// Reads a `replyto`: `/queues/<name>` (1 to 255 bytes, no control characters: an AMQP
+    /// queue name) or a valid topic name; anything else is `Malformed`.
+    pub fn parse(address: &str) -> Result<ReplyAddress, Error> {
+        match address.strip_prefix(Self::QUEUE_PREFIX) {
+            Some(queue) => {
+                let ok =
+                    !queue.is_empty() && queue.len() <= 255 && !queue.chars().any(char::is_control);
+                if ok {
+                    Ok(ReplyAddress::Queue(queue.to_owned()))
+                } else {
+                    Err(Error::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "reply address {address:?}: a queue name is 1 to 255 bytes without control characters"
+                        ),
+                    ))
+                }
+            }
+            None => {
+                embedded::validate_topic(address)?;
+                Ok(ReplyAddress::Topic(address.to_owned()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ReplyAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyAddress::Topic(topic) => f.write_str(topic),
+            ReplyAddress::Queue(queue) => write!(f, "{}{queue}", Self::QUEUE_PREFIX),
+        }
+    }
 }
 
 /// The durable position of a published envelope.
@@ -179,6 +250,10 @@ pub struct SubscribeRequest {
     /// How often an engine that keeps the group's position itself (the embedded log) commits
     /// it; brokers keep it on every settlement and ignore this.
     pub commit_interval: Duration,
+    /// The type of a delivery that names none, for an engine that reads messages of clients
+    /// that send no CloudEvents attributes (RabbitMQ: a plain AMQP reply carries only its
+    /// `correlation_id`). `None`: such a message is bad input (missing `type`).
+    pub untyped_as: Option<String>,
 }
 
 /// What an engine reports about itself at start-up: what an acknowledged publish means there.
@@ -288,6 +363,34 @@ pub trait Backend: Send + Sync + 'static {
     /// a server (the embedded log: the end of the log minus the group's watermark); `None`
     /// otherwise, and a subscription then counts what the broker last said is pending.
     fn live_lag(&self, topic: &str, group: &str) -> Option<u64> {
+        let _ = (topic, group);
+        None
+    }
+    /// Puts `envelope` straight into the broker queue `queue` (a [`ReplyAddress::Queue`]):
+    /// durably, confirmed, and refused with `Unavailable` when the queue does not exist. Only
+    /// where [`Capabilities::reply_queues`] says so; by default refused as `Malformed`.
+    fn publish_to_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Published, Error>> {
+        let _ = envelope;
+        let error = Error::new(
+            ErrorKind::Malformed,
+            format!(
+                "reply address {}{queue}: the {} bus cannot put a message into a named queue \
+                 (Capabilities::reply_queues is false); reply to a topic instead",
+                ReplyAddress::QUEUE_PREFIX,
+                self.name()
+            ),
+        );
+        Box::pin(async move { Err(error) })
+    }
+    /// The queue that the group `group` of `topic` consumes from, where the engine has one
+    /// that a client can address by name ([`Capabilities::reply_queues`]): a requester
+    /// gives it as its reply address, so that a plain client's reply reaches the group.
+    /// `None` by default.
+    fn group_queue(&self, topic: &str, group: &str) -> Option<String> {
         let _ = (topic, group);
         None
     }

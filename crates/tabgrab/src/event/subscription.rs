@@ -124,6 +124,8 @@ struct Options {
     commit_interval: Duration,
     drain_timeout: Duration,
     ack_wait: Duration,
+    /// The type of a message that names none (see `SubscribeRequest::untyped_as`).
+    untyped_as: Option<String>,
 }
 
 impl Default for Options {
@@ -138,6 +140,7 @@ impl Default for Options {
             commit_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
             ack_wait: Duration::from_secs(30),
+            untyped_as: None,
         }
     }
 }
@@ -256,6 +259,14 @@ impl SubscriptionBuilder {
         self
     }
 
+    /// Reads a message that names no type, on an engine that reads messages of clients that
+    /// send no CloudEvents attributes, as one of type `ty` (a requester's reply topic: a plain
+    /// AMQP reply carries only its `correlation_id`).
+    pub(crate) fn untyped_as(mut self, ty: &str) -> SubscriptionBuilder {
+        self.options.untyped_as = Some(ty.to_owned());
+        self
+    }
+
     /// How long shutdown waits for running handlers (default 10 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> SubscriptionBuilder {
         self.options.drain_timeout = timeout;
@@ -294,6 +305,7 @@ impl SubscriptionBuilder {
             rejoin: false,
             stop: CancellationToken::new(),
             commit_interval: self.options.commit_interval,
+            untyped_as: self.options.untyped_as.clone(),
         };
         let joining = Arc::clone(&backend).subscribe(request.clone());
         let group = Arc::new(Group {

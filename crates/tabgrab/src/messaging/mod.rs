@@ -15,7 +15,15 @@
 //! - **Replies go to the group, not to a process.** A request's `replyto` is the group's
 //!   reply topic (`replies.<group>` on the embedded backend: the topic name is the address),
 //!   consumed as a consumer group; whichever node gets a reply loads the request from the
-//!   store and hands the typed reply to the reply handler registered for its type.
+//!   store and hands the typed reply to the reply handler registered for its type. On an
+//!   engine with [`Capabilities::reply_queues`](crate::backend::Capabilities::reply_queues)
+//!   (RabbitMQ) the address is instead the queue that group consumes, `/queues/<name>`, so
+//!   that a plain AMQP client, which replies to the queue named in `reply_to`, reaches the
+//!   group too.
+//! - **Plain clients.** A responder answers a request whose `replyto` is a queue by putting
+//!   the reply into that queue ([`ReplyAddress`](crate::backend::ReplyAddress)); a requester
+//!   takes a reply without CloudEvents attributes ([`PLAIN_REPLY_TYPE`]: its body is the
+//!   response) by its correlation id alone. `docs/engines.md` has the AMQP contract.
 //! - **Exactly one outcome.** A reply and the timeout sweep race for a request through one
 //!   atomic claim in the store, so every request ends exactly once: [`Outcome::Replied`]
 //!   with the response or the responder's typed [`Rejection`](crate::Rejection), or
@@ -84,7 +92,9 @@ mod responder;
 pub mod store;
 mod sweep;
 
-pub use reply::{Outcome, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, ReplyBody};
+pub use reply::{
+    Outcome, PLAIN_REPLY_TYPE, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, ReplyBody,
+};
 pub use requester::{ReplyContext, Requester, RequesterBuilder, RequesterStats};
 pub use responder::{RequestContext, Responder, ResponderBuilder, ResponderStats};
 #[cfg(feature = "postgres")]

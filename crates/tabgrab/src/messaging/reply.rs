@@ -15,6 +15,12 @@ use crate::{Error, ErrorKind, Rejection};
 /// The message type of every reply envelope.
 pub const REPLY_TYPE: &str = "tabgrab.messaging.reply.v1";
 
+/// The type a requester gives a reply that names none: a plain client's reply (RabbitMQ: an
+/// AMQP message with only its `correlation_id` property), whose body is the JSON response
+/// itself rather than a [`ReplyBody`]. Such a reply is matched to its request by the
+/// correlation id alone; it cannot carry a rejection.
+pub const PLAIN_REPLY_TYPE: &str = "tabgrab.messaging.plain-reply.v1";
+
 /// The extension attribute naming the request type a reply answers.
 pub const REQUEST_TYPE_ATTR: &str = "requesttype";
 

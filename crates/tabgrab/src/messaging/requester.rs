@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use super::reply::{RawOutcome, ReplyBody};
 use super::store::{Claim, CorrelationStore, PendingRequest, RecordState, ReplyKey};
 use super::{
-    Clock, Outcome, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, RequestId, SendOptions,
-    duration_ms, to_datetime,
+    Clock, Outcome, PLAIN_REPLY_TYPE, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, RequestId,
+    SendOptions, duration_ms, to_datetime,
 };
-use crate::backend::Bus;
 use crate::backend::embedded::validate_topic;
+use crate::backend::{Bus, ReplyAddress};
 use crate::event::{Context, ErasedHandler, HandlerError, Publisher, Subscription};
 use crate::{Envelope, Error, ErrorKind, Request};
 
@@ -280,6 +280,15 @@ impl RequesterBuilder {
             )
         })?;
         let reply_topic = format!("replies.{}", self.group);
+        // Where the engine can name the queue the group's replies arrive in, that queue is
+        // the reply address, so that a plain client (which replies to a queue) reaches the
+        // group too; tabgrab's responders reply to it the same way.
+        let reply_to = match self.bus.backend().group_queue(&reply_topic, &self.group) {
+            Some(queue) if self.bus.capabilities().reply_queues => {
+                ReplyAddress::Queue(queue).to_string()
+            }
+            _ => reply_topic.clone(),
+        };
         let mut publishers = HashMap::new();
         for route in self.routes.values() {
             if !publishers.contains_key(&route.topic) {
@@ -293,7 +302,7 @@ impl RequesterBuilder {
         }
         let inner = Arc::new(Inner {
             group: self.group.clone(),
-            reply_topic: reply_topic.clone(),
+            reply_to,
             store,
             routes: self.routes,
             publishers,
@@ -310,12 +319,14 @@ impl RequesterBuilder {
             })
         };
         let mut subscription = Subscription::builder(&self.bus, &reply_topic, &self.group)
+            .untyped_as(PLAIN_REPLY_TYPE)
             .concurrency(self.options.concurrency)
             // Enough retries (backoff up to 10 s each) to outlast a dead node's lease, so that
             // a reply whose request is claimed by a node that died is not dead-lettered first.
             .max_deliveries(30)
             .commit_interval(Duration::from_millis(200));
-        subscription.handle_envelope(REPLY_TYPE, on_reply)?;
+        subscription.handle_envelope(REPLY_TYPE, Arc::clone(&on_reply))?;
+        subscription.handle_envelope(PLAIN_REPLY_TYPE, on_reply)?;
         let subscription = subscription.start()?;
         let cancel = CancellationToken::new();
         let sweep = tokio::spawn(super::sweep::run(Arc::clone(&inner), cancel.clone()));
@@ -333,8 +344,9 @@ impl RequesterBuilder {
 pub(crate) struct Inner {
     /// The requester group (the reply address's owner).
     pub(crate) group: String,
-    /// `replies.<group>`, the `replyto` of every request.
-    reply_topic: String,
+    /// The `replyto` of every request: the reply topic `replies.<group>`, or the queue the
+    /// group consumes (`/queues/<name>`) where the engine has `Capabilities::reply_queues`.
+    reply_to: String,
     /// Where pending requests live.
     pub(crate) store: Arc<dyn CorrelationStore>,
     /// Request types this node sends, by type name.
@@ -368,17 +380,30 @@ impl Inner {
         let Some(id) = envelope.correlationid.as_deref() else {
             return Err(rejected("a reply without correlationid".into()));
         };
-        let (Some(request_type), Some(responder)) = (
-            envelope.extensions.get(REQUEST_TYPE_ATTR),
-            envelope.extensions.get(RESPONDER_ATTR),
-        ) else {
-            return Err(rejected(format!(
-                "reply to {id} lacks the {REQUEST_TYPE_ATTR} or {RESPONDER_ATTR} attribute"
-            )));
-        };
-        let body = match ReplyBody::decode(&envelope.data) {
-            Ok(body) => body,
-            Err(e) => return Err(rejected(format!("reply to {id}: {e}"))),
+        let (request_type, responder, body) = if envelope.ty == PLAIN_REPLY_TYPE {
+            // A plain client's reply: its body is the response, and it cannot say what it
+            // answers; the correlation id alone names the request.
+            match serde_json::from_slice(&envelope.data) {
+                Ok(value) => (None, None, ReplyBody::Ok(value)),
+                Err(e) => {
+                    return Err(rejected(format!(
+                        "plain reply to {id}: the body is not the JSON response ({e})"
+                    )));
+                }
+            }
+        } else {
+            let (Some(request_type), Some(responder)) = (
+                envelope.extensions.get(REQUEST_TYPE_ATTR),
+                envelope.extensions.get(RESPONDER_ATTR),
+            ) else {
+                return Err(rejected(format!(
+                    "reply to {id} lacks the {REQUEST_TYPE_ATTR} or {RESPONDER_ATTR} attribute"
+                )));
+            };
+            match ReplyBody::decode(&envelope.data) {
+                Ok(body) => (Some(request_type.as_str()), Some(responder.as_str()), body),
+                Err(e) => return Err(rejected(format!("reply to {id}: {e}"))),
+            }
         };
         let now = self.clock.now_ms();
         let key = ReplyKey {
@@ -428,11 +453,13 @@ impl Inner {
             }
             Claim::Late => {
                 self.counters.late.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(group = %self.group, id, request_type, "late reply (after the request's deadline) dropped");
+                tracing::warn!(group = %self.group, id, ?request_type, "late reply (after the request's deadline) dropped");
                 Ok(())
             }
             Claim::Forged => Err(rejected(format!(
-                "reply to {id} ({request_type} from {responder}) matches no pending request of this group"
+                "reply to {id} ({} from {}) matches no pending request of this group",
+                request_type.unwrap_or("a plain reply"),
+                responder.unwrap_or("a plain client")
             ))),
         }
     }
@@ -539,9 +566,12 @@ impl Requester {
         &self.inner.group
     }
 
-    /// The reply address (`replyto`) of the group's requests: the reply topic's name.
+    /// The reply address (`replyto`) of the group's requests: the reply topic's name
+    /// (`replies.<group>`), or, on an engine with
+    /// [`Capabilities::reply_queues`](crate::backend::Capabilities::reply_queues), the queue
+    /// the group's replies arrive in (`/queues/tabgrab.replies.<group>.<group>` on RabbitMQ).
     pub fn reply_to(&self) -> &str {
-        &self.inner.reply_topic
+        &self.inner.reply_to
     }
 
     /// The correlation store.
@@ -592,7 +622,7 @@ impl Requester {
         let deadline_ms = now.saturating_add(duration_ms(timeout));
         let mut envelope = publisher.envelope_of(request)?;
         envelope.correlationid = Some(id.to_string());
-        envelope.replyto = Some(inner.reply_topic.clone());
+        envelope.replyto = Some(inner.reply_to.clone());
         envelope.deadline = to_datetime(deadline_ms);
         // No subject by default: each request then has a lane of its own (keyed by its id),
         // and a broker is not made to index one subject per request.

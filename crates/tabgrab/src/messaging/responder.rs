@@ -1,4 +1,11 @@
 //! The responder: handles requests of given types on a topic and replies to their `replyto`.
+//!
+//! A `replyto` is a topic, or a queue (`/queues/<name>`, see
+//! [`ReplyAddress`]) on an engine with
+//! [`Capabilities::reply_queues`](crate::backend::Capabilities::reply_queues): on RabbitMQ a
+//! plain AMQP client's `reply_to` property, or a tabgrab requester's reply queue. A request
+//! whose reply address the bus cannot serve, or that has none, is refused before its handler
+//! runs and dead-lettered with the reason.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,8 +18,7 @@ use futures::FutureExt as _;
 
 use super::reply::ReplyBody;
 use super::{Clock, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, to_ms};
-use crate::backend::Bus;
-use crate::backend::embedded::validate_topic;
+use crate::backend::{Bus, ReplyAddress};
 use crate::event::{Context, ErasedHandler, HandlerError, Publisher, Subscription};
 use crate::{Envelope, Error, ErrorKind, Rejection, Request};
 
@@ -72,6 +78,8 @@ struct Shared {
     source: String,
     clock: Clock,
     counters: Counters,
+    /// Whether the bus can put a reply into a named queue (`Capabilities::reply_queues`).
+    reply_queues: bool,
     /// Publishers by reply topic, made on first use.
     publishers: Mutex<HashMap<String, Publisher>>,
 }
@@ -136,7 +144,18 @@ impl ResponderBuilder {
                         format!("a {} request without replyto cannot be answered", R::TYPE),
                     )));
                 };
-                validate_topic(&reply_to).map_err(HandlerError::permanent)?;
+                let reply_to = ReplyAddress::parse(&reply_to).map_err(HandlerError::permanent)?;
+                if matches!(reply_to, ReplyAddress::Queue(_)) && !shared.reply_queues {
+                    return Err(HandlerError::permanent(Error::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "a {} request asks for its reply in the queue {reply_to}, and the {} bus \
+                             cannot put messages into named queues; reply to a topic",
+                            R::TYPE,
+                            shared.bus.name()
+                        ),
+                    )));
+                }
                 let request = envelope.decode::<R>().map_err(HandlerError::bad_input)?;
                 let answer = handler(request, RequestContext { delivery: ctx }).await;
                 let body = match answer {
@@ -164,12 +183,21 @@ impl ResponderBuilder {
                     .insert(RESPONDER_ATTR.to_owned(), shared.topic.clone());
                 // A publish failure is transient: the request is redelivered and answered again
                 // (the requester ignores the duplicate if the first reply got through).
-                shared
-                    .publisher(&reply_to)
-                    .map_err(HandlerError::transient)?
-                    .publish_envelope(&reply)
-                    .await
-                    .map_err(HandlerError::transient)?;
+                match &reply_to {
+                    ReplyAddress::Topic(topic) => shared
+                        .publisher(topic)
+                        .map_err(HandlerError::transient)?
+                        .publish_envelope(&reply)
+                        .await
+                        .map(|_| ()),
+                    ReplyAddress::Queue(queue) => shared
+                        .bus
+                        .backend()
+                        .publish_to_queue(queue, &reply)
+                        .await
+                        .map(|_| ()),
+                }
+                .map_err(HandlerError::transient)?;
                 let counter = if rejected {
                     &shared.counters.rejected
                 } else {
@@ -224,6 +252,7 @@ impl Responder {
     /// Starts building a responder of group `group` for requests on `topic`.
     pub fn builder(bus: impl Into<Bus>, topic: &str, group: &str) -> ResponderBuilder {
         let bus = bus.into();
+        let reply_queues = bus.capabilities().reply_queues;
         ResponderBuilder {
             builder: Subscription::builder(&bus, topic, group)
                 .commit_interval(Duration::from_millis(200)),
@@ -233,6 +262,7 @@ impl Responder {
                 source: format!("/tabgrab/responder/{topic}"),
                 clock: Clock::new(),
                 counters: Counters::default(),
+                reply_queues,
                 publishers: Mutex::new(HashMap::new()),
             }),
             error: None,

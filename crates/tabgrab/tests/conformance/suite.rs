@@ -689,6 +689,78 @@ pub(crate) async fn a_group_can_replay(f: Fixture) {
     f.cleanup().await;
 }
 
+/// A reply goes straight into a named queue (`/queues/<name>`) where `reply_queues` says so,
+/// and the requester's reply address is then its group's queue; elsewhere putting into a
+/// queue is refused as malformed, and a request that asks for it is dead-lettered with the
+/// reason, its handler never run.
+pub(crate) async fn a_queue_reply_address_is_served_or_refused_as_the_capability_says(f: Fixture) {
+    let menu = f.topic("queue-menu");
+    let ran = Arc::new(AtomicU32::new(0));
+    let responder = {
+        let ran = Arc::clone(&ran);
+        Responder::builder(&f.bus, &menu, "menu")
+            .handle(move |_q: GetPrice, _ctx| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                async { Ok(900) }
+            })
+            .start()
+            .unwrap()
+    };
+    responder.ready().await.unwrap();
+    let envelope = Envelope::new("/conformance", &GetPrice { pizza: "x".into() }).unwrap();
+    let missing = format!("conformance-missing-{}", uuid::Uuid::now_v7().simple());
+    let refused = f
+        .bus
+        .backend()
+        .publish_to_queue(&missing, &envelope)
+        .await
+        .unwrap_err();
+    let requester = Requester::builder(&f.bus, &f.topic("queue-front"))
+        .shared_store(Arc::new(MemoryStore::new()))
+        .route::<GetPrice>(&menu)
+        .start()
+        .unwrap();
+    requester.ready().await.unwrap();
+    if f.bus.capabilities().reply_queues {
+        // The queue does not exist: refused, not dropped.
+        assert_eq!(refused.kind(), tabgrab::ErrorKind::Unavailable, "{refused}");
+        assert!(requester.reply_to().starts_with("/queues/"));
+        let answer = requester
+            .request(
+                &GetPrice { pizza: "x".into() },
+                SendOptions::default().timeout(Duration::from_secs(20)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer, Outcome::Replied(Ok(900)));
+    } else {
+        assert_eq!(refused.kind(), tabgrab::ErrorKind::Malformed, "{refused}");
+        assert!(!requester.reply_to().starts_with('/'));
+        let mut asks = envelope.clone();
+        asks.replyto = Some(format!("/queues/{missing}"));
+        asks.correlationid = Some(asks.id.clone());
+        Publisher::new(&f.bus, &menu, "/conformance")
+            .unwrap()
+            .publish_envelope(&asks)
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let letter = loop {
+            if let Some(letter) = f.bus.dead_letters(&menu).await.unwrap().pop() {
+                break letter;
+            }
+            assert!(start.elapsed() < DEADLINE, "no dead letter");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(letter.message_id.as_deref(), Some(asks.id.as_str()));
+        assert!(letter.error.contains("named queues"), "{letter:?}");
+        assert_eq!(ran.load(Ordering::Relaxed), 0);
+    }
+    requester.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
 /// Request-reply: the answer reaches the requester group (any of its nodes), a typed
 /// rejection crosses the wire, and a request nobody answers times out.
 pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
@@ -908,6 +980,7 @@ macro_rules! conformance {
             scenario!(a_group_lag_counts_what_it_has_not_settled);
             scenario!(dead_letters_survive_many_listings);
             scenario!(request_reply_answers_rejects_and_times_out);
+            scenario!(a_queue_reply_address_is_served_or_refused_as_the_capability_says);
             scenario!(a_publish_before_any_group_is_kept_or_refused);
         }
     };

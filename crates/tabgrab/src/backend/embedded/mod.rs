@@ -307,6 +307,7 @@ impl Backend for EmbeddedBus {
             multi_process: false,
             broker_max_deliveries: false,
             captures_terminations: false,
+            reply_queues: false,
         }
     }
 

@@ -880,6 +880,7 @@ impl Backend for NatsBus {
             multi_process: true,
             broker_max_deliveries: true,
             captures_terminations: self.term_reasons(),
+            reply_queues: false,
         }
     }
 

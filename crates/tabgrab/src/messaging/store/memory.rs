@@ -86,8 +86,10 @@ impl CorrelationStore for MemoryStore {
             let mut entries = self.lock();
             match entries.get_mut(reply.id) {
                 Some(e)
-                    if e.request.request_type == reply.request_type
-                        && e.request.responder == reply.responder
+                    if reply
+                        .request_type
+                        .is_none_or(|t| e.request.request_type == t)
+                        && reply.responder.is_none_or(|r| e.request.responder == r)
                         && e.request.deadline_ms > now_ms
                         && (e.state == RecordState::Pending
                             || (e.state == RecordState::Replying && e.lease_until_ms < now_ms)) =>

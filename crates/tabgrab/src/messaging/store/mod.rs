@@ -128,15 +128,17 @@ impl fmt::Display for RecordState {
     }
 }
 
-/// What a reply says about itself, checked against the stored request before it is claimed.
+/// What a reply says about itself, checked against the stored request before it is claimed
+/// (what it leaves out is not checked: the correlation id alone then names the request).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplyKey<'a> {
     /// The reply's correlation id.
     pub id: &'a str,
-    /// The request type the reply says it answers.
-    pub request_type: &'a str,
-    /// The responder topic the reply says it comes from.
-    pub responder: &'a str,
+    /// The request type the reply says it answers; `None` for a reply that cannot say (a
+    /// plain AMQP client's, which echoes only the correlation id): then it is not checked.
+    pub request_type: Option<&'a str>,
+    /// The responder topic the reply says it comes from; `None`: not checked, as above.
+    pub responder: Option<&'a str>,
 }
 
 /// The result of trying to claim a reply.
@@ -261,7 +263,9 @@ pub(crate) fn classify(
     let Some((state, request_type, responder, deadline_ms)) = found else {
         return Claim::Forged;
     };
-    if request_type != reply.request_type || responder != reply.responder {
+    if reply.request_type.is_some_and(|t| t != request_type)
+        || reply.responder.is_some_and(|r| r != responder)
+    {
         return Claim::Forged;
     }
     match RecordState::parse(&state) {

@@ -54,7 +54,7 @@ impl Statements {
             ),
             claim_reply: format!(
                 "UPDATE {t} SET state = 'replying', lease_until_ms = $1 \
-                 WHERE id = $2 AND request_type = $3 AND responder = $4 AND deadline_ms > $5 \
+                 WHERE id = $2 AND request_type = COALESCE($3, request_type) AND responder = COALESCE($4, responder) AND deadline_ms > $5 \
                  AND (state = 'pending' OR (state = 'replying' AND lease_until_ms < $5)) \
                  RETURNING {COLUMNS}"
             ),

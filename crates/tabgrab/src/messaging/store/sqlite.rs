@@ -111,7 +111,7 @@ impl Statements {
             ),
             claim_reply: format!(
                 "UPDATE {t} SET state = 'replying', lease_until_ms = ? \
-                 WHERE id = ? AND request_type = ? AND responder = ? AND deadline_ms > ? \
+                 WHERE id = ? AND request_type = COALESCE(?, request_type) AND responder = COALESCE(?, responder) AND deadline_ms > ? \
                  AND (state = 'pending' OR (state = 'replying' AND lease_until_ms < ?)) \
                  RETURNING {COLUMNS}"
             ),
@@ -299,8 +299,8 @@ impl CorrelationStore for SqliteStore {
     ) -> BoxFuture<'a, Result<Claim, Error>> {
         let (id, request_type, responder) = (
             reply.id.to_owned(),
-            reply.request_type.to_owned(),
-            reply.responder.to_owned(),
+            reply.request_type.map(str::to_owned),
+            reply.responder.map(str::to_owned),
         );
         self.exec("claim reply", move |conn, sql| {
             async move {
@@ -331,8 +331,8 @@ impl CorrelationStore for SqliteStore {
                     .transpose()?;
                 let key = ReplyKey {
                     id: &id,
-                    request_type: &request_type,
-                    responder: &responder,
+                    request_type: request_type.as_deref(),
+                    responder: responder.as_deref(),
                 };
                 Ok(classify(found, &key, now_ms))
             }
