@@ -10,7 +10,7 @@
 //! backend serves one process; several processes need a real engine (NATS, RabbitMQ).
 //!
 //! It is a [`Backend`] like the brokers: a subscription takes its deliveries and settles them
-//! through the same contract, and the group's offset is kept here ([`group`]).
+//! through the same contract, and the group's offset is kept here (module `group`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
