@@ -5,8 +5,8 @@
 //! [`ErrorKind::CircuitOpen`](tabgrab_core::ErrorKind) (no request leaves the process), the
 //! caller can degrade immediately, and the recipient gets room to recover; after the open
 //! duration a few probe calls test it. tower has no breaker, so this is our own: a pure state
-//! machine ([`state`]) checked against a reference model by a property test, wrapped in a
-//! tower [`Layer`].
+//! machine ([`state`], shared with the bus's consumers in `tabgrab-resilience`) checked against
+//! a reference model by a property test, wrapped in a tower [`Layer`].
 //!
 //! What counts as a failure: `Timeout`, `Unavailable`, `Rejected` (overload), `Handler`,
 //! `Protocol` and a `DeadlineExceeded` the server reports. A typed refusal (`Remote`) and bad
@@ -20,20 +20,19 @@
 //! State changes are observable through a `tokio::sync::watch` channel
 //! ([`BreakerHandle::subscribe`]).
 
-pub mod state;
+pub use tabgrab_resilience::breaker::{
+    BreakerConfig, BreakerCore, BreakerHandle, CircuitState, Outcome, Ticket, state,
+};
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tabgrab_core::ErrorKind;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-pub use self::state::{BreakerConfig, BreakerCore, CircuitState, Outcome, Ticket};
 use crate::{Call, CallError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -51,66 +50,6 @@ pub fn is_failure(kind: ErrorKind) -> bool {
             | ErrorKind::Storage
             | ErrorKind::Closed
     )
-}
-
-/// The shared state of one breaker: the machine and the channel that reports its changes.
-#[derive(Debug)]
-struct Shared {
-    core: Mutex<BreakerCore>,
-    changes: watch::Sender<CircuitState>,
-}
-
-/// A handle on a breaker: its state and its changes. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct BreakerHandle {
-    shared: Arc<Shared>,
-}
-
-impl BreakerHandle {
-    /// A closed breaker with `config`.
-    pub fn new(config: BreakerConfig) -> BreakerHandle {
-        let (changes, _) = watch::channel(CircuitState::Closed);
-        BreakerHandle {
-            shared: Arc::new(Shared {
-                core: Mutex::new(BreakerCore::new(config)),
-                changes,
-            }),
-        }
-    }
-
-    /// The current state.
-    pub fn state(&self) -> CircuitState {
-        self.lock().state()
-    }
-
-    /// A receiver that sees every state change (the latest one, as `watch` does).
-    pub fn subscribe(&self) -> watch::Receiver<CircuitState> {
-        self.shared.changes.subscribe()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BreakerCore> {
-        // The core has no invariants a panicking holder could break half-way that matter
-        // more than availability: keep going with the inner value.
-        self.shared
-            .core
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `f` on the core and publishes a state change if there was one. The change is
-    /// published while the core is still locked, so observers see changes in their order.
-    fn with<T>(&self, f: impl FnOnce(&mut BreakerCore) -> T) -> T {
-        let mut core = self.lock();
-        let before = core.state();
-        let out = f(&mut core);
-        let state = core.state();
-        if before != state {
-            tracing::info!(from = ?before, to = ?state, "circuit breaker changed state");
-            self.shared.changes.send_replace(state);
-        }
-        drop(core);
-        out
-    }
 }
 
 /// Puts a breaker in front of a service.
@@ -143,12 +82,6 @@ pub struct Breaker<S> {
     handle: BreakerHandle,
 }
 
-impl AsRef<BreakerHandle> for BreakerHandle {
-    fn as_ref(&self) -> &BreakerHandle {
-        self
-    }
-}
-
 /// An admitted attempt: reports its outcome with [`Pending::finish`], or a cancellation if it
 /// is dropped before its outcome. `H` is an owned handle (the layer's `'static` future) or a
 /// borrowed one (the client's fused stack, which saves the reference count).
@@ -174,7 +107,7 @@ impl<H: AsRef<BreakerHandle>> Pending<H> {
                 "the deadline passed before this attempt could be sent",
             ));
         }
-        let Some(ticket) = handle.as_ref().with(|core| core.allow(now)) else {
+        let Some(ticket) = handle.as_ref().allow(now) else {
             return Err(CallError::new(
                 ErrorKind::CircuitOpen,
                 call.service.clone(),
@@ -196,9 +129,7 @@ impl<H: AsRef<BreakerHandle>> Pending<H> {
             _ => Outcome::Success,
         };
         if let Some(ticket) = self.ticket.take() {
-            self.handle
-                .as_ref()
-                .with(|core| core.record(ticket, outcome, Instant::now()));
+            self.handle.as_ref().record(ticket, outcome, Instant::now());
         }
     }
 }
@@ -206,7 +137,7 @@ impl<H: AsRef<BreakerHandle>> Pending<H> {
 impl<H: AsRef<BreakerHandle>> Drop for Pending<H> {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            self.handle.as_ref().with(|core| core.cancel(ticket));
+            self.handle.as_ref().cancel(ticket);
         }
     }
 }

@@ -18,18 +18,16 @@
 //! is still retried. Backoff is exponential with *full jitter* (a uniform pause between zero and
 //! the exponential bound) so that callers that failed together do not retry together.
 
-pub mod budget;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::Rng as _;
 use tokio::time::{Instant, Sleep};
 use tower::retry::Policy;
 
-pub use self::budget::RetryBudget;
 use crate::{Call, CallError};
+use tabgrab_resilience::Backoff;
+pub use tabgrab_resilience::RetryBudget;
 
 /// How retries are spaced and capped.
 #[derive(Clone, Copy, Debug)]
@@ -53,12 +51,18 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
-    /// The exponential bound before attempt `retry` (1 for the first retry).
+    /// The exponential bound before attempt `retry` (1 for the first retry): the one backoff
+    /// formula of tabgrab ([`Backoff::ceiling`]).
     pub fn bound(&self, retry: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.max_backoff)
+        self.backoff().ceiling(retry)
+    }
+
+    /// The backoff these settings describe.
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.base,
+            max: self.max_backoff,
+        }
     }
 }
 
@@ -121,12 +125,7 @@ pub(crate) fn next_attempt(
     if attempts >= config.max_attempts {
         return None;
     }
-    let bound = config.bound(attempts);
-    let pause = if bound.is_zero() {
-        Duration::ZERO
-    } else {
-        rand::rng().random_range(Duration::ZERO..=bound)
-    };
+    let pause = config.backoff().delay(attempts);
     let resume = Instant::now() + pause;
     if call.deadline.is_some_and(|deadline| resume >= deadline) {
         return None;
