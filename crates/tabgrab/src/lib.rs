@@ -40,6 +40,9 @@
 pub mod backend;
 #[cfg(feature = "call")]
 pub use tabgrab_call as call;
+/// The circuit breaker (from `tabgrab-resilience`, the same one the call client uses): give
+/// one to a consumer with [`event::SubscriptionBuilder::breaker`].
+pub use tabgrab_resilience::breaker;
 pub mod event;
 pub mod inbox;
 pub mod messaging;

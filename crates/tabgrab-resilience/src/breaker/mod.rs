@@ -4,7 +4,8 @@
 //! one machine between everything that calls the same dependency and reports its state
 //! changes through a `tokio::sync::watch` channel ([`BreakerHandle::subscribe`]). What counts
 //! as a failure is the user's to say (the call client's breaker layer counts unhealthy error
-//! kinds; see `tabgrab_call::breaker`).
+//! kinds, see `tabgrab_call::breaker`; a consumer counts transient handler errors and
+//! panics, see `tabgrab::event::subscription`).
 
 pub mod state;
 
@@ -26,6 +27,12 @@ struct Shared {
 #[derive(Clone, Debug)]
 pub struct BreakerHandle {
     shared: Arc<Shared>,
+}
+
+impl From<BreakerConfig> for BreakerHandle {
+    fn from(config: BreakerConfig) -> BreakerHandle {
+        BreakerHandle::new(config)
+    }
 }
 
 impl AsRef<BreakerHandle> for BreakerHandle {
@@ -66,9 +73,19 @@ impl BreakerHandle {
         self.with(|core| core.record(ticket, outcome, now));
     }
 
+    /// While open: when the open duration ends; see [`BreakerCore::open_until`].
+    pub fn open_until(&self) -> Option<Instant> {
+        self.lock().open_until()
+    }
+
     /// Forgets an admitted call that ended without an outcome: see [`BreakerCore::cancel`].
+    /// A probe slot given back is announced to the receivers of [`subscribe`](Self::subscribe)
+    /// as the same state again, so that a caller waiting for a slot wakes up.
     pub fn cancel(&self, ticket: Ticket) {
-        self.with(|core| core.cancel(ticket));
+        let core = &mut *self.lock();
+        if core.cancel(ticket) {
+            self.shared.changes.send_replace(core.state());
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, BreakerCore> {
@@ -93,5 +110,61 @@ impl BreakerHandle {
         }
         drop(core);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            window: 10,
+            minimum_calls: 10,
+            failure_rate: 1.0,
+            consecutive_failures: Some(1),
+            open_for: Duration::from_secs(1),
+            probes: 1,
+        }
+    }
+
+    /// Open, the handle says until when; the first call after that is the one probe, and a
+    /// probe given back without an outcome wakes the receivers (a waiter may take the slot).
+    #[test]
+    fn a_probe_slot_given_back_wakes_the_waiters() {
+        let breaker = BreakerHandle::from(config());
+        let mut changes = breaker.subscribe();
+        let t0 = Instant::now();
+        assert_eq!(breaker.open_until(), None);
+        let ticket = breaker.allow(t0).expect("closed");
+        breaker.record(ticket, Outcome::Failure, t0);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        assert_eq!(breaker.open_until(), Some(t0 + Duration::from_secs(1)));
+        assert!(breaker.allow(t0 + Duration::from_millis(999)).is_none());
+        changes.borrow_and_update();
+
+        let later = t0 + Duration::from_secs(1);
+        let probe = breaker.allow(later).expect("the probe");
+        assert_eq!(breaker.open_until(), None);
+        assert!(breaker.allow(later).is_none(), "one probe slot");
+        assert!(changes.has_changed().unwrap(), "open to half-open");
+        changes.borrow_and_update();
+
+        breaker.cancel(probe);
+        assert!(
+            changes.has_changed().unwrap(),
+            "the slot given back is announced"
+        );
+        assert_eq!(*changes.borrow_and_update(), CircuitState::HalfOpen);
+        let probe = breaker.allow(later).expect("the slot again");
+        breaker.record(probe, Outcome::Success, later);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+
+        // A stale ticket's cancellation frees nothing and announces nothing.
+        changes.borrow_and_update();
+        breaker.cancel(ticket);
+        assert!(!changes.has_changed().unwrap());
     }
 }

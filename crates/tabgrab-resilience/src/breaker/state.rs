@@ -129,6 +129,15 @@ impl BreakerCore {
         }
     }
 
+    /// While open: when the open duration ends (the first call from then on is a probe).
+    /// `None` while closed or half-open.
+    pub fn open_until(&self) -> Option<Instant> {
+        match self.state {
+            Inner::Open { until } => Some(until),
+            Inner::Closed | Inner::HalfOpen { .. } => None,
+        }
+    }
+
     /// Admits a call at `now`, or refuses it (`None`) while open or when every probe slot is
     /// taken.
     pub fn allow(&mut self, now: Instant) -> Option<Ticket> {
@@ -210,15 +219,19 @@ impl BreakerCore {
     }
 
     /// Forgets an admitted call that ended without an outcome (its caller went away).
-    pub fn cancel(&mut self, ticket: Ticket) {
+    /// Returns whether that gave a probe slot back (a waiting caller may now probe).
+    pub fn cancel(&mut self, ticket: Ticket) -> bool {
         if ticket.generation != self.generation {
-            return;
+            return false;
         }
-        if let Inner::HalfOpen {
-            ref mut admitted, ..
-        } = self.state
-        {
-            *admitted = admitted.saturating_sub(1);
+        match self.state {
+            Inner::HalfOpen {
+                ref mut admitted, ..
+            } if *admitted > 0 => {
+                *admitted -= 1;
+                true
+            }
+            _ => false,
         }
     }
 

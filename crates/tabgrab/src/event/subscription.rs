@@ -29,6 +29,28 @@
 //! `concurrency`). A failing event is retried *inside its lane*, with backoff: only its own
 //! subject waits, the others flow.
 //!
+//! # Circuit breaker
+//! A subscription may have a [`BreakerHandle`] ([`SubscriptionBuilder::breaker`]) that stands
+//! for its handlers' dependency (a payment service, a database). Each handler run is admitted
+//! by the breaker and reports to it: `Ok` and permanent errors (the dependency answered; the
+//! event is bad) as successes, transient errors and panics as failures. While the breaker is
+//! open, the dispatcher takes no deliveries (the engine keeps them) and the held events wait
+//! for admission instead of retrying; at the end of the open duration the breaker's probes
+//! run, and when they succeed the group catches up. A transient failure after which the
+//! breaker is not closed (it opened it, it was a failed probe, or it came from before the
+//! breaker opened) is the dependency's, not the event's: it does not count towards
+//! `max_deliveries`, and its backoff is the wait for admission. So an outage dead-letters
+//! nothing; it shows as lag and as [`SubscriptionStats::breaker`].
+//!
+//! The breaker cannot tell an outage from one event that fails transiently forever while no
+//! other event succeeds: with `consecutive_failures` at or below `max_deliveries`, such an
+//! event (alone on the topic) pauses the group, probe after probe, until it succeeds or an
+//! operator steps in; with a higher threshold, or a rate threshold, it is dead-lettered, but
+//! an outage during which few events arrive may then dead-letter them. The default breaker
+//! ([`BreakerConfig::default`](crate::breaker::BreakerConfig::default): 5 in a row) and the default `max_deliveries` (5) choose the
+//! first. Handler attempts that a breaker does not charge count in
+//! [`SubscriptionStats::retries`] like the others.
+//!
 //! # Competing consumers
 //! Subscriptions with the same topic and group are members of one group, in this process or
 //! (on a broker) in others; the engine shares the deliveries among them. Members of a group
@@ -45,6 +67,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
+use tabgrab_resilience::breaker::{BreakerHandle, CircuitState, Outcome, Ticket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -110,6 +133,8 @@ pub struct SubscriptionStats {
     pub dead_letter_failures: u64,
     /// Known events of types this group does not handle.
     pub skipped: u64,
+    /// The state of the subscription's circuit breaker, if it has one.
+    pub breaker: Option<CircuitState>,
 }
 
 /// Tunables of a subscription.
@@ -126,6 +151,8 @@ struct Options {
     ack_wait: Duration,
     /// The type of a message that names none (see `SubscribeRequest::untyped_as`).
     untyped_as: Option<String>,
+    /// The handlers' dependency's breaker (see "Circuit breaker" above).
+    breaker: Option<BreakerHandle>,
 }
 
 impl Default for Options {
@@ -141,6 +168,7 @@ impl Default for Options {
             drain_timeout: Duration::from_secs(10),
             ack_wait: Duration::from_secs(30),
             untyped_as: None,
+            breaker: None,
         }
     }
 }
@@ -230,6 +258,29 @@ impl SubscriptionBuilder {
     /// The retry backoff (default: 100 ms doubling to 10 s, full jitter).
     pub fn backoff(mut self, backoff: Backoff) -> SubscriptionBuilder {
         self.options.backoff = backoff;
+        self
+    }
+
+    /// A circuit breaker for the handlers' dependency: while it is open, the group takes no
+    /// deliveries and its held events wait for it instead of using up their attempts into
+    /// dead letters (see "Circuit breaker" in the module docs). Takes a [`BreakerConfig`](crate::breaker::BreakerConfig), or
+    /// a [`BreakerHandle`] shared with other subscriptions or with a call client of the same
+    /// dependency (one breaker then sees every failure of that dependency).
+    ///
+    /// ```
+    /// # use tabgrab::event::Subscription;
+    /// # use tabgrab::breaker::BreakerConfig;
+    /// # fn doc(bus: tabgrab::backend::Bus) -> Result<(), tabgrab::Error> {
+    /// # let _ =
+    /// Subscription::builder(&bus, "kitchen", "payments")
+    ///     .breaker(BreakerConfig {
+    ///         open_for: std::time::Duration::from_secs(10),
+    ///         ..BreakerConfig::default()
+    ///     });
+    /// # Ok(()) }
+    /// ```
+    pub fn breaker(mut self, breaker: impl Into<BreakerHandle>) -> SubscriptionBuilder {
+        self.options.breaker = Some(breaker.into());
         self
     }
 
@@ -383,6 +434,12 @@ impl Subscription {
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             dead_letter_failures: c.dead_letter_failures.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
+            breaker: self
+                .group
+                .options
+                .breaker
+                .as_ref()
+                .map(BreakerHandle::state),
         }
     }
 
@@ -556,10 +613,22 @@ impl Group {
         let ack_wait = backend.ack_wait(self.options.ack_wait);
         let keeping_alive =
             tokio::spawn(Arc::clone(&self).keep_alive(ack_wait, keep_alive.clone()));
+        let mut breaker = self
+            .options
+            .breaker
+            .as_ref()
+            .map(|breaker| (breaker, breaker.subscribe()));
         loop {
+            if let Some((handle, changes)) = &mut breaker {
+                if !Box::pin(self.intake_allowed(handle, changes)).await {
+                    break;
+                }
+            }
             let item = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => break,
+                // The breaker opened while waiting for a delivery: pause before taking one.
+                () = opened(&mut breaker) => continue,
                 item = futures::StreamExt::next(&mut deliveries) => item,
             };
             match item {
@@ -639,6 +708,39 @@ impl Group {
             tracing::warn!(topic = %self.topic, group = %self.name, error = %e, "flushing the settlements failed; the broker redelivers what it did not hear of after its ack wait");
         }
         Ok(())
+    }
+
+    /// Waits while `breaker` is open (until its open duration ends: its probes then need
+    /// deliveries to run on, and it stays open until a first call). Marks the state as seen in
+    /// `changes`, so that an opening afterwards wakes [`opened`]. `false` when the member
+    /// stops first.
+    async fn intake_allowed(
+        &self,
+        breaker: &BreakerHandle,
+        changes: &mut tokio::sync::watch::Receiver<CircuitState>,
+    ) -> bool {
+        let mut logged = false;
+        loop {
+            changes.borrow_and_update();
+            let until = match breaker.open_until() {
+                Some(until) if until > tokio::time::Instant::now() => until,
+                _ => {
+                    if logged {
+                        tracing::info!(topic = %self.topic, group = %self.name, "the circuit breaker's open time is over; taking deliveries again");
+                    }
+                    return true;
+                }
+            };
+            if !logged {
+                tracing::info!(topic = %self.topic, group = %self.name, "the circuit breaker is open; the group takes no deliveries until it probes again");
+                logged = true;
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep_until(until) => {}
+                _ = changes.changed() => {}
+            }
+        }
     }
 
     /// Tells the broker, well within its ack wait, that held deliveries are being worked on.
@@ -796,6 +898,17 @@ impl Group {
         };
         let mut attempt = 1;
         loop {
+            let admitted = match &self.options.breaker {
+                None => None,
+                Some(breaker) => match breaker.allow(tokio::time::Instant::now()) {
+                    Some(ticket) => Some(Admitted::new(breaker, ticket)),
+                    // Boxed: a rare wait that would make every lane task larger.
+                    None => match Box::pin(self.admission(breaker)).await {
+                        Some(admitted) => Some(admitted),
+                        None => return,
+                    },
+                },
+            };
             let ctx = Context {
                 envelope: Arc::clone(&job.envelope),
                 offset: job.offset,
@@ -811,6 +924,13 @@ impl Group {
                     .catch_unwind()
                     .await
             };
+            if let Some(admitted) = admitted {
+                admitted.record(match &outcome {
+                    Ok(Err(e)) if e.is_retryable() => Outcome::Failure,
+                    Ok(_) => Outcome::Success,
+                    Err(_) => Outcome::Failure,
+                });
+            }
             let error = match outcome {
                 Ok(Ok(())) => {
                     self.counters.acked.fetch_add(1, Ordering::Relaxed);
@@ -829,6 +949,17 @@ impl Group {
             };
             let reason = if !error.is_retryable() {
                 error.reason()
+            } else if self
+                .options
+                .breaker
+                .as_ref()
+                .is_some_and(|b| b.state() != CircuitState::Closed)
+            {
+                // The dependency's failure, not the event's (see "Circuit breaker" above):
+                // not charged; the wait for admission is its backoff.
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(topic = %self.topic, group = %self.name, offset = job.offset, attempt, %error, "handler failed while the circuit breaker is not closed; the attempt is not counted");
+                continue;
             } else if attempt >= self.options.max_deliveries {
                 "max_deliveries"
             } else {
@@ -861,6 +992,31 @@ impl Group {
                 self.finish(job.offset, settle).await;
             }
             return;
+        }
+    }
+
+    /// Waits until `breaker` admits a handler run: at the end of its open time, or when its
+    /// state changes (a probe slot may be free). `None` when the member stops first.
+    async fn admission<'a>(&self, breaker: &'a BreakerHandle) -> Option<Admitted<'a>> {
+        let mut changes = breaker.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if let Some(ticket) = breaker.allow(tokio::time::Instant::now()) {
+                return Some(Admitted::new(breaker, ticket));
+            }
+            // Refused: open until `reopens`, or half-open with every probe slot taken (a
+            // state change or a slot given back wakes it).
+            let reopens = breaker.open_until();
+            tokio::select! {
+                () = self.cancel.cancelled() => return None,
+                _ = changes.changed() => {}
+                () = async {
+                    match reopens {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
         }
     }
 
@@ -976,6 +1132,54 @@ impl Group {
         if let Err(e) = result {
             // Not lost: the broker redelivers it, and it is handled again (at least once).
             tracing::warn!(topic = %self.topic, group = %self.name, offset, error = %e, "settling a delivery failed; it will be redelivered");
+        }
+    }
+}
+
+/// Resolves when `breaker` (if any) changes to open after its receiver last looked.
+async fn opened(
+    breaker: &mut Option<(&BreakerHandle, tokio::sync::watch::Receiver<CircuitState>)>,
+) {
+    let Some((_, changes)) = breaker else {
+        return std::future::pending().await;
+    };
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if *changes.borrow_and_update() == CircuitState::Open {
+            return;
+        }
+    }
+}
+
+/// A handler run the breaker admitted: records its outcome, or gives its ticket back when
+/// the run ends without one (the lane was dropped).
+struct Admitted<'a> {
+    breaker: &'a BreakerHandle,
+    ticket: Option<Ticket>,
+}
+
+impl<'a> Admitted<'a> {
+    fn new(breaker: &'a BreakerHandle, ticket: Ticket) -> Admitted<'a> {
+        Admitted {
+            breaker,
+            ticket: Some(ticket),
+        }
+    }
+
+    fn record(mut self, outcome: Outcome) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker
+                .record(ticket, outcome, tokio::time::Instant::now());
+        }
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker.cancel(ticket);
         }
     }
 }

@@ -903,6 +903,150 @@ pub(crate) async fn a_group_lag_counts_what_it_has_not_settled(f: Fixture) {
     f.cleanup().await;
 }
 
+/// A consumer whose handler's dependency is down: its breaker opens, the group takes no
+/// deliveries and runs no handler while it is open, nothing is dead-lettered for the outage,
+/// and the group catches up once the dependency is back. A group without a breaker (the
+/// control) dead-letters the same events.
+pub(crate) async fn a_breaker_pauses_the_group_through_an_outage(f: Fixture) {
+    use tabgrab::breaker::{BreakerConfig, BreakerHandle, CircuitState};
+    use tokio::sync::Semaphore;
+
+    let topic = f.topic("outage");
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    // The dependency: down until `up`. The paused group's first calls hang on `gate` until it
+    // is closed, so that the group holds every published event before the failures start.
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = Arc::new(Semaphore::new(0));
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen: Seen = Arc::default();
+    // The first failure opens it: no handler attempt then starts between the failures and
+    // the opening, so the open time can be watched exactly.
+    let open_for = Duration::from_secs(1);
+    let breaker = BreakerHandle::new(BreakerConfig {
+        window: 20,
+        minimum_calls: 10,
+        failure_rate: 0.5,
+        consecutive_failures: Some(1),
+        open_for,
+        probes: 1,
+    });
+    let paused = {
+        let (up, gate, calls, seen) = (up.clone(), gate.clone(), calls.clone(), seen.clone());
+        // One attempt: a failure the breaker charged to an event would dead-letter it.
+        Subscription::builder(&f.bus, &topic, "paused")
+            .max_deliveries(1)
+            .backoff(fast_backoff())
+            .breaker(breaker.clone())
+            .handle(move |t: Ticket, _ctx: Context| {
+                let (up, gate, calls, seen) =
+                    (up.clone(), gate.clone(), calls.clone(), seen.clone());
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if !up.load(Ordering::SeqCst) {
+                        let _ = gate.acquire().await;
+                        return Err(HandlerError::transient("the payment service is down"));
+                    }
+                    seen.lock().unwrap().push((t.order, t.seq));
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    let control = {
+        let up = up.clone();
+        Subscription::builder(&f.bus, &topic, "control")
+            .max_deliveries(3)
+            .backoff(fast_backoff())
+            .handle(move |_: Ticket, _ctx: Context| {
+                let up = up.clone();
+                async move {
+                    if up.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err(HandlerError::transient("the payment service is down"))
+                    }
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    paused.ready().await.unwrap();
+    control.ready().await.unwrap();
+    let orders = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    publish_tickets(&publisher, &orders, 2).await;
+    wait_until("the control group dead-letters the outage's events", || {
+        control.stats().dead_lettered == 20
+    })
+    .await;
+    // Every event is held: one running per subject (hanging on the gate), one queued behind.
+    wait_until("the paused group holds every event", || {
+        paused.stats().received == 20 && calls.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    gate.close();
+    wait_until("the breaker opens", || {
+        breaker.state() == CircuitState::Open
+    })
+    .await;
+    assert_eq!(paused.stats().breaker, Some(CircuitState::Open));
+    let until = breaker.open_until().expect("open");
+    let calls_at_open = calls.load(Ordering::SeqCst);
+    // Published while open: not taken, and no handler runs, until the open time is over.
+    publish_tickets(&publisher, &["k", "l", "m", "n", "o"], 2).await;
+    let mut samples = 0;
+    loop {
+        let (received, ran) = (paused.stats().received, calls.load(Ordering::SeqCst));
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+        assert_eq!(
+            received, 20,
+            "a delivery was taken while the breaker was open"
+        );
+        assert_eq!(
+            ran, calls_at_open,
+            "a handler ran while the breaker was open"
+        );
+        samples += 1;
+        if samples == 20 {
+            // The dependency comes back before the breaker probes it.
+            up.store(true, Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    up.store(true, Ordering::SeqCst);
+    assert!(samples >= 10, "only {samples} samples in the open time");
+    // The probe succeeds, the breaker closes and the group catches up.
+    let all: HashSet<(String, u32)> = orders
+        .iter()
+        .chain(&["k", "l", "m", "n", "o"])
+        .flat_map(|o| (0..2).map(move |seq| ((*o).to_owned(), seq)))
+        .collect();
+    wait_until("the paused group handles every event", || {
+        seen.lock().unwrap().iter().cloned().collect::<HashSet<_>>() == all
+    })
+    .await;
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    let stats = paused.stats();
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    assert!(stats.acked >= 30, "{stats:?}");
+    paused.shutdown().await.unwrap();
+    control.shutdown().await.unwrap();
+    wait_for_lag(&f, &topic, "paused", 0, "after the outage").await;
+    let letters = f.bus.dead_letters(&topic).await.unwrap();
+    assert!(
+        letters.iter().all(|l| l.group == "control"),
+        "the paused group dead-lettered: {letters:?}"
+    );
+    assert!(
+        letters.len() >= 20,
+        "control dead letters: {}",
+        letters.len()
+    );
+    f.cleanup().await;
+}
+
 /// Waits (bounded) until the lag of `group` on `topic` is `expected`.
 async fn wait_for_lag(f: &Fixture, topic: &str, group: &str, expected: u64, when: &str) {
     let start = Instant::now();
@@ -982,6 +1126,7 @@ macro_rules! conformance {
             scenario!(request_reply_answers_rejects_and_times_out);
             scenario!(a_queue_reply_address_is_served_or_refused_as_the_capability_says);
             scenario!(a_publish_before_any_group_is_kept_or_refused);
+            scenario!(a_breaker_pauses_the_group_through_an_outage);
         }
     };
 }
