@@ -1,8 +1,8 @@
-//! The request that flows through the client stack, and the per-call options.
+//! The request that flows through the client's policies to a transport, and the per-call
+//! options.
 //!
-//! Every layer (limit, deadline, retry, breaker) and every transport is a
-//! `tower::Service<Call, Response = Bytes, Error = CallError>`. A [`Call`] is cheap to clone
-//! (the payload is `Bytes`), which is what lets the retry layer resend it.
+//! Every transport is a `tower::Service<Call, Response = Bytes, Error = CallError>`. A
+//! [`Call`] is cheap to clone (the payload is shared), which is what lets a retry resend it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +46,7 @@ pub struct Call {
     /// Command or query.
     pub kind: RequestKind,
     /// The message, with its CloudEvents attributes; `data` is the JSON payload. Shared, so
-    /// that the retry layer's copy of a call costs a reference count.
+    /// that a retry's copy of a call costs a reference count.
     pub envelope: Arc<Envelope>,
     /// When the caller stops waiting; travels to the server as a relative timeout.
     pub deadline: Option<Instant>,

@@ -1,24 +1,26 @@
-//! The client: typed calls through one tower stack, the same for every transport.
+//! The client: typed calls through the resilience policies, the same for every transport.
 //!
-//! The stack, outermost first:
+//! The policies, outermost first:
 //!
-//! | layer | stops a call with | why there |
+//! | policy | stops a call with | why there |
 //! |---|---|---|
-//! | [`limit`](crate::limit) (bulkhead, load shedding) | `Rejected` | outermost, so a call's retries and pauses hold one slot |
-//! | [`deadline`](crate::deadline) | `DeadlineExceeded` | around the retries: no retry outlives the caller's budget |
+//! | bulkhead, load shedding (`tabgrab_resilience::Bulkhead`) | `Rejected` | outermost, so a call's retries and pauses hold one slot |
+//! | deadline | `DeadlineExceeded` | around the retries: no retry outlives the caller's budget |
 //! | [`retry`](crate::retry) (with budget) | — (returns the last error) | outside the breaker, so each attempt is counted and an open breaker ends the retries |
 //! | [`breaker`](crate::breaker) | `CircuitOpen` | next to the wire: it judges the recipient by single attempts |
 //! | attempt timeout (optional) | `Timeout` | one slow attempt can be retried within the deadline |
 //! | transport ([`HttpTransport`](crate::http::HttpTransport), [`GrpcTransport`](crate::grpc::GrpcTransport)) | `Unavailable`, `Remote`, `Protocol`, … | sends the remaining budget to the server |
 //!
-//! Each layer is a tower [`Layer`](tower::Layer) of its own module, for stacks of other
-//! shapes. The client, though, runs the same layers *fused*: one `async` function per call
-//! that acquires the bulkhead permit, sets the deadline, loops over the attempts and gates each
-//! one at the breaker, using the layers' own rules and errors (shared helpers). Why: composed
-//! tower layers cost, per call, a clone of the boxed stack for `oneshot`, a clone of the
-//! inner stack for tower's `Retry` future, and one boxed future per layer; fused, a call
-//! costs one boxed future, one timer (the deadline; a second only with an attempt timeout)
-//! and a clone of the transport per attempt (one reference count for tabgrab's transports).
+//! They run *fused*: one `async` function per call that acquires the bulkhead permit, sets the
+//! deadline, loops over the attempts and gates each one at the breaker, with the policies of
+//! `tabgrab-resilience` (the same ones the bus's consumers use). There is no second,
+//! composable tower stack: composed as tower layers, a call cost a clone of the boxed stack for
+//! `oneshot`, a clone of the inner stack for tower's `Retry` future and one boxed future per
+//! layer; fused, a call costs one boxed future, one timer (the deadline; a second only with an
+//! attempt timeout) and a clone of the transport per attempt (one reference count for
+//! tabgrab's transports). BENCHMARKS.md ("the fused client stack") has the measurement.
+//! `tests/policies_model.rs` composes the policies by hand and holds the client to the same
+//! behaviour on random scripts.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,7 +29,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tabgrab_core::{Envelope, ErrorKind, Request};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
 
@@ -35,20 +36,21 @@ use crate::CallError;
 use crate::breaker::{BreakerConfig, BreakerHandle, Pending};
 use crate::call::{Call, CallOptions, RequestKind};
 use crate::retry::{RetryBudget, RetryConfig};
+use tabgrab_resilience::Bulkhead;
 
 /// The future of one call through the stack, borrowing the stack.
 type StackFuture<'a> = Pin<Box<dyn Future<Output = Result<Bytes, CallError>> + Send + 'a>>;
 
-/// The layers over a transport, with the transport's type erased.
+/// The policies over a transport, with the transport's type erased.
 trait Stack: Send + Sync {
-    /// Runs `call` through the layers and the transport.
+    /// Runs `call` through the policies and the transport.
     fn call(&self, call: Call) -> StackFuture<'_>;
 }
 
 /// Calls one service's commands and queries; cheap to clone, share it between tasks.
 #[derive(Clone)]
 pub struct Client {
-    /// The layers over the transport, fused (see the module docs).
+    /// The policies over the transport, fused (see the module docs).
     stack: Arc<dyn Stack>,
     /// The service called, for errors.
     service: Arc<str>,
@@ -215,11 +217,9 @@ where
     pub fn build(self) -> Client {
         let budget = self.budget.unwrap_or_default();
         let breaker = BreakerHandle::new(self.breaker);
-        let (permits, max_in_flight) = crate::limit::permits(self.max_in_flight);
         let stack = Fused {
             transport: self.transport,
-            permits,
-            max_in_flight,
+            bulkhead: Bulkhead::new(self.max_in_flight),
             default_timeout: self.default_timeout,
             attempt_timeout: self.attempt_timeout,
             retry: self.retry,
@@ -236,13 +236,12 @@ where
     }
 }
 
-/// The layers of the module docs' table as one function per call.
+/// The policies of the module docs' table as one function per call.
 struct Fused<T> {
     transport: T,
-    /// The bulkhead ([`crate::limit`]).
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
-    /// The deadline of calls that bring none ([`crate::deadline`]).
+    /// The bulkhead (`crate::limit`).
+    bulkhead: Bulkhead,
+    /// The deadline of calls that bring none (`crate::deadline`).
     default_timeout: Duration,
     attempt_timeout: Option<Duration>,
     /// Retries ([`crate::retry`]).
@@ -270,8 +269,8 @@ where
     /// Bulkhead, then deadline around the retries.
     async fn run(&self, mut call: Call) -> Result<Bytes, CallError> {
         // The bulkhead: outermost, so retries and pauses hold the one slot.
-        let Ok(_permit) = self.permits.try_acquire() else {
-            return Err(crate::limit::shed(&call, self.max_in_flight));
+        let Some(_permit) = self.bulkhead.try_enter() else {
+            return Err(crate::limit::shed(&call, self.bulkhead.max()));
         };
         // The deadline: the caller's, or the default one.
         let now = Instant::now();

@@ -11,9 +11,9 @@
 //!   serves them over HTTP ([`http::router`]) and gRPC ([`grpc::router`]) on one port with
 //!   [`serve`].
 //!   The same handlers answer over core NATS ([`nats::serve`]: a queue group per service).
-//! - The client side: [`Client`] is a tower stack over a transport
-//!   ([`http::HttpTransport`], [`grpc::GrpcTransport`], [`nats::NatsTransport`]); see
-//!   [`client`] for the layers.
+//! - The client side: [`Client`] runs the resilience policies of `tabgrab-resilience` over a
+//!   transport ([`http::HttpTransport`], [`grpc::GrpcTransport`], [`nats::NatsTransport`]);
+//!   see [`client`] for their order.
 //! - Errors: [`CallError`], whose [`kind`](CallError::kind) says which layer or side stopped the
 //!   call, and whose [`rejection`](CallError::rejection) is the handler's typed refusal.
 //!
@@ -50,7 +50,7 @@
 pub mod breaker;
 pub mod call;
 pub mod client;
-pub mod deadline;
+mod deadline;
 pub mod error;
 #[cfg(feature = "grpc")]
 pub mod grpc;
@@ -58,7 +58,7 @@ pub mod handler;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod idempotency;
-pub mod limit;
+mod limit;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod retry;

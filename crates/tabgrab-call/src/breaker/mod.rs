@@ -6,7 +6,7 @@
 //! caller can degrade immediately, and the recipient gets room to recover; after the open
 //! duration a few probe calls test it. tower has no breaker, so this is our own: a pure state
 //! machine ([`state`], shared with the bus's consumers in `tabgrab-resilience`) checked against
-//! a reference model by a property test, wrapped in a tower [`Layer`].
+//! a reference model by a property test; the client gates each attempt with it.
 //!
 //! What counts as a failure: `Timeout`, `Unavailable`, `Rejected` (overload), `Handler`,
 //! `Protocol` and a `DeadlineExceeded` the server reports. A typed refusal (`Remote`) and bad
@@ -24,18 +24,11 @@ pub use tabgrab_resilience::breaker::{
     BreakerConfig, BreakerCore, BreakerHandle, CircuitState, Outcome, Ticket, state,
 };
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use tabgrab_core::ErrorKind;
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 use crate::{Call, CallError};
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Whether an error says the recipient is unhealthy.
 pub fn is_failure(kind: ErrorKind) -> bool {
@@ -52,52 +45,21 @@ pub fn is_failure(kind: ErrorKind) -> bool {
     )
 }
 
-/// Puts a breaker in front of a service.
-#[derive(Clone, Debug)]
-pub struct BreakerLayer {
-    handle: BreakerHandle,
-}
-
-impl BreakerLayer {
-    /// A layer over the breaker of `handle` (share the handle to observe it).
-    pub fn new(handle: BreakerHandle) -> BreakerLayer {
-        BreakerLayer { handle }
-    }
-}
-
-impl<S> Layer<S> for BreakerLayer {
-    type Service = Breaker<S>;
-    fn layer(&self, inner: S) -> Breaker<S> {
-        Breaker {
-            inner,
-            handle: self.handle.clone(),
-        }
-    }
-}
-
-/// The service of [`BreakerLayer`].
-#[derive(Clone, Debug)]
-pub struct Breaker<S> {
-    inner: S,
-    handle: BreakerHandle,
-}
-
 /// An admitted attempt: reports its outcome with [`Pending::finish`], or a cancellation if it
-/// is dropped before its outcome. `H` is an owned handle (the layer's `'static` future) or a
-/// borrowed one (the client's fused stack, which saves the reference count).
-pub(crate) struct Pending<H: AsRef<BreakerHandle>> {
-    handle: H,
+/// is dropped before its outcome.
+pub(crate) struct Pending<'a> {
+    handle: &'a BreakerHandle,
     ticket: Option<Ticket>,
 }
 
-impl<H: AsRef<BreakerHandle>> Pending<H> {
+impl<'a> Pending<'a> {
     /// The gate to the wire: an attempt whose deadline has passed (a retry woken by a timer
     /// in the same tick as the deadline) is not sent, and says nothing about the recipient,
     /// so it takes no ticket; an open breaker refuses it.
     // The error is the call's own error, handed up as it is; boxing it would cost every
     // refused attempt an allocation for nothing.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn admit(handle: H, call: &Call) -> Result<Pending<H>, CallError> {
+    pub(crate) fn admit(handle: &'a BreakerHandle, call: &Call) -> Result<Pending<'a>, CallError> {
         let now = Instant::now();
         if call.deadline.is_some_and(|d| d <= now) {
             return Err(CallError::new(
@@ -107,7 +69,7 @@ impl<H: AsRef<BreakerHandle>> Pending<H> {
                 "the deadline passed before this attempt could be sent",
             ));
         }
-        let Some(ticket) = handle.as_ref().allow(now) else {
+        let Some(ticket) = handle.allow(now) else {
             return Err(CallError::new(
                 ErrorKind::CircuitOpen,
                 call.service.clone(),
@@ -129,42 +91,15 @@ impl<H: AsRef<BreakerHandle>> Pending<H> {
             _ => Outcome::Success,
         };
         if let Some(ticket) = self.ticket.take() {
-            self.handle.as_ref().record(ticket, outcome, Instant::now());
+            self.handle.record(ticket, outcome, Instant::now());
         }
     }
 }
 
-impl<H: AsRef<BreakerHandle>> Drop for Pending<H> {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            self.handle.as_ref().cancel(ticket);
+            self.handle.cancel(ticket);
         }
-    }
-}
-
-impl<S> Service<Call> for Breaker<S>
-where
-    S: Service<Call, Response = Bytes, Error = CallError>,
-    S::Future: Send + 'static,
-{
-    type Response = Bytes;
-    type Error = CallError;
-    type Future = BoxFuture<Result<Bytes, CallError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, call: Call) -> Self::Future {
-        let pending = match Pending::admit(self.handle.clone(), &call) {
-            Ok(pending) => pending,
-            Err(error) => return Box::pin(std::future::ready(Err(error))),
-        };
-        let work = self.inner.call(call);
-        Box::pin(async move {
-            let result = work.await;
-            pending.finish(&result);
-            result
-        })
     }
 }

@@ -18,7 +18,7 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
-/// prost's codec with decoding errors as `INVALID_ARGUMENT`; see the [module docs](self).
+/// prost's codec with decoding errors as `INVALID_ARGUMENT`; see the module docs.
 #[derive(Debug, Clone)]
 pub struct ProtoCodec<T, U> {
     _pd: PhantomData<(T, U)>,

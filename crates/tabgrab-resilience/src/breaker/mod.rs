@@ -35,12 +35,6 @@ impl From<BreakerConfig> for BreakerHandle {
     }
 }
 
-impl AsRef<BreakerHandle> for BreakerHandle {
-    fn as_ref(&self) -> &BreakerHandle {
-        self
-    }
-}
-
 impl BreakerHandle {
     /// A closed breaker with `config`.
     pub fn new(config: BreakerConfig) -> BreakerHandle {
