@@ -86,6 +86,7 @@
 use std::fmt;
 use std::time::Duration;
 
+mod admission;
 mod reply;
 mod requester;
 mod responder;

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Admission;
 use super::reply::{RawOutcome, ReplyBody};
 use super::store::{Claim, CorrelationStore, PendingRequest, RecordState, ReplyKey};
 use super::{
@@ -21,6 +22,7 @@ use super::{
 };
 use crate::backend::embedded::validate_topic;
 use crate::backend::{Bus, ReplyAddress};
+use crate::breaker::{BreakerHandle, CircuitState};
 use crate::event::{Context, ErasedHandler, HandlerError, Publisher, Subscription};
 use crate::{Envelope, Error, ErrorKind, Request};
 
@@ -100,6 +102,8 @@ pub(crate) struct Counters {
     pub(crate) rejected: AtomicU64,
     pub(crate) unhandled: AtomicU64,
     pub(crate) handler_failures: AtomicU64,
+    pub(crate) shed: AtomicU64,
+    pub(crate) circuit_open: AtomicU64,
 }
 
 /// A snapshot of a requester's counters (this node only; other nodes of the group count
@@ -125,6 +129,14 @@ pub struct RequesterStats {
     pub unhandled: u64,
     /// Reply handler failures (the outcome is retried).
     pub handler_failures: u64,
+    /// Requests refused by the bulkhead ([`RequesterBuilder::max_in_flight`]).
+    pub shed: u64,
+    /// Requests refused by the open circuit breaker ([`RequesterBuilder::breaker`]).
+    pub circuit_open: u64,
+    /// The circuit breaker's state, if the node has one.
+    pub breaker: Option<CircuitState>,
+    /// This node's requests awaiting their outcome, if it has a bulkhead.
+    pub in_flight: Option<usize>,
 }
 
 /// Tunables of a requester.
@@ -136,6 +148,8 @@ pub(crate) struct Options {
     pub(crate) lease: Duration,
     pub(crate) retention: Duration,
     pub(crate) concurrency: usize,
+    pub(crate) max_in_flight: Option<usize>,
+    pub(crate) breaker: Option<BreakerHandle>,
 }
 
 impl Default for Options {
@@ -147,6 +161,8 @@ impl Default for Options {
             lease: Duration::from_secs(30),
             retention: Duration::from_secs(24 * 3600),
             concurrency: 64,
+            max_in_flight: None,
+            breaker: None,
         }
     }
 }
@@ -261,6 +277,27 @@ impl RequesterBuilder {
         self
     }
 
+    /// A bulkhead: at most `n` requests of this node awaiting their outcome; the next is
+    /// refused at once with `Rejected` (default: no cap, as a durable request may wait for a
+    /// recipient that is down).
+    pub fn max_in_flight(mut self, n: usize) -> RequesterBuilder {
+        self.options.max_in_flight = Some(n);
+        self
+    }
+
+    /// A circuit breaker over this node's requests: time-outs count as failures, replies
+    /// (answers and rejections) as successes; while it is open, requests are refused at once
+    /// with `CircuitOpen`, before anything is stored or published (default: none, as a durable
+    /// request may wait for a recipient that is down). Takes a
+    /// [`BreakerConfig`](crate::breaker::BreakerConfig) or a
+    /// [`BreakerHandle`](crate::breaker::BreakerHandle) shared with a call client or a
+    /// consumer of the same dependency. A request whose outcome another node of the group
+    /// takes counts for neither side: it is forgotten once no outcome can come any more.
+    pub fn breaker(mut self, breaker: impl Into<BreakerHandle>) -> RequesterBuilder {
+        self.options.breaker = Some(breaker.into());
+        self
+    }
+
     /// Starts the requester: joins the group's reply consumer group and starts the timeout
     /// sweep. Must be called inside a tokio runtime.
     pub fn start(self) -> Result<Requester, Error> {
@@ -310,6 +347,7 @@ impl RequesterBuilder {
             clock: Clock::new(),
             counters: Counters::default(),
             waiters: Mutex::new(HashMap::new()),
+            admission: Admission::new(self.options.max_in_flight, self.options.breaker.clone()),
         });
         let on_reply: ErasedHandler = {
             let inner = Arc::clone(&inner);
@@ -361,6 +399,8 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     /// Callers of `request` waiting on this node, by request id.
     waiters: Mutex<HashMap<String, oneshot::Sender<RawOutcome>>>,
+    /// The bulkhead and the breaker, with this node's requests in flight.
+    pub(crate) admission: Admission,
 }
 
 impl Inner {
@@ -470,6 +510,8 @@ impl Inner {
         request: Arc<PendingRequest>,
         raw: RawOutcome,
     ) -> Result<(), HandlerError> {
+        self.admission
+            .outcome(&request.id, matches!(raw, RawOutcome::Replied(_)));
         let waiter = self.waiters().remove(&request.id);
         let raw = match waiter {
             Some(tx) => match tx.send(raw) {
@@ -617,6 +659,17 @@ impl Requester {
                 format!("no publisher for topic {}", route.topic),
             )
         })?;
+        let pass = inner
+            .admission
+            .admit(&inner.group, R::TYPE)
+            .inspect_err(|e| {
+                let counter = if e.kind() == ErrorKind::Rejected {
+                    &inner.counters.shed
+                } else {
+                    &inner.counters.circuit_open
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            })?;
         let now = inner.clock.now_ms();
         let timeout = options.timeout.unwrap_or(inner.options.default_timeout);
         let deadline_ms = now.saturating_add(duration_ms(timeout));
@@ -641,7 +694,15 @@ impl Requester {
             .counters
             .records_written
             .fetch_add(1, Ordering::Relaxed);
+        pass.book(
+            id.as_str(),
+            tokio::time::Instant::now()
+                + timeout
+                + inner.options.sweep_interval * 2
+                + Duration::from_secs(1),
+        );
         if let Err(e) = publisher.publish_envelope(&envelope).await {
+            inner.admission.withdraw(id.as_str());
             if let Err(remove) = inner.store.remove(id.as_str()).await {
                 tracing::error!(group = %inner.group, %id, error = %remove, "publish failed and the pending record could not be removed; it will time out");
             }
@@ -737,6 +798,10 @@ impl Requester {
             rejected: get(&c.rejected),
             unhandled: get(&c.unhandled),
             handler_failures: get(&c.handler_failures),
+            shed: get(&c.shed),
+            circuit_open: get(&c.circuit_open),
+            breaker: self.inner.admission.breaker().map(BreakerHandle::state),
+            in_flight: self.inner.admission.in_flight(),
         }
     }
 

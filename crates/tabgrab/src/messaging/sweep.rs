@@ -27,6 +27,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     let mut last_purge = tokio::time::Instant::now();
     loop {
+        inner.admission.forget_expired(tokio::time::Instant::now());
         let full = match sweep_once(&inner).await {
             Ok(n) => n >= inner.options.sweep_batch as usize,
             Err(e) => {
