@@ -39,7 +39,7 @@ use futures::future::BoxFuture;
 use tabgrab::backend::{
     Backend, Bus, Capabilities, Deliveries, EngineReport, Published, SubscribeRequest,
 };
-use tabgrab::{Codec, Envelope};
+use tabgrab::{Codec, Envelope, Topic};
 
 use crate::error::{Error, ErrorKind};
 
@@ -142,9 +142,16 @@ impl Namespaced {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn scoped(&self, topic: &str) -> String {
-        self.seen().published.entry(topic.to_owned()).or_insert(0);
-        format!("{}{topic}", self.prefix)
+    /// `topic` in the namespace, remembered for clean-up.
+    fn scoped(&self, topic: &Topic) -> Result<Topic, tabgrab::Error> {
+        self.seen().published.entry(topic.to_string()).or_insert(0);
+        self.renamed(topic)
+    }
+
+    /// `topic` in the namespace (the prefix is a checked namespace and a `.`, so this fails
+    /// only if that check was bypassed).
+    fn renamed(&self, topic: &Topic) -> Result<Topic, tabgrab::Error> {
+        topic.prefixed(&self.prefix)
     }
 }
 
@@ -167,14 +174,14 @@ impl Backend for Namespaced {
 
     fn publish<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, tabgrab::Error>> {
         async move {
-            let scoped = self.scoped(topic);
+            let scoped = self.scoped(topic)?;
             let published = self.inner.publish(&scoped, envelope).await?;
             if !published.duplicate {
-                *self.seen().published.entry(topic.to_owned()).or_insert(0) += 1;
+                *self.seen().published.entry(topic.to_string()).or_insert(0) += 1;
             }
             Ok(published)
         }
@@ -183,12 +190,12 @@ impl Backend for Namespaced {
 
     fn publish_raw<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         subject: Option<&'a str>,
         payload: bytes::Bytes,
     ) -> BoxFuture<'a, Result<Published, tabgrab::Error>> {
         async move {
-            let scoped = self.scoped(topic);
+            let scoped = self.scoped(topic)?;
             self.inner.publish_raw(&scoped, subject, payload).await
         }
         .boxed()
@@ -214,9 +221,9 @@ impl Backend for Namespaced {
         .boxed()
     }
 
-    fn group_queue(&self, topic: &str, group: &str) -> Option<String> {
-        let queue = self.inner.group_queue(&self.scoped(topic), group)?;
-        self.seen().queues.insert(queue.clone(), topic.to_owned());
+    fn group_queue(&self, topic: &Topic, group: &str) -> Option<String> {
+        let queue = self.inner.group_queue(&self.scoped(topic).ok()?, group)?;
+        self.seen().queues.insert(queue.clone(), topic.to_string());
         Some(queue)
     }
 
@@ -228,30 +235,36 @@ impl Backend for Namespaced {
         self.inner.flush()
     }
 
-    fn original_location(&self, topic: &str, position: u64) -> String {
-        self.inner
-            .original_location(&format!("{}{topic}", self.prefix), position)
+    fn original_location(&self, topic: &Topic, position: u64) -> String {
+        match self.renamed(topic) {
+            Ok(renamed) => self.inner.original_location(&renamed, position),
+            Err(_) => self.inner.original_location(topic, position),
+        }
     }
 
     fn subscribe(
         self: Arc<Self>,
         mut request: SubscribeRequest,
     ) -> BoxFuture<'static, Result<Deliveries, tabgrab::Error>> {
-        request.topic = self.scoped(&request.topic);
-        Arc::clone(&self.inner).subscribe(request)
+        match self.scoped(&request.topic) {
+            Ok(topic) => {
+                request.topic = topic;
+                Arc::clone(&self.inner).subscribe(request)
+            }
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
     }
 
-    fn live_lag(&self, topic: &str, group: &str) -> Option<u64> {
-        self.inner
-            .live_lag(&format!("{}{topic}", self.prefix), group)
+    fn live_lag(&self, topic: &Topic, group: &str) -> Option<u64> {
+        self.inner.live_lag(&self.renamed(topic).ok()?, group)
     }
 
     fn read_all<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
     ) -> BoxFuture<'a, Result<Vec<Envelope>, tabgrab::Error>> {
         async move {
-            let scoped = self.scoped(topic);
+            let scoped = self.scoped(topic)?;
             self.inner.read_all(&scoped).await
         }
         .boxed()
@@ -259,19 +272,19 @@ impl Backend for Namespaced {
 
     fn group_lag<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, tabgrab::Error>> {
         async move {
-            let scoped = self.scoped(topic);
+            let scoped = self.scoped(topic)?;
             self.inner.group_lag(&scoped, group).await
         }
         .boxed()
     }
 
-    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), tabgrab::Error>> {
+    fn delete_topic<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), tabgrab::Error>> {
         async move {
-            let scoped = format!("{}{topic}", self.prefix);
+            let scoped = self.renamed(topic)?;
             self.inner.delete_topic(&scoped).await
         }
         .boxed()

@@ -49,6 +49,7 @@ pub mod messaging;
 pub mod outbox;
 pub mod retry;
 pub mod sql;
+pub mod topic;
 
 pub use inbox::Inbox;
 pub use outbox::{Outbox, Relay};
@@ -56,3 +57,4 @@ pub use tabgrab_core::{
     Codec, Command, Envelope, Error, ErrorKind, Event, Message, MessageType, Query, Registry,
     Rejection, Request, SecretUrl, codec, envelope, message, rejection, request, secret,
 };
+pub use topic::Topic;

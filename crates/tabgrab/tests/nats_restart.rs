@@ -115,7 +115,10 @@ async fn every_acknowledged_event_survives_a_broker_restart_and_retries_are_not_
         assert!(receipt.duplicate, "a retried publish made a second event");
     }
     let backend = bus.backend();
-    let read = backend.read_all(topic).await.unwrap();
+    let read = backend
+        .read_all(&tabgrab::Topic::new(topic).unwrap())
+        .await
+        .unwrap();
     let mut copies: HashMap<String, usize> = HashMap::new();
     for envelope in &read {
         *copies

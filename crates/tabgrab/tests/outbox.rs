@@ -345,7 +345,10 @@ async fn nats_relay_republish_is_deduplicated_by_the_envelope_id() {
     let stats = outbox.stats();
     assert_eq!((stats.published, stats.duplicates), (2, 1), "{stats:?}");
     let backend = bus.backend();
-    let stored = backend.read_all(&topic).await.unwrap();
+    let stored = backend
+        .read_all(&tabgrab::Topic::new(&topic).unwrap())
+        .await
+        .unwrap();
     assert_eq!(stored, vec![e], "one event in the stream");
     relay.shutdown().await.unwrap();
     bus.delete_topic(&topic).await.unwrap();

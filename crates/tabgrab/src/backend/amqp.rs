@@ -69,10 +69,10 @@ use lapin::{
 
 use super::{
     Acker, Backend, Capabilities, Deliveries, Delivery, EngineReport, Published, ReplyAddress,
-    SubscribeRequest, embedded::validate_topic,
+    SubscribeRequest,
 };
 use crate::event::StartFrom;
-use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl};
+use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl, Topic};
 
 /// The explicit broker-side delivery limit of every group queue.
 const DELIVERY_LIMIT: i32 = 50;
@@ -314,7 +314,7 @@ impl AmqpBus {
             return Ok(());
         }
         let mut args = FieldTable::default();
-        if topic.ends_with(".dead-letters") && queue.ends_with(ARCHIVE_SUFFIX) {
+        if crate::topic::is_dead_letters(topic) && queue.ends_with(ARCHIVE_SUFFIX) {
             // The dead-letter archive is read by listing it (get, then give everything back):
             // a quorum queue counts each give-back as a delivery and, at its delivery limit,
             // would drop the dead letters after some fifty listings. A durable classic queue
@@ -370,11 +370,10 @@ impl AmqpBus {
     }
 
     async fn publish_inner(&self, topic: &str, envelope: &Envelope) -> Result<Published, Error> {
-        validate_topic(topic)?;
         let exchange = exchange_name(topic);
         self.declare_exchange(&exchange, ExchangeKind::Topic)
             .await?;
-        if topic.ends_with(".dead-letters") {
+        if crate::topic::is_dead_letters(topic) {
             // Dead letters are kept whether or not anyone listens.
             let archive = format!("{exchange}{ARCHIVE_SUFFIX}");
             if !self
@@ -509,7 +508,6 @@ impl AmqpBus {
         subject: Option<&str>,
         body: Bytes,
     ) -> Result<Published, Error> {
-        validate_topic(topic)?;
         let exchange = exchange_name(topic);
         self.declare_exchange(&exchange, ExchangeKind::Topic)
             .await?;
@@ -526,8 +524,6 @@ impl AmqpBus {
     }
 
     async fn subscribe_inner(&self, request: SubscribeRequest) -> Result<Deliveries, Error> {
-        validate_topic(&request.topic)?;
-        validate_topic(&request.group)?;
         if !matches!(request.start, StartFrom::Committed | StartFrom::Latest) {
             return Err(Error::new(
                 ErrorKind::Malformed,
@@ -829,7 +825,7 @@ impl Backend for AmqpBus {
 
     fn publish<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>> {
         self.publish_inner(topic, envelope).boxed()
@@ -837,7 +833,7 @@ impl Backend for AmqpBus {
 
     fn publish_raw<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         subject: Option<&'a str>,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<Published, Error>> {
@@ -852,7 +848,7 @@ impl Backend for AmqpBus {
         self.publish_to_queue_inner(queue, envelope).boxed()
     }
 
-    fn group_queue(&self, topic: &str, group: &str) -> Option<String> {
+    fn group_queue(&self, topic: &Topic, group: &str) -> Option<String> {
         Some(queue_name(topic, group))
     }
 
@@ -863,11 +859,11 @@ impl Backend for AmqpBus {
         async move { self.subscribe_inner(request).await }.boxed()
     }
 
-    fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
+    fn read_all<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
         self.read_all_inner(topic).boxed()
     }
 
-    fn original_location(&self, topic: &str, position: u64) -> String {
+    fn original_location(&self, topic: &Topic, position: u64) -> String {
         let _ = position;
         format!(
             "RabbitMQ queue {BROKER_DLX} (rejected there by the group; its x-death header names \
@@ -877,7 +873,7 @@ impl Backend for AmqpBus {
 
     fn group_lag<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
         async move {
@@ -901,7 +897,7 @@ impl Backend for AmqpBus {
         .boxed()
     }
 
-    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+    fn delete_topic<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), Error>> {
         async move {
             let channel = self.channel().await?;
             let exchange = exchange_name(topic);
@@ -910,7 +906,8 @@ impl Backend for AmqpBus {
                     .queues
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let (mine, rest): (Vec<_>, Vec<_>) = all.drain(..).partition(|(t, _)| t == topic);
+                let (mine, rest): (Vec<_>, Vec<_>) =
+                    all.drain(..).partition(|(t, _)| t == topic.as_str());
                 *all = rest;
                 mine.into_iter().map(|(_, q)| q).collect()
             };

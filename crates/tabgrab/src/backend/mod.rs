@@ -39,7 +39,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
 use crate::event::{DeadLetter, StartFrom};
-use crate::{Codec, Envelope, Error, ErrorKind};
+use crate::{Codec, Envelope, Error, ErrorKind, Topic};
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -146,7 +146,7 @@ impl ReplyAddress {
                 }
             }
             None => {
-                embedded::validate_topic(address)?;
+                Topic::new(address)?;
                 Ok(ReplyAddress::Topic(address.to_owned()))
             }
         }
@@ -226,8 +226,9 @@ pub type Deliveries = BoxStream<'static, Result<Delivery, Error>>;
 #[derive(Clone, Debug)]
 pub struct SubscribeRequest {
     /// The topic.
-    pub topic: String,
-    /// The consumer group: a durable consumer shared by every member.
+    pub topic: Topic,
+    /// The consumer group: a durable consumer shared by every member (a name checked by the
+    /// subscription, with the rule of topic names).
     pub group: String,
     /// Where the group starts; anything but `Committed` resets the group's position.
     pub start: StartFrom,
@@ -296,7 +297,7 @@ pub trait Backend: Send + Sync + 'static {
     /// `capabilities().dedup_window` says so. Returns once the engine acknowledged it.
     fn publish<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>>;
     /// Publishes several envelopes to `topic`. By default concurrently, each acknowledged on
@@ -304,7 +305,7 @@ pub trait Backend: Send + Sync + 'static {
     /// it where the engine can); the embedded log makes them durable together, all or none.
     fn publish_batch<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         envelopes: &'a [Envelope],
     ) -> BoxFuture<'a, Result<Vec<Published>, Error>> {
         Box::pin(futures::future::try_join_all(
@@ -316,7 +317,7 @@ pub trait Backend: Send + Sync + 'static {
     /// messages on a topic. Subscriptions dead-letter what does not decode.
     fn publish_raw<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         subject: Option<&'a str>,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<Published, Error>>;
@@ -335,7 +336,7 @@ pub trait Backend: Send + Sync + 'static {
         request: SubscribeRequest,
     ) -> BoxFuture<'static, Result<Deliveries, Error>>;
     /// Every envelope of `topic` from the beginning, oldest first (dead-letter listings).
-    fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>>;
+    fn read_all<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Vec<Envelope>, Error>>;
     /// Waits until what this client has sent (settlements above all) has reached the
     /// broker: a stopping member calls it last, so that a process that exits right after
     /// its subscriptions stopped does not take queued acknowledgements with it.
@@ -345,7 +346,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Where the engine keeps the whole message at `position` of `topic` once a group has
     /// given up on it with [`Acker::reject`], in words for a dead letter whose original is
     /// only an excerpt.
-    fn original_location(&self, topic: &str, position: u64) -> String {
+    fn original_location(&self, topic: &Topic, position: u64) -> String {
         format!("{} topic {topic} at position {position}", self.name())
     }
     /// How many messages of `topic` the group `group` has not settled yet (waiting and in
@@ -353,7 +354,7 @@ pub trait Backend: Send + Sync + 'static {
     /// lag stays above zero while its members run is stuck.
     fn group_lag<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
         let _ = (topic, group);
@@ -362,7 +363,7 @@ pub trait Backend: Send + Sync + 'static {
     /// The lag of a group that runs in this process, when the engine knows it without asking
     /// a server (the embedded log: the end of the log minus the group's watermark); `None`
     /// otherwise, and a subscription then counts what the broker last said is pending.
-    fn live_lag(&self, topic: &str, group: &str) -> Option<u64> {
+    fn live_lag(&self, topic: &Topic, group: &str) -> Option<u64> {
         let _ = (topic, group);
         None
     }
@@ -390,12 +391,12 @@ pub trait Backend: Send + Sync + 'static {
     /// that a client can address by name ([`Capabilities::reply_queues`]): a requester
     /// gives it as its reply address, so that a plain client's reply reaches the group.
     /// `None` by default.
-    fn group_queue(&self, topic: &str, group: &str) -> Option<String> {
+    fn group_queue(&self, topic: &Topic, group: &str) -> Option<String> {
         let _ = (topic, group);
         None
     }
     /// Deletes a topic and its groups (tests clean up with it).
-    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    fn delete_topic<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), Error>>;
     /// What an acknowledged publish means on this engine, read from the server.
     fn report(&self) -> BoxFuture<'_, Result<EngineReport, Error>>;
 }
@@ -509,12 +510,14 @@ impl Bus {
         subject: Option<&str>,
         payload: Bytes,
     ) -> Result<Published, Error> {
-        self.backend.publish_raw(topic, subject, payload).await
+        self.backend
+            .publish_raw(&Topic::new(topic)?, subject, payload)
+            .await
     }
 
     /// Where the engine keeps the whole message at `position` of `topic` after a group gave
     /// up on it (see [`DeadLetter::original_kept_at`]).
-    pub fn original_location(&self, topic: &str, position: u64) -> String {
+    pub fn original_location(&self, topic: &Topic, position: u64) -> String {
         self.backend.original_location(topic, position)
     }
 
@@ -526,13 +529,13 @@ impl Bus {
     /// ready in the group's queue (those a member holds unacknowledged are not counted until
     /// it gives them back).
     pub async fn lag(&self, topic: &str, group: &str) -> Result<Option<u64>, Error> {
-        self.backend.group_lag(topic, group).await
+        self.backend.group_lag(&Topic::new(topic)?, group).await
     }
 
     /// Every dead letter of `topic`, oldest first.
     pub async fn dead_letters(&self, topic: &str) -> Result<Vec<DeadLetter>, Error> {
         self.backend
-            .read_all(&crate::event::dead_letter_topic(topic))
+            .read_all(&Topic::new(topic)?.dead_letters())
             .await?
             .iter()
             .map(Envelope::decode::<DeadLetter>)
@@ -542,10 +545,9 @@ impl Bus {
     /// Deletes a topic with its groups and dead letters (brokers only; the embedded bus
     /// deletes nothing: remove its directory). Tests clean up with it.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), Error> {
-        self.backend.delete_topic(topic).await?;
-        self.backend
-            .delete_topic(&crate::event::dead_letter_topic(topic))
-            .await
+        let topic = Topic::new(topic)?;
+        self.backend.delete_topic(&topic).await?;
+        self.backend.delete_topic(&topic.dead_letters()).await
     }
 }
 

@@ -29,7 +29,7 @@ use sha2::Digest as _;
 
 use crate::backend::Bus;
 use crate::backend::embedded::EmbeddedBus;
-use crate::{Codec, Envelope, Error, ErrorKind, Message};
+use crate::{Codec, Envelope, Error, ErrorKind, Message, Topic};
 
 /// The CloudEvents type of dead-letter records.
 pub const DEAD_LETTER_TYPE: &str = "tabgrab.dead-letter.recorded.v1";
@@ -48,7 +48,7 @@ const ATTRIBUTE_MAX: usize = 512;
 
 /// The topic that holds the dead letters of `topic`.
 pub fn dead_letter_topic(topic: &str) -> String {
-    format!("{topic}.dead-letters")
+    crate::topic::dead_letters_of(topic)
 }
 
 /// An event that a consumer group gave up on, with everything needed to understand why.
@@ -230,7 +230,7 @@ impl DeadLetter {
 
     /// Appends this dead letter durably to the dead-letter topic of `self.topic`.
     pub(crate) async fn record(&self, bus: &Bus) -> Result<u64, Error> {
-        let topic = dead_letter_topic(&self.topic);
+        let topic = Topic::new(&self.topic)?.dead_letters();
         let envelope = self.envelope()?;
         Ok(bus.backend().publish(&topic, &envelope).await?.position)
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::backend::{Backend, Bus};
-use crate::{Envelope, Error, Event};
+use crate::{Envelope, Error, Event, Topic};
 
 /// Publishes events to one topic. Cheap to clone; on the embedded bus clones share the
 /// topic's log writer, so concurrent publishes are committed together (one fsync for many
@@ -13,7 +13,7 @@ pub struct Publisher {
     /// Where events go.
     backend: Arc<dyn Backend>,
     /// The topic name, for error messages.
-    topic: Arc<str>,
+    topic: Topic,
     /// The CloudEvents `source` of every event this publisher makes.
     source: Arc<str>,
 }
@@ -44,10 +44,10 @@ impl Publisher {
     /// `bus` is a [`Bus`] or an `&EmbeddedBus`.
     pub fn new(bus: impl Into<Bus>, topic: &str, source: &str) -> Result<Publisher, Error> {
         let bus = bus.into();
-        crate::backend::embedded::validate_topic(topic)?;
+        let topic = Topic::new(topic)?;
         Ok(Publisher {
             backend: Arc::clone(bus.backend()),
-            topic: topic.into(),
+            topic,
             source: source.into(),
         })
     }

@@ -75,10 +75,9 @@ use tokio_util::task::TaskTracker;
 
 use super::dead_letter::DeadLetter;
 use super::handler::{Context, HandlerError};
-use crate::backend::embedded::validate_topic;
 use crate::backend::{Acker, Backend, Bus, Deliveries, Delivery, SubscribeRequest};
 use crate::retry::Backoff;
-use crate::{Envelope, Error, ErrorKind, Event, Registry};
+use crate::{Envelope, Error, ErrorKind, Event, Registry, Topic};
 
 /// Where a group starts reading when it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -338,16 +337,11 @@ impl SubscriptionBuilder {
     /// background. On every engine [`Subscription::ready`] waits for the join and reports a
     /// failure (an invalid topic or group name is refused here).
     pub fn start(self) -> Result<Subscription, Error> {
-        validate_topic(&self.group).map_err(|e| {
-            Error::new(
-                ErrorKind::Malformed,
-                format!("consumer group {:?}: {}", self.group, e.message()),
-            )
-        })?;
-        validate_topic(&self.topic)?;
+        crate::topic::check_group(&self.group)?;
+        let topic = Topic::new(&self.topic)?;
         let backend = Arc::clone(self.bus.backend());
         let request = SubscribeRequest {
-            topic: self.topic.clone(),
+            topic: topic.clone(),
             group: self.group.clone(),
             start: self.options.start_from,
             ack_wait: self.options.ack_wait,
@@ -363,7 +357,7 @@ impl SubscriptionBuilder {
             in_flight: Arc::new(Semaphore::new(self.options.max_in_flight)),
             running: Arc::new(Semaphore::new(self.options.concurrency)),
             bus: self.bus,
-            topic: self.topic.into(),
+            topic,
             name: self.group.into(),
             handlers: Arc::new(self.handlers),
             held: Mutex::new(HashMap::new()),
@@ -554,7 +548,7 @@ struct State {
 /// One member of a consumer group: its handlers and the deliveries it holds.
 pub(crate) struct Group {
     bus: Bus,
-    topic: Arc<str>,
+    topic: Topic,
     name: Arc<str>,
     /// The member's handlers by event type.
     handlers: Arc<Handlers>,

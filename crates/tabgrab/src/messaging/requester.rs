@@ -20,11 +20,10 @@ use super::{
     Clock, Outcome, PLAIN_REPLY_TYPE, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, RequestId,
     SendOptions, duration_ms, to_datetime,
 };
-use crate::backend::embedded::validate_topic;
 use crate::backend::{Bus, ReplyAddress};
 use crate::breaker::{BreakerHandle, CircuitState};
 use crate::event::{Context, ErasedHandler, HandlerError, Publisher, Subscription};
-use crate::{Envelope, Error, ErrorKind, Request};
+use crate::{Envelope, Error, ErrorKind, Request, Topic};
 
 /// What a reply handler receives besides the outcome.
 #[derive(Clone, Debug)]
@@ -301,7 +300,7 @@ impl RequesterBuilder {
     /// Starts the requester: joins the group's reply consumer group and starts the timeout
     /// sweep. Must be called inside a tokio runtime.
     pub fn start(self) -> Result<Requester, Error> {
-        validate_topic(&self.group).map_err(|e| {
+        crate::topic::check_group(&self.group).map_err(|e| {
             Error::new(
                 ErrorKind::Malformed,
                 format!("requester group {:?}: {}", self.group, e.message()),
@@ -316,7 +315,7 @@ impl RequesterBuilder {
                 ),
             )
         })?;
-        let reply_topic = format!("replies.{}", self.group);
+        let reply_topic = Topic::new(&format!("replies.{}", self.group))?;
         // Where the engine can name the queue the group's replies arrive in, that queue is
         // the reply address, so that a plain client (which replies to a queue) reaches the
         // group too; tabgrab's responders reply to it the same way.
@@ -324,7 +323,7 @@ impl RequesterBuilder {
             Some(queue) if self.bus.capabilities().reply_queues => {
                 ReplyAddress::Queue(queue).to_string()
             }
-            _ => reply_topic.clone(),
+            _ => reply_topic.to_string(),
         };
         let mut publishers = HashMap::new();
         for route in self.routes.values() {

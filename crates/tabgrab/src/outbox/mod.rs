@@ -67,7 +67,7 @@ use tokio::sync::watch;
 
 use crate::backend::Bus;
 use crate::sql::{Database, db_error, now_ms, validate_table};
-use crate::{Codec, Envelope, Error, ErrorKind};
+use crate::{Codec, Envelope, Error, ErrorKind, Topic};
 
 pub(crate) mod dialect;
 #[cfg(feature = "postgres")]
@@ -258,19 +258,20 @@ impl<DB: Database> Outbox<DB> {
     /// publishes at once instead of at its next poll.
     ///
     /// The envelope keeps its id: that id is the de-duplication key of the publish (and of
-    /// the consumers' inboxes). Fails with `Malformed` for an invalid topic, `TooLarge` for
+    /// the consumers' inboxes). `topic` is a [`Topic`] or a name (checked here, on every
+    /// call: hold a `Topic` in a hot loop). Fails with `Malformed` for an invalid topic, `TooLarge` for
     /// an envelope over the size limit, `Storage` if the insert fails (roll `tx` back then).
     pub async fn stage(
         &self,
         tx: &mut sqlx::Transaction<'_, DB>,
-        topic: &str,
+        topic: impl TryInto<Topic, Error = Error>,
         envelope: &Envelope,
     ) -> Result<(), Error> {
-        crate::backend::embedded::validate_topic(topic)?;
+        let topic: Topic = topic.try_into()?;
         let bytes = self.codec.encode(envelope)?;
         let row = dialect::NewRow {
             id: &envelope.id,
-            topic,
+            topic: &topic,
             subject: envelope.subject.as_deref().unwrap_or(""),
             envelope: &bytes,
             staged_ms: now_ms(),

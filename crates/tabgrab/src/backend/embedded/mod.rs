@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use tabgrab_log::{Config, FsyncPolicy, Log};
 
 use super::{Backend, Capabilities, Deliveries, EngineReport, Published, SubscribeRequest};
-use crate::{Codec, Envelope, Error, ErrorKind};
+use crate::{Codec, Envelope, Error, ErrorKind, Topic};
 
 mod group;
 
@@ -123,7 +123,7 @@ impl EmbeddedBus {
     /// The log of `topic`, opened on first use. Recovery findings are logged as warnings, and
     /// data loss as errors, so that damage is never silent.
     pub fn topic(&self, topic: &str) -> Result<Log, Error> {
-        validate_topic(topic)?;
+        Topic::new(topic)?;
         let mut topics = self
             .inner
             .topics
@@ -199,7 +199,6 @@ impl EmbeddedBus {
 
     /// Whether `topic` was ever written (asking creates nothing).
     fn exists(&self, topic: &str) -> Result<bool, Error> {
-        validate_topic(topic)?;
         Ok(self.dir().join("topics").join(topic).is_dir())
     }
 
@@ -257,26 +256,6 @@ impl EmbeddedBus {
     }
 }
 
-/// Topic names become directory names: keep them to a safe alphabet.
-pub(crate) fn validate_topic(topic: &str) -> Result<(), Error> {
-    let ok = !topic.is_empty()
-        && topic.len() <= 200
-        && !topic.starts_with('.')
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorKind::Malformed,
-            format!(
-                "topic name {topic:?} is invalid: use 1-200 of [A-Za-z0-9._-], not starting with '.'"
-            ),
-        ))
-    }
-}
-
 /// Wraps a log error as a storage error naming the topic and the operation.
 pub(crate) fn storage(topic: &str, operation: &str, error: tabgrab_log::Error) -> Error {
     let kind = if error.kind() == tabgrab_log::ErrorKind::Closed {
@@ -317,7 +296,7 @@ impl Backend for EmbeddedBus {
 
     fn publish<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>> {
         let encoded = self.codec().encode(envelope);
@@ -326,7 +305,7 @@ impl Backend for EmbeddedBus {
 
     fn publish_batch<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         envelopes: &'a [Envelope],
     ) -> BoxFuture<'a, Result<Vec<Published>, Error>> {
         Box::pin(async move {
@@ -351,7 +330,7 @@ impl Backend for EmbeddedBus {
 
     fn publish_raw<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         _subject: Option<&'a str>,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<Published, Error>> {
@@ -372,7 +351,7 @@ impl Backend for EmbeddedBus {
         Box::pin(std::future::ready(joined))
     }
 
-    fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
+    fn read_all<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
         Box::pin(std::future::ready(self.read_all_now(topic)))
     }
 
@@ -390,14 +369,14 @@ impl Backend for EmbeddedBus {
         })
     }
 
-    fn original_location(&self, topic: &str, position: u64) -> String {
+    fn original_location(&self, topic: &Topic, position: u64) -> String {
         format!(
             "the embedded log {}, topic {topic}, offset {position} (until retention deletes its segment)",
             self.dir().display()
         )
     }
 
-    fn live_lag(&self, topic: &str, group: &str) -> Option<u64> {
+    fn live_lag(&self, topic: &Topic, group: &str) -> Option<u64> {
         self.live_group(topic, group).map(|g| g.lag())
     }
 
@@ -405,7 +384,7 @@ impl Backend for EmbeddedBus {
     /// the distance from its committed offset.
     fn group_lag<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
         let lag = || -> Result<Option<u64>, Error> {
@@ -422,7 +401,7 @@ impl Backend for EmbeddedBus {
     }
 
     /// Deletes nothing: remove the bus directory instead.
-    fn delete_topic<'a>(&'a self, _topic: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+    fn delete_topic<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(std::future::ready(Ok(())))
     }
 

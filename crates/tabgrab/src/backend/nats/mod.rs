@@ -61,10 +61,9 @@ mod pull;
 
 use super::{
     Acker, Backend, Capabilities, Deliveries, Delivery, EngineReport, Published, SubscribeRequest,
-    embedded::validate_topic,
 };
 use crate::event::{DeadLetter, StartFrom, dead_letter_topic};
-use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl};
+use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl, Topic};
 
 /// How long JetStream remembers message ids for de-duplication.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -240,7 +239,7 @@ impl NatsBus {
     /// Creates the stream of `topic` if it does not exist, or checks that the existing one
     /// holds the topic's subjects.
     pub async fn ensure_stream(&self, topic: &str) -> Result<stream::Stream, Error> {
-        validate_topic(topic)?;
+        Topic::new(topic)?;
         let name = stream_name(topic);
         let subjects = format!("tabgrab.{}.>", topic_token(topic));
         let stream = self
@@ -400,7 +399,6 @@ impl NatsBus {
 
     async fn subscribe_inner(&self, request: SubscribeRequest) -> Result<Deliveries, Error> {
         let stream = self.ensure_stream(&request.topic).await?;
-        validate_topic(&request.group)?;
         let name = topic_token(&request.group);
         let deliver_policy = match request.start {
             StartFrom::Committed | StartFrom::Beginning => consumer::DeliverPolicy::All,
@@ -624,9 +622,7 @@ impl NatsBus {
         };
         let letter = DeadLetter::new(topic, &group, advisory.stream_seq, &raw, envelope.as_ref())
             .because(reason, error, attempts)
-            .fit(self.config.codec, || {
-                self.original_location(topic, advisory.stream_seq)
-            });
+            .fit(self.config.codec, || location(topic, advisory.stream_seq));
         let envelope = letter.envelope()?;
         let msg_id = format!(
             "tabgrab-dl-{}-{}-{}",
@@ -832,6 +828,14 @@ impl Drop for AbortOnDrop {
 }
 
 /// The stream that keeps the advisories of `topic`'s consumers.
+/// Where a message of `topic` at stream sequence `position` is kept.
+fn location(topic: &str, position: u64) -> String {
+    format!(
+        "NATS stream {} of topic {topic}, sequence {position} (until the stream's limits remove it)",
+        stream_name(topic)
+    )
+}
+
 fn advisory_stream_name(topic: &str) -> String {
     format!("TABGRAB_ADV_{}", topic_token(topic))
 }
@@ -890,7 +894,7 @@ impl Backend for NatsBus {
 
     fn publish<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>> {
         self.publish_inner(topic, envelope).boxed()
@@ -898,7 +902,7 @@ impl Backend for NatsBus {
 
     fn publish_raw<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         subject: Option<&'a str>,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<Published, Error>> {
@@ -916,7 +920,7 @@ impl Backend for NatsBus {
         async move { self.subscribe_inner(request).await }.boxed()
     }
 
-    fn read_all<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
+    fn read_all<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Vec<Envelope>, Error>> {
         self.read_all_inner(topic).boxed()
     }
 
@@ -939,16 +943,13 @@ impl Backend for NatsBus {
         .boxed()
     }
 
-    fn original_location(&self, topic: &str, position: u64) -> String {
-        format!(
-            "NATS stream {} of topic {topic}, sequence {position} (until the stream's limits remove it)",
-            stream_name(topic)
-        )
+    fn original_location(&self, topic: &Topic, position: u64) -> String {
+        location(topic, position)
     }
 
     fn group_lag<'a>(
         &'a self,
-        topic: &'a str,
+        topic: &'a Topic,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
         async move {
@@ -970,12 +971,12 @@ impl Backend for NatsBus {
         .boxed()
     }
 
-    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+    fn delete_topic<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), Error>> {
         async move {
             self.streams
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(topic);
+                .remove(topic.as_str());
             let _ = self.js.delete_stream(advisory_stream_name(topic)).await;
             match self.js.delete_stream(stream_name(topic)).await {
                 Ok(_) => Ok(()),
