@@ -196,6 +196,93 @@ async fn request_awaits_the_outcome_in_place() {
     requester.shutdown().await.unwrap();
 }
 
+/// A response that counts how often it is serialized and deserialized.
+#[derive(Debug, PartialEq)]
+struct Tally(u64);
+
+/// The serializers and deserializers a `Tally` went through, by type name.
+static SERIALIZED_BY: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+static DESERIALIZED_BY: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+impl Serialize for Tally {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SERIALIZED_BY
+            .lock()
+            .unwrap()
+            .push(std::any::type_name::<S>());
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tally {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Tally, D::Error> {
+        DESERIALIZED_BY
+            .lock()
+            .unwrap()
+            .push(std::any::type_name::<D>());
+        u64::deserialize(d).map(Tally)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Count {
+    n: u64,
+}
+impl Message for Count {
+    const TYPE: &'static str = "test.tally.count.v1";
+}
+impl tabgrab::Query for Count {
+    type Response = Tally;
+}
+request!(query Count);
+
+/// A reply's response is serialized once (by the responder, straight to JSON text) and
+/// deserialized once (by the requester, from the text): neither goes through a
+/// `serde_json::Value` (which cost a tree and a second pass on each side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_is_encoded_once_and_decoded_once_per_hop() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let requester = Requester::builder(&bus, GROUP)
+        .store(MemoryStore::new())
+        .route::<Count>("tally")
+        .start()
+        .unwrap();
+    let responder = Responder::builder(&bus, "tally", "tally")
+        .handle(|c: Count, _ctx| async move { Ok(Tally(c.n * 2)) })
+        .start()
+        .unwrap();
+    for n in 1..=3 {
+        let outcome = requester
+            .request(&Count { n }, SendOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(outcome.ok(), Some(Tally(n * 2)));
+        let (ser, de) = (
+            SERIALIZED_BY.lock().unwrap(),
+            DESERIALIZED_BY.lock().unwrap(),
+        );
+        assert_eq!(
+            ser.len() as u64,
+            n,
+            "serializations after {n} requests: {ser:?}"
+        );
+        assert_eq!(
+            de.len() as u64,
+            n,
+            "deserializations after {n} requests: {de:?}"
+        );
+        assert!(
+            ser.iter()
+                .chain(de.iter())
+                .all(|name| !name.contains("value::")),
+            "through a serde_json::Value: {ser:?} {de:?}"
+        );
+    }
+    responder.shutdown().await.unwrap();
+    requester.shutdown().await.unwrap();
+}
+
 /// Publishes a hand-made reply to the group's reply topic.
 async fn publish_reply(
     bus: &EmbeddedBus,
@@ -245,7 +332,7 @@ async fn late_duplicate_and_forged_replies_are_counted_and_never_delivered() {
         )
         .await
         .unwrap();
-    let ok = ReplyBody::Ok(serde_json::json!({ "order": "o-1", "receipt": "r" }));
+    let ok = ReplyBody::ok(&serde_json::json!({ "order": "o-1", "receipt": "r" })).unwrap();
     publish_reply(&bus, answered.as_str(), Charge::TYPE, TOPIC, &ok).await;
     wait_until("timeout and reply", || seen.lock().unwrap().len() == 2).await;
     // Duplicate, late, and three forgeries: unknown id, other type, other responder.

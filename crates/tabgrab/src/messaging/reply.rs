@@ -9,6 +9,7 @@
 //! responder's typed refusal crosses the wire as a [`Rejection`] with its code and details.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::{Error, ErrorKind, Rejection};
 
@@ -28,16 +29,41 @@ pub const REQUEST_TYPE_ATTR: &str = "requesttype";
 pub const RESPONDER_ATTR: &str = "responder";
 
 /// The data of a reply envelope.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// The response is kept as the JSON text it was serialized to ([`RawValue`]): a responder
+/// serializes its response once (straight into the reply's bytes, not through a
+/// `serde_json::Value`), and a requester checks the reply's shape without building a tree,
+/// then decodes the response once, into its type.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyBody {
-    /// The handler's response, as JSON.
-    Ok(serde_json::Value),
+    /// The handler's response, as JSON text.
+    Ok(Box<RawValue>),
     /// The handler's typed refusal.
     Rejected(Rejection),
 }
 
+impl PartialEq for ReplyBody {
+    fn eq(&self, other: &ReplyBody) -> bool {
+        match (self, other) {
+            (ReplyBody::Ok(a), ReplyBody::Ok(b)) => a.get() == b.get(),
+            (ReplyBody::Rejected(a), ReplyBody::Rejected(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl ReplyBody {
+    /// A reply with `response`, serialized once.
+    pub fn ok<T: Serialize>(response: &T) -> Result<ReplyBody, Error> {
+        serde_json::value::to_raw_value(response)
+            .map(ReplyBody::Ok)
+            .map_err(|e| {
+                Error::new(ErrorKind::InvalidPayload, "a response does not serialise")
+                    .with_source(e)
+            })
+    }
+
     /// Decodes a reply envelope's data.
     pub fn decode(data: &[u8]) -> Result<ReplyBody, Error> {
         serde_json::from_slice(data).map_err(|e| {
@@ -64,7 +90,7 @@ impl ReplyBody {
         request_type: &str,
     ) -> Result<Result<T, Rejection>, Error> {
         match self {
-            ReplyBody::Ok(value) => serde_json::from_value(value).map(Ok).map_err(|e| {
+            ReplyBody::Ok(raw) => serde_json::from_str(raw.get()).map(Ok).map_err(|e| {
                 Error::new(
                     ErrorKind::InvalidPayload,
                     format!(

@@ -422,8 +422,8 @@ impl Inner {
         let (request_type, responder, body) = if envelope.ty == PLAIN_REPLY_TYPE {
             // A plain client's reply: its body is the response, and it cannot say what it
             // answers; the correlation id alone names the request.
-            match serde_json::from_slice(&envelope.data) {
-                Ok(value) => (None, None, ReplyBody::Ok(value)),
+            match serde_json::from_slice::<Box<serde_json::value::RawValue>>(&envelope.data) {
+                Ok(raw) => (None, None, ReplyBody::Ok(raw)),
                 Err(e) => {
                     return Err(rejected(format!(
                         "plain reply to {id}: the body is not the JSON response ({e})"

@@ -159,15 +159,13 @@ impl ResponderBuilder {
                 let request = envelope.decode::<R>().map_err(HandlerError::bad_input)?;
                 let answer = handler(request, RequestContext { delivery: ctx }).await;
                 let body = match answer {
-                    Ok(response) => ReplyBody::Ok(serde_json::to_value(&response).map_err(|e| {
-                        HandlerError::permanent(
-                            Error::new(
-                                ErrorKind::InvalidPayload,
-                                format!("the response to a {} does not serialise", R::TYPE),
-                            )
-                            .with_source(e),
-                        )
-                    })?),
+                    // Serialized once, into the text the reply carries.
+                    Ok(response) => ReplyBody::ok(&response).map_err(|e| {
+                        HandlerError::permanent(Error::new(
+                            ErrorKind::InvalidPayload,
+                            format!("the response to a {} does not serialise: {e}", R::TYPE),
+                        ))
+                    })?,
                     Err(rejection) => ReplyBody::Rejected(rejection),
                 };
                 let rejected = matches!(body, ReplyBody::Rejected(_));
