@@ -188,6 +188,26 @@ impl Backend for Namespaced {
         .boxed()
     }
 
+    fn publish_encoded<'a>(
+        &'a self,
+        topic: &'a Topic,
+        envelope: &'a Envelope,
+        encoded: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<Published, tabgrab::Error>> {
+        async move {
+            let scoped = self.scoped(topic)?;
+            let published = self
+                .inner
+                .publish_encoded(&scoped, envelope, encoded)
+                .await?;
+            if !published.duplicate {
+                *self.seen().published.entry(topic.to_string()).or_insert(0) += 1;
+            }
+            Ok(published)
+        }
+        .boxed()
+    }
+
     fn publish_raw<'a>(
         &'a self,
         topic: &'a Topic,

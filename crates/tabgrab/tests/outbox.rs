@@ -108,6 +108,57 @@ async fn sqlite_outbox_publishes_committed_events_and_never_rolled_back_ones() {
     relay.shutdown().await.unwrap();
 }
 
+/// The relay publishes what the outbox stored, byte for byte, on the embedded log: an event
+/// is encoded once, when it is staged. The stored bytes are rewritten here into an equivalent
+/// JSON that the codec does not write (indented), so a relay that decoded and encoded again
+/// would publish the codec's form instead.
+#[tokio::test]
+async fn sqlite_relay_publishes_the_stored_bytes_without_encoding_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlite_pool(dir.path()).await;
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let outbox = Outbox::sqlite(pool.clone()).await.unwrap();
+    let staged = event(7, "o-7");
+    let mut tx = pool.begin().await.unwrap();
+    outbox.stage(&mut tx, "orders", &staged).await.unwrap();
+    tx.commit().await.unwrap();
+    let table = outbox.table().to_owned();
+    let stored: Vec<u8> = sqlx::query_scalar(&format!("SELECT envelope FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    let indented = serde_json::to_vec_pretty(&value).unwrap();
+    assert_ne!(indented, stored, "the codec does not indent");
+    sqlx::query(&format!("UPDATE {table} SET envelope = ?"))
+        .bind(&indented)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let relay = outbox.relay(&bus).start();
+    wait_drained(&outbox, Duration::from_secs(10)).await;
+    let records = bus.topic("orders").unwrap().read(0, 10).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0].payload.as_ref(),
+        indented.as_slice(),
+        "the relay encoded the event again"
+    );
+    // The same event: its attributes, and its data as JSON (kept as the row wrote it).
+    let published = read_topic(&bus, "orders").remove(0);
+    let json = |data: &[u8]| serde_json::from_slice::<serde_json::Value>(data).unwrap();
+    assert_eq!(json(&published.data), json(&staged.data));
+    assert_eq!(
+        Envelope {
+            data: staged.data.clone(),
+            ..published
+        },
+        staged
+    );
+    relay.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn sqlite_relay_drains_a_backlog_in_staging_order_per_subject() {
     let dir = tempfile::tempdir().unwrap();

@@ -312,6 +312,21 @@ pub trait Backend: Send + Sync + 'static {
             envelopes.iter().map(|e| self.publish(topic, e)),
         ))
     }
+
+    /// Publishes `envelope`, of which `encoded` is the codec's encoding ([`Codec::encode`],
+    /// as an outbox stores it). An engine that stores that form (the embedded log) writes the
+    /// bytes as they are, so the envelope is not encoded a second time; the others publish
+    /// the envelope in their own binding (the default).
+    fn publish_encoded<'a>(
+        &'a self,
+        topic: &'a Topic,
+        envelope: &'a Envelope,
+        encoded: Bytes,
+    ) -> BoxFuture<'a, Result<Published, Error>> {
+        let _ = encoded;
+        self.publish(topic, envelope)
+    }
+
     /// Publishes `payload` to `topic` as it is, with no envelope attributes, about `subject`
     /// where the engine routes by subject: for tools and tests that put foreign or damaged
     /// messages on a topic. Subscriptions dead-letter what does not decode.

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::backend::{Backend, Bus};
 use crate::{Envelope, Error, Event, Topic};
 
@@ -98,6 +100,24 @@ impl Publisher {
     /// de-duplication it is then not a second event.
     pub async fn publish_envelope(&self, envelope: &Envelope) -> Result<Receipt, Error> {
         let published = self.backend.publish(&self.topic, envelope).await?;
+        Ok(Receipt {
+            id: envelope.id.clone(),
+            offset: published.position,
+            duplicate: published.duplicate,
+        })
+    }
+
+    /// Publishes `envelope` whose codec encoding is `encoded` (an outbox row): see
+    /// [`Backend::publish_encoded`].
+    pub(crate) async fn publish_encoded(
+        &self,
+        envelope: &Envelope,
+        encoded: Bytes,
+    ) -> Result<Receipt, Error> {
+        let published = self
+            .backend
+            .publish_encoded(&self.topic, envelope, encoded)
+            .await?;
         Ok(Receipt {
             id: envelope.id.clone(),
             offset: published.position,

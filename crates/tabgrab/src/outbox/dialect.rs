@@ -30,8 +30,8 @@ pub struct ClaimedRow {
     pub topic: String,
     /// The subject (`""` for none).
     pub subject: String,
-    /// The encoded envelope.
-    pub envelope: Vec<u8>,
+    /// The encoded envelope, published as it is where the engine stores that form.
+    pub envelope: bytes::Bytes,
 }
 
 /// A claim and its rows, in staging order.

@@ -105,7 +105,7 @@ impl OutboxSql for Postgres {
                         id: r.try_get("id")?,
                         topic: r.try_get("topic")?,
                         subject: r.try_get("subject")?,
-                        envelope: r.try_get("envelope")?,
+                        envelope: r.try_get::<Vec<u8>, _>("envelope")?.into(),
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;

@@ -568,7 +568,11 @@ impl<DB: Database> Worker<DB> {
                 format!("outbox relay: no publisher for topic {}", row.topic),
             )
         })?;
-        let receipt = publisher.publish_envelope(&envelope).await?;
+        // Decoded to check the row and for engines with a binding of their own; the
+        // embedded log appends the stored bytes as they are (encoded once, at staging).
+        let receipt = publisher
+            .publish_encoded(&envelope, row.envelope.clone())
+            .await?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         self.counters().published.fetch_add(1, Ordering::Relaxed);
         if receipt.duplicate {
