@@ -1,7 +1,9 @@
-//! A client tabgrab did not write (Python's nats-py, installed by `.ci/run`) publishes an
-//! `OrderAccepted` CloudEvent to the pizzeria's JetStream subject; the pizzeria, running on
-//! NATS, takes it through payment, inventory, kitchen and delivery; and the Python client
-//! reads the `OrderDelivered` the pizzeria published, in CloudEvents binary mode.
+//! Clients tabgrab did not write (Python's nats-py and the CloudEvents SDK `cloudevents`,
+//! installed by `.ci/run`) publish an `OrderAccepted` CloudEvent to the pizzeria's JetStream
+//! subject; the pizzeria, running on NATS, takes it through payment, inventory, kitchen and
+//! delivery; and the Python client reads the `OrderDelivered` the pizzeria published. Both
+//! CloudEvents content modes, each way: the peer publishes in one, the pizzeria's bus sends
+//! in the other (`?wire=`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -23,34 +25,38 @@ fn python() -> Option<PathBuf> {
     ];
     for python in candidates.into_iter().flatten() {
         let has_nats = std::process::Command::new(&python)
-            .args(["-c", "import nats"])
+            .args(["-c", "import nats, cloudevents"])
             .output()
             .is_ok_and(|o| o.status.success());
         if has_nats {
             return Some(python);
         }
     }
-    let reason = "no Python with nats-py (TABGRAB_PYTHON; .ci/run installs nats-py==2.16.0)";
+    let reason = "no Python with nats-py and cloudevents (TABGRAB_PYTHON; .ci/run installs \
+                  nats-py==2.16.0 and cloudevents==1.11.0)";
     assert!(!tabgrab_testkit::services::required(), "{reason}");
     eprintln!("SKIPPED: {reason}");
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nats_py_client_places_an_order_and_reads_its_delivery() {
+/// The pizzeria on a bus that sends in `bus_mode`; the Python peer publishes its order in
+/// `peer_mode` and reads the delivery in whichever mode it comes.
+async fn an_order_from_python(bus_mode: &str, peer_mode: &str) {
     let Some(python) = python() else { return };
     if nats_server::require().is_none() {
         return;
     }
     let server = NatsServer::start(NatsOptions::default()).unwrap();
-    let bus = Bus::connect(&server.url()).await.unwrap();
+    let bus = Bus::connect(&format!("{}?wire={bus_mode}", server.url()))
+        .await
+        .unwrap();
     let pizzeria = Pizzeria::start(&bus, Settings::default()).unwrap();
     pizzeria.ready().await.unwrap();
     let order_id = uuid::Uuid::now_v7().to_string();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/nats_peer.py");
     // The script bounds its own wait (60 s); this bounds the test.
     let mut command = std::process::Command::new(&python);
-    command.args([script, &server.url(), &order_id]);
+    command.args([script, &server.url(), &order_id, peer_mode]);
     let output = tokio::time::timeout(
         Duration::from_secs(90),
         tokio::task::spawn_blocking(move || command.output()),
@@ -72,16 +78,27 @@ async fn a_nats_py_client_places_an_order_and_reads_its_delivery() {
         .collect();
     let published = lines[0]["published"].as_str().unwrap();
     let delivered = &lines[1];
-    assert_eq!(
-        delivered["headers"]["ce-type"],
-        "pizzeria.order.delivered.v1"
-    );
-    assert_eq!(delivered["headers"]["ce-specversion"], "1.0");
-    assert_eq!(delivered["headers"]["ce-subject"], order_id.as_str());
-    assert_eq!(delivered["headers"]["ce-source"], "/pizzeria/delivery");
+    let attributes = &delivered["attributes"];
+    assert_eq!(attributes["type"], "pizzeria.order.delivered.v1");
+    assert_eq!(attributes["specversion"], "1.0");
+    assert_eq!(attributes["subject"], order_id.as_str());
+    assert_eq!(attributes["source"], "/pizzeria/delivery");
     // The Python event started the conversation: every effect carries its id.
-    assert_eq!(delivered["headers"]["ce-correlationid"], published);
+    assert_eq!(attributes["correlationid"], published);
     assert_eq!(delivered["data"]["order_id"], order_id.as_str());
+    // The pizzeria's event came in the bus's mode.
+    let structured = delivered["content_type"] == "application/cloudevents+json";
+    assert_eq!(structured, bus_mode == "structured", "{delivered}");
     assert_eq!(pizzeria.kitchen.baked(), 1);
     pizzeria.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_order_from_python_is_delivered_in_structured_mode() {
+    an_order_from_python("structured", "binary").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_structured_order_from_python_is_delivered_in_binary_mode() {
+    an_order_from_python("binary", "structured").await;
 }

@@ -102,6 +102,21 @@ async fn answers_and_a_rejection_travels_back_typed() {
     assert!(refused.to_string().contains("test.charge.v1"), "{refused}");
     // A refusal is an answer: not retried, so three calls reached the handlers.
     assert_eq!(probe.calls(), 3);
+    // The same server reads a client that sends in binary mode (`ce-*` headers).
+    let binary = Client::builder(
+        NatsTransport::builder(nats.clone(), &service)
+            .content_mode(tabgrab_core::wire::ContentMode::Binary)
+            .build(),
+    )
+    .service_name(&service)
+    .build();
+    assert_eq!(binary.call(&Add { n: 1 }).await.unwrap(), 2);
+    let refused = binary.call(&Charge { amount: 0 }).await.unwrap_err();
+    assert_eq!(
+        refused.rejection().map(|r| r.code.as_str()),
+        Some("test.zero")
+    );
+    assert_eq!(probe.calls(), 5);
     server.stop().await;
 }
 

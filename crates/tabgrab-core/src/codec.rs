@@ -77,9 +77,21 @@ impl Codec {
         self.check_envelope(envelope)?;
         let mut out = Vec::with_capacity(256 + envelope.data.len());
         write_structured(envelope, &mut out)?;
-        self.check_size(out.len())
-            .map_err(|e| Error::new(e.kind(), format!("{} ({})", e.message(), envelope.ty)))?;
+        self.check_encoded_size(envelope, out.len())?;
         Ok(Bytes::from(out))
+    }
+
+    /// The checks [`Codec::encode`] makes, for `encoded`, an encoding of `envelope` made
+    /// earlier (an outbox row): the envelope's attributes, and this codec's size limit on the
+    /// bytes. A transport that sends stored bytes as they are checks them with this.
+    pub fn check_encoded(&self, envelope: &Envelope, encoded: &[u8]) -> Result<(), Error> {
+        self.check_envelope(envelope)?;
+        self.check_encoded_size(envelope, encoded.len())
+    }
+
+    fn check_encoded_size(&self, envelope: &Envelope, size: usize) -> Result<(), Error> {
+        self.check_size(size)
+            .map_err(|e| Error::new(e.kind(), format!("{} ({})", e.message(), envelope.ty)))
     }
 
     /// Decodes CloudEvents JSON structured mode.

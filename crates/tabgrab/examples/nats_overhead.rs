@@ -6,13 +6,13 @@
 //!
 //! - **events/s**: 256 concurrent publishers publish N events while one subscription handles
 //!   them; the time runs from the first publish until the last event is handled. tabgrab:
-//!   `Publisher::publish` + `Subscription` (CloudEvents headers, lanes, explicit acks). Raw:
+//!   `Publisher::publish` + `Subscription` (CloudEvents, lanes, explicit acks). Raw:
 //!   `jetstream.publish_with_headers(.., Nats-Msg-Id)` awaited for its ack, and a pull consumer
 //!   acking each message.
 //! - **publish-to-handler p50 / p99** at a fixed 1,000 events/s for 3 s (from just before the
 //!   publish to the start of the handler).
 //! - **calls over core NATS, round trips/s**, 32 concurrent callers: `tabgrab::call`'s
-//!   `Client` over `NatsTransport` (CloudEvents headers, the deadline, retries, breaker) to a
+//!   `Client` over `NatsTransport` (CloudEvents, the deadline, retries, breaker) to a
 //!   `tabgrab::call::nats::serve` server, beside raw core `client.request` to a raw
 //!   queue-group responder that echoes the payload (nothing persisted on either side), and
 //!   the raw request carrying the same headers a tabgrab call carries.
@@ -24,6 +24,10 @@
 //!   and acked by the requester's reader, which hands it to the caller by correlation id;
 //!   and the same raw baseline carrying the `ce-*` headers (and reply `Nats-Msg-Id`) that a
 //!   tabgrab request and reply carry, written by tabgrab's own encoder.
+//!
+//! Every tabgrab figure is measured in both CloudEvents content modes: structured (the
+//! default: the event as the body, one `content-type` header) beside the bare raw client, and
+//! binary (`?wire=binary`, `ce-*` headers) beside the raw client carrying the same headers.
 //!
 //! Run: `cargo run --release -p tabgrab --example nats_overhead [-- EVENTS] [--parts
 //! events,calls,messaging] [--servers default,always,shared]` (default 20,000 events, every
@@ -438,7 +442,11 @@ async fn raw_request_reply_with(url: &str, n: u64, ce_headers: bool) -> Result<f
 }
 
 /// `tabgrab::call` over core NATS: a `Client` over `NatsTransport` to a `nats::serve` server.
-async fn tabgrab_calls(url: &str, n: u64) -> Result<f64, BoxError> {
+async fn tabgrab_calls(
+    url: &str,
+    n: u64,
+    mode: tabgrab::wire::ContentMode,
+) -> Result<f64, BoxError> {
     use tabgrab::call::nats::{self as call_nats, NatsTransport};
     use tabgrab::call::{CallContext, Client, HandlerError, Handlers};
     let service = format!("bench-{}", uuid::Uuid::now_v7().simple());
@@ -451,9 +459,13 @@ async fn tabgrab_calls(url: &str, n: u64) -> Result<f64, BoxError> {
         let _ = stopped.await;
     }));
     let conn = async_nats::connect(url).await?;
-    let client = Client::builder(NatsTransport::new(conn, &service))
-        .service_name("bench")
-        .build();
+    let client = Client::builder(
+        NatsTransport::builder(conn, &service)
+            .content_mode(mode)
+            .build(),
+    )
+    .service_name("bench")
+    .build();
     let rate = callers(n, move |i| {
         let client = client.clone();
         async move {
@@ -703,14 +715,15 @@ async fn main() -> Result<(), BoxError> {
             RATE.load(Ordering::Relaxed)
         );
         println!(
-            "| figure | tabgrab | raw async-nats | ratio | raw + the same ce-* headers | ratio |"
+            "| figure | tabgrab (structured, the default) | raw async-nats | ratio | tabgrab, `?wire=binary` | raw + the same ce-* headers | ratio |"
         );
-        println!("|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|");
+        let binary_url = format!("{url}?wire=binary");
         if part("events") {
             // Twice each, alternating (as the round-trip parts below): the mean throughput,
             // and the latency of the second round.
-            let (mut raw, mut raw_ce, mut ours) = (Row::default(), Row::default(), Row::default());
-            let mut rates = [0.0f64; 3];
+            let [mut raw, mut raw_ce, mut ours, mut ours_bin] = [(); 4].map(|()| Row::default());
+            let mut rates = [0.0f64; 4];
             for _ in 0..2 {
                 if baselines() {
                     raw = raw_events(url, n, false).await?;
@@ -718,46 +731,54 @@ async fn main() -> Result<(), BoxError> {
                 }
                 if tabgrab_side() {
                     ours = tabgrab_events(url, n).await?;
+                    ours_bin = tabgrab_events(&binary_url, n).await?;
                 }
-                for (sum, row) in rates.iter_mut().zip([&raw, &raw_ce, &ours]) {
+                for (sum, row) in rates.iter_mut().zip([&raw, &raw_ce, &ours, &ours_bin]) {
                     *sum += row.events_per_s / 2.0;
                 }
             }
-            (raw.events_per_s, raw_ce.events_per_s, ours.events_per_s) =
-                (rates[0], rates[1], rates[2]);
+            [
+                raw.events_per_s,
+                raw_ce.events_per_s,
+                ours.events_per_s,
+                ours_bin.events_per_s,
+            ] = rates;
             println!(
-                "| events/s (publish + handle) | {:.0} | {:.0} | {} | {:.0} | {} |",
+                "| events/s (publish + handle) | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} |",
                 ours.events_per_s,
                 raw.events_per_s,
                 ratio(ours.events_per_s, raw.events_per_s),
+                ours_bin.events_per_s,
                 raw_ce.events_per_s,
-                ratio(ours.events_per_s, raw_ce.events_per_s)
+                ratio(ours_bin.events_per_s, raw_ce.events_per_s)
             );
             println!(
-                "| publish-to-handler p50 (µs) | {} | {} | | {} | |",
-                ours.p50_us, raw.p50_us, raw_ce.p50_us
+                "| publish-to-handler p50 (µs) | {} | {} | | {} | {} | |",
+                ours.p50_us, raw.p50_us, ours_bin.p50_us, raw_ce.p50_us
             );
             println!(
-                "| publish-to-handler p99 (µs) | {} | {} | | {} | |",
-                ours.p99_us, raw.p99_us, raw_ce.p99_us
+                "| publish-to-handler p99 (µs) | {} | {} | | {} | {} | |",
+                ours.p99_us, raw.p99_us, ours_bin.p99_us, raw_ce.p99_us
             );
         }
         let calls = if part("calls") {
             // Twice each, alternating, so that a busy phase of the machine hits both.
-            let (mut raw, mut raw_ce, mut ours) = (0.0, 0.0, 0.0);
+            use tabgrab::wire::ContentMode;
+            let (mut raw, mut raw_ce, mut ours, mut ours_bin) = (0.0, 0.0, 0.0, 0.0);
             for _ in 0..2 {
                 if baselines() {
                     raw += raw_request_reply(url, rr).await? / 2.0;
                     raw_ce += raw_request_reply_with(url, rr, true).await? / 2.0;
                 }
                 if tabgrab_side() {
-                    ours += tabgrab_calls(url, rr).await? / 2.0;
+                    ours += tabgrab_calls(url, rr, ContentMode::Structured).await? / 2.0;
+                    ours_bin += tabgrab_calls(url, rr, ContentMode::Binary).await? / 2.0;
                 }
             }
             println!(
-                "| calls over core NATS, round trips/s | {ours:.0} | {raw:.0} (core request) | {} | {raw_ce:.0} | {} |",
+                "| calls over core NATS, round trips/s | {ours:.0} | {raw:.0} (core request) | {} | {ours_bin:.0} | {raw_ce:.0} | {} |",
                 ratio(ours, raw),
-                ratio(ours, raw_ce)
+                ratio(ours_bin, raw_ce)
             );
             Some(raw)
         } else {
@@ -765,7 +786,7 @@ async fn main() -> Result<(), BoxError> {
         };
         if part("messaging") {
             // Twice each, alternating.
-            let (mut durable, mut durable_ce, mut ours_rr) = (0.0, 0.0, 0.0);
+            let (mut durable, mut durable_ce, mut ours_rr, mut ours_bin) = (0.0, 0.0, 0.0, 0.0);
             for _ in 0..2 {
                 if baselines() {
                     durable += raw_durable_request_reply(url, rr, false).await? / 2.0;
@@ -773,16 +794,17 @@ async fn main() -> Result<(), BoxError> {
                 }
                 if tabgrab_side() {
                     ours_rr += tabgrab_request_reply(url, rr).await? / 2.0;
+                    ours_bin += tabgrab_request_reply(&binary_url, rr).await? / 2.0;
                 }
             }
             println!(
-                "| request-reply messaging, round trips/s | {ours_rr:.0} | {durable:.0} (durable: JetStream both ways) | {} | {durable_ce:.0} | {} |",
+                "| request-reply messaging, round trips/s | {ours_rr:.0} | {durable:.0} (durable: JetStream both ways) | {} | {ours_bin:.0} | {durable_ce:.0} | {} |",
                 ratio(ours_rr, durable),
-                ratio(ours_rr, durable_ce)
+                ratio(ours_bin, durable_ce)
             );
             if let Some(core) = calls {
                 println!(
-                    "| (same, against raw core request) | {ours_rr:.0} | {core:.0} | {} | | |",
+                    "| (same, against raw core request) | {ours_rr:.0} | {core:.0} | {} | | | |",
                     ratio(ours_rr, core)
                 );
             }

@@ -55,6 +55,6 @@ pub use inbox::Inbox;
 pub use outbox::{Outbox, Relay};
 pub use tabgrab_core::{
     Codec, Command, Envelope, Error, ErrorKind, Event, Message, MessageType, Query, Registry,
-    Rejection, Request, SecretUrl, codec, envelope, message, rejection, request, secret,
+    Rejection, Request, SecretUrl, codec, envelope, message, rejection, request, secret, wire,
 };
 pub use topic::Topic;

@@ -308,6 +308,8 @@ async fn a_tabgrab_request_is_answered_by_a_pika_responder_and_a_stray_reply_is_
     assert_eq!(seen["type"], GetQuote::TYPE);
     assert_eq!(seen["reply_to"], reply_queue.as_str());
     assert_eq!(seen["request"]["pizza"], "margherita");
+    // Published in the bus's default content mode: structured, whose data pika read.
+    assert_eq!(seen["content_type"], "application/cloudevents+json");
     let sent = peer.line().await;
     assert_eq!(sent["answered"], seen["correlation_id"]);
     let forged = sent["forged"].as_str().unwrap().to_owned();

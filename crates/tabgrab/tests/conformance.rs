@@ -1,8 +1,8 @@
 //! The backend conformance suite: the same scenarios (ordering per subject, consumer groups,
 //! redelivery, dead letters, bad input, de-duplication, replay, request-reply) against every
 //! backend, one test per scenario and backend (`embedded::…`, `nats::…` on the shared Debian
-//! 2.9 server, `nats_recent::…` on a nats-server 2.15 of the test's own, `amqp::…`), so a
-//! failure names both. A difference between backends is a `Capabilities` flag that the scenario checks.
+//! 2.9 server in CloudEvents binary mode, `nats_recent::…` on a nats-server 2.15 of the
+//! test's own in the default structured mode, `amqp::…`), so a failure names both. A difference between backends is a `Capabilities` flag that the scenario checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[macro_use]
@@ -24,7 +24,11 @@ async fn nats_bus() -> Option<Fixture> {
     if !tabgrab_testkit::services::require("NATS (JetStream)", "127.0.0.1:4222") {
         return None;
     }
-    let bus = Bus::connect("nats://127.0.0.1:4222").await.unwrap();
+    // In binary mode: the suite then covers both content modes on NATS (the server below
+    // gets the default, structured).
+    let bus = Bus::connect("nats://127.0.0.1:4222?wire=binary")
+        .await
+        .unwrap();
     Some(Fixture::new(bus, None))
 }
 

@@ -1,8 +1,14 @@
-"""A peer that tabgrab did not write: nats-py publishes an OrderAccepted CloudEvent (binary
-mode: ce-* headers) to the pizzeria's JetStream subject, then reads the OrderDelivered that
-the pizzeria published for it, and prints that event's attributes and data as one JSON line.
+"""A peer that tabgrab did not write: nats-py and the Python CloudEvents SDK (`cloudevents`)
+publish an OrderAccepted CloudEvent to the pizzeria's JetStream subject, then read the
+OrderDelivered that the pizzeria published for it, and print that event's attributes and data
+as one JSON line.
 
-Usage: python nats_peer.py <nats-url> <order-id>
+Usage: python nats_peer.py <nats-url> <order-id> <structured|binary>
+
+The last argument is the content mode the peer publishes in (the SDK's `to_structured` or
+`to_binary`); it reads the pizzeria's event in whichever mode it comes, through the SDK's
+`from_http`, which tells the modes apart by the `content-type` header as the CloudEvents NATS
+binding does.
 """
 
 import asyncio
@@ -11,33 +17,39 @@ import sys
 import uuid
 
 import nats
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
 
 
-async def main(url: str, order_id: str) -> None:
+async def main(url: str, order_id: str, mode: str) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
     event_id = str(uuid.uuid4())
-    data = {
-        "order_id": order_id,
-        "customer": "python peer",
-        "pizzas": ["margherita"],
-        "amount_cents": 900,
-        "card": "**** 4242",
-    }
-    ack = await js.publish(
-        f"tabgrab.pizzeria.{order_id}",
-        json.dumps(data).encode(),
-        headers={
-            "ce-specversion": "1.0",
-            "ce-id": event_id,
-            "ce-source": "/python/nats-py",
-            "ce-type": "pizzeria.order.accepted.v1",
-            "ce-subject": order_id,
-            "content-type": "application/json",
-            "Nats-Msg-Id": event_id,
+    event = CloudEvent(
+        {
+            "id": event_id,
+            "source": "/python/nats-py",
+            "type": "pizzeria.order.accepted.v1",
+            "subject": order_id,
+            "datacontenttype": "application/json",
+        },
+        {
+            "order_id": order_id,
+            "customer": "python peer",
+            "pizzas": ["margherita"],
+            "amount_cents": 900,
+            "card": "**** 4242",
         },
     )
-    print(json.dumps({"published": event_id, "seq": ack.seq}), flush=True)
+    if mode == "structured":
+        headers, body = to_structured(event)
+    elif mode == "binary":
+        headers, body = to_binary(event)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    headers["Nats-Msg-Id"] = event_id
+    ack = await js.publish(f"tabgrab.pizzeria.{order_id}", body, headers=headers)
+    print(json.dumps({"published": event_id, "seq": ack.seq, "mode": mode}), flush=True)
     # An ordered (ephemeral) consumer on this order's subject: every event about the order.
     sub = await js.subscribe(f"tabgrab.pizzeria.{order_id}", ordered_consumer=True)
     deadline = asyncio.get_running_loop().time() + 60
@@ -46,10 +58,19 @@ async def main(url: str, order_id: str) -> None:
         if left <= 0:
             raise SystemExit("no pizzeria.order.delivered.v1 within 60 s")
         msg = await sub.next_msg(timeout=left)
-        headers = msg.headers or {}
-        if headers.get("ce-type") == "pizzeria.order.delivered.v1":
+        received = from_http(dict(msg.headers or {}), msg.data)
+        if received["type"] == "pizzeria.order.delivered.v1":
+            data = received.data
+            if isinstance(data, (bytes, str)):
+                data = json.loads(data)
             print(
-                json.dumps({"headers": headers, "data": json.loads(msg.data)}),
+                json.dumps(
+                    {
+                        "attributes": dict(received.get_attributes()),
+                        "data": data,
+                        "content_type": (msg.headers or {}).get("content-type"),
+                    }
+                ),
                 flush=True,
             )
             break
@@ -57,4 +78,4 @@ async def main(url: str, order_id: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))

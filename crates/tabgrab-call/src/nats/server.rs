@@ -272,14 +272,20 @@ impl Server {
         })
     }
 
-    /// The envelope: from `ce-*` headers when present, else made here for a plain request.
+    /// The envelope: the CloudEvent in the body (structured mode) or in `ce-*` headers
+    /// (binary mode) when the request is one, else made here for a plain request.
     fn envelope_of(
         &self,
         subject_ty: &str,
         headers: Option<&HeaderMap>,
         body: &Bytes,
     ) -> Result<Envelope, ServeError> {
-        let Some(headers) = headers.filter(|h| h.get("ce-specversion").is_some()) else {
+        let cloud_event = headers.filter(|h| {
+            h.get("ce-specversion").is_some()
+                || h.get("content-type")
+                    .is_some_and(|ct| tabgrab_core::wire::is_cloudevents_media_type(ct.as_str()))
+        });
+        let Some(headers) = cloud_event else {
             let mut envelope = Envelope::raw("/unknown", subject_ty, body.clone());
             // The payload's media type as sent; dispatch refuses one that is not JSON.
             if let Some(ct) = headers.and_then(|h| h.get("content-type")) {
@@ -295,14 +301,14 @@ impl Server {
         .map_err(|e| {
             ServeError::new(
                 e.kind(),
-                format!("the CloudEvents headers of the {subject_ty} request are invalid: {e}"),
+                format!("the CloudEvent of the {subject_ty} request is invalid: {e}"),
             )
         })?;
         if type_tokens(&envelope.ty) != subject_ty {
             return Err(ServeError::new(
                 ErrorKind::TypeMismatch,
                 format!(
-                    "header ce-type says {} but the subject says {subject_ty}; they must agree",
+                    "the CloudEvent's type is {} but the subject says {subject_ty}; they must agree",
                     envelope.ty
                 ),
             ));

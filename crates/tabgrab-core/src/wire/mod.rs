@@ -1,4 +1,5 @@
-//! The CloudEvents binary-mode binding every transport shares, in one place: the HTTP
+//! The CloudEvents bindings every transport shares, in one place: [`ContentMode`] (structured
+//! or binary) for the message transports, and the binary mode's mapping: the HTTP
 //! headers of calls, the NATS headers of calls and JetStream events, the AMQP headers of
 //! RabbitMQ messages all map attributes through [`Codec::encode_binary`] /
 //! [`Codec::decode_binary`] and the fast paths here; [`nats`] adapts them to async-nats'
@@ -10,11 +11,78 @@
 //! header text, a UTC time), each checked by a unit test against the codec's general path,
 //! which every transport still uses for anything else.
 
-use crate::{Codec, Envelope};
+use crate::{Codec, Envelope, Error, ErrorKind};
 use bytes::Bytes;
 
 #[cfg(feature = "nats")]
 pub mod nats;
+
+/// The media type of the CloudEvents JSON event format: a message whose content type is this
+/// carries the whole event, attributes and data, as one JSON document (structured mode).
+pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
+
+/// How a message transport (NATS, AMQP) carries an envelope: the two CloudEvents content
+/// modes. Receivers read both whatever they send; the mode only chooses what is sent.
+///
+/// Structured is the default because it was measured faster on both brokers (BENCHMARKS.md,
+/// "Engines"): the server and the clients handle one short header instead of eight, and the
+/// bytes the embedded log and the outbox store are the bytes sent. Binary keeps the data as
+/// the body, which plain clients that know nothing of CloudEvents read as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ContentMode {
+    /// The event as one `application/cloudevents+json` document in the body.
+    #[default]
+    Structured,
+    /// The attributes as `ce-*` headers (and `content-type`), the data as the body.
+    Binary,
+}
+
+impl ContentMode {
+    /// Its name in a bus URL (`?wire=structured|binary`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentMode::Structured => "structured",
+            ContentMode::Binary => "binary",
+        }
+    }
+
+    /// Reads a name of [`ContentMode::as_str`]; anything else is a `Malformed` error that
+    /// lists the names.
+    pub fn parse(name: &str) -> Result<ContentMode, Error> {
+        match name {
+            "structured" => Ok(ContentMode::Structured),
+            "binary" => Ok(ContentMode::Binary),
+            other => Err(Error::new(
+                ErrorKind::Malformed,
+                format!("unknown wire mode {other:?}: use structured or binary"),
+            )),
+        }
+    }
+
+    /// The mode a received message is in, from its content type (`content-type` header or
+    /// AMQP property) and whether it has a `ce-*` header: a CloudEvents media type means
+    /// structured (as every CloudEvents binding says); a `ce-*` header or another content
+    /// type means binary; neither means structured, as the NATS binding before message
+    /// headers sent it.
+    pub fn of_received(content_type: Option<&str>, has_ce_header: bool) -> ContentMode {
+        match content_type {
+            Some(ct) if is_cloudevents_media_type(ct) => ContentMode::Structured,
+            Some(_) => ContentMode::Binary,
+            None if has_ce_header => ContentMode::Binary,
+            None => ContentMode::Structured,
+        }
+    }
+}
+
+/// Whether `content_type` names a CloudEvents event format (`application/cloudevents`,
+/// `application/cloudevents+json`, with or without parameters; any case).
+pub fn is_cloudevents_media_type(content_type: &str) -> bool {
+    const PREFIX: &str = "application/cloudevents";
+    content_type
+        .as_bytes()
+        .get(..PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX.as_bytes()))
+}
 
 /// The longest [`rfc3339`] output: `9999-12-31T23:59:59.999999999Z`.
 pub const RFC3339_MAX: usize = 30;
@@ -277,6 +345,32 @@ pub fn fast_envelope<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_content_mode_of_a_message_follows_its_content_type() {
+        use ContentMode::{Binary, Structured};
+        assert_eq!(
+            ContentMode::of_received(Some(STRUCTURED_JSON), false),
+            Structured
+        );
+        assert_eq!(
+            ContentMode::of_received(Some("Application/CloudEvents+JSON; charset=utf-8"), true),
+            Structured
+        );
+        assert_eq!(
+            ContentMode::of_received(Some("application/json"), true),
+            Binary
+        );
+        assert_eq!(ContentMode::of_received(Some("text/plain"), false), Binary);
+        assert_eq!(ContentMode::of_received(None, true), Binary);
+        assert_eq!(ContentMode::of_received(None, false), Structured);
+        for mode in [Structured, Binary] {
+            assert_eq!(ContentMode::parse(mode.as_str()).unwrap(), mode);
+        }
+        let err = ContentMode::parse("protobuf").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Malformed);
+        assert!(err.message().contains("structured or binary"), "{err}");
+    }
 
     #[test]
     fn the_time_is_written_as_the_time_crate_writes_it() {

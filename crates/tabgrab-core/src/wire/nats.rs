@@ -1,7 +1,8 @@
 //! The CloudEvents NATS binding of the envelope, and the NATS connection set-up, for calls
-//! and the event backend alike: attributes as `ce-*` headers (and
-//! `content-type`), the payload as the message body, untouched. Calls over NATS use it, and
-//! so does tabgrab's NATS event backend (JetStream messages carry the same headers).
+//! and the event backend alike. Structured mode: one `content-type:
+//! application/cloudevents+json` header, the event as the body. Binary mode: attributes as
+//! `ce-*` headers (and `content-type`), the data as the body, untouched. [`decode`] reads
+//! both. Calls over NATS use it, and so does tabgrab's NATS event backend.
 //!
 //! Both directions have a fast path for what tabgrab itself sends (known attributes, plain
 //! header text, a UTC time): static header names and no percent-encoding pass on the way
@@ -9,6 +10,7 @@
 //! else goes through the codec's general [`Codec::encode_binary`] /
 //! [`Codec::decode_binary`]; unit tests hold both paths equal.
 
+use super::ContentMode;
 use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl};
 use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
@@ -51,9 +53,33 @@ fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
     Some(map)
 }
 
-/// Decodes a message in CloudEvents binary mode: the fast path for what tabgrab sends, else
-/// the codec (which says what is wrong). Without headers the codec reports the missing
-/// attributes.
+/// The headers and body of `envelope` in `mode`: binary, the [`encode_headers`] and the data;
+/// structured, [`structured`] of the codec's JSON document.
+pub fn encode(
+    codec: &Codec,
+    envelope: &Envelope,
+    mode: ContentMode,
+) -> Result<(HeaderMap, Bytes), Error> {
+    match mode {
+        ContentMode::Binary => Ok((encode_headers(codec, envelope)?, envelope.data.clone())),
+        ContentMode::Structured => Ok(structured(codec.encode(envelope)?)),
+    }
+}
+
+/// A structured-mode message of an envelope already encoded by [`Codec::encode`] (as the
+/// embedded log and the outbox store it): one `content-type` header, the bytes as they are.
+pub fn structured(encoded: Bytes) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HeaderName::from_static("content-type"),
+        super::STRUCTURED_JSON,
+    );
+    (headers, encoded)
+}
+
+/// Decodes a message in either CloudEvents mode ([`ContentMode::of_received`] tells which):
+/// structured through the codec's JSON decoding; binary through the fast path for what
+/// tabgrab sends, else the codec (which says what is wrong).
 pub fn decode(
     codec: &Codec,
     headers: Option<&HeaderMap>,
@@ -61,6 +87,22 @@ pub fn decode(
 ) -> Result<Envelope, Error> {
     let empty = HeaderMap::new();
     let headers = headers.unwrap_or(&empty);
+    let (mut content_type, mut ce_header) = (None, false);
+    for (name, values) in headers.iter() {
+        let name = <HeaderName as AsRef<str>>::as_ref(name);
+        if name.eq_ignore_ascii_case("content-type") {
+            content_type = values.first().map(|v| v.as_str());
+        } else if name
+            .as_bytes()
+            .get(..3)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"ce-"))
+        {
+            ce_header = true;
+        }
+    }
+    if ContentMode::of_received(content_type, ce_header) == ContentMode::Structured {
+        return codec.decode(&payload);
+    }
     let pairs = || {
         headers.iter().flat_map(|(name, values)| {
             values.iter().map(move |v| {

@@ -40,6 +40,14 @@
 //!   without `mandatory`, which RabbitMQ would answer with a return although it delivered it,
 //!   so a reply to a direct reply-to client that has gone is lost (as direct reply-to is).
 //!
+//! # Content modes
+//! Envelopes published to a topic are in the bus's [`ContentMode`] (`?wire=structured|binary`
+//! on the URL): structured by default, the event as one JSON body with `content_type`
+//! `application/cloudevents+json`; binary, the attributes as `ce-*` headers and the data as
+//! the body. Either way `message_id`, `type`, `correlation_id`, `reply_to` and `timestamp`
+//! are set too. A reply to a queue (the AMQP RPC convention) is always binary, so that a
+//! plain AMQP requester reads the answer as the body. Both modes are read.
+//!
 //! # Messages without CloudEvents headers
 //! A message with no `ce-*` header at all (a plain AMQP client's) is read from its AMQP
 //! properties, through the same CloudEvents decoding as every other message: `message_id`
@@ -73,6 +81,7 @@ use super::{
 };
 use crate::event::StartFrom;
 use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl, Topic};
+use tabgrab_core::wire::{self, ContentMode};
 
 /// The explicit broker-side delivery limit of every group queue.
 const DELIVERY_LIMIT: i32 = 50;
@@ -97,25 +106,41 @@ pub fn queue_name(topic: &str, group: &str) -> String {
     format!("tabgrab.{topic}.{group}")
 }
 
-/// An envelope as a persistent AMQP message: the CloudEvents attributes as `ce-*` headers
-/// (binary mode), and the AMQP properties a broker and other clients read (`message_id`,
-/// `type`, `content_type`, `correlation_id`, `reply_to`, `timestamp`); the body is the data.
-pub fn encode(codec: &Codec, envelope: &Envelope) -> Result<(BasicProperties, Bytes), Error> {
-    let (pairs, body) = codec.encode_binary(envelope)?;
-    let mut headers = FieldTable::default();
-    for (name, value) in pairs {
-        if name != "content-type" {
-            headers.insert(name.into(), AMQPValue::LongString(value.into()));
-        }
-    }
+/// An envelope as a persistent AMQP message in `mode`, with the AMQP properties a broker and
+/// other clients read (`message_id`, `type`, `content_type`, `correlation_id`, `reply_to`,
+/// `timestamp`). Binary: the CloudEvents attributes as `ce-*` headers, the data as the body.
+/// Structured: no headers, `content_type` `application/cloudevents+json`, the codec's
+/// encoding as the body (`encoded` when the caller has it, as an outbox stores it).
+pub fn encode(
+    codec: &Codec,
+    envelope: &Envelope,
+    mode: ContentMode,
+    encoded: Option<&Bytes>,
+) -> Result<(BasicProperties, Bytes), Error> {
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_message_id(envelope.id.as_str().into())
-        .with_type(envelope.ty.as_str().into())
-        .with_headers(headers);
-    if let Some(ct) = &envelope.datacontenttype {
-        properties = properties.with_content_type(ct.as_str().into());
-    }
+        .with_type(envelope.ty.as_str().into());
+    let body = match mode {
+        ContentMode::Binary => {
+            let headers = binary_headers(codec, envelope)?;
+            properties = properties.with_headers(headers);
+            if let Some(ct) = &envelope.datacontenttype {
+                properties = properties.with_content_type(ct.as_str().into());
+            }
+            envelope.data.clone()
+        }
+        ContentMode::Structured => {
+            properties = properties.with_content_type(wire::STRUCTURED_JSON.into());
+            match encoded {
+                Some(encoded) => {
+                    codec.check_encoded(envelope, encoded)?;
+                    encoded.clone()
+                }
+                None => codec.encode(envelope)?,
+            }
+        }
+    };
     if let Some(c) = &envelope.correlationid {
         properties = properties.with_correlation_id(c.as_str().into());
     }
@@ -128,6 +153,60 @@ pub fn encode(codec: &Codec, envelope: &Envelope) -> Result<(BasicProperties, By
         properties = properties.with_timestamp(u64::try_from(t.unix_timestamp()).unwrap_or(0));
     }
     Ok((properties, body))
+}
+
+/// The `ce-*` headers of binary mode (`content-type` is the AMQP property): the shared fast
+/// path when every attribute is plain header text, else the codec's percent-encoded pairs.
+fn binary_headers(codec: &Codec, envelope: &Envelope) -> Result<FieldTable, Error> {
+    let mut headers = FieldTable::default();
+    let mut bufs = [[0u8; wire::RFC3339_MAX]; 2];
+    if let Some(pairs) = wire::plain_headers(codec, envelope, &mut bufs) {
+        for (name, value) in pairs {
+            let name = match name {
+                wire::Name::Known("content-type") => continue,
+                wire::Name::Known(name) => ShortString::from(name),
+                wire::Name::Extension(attribute) => format!("ce-{attribute}").into(),
+            };
+            headers.insert(name, AMQPValue::LongString(value.into()));
+        }
+        return Ok(headers);
+    }
+    let (pairs, _) = codec.encode_binary(envelope)?;
+    for (name, value) in pairs {
+        if name != "content-type" {
+            headers.insert(name.into(), AMQPValue::LongString(value.into()));
+        }
+    }
+    Ok(headers)
+}
+
+/// The URL without its `wire` setting, and the content mode it names (the default without
+/// one).
+fn content_mode_of(url: &str) -> Result<(String, ContentMode), Error> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), ContentMode::default()));
+    };
+    let mut mode = ContentMode::default();
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("wire", value)) => {
+                mode = ContentMode::parse(value).map_err(|e| {
+                    Error::new(
+                        e.kind(),
+                        format!("amqp URL {}: {}", SecretUrl::new(url), e.message()),
+                    )
+                })?;
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, mode))
 }
 
 /// Where [`AmqpBus::send`] publishes: a topic's exchange, or a queue through the default
@@ -179,6 +258,8 @@ pub struct AmqpBus {
     url: SecretUrl,
     /// The envelope size limit.
     codec: Codec,
+    /// How envelopes are published to topics (`?wire=structured|binary`); both are read.
+    content_mode: ContentMode,
     /// Exchanges known to exist.
     exchanges: Arc<Mutex<HashSet<String>>>,
     /// Queues this bus declared, by topic, so that `delete_topic` removes them.
@@ -197,7 +278,11 @@ impl std::fmt::Debug for AmqpBus {
 
 impl AmqpBus {
     /// Connects to `url` (`amqp://user:pass@host:port/vhost`).
+    /// `?wire=structured|binary` chooses how envelopes are published (the URL's other
+    /// settings are lapin's: `heartbeat`, `frame_max`, …).
     pub async fn connect(url: &str) -> Result<AmqpBus, Error> {
+        let (url, content_mode) = content_mode_of(url)?;
+        let url = url.as_str();
         let shown_url = SecretUrl::new(url);
         let connection = tokio::time::timeout(
             Duration::from_secs(10),
@@ -229,6 +314,7 @@ impl AmqpBus {
             publisher,
             url: shown_url,
             codec: Codec::default(),
+            content_mode,
             exchanges: Arc::new(Mutex::new(HashSet::new())),
             queues: Arc::new(Mutex::new(Vec::new())),
             declared: Arc::new(tokio::sync::Mutex::new(HashSet::new())),
@@ -369,7 +455,12 @@ impl AmqpBus {
         Ok(())
     }
 
-    async fn publish_inner(&self, topic: &str, envelope: &Envelope) -> Result<Published, Error> {
+    async fn publish_inner(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+        encoded: Option<&Bytes>,
+    ) -> Result<Published, Error> {
         let exchange = exchange_name(topic);
         self.declare_exchange(&exchange, ExchangeKind::Topic)
             .await?;
@@ -396,7 +487,7 @@ impl AmqpBus {
                     .insert(archive);
             }
         }
-        let (properties, body) = encode(&self.codec, envelope)?;
+        let (properties, body) = encode(&self.codec, envelope, self.content_mode, encoded)?;
         let routing = routing_key(envelope.subject.as_deref());
         self.send(
             Target::Topic(topic),
@@ -416,7 +507,9 @@ impl AmqpBus {
     ) -> Result<Published, Error> {
         // Checked as a reply address is: a queue name, not one that could do harm.
         ReplyAddress::parse(&format!("{}{queue}", ReplyAddress::QUEUE_PREFIX))?;
-        let (properties, body) = encode(&self.codec, envelope)?;
+        // Always binary: a reply to a queue follows the AMQP RPC convention, whose body a
+        // plain AMQP requester reads as the answer itself.
+        let (properties, body) = encode(&self.codec, envelope, ContentMode::Binary, None)?;
         // RabbitMQ returns a mandatory message to a direct reply-to address as unroutable even
         // when it delivered it (3.10 does): such a reply is sent without `mandatory`. Direct
         // reply-to keeps nothing anyway: a reply to a client that has gone is lost there.
@@ -634,7 +727,8 @@ fn durable_queue() -> QueueDeclareOptions {
     }
 }
 
-/// Reads a CloudEvent from AMQP headers (`ce-*`) and properties. A message with no `ce-*`
+/// Reads a CloudEvent: structured (the `content_type` is a CloudEvents media type) from the
+/// body; binary from AMQP headers (`ce-*`) and properties. A message with no `ce-*`
 /// header (a plain AMQP client's) gets its attributes from its AMQP properties, as the
 /// module docs list, with `untyped_as` as its type when it has no `type` property; they are
 /// handed to the codec as the headers they stand for, so there is one decoding.
@@ -644,6 +738,27 @@ fn decode(
     body: Bytes,
     untyped_as: Option<&str>,
 ) -> Result<Envelope, Error> {
+    let content_type = properties.content_type().as_ref().map(ShortString::as_str);
+    if content_type.is_some_and(wire::is_cloudevents_media_type) {
+        return codec.decode(&body);
+    }
+    if let Some(headers) = properties.headers() {
+        // What tabgrab sends in binary mode: the shared fast path, without owned copies.
+        let pairs = headers
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let value = match value {
+                    AMQPValue::LongString(s) => s.as_bytes(),
+                    AMQPValue::ShortString(s) => s.as_str().as_bytes(),
+                    _ => return None,
+                };
+                Some((name.as_str(), value))
+            })
+            .chain(content_type.map(|ct| ("content-type", ct.as_bytes())));
+        if let Some(envelope) = wire::fast_envelope(&codec, pairs, &body) {
+            return Ok(envelope);
+        }
+    }
     let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(headers) = properties.headers() {
         for (name, value) in headers {
@@ -828,7 +943,18 @@ impl Backend for AmqpBus {
         topic: &'a Topic,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>> {
-        self.publish_inner(topic, envelope).boxed()
+        self.publish_inner(topic, envelope, None).boxed()
+    }
+
+    /// In structured mode the stored bytes are the body as they are (encoded once, at
+    /// staging).
+    fn publish_encoded<'a>(
+        &'a self,
+        topic: &'a Topic,
+        envelope: &'a Envelope,
+        encoded: Bytes,
+    ) -> BoxFuture<'a, Result<Published, Error>> {
+        Box::pin(async move { self.publish_inner(topic, envelope, Some(&encoded)).await })
     }
 
     fn publish_raw<'a>(

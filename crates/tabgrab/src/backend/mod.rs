@@ -314,9 +314,10 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Publishes `envelope`, of which `encoded` is the codec's encoding ([`Codec::encode`],
-    /// as an outbox stores it). An engine that stores that form (the embedded log) writes the
-    /// bytes as they are, so the envelope is not encoded a second time; the others publish
-    /// the envelope in their own binding (the default).
+    /// as an outbox stores it). An engine that sends or stores that form (the embedded log;
+    /// NATS and RabbitMQ in structured mode) writes the bytes as they are, after
+    /// [`Codec::check_encoded`], so the envelope is not encoded a second time; otherwise the
+    /// envelope is published in the engine's binding (the default).
     fn publish_encoded<'a>(
         &'a self,
         topic: &'a Topic,

@@ -15,7 +15,8 @@ Usage:
       {"ready": ...}, and answers the first request it gets: first a stray reply with a
       correlation id nobody sent (tabgrab must refuse and dead-letter it), then the answer
       `<reply-json>` with the request's correlation id, both to the request's `reply_to`
-      queue through the default exchange. Prints what the request carried.
+      queue through the default exchange. Prints what the request carried (its data: the
+      body, or the `data` of a CloudEvents structured-mode body).
 
 Every wait is bounded (30 s); the process exits non-zero on any mismatch or timeout.
 """
@@ -119,11 +120,16 @@ def respond(url, topic, reply_json):
         if time.monotonic() > deadline:
             raise SystemExit(f"no request within {WAIT_S} s")
         connection.process_data_events(time_limit=0.05)
+    request = json.loads(body)
+    if (properties.content_type or "").startswith("application/cloudevents"):
+        # CloudEvents structured mode (tabgrab's default): the event's data is the request.
+        request = request["data"]
     out(
         type=properties.type,
         correlation_id=properties.correlation_id,
         reply_to=properties.reply_to,
-        request=json.loads(body),
+        content_type=properties.content_type,
+        request=request,
     )
     if not properties.reply_to or not properties.correlation_id:
         raise SystemExit("the request lacks reply_to or correlation_id")

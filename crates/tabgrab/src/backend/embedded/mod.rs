@@ -311,12 +311,7 @@ impl Backend for EmbeddedBus {
         envelope: &'a Envelope,
         encoded: Bytes,
     ) -> BoxFuture<'a, Result<Published, Error>> {
-        let codec = self.codec();
-        let checked = codec.check_envelope(envelope).and_then(|()| {
-            codec
-                .check_size(encoded.len())
-                .map_err(|e| Error::new(e.kind(), format!("{} ({})", e.message(), envelope.ty)))
-        });
+        let checked = self.codec().check_encoded(envelope, &encoded);
         Box::pin(async move {
             checked?;
             self.append(topic, encoded).await

@@ -1,5 +1,7 @@
 //! The NATS backend: events on JetStream (one stream per topic, a durable pull consumer per
-//! consumer group), envelopes in CloudEvents binary mode (attributes as `ce-*` headers).
+//! consumer group), envelopes in CloudEvents structured mode (the event as one JSON body with
+//! `content-type: application/cloudevents+json`) or, with `?wire=binary`, binary mode
+//! (attributes as `ce-*` headers); subscriptions read both ([`ContentMode`]).
 //!
 //! # Naming
 //! A topic is one subject token: dots become `~` (`orders.dead-letters` is
@@ -7,7 +9,7 @@
 //! is the stream `TABGRAB_orders` with the subjects `tabgrab.orders.>`; an envelope about
 //! subject `o-1` is published on `tabgrab.orders.o-1` (the subject sanitised to one token:
 //! `.`, `*`, `>` and whitespace become `_`), so tools can filter by subject. The real
-//! subject is always the `ce-subject` header. A consumer group is the durable consumer of
+//! subject is always the envelope's `subject` attribute. A consumer group is the durable consumer of
 //! the group's name (dots as `~`).
 //!
 //! # What is promised, honestly
@@ -64,6 +66,7 @@ use super::{
 };
 use crate::event::{DeadLetter, StartFrom, dead_letter_topic};
 use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl, Topic};
+use tabgrab_core::wire::ContentMode;
 
 /// How long JetStream remembers message ids for de-duplication.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -86,11 +89,13 @@ pub struct NatsConfig {
     /// Overrides every subscription's ack wait (how soon a crashed consumer's deliveries go
     /// to another member); `None`: each subscription's own (30 s by default).
     pub ack_wait: Option<Duration>,
+    /// How envelopes are sent (`?wire=structured|binary`); both are read.
+    pub content_mode: ContentMode,
 }
 
 impl NatsConfig {
-    /// Reads settings from a URL's query (`replicas`, `ack_wait_ms`); returns the URL without
-    /// its query.
+    /// Reads settings from a URL's query (`replicas`, `ack_wait_ms`, `wire`); returns the URL
+    /// without its query.
     pub fn from_url(url: &str) -> Result<(String, NatsConfig), Error> {
         let mut config = NatsConfig::default();
         let Some((base, query)) = url.split_once('?') else {
@@ -105,13 +110,21 @@ impl NatsConfig {
                 )
             });
             match key {
+                "wire" => {
+                    config.content_mode = ContentMode::parse(value).map_err(|e| {
+                        Error::new(
+                            e.kind(),
+                            format!("nats URL {}: {}", SecretUrl::new(url), e.message()),
+                        )
+                    })?;
+                }
                 "replicas" => config.replicas = usize::try_from(number?).unwrap_or(1).max(1),
                 "ack_wait_ms" => config.ack_wait = Some(Duration::from_millis(number?.max(300))),
                 _ => {
                     return Err(Error::new(
                         ErrorKind::Malformed,
                         format!(
-                            "nats URL {}: unknown setting {key:?}; known: replicas, ack_wait_ms",
+                            "nats URL {}: unknown setting {key:?}; known: replicas, ack_wait_ms, wire",
                             SecretUrl::new(url)
                         ),
                     ));
@@ -129,6 +142,7 @@ impl Default for NatsConfig {
             codec: Codec::default(),
             max_ack_pending: 10_000,
             ack_wait: None,
+            content_mode: ContentMode::default(),
         }
     }
 }
@@ -286,19 +300,35 @@ impl NatsBus {
             .contains(topic)
     }
 
-    /// The headers and body of an envelope in CloudEvents binary mode, with `Nats-Msg-Id`.
+    /// The headers and body of an envelope in the bus's content mode, with `Nats-Msg-Id`;
+    /// in structured mode `encoded` (the codec's encoding of `envelope`, as an outbox stores
+    /// it) is the body as it is.
     fn encode(
         &self,
         envelope: &Envelope,
+        encoded: Option<&Bytes>,
         msg_id: &str,
     ) -> Result<(async_nats::HeaderMap, Bytes), Error> {
-        let mut headers = tabgrab_core::wire::nats::encode_headers(&self.config.codec, envelope)?;
+        let codec = &self.config.codec;
+        let (mut headers, body) = match (self.config.content_mode, encoded) {
+            (ContentMode::Structured, Some(encoded)) => {
+                codec.check_encoded(envelope, encoded)?;
+                tabgrab_core::wire::nats::structured(encoded.clone())
+            }
+            (mode, _) => tabgrab_core::wire::nats::encode(codec, envelope, mode)?,
+        };
         headers.insert(MSG_ID, msg_id);
-        Ok((headers, envelope.data.clone()))
+        Ok((headers, body))
     }
 
-    async fn publish_inner(&self, topic: &str, envelope: &Envelope) -> Result<Published, Error> {
-        self.publish_with_id(topic, envelope, &envelope.id).await
+    async fn publish_inner(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+        encoded: Option<&Bytes>,
+    ) -> Result<Published, Error> {
+        self.publish_with_id(topic, envelope, encoded, &envelope.id)
+            .await
     }
 
     /// Publishes with an explicit `Nats-Msg-Id` (a captured dead letter's is derived from the
@@ -307,6 +337,7 @@ impl NatsBus {
         &self,
         topic: &str,
         envelope: &Envelope,
+        encoded: Option<&Bytes>,
         msg_id: &str,
     ) -> Result<Published, Error> {
         if !self.stream_known(topic) {
@@ -319,7 +350,7 @@ impl NatsBus {
         loop {
             // Encoded per attempt: a retry is rare, and a copy of the headers for it on every
             // publish is not.
-            let (headers, body) = self.encode(envelope, msg_id)?;
+            let (headers, body) = self.encode(envelope, encoded, msg_id)?;
             // Boxed (944 bytes): inline, it made this future larger than the allocator's small
             // sizes, and glibc consolidates its free lists on every larger allocation.
             let publish = self.js.publish_with_headers(subject.clone(), headers, body);
@@ -628,7 +659,7 @@ impl NatsBus {
             "tabgrab-dl-{}-{}-{}",
             advisory.stream, advisory.consumer, advisory.stream_seq
         );
-        self.publish_with_id(&dead_letter_topic(topic), &envelope, &msg_id)
+        self.publish_with_id(&dead_letter_topic(topic), &envelope, None, &msg_id)
             .await?;
         tracing::warn!(
             topic,
@@ -670,9 +701,35 @@ impl NatsBus {
             return Ok(envelopes);
         }
         for seq in state.first_sequence..=state.last_sequence {
-            let Ok(message) = stream.get_raw_message(seq).await else {
-                continue; // deleted
+            // A sequence with no message was deleted; any other failure is retried, then
+            // reported: a listing never leaves a message out without saying so.
+            let mut attempt = 1;
+            let message = loop {
+                match stream.get_raw_message(seq).await {
+                    Ok(message) => break Some(message),
+                    Err(e)
+                        if e.kind()
+                            == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                    {
+                        break None;
+                    }
+                    Err(e) if attempt < PUBLISH_ATTEMPTS => {
+                        tracing::debug!(topic, seq, attempt, error = %e, "reading a stream message again");
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    }
+                    Err(e) => {
+                        return Err(unavailable(
+                            format!(
+                                "nats {}: cannot read message {seq} of topic {topic} after {attempt} attempts",
+                                self.url
+                            ),
+                            e,
+                        ));
+                    }
+                }
             };
+            let Some(message) = message else { continue };
             let envelope = decode(self.config.codec, Some(&message.headers), message.payload)?;
             envelopes.push(envelope);
         }
@@ -701,6 +758,10 @@ impl NatsBus {
                     self.config.replicas,
                     DUPLICATE_WINDOW.as_secs()
                 ),
+                format!(
+                    "CloudEvents {} mode (both modes are read)",
+                    self.config.content_mode.as_str()
+                ),
                 account,
                 "an acknowledged publish is on disk only if the server runs with sync_interval: always \
                  (the default fsyncs every 2 minutes)"
@@ -710,7 +771,7 @@ impl NatsBus {
     }
 }
 
-/// Decodes a CloudEvents binary-mode message.
+/// Decodes a CloudEvents message in either mode.
 fn decode(
     codec: Codec,
     headers: Option<&async_nats::HeaderMap>,
@@ -897,7 +958,18 @@ impl Backend for NatsBus {
         topic: &'a Topic,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Published, Error>> {
-        self.publish_inner(topic, envelope).boxed()
+        self.publish_inner(topic, envelope, None).boxed()
+    }
+
+    /// In structured mode the stored bytes are the body as they are (encoded once, at
+    /// staging); in binary mode the envelope's headers are written from it.
+    fn publish_encoded<'a>(
+        &'a self,
+        topic: &'a Topic,
+        envelope: &'a Envelope,
+        encoded: Bytes,
+    ) -> BoxFuture<'a, Result<Published, Error>> {
+        Box::pin(async move { self.publish_inner(topic, envelope, Some(&encoded)).await })
     }
 
     fn publish_raw<'a>(
@@ -1023,7 +1095,7 @@ mod tests {
             version: (2, 10, 0),
         };
         let envelope = Envelope::raw("/test", "test.v1", Bytes::new());
-        let publish = bus.publish_inner("t", &envelope);
+        let publish = bus.publish_inner("t", &envelope, None);
         let size = std::mem::size_of_val(&publish);
         assert!(size < 1000, "the publish future is {size} bytes");
     }
