@@ -73,8 +73,22 @@ pub fn service_token(service: &str) -> String {
 }
 
 /// The message type as subject tokens: its dots kept, empty tokens and what a subject cannot
-/// hold replaced by `_`.
-pub fn type_tokens(ty: &str) -> String {
+/// hold replaced by `_`. A type that needs no replacement (every well-formed type name) is
+/// returned as it is, without a copy: this runs twice per call.
+pub fn type_tokens(ty: &str) -> std::borrow::Cow<'_, str> {
+    let unfit = |c: char| c == '*' || c == '>' || c.is_whitespace() || c.is_control();
+    let plain = !ty.is_empty()
+        && !ty.starts_with('.')
+        && !ty.ends_with('.')
+        && !ty.contains("..")
+        && !ty.chars().any(unfit);
+    if plain {
+        return std::borrow::Cow::Borrowed(ty);
+    }
+    std::borrow::Cow::Owned(replaced_tokens(ty))
+}
+
+fn replaced_tokens(ty: &str) -> String {
     let mut out = String::with_capacity(ty.len());
     for (i, token) in ty.split('.').enumerate() {
         if i > 0 {
@@ -133,5 +147,26 @@ mod tests {
             "tabgrab.call.a_b.queries.x._.y___"
         );
         assert_eq!(service_token(""), "_");
+    }
+
+    #[test]
+    fn a_plain_type_is_its_own_tokens_and_any_other_is_replaced() {
+        for ty in [
+            "pizzeria.payment.charge-card.v1",
+            "a",
+            "",
+            ".a",
+            "a.",
+            "a..b",
+            "a b.c",
+            "a*.>",
+            "a\tb",
+            "ü.v1",
+        ] {
+            let tokens = type_tokens(ty);
+            assert_eq!(tokens, replaced_tokens(ty), "{ty:?}");
+            let borrowed = matches!(tokens, std::borrow::Cow::Borrowed(_));
+            assert_eq!(borrowed, tokens == ty && !ty.is_empty(), "{ty:?}");
+        }
     }
 }
