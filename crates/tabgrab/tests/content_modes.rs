@@ -5,6 +5,8 @@
 #![cfg(all(feature = "nats", feature = "amqp"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod staged;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,8 @@ use bytes::Bytes;
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
 use tabgrab::{Envelope, Event, Message, Outbox};
+
+use staged::{indent_the_staged_row, wait_drained};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -226,29 +230,10 @@ async fn the_relay_publishes_the_stored_bytes_on_nats() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let table = outbox.table().to_owned();
-    let stored: Vec<u8> = sqlx::query_scalar(&format!("SELECT envelope FROM {table}"))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let value: serde_json::Value = serde_json::from_slice(&stored).unwrap();
-    let indented = serde_json::to_vec_pretty(&value).unwrap();
-    assert_ne!(indented, stored, "the codec does not indent");
-    sqlx::query(&format!("UPDATE {table} SET envelope = ?"))
-        .bind(&indented)
-        .execute(&pool)
-        .await
-        .unwrap();
+    let indented = indent_the_staged_row(&pool, &outbox).await;
 
     let relay = outbox.relay(&bus).start();
-    let started = Instant::now();
-    while outbox.pending().await.unwrap() > 0 {
-        assert!(
-            started.elapsed() < WAIT,
-            "the relay did not drain the outbox"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_drained(&outbox, WAIT).await;
     relay.shutdown().await.unwrap();
     let client = async_nats::connect(NATS).await.unwrap();
     let stream = async_nats::jetstream::new(client)

@@ -3,6 +3,8 @@
 //! inbox reports a second delivery as a duplicate; several relays keep per-subject order.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod staged;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,8 @@ use tabgrab::Envelope;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::inbox::Inbox;
 use tabgrab::outbox::Outbox;
+
+use staged::{indent_the_staged_row, wait_drained};
 
 fn event(n: u64, subject: &str) -> Envelope {
     Envelope::raw(
@@ -48,17 +52,6 @@ fn read_topic(bus: &EmbeddedBus, topic: &str) -> Vec<Envelope> {
         }
     }
     out
-}
-
-async fn wait_drained<DB: tabgrab::sql::Database>(outbox: &Outbox<DB>, within: Duration) {
-    let deadline = Instant::now() + within;
-    while outbox.pending().await.unwrap() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the relay did not drain the outbox"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -122,19 +115,7 @@ async fn sqlite_relay_publishes_the_stored_bytes_without_encoding_again() {
     let mut tx = pool.begin().await.unwrap();
     outbox.stage(&mut tx, "orders", &staged).await.unwrap();
     tx.commit().await.unwrap();
-    let table = outbox.table().to_owned();
-    let stored: Vec<u8> = sqlx::query_scalar(&format!("SELECT envelope FROM {table}"))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let value: serde_json::Value = serde_json::from_slice(&stored).unwrap();
-    let indented = serde_json::to_vec_pretty(&value).unwrap();
-    assert_ne!(indented, stored, "the codec does not indent");
-    sqlx::query(&format!("UPDATE {table} SET envelope = ?"))
-        .bind(&indented)
-        .execute(&pool)
-        .await
-        .unwrap();
+    let indented = indent_the_staged_row(&pool, &outbox).await;
 
     let relay = outbox.relay(&bus).start();
     wait_drained(&outbox, Duration::from_secs(10)).await;

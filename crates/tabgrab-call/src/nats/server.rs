@@ -280,11 +280,7 @@ impl Server {
         headers: Option<&HeaderMap>,
         body: &Bytes,
     ) -> Result<Envelope, ServeError> {
-        let cloud_event = headers.filter(|h| {
-            h.get("ce-specversion").is_some()
-                || h.get("content-type")
-                    .is_some_and(|ct| tabgrab_core::wire::is_cloudevents_media_type(ct.as_str()))
-        });
+        let cloud_event = headers.filter(|h| tabgrab_core::wire::nats::is_cloud_event(h));
         let Some(headers) = cloud_event else {
             let mut envelope = Envelope::raw("/unknown", subject_ty, body.clone());
             // The payload's media type as sent; dispatch refuses one that is not JSON.

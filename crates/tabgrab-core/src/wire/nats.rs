@@ -87,19 +87,7 @@ pub fn decode(
 ) -> Result<Envelope, Error> {
     let empty = HeaderMap::new();
     let headers = headers.unwrap_or(&empty);
-    let (mut content_type, mut ce_header) = (None, false);
-    for (name, values) in headers.iter() {
-        let name = <HeaderName as AsRef<str>>::as_ref(name);
-        if name.eq_ignore_ascii_case("content-type") {
-            content_type = values.first().map(|v| v.as_str());
-        } else if name
-            .as_bytes()
-            .get(..3)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"ce-"))
-        {
-            ce_header = true;
-        }
-    }
+    let (content_type, ce_header) = scan(headers);
     if ContentMode::of_received(content_type, ce_header) == ContentMode::Structured {
         return codec.decode(&payload);
     }
@@ -117,6 +105,32 @@ pub fn decode(
         Some(envelope) => Ok(envelope),
         None => codec.decode_binary(pairs(), payload),
     }
+}
+
+/// Whether a message says it is a CloudEvent, in either mode: a CloudEvents content type
+/// (structured) or a `ce-*` header (binary), names in any case. A call server takes a message
+/// without either as a plain request whose body is the data.
+pub fn is_cloud_event(headers: &HeaderMap) -> bool {
+    let (content_type, ce_header) = scan(headers);
+    ce_header || content_type.is_some_and(super::is_cloudevents_media_type)
+}
+
+/// The `content-type` and whether any `ce-*` header is present, header names in any case.
+fn scan(headers: &HeaderMap) -> (Option<&str>, bool) {
+    let (mut content_type, mut ce_header) = (None, false);
+    for (name, values) in headers.iter() {
+        let name = <HeaderName as AsRef<str>>::as_ref(name);
+        if name.eq_ignore_ascii_case("content-type") {
+            content_type = values.first().map(|v| v.as_str());
+        } else if name
+            .as_bytes()
+            .get(..3)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"ce-"))
+        {
+            ce_header = true;
+        }
+    }
+    (content_type, ce_header)
 }
 
 /// Client options carrying `url`'s credentials (`user:password@`, or `token@`), to connect to
@@ -183,6 +197,20 @@ mod tests {
             decode(&codec, Some(&headers), envelope.data.clone()).unwrap(),
             envelope
         );
+        // Structured, with the content type spelt in capitals: the same envelope.
+        let mut structured_headers = HeaderMap::new();
+        structured_headers.insert("Content-Type", crate::wire::STRUCTURED_JSON);
+        assert!(is_cloud_event(&structured_headers));
+        let body = codec.encode(&envelope).unwrap();
+        assert_eq!(
+            decode(&codec, Some(&structured_headers), body).unwrap(),
+            envelope
+        );
+        assert!(is_cloud_event(&headers));
+        let mut plain = HeaderMap::new();
+        plain.insert("content-type", "application/json");
+        assert!(!is_cloud_event(&plain));
+        assert!(!is_cloud_event(&HeaderMap::new()));
         // No headers: the codec names what is missing.
         let err = decode(&codec, None, Bytes::from("{}")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::MissingAttribute);
