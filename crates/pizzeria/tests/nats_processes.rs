@@ -9,19 +9,49 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::processes::{Service, pizzeria};
+use common::processes::{Database, Service, pizzeria};
 use serde_json::Value;
 use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer};
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// What a test runs on: a nats-server and a PostgreSQL database of its own (two pizzerias on
+/// one database relay each other's outbox rows, so a shared one lost orders to the other
+/// test); the database is dropped at the end.
+struct Servers {
+    nats: NatsServer,
+    db: Option<Database>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Servers {
+    fn db(&self) -> String {
+        self.db.as_ref().map(Database::url).unwrap_or_default()
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            self.runtime.block_on(db.drop_it());
+        }
+    }
+}
 
 /// The nats-server and PostgreSQL these tests need, or `None` (skipped, reason printed).
-fn servers() -> Option<NatsServer> {
+fn servers(what: &str) -> Option<Servers> {
     nats_server::require()?;
     if !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432") {
         return None;
     }
-    Some(NatsServer::start(NatsOptions::default()).unwrap())
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = runtime.block_on(Database::create(what));
+    Some(Servers {
+        nats: NatsServer::start(NatsOptions::default()).unwrap(),
+        db: Some(db),
+        runtime,
+    })
 }
 
 fn summary(output: &std::process::Output) -> Value {
@@ -36,7 +66,10 @@ fn summary(output: &std::process::Output) -> Value {
 
 #[test]
 fn a_thousand_orders_through_five_service_processes_are_all_delivered() {
-    let Some(server) = servers() else { return };
+    let Some(servers) = servers("thousand") else {
+        return;
+    };
+    let server = &servers.nats;
     let data = tempfile::tempdir().unwrap();
     let output = pizzeria()
         .args(["run", "--style", "events", "--orders", "1000", "--json"])
@@ -49,7 +82,7 @@ fn a_thousand_orders_through_five_service_processes_are_all_delivered() {
             "--kitchens",
             "2",
         ])
-        .args(["--kitchen-db", POSTGRES, "--deadline-secs", "120"])
+        .args(["--kitchen-db", &servers.db(), "--deadline-secs", "120"])
         .output()
         .unwrap();
     let s = summary(&output);
@@ -69,23 +102,26 @@ fn field(line: &str, name: &str) -> Option<u64> {
 
 /// Service `name` on `url`, its payment and inventory state in memory (not what this test is
 /// about), the kitchens' rail in PostgreSQL.
-fn service(name: &'static str, url: &str, extra: &[&str]) -> Service {
-    let mut args = vec!["--bus", url, "--kitchen-db", POSTGRES, "--store", "memory"];
+fn service(name: &'static str, url: &str, db: &str, extra: &[&str]) -> Service {
+    let mut args = vec!["--bus", url, "--kitchen-db", db, "--store", "memory"];
     args.extend_from_slice(extra);
     Service::spawn(name, &args)
 }
 
 #[test]
 fn a_killed_kitchen_process_s_unacknowledged_orders_are_baked_by_the_other_kitchen() {
-    let Some(server) = servers() else { return };
+    let Some(servers) = servers("killed_kitchen") else {
+        return;
+    };
+    let (server, db) = (&servers.nats, servers.db());
     // Deliveries of a dead member go to another after 1.5 s instead of 30 s.
     let url = format!("{}?ack_wait_ms=1500", server.url());
-    let _payment = service("payment", &url, &[]);
-    let _inventory = service("inventory", &url, &["--truffles", "1000"]);
-    let _delivery = service("delivery", &url, &[]);
+    let _payment = service("payment", &url, &db, &[]);
+    let _inventory = service("inventory", &url, &db, &["--truffles", "1000"]);
+    let _delivery = service("delivery", &url, &db, &[]);
     // The slow kitchen holds many orders at once: 2 ovens, 200 ms each.
-    let mut slow = service("kitchen", &url, &["--ovens", "2", "--bake-ms", "200"]);
-    let mut fast = service("kitchen", &url, &["--ovens", "16", "--bake-ms", "2"]);
+    let mut slow = service("kitchen", &url, &db, &["--ovens", "2", "--bake-ms", "200"]);
+    let mut fast = service("kitchen", &url, &db, &["--ovens", "16", "--bake-ms", "2"]);
     let run = pizzeria()
         .args(["run", "--style", "events", "--orders", "300", "--json"])
         .args([

@@ -19,6 +19,15 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// clocks need not agree.
 pub const TIMEOUT_HEADER: &str = "tabgrab-timeout";
 
+/// The CloudEvents extension attribute that carries the caller's remaining budget in
+/// milliseconds in a structured-mode call over NATS (where the whole call is the event, with
+/// no headers); the [`TIMEOUT_HEADER`] of the other transports.
+pub const TIMEOUT_ATTRIBUTE: &str = "tabgrabtimeout";
+
+/// The CloudEvents extension attribute that carries the idempotency key in a structured-mode
+/// call over NATS; the [`IDEMPOTENCY_KEY`] header of the other transports.
+pub const IDEMPOTENCY_ATTRIBUTE: &str = "idempotencykey";
+
 /// Whether a request is a command or a query; selects the HTTP route and the retry rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestKind {

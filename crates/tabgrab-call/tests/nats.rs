@@ -358,3 +358,94 @@ async fn the_input_rules_hold_over_nats_as_over_http_and_grpc() {
     assert_eq!(probe.calls(), 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_structured_call_is_one_message_without_headers_that_carries_deadline_and_key() {
+    let Some(nats) = connect().await else { return };
+    let service = unique("headerless");
+    type Seen = (Option<Duration>, Option<String>, Vec<String>);
+    let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+    let recorded = Arc::clone(&seen);
+    let handlers = Handlers::new().handle(move |c: Charge, ctx: CallContext| {
+        let recorded = Arc::clone(&recorded);
+        async move {
+            let extensions = ctx.envelope.extensions.keys().cloned().collect();
+            let entry = (ctx.remaining(), ctx.idempotency_key.clone(), extensions);
+            recorded.lock().unwrap().push(entry);
+            Ok::<_, HandlerError>(Charged { amount: c.amount })
+        }
+    });
+    let server = Running::start(&service, handlers).await;
+    // A plain subscriber on the call's subject sees each request as it travels.
+    let subject = nats::call_subject(
+        &service,
+        tabgrab_call::RequestKind::Command,
+        "test.charge.v1",
+    );
+    let mut wire = nats.subscribe(subject.clone()).await.unwrap();
+    nats.flush().await.unwrap();
+    let client = client(&nats, &service);
+    let charge = async |amount: u64| {
+        let options =
+            CallOptions::timeout(Duration::from_secs(5)).idempotency_key("charge-order-1");
+        client.call_with(&Charge { amount }, options).await
+    };
+    assert_eq!(charge(7).await.unwrap(), Charged { amount: 7 });
+    let sent = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut wire))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sent.headers.is_none(), "{:?}", sent.headers);
+    let body: serde_json::Value = serde_json::from_slice(&sent.payload).unwrap();
+    assert_eq!(body["specversion"], "1.0");
+    assert_eq!(body["idempotencykey"], "charge-order-1");
+    let ms: u64 = body["tabgrabtimeout"].as_str().unwrap().parse().unwrap();
+    assert!((1..=5_000).contains(&ms), "{ms}");
+    // The handler got the deadline and the key, and neither as an extension of its event.
+    {
+        let seen = seen.lock().unwrap();
+        let (remaining, key, extensions) = &seen[0];
+        let remaining = remaining.expect("the caller's deadline reached the handler");
+        assert!(remaining > Duration::from_secs(3), "{remaining:?}");
+        assert_eq!(key.as_deref(), Some("charge-order-1"));
+        assert!(extensions.is_empty(), "{extensions:?}");
+    }
+    // The key works as over headers: the same call again is answered from the first, and
+    // another payload under it is a conflict.
+    assert_eq!(charge(7).await.unwrap(), Charged { amount: 7 });
+    let conflict = charge(8).await.unwrap_err();
+    assert_eq!(conflict.kind(), ErrorKind::Conflict, "{conflict}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // Without headers, a body that names `specversion` is read as an event and refused with
+    // what it lacks; one that does not is a plain request.
+    let kind_of = |answer: async_nats::Message| {
+        answer
+            .headers
+            .and_then(|h| h.get(nats::ERROR_HEADER).map(|v| v.as_str().to_owned()))
+    };
+    let answer = nats
+        .request(
+            subject.clone(),
+            "{\"specversion\": \"1.0\", \"amount\": 1}".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kind_of(answer).as_deref(), Some("missing_attribute"));
+    let answer = nats
+        .request(subject.clone(), "{\"amount\": 2}".into())
+        .await
+        .unwrap();
+    assert!(answer.headers.is_none());
+    assert_eq!(&answer.payload[..], b"{\"amount\":2}");
+    // A timeout attribute that is not a number of milliseconds: malformed, never the handler.
+    let mut bad = serde_json::from_slice::<serde_json::Value>(&sent.payload).unwrap();
+    bad["id"] = "another-id".into();
+    bad["tabgrabtimeout"] = "soon".into();
+    let answer = nats
+        .request(subject, serde_json::to_vec(&bad).unwrap().into())
+        .await
+        .unwrap();
+    assert_eq!(kind_of(answer).as_deref(), Some("malformed"));
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    server.stop().await;
+}

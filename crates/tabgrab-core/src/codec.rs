@@ -74,9 +74,33 @@ impl Codec {
     /// Encodes in CloudEvents JSON structured mode, after [`Codec::check_envelope`]: what a
     /// peer must refuse is never sent.
     pub fn encode(&self, envelope: &Envelope) -> Result<Bytes, Error> {
+        self.encode_with(envelope, &[])
+    }
+
+    /// [`Codec::encode`] with `extra` extension attributes written beside the envelope's own,
+    /// without a copy of the envelope: what a transport adds for one hop (a call's remaining
+    /// time over NATS). Each name is checked like an extension's, must not be one the
+    /// envelope has, and counts towards the attribute and size limits.
+    pub fn encode_with(&self, envelope: &Envelope, extra: &[(&str, &str)]) -> Result<Bytes, Error> {
         self.check_envelope(envelope)?;
+        if envelope.extensions.len() + extra.len() > MAX_ATTRIBUTES {
+            return Err(too_many_attributes());
+        }
+        for &(name, value) in extra {
+            attribute::check_name(name)?;
+            if attribute::RESERVED.contains(&name) {
+                return Err(reserved(name));
+            }
+            if envelope.extensions.contains_key(name) {
+                return Err(Error::new(
+                    ErrorKind::Malformed,
+                    format!("the envelope already carries the extension {name:?}"),
+                ));
+            }
+            attribute::check_value(name, value)?;
+        }
         let mut out = Vec::with_capacity(256 + envelope.data.len());
-        write_structured(envelope, &mut out)?;
+        write_structured(envelope, extra, &mut out)?;
         self.check_encoded_size(envelope, out.len())?;
         Ok(Bytes::from(out))
     }
@@ -371,7 +395,11 @@ fn parse_time(attribute: &str, value: &str) -> Result<OffsetDateTime, Error> {
     })
 }
 
-fn write_structured(envelope: &Envelope, out: &mut Vec<u8>) -> Result<(), Error> {
+fn write_structured(
+    envelope: &Envelope,
+    extra: &[(&str, &str)],
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     let fail = |e: serde_json::Error| {
         Error::new(ErrorKind::Malformed, "could not write envelope JSON").with_source(e)
     };
@@ -395,6 +423,9 @@ fn write_structured(envelope: &Envelope, out: &mut Vec<u8>) -> Result<(), Error>
             .map_err(fail)?;
     }
     for (name, value) in &envelope.extensions {
+        map.serialize_entry(name, value).map_err(fail)?;
+    }
+    for (name, value) in extra {
         map.serialize_entry(name, value).map_err(fail)?;
     }
     if let Some(ct) = &envelope.datacontenttype {

@@ -16,7 +16,9 @@ use tabgrab_core::wire::ContentMode;
 use tabgrab_core::wire::nats::connect_options;
 
 use super::{ERROR_HEADER_NAME, SUBJECT_PREFIX, service_token, type_tokens};
-use crate::call::{IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
+use crate::call::{
+    IDEMPOTENCY_ATTRIBUTE, IDEMPOTENCY_KEY, RequestKind, TIMEOUT_ATTRIBUTE, TIMEOUT_HEADER,
+};
 use crate::error::{ErrorBody, kind_from_str};
 use crate::{Call, CallError};
 
@@ -160,19 +162,47 @@ impl Inner {
         let fail = |kind: ErrorKind, message: String| {
             CallError::new(kind, Arc::clone(&call.service), ty, message)
         };
-        let (mut headers, payload) =
-            tabgrab_core::wire::nats::encode(&self.codec, &call.envelope, self.content_mode)
-                .map_err(|e| fail(e.kind(), format!("cannot send it: {}", e.message())))?;
         let remaining = call.remaining();
-        if let Some(remaining) = remaining {
-            let ms = u64::try_from(remaining.as_millis())
+        let timeout_ms = remaining.map(|remaining| {
+            u64::try_from(remaining.as_millis())
                 .unwrap_or(u64::MAX)
-                .max(1);
-            headers.insert(TIMEOUT, HeaderValue::from(ms));
-        }
-        if let Some(key) = &call.idempotency_key {
-            headers.insert(IDEMPOTENCY, key.as_str());
-        }
+                .max(1)
+        });
+        let (headers, payload) = match self.content_mode {
+            // The whole call is the event: the remaining time and the key as attributes, and
+            // no header at all (a message with headers costs async-nats a map of strings on
+            // each side; measured in BENCHMARKS.md).
+            ContentMode::Structured => {
+                let timeout = timeout_ms.map(|ms| ms.to_string());
+                let timeout = timeout.as_deref().map(|ms| (TIMEOUT_ATTRIBUTE, ms));
+                let key = (call.idempotency_key.as_deref()).map(|k| (IDEMPOTENCY_ATTRIBUTE, k));
+                let extra: &[(&str, &str)] = match (timeout, key) {
+                    (Some(timeout), Some(key)) => &[timeout, key],
+                    (Some(one), None) | (None, Some(one)) => &[one],
+                    (None, None) => &[],
+                };
+                let payload = self
+                    .codec
+                    .encode_with(&call.envelope, extra)
+                    .map_err(|e| fail(e.kind(), format!("cannot send it: {}", e.message())))?;
+                (None, payload)
+            }
+            ContentMode::Binary => {
+                let (mut headers, payload) = tabgrab_core::wire::nats::encode(
+                    &self.codec,
+                    &call.envelope,
+                    ContentMode::Binary,
+                )
+                .map_err(|e| fail(e.kind(), format!("cannot send it: {}", e.message())))?;
+                if let Some(ms) = timeout_ms {
+                    headers.insert(TIMEOUT, HeaderValue::from(ms));
+                }
+                if let Some(key) = &call.idempotency_key {
+                    headers.insert(IDEMPOTENCY, key.as_str());
+                }
+                (Some(headers), payload)
+            }
+        };
         let prefix = match call.kind {
             RequestKind::Command => &self.commands,
             RequestKind::Query => &self.queries,
@@ -182,7 +212,10 @@ impl Inner {
         subject.push_str(&type_tokens(ty));
         // The request's timeout is the caller's deadline (the connection's default without
         // one): the deadline layer above fires at the same instant, whichever wakes first.
-        let request = async_nats::Request::new().payload(payload).headers(headers);
+        let mut request = async_nats::Request::new().payload(payload);
+        if let Some(headers) = headers {
+            request = request.headers(headers);
+        }
         let request = match remaining {
             Some(remaining) => request.timeout(Some(remaining.max(Duration::from_millis(1)))),
             None => request,

@@ -16,11 +16,21 @@
 //! the work, and a stopped one simply stops getting requests.
 //!
 //! # The wire
-//! - Request: the message's JSON as the payload; CloudEvents attributes in binary mode
-//!   (`ce-*` headers, `content-type`), the caller's remaining budget in `tabgrab-timeout`
-//!   (milliseconds, relative, as over HTTP) and an idempotency key in `idempotency-key`. A
-//!   plain request without `ce-*` headers is accepted too (the server makes the envelope
-//!   from the subject), so `nats req tabgrab.call.menu.queries.demo.price.v1 '{..}'` works.
+//! - Request, structured mode (the default): one message **without headers**, the
+//!   CloudEvent as the body, with the caller's remaining budget (milliseconds, relative, as
+//!   over HTTP) and an idempotency key as the extension attributes `tabgrabtimeout` and
+//!   `idempotencykey`; the server takes both out before the handler sees the envelope. No
+//!   headers is the cheapest message async-nats carries (its `HeaderMap` is a map of
+//!   `String`s on each side).
+//! - Request, binary mode ([`NatsTransportBuilder::content_mode`]): the message's JSON as the
+//!   payload, the attributes as `ce-*` headers and `content-type`, the budget in
+//!   `tabgrab-timeout` and the key in `idempotency-key`.
+//! - The server reads both, a structured event with a CloudEvents `content-type`, and a plain
+//!   request (the envelope made from the subject), so
+//!   `nats req tabgrab.call.menu.queries.demo.price.v1 '{..}'` works. A body without headers
+//!   is an event when it is a JSON object with a `specversion` member
+//!   ([`is_structured_body`](tabgrab_core::wire::nats::is_structured_body)); a plain request
+//!   with such a member says `content-type: application/json`.
 //! - Answer: the response's JSON, no headers; or a `tabgrab-error: <kind>` header with the
 //!   JSON [`ErrorBody`](crate::error::ErrorBody) (`kind`, `error`, `rejection`) as over HTTP,
 //!   so a handler's [`Rejection`](tabgrab_core::Rejection) comes back whole.

@@ -16,7 +16,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{ERROR_HEADER_NAME, SUBJECT_PREFIX, service_subject, service_token, type_tokens};
-use crate::call::{IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
+use crate::call::{
+    IDEMPOTENCY_ATTRIBUTE, IDEMPOTENCY_KEY, RequestKind, TIMEOUT_ATTRIBUTE, TIMEOUT_HEADER,
+};
 use crate::error::ErrorBody;
 use crate::handler::{Handlers, ServeError};
 
@@ -211,11 +213,21 @@ impl Server {
     async fn serve_one(&self, message: &Message) -> Result<Bytes, ServeError> {
         let (kind, subject_ty) = self.route(&message.subject)?;
         let headers = message.headers.as_ref();
-        let deadline = deadline_of(headers)?;
+        let mut envelope = self.envelope_of(subject_ty, headers, &message.payload)?;
+        // A structured call carries its deadline and key as attributes of the event (no
+        // headers); a binary or plain one as headers. Either way the handler sees neither.
+        let timeout = envelope.extensions.remove(TIMEOUT_ATTRIBUTE);
+        let key = envelope.extensions.remove(IDEMPOTENCY_ATTRIBUTE);
+        let deadline = deadline_of(
+            headers
+                .and_then(|h| h.get(TIMEOUT_HEADER))
+                .map(|v| v.as_str())
+                .or(timeout.as_deref()),
+        )?;
         let idempotency_key = headers
             .and_then(|h| h.get(IDEMPOTENCY_KEY))
-            .map(|v| v.as_str().to_owned());
-        let envelope = self.envelope_of(subject_ty, headers, &message.payload)?;
+            .map(|v| v.as_str().to_owned())
+            .or(key);
         match self.handlers.kind_of(&envelope.ty) {
             None => {
                 return Err(ServeError::new(
@@ -280,26 +292,22 @@ impl Server {
         headers: Option<&HeaderMap>,
         body: &Bytes,
     ) -> Result<Envelope, ServeError> {
-        let cloud_event = headers.filter(|h| tabgrab_core::wire::nats::is_cloud_event(h));
-        let Some(headers) = cloud_event else {
+        if !tabgrab_core::wire::nats::is_cloud_event(headers, body) {
             let mut envelope = Envelope::raw("/unknown", subject_ty, body.clone());
             // The payload's media type as sent; dispatch refuses one that is not JSON.
             if let Some(ct) = headers.and_then(|h| h.get("content-type")) {
                 envelope.datacontenttype = Some(ct.as_str().to_owned());
             }
             return Ok(envelope);
-        };
-        let envelope = tabgrab_core::wire::nats::decode(
-            self.handlers.codec_ref(),
-            Some(headers),
-            body.clone(),
-        )
-        .map_err(|e| {
-            ServeError::new(
-                e.kind(),
-                format!("the CloudEvent of the {subject_ty} request is invalid: {e}"),
-            )
-        })?;
+        }
+        let envelope =
+            tabgrab_core::wire::nats::decode(self.handlers.codec_ref(), headers, body.clone())
+                .map_err(|e| {
+                    ServeError::new(
+                        e.kind(),
+                        format!("the CloudEvent of the {subject_ty} request is invalid: {e}"),
+                    )
+                })?;
         if type_tokens(&envelope.ty) != subject_ty {
             return Err(ServeError::new(
                 ErrorKind::TypeMismatch,
@@ -341,15 +349,19 @@ impl Server {
     }
 }
 
-/// The deadline from the `tabgrab-timeout` header.
-fn deadline_of(headers: Option<&HeaderMap>) -> Result<Option<Instant>, ServeError> {
-    let Some(value) = headers.and_then(|h| h.get(TIMEOUT_HEADER)) else {
+/// The deadline from the caller's remaining time: the `tabgrab-timeout` header or the
+/// `tabgrabtimeout` attribute, in milliseconds.
+fn deadline_of(value: Option<&str>) -> Result<Option<Instant>, ServeError> {
+    let Some(value) = value else {
         return Ok(None);
     };
-    let ms = value.as_str().trim().parse::<u64>().map_err(|_| {
+    let ms = value.trim().parse::<u64>().map_err(|_| {
         ServeError::new(
             ErrorKind::Malformed,
-            format!("header {TIMEOUT_HEADER} must be a whole number of milliseconds"),
+            format!(
+                "the {TIMEOUT_HEADER} header (or {TIMEOUT_ATTRIBUTE} attribute) must be a \
+                 whole number of milliseconds, not {value:?}"
+            ),
         )
     })?;
     Ok(Instant::now().checked_add(Duration::from_millis(ms)))

@@ -45,6 +45,50 @@ fn structured_round_trip_keeps_every_attribute() {
 }
 
 #[test]
+fn encode_with_adds_attributes_for_one_hop_under_the_same_rules() {
+    let envelope = sample();
+    let codec = Codec::default();
+    let bytes = codec
+        .encode_with(
+            &envelope,
+            &[("tabgrabtimeout", "250"), ("idempotencykey", "k-1")],
+        )
+        .unwrap();
+    let decoded = codec.decode(&bytes).unwrap();
+    assert_eq!(
+        decoded.extensions.get("tabgrabtimeout").map(String::as_str),
+        Some("250")
+    );
+    assert_eq!(
+        decoded.extensions.get("idempotencykey").map(String::as_str),
+        Some("k-1")
+    );
+    let mut without = decoded.clone();
+    without.extensions.clear();
+    assert_eq!(without, envelope);
+    // Nothing extra: the same bytes as `encode`.
+    assert_eq!(
+        codec.encode_with(&envelope, &[]).unwrap(),
+        codec.encode(&envelope).unwrap()
+    );
+    // A bad name, a reserved one, one the envelope has, a bad value: typed errors.
+    assert!(codec.encode_with(&envelope, &[("Bad-Name", "x")]).is_err());
+    assert!(codec.encode_with(&envelope, &[("type", "x")]).is_err());
+    let mut tenant = envelope.clone();
+    tenant.extensions.insert("tenant".into(), "north".into());
+    let err = codec
+        .encode_with(&tenant, &[("tenant", "south")])
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Malformed);
+    assert!(err.to_string().contains("tenant"), "{err}");
+    assert!(
+        codec
+            .encode_with(&envelope, &[("note", "a\u{0}b")])
+            .is_err()
+    );
+}
+
+#[test]
 fn binary_mode_uses_ce_headers_and_keeps_the_body() {
     let mut envelope = sample();
     envelope.subject = Some("order 1 \"quoted\" 100%".into());

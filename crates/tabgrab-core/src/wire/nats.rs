@@ -2,7 +2,10 @@
 //! and the event backend alike. Structured mode: one `content-type:
 //! application/cloudevents+json` header, the event as the body. Binary mode: attributes as
 //! `ce-*` headers (and `content-type`), the data as the body, untouched. [`decode`] reads
-//! both. Calls over NATS use it, and so does tabgrab's NATS event backend.
+//! both, and a message without headers whose body is a structured event
+//! ([`is_structured_body`]): the NATS binding 1.0 sends every event so, and tabgrab's
+//! structured calls do (no headers is the cheapest message NATS carries). Calls over NATS use
+//! it, and so does tabgrab's NATS event backend.
 //!
 //! Both directions have a fast path for what tabgrab itself sends (known attributes, plain
 //! header text, a UTC time): static header names and no percent-encoding pass on the way
@@ -107,12 +110,34 @@ pub fn decode(
     }
 }
 
-/// Whether a message says it is a CloudEvent, in either mode: a CloudEvents content type
-/// (structured) or a `ce-*` header (binary), names in any case. A call server takes a message
-/// without either as a plain request whose body is the data.
-pub fn is_cloud_event(headers: &HeaderMap) -> bool {
-    let (content_type, ce_header) = scan(headers);
-    ce_header || content_type.is_some_and(super::is_cloudevents_media_type)
+/// Whether a message is a CloudEvent, in either mode: a CloudEvents content type
+/// (structured) or a `ce-*` header (binary), header names in any case; or, without either and
+/// without any `content-type`, a structured event as the body ([`is_structured_body`]). A
+/// call server takes a message that is none of these as a plain request whose body is the
+/// data.
+pub fn is_cloud_event(headers: Option<&HeaderMap>, payload: &[u8]) -> bool {
+    let (content_type, ce_header) = headers.map(scan).unwrap_or_default();
+    match content_type {
+        _ if ce_header => true,
+        Some(content_type) => super::is_cloudevents_media_type(content_type),
+        None => is_structured_body(payload),
+    }
+}
+
+/// Whether the body of a message without CloudEvents headers is a structured-mode event: a
+/// JSON object with a `specversion` member, as the NATS binding 1.0 sends every event (it
+/// predates NATS headers) and as tabgrab's calls over NATS send theirs (a message without
+/// headers is the cheapest one NATS carries). A plain JSON request with a member named
+/// `specversion` anywhere in it (even nested) is taken for a CloudEvent, and refused with a
+/// clear error if it is not a valid one; send such a request with a `content-type` header.
+pub fn is_structured_body(payload: &[u8]) -> bool {
+    const NAME: &[u8] = b"\"specversion\"";
+    let start = payload.iter().position(|b| !b.is_ascii_whitespace());
+    start.is_some_and(|i| payload[i] == b'{')
+        && memchr::memmem::find_iter(payload, NAME).any(|at| {
+            let rest = &payload[at + NAME.len()..];
+            rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b':')
+        })
 }
 
 /// The `content-type` and whether any `ce-*` header is present, header names in any case.
@@ -200,20 +225,42 @@ mod tests {
         // Structured, with the content type spelt in capitals: the same envelope.
         let mut structured_headers = HeaderMap::new();
         structured_headers.insert("Content-Type", crate::wire::STRUCTURED_JSON);
-        assert!(is_cloud_event(&structured_headers));
         let body = codec.encode(&envelope).unwrap();
+        assert!(is_cloud_event(Some(&structured_headers), b"{}"));
         assert_eq!(
-            decode(&codec, Some(&structured_headers), body).unwrap(),
+            decode(&codec, Some(&structured_headers), body.clone()).unwrap(),
             envelope
         );
-        assert!(is_cloud_event(&headers));
+        assert!(is_cloud_event(Some(&headers), b"{}"));
+        // No headers at all: the structured body says it is an event, and decodes alike.
+        assert!(is_cloud_event(None, &body));
+        assert!(is_cloud_event(Some(&HeaderMap::new()), &body));
+        assert_eq!(decode(&codec, None, body.clone()).unwrap(), envelope);
+        // A declared plain content type wins over the body's look.
         let mut plain = HeaderMap::new();
         plain.insert("content-type", "application/json");
-        assert!(!is_cloud_event(&plain));
-        assert!(!is_cloud_event(&HeaderMap::new()));
-        // No headers: the codec names what is missing.
+        assert!(!is_cloud_event(Some(&plain), &body));
+        assert!(!is_cloud_event(Some(&plain), b"{}"));
+        assert!(!is_cloud_event(None, b"{\"order\": 1}"));
+        assert!(!is_cloud_event(None, b""));
+        // No headers and no valid event: the codec names what is missing.
         let err = decode(&codec, None, Bytes::from("{}")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::MissingAttribute);
+    }
+
+    #[test]
+    fn a_structured_body_is_a_json_object_naming_specversion() {
+        assert!(is_structured_body(b" \n{\"specversion\":\"1.0\"}"));
+        assert!(is_structured_body(br#"{"id":"1","specversion" : "1.0"}"#));
+        assert!(is_structured_body(
+            br#"{"data":"specversion","specversion":"1.0"}"#
+        ));
+        // The member's name, not a value that contains the word.
+        assert!(!is_structured_body(br#"{"note":"specversion"}"#));
+        assert!(!is_structured_body(br#"["specversion"]"#));
+        assert!(!is_structured_body(br#""specversion""#));
+        assert!(!is_structured_body(b"   "));
+        assert!(!is_structured_body(b""));
     }
 
     #[test]
