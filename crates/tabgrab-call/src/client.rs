@@ -314,8 +314,9 @@ where
             None => self.send(call).await,
             Some(timeout) => {
                 let (service, envelope) = (Arc::clone(&call.service), Arc::clone(&call.envelope));
-                // Boxed: a second timer and transport future inline made every call's future
-                // larger (see `a_call_future_is_a_small_allocation`), with or without one.
+                // Boxed: inline, this second timer and transport future made every call's
+                // future larger, with an attempt timeout or without one (see
+                // `a_call_future_is_a_small_allocation`).
                 match Box::pin(tokio::time::timeout(timeout, self.send(call))).await {
                     Ok(result) => result,
                     Err(_) => Err(crate::deadline::attempt_timed_out(
