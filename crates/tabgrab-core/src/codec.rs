@@ -83,7 +83,7 @@ impl Codec {
     /// envelope has, and counts towards the attribute and size limits.
     pub fn encode_with(&self, envelope: &Envelope, extra: &[(&str, &str)]) -> Result<Bytes, Error> {
         self.check_envelope(envelope)?;
-        if envelope.extensions.len() + extra.len() > MAX_ATTRIBUTES {
+        if attribute_count(envelope) + extra.len() > MAX_ATTRIBUTES {
             return Err(too_many_attributes());
         }
         for &(name, value) in extra {
@@ -314,9 +314,8 @@ impl Codec {
                 ));
             }
         }
-        // specversion, id, source, type; the times as RFC 3339 text at most.
+        // The times as RFC 3339 text at most.
         const TIME_LEN: usize = 35;
-        let mut count = 4;
         let mut size = envelope.data.len() + "specversion".len() + SPEC_VERSION.len();
         let known = [
             ("id", Some(&envelope.id)),
@@ -332,19 +331,15 @@ impl Codec {
             attribute::check_value(name, value)?;
             size += name.len() + value.len();
         }
-        count +=
-            usize::from(envelope.datacontenttype.is_some()) + optional_attributes(envelope).count();
         for (name, present) in [
             ("time", envelope.time.is_some()),
             ("deadline", envelope.deadline.is_some()),
         ] {
             if present {
-                count += 1;
                 size += name.len() + TIME_LEN;
             }
         }
-        count += envelope.extensions.len();
-        if count > MAX_ATTRIBUTES {
+        if attribute_count(envelope) > MAX_ATTRIBUTES {
             return Err(too_many_attributes());
         }
         for (name, value) in &envelope.extensions {
@@ -364,6 +359,16 @@ impl Codec {
         registry.check(&envelope.ty)?;
         Ok(envelope)
     }
+}
+
+/// How many attributes `envelope` carries: specversion, id, source and type, and each optional
+/// attribute and extension that is set.
+fn attribute_count(envelope: &Envelope) -> usize {
+    4 + usize::from(envelope.datacontenttype.is_some())
+        + optional_attributes(envelope).count()
+        + usize::from(envelope.time.is_some())
+        + usize::from(envelope.deadline.is_some())
+        + envelope.extensions.len()
 }
 
 /// The optional string attributes, by CloudEvents name.

@@ -86,6 +86,17 @@ fn encode_with_adds_attributes_for_one_hop_under_the_same_rules() {
             .encode_with(&envelope, &[("note", "a\u{0}b")])
             .is_err()
     );
+    // The extra attributes count with all of the envelope's towards the limit.
+    let mut full = envelope.clone();
+    let mut n = 0;
+    while codec.check_envelope(&full).is_ok() {
+        full.extensions.insert(format!("x{n}"), "1".into());
+        n += 1;
+    }
+    full.extensions.remove(&format!("x{}", n - 1));
+    assert!(codec.encode_with(&full, &[]).is_ok());
+    let err = codec.encode_with(&full, &[("one", "more")]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
 }
 
 #[test]
