@@ -211,7 +211,9 @@ impl Outbox<sqlx::Sqlite> {
 #[cfg(feature = "postgres")]
 impl Outbox<sqlx::Postgres> {
     /// An outbox in table `tabgrab_outbox` of the PostgreSQL database behind `pool` (the
-    /// table is created if missing). Several processes may run relays on it.
+    /// table is created if missing). Several processes may run relays on it. Every relay on
+    /// a table publishes any of its rows to the bus it was given: systems that share a
+    /// database but not a bus need a table each ([`Outbox::postgres_table`]).
     pub async fn postgres(pool: sqlx::PgPool) -> Result<Outbox<sqlx::Postgres>, Error> {
         Outbox::open(pool, DEFAULT_TABLE).await
     }
