@@ -314,10 +314,7 @@ where
             None => self.send(call).await,
             Some(timeout) => {
                 let (service, envelope) = (Arc::clone(&call.service), Arc::clone(&call.envelope));
-                // Boxed: inline, this second timer and transport future made every call's
-                // future larger, with an attempt timeout or without one (see
-                // `a_call_future_is_a_small_allocation`).
-                match Box::pin(tokio::time::timeout(timeout, self.send(call))).await {
+                match tokio::time::timeout(timeout, self.send(call)).await {
                     Ok(result) => result,
                     Err(_) => Err(crate::deadline::attempt_timed_out(
                         &service,
@@ -336,53 +333,5 @@ where
         let mut transport = self.transport.clone();
         transport.ready().await?;
         transport.call(call).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A transport that answers at once, to measure the stack's own future.
-    #[derive(Clone)]
-    struct Echo;
-
-    impl Service<Call> for Echo {
-        type Response = Bytes;
-        type Error = CallError;
-        type Future = StackFuture<'static>;
-
-        fn poll_ready(
-            &mut self,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), CallError>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, call: Call) -> Self::Future {
-            Box::pin(async move { Ok(call.envelope.data.clone()) })
-        }
-    }
-
-    /// The future boxed for every call stays within glibc's thread cache (chunks up to 1,032
-    /// bytes, requests up to 1,016): above it, each call took the allocator's arena lock,
-    /// which two worker threads contended (`__lll_lock_wait_private` in the NATS calls'
-    /// profile), and made it consolidate its free lists.
-    #[tokio::test]
-    async fn a_call_future_is_a_small_allocation() {
-        let client = Client::builder(Echo)
-            .attempt_timeout(Duration::from_secs(1))
-            .build();
-        let call = Call {
-            service: "svc".into(),
-            kind: RequestKind::Query,
-            envelope: Arc::new(Envelope::raw("/s", "t", Bytes::from_static(b"1"))),
-            deadline: None,
-            idempotency_key: None,
-        };
-        let future = client.stack.call(call.clone());
-        let size = std::mem::size_of_val(&*future);
-        assert!(size <= 1016, "the call future is {size} bytes");
-        assert_eq!(future.await.expect("an answer"), Bytes::from_static(b"1"));
     }
 }

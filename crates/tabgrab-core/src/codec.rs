@@ -87,17 +87,13 @@ impl Codec {
             return Err(too_many_attributes());
         }
         for &(name, value) in extra {
-            attribute::check_name(name)?;
-            if attribute::RESERVED.contains(&name) {
-                return Err(reserved(name));
-            }
+            check_extension(name, value)?;
             if envelope.extensions.contains_key(name) {
                 return Err(Error::new(
                     ErrorKind::Malformed,
                     format!("the envelope already carries the extension {name:?}"),
                 ));
             }
-            attribute::check_value(name, value)?;
         }
         let mut out = Vec::with_capacity(256 + envelope.data.len());
         write_structured(envelope, extra, &mut out)?;
@@ -343,11 +339,7 @@ impl Codec {
             return Err(too_many_attributes());
         }
         for (name, value) in &envelope.extensions {
-            attribute::check_name(name)?;
-            if attribute::RESERVED.contains(&name.as_str()) {
-                return Err(reserved(name));
-            }
-            attribute::check_value(name, value)?;
+            check_extension(name, value)?;
             size += name.len() + value.len();
         }
         self.check_size(size)
@@ -359,6 +351,16 @@ impl Codec {
         registry.check(&envelope.ty)?;
         Ok(envelope)
     }
+}
+
+/// The rules for an extension attribute: a valid name that is not a reserved one, and a
+/// valid value.
+fn check_extension(name: &str, value: &str) -> Result<(), Error> {
+    attribute::check_name(name)?;
+    if attribute::RESERVED.contains(&name) {
+        return Err(reserved(name));
+    }
+    attribute::check_value(name, value)
 }
 
 /// How many attributes `envelope` carries: specversion, id, source and type, and each optional
