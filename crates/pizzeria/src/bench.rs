@@ -57,6 +57,11 @@ pub struct BenchReport {
     pub group_commit_factor: f64,
     /// Fixed rate of the latency phase, events/s.
     pub latency_rate: u64,
+    /// Durable publish latency in the latency phase (from the call to `publish` to its
+    /// return: the durability wait), median, microseconds.
+    pub publish_p50_us: u64,
+    /// Durable publish latency in the latency phase, 99th percentile, microseconds.
+    pub publish_p99_us: u64,
     /// Publish-to-handler latency, median, microseconds.
     pub e2e_p50_us: u64,
     /// Publish-to-handler latency, 99th percentile, microseconds.
@@ -122,7 +127,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BoxError> {
         "publish-to-handler latency at {} events/s for {:?} ...",
         config.rate, config.duration
     );
-    let (e2e, delivered) = e2e_latency(&bus, config, &pad).await?;
+    let (e2e, acks, delivered) = e2e_latency(&bus, config, &pad).await?;
     bus.close().await?;
 
     Ok(BenchReport {
@@ -138,6 +143,8 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BoxError> {
             0.0
         },
         latency_rate: config.rate,
+        publish_p50_us: acks.value_at_quantile(0.5),
+        publish_p99_us: acks.value_at_quantile(0.99),
         e2e_p50_us: e2e.value_at_quantile(0.5),
         e2e_p99_us: e2e.value_at_quantile(0.99),
         e2e_max_us: e2e.max(),
@@ -229,14 +236,17 @@ async fn publish_throughput(
     Ok(acked.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Publishes at a fixed rate while a subscriber measures time from event creation to handler.
+/// Publishes at a fixed rate while a subscriber measures time from event creation to handler;
+/// returns that latency, the publishers' own (call to durable return) and the events
+/// delivered.
 async fn e2e_latency(
     bus: &EmbeddedBus,
     config: &BenchConfig,
     pad: &str,
-) -> Result<(Histogram<u64>, u64), BoxError> {
+) -> Result<(Histogram<u64>, Histogram<u64>, u64), BoxError> {
     let publisher = Publisher::new(bus, "latency", "/pizzeria/bench")?;
     let hist = Arc::new(std::sync::Mutex::new(histogram()?));
+    let acks = Arc::new(std::sync::Mutex::new(histogram()?));
     let delivered = Arc::new(AtomicU64::new(0));
     let subscription = {
         let (hist, delivered) = (Arc::clone(&hist), Arc::clone(&delivered));
@@ -266,12 +276,17 @@ async fn e2e_latency(
     for _ in 0..ticks {
         interval.tick().await;
         for _ in 0..per_tick {
-            let (publisher, pad) = (publisher.clone(), pad.to_owned());
+            let (publisher, pad, acks) = (publisher.clone(), pad.to_owned(), Arc::clone(&acks));
             let n = sent;
             in_flight.spawn(async move {
-                publisher
+                let called = Instant::now();
+                let receipt = publisher
                     .publish(&BenchEvent { n, pad }, format!("s{}", n % 64))
-                    .await
+                    .await?;
+                if let Ok(mut h) = acks.lock() {
+                    h.saturating_record(called.elapsed().as_micros() as u64);
+                }
+                Ok::<_, tabgrab::Error>(receipt)
             });
             sent += 1;
         }
@@ -291,7 +306,11 @@ async fn e2e_latency(
         .lock()
         .map_err(|_| "latency histogram lock poisoned")?
         .clone();
-    Ok((hist, delivered.load(Ordering::Relaxed)))
+    let acks = acks
+        .lock()
+        .map_err(|_| "publish latency histogram lock poisoned")?
+        .clone();
+    Ok((hist, acks, delivered.load(Ordering::Relaxed)))
 }
 
 /// Writes the report as a table: tabgrab's figures beside the disk's own.
@@ -335,6 +354,13 @@ pub fn print(report: &BenchReport, out: &mut impl std::io::Write) -> std::io::Re
         out,
         "{:<46} {:>14} {:>14}",
         "max latency, us", r.e2e_max_us, ""
+    )?;
+    writeln!(
+        out,
+        "{:<46} {:>14} {:>14}",
+        "publish (durable wait) p50 / p99, us",
+        format!("{} / {}", r.publish_p50_us, r.publish_p99_us),
+        ""
     )?;
     let ratio = if r.fdatasync_p99_us > 0 {
         r.e2e_p99_us as f64 / r.fdatasync_p99_us as f64

@@ -151,13 +151,19 @@ impl Codec {
         push("ce-source", &envelope.source);
         push("ce-type", &envelope.ty);
         if let Some(time) = envelope.time {
-            push("ce-time", &format_time(time)?);
+            push(
+                "ce-time",
+                &format_time(time, &mut [0; crate::wire::RFC3339_MAX])?,
+            );
         }
         for (name, value) in optional_attributes(envelope) {
             push(&format!("ce-{name}"), value);
         }
         if let Some(deadline) = envelope.deadline {
-            push("ce-deadline", &format_time(deadline)?);
+            push(
+                "ce-deadline",
+                &format_time(deadline, &mut [0; crate::wire::RFC3339_MAX])?,
+            );
         }
         for (name, value) in &envelope.extensions {
             push(&format!("ce-{name}"), value);
@@ -386,13 +392,29 @@ fn optional_attributes(envelope: &Envelope) -> impl Iterator<Item = (&'static st
     .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
 }
 
-fn format_time(time: OffsetDateTime) -> Result<String, Error> {
-    time.format(&Rfc3339).map_err(|e| {
-        Error::new(ErrorKind::Malformed, "time cannot be written as RFC 3339").with_source(e)
-    })
+/// `time` as RFC 3339 text: [`wire::rfc3339`](crate::wire::rfc3339) in the common case (UTC,
+/// years 0–9999; no allocation, no general formatter), the `time` crate otherwise. `buf`
+/// holds the text of the common case.
+fn format_time(
+    time: OffsetDateTime,
+    buf: &mut [u8; crate::wire::RFC3339_MAX],
+) -> Result<std::borrow::Cow<'_, str>, Error> {
+    if let Some(text) = crate::wire::rfc3339(time, buf) {
+        return Ok(std::borrow::Cow::Borrowed(text));
+    }
+    time.format(&Rfc3339)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|e| {
+            Error::new(ErrorKind::Malformed, "time cannot be written as RFC 3339").with_source(e)
+        })
 }
 
+/// An RFC 3339 timestamp: [`wire::parse_utc`](crate::wire::parse_utc) reads what tabgrab
+/// writes, the `time` crate's parser everything else.
 fn parse_time(attribute: &str, value: &str) -> Result<OffsetDateTime, Error> {
+    if let Some(time) = crate::wire::parse_utc(value) {
+        return Ok(time);
+    }
     OffsetDateTime::parse(value, &Rfc3339).map_err(|e| {
         Error::new(
             ErrorKind::Malformed,
@@ -419,15 +441,21 @@ fn write_structured(
         .map_err(fail)?;
     map.serialize_entry("type", &envelope.ty).map_err(fail)?;
     if let Some(time) = envelope.time {
-        map.serialize_entry("time", &format_time(time)?)
-            .map_err(fail)?;
+        map.serialize_entry(
+            "time",
+            &format_time(time, &mut [0; crate::wire::RFC3339_MAX])?,
+        )
+        .map_err(fail)?;
     }
     for (name, value) in optional_attributes(envelope) {
         map.serialize_entry(name, value).map_err(fail)?;
     }
     if let Some(deadline) = envelope.deadline {
-        map.serialize_entry("deadline", &format_time(deadline)?)
-            .map_err(fail)?;
+        map.serialize_entry(
+            "deadline",
+            &format_time(deadline, &mut [0; crate::wire::RFC3339_MAX])?,
+        )
+        .map_err(fail)?;
     }
     for (name, value) in &envelope.extensions {
         map.serialize_entry(name, value).map_err(fail)?;

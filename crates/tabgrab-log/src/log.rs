@@ -39,7 +39,7 @@ use crate::reader::Reader;
 use crate::recovery::{RecoveryReport, Truncation};
 use crate::segment::{self, IndexEntry};
 use crate::storage::{self, Storage, StorageFile};
-use crate::writer::{Payloads, Request, Writer};
+use crate::writer::{Acked, Payloads, Request, Writer};
 
 /// Status values of [`Core::status`].
 pub(crate) const OPEN: u8 = 0;
@@ -548,6 +548,18 @@ impl Log {
         Ok(())
     }
 
+    /// Sends `payloads` to the writer and waits for their offsets; the payloads come back
+    /// with the answer and are freed here (see [`Acked`]).
+    async fn append_request(&self, payloads: Payloads) -> Result<Range<u64>, Error> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.inner.tx.as_ref().ok_or_else(Error::closed)?;
+        tx.send(Request::Append { payloads, reply })
+            .map_err(|_| Error::closed())?;
+        let Acked { result, payloads } = rx.await.map_err(|_| Error::closed())?;
+        drop(payloads);
+        result
+    }
+
     async fn request<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Request,
@@ -564,12 +576,7 @@ impl Log {
     pub async fn append(&self, payload: Bytes) -> Result<u64, Error> {
         self.check_size(payload.len())?;
         self.inner.core.check_writable()?;
-        let range = self
-            .request(|reply| Request::Append {
-                payloads: Payloads::One(payload),
-                reply,
-            })
-            .await?;
+        let range = self.append_request(Payloads::One(payload)).await?;
         Ok(range.start)
     }
 
@@ -583,11 +590,7 @@ impl Log {
             let end = self.end_offset();
             return Ok(end..end);
         }
-        self.request(|reply| Request::Append {
-            payloads: Payloads::Many(payloads),
-            reply,
-        })
-        .await
+        self.append_request(Payloads::Many(payloads)).await
     }
 
     /// The oldest retained offset.

@@ -274,6 +274,48 @@ proptest! {
         let _ = Codec::default().decode_binary([(name.as_str(), value.as_slice())], Bytes::new());
     }
 
+    /// The codec writes times itself in the common case (UTC, years 0–9999) and through the
+    /// `time` crate otherwise: either way the text is the `time` crate's RFC 3339, and it
+    /// reads back as the same instant (with its offset).
+    #[test]
+    fn times_are_written_as_rfc3339_and_read_back(
+        seconds in -62_135_596_800i64..253_402_300_799,
+        nanos in prop_oneof![Just(0u32), 0u32..1_000_000_000, (0u32..1_000).prop_map(|ms| ms * 1_000_000)],
+        offset_minutes in prop_oneof![Just(0i16), -1439i16..1440],
+    ) {
+        use time::format_description::well_known::Rfc3339;
+        let offset = time::UtcOffset::from_whole_seconds(i32::from(offset_minutes) * 60).unwrap();
+        let time = (time::OffsetDateTime::from_unix_timestamp(seconds).unwrap()
+            + time::Duration::nanoseconds(i64::from(nanos)))
+        .to_offset(offset);
+        let mut envelope = sample();
+        envelope.time = Some(time);
+        envelope.deadline = Some(time);
+        let codec = Codec::default();
+        let expected = time.format(&Rfc3339);
+        match codec.encode(&envelope) {
+            Ok(bytes) => {
+                let text = std::str::from_utf8(&bytes).unwrap();
+                let expected = expected.unwrap();
+                prop_assert!(text.contains(&format!("\"time\":\"{expected}\"")), "{} in {}", expected, text);
+                let back = codec.decode(&bytes).unwrap();
+                prop_assert_eq!(back.time, Some(time));
+                prop_assert_eq!(back.time.map(|t| t.offset()), Some(offset));
+                prop_assert_eq!(back.deadline, Some(time));
+                let (headers, body) = codec.encode_binary(&envelope).unwrap();
+                let ce_time = headers.iter().find(|(n, _)| n == "ce-time").map(|(_, v)| v.clone());
+                prop_assert_eq!(ce_time.and_then(|v| percent_decode(&v)), Some(expected));
+                let back = codec.decode_binary(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), body).unwrap();
+                prop_assert_eq!(back.time, Some(time));
+            }
+            // A year the local offset moves outside 0–9999: RFC 3339 cannot write it.
+            Err(e) => {
+                prop_assert!(expected.is_err());
+                prop_assert_eq!(e.kind(), ErrorKind::Malformed);
+            }
+        }
+    }
+
     #[test]
     fn structured_round_trip(subject in ".{0,40}", order in "[a-z0-9-]{1,20}", tenant in "[ -~]{0,20}") {
         let valid = attribute::check_value("subject", &subject).is_ok();

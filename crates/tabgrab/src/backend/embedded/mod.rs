@@ -123,15 +123,17 @@ impl EmbeddedBus {
     /// The log of `topic`, opened on first use. Recovery findings are logged as warnings, and
     /// data loss as errors, so that damage is never silent.
     pub fn topic(&self, topic: &str) -> Result<Log, Error> {
-        Topic::new(topic)?;
         let mut topics = self
             .inner
             .topics
             .lock()
             .map_err(|_| Error::new(ErrorKind::Storage, "the topic table lock is poisoned"))?;
+        // Every name in the table passed `Topic::new` when it was opened: only a new one is
+        // checked (a publish looks its topic up every time).
         if let Some(log) = topics.get(topic) {
             return Ok(log.clone());
         }
+        Topic::new(topic)?;
         if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::Closed,
