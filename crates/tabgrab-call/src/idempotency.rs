@@ -189,12 +189,12 @@ impl Record {
         let mut inner = lock(&self.inner);
         self.expire(&mut inner);
         let scoped: Key = (ty.into(), key.into());
-        if let Some(Slot::Done { at, size, .. }) = inner.slots.get(&scoped) {
-            if at.elapsed() >= self.config.ttl {
-                let size = *size;
-                inner.slots.remove(&scoped);
-                inner.bytes -= size;
-            }
+        if let Some(Slot::Done { at, size, .. }) = inner.slots.get(&scoped)
+            && at.elapsed() >= self.config.ttl
+        {
+            let size = *size;
+            inner.slots.remove(&scoped);
+            inner.bytes -= size;
         }
         match inner.slots.get(&scoped) {
             Some(
@@ -246,10 +246,10 @@ impl Record {
                         // Everything behind it was recorded later.
                         return;
                     }
-                    if let Some((key, _)) = inner.order.remove(i) {
-                        if let Some(Slot::Done { size, .. }) = inner.slots.remove(&key) {
-                            inner.bytes -= size;
-                        }
+                    if let Some((key, _)) = inner.order.remove(i)
+                        && let Some(Slot::Done { size, .. }) = inner.slots.remove(&key)
+                    {
+                        inner.bytes -= size;
                     }
                 }
                 Some(Slot::Running { generation, .. }) if generation == place => i += 1,

@@ -149,10 +149,10 @@ impl Service<Call> for GrpcTransport {
             if let Some(remaining) = call.remaining() {
                 request.set_timeout(remaining.max(Duration::from_millis(1)));
             }
-            if let Some(key) = &call.idempotency_key {
-                if let Ok(value) = MetadataValue::try_from(key.as_str()) {
-                    request.metadata_mut().insert(IDEMPOTENCY_KEY, value);
-                }
+            if let Some(key) = &call.idempotency_key
+                && let Ok(value) = MetadataValue::try_from(key.as_str())
+            {
+                request.metadata_mut().insert(IDEMPOTENCY_KEY, value);
             }
             match client.call(request).await {
                 Ok(reply) => Ok(reply.into_inner().data),
@@ -166,10 +166,10 @@ impl Service<Call> for GrpcTransport {
 fn error_from(call: &Call, uri: &str, status: Status) -> CallError {
     let service = call.service.clone();
     let ty = call.envelope.ty.as_str();
-    if status.code() == Code::FailedPrecondition {
-        if let Ok(rejection) = serde_json::from_slice::<Rejection>(status.details()) {
-            return CallError::remote(service, ty, rejection);
-        }
+    if status.code() == Code::FailedPrecondition
+        && let Ok(rejection) = serde_json::from_slice::<Rejection>(status.details())
+    {
+        return CallError::remote(service, ty, rejection);
     }
     let kind = match status.code() {
         Code::InvalidArgument => ErrorKind::InvalidPayload,

@@ -216,10 +216,10 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = announced {
-        if len > max as u64 {
-            return Err(too_large(len.to_string()));
-        }
+    if let Some(len) = announced
+        && len > max as u64
+    {
+        return Err(too_large(len.to_string()));
     }
     axum::body::to_bytes(body, max).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);

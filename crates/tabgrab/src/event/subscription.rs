@@ -613,10 +613,10 @@ impl Group {
             .as_ref()
             .map(|breaker| (breaker, breaker.subscribe()));
         loop {
-            if let Some((handle, changes)) = &mut breaker {
-                if !Box::pin(self.intake_allowed(handle, changes)).await {
-                    break;
-                }
+            if let Some((handle, changes)) = &mut breaker
+                && !Box::pin(self.intake_allowed(handle, changes)).await
+            {
+                break;
             }
             let item = tokio::select! {
                 biased;

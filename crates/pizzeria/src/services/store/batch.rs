@@ -158,12 +158,12 @@ impl Batcher<Sqlite> {
                     // The unit that took the slot after this one went away without ending
                     // its unit: commit the batch here if it is still waiting in the slot.
                     let mut slot = Arc::clone(&self.slot).lock_owned().await;
-                    if slot.as_ref().is_some_and(|b| b.id == id) {
-                        if let Some(batch) = slot.take() {
-                            let committed = Self::commit(batch, outbox).await;
-                            drop(slot);
-                            return committed;
-                        }
+                    if slot.as_ref().is_some_and(|b| b.id == id)
+                        && let Some(batch) = slot.take()
+                    {
+                        let committed = Self::commit(batch, outbox).await;
+                        drop(slot);
+                        return committed;
                     }
                 }
             }

@@ -354,11 +354,11 @@ impl LogGroup {
             .map(|e: &Envelope| Arc::from(e.subject.as_deref().unwrap_or(e.id.as_str())));
         let (member, sender, attempt, generation) = {
             let mut state = lock(&self.state);
-            if let Some(key) = &key {
-                if let Some(parked) = state.parked.get_mut(key) {
-                    parked.insert(offset, item);
-                    return;
-                }
+            if let Some(key) = &key
+                && let Some(parked) = state.parked.get_mut(key)
+            {
+                parked.insert(offset, item);
+                return;
             }
             let owner = key
                 .as_ref()
