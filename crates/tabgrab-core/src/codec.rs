@@ -82,6 +82,29 @@ impl Codec {
     /// time over NATS). Each name is checked like an extension's, must not be one the
     /// envelope has, and counts towards the attribute and size limits.
     pub fn encode_with(&self, envelope: &Envelope, extra: &[(&str, &str)]) -> Result<Bytes, Error> {
+        let mut out = Vec::with_capacity(256 + envelope.data.len());
+        self.encode_extra_into(envelope, extra, &mut out)?;
+        Ok(Bytes::from(out))
+    }
+
+    /// [`Codec::encode`] appended to `out`, for a batch encoded into one buffer (one
+    /// allocation for all of its envelopes rather than one each); returns where in `out` the
+    /// envelope's encoding is. On an error `out` is left as it was.
+    pub fn encode_into(
+        &self,
+        envelope: &Envelope,
+        out: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, Error> {
+        self.encode_extra_into(envelope, &[], out)
+    }
+
+    /// The one encoder behind [`Codec::encode_with`] and [`Codec::encode_into`].
+    fn encode_extra_into(
+        &self,
+        envelope: &Envelope,
+        extra: &[(&str, &str)],
+        out: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, Error> {
         self.check_envelope(envelope)?;
         if attribute_count(envelope) + extra.len() > MAX_ATTRIBUTES {
             return Err(too_many_attributes());
@@ -95,10 +118,16 @@ impl Codec {
                 ));
             }
         }
-        let mut out = Vec::with_capacity(256 + envelope.data.len());
-        write_structured(envelope, extra, &mut out)?;
-        self.check_encoded_size(envelope, out.len())?;
-        Ok(Bytes::from(out))
+        let start = out.len();
+        let written = write_structured(envelope, extra, out)
+            .and_then(|()| self.check_encoded_size(envelope, out.len() - start));
+        match written {
+            Ok(()) => Ok(start..out.len()),
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
     }
 
     /// The checks [`Codec::encode`] makes, for `encoded`, an encoding of `envelope` made

@@ -167,6 +167,33 @@ fn refuses_oversized_envelopes_on_encode_and_decode() {
 }
 
 #[test]
+fn encode_into_appends_the_same_bytes_and_leaves_the_buffer_as_it_was_on_an_error() {
+    let codec = Codec::with_max_size(512);
+    let small = sample();
+    let big = Envelope::new(
+        "/test",
+        &OrderAccepted {
+            order_id: "o".into(),
+            pizzas: vec!["x".repeat(600)],
+        },
+    )
+    .unwrap();
+    let mut out = b"before".to_vec();
+    let first = codec.encode_into(&small, &mut out).unwrap();
+    assert_eq!(first.start, 6);
+    assert_eq!(&out[first.clone()], &codec.encode(&small).unwrap()[..]);
+    // The size limit counts this envelope's bytes, not what the buffer already holds.
+    let second = codec.encode_into(&small, &mut out).unwrap();
+    assert_eq!(second.start, first.end);
+    assert_eq!(out.len(), second.end);
+    let len = out.len();
+    let err = codec.encode_into(&big, &mut out).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge);
+    assert_eq!(out.len(), len, "a refused envelope leaves nothing behind");
+    assert_eq!(codec.decode(&out[second]).unwrap(), small);
+}
+
+#[test]
 fn decoding_errors_are_typed() {
     let codec = Codec::default();
     let cases: &[(&[u8], ErrorKind)] = &[
