@@ -8,7 +8,8 @@
 //!    `fdatasync` into many acknowledged events;
 //! 3. **publish-to-handler latency** at a fixed rate: p50/p99 from the moment an event is
 //!    made to the moment a subscriber's handler runs, which includes the durability wait; it
-//!    is judged against the disk's own p99 `fdatasync`.
+//!    is judged against the disk's own p99 `fdatasync`. The publishers' own durable wait
+//!    (call to return of `publish`) in the same phase shows how much of it the write path is.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
