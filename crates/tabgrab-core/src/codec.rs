@@ -82,9 +82,15 @@ impl Codec {
     /// time over NATS). Each name is checked like an extension's, must not be one the
     /// envelope has, and counts towards the attribute and size limits.
     pub fn encode_with(&self, envelope: &Envelope, extra: &[(&str, &str)]) -> Result<Bytes, Error> {
-        let mut out = Vec::with_capacity(256 + envelope.data.len());
+        let mut out = Vec::with_capacity(Codec::size_hint(envelope));
         self.encode_extra_into(envelope, extra, &mut out)?;
         Ok(Bytes::from(out))
+    }
+
+    /// About how many bytes `envelope` encodes to (its data and room for the usual
+    /// attributes): the capacity to reserve before [`Codec::encode_into`].
+    pub fn size_hint(envelope: &Envelope) -> usize {
+        256 + envelope.data.len()
     }
 
     /// [`Codec::encode`] appended to `out`, for a batch encoded into one buffer (one

@@ -331,7 +331,7 @@ impl Backend for EmbeddedBus {
             // One buffer for the whole batch, and a slice of it per record: one allocation
             // (and one free) per batch, not one per envelope.
             let mut buffer =
-                Vec::with_capacity(envelopes.iter().map(|e| 256 + e.data.len()).sum::<usize>());
+                Vec::with_capacity(envelopes.iter().map(Codec::size_hint).sum::<usize>());
             let ranges = envelopes
                 .iter()
                 .map(|e| codec.encode_into(e, &mut buffer))
