@@ -147,6 +147,11 @@ pub struct ServiceArgs {
     /// that travels to the services).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub order_timeout_ms: u64,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz: bus connected,
+    /// consumer group joined) on this address, e.g. 127.0.0.1:9464 (port 0: any free port,
+    /// printed at start).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Options of `pizzeria bench`.
@@ -242,6 +247,15 @@ pub struct RunArgs {
     /// `sqlite:<data-dir>/<service>.sqlite`.
     #[arg(long)]
     pub store: Option<String>,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) of this process on
+    /// this address while the run lasts, e.g. 127.0.0.1:9464 (port 0: any free port, printed
+    /// at start).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// With --metrics-listen: after the summary, keep serving the metrics until SIGINT or
+    /// SIGTERM (so that a scraper reads the final figures).
+    #[arg(long, requires = "metrics_listen")]
+    pub hold: bool,
 }
 
 /// Options of `pizzeria orders`.
@@ -353,6 +367,12 @@ async fn lab_probe_command(args: LabProbeArgs) -> Result<(), Error> {
 }
 
 async fn service_command(args: ServiceArgs) -> Result<(), Error> {
+    let health = tabgrab::telemetry::Health::new();
+    // Before the service starts: it takes its metric handles when it does.
+    let _endpoint = match args.metrics_listen {
+        Some(listen) => Some(crate::telemetry::start(listen, health.clone()).await?),
+        None => None,
+    };
     if let Some(bus) = args.bus {
         let config = crate::service::ServiceConfig {
             name: args.name,
@@ -362,6 +382,7 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
             kitchen_db: args.kitchen_db,
             truffles: Some(args.truffles),
             store: args.store,
+            health,
         };
         return crate::service::serve(config, crate::service::signal()).await;
     }
@@ -433,7 +454,14 @@ async fn bench_command(args: BenchArgs) -> Result<(), Error> {
 }
 
 async fn run_command(args: RunArgs) -> Result<(), Error> {
+    let health = tabgrab::telemetry::Health::new();
+    // Before the services start: they take their metric handles when they do.
+    let endpoint = match args.metrics_listen {
+        Some(listen) => Some(crate::telemetry::start(listen, health.clone()).await?),
+        None => None,
+    };
     let config = RunConfig {
+        health,
         style: args.style,
         orders: args.orders,
         concurrency: usize::try_from(args.concurrency).unwrap_or(usize::MAX),
@@ -464,7 +492,18 @@ async fn run_command(args: RunArgs) -> Result<(), Error> {
     }
     std::io::stdout()
         .flush()
-        .map_err(|e| Error::new(ErrorKind::Io, "cannot write the summary").with_source(e))
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot write the summary").with_source(e))?;
+    if let Some(endpoint) = endpoint {
+        if args.hold {
+            eprintln!(
+                "serving the run's metrics on http://{}/metrics until SIGINT or SIGTERM",
+                endpoint.addr
+            );
+            crate::service::signal().await;
+        }
+        endpoint.stop().await;
+    }
+    Ok(())
 }
 
 async fn orders_command(args: &OrdersArgs) -> Result<(), Error> {

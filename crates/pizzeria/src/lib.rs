@@ -50,5 +50,6 @@ pub mod orders;
 pub mod run;
 pub mod service;
 pub mod services;
+pub mod telemetry;
 
 pub use error::{Error, ErrorKind};

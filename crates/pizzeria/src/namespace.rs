@@ -168,6 +168,10 @@ impl Backend for Namespaced {
         self.inner.capabilities()
     }
 
+    fn connected(&self) -> Result<(), String> {
+        self.inner.connected()
+    }
+
     fn codec(&self) -> Codec {
         self.inner.codec()
     }

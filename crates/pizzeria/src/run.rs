@@ -109,6 +109,9 @@ pub struct RunConfig {
     /// `memory`); `None`: `sqlite:<data_dir>/effects.sqlite` on the embedded bus, and for
     /// child processes one such file per service.
     pub store: Option<String>,
+    /// Readiness checks the run adds its bus and consumer groups to (served by
+    /// `--metrics-listen`).
+    pub health: tabgrab::telemetry::Health,
 }
 
 /// Where the services of a run on a shared bus run.
@@ -145,6 +148,7 @@ impl RunConfig {
             kitchens: 1,
             kitchen_db: None,
             store: None,
+            health: tabgrab::telemetry::Health::new(),
         }
     }
 }
@@ -292,6 +296,8 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     store.restock(&settings.stock).await?;
     let dead_before = count_dead_letters(&Bus::from(&bus)).await;
     let pizzeria = Pizzeria::start_with(&bus, settings, store)?;
+    config.health.bus(&Bus::from(&bus));
+    pizzeria.check_health(&config.health);
     let watcher = pizzeria.front_desk.watch();
 
     let (listener, addr) = bind_front_desk().await?;
@@ -828,6 +834,7 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     // `?namespace=` prefixes the run's topics; they are deleted at the end (see namespace.rs).
     let connection = crate::namespace::connect(url).await?;
     let bus = connection.bus().clone();
+    config.health.bus(&bus);
     if let Ok(report) = bus.report().await {
         eprintln!("bus: {report}");
     }
@@ -861,6 +868,7 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
             store.restock(&settings.stock).await?;
             let pizzeria = Pizzeria::start_with(&bus, settings, store)?;
             pizzeria.ready().await?;
+            pizzeria.check_health(&config.health);
             let fd = pizzeria.front_desk.clone();
             (Some(pizzeria), fd, None)
         }
@@ -871,6 +879,7 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
             let fd = crate::services::FrontDesk::new(&bus, store)?;
             let sub = fd.subscribe(&bus)?;
             sub.ready().await?;
+            config.health.subscription(&sub);
             (None, fd, Some((sub, relay)))
         }
     };

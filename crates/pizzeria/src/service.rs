@@ -75,6 +75,8 @@ pub struct ServiceConfig {
     /// Where the service's state is (`sqlite:PATH`, `postgres://…`, `memory`); `None`:
     /// `sqlite:./pizzeria-data/<service>.sqlite`.
     pub store: Option<String>,
+    /// Readiness checks the service adds its bus and consumer group to.
+    pub health: tabgrab::telemetry::Health,
 }
 
 fn bus_error(what: &str) -> impl FnOnce(tabgrab::Error) -> Error + '_ {
@@ -89,6 +91,7 @@ pub async fn serve(
     let name = config.name.as_str();
     // Through the pizzeria's connect, so that `?namespace=` works as for `pizzeria run`.
     let bus = crate::namespace::connect(&config.bus).await?.bus().clone();
+    config.health.bus(&bus);
     if let Ok(report) = bus.report().await {
         eprintln!("{name}: {report}");
     }
@@ -139,6 +142,7 @@ pub async fn serve(
         ServiceName::Delivery => Delivery::new(store.clone()).subscribe(&bus)?,
         ServiceName::FrontDesk => unreachable!("refused above"),
     };
+    config.health.subscription(&subscription);
     subscription
         .ready()
         .await

@@ -22,6 +22,7 @@
 //! `tests/policies_model.rs` composes the policies by hand and holds the client to the same
 //! behaviour on random scripts.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,6 +61,42 @@ pub struct Client {
     breaker: BreakerHandle,
     /// The retry budget, to observe it.
     budget: Arc<RetryBudget>,
+    /// Durations of successful calls, by request type.
+    durations: Arc<std::sync::Mutex<HashMap<&'static str, metrics::Histogram>>>,
+    /// The breaker's state and the budget's counts as metrics, while a clone lives.
+    _telemetry: Arc<Telemetry>,
+}
+
+/// What a client reports when metrics are rendered (see `tabgrab_core::telemetry`).
+struct Telemetry {
+    labels: tabgrab_core::telemetry::Labels,
+    breaker: BreakerHandle,
+    budget: Arc<RetryBudget>,
+}
+
+impl tabgrab_core::telemetry::Source for Telemetry {
+    fn sample(&self, out: &mut tabgrab_core::telemetry::Samples) {
+        use tabgrab_core::telemetry as names;
+        use tabgrab_resilience::breaker::CircuitState;
+        out.counter(names::RETRIES, &self.labels, self.budget.granted());
+        out.counter(
+            names::RETRY_BUDGET_EXHAUSTED,
+            &self.labels,
+            self.budget.refused(),
+        );
+        let state = self.breaker.state();
+        out.gauge(
+            names::BREAKER_STATE,
+            &self.labels,
+            names::breaker_level(state == CircuitState::Open, state == CircuitState::HalfOpen),
+        );
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        tabgrab_core::telemetry::retire(self);
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -132,7 +169,14 @@ impl Client {
             deadline: options.deadline,
             idempotency_key: options.idempotency_key,
         };
-        let bytes = self.stack.call(call).await?;
+        let at = std::time::Instant::now();
+        let result = self.stack.call(call).await;
+        self.record(
+            R::TYPE,
+            at.elapsed(),
+            result.as_ref().err().map(CallError::kind),
+        );
+        let bytes = result?;
         serde_json::from_slice(&bytes).map_err(|e| {
             CallError::new(
                 ErrorKind::Protocol,
@@ -141,6 +185,34 @@ impl Client {
                 format!("the response is not a valid response to {}: {e}", R::TYPE),
             )
         })
+    }
+
+    /// Records a call's duration, by request type and outcome.
+    fn record(&self, ty: &'static str, took: Duration, failed: Option<ErrorKind>) {
+        use tabgrab_core::telemetry as names;
+        let service = || self.service.to_string();
+        match failed {
+            None => self
+                .durations
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(ty)
+                .or_insert_with(|| {
+                    metrics::histogram!(
+                        names::RPC_CLIENT_DURATION,
+                        names::RPC_SERVICE => service(),
+                        names::RPC_METHOD => ty
+                    )
+                })
+                .record(took),
+            Some(kind) => metrics::histogram!(
+                names::RPC_CLIENT_DURATION,
+                names::RPC_SERVICE => service(),
+                names::RPC_METHOD => ty,
+                names::ERROR_TYPE => kind.as_str()
+            )
+            .record(took),
+        }
     }
 
     /// The service's breaker: its state and its changes.
@@ -226,12 +298,21 @@ where
             budget: Arc::clone(&budget),
             breaker: breaker.clone(),
         };
+        let telemetry = Arc::new(Telemetry {
+            labels: vec![(tabgrab_core::telemetry::RPC_SERVICE, self.service.clone())],
+            breaker: breaker.clone(),
+            budget: Arc::clone(&budget),
+        });
+        let source: Arc<dyn tabgrab_core::telemetry::Source> = Arc::clone(&telemetry) as _;
+        tabgrab_core::telemetry::register(Arc::downgrade(&source));
         Client {
+            _telemetry: telemetry,
             stack: Arc::new(stack),
             service: self.service.into(),
             source: self.source.into(),
             breaker,
             budget,
+            durations: Arc::default(),
         }
     }
 }

@@ -157,6 +157,8 @@ struct Started {
     work: BoxFuture<Result<Bytes, ServeError>>,
     deadline: Option<Instant>,
     ty: String,
+    /// The handler's duration histogram (successful calls).
+    duration: metrics::Histogram,
 }
 type Erased =
     dyn Fn(Bytes, CallContext) -> BoxFuture<Result<Bytes, ServeError>> + Send + Sync + 'static;
@@ -166,6 +168,20 @@ type Erased =
 struct Entry {
     kind: RequestKind,
     handler: Arc<Erased>,
+    /// Durations of successful calls of this type.
+    duration: metrics::Histogram,
+}
+
+/// Records a server call's duration that failed with `kind` (`method` is `_OTHER` for a
+/// type no handler is registered for: callers choose it, so it is not an attribute).
+fn record_failure(method: &str, kind: ErrorKind, took: std::time::Duration) {
+    use tabgrab_core::telemetry as names;
+    metrics::histogram!(
+        names::RPC_SERVER_DURATION,
+        names::RPC_METHOD => method.to_owned(),
+        names::ERROR_TYPE => kind.as_str()
+    )
+    .record(took);
 }
 
 /// The typed handlers of a server, keyed by message type.
@@ -300,6 +316,10 @@ impl Handlers {
             Entry {
                 kind,
                 handler: erased,
+                duration: metrics::histogram!(
+                    tabgrab_core::telemetry::RPC_SERVER_DURATION,
+                    tabgrab_core::telemetry::RPC_METHOD => R::TYPE
+                ),
             },
         );
         self
@@ -326,10 +346,16 @@ impl Handlers {
         deadline: Option<Instant>,
         idempotency_key: Option<String>,
     ) -> impl Future<Output = Result<Bytes, ServeError>> + Send + 'static {
+        let at = std::time::Instant::now();
         let started = self.start(envelope, deadline, idempotency_key);
         async move {
-            let Started { work, deadline, ty } = started?;
-            match deadline {
+            let Started {
+                work,
+                deadline,
+                ty,
+                duration,
+            } = started.inspect_err(|e| record_failure("_OTHER", e.kind, at.elapsed()))?;
+            let result = match deadline {
                 None => work.await,
                 Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
                     Ok(result) => result,
@@ -341,7 +367,12 @@ impl Handlers {
                         ),
                     )),
                 },
+            };
+            match &result {
+                Ok(_) => duration.record(at.elapsed()),
+                Err(e) => record_failure(&ty, e.kind, at.elapsed()),
             }
+            result
         }
     }
 
@@ -423,7 +454,12 @@ impl Handlers {
                 ctx,
             ),
         };
-        Ok(Started { work, deadline, ty })
+        Ok(Started {
+            work,
+            deadline,
+            ty,
+            duration: entry.duration.clone(),
+        })
     }
 }
 

@@ -11,7 +11,8 @@
 //! - [`error`]: `Error { kind, .. }` with a `#[non_exhaustive]` [`ErrorKind`];
 //! - [`rejection`]: a handler's typed refusal, carried back to the caller by every transport;
 //! - [`secret`]: [`SecretUrl`], how every URL that may carry credentials is shown redacted;
-//! - [`wire`]: the CloudEvents binary-mode binding every transport (HTTP, NATS, AMQP) uses.
+//! - [`wire`]: the CloudEvents binary-mode binding every transport (HTTP, NATS, AMQP) uses;
+//! - [`telemetry`]: the names of every metric the workspace records.
 
 pub mod attribute;
 pub mod codec;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod message;
 pub mod rejection;
 pub mod secret;
+pub mod telemetry;
 pub mod wire;
 
 pub use codec::{Codec, DEFAULT_MAX_SIZE, Registry};

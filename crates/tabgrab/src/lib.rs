@@ -49,6 +49,7 @@ pub mod messaging;
 pub mod outbox;
 pub mod retry;
 pub mod sql;
+pub mod telemetry;
 pub mod topic;
 
 pub use inbox::Inbox;

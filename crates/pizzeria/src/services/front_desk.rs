@@ -317,6 +317,10 @@ pub struct OrderView {
     pub timestamps: Timestamps,
 }
 
+/// The front desk's metric: orders `accepted` (published), then `delivered` or `cancelled`
+/// (the view learned it), in Prometheus `pizzeria_orders_total{outcome=..}`.
+pub const ORDERS: &str = "pizzeria.orders";
+
 /// How an order ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -404,7 +408,10 @@ impl FrontDesk {
             .publish(&event, order_id.to_string())
             .await
         {
-            Ok(_) => Ok(order_id),
+            Ok(_) => {
+                metrics::counter!(ORDERS, "outcome" => "accepted").increment(1);
+                Ok(order_id)
+            }
             Err(e) => {
                 lock(&self.inner.view).remove(&order_id);
                 Err(e)
@@ -564,6 +571,13 @@ impl FrontDesk {
                 _ => None,
             }
         };
+        if let Some(outcome) = &ended {
+            let outcome = match outcome {
+                Outcome::Delivered => "delivered",
+                Outcome::Cancelled(_) => "cancelled",
+            };
+            metrics::counter!(ORDERS, "outcome" => outcome).increment(1);
+        }
         if let Some(outcome) = ended
             && let Some(watcher) = lock(&self.inner.watcher).as_ref()
         {

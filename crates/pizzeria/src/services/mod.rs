@@ -94,6 +94,13 @@ pub struct Pizzeria {
 }
 
 impl Pizzeria {
+    /// Adds every consumer group of the restaurant to `health`'s readiness checks.
+    pub fn check_health(&self, health: &tabgrab::telemetry::Health) {
+        for (_, subscription) in &self.subscriptions {
+            health.subscription(subscription);
+        }
+    }
+
     /// Starts every service on `bus`, with their state in a private store in memory
     /// ([`Store::memory`]: the same transactions, not durable; use [`Pizzeria::start_with`]
     /// for a durable one). Each group resumes from its committed

@@ -913,6 +913,23 @@ impl Backend for AmqpBus {
         "amqp"
     }
 
+    fn connected(&self) -> Result<(), String> {
+        let status = self.connection.status();
+        if status.connected() {
+            Ok(())
+        } else {
+            Err(format!(
+                "not connected to RabbitMQ at {} (the connection {})",
+                self.url,
+                if status.errored() {
+                    "failed"
+                } else {
+                    "is closed"
+                }
+            ))
+        }
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

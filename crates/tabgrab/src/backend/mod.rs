@@ -291,6 +291,11 @@ pub trait Backend: Send + Sync + 'static {
     fn as_any(&self) -> &dyn std::any::Any;
     /// What the engine promises.
     fn capabilities(&self) -> Capabilities;
+    /// Whether the engine is reachable now, and if not why (for readiness checks; cheap, no
+    /// round trip: the client's own view of its connection). The embedded log always is.
+    fn connected(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// The envelope size limit.
     fn codec(&self) -> Codec;
     /// Publishes `envelope` to `topic` durably; de-duplicated by the envelope id where
@@ -500,6 +505,11 @@ impl Bus {
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// Whether the engine is reachable now, and if not why (see [`Backend::connected`]).
+    pub fn connected(&self) -> Result<(), String> {
+        self.backend.connected()
     }
 
     /// What the engine promises.

@@ -113,6 +113,15 @@ impl HandlerError {
         self.reason.unwrap_or("permanent_error")
     }
 
+    /// The failure's `error.type` in metrics: `transient`, or the dead-letter reason.
+    pub(crate) fn kind_str(&self) -> &'static str {
+        if self.retryable {
+            "transient"
+        } else {
+            self.reason()
+        }
+    }
+
     /// Whether a retry may succeed.
     pub fn is_retryable(&self) -> bool {
         self.retryable

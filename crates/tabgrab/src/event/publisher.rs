@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, Bus};
+use crate::backend::{Backend, Bus, Published};
+use crate::telemetry::{Labels, names};
 use crate::{Envelope, Error, Event, Topic};
 
 /// Publishes events to one topic. Cheap to clone; on the embedded bus clones share the
@@ -18,6 +19,49 @@ pub struct Publisher {
     topic: Topic,
     /// The CloudEvents `source` of every event this publisher makes.
     source: Arc<str>,
+    /// Metrics of successful publishes (failures' are taken when they happen).
+    metrics: Arc<PublishMetrics>,
+}
+
+/// A publisher's metric handles.
+struct PublishMetrics {
+    labels: Labels,
+    sent: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl PublishMetrics {
+    fn new(backend: &dyn Backend, topic: &Topic) -> PublishMetrics {
+        let labels: Labels = vec![
+            (
+                names::SYSTEM,
+                names::messaging_system(backend.name()).to_owned(),
+            ),
+            (names::DESTINATION, topic.to_string()),
+        ];
+        PublishMetrics {
+            sent: metrics::counter!(names::SENT, &labels),
+            duration: metrics::histogram!(names::OPERATION_DURATION, &labels),
+            labels,
+        }
+    }
+
+    /// Counts `count` messages published in one operation that started at `started`.
+    fn record<T>(&self, started: std::time::Instant, count: usize, result: &Result<T, Error>) {
+        let took = started.elapsed();
+        match result {
+            Ok(_) => {
+                self.sent.increment(count as u64);
+                self.duration.record(took);
+            }
+            Err(e) => {
+                let mut labels = self.labels.clone();
+                labels.push((names::ERROR_TYPE, e.kind().as_str().to_owned()));
+                metrics::counter!(names::SENT, &labels).increment(count as u64);
+                metrics::histogram!(names::OPERATION_DURATION, &labels).record(took);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Publisher {
@@ -48,6 +92,7 @@ impl Publisher {
         let bus = bus.into();
         let topic = Topic::new(topic)?;
         Ok(Publisher {
+            metrics: Arc::new(PublishMetrics::new(bus.backend().as_ref(), &topic)),
             backend: Arc::clone(bus.backend()),
             topic,
             source: source.into(),
@@ -99,7 +144,10 @@ impl Publisher {
     /// A publish that failed may be repeated with the same envelope: on engines with
     /// de-duplication it is then not a second event.
     pub async fn publish_envelope(&self, envelope: &Envelope) -> Result<Receipt, Error> {
-        let published = self.backend.publish(&self.topic, envelope).await?;
+        let started = std::time::Instant::now();
+        let published = self.backend.publish(&self.topic, envelope).await;
+        self.metrics.record(started, 1, &published);
+        let published: Published = published?;
         Ok(Receipt {
             id: envelope.id.clone(),
             offset: published.position,
@@ -114,10 +162,13 @@ impl Publisher {
         envelope: &Envelope,
         encoded: Bytes,
     ) -> Result<Receipt, Error> {
+        let started = std::time::Instant::now();
         let published = self
             .backend
             .publish_encoded(&self.topic, envelope, encoded)
-            .await?;
+            .await;
+        self.metrics.record(started, 1, &published);
+        let published = published?;
         Ok(Receipt {
             id: envelope.id.clone(),
             offset: published.position,
@@ -130,7 +181,10 @@ impl Publisher {
     /// acknowledged separately: a failure leaves the others published (repeat the batch; ids
     /// de-duplicate it where the engine can).
     pub async fn publish_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Receipt>, Error> {
-        let published = self.backend.publish_batch(&self.topic, envelopes).await?;
+        let started = std::time::Instant::now();
+        let published = self.backend.publish_batch(&self.topic, envelopes).await;
+        self.metrics.record(started, envelopes.len(), &published);
+        let published = published?;
         Ok(envelopes
             .iter()
             .zip(published)

@@ -77,6 +77,7 @@ use super::dead_letter::DeadLetter;
 use super::handler::{Context, HandlerError};
 use crate::backend::{Acker, Backend, Bus, Deliveries, Delivery, SubscribeRequest};
 use crate::retry::Backoff;
+use crate::telemetry::{self, Labels, Samples, names};
 use crate::{Envelope, Error, ErrorKind, Event, Registry, Topic};
 
 /// Where a group starts reading when it starts.
@@ -353,7 +354,17 @@ impl SubscriptionBuilder {
             untyped_as: self.options.untyped_as.clone(),
         };
         let joining = Arc::clone(&backend).subscribe(request.clone());
+        let labels: Labels = vec![
+            (
+                names::SYSTEM,
+                names::messaging_system(backend.name()).to_owned(),
+            ),
+            (names::DESTINATION, topic.to_string()),
+            (names::GROUP, self.group.clone()),
+        ];
         let group = Arc::new(Group {
+            processed: metrics::histogram!(names::PROCESS_DURATION, &labels),
+            labels,
             in_flight: Arc::new(Semaphore::new(self.options.max_in_flight)),
             running: Arc::new(Semaphore::new(self.options.concurrency)),
             bus: self.bus,
@@ -373,6 +384,8 @@ impl SubscriptionBuilder {
         });
         let handle = tokio::spawn(Arc::clone(&group).dispatch(backend, request, joining));
         *lock(&group.dispatcher) = Some(handle);
+        let source: Arc<dyn telemetry::Source> = Arc::clone(&group) as _;
+        telemetry::register(Arc::downgrade(&source));
         Ok(Subscription {
             member: NEXT_MEMBER.fetch_add(1, Ordering::Relaxed),
             group,
@@ -457,6 +470,36 @@ impl Subscription {
     /// broker, once the consumer exists). Returns the reason if joining failed.
     pub async fn ready(&self) -> Result<(), Error> {
         self.ready_owned().await
+    }
+
+    /// The readiness check of [`Health::subscription`](crate::telemetry::Health::subscription):
+    /// its name (`topic/group`) and a probe that does not keep the member alive.
+    pub(crate) fn probe(
+        &self,
+    ) -> (
+        String,
+        impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) {
+        let name = format!("{}/{}", self.group.topic, self.group.name);
+        let group = Arc::downgrade(&self.group);
+        let probe = move || {
+            let group = group.upgrade().ok_or("stopped")?;
+            if group.cancel.is_cancelled() {
+                return Err("stopping".to_owned());
+            }
+            if lock(&group.dispatcher)
+                .as_ref()
+                .is_none_or(JoinHandle::is_finished)
+            {
+                return Err("its dispatcher ended".to_owned());
+            }
+            match &*group.ready.borrow() {
+                Readiness::Ready => Ok(()),
+                Readiness::Starting => Err("joining its group".to_owned()),
+                Readiness::Failed(_, reason) => Err(format!("joining failed: {reason}")),
+            }
+        };
+        (name, probe)
     }
 
     /// [`Subscription::ready`] as a future that does not borrow the subscription.
@@ -567,6 +610,10 @@ pub(crate) struct Group {
     running: Arc<Semaphore>,
     lanes: TaskTracker,
     dispatcher: Mutex<Option<JoinHandle<Result<(), Error>>>>,
+    /// The group's metric attributes (engine, topic, group).
+    labels: Labels,
+    /// Handler durations of successful runs (failures' are taken when they happen).
+    processed: metrics::Histogram,
 }
 
 /// Locks a mutex, recovering the data if a panic poisoned it (our critical sections leave
@@ -910,13 +957,15 @@ impl Group {
                 group: Arc::clone(&self.name),
                 shutdown: self.cancel.clone(),
             };
-            let outcome = {
+            let (outcome, took) = {
                 let Ok(_running) = self.running.acquire().await else {
                     return;
                 };
-                AssertUnwindSafe(handler(Arc::clone(&job.envelope), ctx))
+                let started = std::time::Instant::now();
+                let outcome = AssertUnwindSafe(handler(Arc::clone(&job.envelope), ctx))
                     .catch_unwind()
-                    .await
+                    .await;
+                (outcome, started.elapsed())
             };
             if let Some(admitted) = admitted {
                 admitted.record(match &outcome {
@@ -927,6 +976,7 @@ impl Group {
             }
             let error = match outcome {
                 Ok(Ok(())) => {
+                    self.processed.record(took);
                     self.counters.acked.fetch_add(1, Ordering::Relaxed);
                     self.done(job.offset).await;
                     return;
@@ -941,6 +991,9 @@ impl Group {
                     HandlerError::transient(format!("handler panicked: {what}"))
                 }
             };
+            let mut labels = self.labels.clone();
+            labels.push((names::ERROR_TYPE, error.kind_str().to_owned()));
+            metrics::histogram!(names::PROCESS_DURATION, &labels).record(took);
             let reason = if !error.is_retryable() {
                 error.reason()
             } else if self
@@ -1075,6 +1128,9 @@ impl Group {
             let error = match letter.record(&self.bus).await {
                 Ok(_) => {
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let mut labels = self.labels.clone();
+                    labels.push((names::REASON, letter.reason.clone()));
+                    metrics::counter!(names::DEAD_LETTERS, &labels).increment(1);
                     if failures > 0 {
                         tracing::warn!(topic = %self.topic, group = %self.name, offset = letter.offset, failures, "dead letter written after failures");
                     }
@@ -1127,6 +1183,47 @@ impl Group {
             // Not lost: the broker redelivers it, and it is handled again (at least once).
             tracing::warn!(topic = %self.topic, group = %self.name, offset, error = %e, "settling a delivery failed; it will be redelivered");
         }
+    }
+}
+
+impl telemetry::Source for Group {
+    fn sample(&self, out: &mut Samples) {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let labels = &self.labels;
+        out.counter(names::CONSUMED, labels, get(&c.received));
+        for (outcome, value) in [
+            ("ack", get(&c.acked)),
+            ("skipped", get(&c.skipped)),
+            ("dead_letter", get(&c.dead_lettered)),
+        ] {
+            out.counter_by(names::PROCESSED, labels, (names::OUTCOME, outcome), value);
+        }
+        out.counter(names::RETRIES, labels, get(&c.retries));
+        if !out.wants_gauges() {
+            return;
+        }
+        let lag = self
+            .bus
+            .backend()
+            .live_lag(&self.topic, &self.name)
+            .unwrap_or_else(|| {
+                self.broker_pending.load(Ordering::Relaxed) + lock(&self.state).pending.len() as u64
+            });
+        out.gauge(names::CONSUMER_LAG, labels, lag as f64);
+        if let Some(breaker) = &self.options.breaker {
+            out.gauge(
+                names::BREAKER_STATE,
+                labels,
+                telemetry::breaker_level(breaker.state()),
+            );
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        telemetry::retire(self);
     }
 }
 

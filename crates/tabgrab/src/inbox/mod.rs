@@ -234,6 +234,11 @@ impl<DB: Database> Inbox<DB> {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if !first {
+            metrics::counter!(
+                crate::telemetry::names::INBOX_DUPLICATES,
+                crate::telemetry::names::GROUP => self.group.to_string()
+            )
+            .increment(1);
             tracing::debug!(group = %self.group, id, "inbox: duplicate delivery, no effect");
         }
         Ok(first)

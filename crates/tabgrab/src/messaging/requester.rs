@@ -347,7 +347,16 @@ impl RequesterBuilder {
             counters: Counters::default(),
             waiters: Mutex::new(HashMap::new()),
             admission: Admission::new(self.options.max_in_flight, self.options.breaker.clone()),
+            labels: vec![
+                (
+                    crate::telemetry::names::SYSTEM,
+                    crate::telemetry::names::messaging_system(self.bus.name()).to_owned(),
+                ),
+                (crate::telemetry::names::GROUP, self.group.clone()),
+            ],
         });
+        let source: Arc<dyn crate::telemetry::Source> = Arc::clone(&inner) as _;
+        crate::telemetry::register(Arc::downgrade(&source));
         let on_reply: ErasedHandler = {
             let inner = Arc::clone(&inner);
             Arc::new(move |envelope: Arc<Envelope>, _ctx: Context| {
@@ -400,6 +409,58 @@ pub(crate) struct Inner {
     waiters: Mutex<HashMap<String, oneshot::Sender<RawOutcome>>>,
     /// The bulkhead and the breaker, with this node's requests in flight.
     pub(crate) admission: Admission,
+    /// Metric attributes (engine, group).
+    labels: crate::telemetry::Labels,
+}
+
+impl crate::telemetry::Source for Inner {
+    fn sample(&self, out: &mut crate::telemetry::Samples) {
+        use crate::telemetry::names;
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let labels = &self.labels;
+        out.counter(names::REQUESTS_SENT, labels, get(&c.sent));
+        out.counter(names::REQUESTS_TIMED_OUT, labels, get(&c.timed_out));
+        for (outcome, value) in [
+            ("handled", get(&c.replied)),
+            ("late", get(&c.late)),
+            ("duplicate", get(&c.duplicate)),
+            ("forged", get(&c.rejected)),
+        ] {
+            out.counter_by(names::REPLIES, labels, (names::OUTCOME, outcome), value);
+        }
+        for (reason, value) in [
+            ("bulkhead", get(&c.shed)),
+            ("circuit_open", get(&c.circuit_open)),
+        ] {
+            out.counter_by(
+                names::REQUESTS_REFUSED,
+                labels,
+                (names::REASON, reason),
+                value,
+            );
+        }
+        // With a bulkhead it counts exactly; without, this node's requests that have not
+        // ended here (a reply handled by another node after a crash ends it there).
+        let in_flight = self.admission.in_flight().map_or_else(
+            || get(&c.sent).saturating_sub(get(&c.replied) + get(&c.timed_out)),
+            |n| n as u64,
+        );
+        out.gauge(names::REQUESTS_IN_FLIGHT, labels, in_flight as f64);
+        if let Some(breaker) = self.admission.breaker() {
+            out.gauge(
+                names::BREAKER_STATE,
+                labels,
+                crate::telemetry::breaker_level(breaker.state()),
+            );
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        crate::telemetry::retire(self);
+    }
 }
 
 impl Inner {

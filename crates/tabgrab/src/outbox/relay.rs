@@ -153,6 +153,7 @@ impl<DB: Database> RelayBuilder<DB> {
         let stats = Arc::new(RelayCounters::default());
         let owner = uuid::Uuid::now_v7().to_string();
         let wake = self.outbox.wake.subscribe();
+        let table = self.outbox.table.to_string();
         let worker = Worker {
             outbox: self.outbox,
             bus: self.bus,
@@ -163,6 +164,7 @@ impl<DB: Database> RelayBuilder<DB> {
             owner: owner.clone(),
             stats: Arc::clone(&stats),
             publishers: HashMap::new(),
+            metrics: RelayMetrics::new(&table),
         };
         let task = tokio::spawn(worker.run(wake, cancel.clone()));
         Relay {
@@ -287,6 +289,30 @@ struct Worker<DB: Database> {
     stats: Arc<RelayCounters>,
     /// One publisher per topic, made on first use.
     publishers: HashMap<String, Publisher>,
+    /// The relay's metric handles.
+    metrics: RelayMetrics,
+}
+
+/// A relay's metric handles.
+struct RelayMetrics {
+    relayed: metrics::Counter,
+    lag: metrics::Histogram,
+    backlog: metrics::Gauge,
+    /// When the backlog was last counted (at most once a second while rows flow).
+    counted: Option<std::time::Instant>,
+}
+
+impl RelayMetrics {
+    fn new(table: &str) -> RelayMetrics {
+        use crate::telemetry::names;
+        let labels = [(names::OUTBOX_TABLE, table.to_owned())];
+        RelayMetrics {
+            relayed: metrics::counter!(names::OUTBOX_RELAYED, &labels),
+            lag: metrics::histogram!(names::OUTBOX_RELAY_LAG, &labels),
+            backlog: metrics::gauge!(names::OUTBOX_BACKLOG, &labels),
+            counted: None,
+        }
+    }
 }
 
 /// What publishing one lane produced.
@@ -372,7 +398,18 @@ impl<DB: Database> Worker<DB> {
             {
                 self.store_error("end an empty claim", &e);
             }
+            self.metrics.backlog.set(0.0);
             return false;
+        }
+        if self
+            .metrics
+            .counted
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.metrics.counted = Some(std::time::Instant::now());
+            if let Ok(pending) = self.outbox.pending().await {
+                self.metrics.backlog.set(pending as f64);
+            }
         }
         let claimed_after = started.elapsed();
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
@@ -575,6 +612,11 @@ impl<DB: Database> Worker<DB> {
             .await?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         self.counters().published.fetch_add(1, Ordering::Relaxed);
+        self.metrics.relayed.increment(1);
+        if let Some(time) = envelope.time {
+            let lag = time::OffsetDateTime::now_utc() - time;
+            self.metrics.lag.record(lag.as_seconds_f64().max(0.0));
+        }
         if receipt.duplicate {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             self.counters().duplicates.fetch_add(1, Ordering::Relaxed);

@@ -930,6 +930,13 @@ impl Backend for NatsBus {
         "nats"
     }
 
+    fn connected(&self) -> Result<(), String> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(format!("not connected to NATS at {} ({state})", self.url)),
+        }
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

@@ -1,0 +1,237 @@
+//! What metrics cost: events and calls with the Prometheus recorder installed and scraped
+//! every second, beside the same work with no recorder (what a user who installs none gets).
+//!
+//! ```sh
+//! cargo run --release -p tabgrab --example telemetry_overhead [-- ROUNDS EVENTS SECONDS]
+//! ```
+//!
+//! A recorder is process-wide and cannot be taken out again, so each measurement runs in a
+//! child process of this example, `off` and `on` alternating, `ROUNDS` times (default 3):
+//!
+//! - events: 256 concurrent publishers publish `EVENTS` (default 100,000) 200-byte events to
+//!   the embedded bus (each publish awaits its durable write), one subscription handles them;
+//!   events/s from the first publish to the last handled;
+//! - calls: 64 concurrent callers call a tiny query over HTTP on loopback through tabgrab's
+//!   `Client` for `SECONDS` (default 5); calls/s.
+//!
+//! With `on`, a task renders `/metrics`' text every second, as a Prometheus scrape would.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::call::{CallContext, Client, HandlerError, Handlers, http::HttpTransport};
+use tabgrab::event::{Publisher, Subscription};
+use tabgrab::{Event, Message, Query, request};
+
+#[derive(Serialize, Deserialize)]
+struct Tick {
+    n: u64,
+    pad: String,
+}
+impl Message for Tick {
+    const TYPE: &'static str = "bench.tick.v1";
+}
+impl Event for Tick {}
+
+#[derive(Serialize, Deserialize)]
+struct Echo {
+    n: u64,
+}
+impl Message for Echo {
+    const TYPE: &'static str = "bench.echo.v1";
+}
+impl Query for Echo {
+    type Response = u64;
+}
+request!(query Echo);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        child(&args[1..]);
+        return;
+    }
+    let rounds: u32 = args.first().map_or(3, |a| a.parse().unwrap());
+    let events: u64 = args.get(1).map_or(100_000, |a| a.parse().unwrap());
+    let seconds: u64 = args.get(2).map_or(5, |a| a.parse().unwrap());
+    println!(
+        "telemetry overhead: {rounds} rounds, {events} events, {seconds} s of calls per round; \
+         load average {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("| part | round | metrics off | metrics on (scraped every 1 s) | on / off |");
+    println!("|---|---|---|---|---|");
+    for part in ["events", "calls"] {
+        let (mut off_sum, mut on_sum) = (0.0, 0.0);
+        for round in 1..=rounds {
+            let mut figures = [0.0; 2];
+            for (i, mode) in ["off", "on"].into_iter().enumerate() {
+                let out = Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--child",
+                        mode,
+                        part,
+                        &events.to_string(),
+                        &seconds.to_string(),
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{part} {mode}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                figures[i] = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            }
+            off_sum += figures[0];
+            on_sum += figures[1];
+            println!(
+                "| {part}/s | {round} | {:.0} | {:.0} | {:.2} |",
+                figures[0],
+                figures[1],
+                figures[1] / figures[0]
+            );
+        }
+        println!(
+            "| {part}/s | mean | {:.0} | {:.0} | **{:.2}** |",
+            off_sum / f64::from(rounds),
+            on_sum / f64::from(rounds),
+            on_sum / off_sum
+        );
+    }
+}
+
+/// One measurement; prints its figure on stdout.
+fn child(args: &[String]) {
+    let on = args[0] == "on";
+    let part = args[1].as_str();
+    let events: u64 = args[2].parse().unwrap();
+    let seconds: u64 = args[3].parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let scraping = on.then(|| {
+            let metrics = tabgrab::telemetry::Prometheus::install().unwrap();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    std::hint::black_box(metrics.render());
+                }
+            })
+        });
+        let figure = match part {
+            "events" => events_per_s(events).await,
+            "calls" => calls_per_s(Duration::from_secs(seconds)).await,
+            other => panic!("unknown part {other}"),
+        };
+        if let Some(task) = scraping {
+            task.abort();
+        }
+        println!("{figure:.1}");
+    });
+}
+
+async fn events_per_s(events: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    let handled = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let (count, all) = (Arc::clone(&handled), Arc::clone(&done));
+    let subscription = Subscription::builder(&bus, "ticks", "bench")
+        .concurrency(64)
+        .handle(move |_t: Tick, _ctx| {
+            if count.fetch_add(1, Ordering::Relaxed) + 1 == events {
+                all.notify_one();
+            }
+            async { Ok(()) }
+        })
+        .start()
+        .unwrap();
+    let publisher = Publisher::new(&bus, "ticks", "/bench").unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let publishers: Vec<_> = (0..256)
+        .map(|_| {
+            let (publisher, next) = (publisher.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= events {
+                        return;
+                    }
+                    let tick = Tick {
+                        n,
+                        pad: "x".repeat(200),
+                    };
+                    publisher
+                        .publish(&tick, format!("s-{}", n % 1024))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    done.notified().await;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    subscription.shutdown().await.unwrap();
+    bus.close().await.unwrap();
+    rate
+}
+
+async fn calls_per_s(duration: Duration) -> f64 {
+    let handlers = Handlers::new()
+        .handle(|q: Echo, _ctx: CallContext| async move { Ok::<_, HandlerError>(q.n) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tabgrab::call::serve(
+        listener,
+        tabgrab::call::router(handlers),
+        std::future::pending(),
+    ));
+    let client = Client::builder(HttpTransport::new(url))
+        .service_name("echo")
+        .build();
+    // Warm the connection pool.
+    for n in 0..64 {
+        client.call(&Echo { n }).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let callers: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, stop, calls) = (client.clone(), Arc::clone(&stop), Arc::clone(&calls));
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(client.call(&Echo { n }).await.unwrap(), n);
+                    n += 1;
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        c.await.unwrap();
+    }
+    calls.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}

@@ -1,0 +1,42 @@
+//! Telemetry: metrics in Prometheus' format, and the health of a service.
+//!
+//! tabgrab records metrics through the [`metrics`] facade, named after the OpenTelemetry
+//! semantic conventions ([`names`]: messages published, received and processed by outcome,
+//! handler and publish durations, consumer lag, dead letters by reason, requests in flight
+//! and timed out, replies late / duplicate / forged, breaker states, retries, outbox relay and
+//! inbox duplicates, call durations). Nothing is kept until the application installs a
+//! recorder; [`Prometheus::install`] is one (feature `prometheus`), and [`router`] serves it:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tabgrab::telemetry::{Health, Prometheus};
+//!
+//! let metrics = Prometheus::install()?; // first, before buses and subscriptions
+//! let bus = tabgrab::backend::Bus::connect("nats://127.0.0.1:4222").await?;
+//! let health = Health::new();
+//! health.bus(&bus);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9464").await?;
+//! axum::serve(listener, tabgrab::telemetry::router(Some(metrics), health)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Counters that components already keep for their `stats()` are read when metrics are
+//! rendered (`collect`), so the hot path counts once; durations are recorded where they
+//! happen. Every attribute is bounded (no message ids, no subjects).
+
+mod health;
+#[cfg(feature = "prometheus")]
+mod prometheus;
+
+pub use health::{CheckResult, Health, Readiness};
+#[cfg(feature = "prometheus")]
+pub use prometheus::{Prometheus, router};
+pub use tabgrab_core::telemetry as names;
+pub use tabgrab_core::telemetry::collect;
+pub(crate) use tabgrab_core::telemetry::{Labels, Samples, Source, register, retire};
+
+/// A breaker state as the level of [`names::BREAKER_STATE`].
+pub(crate) fn breaker_level(state: crate::breaker::CircuitState) -> f64 {
+    use crate::breaker::CircuitState;
+    names::breaker_level(state == CircuitState::Open, state == CircuitState::HalfOpen)
+}

@@ -1,0 +1,374 @@
+//! Metrics as Prometheus reads them, from the library's own components on the embedded bus:
+//! a consumer group's lag, outcomes, durations and dead letters by reason; a requester's
+//! requests and replies; figures that outlive a stopped member. The HTTP endpoint and a real
+//! Prometheus server are tested with the pizzeria (crates/pizzeria/tests/metrics.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::event::{HandlerError, Publisher, Subscription};
+use tabgrab::messaging::{MemoryStore, Outcome, Requester, Responder, SendOptions};
+use tabgrab::retry::Backoff;
+use tabgrab::telemetry::Prometheus;
+use tabgrab::{Command, Event, Message, request};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Ticket {
+    n: u32,
+}
+impl Message for Ticket {
+    const TYPE: &'static str = "test.ticket.placed.v1";
+}
+impl Event for Ticket {}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Charge {
+    cents: u64,
+}
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Charged {
+    cents: u64,
+}
+impl Message for Charge {
+    const TYPE: &'static str = "test.payment.charge.v1";
+}
+impl Command for Charge {
+    type Response = Charged;
+}
+request!(command Charge);
+
+/// The value of the series `name` whose labels include every one of `labels`, summed over
+/// the series that match; `None` when none does.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (series, number) = match rest.strip_prefix('{') {
+            Some(rest) => match rest.split_once("} ") {
+                Some((series, number)) => (series, number),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(number) => ("", number),
+                None => continue,
+            },
+        };
+        if labels
+            .iter()
+            .all(|(k, v)| series.split(',').any(|pair| pair == format!("{k}=\"{v}\"")))
+        {
+            *found.get_or_insert(0.0) += number.trim().parse::<f64>().unwrap();
+        }
+    }
+    found
+}
+
+/// Renders until `name{labels}` has `want` (bounded), so that the test does not depend on
+/// when a handler's counter moves.
+async fn until_value(metrics: &Prometheus, name: &str, labels: &[(&str, &str)], want: f64) {
+    let start = Instant::now();
+    loop {
+        let text = metrics.render();
+        if value(&text, name, labels) == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name}{labels:?} never became {want}; last:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_lag_outcomes_durations_and_dead_letters() {
+    let metrics = Prometheus::install().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::clone(&gate);
+    let subscription = Subscription::builder(&bus, "lagging", "slow")
+        .max_deliveries(2)
+        .backoff(Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        })
+        .handle(move |t: Ticket, _ctx| {
+            let gate = Arc::clone(&held);
+            async move {
+                gate.acquire().await.unwrap().forget();
+                match t.n {
+                    7 => Err(HandlerError::permanent("seven is refused")),
+                    8 => Err(HandlerError::transient("eight always fails")),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .start()
+        .unwrap();
+    let publisher = Publisher::new(&bus, "lagging", "/test").unwrap();
+    for n in 0..10 {
+        publisher
+            .publish(&Ticket { n }, format!("s-{n}"))
+            .await
+            .unwrap();
+    }
+    let group = [("messaging_consumer_group_name", "slow")];
+    let topic = [("messaging_destination_name", "lagging")];
+    // Nothing finished: the whole topic is the group's lag.
+    until_value(&metrics, "tabgrab_consumer_lag", &group, 10.0).await;
+    let text = metrics.render();
+    assert_eq!(
+        value(&text, "messaging_client_sent_messages_total", &topic),
+        Some(10.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "messaging_client_operation_duration_seconds_count",
+            &topic
+        ),
+        Some(10.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "messaging_client_operation_duration_seconds_bucket",
+            &[("messaging_destination_name", "lagging"), ("le", "+Inf")]
+        ),
+        Some(10.0)
+    );
+
+    gate.add_permits(1_000);
+    until_value(&metrics, "tabgrab_consumer_lag", &group, 0.0).await;
+    let text = metrics.render();
+    let outcome = |o: &str| {
+        value(
+            &text,
+            "tabgrab_messaging_processed_messages_total",
+            &[("messaging_consumer_group_name", "slow"), ("outcome", o)],
+        )
+    };
+    assert_eq!(outcome("ack"), Some(8.0));
+    assert_eq!(outcome("dead_letter"), Some(2.0));
+    assert_eq!(
+        value(&text, "messaging_client_consumed_messages_total", &group),
+        Some(10.0)
+    );
+    // One retry of the transient failure before max_deliveries (2) gave up.
+    assert_eq!(value(&text, "tabgrab_retries_total", &group), Some(1.0));
+    for (reason, n) in [("permanent_error", 1.0), ("max_deliveries", 1.0)] {
+        assert_eq!(
+            value(
+                &text,
+                "tabgrab_dead_letters_total",
+                &[
+                    ("messaging_consumer_group_name", "slow"),
+                    ("reason", reason)
+                ]
+            ),
+            Some(n),
+            "{reason}"
+        );
+    }
+    // Handler durations: 8 successes, and the failures by kind.
+    assert_eq!(
+        value(&text, "messaging_process_duration_seconds_count", &group),
+        Some(11.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "messaging_process_duration_seconds_count",
+            &[
+                ("messaging_consumer_group_name", "slow"),
+                ("error_type", "transient")
+            ]
+        ),
+        Some(2.0)
+    );
+
+    // A stopped member's counts stay; its lag is no longer reported as a level.
+    subscription.shutdown().await.unwrap();
+    let text = metrics.render();
+    assert_eq!(
+        value(&text, "messaging_client_consumed_messages_total", &group),
+        Some(10.0)
+    );
+    assert_eq!(value(&text, "tabgrab_consumer_lag", &group), Some(0.0));
+    bus.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_their_replies() {
+    let metrics = Prometheus::install().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    let responder = Responder::builder(&bus, "billing", "billing")
+        .handle(|c: Charge, _ctx| async move { Ok(Charged { cents: c.cents }) })
+        .start()
+        .unwrap();
+    let requester = Requester::builder(&bus, "till")
+        .store(MemoryStore::new())
+        .route::<Charge>("billing")
+        .start()
+        .unwrap();
+    for cents in [1, 2, 3] {
+        let outcome = requester
+            .request(
+                &Charge { cents },
+                SendOptions::default().timeout(Duration::from_secs(20)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Replied(Ok(Charged { cents })));
+    }
+    let till = [("messaging_consumer_group_name", "till")];
+    let text = metrics.render();
+    assert_eq!(
+        value(&text, "tabgrab_requests_sent_total", &till),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tabgrab_replies_total",
+            &[
+                ("messaging_consumer_group_name", "till"),
+                ("outcome", "handled")
+            ]
+        ),
+        Some(3.0)
+    );
+    for outcome in ["late", "duplicate", "forged"] {
+        assert_eq!(
+            value(
+                &text,
+                "tabgrab_replies_total",
+                &[
+                    ("messaging_consumer_group_name", "till"),
+                    ("outcome", outcome)
+                ]
+            ),
+            Some(0.0),
+            "{outcome}"
+        );
+    }
+    assert_eq!(value(&text, "tabgrab_requests_in_flight", &till), Some(0.0));
+    // The responder is a consumer group like any other: its handler's durations.
+    assert_eq!(
+        value(
+            &text,
+            "messaging_process_duration_seconds_count",
+            &[("messaging_consumer_group_name", "billing")]
+        ),
+        Some(3.0)
+    );
+    requester.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+    bus.close().await.unwrap();
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Price {
+    item: String,
+}
+impl Message for Price {
+    const TYPE: &'static str = "test.menu.price.v1";
+}
+impl tabgrab::Query for Price {
+    type Response = u64;
+}
+request!(query Price);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_at_the_client_and_the_server() {
+    use tabgrab::call::{CallContext, Client, HandlerError, Handlers, http::HttpTransport};
+    let metrics = Prometheus::install().unwrap();
+    let handlers = Handlers::new().handle(|p: Price, _ctx: CallContext| async move {
+        match p.item.as_str() {
+            "margherita" => Ok(900),
+            _ => Err(HandlerError::from(tabgrab::Rejection::new(
+                "menu.unknown",
+                "not on the menu",
+            ))),
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tabgrab::call::serve(
+        listener,
+        tabgrab::call::router(handlers),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let client = Client::builder(HttpTransport::new(format!("http://{addr}")))
+        .service_name("menu")
+        .build();
+    for _ in 0..3 {
+        let price = client
+            .call(&Price {
+                item: "margherita".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(price, 900);
+    }
+    let refused = client
+        .call(&Price {
+            item: "sushi".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), tabgrab::ErrorKind::Remote);
+    let text = metrics.render();
+    let method = ("rpc_method", "test.menu.price.v1");
+    assert_eq!(
+        value(
+            &text,
+            "rpc_client_call_duration_seconds_count",
+            &[("rpc_service", "menu"), method]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "rpc_client_call_duration_seconds_count",
+            &[("rpc_service", "menu"), method, ("error_type", "remote")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "rpc_server_call_duration_seconds_count", &[method]),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "rpc_server_call_duration_seconds_count",
+            &[method, ("error_type", "remote")]
+        ),
+        Some(1.0)
+    );
+    // The client's breaker stayed closed (a rejection is an answer) and no retry was needed.
+    let menu = [("rpc_service", "menu")];
+    assert_eq!(value(&text, "tabgrab_breaker_state", &menu), Some(0.0));
+    assert_eq!(
+        value(&text, "tabgrab_retry_budget_exhausted_total", &menu),
+        Some(0.0)
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
