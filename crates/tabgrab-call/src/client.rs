@@ -77,19 +77,13 @@ struct Telemetry {
 impl tabgrab_core::telemetry::Source for Telemetry {
     fn sample(&self, out: &mut tabgrab_core::telemetry::Samples) {
         use tabgrab_core::telemetry as names;
-        use tabgrab_resilience::breaker::CircuitState;
         out.counter(names::RETRIES, &self.labels, self.budget.granted());
         out.counter(
             names::RETRY_BUDGET_EXHAUSTED,
             &self.labels,
             self.budget.refused(),
         );
-        let state = self.breaker.state();
-        out.gauge(
-            names::BREAKER_STATE,
-            &self.labels,
-            names::breaker_level(state == CircuitState::Open, state == CircuitState::HalfOpen),
-        );
+        self.breaker.sample(out, &self.labels);
     }
 }
 

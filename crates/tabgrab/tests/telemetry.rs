@@ -233,6 +233,18 @@ async fn requests_and_their_replies() {
         assert_eq!(outcome, Outcome::Replied(Ok(Charged { cents })));
     }
     let till = [("messaging_consumer_group_name", "till")];
+    // A reply counts once its request is marked finished in the store, which is after the
+    // waiting `request` has it.
+    until_value(
+        &metrics,
+        "tabgrab_replies_total",
+        &[
+            ("messaging_consumer_group_name", "till"),
+            ("outcome", "handled"),
+        ],
+        3.0,
+    )
+    .await;
     let text = metrics.render();
     assert_eq!(
         value(&text, "tabgrab_requests_sent_total", &till),
@@ -264,15 +276,15 @@ async fn requests_and_their_replies() {
         );
     }
     assert_eq!(value(&text, "tabgrab_requests_in_flight", &till), Some(0.0));
-    // The responder is a consumer group like any other: its handler's durations.
-    assert_eq!(
-        value(
-            &text,
-            "messaging_process_duration_seconds_count",
-            &[("messaging_consumer_group_name", "billing")]
-        ),
-        Some(3.0)
-    );
+    // The responder is a consumer group like any other: its handler's durations (recorded
+    // after its handler returned, so perhaps after the requester had the reply).
+    until_value(
+        &metrics,
+        "messaging_process_duration_seconds_count",
+        &[("messaging_consumer_group_name", "billing")],
+        3.0,
+    )
+    .await;
     requester.shutdown().await.unwrap();
     responder.shutdown().await.unwrap();
     bus.close().await.unwrap();
@@ -368,6 +380,44 @@ async fn calls_at_the_client_and_the_server() {
     assert_eq!(
         value(&text, "tabgrab_retry_budget_exhausted_total", &menu),
         Some(0.0)
+    );
+    // A service that is down: the client's breaker opens, and says so.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let down = Client::builder(HttpTransport::new(dead_url))
+        .service_name("down")
+        .retry(tabgrab::call::retry::RetryConfig {
+            max_attempts: 1,
+            ..Default::default()
+        })
+        .breaker(tabgrab::breaker::BreakerConfig {
+            consecutive_failures: Some(2),
+            open_for: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .build();
+    for _ in 0..3 {
+        let _ = down.call(&Price { item: "x".into() }).await.unwrap_err();
+    }
+    let text = metrics.render();
+    let down = [("rpc_service", "down")];
+    assert_eq!(value(&text, "tabgrab_breaker_state", &down), Some(2.0));
+    assert_eq!(
+        value(
+            &text,
+            "tabgrab_breaker_transitions_total",
+            &[("rpc_service", "down"), ("to", "open")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "rpc_client_call_duration_seconds_count",
+            &[("rpc_service", "down"), ("error_type", "circuit_open")]
+        ),
+        Some(1.0)
     );
     let _ = stop.send(());
     server.await.unwrap().unwrap();

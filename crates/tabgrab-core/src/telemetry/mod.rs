@@ -49,6 +49,9 @@ pub const REPLIES: &str = "tabgrab.replies";
 pub const REQUESTS_REFUSED: &str = "tabgrab.requests.refused";
 /// A circuit breaker's state (gauge: 0 closed, 1 half-open, 2 open; `breaker`).
 pub const BREAKER_STATE: &str = "tabgrab.breaker.state";
+/// A circuit breaker's state changes, by the state it changed `to` (counter; `closed`,
+/// `open`, `half_open`).
+pub const BREAKER_TRANSITIONS: &str = "tabgrab.breaker.transitions";
 /// Handler or call attempts after the first (counter).
 pub const RETRIES: &str = "tabgrab.retries";
 /// Retries the retry budget refused (counter; service).
@@ -87,6 +90,8 @@ pub const RPC_SERVICE: &str = "rpc.service";
 pub const RPC_METHOD: &str = "rpc.method";
 /// Attribute: the outbox's table.
 pub const OUTBOX_TABLE: &str = "tabgrab.outbox.table";
+/// Attribute: the state a breaker changed to.
+pub const TO: &str = "to";
 /// Attribute: which breaker.
 pub const BREAKER: &str = "breaker";
 
@@ -141,6 +146,10 @@ pub fn describe() {
         BREAKER_STATE,
         "Circuit breaker state: 0 closed, 1 half-open, 2 open"
     );
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        "Circuit breaker state changes, by the state changed to"
+    );
     describe_counter!(RETRIES, "Handler or call attempts after the first");
     describe_counter!(RETRY_BUDGET_EXHAUSTED, "Retries the retry budget refused");
     describe_gauge!(OUTBOX_BACKLOG, "Outbox rows staged and not yet published");
@@ -164,15 +173,4 @@ pub fn describe() {
         Unit::Seconds,
         "Call duration at the server, checks and handler"
     );
-}
-
-/// A circuit breaker's state as the level of [`BREAKER_STATE`]: 0 closed, 1 half-open, 2 open.
-pub fn breaker_level(open: bool, half_open: bool) -> f64 {
-    if open {
-        2.0
-    } else if half_open {
-        1.0
-    } else {
-        0.0
-    }
 }

@@ -9,6 +9,7 @@
 
 pub mod state;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
@@ -21,6 +22,19 @@ pub use self::state::{BreakerConfig, BreakerCore, CircuitState, Outcome, Ticket}
 struct Shared {
     core: Mutex<BreakerCore>,
     changes: watch::Sender<CircuitState>,
+    /// State changes so far, by the state changed to (closed, open, half-open).
+    transitions: [AtomicU64; 3],
+}
+
+/// How often a breaker changed state, by the state it changed to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transitions {
+    /// Changes to closed (a probe succeeded).
+    pub closed: u64,
+    /// Changes to open (failures crossed the threshold, or a probe failed).
+    pub open: u64,
+    /// Changes to half-open (the open duration ended and a probe was admitted).
+    pub half_open: u64,
 }
 
 /// A handle on a breaker: its state and its changes. Cheap to clone.
@@ -43,6 +57,7 @@ impl BreakerHandle {
             shared: Arc::new(Shared {
                 core: Mutex::new(BreakerCore::new(config)),
                 changes,
+                transitions: Default::default(),
             }),
         }
     }
@@ -50,6 +65,40 @@ impl BreakerHandle {
     /// The current state.
     pub fn state(&self) -> CircuitState {
         self.lock().state()
+    }
+
+    /// How often the breaker changed state so far.
+    pub fn transitions(&self) -> Transitions {
+        let [closed, open, half_open] = &self.shared.transitions;
+        Transitions {
+            closed: closed.load(Ordering::Relaxed),
+            open: open.load(Ordering::Relaxed),
+            half_open: half_open.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reports the breaker as metrics, for a component's telemetry source: its state (0
+    /// closed, 1 half-open, 2 open) and its transitions by the state changed to.
+    pub fn sample(
+        &self,
+        out: &mut tabgrab_core::telemetry::Samples,
+        labels: &tabgrab_core::telemetry::Labels,
+    ) {
+        use tabgrab_core::telemetry as names;
+        let t = self.transitions();
+        for (to, n) in [
+            ("closed", t.closed),
+            ("open", t.open),
+            ("half_open", t.half_open),
+        ] {
+            out.counter_by(names::BREAKER_TRANSITIONS, labels, (names::TO, to), n);
+        }
+        let level = match self.state() {
+            CircuitState::Closed => 0.0,
+            CircuitState::HalfOpen => 1.0,
+            CircuitState::Open => 2.0,
+        };
+        out.gauge(names::BREAKER_STATE, labels, level);
     }
 
     /// A receiver that sees every state change (the latest one, as `watch` does).
@@ -100,6 +149,12 @@ impl BreakerHandle {
         let state = core.state();
         if before != state {
             tracing::info!(from = ?before, to = ?state, "circuit breaker changed state");
+            let index = match state {
+                CircuitState::Closed => 0,
+                CircuitState::Open => 1,
+                CircuitState::HalfOpen => 2,
+            };
+            self.shared.transitions[index].fetch_add(1, Ordering::Relaxed);
             self.shared.changes.send_replace(state);
         }
         drop(core);

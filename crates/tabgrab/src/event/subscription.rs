@@ -1212,11 +1212,7 @@ impl telemetry::Source for Group {
             });
         out.gauge(names::CONSUMER_LAG, labels, lag as f64);
         if let Some(breaker) = &self.options.breaker {
-            out.gauge(
-                names::BREAKER_STATE,
-                labels,
-                telemetry::breaker_level(breaker.state()),
-            );
+            breaker.sample(out, labels);
         }
     }
 }

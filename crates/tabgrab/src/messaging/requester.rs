@@ -448,11 +448,7 @@ impl crate::telemetry::Source for Inner {
         );
         out.gauge(names::REQUESTS_IN_FLIGHT, labels, in_flight as f64);
         if let Some(breaker) = self.admission.breaker() {
-            out.gauge(
-                names::BREAKER_STATE,
-                labels,
-                crate::telemetry::breaker_level(breaker.state()),
-            );
+            breaker.sample(out, labels);
         }
     }
 }

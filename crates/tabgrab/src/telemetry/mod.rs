@@ -34,9 +34,3 @@ pub use prometheus::{Prometheus, router};
 pub use tabgrab_core::telemetry as names;
 pub use tabgrab_core::telemetry::collect;
 pub(crate) use tabgrab_core::telemetry::{Labels, Samples, Source, register, retire};
-
-/// A breaker state as the level of [`names::BREAKER_STATE`].
-pub(crate) fn breaker_level(state: crate::breaker::CircuitState) -> f64 {
-    use crate::breaker::CircuitState;
-    names::breaker_level(state == CircuitState::Open, state == CircuitState::HalfOpen)
-}
