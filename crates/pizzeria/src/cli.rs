@@ -152,6 +152,10 @@ pub struct ServiceArgs {
     /// printed at start).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Export traces over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317 (a
+    /// collector, Jaeger, Tempo): one trace per order, through every service.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp: Option<String>,
 }
 
 /// Options of `pizzeria bench`.
@@ -252,6 +256,10 @@ pub struct RunArgs {
     /// at start).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Export traces over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317 (a
+    /// collector, Jaeger, Tempo): one trace per order, from POST /orders to its last handler.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp: Option<String>,
     /// With --metrics-listen: after the summary, keep serving the metrics until SIGINT or
     /// SIGTERM (so that a scraper reads the final figures).
     #[arg(long, requires = "metrics_listen")]
@@ -312,6 +320,20 @@ fn parse_share(s: &str) -> Result<f64, String> {
         Ok(share)
     } else {
         Err(format!("{share} is not between 0 and 1"))
+    }
+}
+
+impl Cli {
+    /// Where to export traces, and as which service, if the command exports them.
+    pub fn otlp(&self) -> Option<(&str, String)> {
+        match &self.command {
+            Command::Run(args) => args.otlp.as_deref().map(|url| (url, "pizzeria".to_owned())),
+            Command::Service(args) => args
+                .otlp
+                .as_deref()
+                .map(|url| (url, format!("pizzeria-{}", args.name.as_str()))),
+            _ => None,
+        }
     }
 }
 

@@ -55,7 +55,10 @@ pub struct ErrorBody {
 /// The front desk's router: `POST /orders`, `GET /orders/{id}`.
 pub fn app(front_desk: FrontDesk) -> Router {
     Router::new()
-        .route("/orders", post(place_order))
+        .route(
+            "/orders",
+            post(place_order).layer(axum::middleware::from_fn(traced)),
+        )
         .route("/orders/{id}", get(order_status))
         .fallback(|| async {
             refuse(
@@ -65,6 +68,25 @@ pub fn app(front_desk: FrontDesk) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(front_desk)
+}
+
+/// Runs a `POST /orders` in a span of its own, the root of the order's trace: what the front
+/// desk sends (an event, requests, calls) carries it to every service that handles the order
+/// (docs/observability.md). Every style's front desk uses it.
+pub(crate) async fn traced(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let span = tracing::info_span!(
+        "POST /orders",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/orders",
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then waits for open requests;

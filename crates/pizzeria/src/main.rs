@@ -5,15 +5,12 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use pizzeria::cli::{Cli, execute};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     // The lab's blocking probe measures what one thread does: it gets a current-thread
     // runtime, so the threads it counts are its own.
     let mut builder = if matches!(cli.command, pizzeria::cli::Command::LabProbe(_)) {
@@ -28,7 +25,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli)) {
+    // Logs to stderr (RUST_LOG, default warn); with --otlp, spans at info and above to the
+    // OTLP endpoint as well.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")));
+    let otel = match cli.otlp() {
+        None => None,
+        Some((endpoint, service)) => {
+            let _runtime = runtime.enter();
+            match tabgrab::telemetry::Otel::install(endpoint, &service) {
+                Ok(otel) => {
+                    eprintln!("traces to {endpoint} (OTLP/gRPC) as service {service}");
+                    Some(otel)
+                }
+                Err(e) => {
+                    eprintln!("pizzeria: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let traces = otel.as_ref().map(|otel| {
+        otel.layer()
+            .with_filter(tabgrab::telemetry::Otel::filter(&["pizzeria"]))
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
+    let result = runtime.block_on(execute(cli));
+    // The last batch of spans, exported while the runtime still runs.
+    if let Some(otel) = otel
+        && let Err(e) = otel.shutdown()
+    {
+        eprintln!("pizzeria: {e}");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pizzeria: {e}");

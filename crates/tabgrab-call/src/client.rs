@@ -144,14 +144,24 @@ impl Client {
         request: &R,
         options: CallOptions,
     ) -> Result<R::Response, CallError> {
-        let envelope = Envelope::new(self.source.as_ref(), request).map_err(|e| {
-            CallError::new(
-                e.kind(),
-                self.service.clone(),
-                R::TYPE,
-                e.message().to_owned(),
-            )
-        })?;
+        let span = tracing::info_span!(
+            "call",
+            otel.name = R::TYPE,
+            otel.kind = "client",
+            rpc.system = "tabgrab",
+            rpc.service = %self.service,
+            rpc.method = R::TYPE,
+        );
+        let envelope = span
+            .in_scope(|| Envelope::new(self.source.as_ref(), request))
+            .map_err(|e| {
+                CallError::new(
+                    e.kind(),
+                    self.service.clone(),
+                    R::TYPE,
+                    e.message().to_owned(),
+                )
+            })?;
         let call = Call {
             service: self.service.clone(),
             kind: if R::IS_COMMAND {
@@ -164,7 +174,7 @@ impl Client {
             idempotency_key: options.idempotency_key,
         };
         let at = std::time::Instant::now();
-        let result = self.stack.call(call).await;
+        let result = tracing::Instrument::instrument(self.stack.call(call), span).await;
         self.record(
             R::TYPE,
             at.elapsed(),
@@ -382,8 +392,17 @@ where
         }
     }
 
-    /// One attempt: the breaker's gate, the attempt timeout, the transport.
+    /// One attempt: the breaker's gate, the attempt timeout, the transport. None once the
+    /// deadline has passed: the deadline's timer around the retries does not stop that on its
+    /// own, because a task woken late (a loaded machine) finds the backoff's sleep and the
+    /// deadline both expired, and `timeout_at` polls the attempts before its timer.
     async fn attempt(&self, call: Call) -> Result<Bytes, CallError> {
+        if call
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return Err(crate::deadline::expired(&call.service, &call.envelope.ty));
+        }
         let pending = Pending::admit(&self.breaker, &call)?;
         let result = match self.attempt_timeout {
             None => self.send(call).await,

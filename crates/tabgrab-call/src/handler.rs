@@ -347,8 +347,16 @@ impl Handlers {
         idempotency_key: Option<String>,
     ) -> impl Future<Output = Result<Bytes, ServeError>> + Send + 'static {
         let at = std::time::Instant::now();
-        let started = self.start(envelope, deadline, idempotency_key);
-        async move {
+        let span = tracing::info_span!(
+            "handle",
+            otel.name = %envelope.ty,
+            otel.kind = "server",
+            rpc.system = "tabgrab",
+            rpc.method = %envelope.ty,
+        );
+        tabgrab_core::telemetry::trace::continue_from(&span, envelope.traceparent.as_deref());
+        let started = span.in_scope(|| self.start(envelope, deadline, idempotency_key));
+        let work = async move {
             let Started {
                 work,
                 deadline,
@@ -373,7 +381,8 @@ impl Handlers {
                 Err(e) => record_failure(&ty, e.kind, at.elapsed()),
             }
             result
-        }
+        };
+        tracing::Instrument::instrument(work, span)
     }
 
     /// The checks of [`Handlers::dispatch`], and the handler's future.

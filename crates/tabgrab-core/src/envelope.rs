@@ -85,7 +85,8 @@ impl Envelope {
             datacontenttype: Some(JSON.to_owned()),
             correlationid: None,
             causationid: None,
-            traceparent: None,
+            // The span that makes the envelope, when traces are exported.
+            traceparent: crate::telemetry::trace::current(),
             replyto: None,
             deadline: None,
             extensions: BTreeMap::new(),

@@ -69,13 +69,17 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("| part | round | metrics off | metrics on (scraped every 1 s) | on / off |");
-    println!("|---|---|---|---|---|");
+    let receiver = Receiver::start();
+    println!(
+        "| part | round | off | metrics (scraped every 1 s) | metrics / off | metrics + traces \
+         | traces / off |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for part in ["events", "calls"] {
-        let (mut off_sum, mut on_sum) = (0.0, 0.0);
+        let mut sums = [0.0; 3];
         for round in 1..=rounds {
-            let mut figures = [0.0; 2];
-            for (i, mode) in ["off", "on"].into_iter().enumerate() {
+            let mut figures = [0.0; 3];
+            for (i, mode) in ["off", "metrics", "traces"].into_iter().enumerate() {
                 let out = Command::new(std::env::current_exe().unwrap())
                     .args([
                         "--child",
@@ -84,6 +88,7 @@ fn main() {
                         &events.to_string(),
                         &seconds.to_string(),
                     ])
+                    .arg(&receiver.url)
                     .output()
                     .unwrap();
                 assert!(
@@ -92,38 +97,104 @@ fn main() {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 figures[i] = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+                sums[i] += figures[i];
             }
-            off_sum += figures[0];
-            on_sum += figures[1];
             println!(
-                "| {part}/s | {round} | {:.0} | {:.0} | {:.2} |",
+                "| {part}/s | {round} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
                 figures[0],
                 figures[1],
-                figures[1] / figures[0]
+                figures[1] / figures[0],
+                figures[2],
+                figures[2] / figures[0]
             );
         }
+        let n = f64::from(rounds);
         println!(
-            "| {part}/s | mean | {:.0} | {:.0} | **{:.2}** |",
-            off_sum / f64::from(rounds),
-            on_sum / f64::from(rounds),
-            on_sum / off_sum
+            "| {part}/s | mean | {:.0} | {:.0} | **{:.2}** | {:.0} | **{:.2}** |",
+            sums[0] / n,
+            sums[1] / n,
+            sums[1] / sums[0],
+            sums[2] / n,
+            sums[2] / sums[0]
         );
+    }
+    println!(
+        "spans received over OTLP: {}",
+        receiver.spans.load(Ordering::Relaxed)
+    );
+}
+
+/// An OTLP/gRPC trace receiver that counts spans and keeps nothing, on a thread of its own.
+struct Receiver {
+    url: String,
+    spans: Arc<AtomicU64>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let spans = Arc::new(AtomicU64::new(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let counter = Counter(Arc::clone(&spans));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(counter))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await
+                    .unwrap();
+            });
+        });
+        Receiver { url, spans }
+    }
+}
+
+struct Counter(Arc<AtomicU64>);
+
+type ExportRequest = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+type ExportResponse = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Counter
+{
+    async fn export(
+        &self,
+        request: tonic::Request<ExportRequest>,
+    ) -> Result<tonic::Response<ExportResponse>, tonic::Status> {
+        let spans: usize = request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportResponse::default()))
     }
 }
 
 /// One measurement; prints its figure on stdout.
 fn child(args: &[String]) {
-    let on = args[0] == "on";
+    let mode = args[0].as_str();
     let part = args[1].as_str();
     let events: u64 = args[2].parse().unwrap();
     let seconds: u64 = args[3].parse().unwrap();
+    let receiver = args[4].as_str();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let scraping = on.then(|| {
+    let otel = runtime.block_on(async {
+        let scraping = (mode != "off").then(|| {
             let metrics = tabgrab::telemetry::Prometheus::install().unwrap();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -132,6 +203,18 @@ fn child(args: &[String]) {
                     std::hint::black_box(metrics.render());
                 }
             })
+        });
+        let otel = (mode == "traces").then(|| {
+            use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let otel = tabgrab::telemetry::Otel::install(receiver, "telemetry-overhead").unwrap();
+            tracing_subscriber::registry()
+                .with(tracing_subscriber::Layer::with_filter(
+                    otel.layer(),
+                    tabgrab::telemetry::Otel::filter(&[]),
+                ))
+                .init();
+            otel
         });
         let figure = match part {
             "events" => events_per_s(events).await,
@@ -142,7 +225,11 @@ fn child(args: &[String]) {
             task.abort();
         }
         println!("{figure:.1}");
+        otel
     });
+    if let Some(otel) = otel {
+        otel.shutdown().unwrap();
+    }
 }
 
 async fn events_per_s(events: u64) -> f64 {

@@ -150,7 +150,10 @@ impl Waiter {
 /// The front desk's router: `POST /orders`, `GET /orders/{id}`.
 pub fn app(waiter: Waiter) -> Router {
     Router::new()
-        .route("/orders", post(place_order))
+        .route(
+            "/orders",
+            post(place_order).layer(axum::middleware::from_fn(crate::http::traced)),
+        )
         .route("/orders/{id}", get(order_status))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::http::MAX_BODY_BYTES,

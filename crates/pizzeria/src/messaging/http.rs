@@ -20,7 +20,10 @@ use crate::order::OrderRequest;
 /// The router: `POST /orders`, `GET /orders/{id}`.
 pub fn app(front_desk: FrontDesk) -> Router {
     Router::new()
-        .route("/orders", post(place_order))
+        .route(
+            "/orders",
+            post(place_order).layer(axum::middleware::from_fn(crate::http::traced)),
+        )
         .route("/orders/{id}", get(order_status))
         .fallback(|| async {
             refuse(

@@ -16,6 +16,7 @@
 //! components register as [`Source`]s and are read when metrics are rendered ([`collect`]).
 
 mod collect;
+pub mod trace;
 
 pub use collect::{Labels, Samples, Source, collect, register, retire};
 

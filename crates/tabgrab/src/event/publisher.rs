@@ -125,8 +125,24 @@ impl Publisher {
         event: &E,
         subject: impl Into<String>,
     ) -> Result<Receipt, Error> {
-        let envelope = self.envelope(event, subject)?;
-        self.publish_envelope(&envelope).await
+        let span = self.publish_span();
+        let envelope = span.in_scope(|| self.envelope(event, subject))?;
+        span.record("messaging.message.id", envelope.id.as_str());
+        tracing::Instrument::instrument(self.publish_envelope(&envelope), span).await
+    }
+
+    /// The span of one publish (OpenTelemetry messaging conventions); the envelope made in it
+    /// carries its context.
+    fn publish_span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("send {}", self.topic),
+            otel.kind = "producer",
+            messaging.system = self.metrics.labels[0].1.as_str(),
+            messaging.destination.name = %self.topic,
+            messaging.operation.type = "send",
+            messaging.message.id = tracing::field::Empty,
+        )
     }
 
     /// Publishes `event` as an effect of `cause`: same subject, causation and correlation set.
@@ -135,9 +151,13 @@ impl Publisher {
         event: &E,
         cause: &Envelope,
     ) -> Result<Receipt, Error> {
-        let mut envelope = Envelope::new(&*self.source, event)?.caused_by(cause);
+        let span = self.publish_span();
+        let mut envelope = span
+            .in_scope(|| Envelope::new(&*self.source, event))?
+            .caused_by(cause);
         envelope.subject.clone_from(&cause.subject);
-        self.publish_envelope(&envelope).await
+        span.record("messaging.message.id", envelope.id.as_str());
+        tracing::Instrument::instrument(self.publish_envelope(&envelope), span).await
     }
 
     /// Publishes a prepared envelope; returns once it is durable.

@@ -926,8 +926,30 @@ impl Group {
                 // Not started: left pending, so it is redelivered after a restart.
                 return;
             }
-            self.deliver(job).await;
+            // The handler's span continues the trace the event carries; retries and the dead
+            // letter are events on it.
+            let span = self.process_span(&job.envelope);
+            tracing::Instrument::instrument(self.deliver(job), span).await;
         }
+    }
+
+    /// The span of handling `envelope` (OpenTelemetry messaging conventions), a child of the
+    /// span that made it.
+    fn process_span(&self, envelope: &Envelope) -> tracing::Span {
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", self.topic),
+            otel.kind = "consumer",
+            messaging.system = self.labels[0].1.as_str(),
+            messaging.destination.name = %self.topic,
+            messaging.consumer.group.name = %self.name,
+            messaging.operation.type = "process",
+            messaging.message.id = %envelope.id,
+            messaging.message.conversation_id = envelope.correlationid.as_deref(),
+            cloudevents.event_type = %envelope.ty,
+        );
+        tabgrab_core::telemetry::trace::continue_from(&span, envelope.traceparent.as_deref());
+        span
     }
 
     /// Runs the handler with retries; ends with the job done, or pending if cancelled.
@@ -1011,7 +1033,8 @@ impl Group {
                 "max_deliveries"
             } else {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(topic = %self.topic, group = %self.name, offset = job.offset, attempt, %error, "handler failed; retrying");
+                // At info: an event on the handler's span in exported traces.
+                tracing::info!(topic = %self.topic, group = %self.name, offset = job.offset, attempt, %error, "handler failed; retrying");
                 // Boxed, like the dead letter below: rare paths whose futures would otherwise
                 // make every lane task larger than the allocator's small sizes (see `lane`).
                 let wait = async {

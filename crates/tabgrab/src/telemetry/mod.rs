@@ -25,10 +25,14 @@
 //! happen. Every attribute is bounded (no message ids, no subjects).
 
 mod health;
+#[cfg(feature = "otel")]
+mod otel;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 
 pub use health::{CheckResult, Health, Readiness};
+#[cfg(feature = "otel")]
+pub use otel::Otel;
 #[cfg(feature = "prometheus")]
 pub use prometheus::{Prometheus, router};
 pub use tabgrab_core::telemetry as names;

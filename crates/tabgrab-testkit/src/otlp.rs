@@ -1,0 +1,106 @@
+//! An OTLP/gRPC trace receiver tabgrab did not write, for tests of exported traces: Python
+//! on the official `opentelemetry-proto` definitions (crates/tabgrab/tests/interop/
+//! otlp_receiver.py), killed by PID when dropped. Each received span is one JSON object:
+//! `trace_id`, `span_id`, `parent_span_id` (hex, empty for a root), `name`, `kind`
+//! (`SPAN_KIND_CONSUMER`, …), `service`, `attributes`, `events` (`name`, `attributes`).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running receiver on a free loopback port.
+#[derive(Debug)]
+pub struct Receiver {
+    child: Child,
+    port: u16,
+    spans: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The venv's Python if it can import grpcio and opentelemetry-proto (`.ci/run` installs
+/// them): `TABGRAB_PYTHON`, else `$HOME/.cache/tabgrab-venv/bin/python`. When it cannot:
+/// panics under `TABGRAB_REQUIRE_SERVICES=1`, otherwise prints why the test is skipped and
+/// returns `None`.
+pub fn python() -> Option<PathBuf> {
+    let python = std::env::var_os("TABGRAB_PYTHON").map_or_else(
+        || {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/tabgrab-venv/bin/python")
+        },
+        PathBuf::from,
+    );
+    let usable = Command::new(&python)
+        .args([
+            "-c",
+            "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if usable {
+        return Some(python);
+    }
+    let reason = format!(
+        "{} cannot import grpc and opentelemetry-proto",
+        python.display()
+    );
+    assert!(
+        !crate::services::required(),
+        "{reason}, and {}=1 requires them (.ci/run installs them)",
+        crate::services::REQUIRE_ENV
+    );
+    eprintln!("SKIPPED: {reason}; pip install grpcio opentelemetry-proto into the venv");
+    None
+}
+
+impl Receiver {
+    /// Starts a receiver (`None`: skipped, see [`python`]).
+    pub fn start() -> Option<Receiver> {
+        let python = python()?;
+        let dir = tempfile::tempdir().ok()?;
+        let spans = dir.path().join("spans.jsonl");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tabgrab/tests/interop/otlp_receiver.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(&spans)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the OTLP receiver starts");
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = BufReader::new(stdout).read_line(&mut line);
+        }
+        let port = line
+            .strip_prefix("port ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the OTLP receiver did not say its port: {line:?}"));
+        Some(Receiver {
+            child,
+            port,
+            spans,
+            _dir: dir,
+        })
+    }
+
+    /// Its OTLP/gRPC endpoint (`http://127.0.0.1:PORT`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The spans received so far, one JSON line each.
+    pub fn span_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.spans)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
