@@ -139,7 +139,7 @@ impl Publisher {
             otel.name = %format_args!("send {}", self.topic),
             otel.kind = "producer",
             messaging.system = self.metrics.labels[0].1.as_str(),
-            messaging.destination.name = %self.topic,
+            messaging.destination.name = &*self.topic,
             messaging.operation.type = "send",
             messaging.message.id = tracing::field::Empty,
         )

@@ -941,12 +941,12 @@ impl Group {
             otel.name = %format_args!("process {}", self.topic),
             otel.kind = "consumer",
             messaging.system = self.labels[0].1.as_str(),
-            messaging.destination.name = %self.topic,
-            messaging.consumer.group.name = %self.name,
+            messaging.destination.name = &*self.topic,
+            messaging.consumer.group.name = &*self.name,
             messaging.operation.type = "process",
-            messaging.message.id = %envelope.id,
+            messaging.message.id = envelope.id.as_str(),
             messaging.message.conversation_id = envelope.correlationid.as_deref(),
-            cloudevents.event_type = %envelope.ty,
+            cloudevents.event_type = envelope.ty.as_str(),
         );
         tabgrab_core::telemetry::trace::continue_from(&span, envelope.traceparent.as_deref());
         span

@@ -60,7 +60,18 @@ impl Otel {
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
-        tracing_opentelemetry::layer().with_tracer(self.tracer.clone())
+        // Per span, only what the conventions ask for: no timings of every poll (two clock
+        // reads per enter and exit of an instrumented future), no source location, thread
+        // or level attributes, no OpenTelemetry context attached on every enter (tabgrab reads
+        // a span's context from the span itself).
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer.clone())
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            .with_context_activation(false)
     }
 
     /// A filter for [`Otel::layer`]: tabgrab's spans and events at info and above, and
