@@ -30,6 +30,7 @@ impl Otel {
     /// Exports spans to the OTLP/gRPC `endpoint` (e.g. `http://127.0.0.1:4317`) as
     /// `service`. Must be called inside a tokio runtime (the batches are sent from a task).
     pub fn install(endpoint: &str, service: &str) -> Result<Otel, Error> {
+        check_endpoint(endpoint)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
@@ -109,6 +110,32 @@ impl Otel {
     }
 }
 
+/// An endpoint the exporter can use: `http://host:port`, said plainly when it is not.
+fn check_endpoint(endpoint: &str) -> Result<(), Error> {
+    let authority = endpoint
+        .strip_prefix("http://")
+        .map(|rest| rest.strip_suffix('/').unwrap_or(rest))
+        .unwrap_or_default();
+    if !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@'])
+        && !authority.contains(char::is_whitespace)
+    {
+        return Ok(());
+    }
+    let why = if endpoint.starts_with("https://") {
+        "TLS to the collector is not supported yet; reach it over http://"
+    } else {
+        "give it as http://host:port (OTLP over gRPC, usually port 4317)"
+    };
+    Err(Error::new(
+        ErrorKind::Malformed,
+        format!(
+            "the OTLP endpoint {} cannot be used: {why}",
+            tabgrab_core::SecretUrl::new(endpoint)
+        ),
+    ))
+}
+
 /// W3C trace context between `tracing` spans and envelopes' `traceparent`.
 struct W3c;
 
@@ -159,6 +186,29 @@ fn parse(traceparent: &str) -> Option<SpanContext> {
 #[cfg(test)]
 mod tests {
     use super::parse;
+
+    #[test]
+    fn endpoints_are_http_host_and_port() {
+        for good in [
+            "http://127.0.0.1:4317",
+            "http://collector:4317/",
+            "http://[::1]:4317",
+        ] {
+            assert!(super::check_endpoint(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "notaurl",
+            "127.0.0.1:4317",
+            "https://collector:4317",
+            "http://",
+            "http://collector:4317/v1/traces",
+            "http://user:secret@collector:4317",
+        ] {
+            let error = super::check_endpoint(bad).unwrap_err();
+            assert_eq!(error.kind(), crate::ErrorKind::Malformed, "{bad}");
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
+    }
 
     #[test]
     fn traceparents_are_read_and_bad_ones_refused() {
