@@ -1,6 +1,8 @@
 //! Metrics as Prometheus reads them, from the library's own components on the embedded bus:
 //! a consumer group's lag, outcomes, durations and dead letters by reason; a requester's
-//! requests and replies; figures that outlive a stopped member. The HTTP endpoint and a real
+//! requests and replies; figures that outlive a stopped member; calls at both ends and a
+//! breaker that opens; the outbox relay (rows relayed, their lag, the backlog) and an inbox's
+//! duplicates. The HTTP endpoint and a real
 //! Prometheus server are tested with the pizzeria (crates/pizzeria/tests/metrics.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -421,4 +423,71 @@ async fn calls_at_the_client_and_the_server() {
     );
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_relay_and_the_inbox() {
+    let metrics = Prometheus::install().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("app.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let outbox = tabgrab::Outbox::sqlite_table(pool.clone(), "metered_outbox")
+        .await
+        .unwrap();
+    let events: Vec<tabgrab::Envelope> = (0..20)
+        .map(|n| {
+            tabgrab::Envelope::raw(
+                "/test",
+                "test.thing.happened.v1",
+                format!("{{\"n\":{n}}}").into(),
+            )
+            .with_subject(format!("s-{}", n % 3))
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    for event in &events {
+        outbox.stage(&mut tx, "things", event).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let relay = outbox.relay(&bus).start();
+    let table = [("tabgrab_outbox_table", "metered_outbox")];
+    until_value(&metrics, "tabgrab_outbox_relayed_total", &table, 20.0).await;
+    // Every relayed row's lag is measured; the relay's next empty round says the backlog is 0.
+    let text = metrics.render();
+    assert_eq!(
+        value(&text, "tabgrab_outbox_relay_lag_seconds_count", &table),
+        Some(20.0)
+    );
+    outbox.notify();
+    until_value(&metrics, "tabgrab_outbox_backlog", &table, 0.0).await;
+    relay.shutdown().await.unwrap();
+
+    // The inbox: a second delivery of the same event is absorbed, and counted.
+    let inbox = tabgrab::Inbox::sqlite(pool.clone(), "metered")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let mut tx = pool.begin().await.unwrap();
+        inbox.record(&mut tx, &events[0]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let text = metrics.render();
+    assert_eq!(
+        value(
+            &text,
+            "tabgrab_inbox_duplicates_total",
+            &[("messaging_consumer_group_name", "metered")]
+        ),
+        Some(1.0)
+    );
+    bus.close().await.unwrap();
 }
