@@ -17,7 +17,7 @@ pub struct Endpoint {
     /// The address it listens on.
     pub addr: SocketAddr,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 /// Installs the Prometheus recorder, binds `listen` and serves the endpoint with `health`'s
@@ -50,15 +50,20 @@ pub async fn start(listen: SocketAddr, health: Health) -> Result<Endpoint, Error
             .into_future(),
     );
     eprintln!("metrics on http://{addr}/metrics, health on http://{addr}/healthz and /readyz");
-    Ok(Endpoint { addr, stop, task })
+    Ok(Endpoint {
+        addr,
+        stop,
+        task: Some(task),
+    })
 }
 
 impl Endpoint {
     /// Stops serving and waits for open scrapes to finish.
     pub async fn stop(mut self) {
         self.stop.cancel();
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async { Ok(()) }));
-        if let Ok(Err(e)) = task.await {
+        if let Some(task) = self.task.take()
+            && let Ok(Err(e)) = task.await
+        {
             eprintln!("the metrics endpoint failed: {e}");
         }
     }

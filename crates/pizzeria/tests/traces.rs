@@ -34,8 +34,7 @@ fn run(style: &str, receiver: &Receiver, dir: &Path, args: &[&str]) -> Value {
 /// The spans received so far, by trace id.
 fn traces(receiver: &Receiver) -> HashMap<String, Vec<Value>> {
     let mut traces: HashMap<String, Vec<Value>> = HashMap::new();
-    for line in receiver.span_lines() {
-        let span: Value = serde_json::from_str(&line).unwrap();
+    for span in receiver.spans() {
         traces
             .entry(span["trace_id"].as_str().unwrap().to_owned())
             .or_default()

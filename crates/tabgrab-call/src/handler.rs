@@ -355,6 +355,12 @@ impl Handlers {
             rpc.method = %envelope.ty,
         );
         tabgrab_core::telemetry::trace::continue_from(&span, envelope.traceparent.as_deref());
+        // The method of a refused call: its type when a handler is registered for it (the
+        // registered name, no allocation), `_OTHER` for a type a caller made up.
+        let method = self
+            .entries
+            .get_key_value(envelope.ty.as_str())
+            .map_or("_OTHER", |(ty, _)| *ty);
         let started = span.in_scope(|| self.start(envelope, deadline, idempotency_key));
         let work = async move {
             let Started {
@@ -362,7 +368,7 @@ impl Handlers {
                 deadline,
                 ty,
                 duration,
-            } = started.inspect_err(|e| record_failure("_OTHER", e.kind, at.elapsed()))?;
+            } = started.inspect_err(|e| record_failure(method, e.kind, at.elapsed()))?;
             let result = match deadline {
                 None => work.await,
                 Some(deadline) => match tokio::time::timeout_at(deadline, work).await {

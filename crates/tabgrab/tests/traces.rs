@@ -30,12 +30,7 @@ async fn a_retry_and_a_dead_letter_are_events_on_the_handlings_span() {
     let Some(receiver) = Receiver::start() else {
         return;
     };
-    let otel = Otel::install(&receiver.endpoint(), "traces-test").unwrap();
-    let subscriber = tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
-        otel.layer(),
-        Otel::filter(&[env!("CARGO_CRATE_NAME")]),
-    ));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let otel = traced(&receiver.endpoint(), "traces-test");
 
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(dir.path()).unwrap();
@@ -71,16 +66,7 @@ async fn a_retry_and_a_dead_letter_are_events_on_the_handlings_span() {
     }
     subscription.shutdown().await.unwrap();
     bus.close().await.unwrap();
-    tokio::task::spawn_blocking(move || otel.shutdown())
-        .await
-        .unwrap()
-        .unwrap();
-
-    let spans: Vec<Value> = receiver
-        .span_lines()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let spans = exported(otel, &receiver).await;
     let root = spans.iter().find(|s| s["name"] == "order").unwrap();
     let handling = |id: &str| {
         spans
@@ -139,6 +125,16 @@ impl tabgrab::Command for Charge {
     type Response = Charged;
 }
 tabgrab::request!(command Charge);
+
+/// Exports what `otel` still holds (off the runtime's threads, as `Otel::shutdown` asks) and
+/// returns every span `receiver` got.
+async fn exported(otel: Otel, receiver: &Receiver) -> Vec<Value> {
+    tokio::task::spawn_blocking(move || otel.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    receiver.spans()
+}
 
 /// Installs the exporter and a subscriber with its layer only.
 fn traced(endpoint: &str, service: &str) -> Otel {
@@ -268,16 +264,7 @@ async fn a_reply_handled_after_the_requester_died_continues_its_trace() {
     node.shutdown().await.unwrap();
     responder.shutdown().await.unwrap();
     bus.close().await.unwrap();
-    tokio::task::spawn_blocking(move || otel.shutdown())
-        .await
-        .unwrap()
-        .unwrap();
-
-    let spans: Vec<Value> = receiver
-        .span_lines()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let spans = exported(otel, &receiver).await;
     let of_group = |group: &str| -> Vec<&Value> {
         spans
             .iter()

@@ -37,8 +37,3 @@ pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
         tracer.set_parent(span, traceparent);
     }
 }
-
-/// Whether a tracer is installed (components skip making spans' attributes otherwise).
-pub fn enabled() -> bool {
-    TRACER.get().is_some()
-}

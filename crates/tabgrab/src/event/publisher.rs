@@ -25,6 +25,8 @@ pub struct Publisher {
 
 /// A publisher's metric handles.
 struct PublishMetrics {
+    /// The engine as `messaging.system` names it.
+    system: &'static str,
     labels: Labels,
     sent: metrics::Counter,
     duration: metrics::Histogram,
@@ -32,14 +34,13 @@ struct PublishMetrics {
 
 impl PublishMetrics {
     fn new(backend: &dyn Backend, topic: &Topic) -> PublishMetrics {
+        let system = names::messaging_system(backend.name());
         let labels: Labels = vec![
-            (
-                names::SYSTEM,
-                names::messaging_system(backend.name()).to_owned(),
-            ),
+            (names::SYSTEM, system.to_owned()),
             (names::DESTINATION, topic.to_string()),
         ];
         PublishMetrics {
+            system,
             sent: metrics::counter!(names::SENT, &labels),
             duration: metrics::histogram!(names::OPERATION_DURATION, &labels),
             labels,
@@ -138,7 +139,7 @@ impl Publisher {
             "publish",
             otel.name = %format_args!("send {}", self.topic),
             otel.kind = "producer",
-            messaging.system = self.metrics.labels[0].1.as_str(),
+            messaging.system = self.metrics.system,
             messaging.destination.name = &*self.topic,
             messaging.operation.type = "send",
             messaging.message.id = tracing::field::Empty,

@@ -354,17 +354,16 @@ impl SubscriptionBuilder {
             untyped_as: self.options.untyped_as.clone(),
         };
         let joining = Arc::clone(&backend).subscribe(request.clone());
+        let system = names::messaging_system(backend.name());
         let labels: Labels = vec![
-            (
-                names::SYSTEM,
-                names::messaging_system(backend.name()).to_owned(),
-            ),
+            (names::SYSTEM, system.to_owned()),
             (names::DESTINATION, topic.to_string()),
             (names::GROUP, self.group.clone()),
         ];
         let group = Arc::new(Group {
             processed: metrics::histogram!(names::PROCESS_DURATION, &labels),
             labels,
+            system,
             in_flight: Arc::new(Semaphore::new(self.options.max_in_flight)),
             running: Arc::new(Semaphore::new(self.options.concurrency)),
             bus: self.bus,
@@ -612,6 +611,8 @@ pub(crate) struct Group {
     dispatcher: Mutex<Option<JoinHandle<Result<(), Error>>>>,
     /// The group's metric attributes (engine, topic, group).
     labels: Labels,
+    /// The engine as `messaging.system` names it.
+    system: &'static str,
     /// Handler durations of successful runs (failures' are taken when they happen).
     processed: metrics::Histogram,
 }
@@ -940,7 +941,7 @@ impl Group {
             "process",
             otel.name = %format_args!("process {}", self.topic),
             otel.kind = "consumer",
-            messaging.system = self.labels[0].1.as_str(),
+            messaging.system = self.system,
             messaging.destination.name = &*self.topic,
             messaging.consumer.group.name = &*self.name,
             messaging.operation.type = "process",
