@@ -152,10 +152,14 @@ pub struct ServiceArgs {
     /// printed at start).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Export traces over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317 (a
+    /// Export traces and metrics over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317 (a
     /// collector, Jaeger, Tempo): one trace per order, through every service.
     #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp: Option<String>,
+    /// With --otlp: the share of new traces to keep, 0 to 1 (default: OTEL_TRACES_SAMPLER if
+    /// set, else 0.01); a service keeps the decision an order's messages carry.
+    #[arg(long, value_name = "SHARE", requires = "otlp", value_parser = parse_share)]
+    pub trace_sample: Option<f64>,
 }
 
 /// Options of `pizzeria bench`.
@@ -256,10 +260,14 @@ pub struct RunArgs {
     /// at start).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Export traces over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317 (a
+    /// Export traces and metrics over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317 (a
     /// collector, Jaeger, Tempo): one trace per order, from POST /orders to its last handler.
     #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp: Option<String>,
+    /// With --otlp: the share of new traces to keep, 0 to 1 (default: OTEL_TRACES_SAMPLER if
+    /// set, else 0.01); a service keeps the decision an order's messages carry.
+    #[arg(long, value_name = "SHARE", requires = "otlp", value_parser = parse_share)]
+    pub trace_sample: Option<f64>,
     /// With --metrics-listen: after the summary, keep serving the metrics until SIGINT or
     /// SIGTERM (so that a scraper reads the final figures).
     #[arg(long, requires = "metrics_listen")]
@@ -324,14 +332,21 @@ fn parse_share(s: &str) -> Result<f64, String> {
 }
 
 impl Cli {
-    /// Where to export traces, and as which service, if the command exports them.
-    pub fn otlp(&self) -> Option<(&str, String)> {
+    /// Where to export traces, as which service and with which sampling, if the command
+    /// exports them.
+    pub fn otlp(&self) -> Option<(&str, String, Option<f64>)> {
         match &self.command {
-            Command::Run(args) => args.otlp.as_deref().map(|url| (url, "pizzeria".to_owned())),
-            Command::Service(args) => args
+            Command::Run(args) => args
                 .otlp
                 .as_deref()
-                .map(|url| (url, format!("pizzeria-{}", args.name.as_str()))),
+                .map(|url| (url, "pizzeria".to_owned(), args.trace_sample)),
+            Command::Service(args) => args.otlp.as_deref().map(|url| {
+                (
+                    url,
+                    format!("pizzeria-{}", args.name.as_str()),
+                    args.trace_sample,
+                )
+            }),
             _ => None,
         }
     }

@@ -32,11 +32,27 @@ fn main() -> ExitCode {
         .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")));
     let otel = match cli.otlp() {
         None => None,
-        Some((endpoint, service)) => {
+        Some((endpoint, service, sample)) => {
             let _runtime = runtime.enter();
-            match tabgrab::telemetry::Otel::install(endpoint, &service) {
+            let mut otel = tabgrab::telemetry::Otel::builder(endpoint).service(&service);
+            if let Some(share) = sample {
+                otel = otel.sampling(share);
+            }
+            match otel.install() {
                 Ok(otel) => {
-                    eprintln!("traces to {endpoint} (OTLP/gRPC) as service {service}");
+                    let kept = match sample {
+                        Some(share) => format!("keeping {} % of new traces", share * 100.0),
+                        None if std::env::var_os("OTEL_TRACES_SAMPLER").is_some() => {
+                            "sampled as OTEL_TRACES_SAMPLER says".to_owned()
+                        }
+                        None => format!(
+                            "keeping {} % of new traces (--trace-sample 1 keeps every one)",
+                            tabgrab::telemetry::DEFAULT_RATIO * 100.0
+                        ),
+                    };
+                    eprintln!(
+                        "traces and metrics to {endpoint} (OTLP/gRPC) as service {service}, {kept}"
+                    );
                     Some(otel)
                 }
                 Err(e) => {

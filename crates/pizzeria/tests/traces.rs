@@ -17,7 +17,7 @@ use tabgrab_testkit::otlp::Receiver;
 fn run(style: &str, receiver: &Receiver, dir: &Path, args: &[&str]) -> Value {
     let output = pizzeria()
         .args(["run", "--style", style, "--orders", "12", "--json"])
-        .args(["--otlp", &receiver.endpoint()])
+        .args(["--otlp", &receiver.endpoint(), "--trace-sample", "1"])
         .args(args)
         .arg("--data-dir")
         .arg(dir.join(style))

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tabgrab_core::telemetry::trace::{Kind, Parent, Span, Start, Value};
 use tabgrab_core::{Envelope, ErrorKind, Request};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
@@ -144,14 +145,16 @@ impl Client {
         request: &R,
         options: CallOptions,
     ) -> Result<R::Response, CallError> {
-        let span = tracing::info_span!(
-            "call",
-            otel.name = R::TYPE,
-            otel.kind = "client",
-            rpc.system = "tabgrab",
-            rpc.service = %self.service,
-            rpc.method = R::TYPE,
-        );
+        let span = Span::start(Start {
+            kind: Kind::Client,
+            parent: Parent::Current,
+            name: (R::TYPE, ""),
+            attributes: &[
+                ("rpc.system", Value::Str("tabgrab")),
+                ("rpc.service", Value::Str(&self.service)),
+                ("rpc.method", Value::Str(R::TYPE)),
+            ],
+        });
         let envelope = span
             .in_scope(|| Envelope::new(self.source.as_ref(), request))
             .map_err(|e| {
@@ -174,7 +177,7 @@ impl Client {
             idempotency_key: options.idempotency_key,
         };
         let at = std::time::Instant::now();
-        let result = tracing::Instrument::instrument(self.stack.call(call), span).await;
+        let result = span.instrument(self.stack.call(call)).await;
         self.record(
             R::TYPE,
             at.elapsed(),

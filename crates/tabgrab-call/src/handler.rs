@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use tabgrab_core::telemetry::trace::{Kind, Parent, Span, Start, Value};
 use tabgrab_core::{Codec, Envelope, Error, ErrorKind, Rejection, Request};
 use tokio::time::Instant;
 
@@ -347,14 +348,15 @@ impl Handlers {
         idempotency_key: Option<String>,
     ) -> impl Future<Output = Result<Bytes, ServeError>> + Send + 'static {
         let at = std::time::Instant::now();
-        let span = tracing::info_span!(
-            "handle",
-            otel.name = %envelope.ty,
-            otel.kind = "server",
-            rpc.system = "tabgrab",
-            rpc.method = %envelope.ty,
-        );
-        tabgrab_core::telemetry::trace::continue_from(&span, envelope.traceparent.as_deref());
+        let span = Span::start(Start {
+            kind: Kind::Server,
+            parent: Parent::Carried(envelope.traceparent.as_deref()),
+            name: (&envelope.ty, ""),
+            attributes: &[
+                ("rpc.system", Value::Str("tabgrab")),
+                ("rpc.method", Value::Str(&envelope.ty)),
+            ],
+        });
         // The method of a refused call: its type when a handler is registered for it (the
         // registered name, no allocation), `_OTHER` for a type a caller made up.
         let method = self
@@ -388,7 +390,7 @@ impl Handlers {
             }
             result
         };
-        tracing::Instrument::instrument(work, span)
+        span.instrument(work)
     }
 
     /// The checks of [`Handlers::dispatch`], and the handler's future.

@@ -1,8 +1,11 @@
-//! An OTLP/gRPC trace receiver tabgrab did not write, for tests of exported traces: Python
-//! on the official `opentelemetry-proto` definitions (crates/tabgrab/tests/interop/
+//! An OTLP/gRPC receiver tabgrab did not write, for tests of exported traces and metrics:
+//! Python on the official `opentelemetry-proto` definitions (crates/tabgrab/tests/interop/
 //! otlp_receiver.py), killed by PID when dropped. Each received span is one JSON object:
 //! `trace_id`, `span_id`, `parent_span_id` (hex, empty for a root), `name`, `kind`
-//! (`SPAN_KIND_CONSUMER`, …), `service`, `attributes`, `events` (`name`, `attributes`).
+//! (`SPAN_KIND_CONSUMER`, …), `service`, `attributes`, `events` (`name`, `attributes`). Each
+//! received metric data point is one too: `name`, `unit`, `type` (`sum`, `gauge`,
+//! `histogram`), `monotonic` and `cumulative` (sums), `service`, `attributes`, and `value`,
+//! or a histogram's `count`, `sum`, `bounds` and `bucket_counts`.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ pub struct Receiver {
     child: Child,
     port: u16,
     spans: PathBuf,
+    metrics: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -58,11 +62,13 @@ impl Receiver {
         let python = python()?;
         let dir = tempfile::tempdir().ok()?;
         let spans = dir.path().join("spans.jsonl");
+        let metrics = dir.path().join("metrics.jsonl");
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tabgrab/tests/interop/otlp_receiver.py");
         let mut child = Command::new(python)
             .arg(script)
             .arg(&spans)
+            .arg(&metrics)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -79,6 +85,7 @@ impl Receiver {
             child,
             port,
             spans,
+            metrics,
             _dir: dir,
         })
     }
@@ -90,12 +97,21 @@ impl Receiver {
 
     /// The spans received so far, in the order they arrived.
     pub fn spans(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.spans)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("the receiver writes JSON lines"))
-            .collect()
+        lines(&self.spans)
     }
+
+    /// The metric data points received so far, in the order they arrived.
+    pub fn metrics(&self) -> Vec<serde_json::Value> {
+        lines(&self.metrics)
+    }
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("the receiver writes JSON lines"))
+        .collect()
 }
 
 impl Drop for Receiver {

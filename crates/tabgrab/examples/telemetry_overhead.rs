@@ -1,12 +1,14 @@
-//! What metrics cost: events and calls with the Prometheus recorder installed and scraped
-//! every second, beside the same work with no recorder (what a user who installs none gets).
+//! What telemetry costs: events and calls with no recorder and no tracer (what a user who
+//! installs none gets), with the Prometheus recorder installed and scraped every second, with
+//! metrics and traces exported over OTLP at the default sampling
+//! (`tabgrab::telemetry::DEFAULT_RATIO` of new traces kept), and with every trace kept.
 //!
 //! ```sh
 //! cargo run --release -p tabgrab --example telemetry_overhead [-- ROUNDS EVENTS SECONDS]
 //! ```
 //!
 //! A recorder is process-wide and cannot be taken out again, so each measurement runs in a
-//! child process of this example, `off` and `on` alternating, `ROUNDS` times (default 3):
+//! child process of this example, the four modes in turn, `ROUNDS` times (default 3):
 //!
 //! - events: 256 concurrent publishers publish `EVENTS` (default 100,000) 200-byte events to
 //!   the embedded bus (each publish awaits its durable write), one subscription handles them;
@@ -14,7 +16,14 @@
 //! - calls: 64 concurrent callers call a tiny query over HTTP on loopback through tabgrab's
 //!   `Client` for `SECONDS` (default 5); calls/s.
 //!
-//! With `on`, a task renders `/metrics`' text every second, as a Prometheus scrape would.
+//! With metrics, a task renders `/metrics`' text every second, as a Prometheus scrape would;
+//! with traces, spans go over OTLP/gRPC to a receiver in this process that decodes and counts
+//! them, and metrics are exported over OTLP too (at the end of the run; `NO_OTLP_METRICS=1`
+//! leaves that export out). Besides throughput, each child reports its CPU time (user and
+//! system, all threads) per event or call: the events part runs 256 publishers against one
+//! subscription, whose throughput swings by a fifth from run to run as the subscription keeps
+//! up with the log's tail or falls behind it and reads the file, while the CPU time per event
+//! says more steadily what the telemetry itself costs.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::process::Command;
@@ -71,15 +80,20 @@ fn main() {
     );
     let receiver = Receiver::start();
     println!(
-        "| part | round | off | metrics (scraped every 1 s) | metrics / off | metrics + traces \
-         | traces / off |"
+        "| part | round | off | metrics | metrics / off | metrics + traces (default sampling) \
+         | / off | metrics + every trace | / off |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut cpu_rows = Vec::new();
     for part in ["events", "calls"] {
-        let mut sums = [0.0; 3];
+        let mut sums = [0.0; 4];
+        let mut cpu = [0.0; 4];
         for round in 1..=rounds {
-            let mut figures = [0.0; 3];
-            for (i, mode) in ["off", "metrics", "traces"].into_iter().enumerate() {
+            let mut figures = [0.0; 4];
+            for (i, mode) in ["off", "metrics", "traces", "all-traces"]
+                .into_iter()
+                .enumerate()
+            {
                 let out = Command::new(std::env::current_exe().unwrap())
                     .args([
                         "--child",
@@ -96,27 +110,53 @@ fn main() {
                     "{part} {mode}: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
-                figures[i] = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let mut numbers = stdout.split_whitespace().map(|n| n.parse::<f64>().unwrap());
+                figures[i] = numbers.next().unwrap();
+                cpu[i] += numbers.next().unwrap();
                 sums[i] += figures[i];
             }
             println!(
-                "| {part}/s | {round} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
+                "| {part}/s | {round} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} |",
                 figures[0],
                 figures[1],
                 figures[1] / figures[0],
                 figures[2],
-                figures[2] / figures[0]
+                figures[2] / figures[0],
+                figures[3],
+                figures[3] / figures[0]
             );
         }
         let n = f64::from(rounds);
         println!(
-            "| {part}/s | mean | {:.0} | {:.0} | **{:.2}** | {:.0} | **{:.2}** |",
+            "| {part}/s | mean | {:.0} | {:.0} | **{:.2}** | {:.0} | **{:.2}** | {:.0} | **{:.2}** |",
             sums[0] / n,
             sums[1] / n,
             sums[1] / sums[0],
             sums[2] / n,
-            sums[2] / sums[0]
+            sums[2] / sums[0],
+            sums[3] / n,
+            sums[3] / sums[0]
         );
+        cpu_rows.push(format!(
+            "| {part} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            cpu[0] / n,
+            cpu[1] / n,
+            cpu[2] / n,
+            cpu[3] / n
+        ));
+    }
+    println!();
+    println!(
+        "CPU time per event or call (µs, user and system, all threads of the measuring process; \
+         mean of the rounds):"
+    );
+    println!(
+        "| part | off | metrics | metrics + traces (default sampling) | metrics + every trace |"
+    );
+    println!("|---|---|---|---|---|");
+    for row in cpu_rows {
+        println!("{row}");
     }
     println!(
         "spans received over OTLP: {}",
@@ -204,10 +244,18 @@ fn child(args: &[String]) {
                 }
             })
         });
-        let otel = (mode == "traces").then(|| {
+        let otel = mode.ends_with("traces").then(|| {
             use tracing_subscriber::layer::SubscriberExt as _;
             use tracing_subscriber::util::SubscriberInitExt as _;
-            let otel = tabgrab::telemetry::Otel::install(receiver, "telemetry-overhead").unwrap();
+            let mut otel =
+                tabgrab::telemetry::Otel::builder(receiver).service("telemetry-overhead");
+            if mode == "all-traces" {
+                otel = otel.sampling(1.0);
+            }
+            if std::env::var_os("NO_OTLP_METRICS").is_some() {
+                otel = otel.metrics(None);
+            }
+            let otel = otel.install().unwrap();
             tracing_subscriber::registry()
                 .with(tracing_subscriber::Layer::with_filter(
                     otel.layer(),
@@ -216,15 +264,17 @@ fn child(args: &[String]) {
                 .init();
             otel
         });
-        let figure = match part {
-            "events" => events_per_s(events).await,
+        let cpu = cpu_seconds();
+        let (figure, units) = match part {
+            "events" => (events_per_s(events).await, events as f64),
             "calls" => calls_per_s(Duration::from_secs(seconds)).await,
             other => panic!("unknown part {other}"),
         };
+        let cpu_us = (cpu_seconds() - cpu) * 1e6 / units;
         if let Some(task) = scraping {
             task.abort();
         }
-        println!("{figure:.1}");
+        println!("{figure:.1} {cpu_us:.2}");
         otel
     });
     if let Some(otel) = otel {
@@ -282,7 +332,19 @@ async fn events_per_s(events: u64) -> f64 {
     rate
 }
 
-async fn calls_per_s(duration: Duration) -> f64 {
+/// The process's CPU time so far (user and system, all threads), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks (100 per second on Linux).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Calls per second, and the number of calls.
+async fn calls_per_s(duration: Duration) -> (f64, f64) {
     let handlers = Handlers::new()
         .handle(|q: Echo, _ctx: CallContext| async move { Ok::<_, HandlerError>(q.n) });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -320,5 +382,6 @@ async fn calls_per_s(duration: Duration) -> f64 {
     for c in callers {
         c.await.unwrap();
     }
-    calls.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let calls = calls.load(Ordering::Relaxed) as f64;
+    (calls / started.elapsed().as_secs_f64(), calls)
 }

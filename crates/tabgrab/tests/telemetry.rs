@@ -491,3 +491,138 @@ async fn the_outbox_relay_and_the_inbox() {
     );
     bus.close().await.unwrap();
 }
+
+/// With Prometheus and OTLP both installed, every measurement reaches both: a receiver
+/// tabgrab did not write (`tabgrab_testkit::otlp`) gets the same counts, as cumulative
+/// monotonic sums named by the conventions, and the same duration histograms, unit `s`, in
+/// tabgrab's buckets. The export interval is long: what arrives is the final export that
+/// `Otel::shutdown` makes, with the components' statistics read first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_metrics_carry_the_same_measurements_as_prometheus() {
+    let Some(receiver) = tabgrab_testkit::otlp::Receiver::start() else {
+        return;
+    };
+    let metrics = Prometheus::install().unwrap();
+    let otel = tabgrab::telemetry::Otel::builder(receiver.endpoint())
+        .service("metrics-test")
+        .metrics(Some(Duration::from_secs(3600)))
+        .install()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    let subscription = Subscription::builder(&bus, "exported", "audit")
+        .handle(|t: Ticket, _ctx| async move {
+            if t.n == 7 {
+                Err(HandlerError::permanent("seven is refused"))
+            } else {
+                Ok(())
+            }
+        })
+        .start()
+        .unwrap();
+    let publisher = Publisher::new(&bus, "exported", "/test").unwrap();
+    for n in 0..20 {
+        publisher
+            .publish(&Ticket { n }, format!("s-{n}"))
+            .await
+            .unwrap();
+    }
+    let group = [("messaging_consumer_group_name", "audit")];
+    until_value(&metrics, "tabgrab_consumer_lag", &group, 0.0).await;
+    let prometheus = metrics.render();
+    tokio::task::spawn_blocking(move || otel.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    subscription.shutdown().await.unwrap();
+    bus.close().await.unwrap();
+
+    let points = receiver.metrics();
+    let point = |name: &str, attributes: &[(&str, &str)]| {
+        points
+            .iter()
+            .rev()
+            .find(|p| {
+                p["name"] == name
+                    && attributes
+                        .iter()
+                        .all(|(k, v)| p["attributes"][*k].as_str() == Some(*v))
+            })
+            .unwrap_or_else(|| panic!("no {name} {attributes:?} among {points:?}"))
+            .clone()
+    };
+    let number = |v: &serde_json::Value| {
+        v.as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .unwrap()
+    };
+    let sent = point(
+        "messaging.client.sent.messages",
+        &[("messaging.destination.name", "exported")],
+    );
+    assert_eq!(sent["type"], "sum");
+    assert_eq!(sent["monotonic"], true);
+    assert_eq!(sent["cumulative"], true);
+    assert_eq!(sent["service"], "metrics-test");
+    assert_eq!(number(&sent["value"]), 20.0);
+    assert_eq!(
+        value(
+            &prometheus,
+            "messaging_client_sent_messages_total",
+            &[("messaging_destination_name", "exported")]
+        ),
+        Some(20.0)
+    );
+    // Counted by the subscription for its stats() and read at export: the same totals.
+    for (outcome, n) in [("ack", 19.0), ("dead_letter", 1.0)] {
+        let otlp = point(
+            "tabgrab.messaging.processed.messages",
+            &[
+                ("messaging.consumer.group.name", "audit"),
+                ("outcome", outcome),
+            ],
+        );
+        assert_eq!(number(&otlp["value"]), n, "{outcome}");
+        assert_eq!(
+            value(
+                &prometheus,
+                "tabgrab_messaging_processed_messages_total",
+                &[
+                    ("messaging_consumer_group_name", "audit"),
+                    ("outcome", outcome)
+                ]
+            ),
+            Some(n),
+            "{outcome}"
+        );
+    }
+    let letters = point(
+        "tabgrab.dead_letters",
+        &[("messaging.consumer.group.name", "audit")],
+    );
+    assert_eq!(letters["attributes"]["reason"], "permanent_error");
+    assert_eq!(number(&letters["value"]), 1.0);
+    // The successes' series (the refusal's has an `error.type`).
+    let durations = points
+        .iter()
+        .rev()
+        .find(|p| {
+            p["name"] == "messaging.process.duration"
+                && p["attributes"]["messaging.consumer.group.name"] == "audit"
+                && p["attributes"].get("error.type").is_none()
+        })
+        .unwrap_or_else(|| panic!("no process durations among {points:?}"));
+    assert_eq!(durations["type"], "histogram");
+    assert_eq!(durations["unit"], "s");
+    assert_eq!(number(&durations["count"]), 19.0);
+    assert_eq!(
+        value(
+            &prometheus,
+            "messaging_process_duration_seconds_count",
+            &[("messaging_consumer_group_name", "audit")]
+        )
+        .map(|n| n - 1.0), // the refusal, counted with its error type
+        Some(19.0)
+    );
+    assert_eq!(durations["bounds"].as_array().unwrap().len(), 17);
+}

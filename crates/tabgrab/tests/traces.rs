@@ -40,6 +40,8 @@ async fn a_retry_and_a_dead_letter_are_events_on_the_handlings_span() {
             max: Duration::from_millis(2),
         })
         .handle(|t: Ticket, ctx| async move {
+            // The application's own `tracing` span, inside the handler's.
+            tracing::info_span!("bake").in_scope(|| ());
             match (t.n, ctx.attempt()) {
                 (1, 1) => Err(HandlerError::transient("the oven is cold")),
                 (2, _) => Err(HandlerError::permanent("no such pizza")),
@@ -89,6 +91,12 @@ async fn a_retry_and_a_dead_letter_are_events_on_the_handlings_span() {
             process["attributes"]["messaging.consumer.group.name"],
             "kitchen"
         );
+        assert!(
+            spans
+                .iter()
+                .any(|s| s["name"] == "bake" && s["parent_span_id"] == process["span_id"]),
+            "the handler's own span is a child of its process span: {spans:?}"
+        );
     }
     let events = |id: &str| handling(id)["events"].as_array().unwrap().clone();
     let retry = events(&retried);
@@ -104,6 +112,173 @@ async fn a_retry_and_a_dead_letter_are_events_on_the_handlings_span() {
         .unwrap_or_else(|| panic!("no dead-letter event: {dead:?}"));
     assert_eq!(letter["attributes"]["reason"], "permanent_error");
     assert_eq!(number(&letter["attributes"]["attempt"]), "1");
+}
+
+/// Sampling is decided once, at a trace's root, and every later span follows the decision
+/// its message carries: with no new trace kept, events published outside any span make no
+/// span at all and carry an unsampled context, while an event that arrives with a sampled
+/// context is handled, and its effect published and handled, in that trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_root_makes_no_spans_and_a_sampled_parent_is_followed() {
+    let Some(receiver) = Receiver::start() else {
+        return;
+    };
+    let otel = Otel::builder(receiver.endpoint())
+        .service("sampling-test")
+        .sampling(0.0)
+        .install()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let effects = Publisher::new(&bus, "effects", "/test").unwrap();
+    let tickets = Subscription::builder(&bus, "tickets", "kitchen")
+        .handle({
+            let seen = std::sync::Arc::clone(&seen);
+            move |t: Ticket, ctx| {
+                let seen = std::sync::Arc::clone(&seen);
+                let effects = effects.clone();
+                async move {
+                    let carried = ctx.envelope().traceparent.clone();
+                    seen.lock().unwrap().push((t.n, carried));
+                    if t.n == 100 {
+                        effects
+                            .publish_caused(&Ticket { n: 101 }, ctx.envelope())
+                            .await
+                            .map_err(|e| HandlerError::transient(e.to_string()))?;
+                    }
+                    Ok(())
+                }
+            }
+        })
+        .start()
+        .unwrap();
+    let effects_seen = Subscription::builder(&bus, "effects", "audit")
+        .handle(|_: Ticket, _| async { Ok(()) })
+        .start()
+        .unwrap();
+    let publisher = Publisher::new(&bus, "tickets", "/test").unwrap();
+    for n in 0..20 {
+        publisher.publish(&Ticket { n }, "s").await.unwrap();
+    }
+    let sampled_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut envelope = tabgrab::Envelope::new("/test", &Ticket { n: 100 }).unwrap();
+    envelope.traceparent = Some(format!("00-{sampled_trace}-00f067aa0ba902b7-01"));
+    publisher.publish_envelope(&envelope).await.unwrap();
+    let start = Instant::now();
+    while tickets.stats().acked < 21 || effects_seen.stats().acked < 1 {
+        assert!(start.elapsed() < Duration::from_secs(20), "all handled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tickets.shutdown().await.unwrap();
+    effects_seen.shutdown().await.unwrap();
+    bus.close().await.unwrap();
+
+    // Every unsampled event carried a context with the sampled flag off, each its own trace.
+    let seen = seen.lock().unwrap().clone();
+    let unsampled: Vec<&String> = seen
+        .iter()
+        .filter(|(n, _)| *n < 20)
+        .map(|(_, tp)| tp.as_ref().expect("a traceparent on every event"))
+        .collect();
+    assert_eq!(unsampled.len(), 20);
+    assert!(
+        unsampled.iter().all(|tp| tp.ends_with("-00")),
+        "{unsampled:?}"
+    );
+    let traces: std::collections::HashSet<&str> = unsampled.iter().map(|tp| &tp[3..35]).collect();
+    assert_eq!(traces.len(), 20, "one trace per root publish");
+
+    let spans = exported(otel, &receiver).await;
+    assert!(
+        spans.iter().all(|s| s["trace_id"] == sampled_trace),
+        "only the sampled trace is exported: {spans:?}"
+    );
+    let process = |topic: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == format!("process {topic}"))
+            .unwrap_or_else(|| panic!("no process span of {topic}: {spans:?}"))
+    };
+    let (ticket, effect) = (process("tickets"), process("effects"));
+    assert_eq!(ticket["parent_span_id"], "00f067aa0ba902b7");
+    let send = spans
+        .iter()
+        .find(|s| s["name"] == "send effects")
+        .expect("the effect's publish span");
+    assert_eq!(send["parent_span_id"], ticket["span_id"]);
+    assert_eq!(effect["parent_span_id"], send["span_id"]);
+    assert_eq!(spans.len(), 3, "{spans:?}");
+}
+
+/// An event staged in an outbox keeps the trace of the span it was staged in: the relay's
+/// publish (`send`, with the outbox table) and the consumer's handling are both children of
+/// that span, however long the row waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_event_continues_the_trace_it_was_staged_in() {
+    let Some(receiver) = Receiver::start() else {
+        return;
+    };
+    let otel = traced(&receiver.endpoint(), "outbox-test");
+    let dir = tempfile::tempdir().unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("app.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let outbox = tabgrab::Outbox::sqlite_table(pool.clone(), "traced_outbox")
+        .await
+        .unwrap();
+    // Staged inside the application's span, in the transaction that made it.
+    let staged = tracing::info_span!("checkout");
+    let id = tracing::Instrument::instrument(
+        async {
+            let envelope = tabgrab::Envelope::new("/test", &Ticket { n: 1 }).unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            outbox.stage(&mut tx, "tickets", &envelope).await.unwrap();
+            tx.commit().await.unwrap();
+            envelope.id
+        },
+        staged,
+    )
+    .await;
+    let subscription = Subscription::builder(&bus, "tickets", "kitchen")
+        .handle(|_: Ticket, _| async { Ok(()) })
+        .start()
+        .unwrap();
+    let relay = outbox.relay(&bus).start();
+    let start = Instant::now();
+    while subscription.stats().acked < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "relayed and handled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    relay.shutdown().await.unwrap();
+    subscription.shutdown().await.unwrap();
+    bus.close().await.unwrap();
+
+    let spans = exported(otel, &receiver).await;
+    let checkout = spans.iter().find(|s| s["name"] == "checkout").unwrap();
+    let find = |kind: &str| {
+        spans
+            .iter()
+            .find(|s| s["kind"] == kind && s["attributes"]["messaging.message.id"] == id)
+            .unwrap_or_else(|| panic!("no {kind} span of {id}: {spans:?}"))
+    };
+    let (send, process) = (find("SPAN_KIND_PRODUCER"), find("SPAN_KIND_CONSUMER"));
+    assert_eq!(send["name"], "send tickets");
+    assert_eq!(send["attributes"]["tabgrab.outbox.table"], "traced_outbox");
+    for span in [send, process] {
+        assert_eq!(span["trace_id"], checkout["trace_id"]);
+        assert_eq!(span["parent_span_id"], checkout["span_id"]);
+    }
 }
 
 const CRASH_DIR_ENV: &str = "TABGRAB_TRACE_CRASH_DIR";
@@ -138,7 +313,11 @@ async fn exported(otel: Otel, receiver: &Receiver) -> Vec<Value> {
 
 /// Installs the exporter and a subscriber with its layer only.
 fn traced(endpoint: &str, service: &str) -> Otel {
-    let otel = Otel::install(endpoint, service).unwrap();
+    let otel = Otel::builder(endpoint)
+        .service(service)
+        .sampling(1.0)
+        .install()
+        .unwrap();
     let subscriber = tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
         otel.layer(),
         Otel::filter(&[env!("CARGO_CRATE_NAME")]),

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use crate::backend::{Backend, Bus, Published};
 use crate::telemetry::{Labels, names};
 use crate::{Envelope, Error, Event, Topic};
+use tabgrab_core::telemetry::trace::{Kind, Parent, Span, Start, Value};
 
 /// Publishes events to one topic. Cheap to clone; on the embedded bus clones share the
 /// topic's log writer, so concurrent publishes are committed together (one fsync for many
@@ -128,22 +129,23 @@ impl Publisher {
     ) -> Result<Receipt, Error> {
         let span = self.publish_span();
         let envelope = span.in_scope(|| self.envelope(event, subject))?;
-        span.record("messaging.message.id", envelope.id.as_str());
-        tracing::Instrument::instrument(self.publish_envelope(&envelope), span).await
+        span.set("messaging.message.id", envelope.id.as_str());
+        span.instrument(self.publish_envelope(&envelope)).await
     }
 
     /// The span of one publish (OpenTelemetry messaging conventions); the envelope made in it
     /// carries its context.
-    fn publish_span(&self) -> tracing::Span {
-        tracing::info_span!(
-            "publish",
-            otel.name = %format_args!("send {}", self.topic),
-            otel.kind = "producer",
-            messaging.system = self.metrics.system,
-            messaging.destination.name = &*self.topic,
-            messaging.operation.type = "send",
-            messaging.message.id = tracing::field::Empty,
-        )
+    fn publish_span(&self) -> Span {
+        Span::start(Start {
+            kind: Kind::Producer,
+            parent: Parent::Current,
+            name: ("send", &self.topic),
+            attributes: &[
+                ("messaging.system", Value::Str(self.metrics.system)),
+                ("messaging.destination.name", Value::Str(&self.topic)),
+                ("messaging.operation.type", Value::Str("send")),
+            ],
+        })
     }
 
     /// Publishes `event` as an effect of `cause`: same subject, causation and correlation set.
@@ -157,8 +159,8 @@ impl Publisher {
             .in_scope(|| Envelope::new(&*self.source, event))?
             .caused_by(cause);
         envelope.subject.clone_from(&cause.subject);
-        span.record("messaging.message.id", envelope.id.as_str());
-        tracing::Instrument::instrument(self.publish_envelope(&envelope), span).await
+        span.set("messaging.message.id", envelope.id.as_str());
+        span.instrument(self.publish_envelope(&envelope)).await
     }
 
     /// Publishes a prepared envelope; returns once it is durable.
@@ -174,6 +176,11 @@ impl Publisher {
             offset: published.position,
             duplicate: published.duplicate,
         })
+    }
+
+    /// The engine, as `messaging.system` names it.
+    pub(crate) fn system(&self) -> &'static str {
+        self.metrics.system
     }
 
     /// Publishes `envelope` whose codec encoding is `encoded` (an outbox row): see

@@ -79,6 +79,7 @@ use crate::backend::{Acker, Backend, Bus, Deliveries, Delivery, SubscribeRequest
 use crate::retry::Backoff;
 use crate::telemetry::{self, Labels, Samples, names};
 use crate::{Envelope, Error, ErrorKind, Event, Registry, Topic};
+use tabgrab_core::telemetry::trace::{self, Kind, Parent, Span, Start, Value};
 
 /// Where a group starts reading when it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -930,27 +931,30 @@ impl Group {
             // The handler's span continues the trace the event carries; retries and the dead
             // letter are events on it.
             let span = self.process_span(&job.envelope);
-            tracing::Instrument::instrument(self.deliver(job), span).await;
+            span.instrument(self.deliver(job)).await;
         }
     }
 
     /// The span of handling `envelope` (OpenTelemetry messaging conventions), a child of the
     /// span that made it.
-    fn process_span(&self, envelope: &Envelope) -> tracing::Span {
-        let span = tracing::info_span!(
-            "process",
-            otel.name = %format_args!("process {}", self.topic),
-            otel.kind = "consumer",
-            messaging.system = self.system,
-            messaging.destination.name = &*self.topic,
-            messaging.consumer.group.name = &*self.name,
-            messaging.operation.type = "process",
-            messaging.message.id = envelope.id.as_str(),
-            messaging.message.conversation_id = envelope.correlationid.as_deref(),
-            cloudevents.event_type = envelope.ty.as_str(),
-        );
-        tabgrab_core::telemetry::trace::continue_from(&span, envelope.traceparent.as_deref());
-        span
+    fn process_span(&self, envelope: &Envelope) -> Span {
+        Span::start(Start {
+            kind: Kind::Consumer,
+            parent: Parent::Carried(envelope.traceparent.as_deref()),
+            name: ("process", &self.topic),
+            attributes: &[
+                ("messaging.system", Value::Str(self.system)),
+                ("messaging.destination.name", Value::Str(&self.topic)),
+                ("messaging.consumer.group.name", Value::Str(&self.name)),
+                ("messaging.operation.type", Value::Str("process")),
+                ("messaging.message.id", Value::Str(&envelope.id)),
+                (
+                    "messaging.message.conversation_id",
+                    envelope.correlationid.as_deref().into(),
+                ),
+                ("cloudevents.event_type", Value::Str(&envelope.ty)),
+            ],
+        })
     }
 
     /// Runs the handler with retries; ends with the job done, or pending if cancelled.
@@ -1034,8 +1038,14 @@ impl Group {
                 "max_deliveries"
             } else {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                // At info: an event on the handler's span in exported traces.
                 tracing::info!(topic = %self.topic, group = %self.name, offset = job.offset, attempt, %error, "handler failed; retrying");
+                trace::event(
+                    "handler failed; retrying",
+                    &[
+                        ("attempt", attempt.into()),
+                        ("error", Value::Str(&error.to_string())),
+                    ],
+                );
                 // Boxed, like the dead letter below: rare paths whose futures would otherwise
                 // make every lane task larger than the allocator's small sizes (see `lane`).
                 let wait = async {
@@ -1051,6 +1061,14 @@ impl Group {
                 continue;
             };
             tracing::warn!(topic = %self.topic, group = %self.name, offset = job.offset, attempt, %error, reason, "event dead-lettered");
+            trace::event(
+                "event dead-lettered",
+                &[
+                    ("reason", Value::Str(reason)),
+                    ("attempt", attempt.into()),
+                    ("error", Value::Str(&error.to_string())),
+                ],
+            );
             let letter = DeadLetter::new(
                 &self.topic,
                 &self.name,

@@ -41,6 +41,7 @@ use crate::backend::Bus;
 use crate::event::Publisher;
 use crate::sql::{Database, now_ms};
 use crate::{Error, ErrorKind};
+use tabgrab_core::telemetry::trace::{Kind, Parent, Span, Start, Value};
 
 /// The CloudEvents `source` of the relay's publishers (never stamped: envelopes are staged
 /// complete).
@@ -605,10 +606,25 @@ impl<DB: Database> Worker<DB> {
                 format!("outbox relay: no publisher for topic {}", row.topic),
             )
         })?;
+        // The relayed publish's span continues the trace of the span the row was staged in
+        // (its transaction's), so a trace shows how long the event waited in the outbox; the
+        // envelope keeps that context, and its consumers' spans are children of it too.
+        let span = Span::start(Start {
+            kind: Kind::Producer,
+            parent: Parent::Carried(envelope.traceparent.as_deref()),
+            name: ("send", &row.topic),
+            attributes: &[
+                ("messaging.system", Value::Str(publisher.system())),
+                ("messaging.destination.name", Value::Str(&row.topic)),
+                ("messaging.operation.type", Value::Str("send")),
+                ("messaging.message.id", Value::Str(&row.id)),
+                ("tabgrab.outbox.table", Value::Str(&self.outbox.table)),
+            ],
+        });
         // Decoded to check the row and for engines with a binding of their own; the
         // embedded log appends the stored bytes as they are (encoded once, at staging).
-        let receipt = publisher
-            .publish_encoded(&envelope, row.envelope.clone())
+        let receipt = span
+            .instrument(publisher.publish_encoded(&envelope, row.envelope.clone()))
             .await?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         self.counters().published.fetch_add(1, Ordering::Relaxed);

@@ -23,18 +23,32 @@
 //! Counters that components already keep for their `stats()` are read when metrics are
 //! rendered (`collect`), so the hot path counts once; durations are recorded where they
 //! happen. Every attribute is bounded (no message ids, no subjects).
+//!
+//! [`Otel`] (feature `otel`) exports traces and the same metrics over OTLP/gRPC; with
+//! [`Prometheus`] installed as well, both exporters receive every measurement (tabgrab's one
+//! `metrics` recorder hands each to every exporter installed).
 
 mod health;
 #[cfg(feature = "otel")]
 mod otel;
 #[cfg(feature = "prometheus")]
 mod prometheus;
+#[cfg_attr(not(any(feature = "prometheus", feature = "otel")), allow(dead_code))]
+mod recorders;
 
 pub use health::{CheckResult, Health, Readiness};
 #[cfg(feature = "otel")]
-pub use otel::Otel;
+pub use otel::{DEFAULT_RATIO, Otel, OtelBuilder};
 #[cfg(feature = "prometheus")]
 pub use prometheus::{Prometheus, router};
 pub use tabgrab_core::telemetry as names;
 pub use tabgrab_core::telemetry::collect;
 pub(crate) use tabgrab_core::telemetry::{Labels, Samples, Source, register, retire};
+
+/// Histogram buckets of every duration, in seconds, in every exporter: 100 µs (an embedded
+/// publish, a call on loopback) to 30 s (a slow handler).
+#[cfg_attr(not(any(feature = "prometheus", feature = "otel")), allow(dead_code))]
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];

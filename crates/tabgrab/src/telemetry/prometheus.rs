@@ -9,14 +9,8 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::Health;
+use super::recorders::Slot;
 use crate::{Error, ErrorKind};
-
-/// Histogram buckets of every duration, in seconds: 100 µs (an embedded publish, a call on
-/// loopback) to 30 s (a slow handler).
-const BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
-];
 
 static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -38,7 +32,8 @@ impl Prometheus {
     /// clients: they take their histogram handles when they are built, and a handle taken
     /// before any recorder records nothing.
     ///
-    /// Fails if another `metrics` recorder is installed already.
+    /// Fails if a `metrics` recorder other than tabgrab's is installed already. With
+    /// [`Otel`](super::Otel)'s metrics export as well, both receive every measurement.
     pub fn install() -> Result<Prometheus, Error> {
         if let Some(handle) = INSTALLED.get() {
             return Ok(Prometheus {
@@ -47,19 +42,19 @@ impl Prometheus {
         }
         let recorder = PrometheusBuilder::new()
             .with_recommended_naming(true)
-            .set_buckets(BUCKETS)
+            .set_buckets(super::BUCKETS)
             .map_err(|e| Error::new(ErrorKind::Malformed, format!("metrics buckets: {e}")))?
             .build_recorder();
-        let handle = recorder.handle();
-        metrics::set_global_recorder(recorder).map_err(|_| {
+        super::recorders::install(Slot::Prometheus, move || {
+            let _ = INSTALLED.set(recorder.handle());
+            Box::new(recorder)
+        })?;
+        let handle = INSTALLED.get().cloned().ok_or_else(|| {
             Error::new(
-                ErrorKind::Conflict,
-                "another metrics recorder is installed in this process; tabgrab records \
-                 through it (install Prometheus first to use tabgrab's endpoint)",
+                ErrorKind::Closed,
+                "the Prometheus recorder was not installed",
             )
         })?;
-        tabgrab_core::telemetry::describe();
-        let handle = INSTALLED.get_or_init(|| handle).clone();
         Ok(Prometheus { handle })
     }
 
