@@ -78,6 +78,7 @@ pub(crate) fn dead_letters_of(topic: &str) -> String {
 }
 
 /// Whether `topic` is a dead-letter topic.
+#[cfg(feature = "amqp")]
 pub(crate) fn is_dead_letters(topic: &str) -> bool {
     topic.ends_with(DEAD_LETTERS)
 }

@@ -192,9 +192,11 @@ pub(super) fn parse(traceparent: &str) -> Option<SpanContext> {
     if version != "00" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
         return None;
     }
-    let trace = TraceId::from_hex(trace).ok()?;
-    let span = SpanId::from_hex(span).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
+    // By hand: every message a consumer handles is parsed (`from_hex` took about 900
+    // instructions for the two ids).
+    let trace = TraceId::from(hex(trace)?);
+    let span = SpanId::from(u64::try_from(hex(span)?).ok()?);
+    let flags = u8::try_from(hex(flags)?).ok()?;
     let context = SpanContext::new(
         trace,
         span,
@@ -203,6 +205,19 @@ pub(super) fn parse(traceparent: &str) -> Option<SpanContext> {
         TraceState::default(),
     );
     context.is_valid().then_some(context)
+}
+
+/// A number written in (at most 32) hex digits.
+fn hex(digits: &str) -> Option<u128> {
+    digits.bytes().try_fold(0u128, |n, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        Some((n << 4) | u128::from(digit))
+    })
 }
 
 #[cfg(test)]
