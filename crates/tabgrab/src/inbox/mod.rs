@@ -74,15 +74,34 @@ pub const DEFAULT_TABLE: &str = "tabgrab_inbox";
 /// How long ids are kept by default: 7 days (see the module docs on the redelivery horizon).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Counters of an inbox in this process.
-#[derive(Debug, Default)]
+/// Counters of an inbox in this process; its duplicates are read from them for metrics.
+#[derive(Debug)]
 struct Counters {
+    /// The metrics' attributes (the consumer group).
+    labels: crate::telemetry::Labels,
     /// Records that inserted the id.
     first: AtomicU64,
     /// Records that found the id.
     duplicates: AtomicU64,
     /// Ids deleted by pruning.
     pruned: AtomicU64,
+}
+
+impl crate::telemetry::Source for Counters {
+    fn sample(&self, out: &mut crate::telemetry::Samples) {
+        let duplicates = self.duplicates.load(Ordering::Relaxed);
+        out.counter(
+            crate::telemetry::names::INBOX_DUPLICATES,
+            &self.labels,
+            duplicates,
+        );
+    }
+}
+
+impl Drop for Counters {
+    fn drop(&mut self) {
+        crate::telemetry::retire(self);
+    }
 }
 
 /// A snapshot of an inbox's counters (this process, every clone).
@@ -181,11 +200,19 @@ impl<DB: Database> Inbox<DB> {
         <DB as InboxSql>::create_inbox(&pool, table)
             .await
             .map_err(|e| db_error(&Self::what(), "create table", e))?;
+        let counters = Arc::new(Counters {
+            labels: vec![(crate::telemetry::names::GROUP, group.to_owned())],
+            first: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            pruned: AtomicU64::new(0),
+        });
+        let source: Arc<dyn crate::telemetry::Source> = counters.clone();
+        crate::telemetry::register(Arc::downgrade(&source));
         Ok(Inbox {
             pool,
             table: table.into(),
             group: group.into(),
-            counters: Arc::new(Counters::default()),
+            counters,
         })
     }
 
@@ -234,11 +261,6 @@ impl<DB: Database> Inbox<DB> {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if !first {
-            metrics::counter!(
-                crate::telemetry::names::INBOX_DUPLICATES,
-                crate::telemetry::names::GROUP => self.group.to_string()
-            )
-            .increment(1);
             tracing::debug!(group = %self.group, id, "inbox: duplicate delivery, no effect");
         }
         Ok(first)

@@ -151,10 +151,15 @@ impl<DB: Database> RelayBuilder<DB> {
     /// Starts the relay on the current tokio runtime.
     pub fn start(self) -> Relay {
         let cancel = CancellationToken::new();
-        let stats = Arc::new(RelayCounters::default());
+        let table = self.outbox.table.to_string();
+        let stats = Arc::new(RelayCounters::new(vec![(
+            crate::telemetry::names::OUTBOX_TABLE,
+            table.clone(),
+        )]));
+        let source: Arc<dyn crate::telemetry::Source> = stats.clone();
+        crate::telemetry::register(Arc::downgrade(&source));
         let owner = uuid::Uuid::now_v7().to_string();
         let wake = self.outbox.wake.subscribe();
-        let table = self.outbox.table.to_string();
         let worker = Worker {
             outbox: self.outbox,
             bus: self.bus,
@@ -177,9 +182,11 @@ impl<DB: Database> RelayBuilder<DB> {
     }
 }
 
-/// Counters of one relay.
-#[derive(Debug, Default)]
+/// Counters of one relay; its rows relayed are read from them for metrics.
+#[derive(Debug)]
 struct RelayCounters {
+    /// The metrics' attributes (the outbox table).
+    labels: crate::telemetry::Labels,
     /// Rounds that claimed rows.
     rounds: AtomicU64,
     /// Rows claimed.
@@ -294,9 +301,37 @@ struct Worker<DB: Database> {
     metrics: RelayMetrics,
 }
 
-/// A relay's metric handles.
+impl RelayCounters {
+    fn new(labels: crate::telemetry::Labels) -> RelayCounters {
+        RelayCounters {
+            labels,
+            rounds: AtomicU64::new(0),
+            claimed: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+        }
+    }
+}
+
+impl crate::telemetry::Source for RelayCounters {
+    fn sample(&self, out: &mut crate::telemetry::Samples) {
+        use crate::telemetry::names;
+        let published = self.published.load(Ordering::Relaxed);
+        out.counter(names::OUTBOX_RELAYED, &self.labels, published);
+    }
+}
+
+impl Drop for RelayCounters {
+    fn drop(&mut self) {
+        crate::telemetry::retire(self);
+    }
+}
+
+/// A relay's metric handles (its rows relayed are its counters, [`RelayCounters`]).
 struct RelayMetrics {
-    relayed: metrics::Counter,
     lag: metrics::Histogram,
     backlog: metrics::Gauge,
     /// When the backlog was last counted (at most once a second while rows flow).
@@ -308,7 +343,6 @@ impl RelayMetrics {
         use crate::telemetry::names;
         let labels = [(names::OUTBOX_TABLE, table.to_owned())];
         RelayMetrics {
-            relayed: metrics::counter!(names::OUTBOX_RELAYED, &labels),
             lag: metrics::histogram!(names::OUTBOX_RELAY_LAG, &labels),
             backlog: metrics::gauge!(names::OUTBOX_BACKLOG, &labels),
             counted: None,
@@ -628,7 +662,6 @@ impl<DB: Database> Worker<DB> {
             .await?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         self.counters().published.fetch_add(1, Ordering::Relaxed);
-        self.metrics.relayed.increment(1);
         if let Some(time) = envelope.time {
             let lag = time::OffsetDateTime::now_utc() - time;
             self.metrics.lag.record(lag.as_seconds_f64().max(0.0));
