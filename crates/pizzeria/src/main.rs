@@ -40,18 +40,14 @@ fn main() -> ExitCode {
             }
             match otel.install() {
                 Ok(otel) => {
-                    let kept = match sample {
-                        Some(share) => format!("keeping {} % of new traces", share * 100.0),
-                        None if std::env::var_os("OTEL_TRACES_SAMPLER").is_some() => {
-                            "sampled as OTEL_TRACES_SAMPLER says".to_owned()
-                        }
-                        None => format!(
-                            "keeping {} % of new traces (--trace-sample 1 keeps every one)",
-                            tabgrab::telemetry::DEFAULT_RATIO * 100.0
-                        ),
-                    };
                     eprintln!(
-                        "traces and metrics to {endpoint} (OTLP/gRPC) as service {service}, {kept}"
+                        "traces and metrics to {endpoint} (OTLP/gRPC) as service {service}, {}{}",
+                        otel.sampling(),
+                        if sample.is_none() {
+                            " (--trace-sample 1 keeps every one)"
+                        } else {
+                            ""
+                        }
                     );
                     Some(otel)
                 }

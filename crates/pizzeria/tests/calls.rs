@@ -243,33 +243,8 @@ async fn a_tonic_client_calls_the_typed_payment_service() {
 
 /// The Python with grpcio that `.ci/run` prepares, or `None` (skipped loudly unless
 /// `TABGRAB_REQUIRE_SERVICES=1`).
-fn python_with_grpcio() -> Option<String> {
-    let candidates = std::env::var("TABGRAB_PYTHON")
-        .ok()
-        .into_iter()
-        .chain(
-            std::env::var("HOME")
-                .ok()
-                .map(|h| format!("{h}/.cache/tabgrab-venv/bin/python")),
-        )
-        .collect::<Vec<_>>();
-    for python in candidates {
-        let ok = Command::new(&python)
-            .args(["-c", "import grpc, grpc_tools"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(python);
-        }
-    }
-    let reason =
-        "no Python with grpcio and grpcio-tools (set TABGRAB_PYTHON; .ci/run makes a venv)";
-    assert!(
-        !tabgrab_testkit::services::required(),
-        "{reason}, and TABGRAB_REQUIRE_SERVICES=1 requires it"
-    );
-    eprintln!("SKIPPED: {reason}");
-    None
+fn python_with_grpcio() -> Option<std::path::PathBuf> {
+    tabgrab_testkit::python::with("grpc, grpc_tools", "grpcio and grpcio-tools")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

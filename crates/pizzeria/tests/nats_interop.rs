@@ -14,29 +14,13 @@ use serde_json::Value;
 use tabgrab::backend::Bus;
 use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer};
 
-/// The Python with nats-py: `TABGRAB_PYTHON`, else the venv's. `None`: skipped (reason
-/// printed), or a failure under `TABGRAB_REQUIRE_SERVICES=1`.
+/// The Python with nats-py and cloudevents (`None`: skipped, or a failure under
+/// `TABGRAB_REQUIRE_SERVICES=1`).
 fn python() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("TABGRAB_PYTHON").ok().map(PathBuf::from),
-        std::env::var("HOME")
-            .ok()
-            .map(|h| PathBuf::from(h).join(".cache/tabgrab-venv/bin/python")),
-    ];
-    for python in candidates.into_iter().flatten() {
-        let has_nats = std::process::Command::new(&python)
-            .args(["-c", "import nats, cloudevents"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if has_nats {
-            return Some(python);
-        }
-    }
-    let reason = "no Python with nats-py and cloudevents (TABGRAB_PYTHON; .ci/run installs \
-                  nats-py==2.16.0 and cloudevents==1.11.0)";
-    assert!(!tabgrab_testkit::services::required(), "{reason}");
-    eprintln!("SKIPPED: {reason}");
-    None
+    tabgrab_testkit::python::with(
+        "nats, cloudevents",
+        "nats-py==2.16.0 and cloudevents==1.11.0",
+    )
 }
 
 /// The pizzeria on a bus that sends in `bus_mode`; the Python peer publishes its order in

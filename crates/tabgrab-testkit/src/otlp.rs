@@ -21,45 +21,13 @@ pub struct Receiver {
     _dir: tempfile::TempDir,
 }
 
-/// The venv's Python if it can import grpcio and opentelemetry-proto (`.ci/run` installs
-/// them): `TABGRAB_PYTHON`, else `$HOME/.cache/tabgrab-venv/bin/python`. When it cannot:
-/// panics under `TABGRAB_REQUIRE_SERVICES=1`, otherwise prints why the test is skipped and
-/// returns `None`.
-pub fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("TABGRAB_PYTHON").map_or_else(
-        || {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/tabgrab-venv/bin/python")
-        },
-        PathBuf::from,
-    );
-    let usable = Command::new(&python)
-        .args([
-            "-c",
-            "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if usable {
-        return Some(python);
-    }
-    let reason = format!(
-        "{} cannot import grpc and opentelemetry-proto",
-        python.display()
-    );
-    assert!(
-        !crate::services::required(),
-        "{reason}, and {}=1 requires them (.ci/run installs them)",
-        crate::services::REQUIRE_ENV
-    );
-    eprintln!("SKIPPED: {reason}; pip install grpcio opentelemetry-proto into the venv");
-    None
-}
-
 impl Receiver {
-    /// Starts a receiver (`None`: skipped, see [`python`]).
+    /// Starts a receiver (`None`: skipped, see [`crate::python::with`]).
     pub fn start() -> Option<Receiver> {
-        let python = python()?;
+        let python = crate::python::with(
+            "grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
+            "grpcio and opentelemetry-proto",
+        )?;
         let dir = tempfile::tempdir().ok()?;
         let spans = dir.path().join("spans.jsonl");
         let metrics = dir.path().join("metrics.jsonl");

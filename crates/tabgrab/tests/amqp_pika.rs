@@ -58,31 +58,9 @@ impl Query for GetQuote {
 }
 request!(query GetQuote);
 
-/// The Python with pika: `TABGRAB_PYTHON`, else the venv's. `None`: skipped (reason
-/// printed), or a failure under `TABGRAB_REQUIRE_SERVICES=1`.
+/// The Python with pika (`None`: skipped, or a failure under `TABGRAB_REQUIRE_SERVICES=1`).
 fn python() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("TABGRAB_PYTHON").ok().map(PathBuf::from),
-        std::env::var("TABGRAB_VENV")
-            .ok()
-            .map(|v| PathBuf::from(v).join("bin/python")),
-        std::env::var("HOME")
-            .ok()
-            .map(|h| PathBuf::from(h).join(".cache/tabgrab-venv/bin/python")),
-    ];
-    for python in candidates.into_iter().flatten() {
-        let has_pika = Command::new(&python)
-            .args(["-c", "import pika"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if has_pika {
-            return Some(python);
-        }
-    }
-    let reason = "no Python with pika (TABGRAB_PYTHON; .ci/run installs pika==1.3.2)";
-    assert!(!tabgrab_testkit::services::required(), "{reason}");
-    eprintln!("SKIPPED: {reason}");
-    None
+    tabgrab_testkit::python::with("pika", "pika==1.3.2")
 }
 
 /// RabbitMQ and a Python with pika, or `None` (skipped with the reason printed).

@@ -35,8 +35,6 @@ pub enum Kind {
     Client,
     /// Serving a call.
     Server,
-    /// Work inside a process.
-    Internal,
 }
 
 /// An attribute's value.
@@ -111,8 +109,6 @@ pub trait Active: Send + Sync {
     fn is_recording(&self) -> bool;
     /// Sets an attribute.
     fn set(&self, key: &'static str, value: Value<'_>);
-    /// Marks the span failed, with a description.
-    fn fail(&self, description: &str);
     /// Runs `f` with this span as the current one.
     fn scope(&self, f: &mut dyn FnMut());
 }
@@ -154,11 +150,6 @@ impl Span {
         Span(TRACER.get().map(|t| t.start(start)))
     }
 
-    /// No span.
-    pub fn none() -> Span {
-        Span(None)
-    }
-
     /// Whether the span is sampled (its attributes and events are kept).
     pub fn is_recording(&self) -> bool {
         self.0.as_ref().is_some_and(|a| a.is_recording())
@@ -168,13 +159,6 @@ impl Span {
     pub fn set<'a>(&self, key: &'static str, value: impl Into<Value<'a>>) {
         if let Some(active) = &self.0 {
             active.set(key, value.into());
-        }
-    }
-
-    /// Marks the span failed.
-    pub fn fail(&self, description: &str) {
-        if let Some(active) = &self.0 {
-            active.fail(description);
         }
     }
 

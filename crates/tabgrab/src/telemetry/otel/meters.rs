@@ -59,24 +59,46 @@ impl OtlpRecorder {
     }
 }
 
-impl State {
-    /// The instrument's description and unit, as described.
-    fn about(&self, name: &str) -> (Cow<'static, str>, Option<&'static str>) {
-        match self.descriptions.get(name) {
-            Some((unit, description)) => (
-                Cow::Owned(description.to_string()),
-                unit.map(|u| match u {
-                    Unit::Seconds => "s",
-                    Unit::Milliseconds => "ms",
-                    Unit::Microseconds => "us",
-                    Unit::Nanoseconds => "ns",
-                    Unit::Bytes => "By",
-                    _ => "1",
-                }),
-            ),
-            None => (Cow::Borrowed(""), None),
-        }
+/// An instrument's description and unit, as described (the unit empty when none).
+fn about(
+    descriptions: &HashMap<String, (Option<Unit>, SharedString)>,
+    name: &str,
+) -> (Cow<'static, str>, &'static str) {
+    match descriptions.get(name) {
+        Some((unit, description)) => (
+            Cow::Owned(description.to_string()),
+            unit.map_or("", |u| match u {
+                Unit::Seconds => "s",
+                Unit::Milliseconds => "ms",
+                Unit::Microseconds => "us",
+                Unit::Nanoseconds => "ns",
+                Unit::Bytes => "By",
+                _ => "1",
+            }),
+        ),
+        None => (Cow::Borrowed(""), ""),
     }
+}
+
+/// The handle of `key`: the one made before, or one that `make` makes from the instrument of
+/// `key`'s name (which `build` makes the first time the name is seen).
+fn cached<I: Clone, H>(
+    handles: &mut HashMap<Key, Arc<H>>,
+    instruments: &mut HashMap<String, I>,
+    key: &Key,
+    build: impl FnOnce(&str) -> I,
+    make: impl FnOnce(&I, &[KeyValue]) -> H,
+) -> Arc<H> {
+    if let Some(handle) = handles.get(key) {
+        return Arc::clone(handle);
+    }
+    let name = key.name();
+    let instrument = instruments
+        .entry(name.to_owned())
+        .or_insert_with(|| build(name));
+    let handle = Arc::new(make(instrument, &attributes(key)));
+    handles.insert(key.clone(), Arc::clone(&handle));
+    handle
 }
 
 fn attributes(key: &Key) -> Vec<KeyValue> {
@@ -100,98 +122,72 @@ impl Recorder for OtlpRecorder {
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
         let mut state = self.state();
-        if let Some(counter) = state.counters.get(key) {
-            return Counter::from_arc(Arc::clone(counter));
-        }
-        let name = key.name();
-        let instrument = match state.counter_instruments.get(name) {
-            Some(instrument) => instrument.clone(),
-            None => {
-                let (description, unit) = state.about(name);
-                let mut builder = self
-                    .meter
-                    .u64_counter(name.to_owned())
-                    .with_description(description);
-                if let Some(unit) = unit {
-                    builder = builder.with_unit(unit);
-                }
-                let instrument = builder.build();
-                state
-                    .counter_instruments
-                    .insert(name.to_owned(), instrument.clone());
-                instrument
-            }
+        let State {
+            descriptions,
+            counters,
+            counter_instruments,
+            ..
+        } = &mut *state;
+        let build = |name: &str| {
+            let (description, unit) = about(descriptions, name);
+            let meter = self.meter.u64_counter(name.to_owned());
+            meter.with_description(description).with_unit(unit).build()
         };
-        let counter = Arc::new(OtelCounter {
-            instrument: instrument.bind(&attributes(key)),
-            total: AtomicU64::new(0),
-        });
-        state.counters.insert(key.clone(), Arc::clone(&counter));
-        Counter::from_arc(counter)
+        Counter::from_arc(cached(counters, counter_instruments, key, build, |i, a| {
+            OtelCounter {
+                instrument: i.bind(a),
+                total: AtomicU64::new(0),
+            }
+        }))
     }
 
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
         let mut state = self.state();
-        if let Some(gauge) = state.gauges.get(key) {
-            return Gauge::from_arc(Arc::clone(gauge));
-        }
-        let name = key.name();
-        let instrument = match state.gauge_instruments.get(name) {
-            Some(instrument) => instrument.clone(),
-            None => {
-                let (description, unit) = state.about(name);
-                let mut builder = self
-                    .meter
-                    .f64_gauge(name.to_owned())
-                    .with_description(description);
-                if let Some(unit) = unit {
-                    builder = builder.with_unit(unit);
-                }
-                let instrument = builder.build();
-                state
-                    .gauge_instruments
-                    .insert(name.to_owned(), instrument.clone());
-                instrument
-            }
+        let State {
+            descriptions,
+            gauges,
+            gauge_instruments,
+            ..
+        } = &mut *state;
+        let build = |name: &str| {
+            let (description, unit) = about(descriptions, name);
+            let meter = self.meter.f64_gauge(name.to_owned());
+            meter.with_description(description).with_unit(unit).build()
         };
-        let gauge = Arc::new(OtelGauge {
-            instrument: instrument.bind(&attributes(key)),
-            value: AtomicU64::new(0f64.to_bits()),
-        });
-        state.gauges.insert(key.clone(), Arc::clone(&gauge));
-        Gauge::from_arc(gauge)
+        Gauge::from_arc(cached(gauges, gauge_instruments, key, build, |i, a| {
+            OtelGauge {
+                instrument: i.bind(a),
+                value: AtomicU64::new(0f64.to_bits()),
+            }
+        }))
     }
 
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
         let mut state = self.state();
-        if let Some(histogram) = state.histograms.get(key) {
-            return Histogram::from_arc(Arc::clone(histogram));
-        }
-        let name = key.name();
-        let instrument = match state.histogram_instruments.get(name) {
-            Some(instrument) => instrument.clone(),
-            None => {
-                let (description, unit) = state.about(name);
-                let mut builder = self
-                    .meter
-                    .f64_histogram(name.to_owned())
-                    .with_description(description)
-                    .with_boundaries(crate::telemetry::BUCKETS.to_vec());
-                if let Some(unit) = unit {
-                    builder = builder.with_unit(unit);
-                }
-                let instrument = builder.build();
-                state
-                    .histogram_instruments
-                    .insert(name.to_owned(), instrument.clone());
-                instrument
-            }
+        let State {
+            descriptions,
+            histograms,
+            histogram_instruments,
+            ..
+        } = &mut *state;
+        let build = |name: &str| {
+            let (description, unit) = about(descriptions, name);
+            let meter = self.meter.f64_histogram(name.to_owned());
+            meter
+                .with_description(description)
+                .with_unit(unit)
+                .with_boundaries(crate::telemetry::BUCKETS.to_vec())
+                .build()
         };
-        let histogram = Arc::new(OtelHistogram {
-            instrument: instrument.bind(&attributes(key)),
-        });
-        state.histograms.insert(key.clone(), Arc::clone(&histogram));
-        Histogram::from_arc(histogram)
+        Histogram::from_arc(cached(
+            histograms,
+            histogram_instruments,
+            key,
+            build,
+            |i, a| OtelHistogram {
+                instrument: i.bind(a),
+            },
+        ))
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Otel {
     provider: SdkTracerProvider,
     tracer: opentelemetry_sdk::trace::SdkTracer,
     meters: Option<(SdkMeterProvider, tokio::task::JoinHandle<()>)>,
+    /// What the sampler keeps, in words.
+    sampling: String,
 }
 
 /// How [`Otel`] is set up: where to, as which service, how much to keep.
@@ -84,17 +86,12 @@ impl OtelBuilder {
     pub fn install(self) -> Result<Otel, Error> {
         let endpoint = self.endpoint.as_str();
         check_endpoint(endpoint)?;
-        let sampler = sampling::sampler(self.ratio)?;
+        let (sampler, sampling) = sampling::sampler(self.ratio)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
             .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Unavailable,
-                    format!("cannot make an OTLP exporter to {endpoint}: {e}"),
-                )
-            })?;
+            .map_err(|e| no_exporter("spans", endpoint, &e))?;
         let processor =
             BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
         let resource = opentelemetry_sdk::Resource::builder()
@@ -120,6 +117,7 @@ impl OtelBuilder {
             provider,
             tracer,
             meters,
+            sampling,
         })
     }
 }
@@ -136,12 +134,7 @@ fn install_metrics(
         .with_tonic()
         .with_endpoint(endpoint)
         .build()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("cannot make an OTLP metrics exporter to {endpoint}: {e}"),
-            )
-        })?;
+        .map_err(|e| no_exporter("metrics", endpoint, &e))?;
     let reader =
         opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
             exporter,
@@ -176,6 +169,14 @@ fn install_metrics(
     Ok((provider, collecting))
 }
 
+/// An exporter of `what` to `endpoint` that could not be made.
+fn no_exporter(what: &str, endpoint: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("cannot make an OTLP {what} exporter to {endpoint}: {e}"),
+    )
+}
+
 /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds), or 60 s.
 fn metric_interval() -> Duration {
     std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
@@ -190,6 +191,12 @@ impl Otel {
     /// `service`, sampled as the environment or the default says; see [`OtelBuilder`].
     pub fn install(endpoint: &str, service: &str) -> Result<Otel, Error> {
         Otel::builder(endpoint).service(service).install()
+    }
+
+    /// What the sampler keeps, in words (`keeping 1 % of new traces (the default)`), for a
+    /// service to say at start.
+    pub fn sampling(&self) -> &str {
+        &self.sampling
     }
 
     /// Sets up the export to the OTLP/gRPC `endpoint` step by step.

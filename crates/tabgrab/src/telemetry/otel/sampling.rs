@@ -25,14 +25,24 @@ use crate::{Error, ErrorKind};
 /// `OTEL_TRACES_SAMPLER=parentbased_always_on` (or `sampling(1.0)`) to keep every trace.
 pub const DEFAULT_RATIO: f64 = 0.01;
 
-/// The sampler: `ratio` if given, else the environment's, else the default.
-pub(super) fn sampler(ratio: Option<f64>) -> Result<Sampler, Error> {
+/// The sampler: `ratio` if given, else the environment's, else the default; and what it
+/// keeps, in words (for a service to say at start).
+pub(super) fn sampler(ratio: Option<f64>) -> Result<(Sampler, String), Error> {
     if let Some(ratio) = ratio {
-        return parent_based(ratio, "the sampling ratio");
+        let kept = format!("keeping {} % of new traces", ratio * 100.0);
+        return Ok((parent_based(ratio, "the sampling ratio")?, kept));
     }
     let name = std::env::var("OTEL_TRACES_SAMPLER").ok();
     let arg = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok();
-    from_env(name.as_deref(), arg.as_deref())
+    let sampler = from_env(name.as_deref(), arg.as_deref())?;
+    let kept = match name.as_deref().map(str::trim) {
+        None | Some("") => format!(
+            "keeping {} % of new traces (the default)",
+            DEFAULT_RATIO * 100.0
+        ),
+        Some(name) => format!("sampled as OTEL_TRACES_SAMPLER={name} says"),
+    };
+    Ok((sampler, kept))
 }
 
 /// The sampler the standard variables name (`None`: the default).

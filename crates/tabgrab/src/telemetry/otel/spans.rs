@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
     Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
@@ -119,14 +119,6 @@ impl Active for Otel {
         }
     }
 
-    fn fail(&self, description: &str) {
-        if self.recording {
-            self.cx
-                .span()
-                .set_status(Status::error(description.to_owned()));
-        }
-    }
-
     fn scope(&self, f: &mut dyn FnMut()) {
         let _current = self.cx.clone().attach();
         f();
@@ -147,7 +139,6 @@ fn span_kind(kind: Kind) -> SpanKind {
         Kind::Consumer => SpanKind::Consumer,
         Kind::Client => SpanKind::Client,
         Kind::Server => SpanKind::Server,
-        Kind::Internal => SpanKind::Internal,
     }
 }
 
