@@ -211,6 +211,84 @@ async fn an_unsampled_root_makes_no_spans_and_a_sampled_parent_is_followed() {
     assert_eq!(spans.len(), 3, "{spans:?}");
 }
 
+/// An event that arrives unsampled stays unsampled however it is handled, even where new
+/// traces are all kept: an application's own `tracing` span inside the handling is the
+/// handling's child, so neither is exported, and an event published inside that span carries
+/// the same trace, still unsampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applications_span_inside_an_unsampled_handling_is_not_sampled_either() {
+    let Some(receiver) = Receiver::start() else {
+        return;
+    };
+    let otel = traced(&receiver.endpoint(), "unsampled-test");
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    let effects = Publisher::new(&bus, "effects", "/test").unwrap();
+    let tickets = Subscription::builder(&bus, "tickets", "kitchen")
+        .handle(move |_: Ticket, _| {
+            let effects = effects.clone();
+            async move {
+                let bake = tracing::info_span!("bake");
+                tracing::Instrument::instrument(
+                    async { effects.publish(&Ticket { n: 2 }, "s").await },
+                    bake,
+                )
+                .await
+                .map_err(|e| HandlerError::transient(e.to_string()))?;
+                Ok(())
+            }
+        })
+        .start()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let audit = Subscription::builder(&bus, "effects", "audit")
+        .handle({
+            let seen = std::sync::Arc::clone(&seen);
+            move |_: Ticket, ctx| {
+                *seen.lock().unwrap() = ctx.envelope().traceparent.clone();
+                async { Ok(()) }
+            }
+        })
+        .start()
+        .unwrap();
+    let unsampled_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut envelope = tabgrab::Envelope::new("/test", &Ticket { n: 1 }).unwrap();
+    envelope.traceparent = Some(format!("00-{unsampled_trace}-00f067aa0ba902b7-00"));
+    Publisher::new(&bus, "tickets", "/test")
+        .unwrap()
+        .publish_envelope(&envelope)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while audit.stats().acked < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the effect handled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A sampled publish outside any span, so that the export is known to work.
+    Publisher::new(&bus, "other", "/test")
+        .unwrap()
+        .publish(&Ticket { n: 3 }, "s")
+        .await
+        .unwrap();
+    tickets.shutdown().await.unwrap();
+    audit.shutdown().await.unwrap();
+    bus.close().await.unwrap();
+
+    let carried = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the effect carries a context");
+    assert_eq!(&carried[3..35], unsampled_trace, "{carried}");
+    assert!(carried.ends_with("-00"), "{carried}");
+    let spans = exported(otel, &receiver).await;
+    let names: Vec<&Value> = spans.iter().map(|s| &s["name"]).collect();
+    assert_eq!(names, ["send other"], "{spans:?}");
+}
+
 /// An event staged in an outbox keeps the trace of the span it was staged in: the relay's
 /// publish (`send`, with the outbox table) and the consumer's handling are both children of
 /// that span, however long the row waited.

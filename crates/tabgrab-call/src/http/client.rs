@@ -249,7 +249,7 @@ fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
             _ => HeaderValue::from_str(value).ok()?,
         };
         let name = match name {
-            Name::Known(name) => HeaderName::from_static(name),
+            Name::Known(name) => known_header(name),
             Name::Extension(attribute) => {
                 HeaderName::from_bytes(format!("ce-{attribute}").as_bytes()).ok()?
             }
@@ -257,6 +257,34 @@ fn plain_ce_headers(codec: &Codec, envelope: &Envelope) -> Option<HeaderMap> {
         map.insert(name, value);
     }
     Some(map)
+}
+
+/// The header of a known attribute, made at compile time: `HeaderName::from_static` at run
+/// time looks the name up among the standard headers and checks each byte of it, on every
+/// header of every call.
+fn known_header(name: &'static str) -> HeaderName {
+    macro_rules! known {
+        ($($name:literal),*) => {
+            match name {
+                $($name => const { HeaderName::from_static($name) },)*
+                other => HeaderName::from_static(other),
+            }
+        };
+    }
+    known!(
+        "ce-specversion",
+        "ce-id",
+        "ce-source",
+        "ce-type",
+        "ce-time",
+        "ce-subject",
+        "ce-correlationid",
+        "ce-causationid",
+        "ce-traceparent",
+        "ce-replyto",
+        "ce-deadline",
+        "content-type"
+    )
 }
 
 /// The error an HTTP error answer stands for.

@@ -193,6 +193,28 @@ fn encode_into_appends_the_same_bytes_and_leaves_the_buffer_as_it_was_on_an_erro
     assert_eq!(codec.decode(&out[second]).unwrap(), small);
 }
 
+/// CloudEvents JSON lets an attribute be a number or a boolean: each is kept as the text JSON
+/// writes for it; null is an absent attribute; an object or an array is refused.
+#[test]
+fn numbers_and_booleans_are_attributes_and_null_is_none() {
+    let bytes = br#"{"specversion":"1.0","id":"1","source":"/s","type":"a.b.v1","int":42,"neg":-3,"num":1.5,"whole":2.0,"flag":true,"subject":null,"escaped":"a\u0041"}"#;
+    let envelope = Codec::default().decode(bytes).unwrap();
+    let extension = |name: &str| envelope.extensions.get(name).map(String::as_str);
+    assert_eq!(extension("int"), Some("42"));
+    assert_eq!(extension("neg"), Some("-3"));
+    assert_eq!(extension("num"), Some("1.5"));
+    assert_eq!(extension("whole"), Some("2.0"));
+    assert_eq!(extension("flag"), Some("true"));
+    assert_eq!(extension("escaped"), Some("aA"));
+    assert_eq!(envelope.subject, None);
+    for bad in [r#""list":[1]"#, r#""map":{"a":1}"#] {
+        let text =
+            format!(r#"{{"specversion":"1.0","id":"1","source":"/s","type":"a.b.v1",{bad}}}"#);
+        let err = Codec::default().decode(text.as_bytes()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Malformed, "{text}: {err}");
+    }
+}
+
 #[test]
 fn decoding_errors_are_typed() {
     let codec = Codec::default();
@@ -294,6 +316,16 @@ proptest! {
         let body = keys.iter().zip(values.iter()).map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",");
         let text = format!("{{{body}}}");
         let _ = Codec::default().decode(text.as_bytes());
+    }
+
+    /// The hand-written encoder writes every string as `serde_json` does, escapes and all.
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them(
+        s in prop_oneof![any::<String>(), "[\"\\\\\u{0}-\u{1f}\u{7f}a\u{e9}]{0,12}"],
+    ) {
+        let mut out = Vec::new();
+        write_string(&mut out, &s).unwrap();
+        prop_assert_eq!(out, serde_json::to_vec(&s).unwrap());
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl OtelBuilder {
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_resource(resource)
-            .with_sampler(sampler.clone())
+            .with_sampler(spans::Follow(sampler.clone()))
             .with_id_generator(sampling::Ids::default())
             .build();
         let tracer = provider.tracer("tabgrab");

@@ -1,15 +1,17 @@
 //! tabgrab's spans as OpenTelemetry spans, made with the SDK's tracer directly.
 //!
-//! A span starts by asking the sampler, with nothing built but the trace id; only a sampled
-//! span gets its name and attributes and goes to the exporter. An unsampled one is a
-//! bare context (trace id, a new span id, flags without the sampled bit): it still becomes the
-//! current context while its work runs, so the envelopes made inside carry the decision and
-//! the next process follows it instead of deciding again.
+//! A span starts by deciding sampling, with nothing built but the trace id: a parent-based
+//! sampler follows the parent's flag, a root asks the sampler. Only a sampled span gets its
+//! name and attributes and goes to the exporter. An unsampled one is
+//! [`Started::Unsampled`], a bare W3C context that tabgrab-core keeps current while its work
+//! runs (no OpenTelemetry context, no allocation), so the envelopes made inside carry the
+//! decision and the next process follows it instead of deciding again.
 //!
-//! The current context is OpenTelemetry's (`Context::current`), which [`Otel::layer`]
-//! (super::Otel::layer) also sets while an application's `tracing` span is entered: a
-//! publish inside a `tracing` span is its child, and a `tracing` span inside a handler is the
-//! handler span's child.
+//! A sampled span's context is OpenTelemetry's (`Context::current`), which
+//! [`Otel::layer`](super::Otel::layer) also sets while an application's `tracing` span is
+//! entered: a publish inside a `tracing` span is its child, and a `tracing` span inside a
+//! handler is the handler span's child. Inside an unsampled tabgrab span, an application's
+//! `tracing` span is not sampled either ([`Follow`]).
 
 use std::borrow::Cow;
 
@@ -18,8 +20,12 @@ use opentelemetry::trace::{
     Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, ShouldSample as _};
-use tabgrab_core::telemetry::trace::{Active, Attribute, Kind, Parent, Start, Tracer, Value};
+use opentelemetry_sdk::trace::{
+    Sampler, SamplingDecision, SamplingResult, SdkTracer, ShouldSample,
+};
+use tabgrab_core::telemetry::trace::{
+    self, Active, Attribute, Kind, Parent, Start, Started, TraceContext, Tracer, Value,
+};
 
 use super::sampling::Ids;
 
@@ -30,42 +36,69 @@ pub(super) struct Spans {
     pub(super) ids: Ids,
 }
 
+/// Where a span's parent is.
+enum Origin {
+    /// None: the span is a trace's root.
+    Root,
+    /// A context carried by a message, or the unsampled tabgrab span the code runs in.
+    Context(TraceContext),
+    /// OpenTelemetry's current context (a sampled tabgrab span, or an application's span).
+    Otel(Context),
+}
+
 impl Tracer for Spans {
     fn current(&self) -> Option<String> {
-        Context::map_current(|cx| traceparent(cx.span().span_context()))
+        Context::map_current(|cx| to_core(cx.span().span_context()).map(|c| c.traceparent()))
     }
 
-    fn start(&self, start: Start<'_>) -> Box<dyn Active> {
-        let parent = match start.parent {
-            Parent::Current => Context::current(),
-            Parent::Carried(carried) => carried.and_then(parse).map_or_else(Context::new, |sc| {
-                Context::new().with_remote_span_context(sc)
-            }),
+    fn start(&self, start: Start<'_>) -> Started {
+        let from = match start.parent {
+            Parent::Current => match trace::unsampled() {
+                Some(context) => Origin::Context(context),
+                // OpenTelemetry's context is cloned only when the span will be its child.
+                None => match Context::map_current(|cx| to_core(cx.span().span_context())) {
+                    None => Origin::Root,
+                    Some(context) if !context.is_sampled() => Origin::Context(context),
+                    Some(_) => Origin::Otel(Context::current()),
+                },
+            },
+            Parent::Carried(carried) => carried
+                .and_then(TraceContext::parse)
+                .map_or(Origin::Root, Origin::Context),
         };
-        let parent_sc = parent.span().span_context().clone();
-        let root = !parent_sc.is_valid();
-        let trace_id = if root {
-            self.ids.trace_id()
-        } else {
-            parent_sc.trace_id()
+        let parent = match &from {
+            Origin::Root => None,
+            Origin::Context(context) => Some(*context),
+            Origin::Otel(cx) => to_core(cx.span().span_context()),
         };
         let kind = span_kind(start.kind);
-        let decision =
-            self.sampler
-                .should_sample(Some(&parent), trace_id, start.name.0, &kind, &[], &[]);
-        if decision.decision != opentelemetry_sdk::trace::SamplingDecision::RecordAndSample {
-            let sc = SpanContext::new(
-                trace_id,
-                self.ids.span_id(),
-                TraceFlags::default(),
-                false,
-                decision.trace_state,
-            );
-            return Box::new(Otel {
-                cx: parent.with_remote_span_context(sc),
-                recording: false,
+        let trace_id = parent.map_or_else(|| self.ids.trace_id(), |p| TraceId::from(p.trace_id));
+        // A parent-based sampler follows the parent's flag (tabgrab's samplers keep the
+        // defaults for remote and local parents); the others decide by the trace id alone.
+        let sampled = match (&self.sampler, parent) {
+            (Sampler::ParentBased(_), Some(parent)) => parent.is_sampled(),
+            _ => {
+                self.sampler
+                    .should_sample(None, trace_id, start.name.0, &kind, &[], &[])
+                    .decision
+                    == SamplingDecision::RecordAndSample
+            }
+        };
+        if !sampled {
+            return Started::Unsampled(TraceContext {
+                trace_id: u128::from_be_bytes(trace_id.to_bytes()),
+                span_id: parent.map_or_else(
+                    || u64::from_be_bytes(self.ids.span_id().to_bytes()),
+                    |p| p.span_id,
+                ),
+                flags: parent.map_or(0, |p| p.flags & !1),
             });
         }
+        let parent = match from {
+            Origin::Root => Context::new(),
+            Origin::Context(context) => Context::new().with_remote_span_context(to_otel(context)),
+            Origin::Otel(cx) => cx,
+        };
         let name: Cow<'static, str> = match start.name {
             (a, "") => Cow::Owned(a.to_owned()),
             ("", b) => Cow::Owned(b.to_owned()),
@@ -76,18 +109,18 @@ impl Tracer for Spans {
             .span_builder(name)
             .with_kind(kind)
             .with_attributes(start.attributes.iter().filter_map(key_value));
-        let span = if root {
+        let span = if parent.span().span_context().is_valid() {
+            builder.start_with_context(&self.tracer, &parent)
+        } else {
             Ids::with_trace_id(trace_id, || {
                 builder.start_with_context(&self.tracer, &parent)
             })
-        } else {
-            builder.start_with_context(&self.tracer, &parent)
         };
         let recording = opentelemetry::trace::Span::is_recording(&span);
-        Box::new(Otel {
+        Started::Sampled(Box::new(Otel {
             cx: parent.with_span(span),
             recording,
-        })
+        }))
     }
 
     fn event(&self, name: &'static str, attributes: &[Attribute<'_>]) {
@@ -98,6 +131,55 @@ impl Tracer for Spans {
             }
         });
     }
+}
+
+/// The SDK's sampler, for the spans the SDK builds itself (an application's `tracing` spans):
+/// a span with no parent of its own made inside an unsampled tabgrab span is that span's
+/// child, and so not sampled either.
+#[derive(Debug, Clone)]
+pub(super) struct Follow(pub(super) Sampler);
+
+impl ShouldSample for Follow {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> SamplingResult {
+        let has_parent = parent_context.is_some_and(|cx| cx.span().span_context().is_valid());
+        if !has_parent && trace::unsampled().is_some() {
+            return SamplingResult {
+                decision: SamplingDecision::Drop,
+                attributes: Vec::new(),
+                trace_state: TraceState::default(),
+            };
+        }
+        self.0
+            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+    }
+}
+
+/// An OpenTelemetry span context as a W3C trace context, if it is valid.
+fn to_core(sc: &SpanContext) -> Option<TraceContext> {
+    sc.is_valid().then(|| TraceContext {
+        trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+        flags: sc.trace_flags().to_u8(),
+    })
+}
+
+/// A carried W3C trace context as a remote OpenTelemetry span context.
+fn to_otel(context: TraceContext) -> SpanContext {
+    SpanContext::new(
+        TraceId::from(context.trace_id),
+        SpanId::from(context.span_id),
+        TraceFlags::new(context.flags),
+        true,
+        TraceState::default(),
+    )
 }
 
 /// A started span: its context, whose span ends when this is dropped.
@@ -147,99 +229,5 @@ fn key_value((key, value): &Attribute<'_>) -> Option<KeyValue> {
         Value::Str(s) => Some(KeyValue::new(*key, s.to_owned())),
         Value::Int(i) => Some(KeyValue::new(*key, i)),
         Value::None => None,
-    }
-}
-
-/// The W3C `traceparent` of a valid span context (written by hand: it is made for every
-/// envelope, and `format!` with the ids' `Display` cost several times as much).
-fn traceparent(sc: &SpanContext) -> Option<String> {
-    if !sc.is_valid() {
-        return None;
-    }
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
-    push_hex(&mut out, &sc.trace_id().to_bytes());
-    out.push('-');
-    push_hex(&mut out, &sc.span_id().to_bytes());
-    out.push('-');
-    push_hex(&mut out, &[sc.trace_flags().to_u8()]);
-    Some(out)
-}
-
-/// Appends `bytes` in lowercase hex.
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-}
-
-/// A W3C `traceparent` (version 00): `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
-pub(super) fn parse(traceparent: &str) -> Option<SpanContext> {
-    let mut parts = traceparent.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version != "00" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
-        return None;
-    }
-    // By hand: every message a consumer handles is parsed (`from_hex` took about 900
-    // instructions for the two ids).
-    let trace = TraceId::from(hex(trace)?);
-    let span = SpanId::from(u64::try_from(hex(span)?).ok()?);
-    let flags = u8::try_from(hex(flags)?).ok()?;
-    let context = SpanContext::new(
-        trace,
-        span,
-        TraceFlags::new(flags),
-        true,
-        TraceState::default(),
-    );
-    context.is_valid().then_some(context)
-}
-
-/// A number written in (at most 32) hex digits.
-fn hex(digits: &str) -> Option<u128> {
-    digits.bytes().try_fold(0u128, |n, b| {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        };
-        Some((n << 4) | u128::from(digit))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{parse, traceparent};
-
-    #[test]
-    fn traceparents_are_read_and_bad_ones_refused() {
-        let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let context = parse(good).expect("a valid traceparent");
-        assert_eq!(
-            context.trace_id().to_string(),
-            "0af7651916cd43dd8448eb211c80319c"
-        );
-        assert_eq!(context.span_id().to_string(), "b7ad6b7169203331");
-        assert!(context.is_sampled());
-        assert_eq!(traceparent(&context).as_deref(), Some(good));
-        let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
-        let context = parse(unsampled).expect("a valid traceparent");
-        assert!(!context.is_sampled());
-        assert_eq!(traceparent(&context).as_deref(), Some(unsampled));
-        for bad in [
-            "",
-            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
-            "00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01",
-            "00-zzf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
-        ] {
-            assert!(parse(bad).is_none(), "{bad:?}");
-        }
     }
 }
