@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tabgrab_core::telemetry::trace::{Kind, Parent, Span, Start, Value};
+use tabgrab_core::telemetry::trace::{self, Kind, Parent, Span, Start, Value};
 use tabgrab_core::{Envelope, ErrorKind, Request};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
@@ -177,7 +177,15 @@ impl Client {
             idempotency_key: options.idempotency_key,
         };
         let at = std::time::Instant::now();
-        let result = span.instrument(self.stack.call(call)).await;
+        let result = span
+            .instrument(async {
+                let result = self.stack.call(call).await;
+                if let Err(e) = &result {
+                    trace::fail(e.kind().as_str(), &e.to_string());
+                }
+                result
+            })
+            .await;
         self.record(
             R::TYPE,
             at.elapsed(),

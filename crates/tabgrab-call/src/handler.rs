@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use tabgrab_core::telemetry::trace::{Kind, Parent, Span, Start, Value};
+use tabgrab_core::telemetry::trace::{self, Kind, Parent, Span, Start, Value};
 use tabgrab_core::{Codec, Envelope, Error, ErrorKind, Rejection, Request};
 use tokio::time::Instant;
 
@@ -370,7 +370,10 @@ impl Handlers {
                 deadline,
                 ty,
                 duration,
-            } = started.inspect_err(|e| record_failure(method, e.kind, at.elapsed()))?;
+            } = started.inspect_err(|e| {
+                record_failure(method, e.kind, at.elapsed());
+                trace::fail(e.kind.as_str(), &e.message);
+            })?;
             let result = match deadline {
                 None => work.await,
                 Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
@@ -386,7 +389,10 @@ impl Handlers {
             };
             match &result {
                 Ok(_) => duration.record(at.elapsed()),
-                Err(e) => record_failure(&ty, e.kind, at.elapsed()),
+                Err(e) => {
+                    record_failure(&ty, e.kind, at.elapsed());
+                    trace::fail(e.kind.as_str(), &e.message);
+                }
             }
             result
         };

@@ -112,6 +112,98 @@ async fn a_retry_and_a_dead_letter_are_events_on_the_handlings_span() {
         .unwrap_or_else(|| panic!("no dead-letter event: {dead:?}"));
     assert_eq!(letter["attributes"]["reason"], "permanent_error");
     assert_eq!(number(&letter["attributes"]["attempt"]), "1");
+    // The dead letter's handling failed, with the reason as its error type; the retried one
+    // succeeded in the end.
+    let failed = handling(&refused);
+    assert_eq!(failed["status"]["code"], "STATUS_CODE_ERROR", "{failed}");
+    assert_eq!(failed["attributes"]["error.type"], "permanent_error");
+    assert!(
+        failed["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no such pizza")),
+        "{failed}"
+    );
+    let succeeded = handling(&retried);
+    assert_eq!(
+        succeeded["status"]["code"], "STATUS_CODE_UNSET",
+        "{succeeded}"
+    );
+    assert!(succeeded["attributes"].get("error.type").is_none());
+}
+
+#[derive(Serialize, Deserialize)]
+struct Price {
+    item: String,
+}
+impl Message for Price {
+    const TYPE: &'static str = "test.menu.price.v1";
+}
+impl tabgrab::Query for Price {
+    type Response = u64;
+}
+tabgrab::request!(query Price);
+
+/// A call that fails is an error on both sides, with the error's kind as `error.type`; one that
+/// succeeds is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_is_an_error_on_the_client_and_the_server_span() {
+    use tabgrab::call::{CallContext, Client, HandlerError, Handlers, http::HttpTransport};
+    let Some(receiver) = Receiver::start() else {
+        return;
+    };
+    let otel = traced(&receiver.endpoint(), "calls-test");
+    let handlers = Handlers::new().handle(|p: Price, _ctx: CallContext| async move {
+        match p.item.as_str() {
+            "margherita" => Ok(900),
+            _ => Err(HandlerError::from(tabgrab::Rejection::new(
+                "menu.unknown",
+                "not on the menu",
+            ))),
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tabgrab::call::serve(
+        listener,
+        tabgrab::call::router(handlers),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let client = Client::builder(HttpTransport::new(format!("http://{addr}")))
+        .service_name("menu")
+        .build();
+    let item = |item: &str| Price { item: item.into() };
+    assert_eq!(client.call(&item("margherita")).await.unwrap(), 900);
+    let refused = client.call(&item("sushi")).await.unwrap_err();
+    assert_eq!(refused.kind(), tabgrab::ErrorKind::Remote);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+
+    let spans = exported(otel, &receiver).await;
+    let of = |kind: &str| -> Vec<&Value> { spans.iter().filter(|s| s["kind"] == kind).collect() };
+    let (clients, servers) = (of("SPAN_KIND_CLIENT"), of("SPAN_KIND_SERVER"));
+    assert_eq!((clients.len(), servers.len()), (2, 2), "{spans:?}");
+    for side in [clients, servers] {
+        let (failed, ok): (Vec<&Value>, Vec<&Value>) = side
+            .into_iter()
+            .partition(|s| s["status"]["code"] == "STATUS_CODE_ERROR");
+        assert_eq!((failed.len(), ok.len()), (1, 1), "{spans:?}");
+        assert_eq!(failed[0]["attributes"]["error.type"], "remote");
+        assert!(
+            failed[0]["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not on the menu")),
+            "{}",
+            failed[0]
+        );
+        assert_eq!(ok[0]["status"]["code"], "STATUS_CODE_UNSET");
+        assert_ne!(
+            failed[0]["trace_id"], ok[0]["trace_id"],
+            "one trace per call"
+        );
+    }
 }
 
 /// Sampling is decided once, at a trace's root, and every later span follows the decision

@@ -234,6 +234,9 @@ pub trait Tracer: Send + Sync + 'static {
     fn start(&self, start: Start<'_>) -> Started;
     /// Adds an event to the current span, if it is recorded.
     fn event(&self, name: &'static str, attributes: &[Attribute<'_>]);
+    /// Marks the current span, if it is recorded, as failed: status error with `message`,
+    /// and `error.type` set to `error_type`.
+    fn fail(&self, error_type: &str, message: &str);
 }
 
 /// A started, sampled span, ended when dropped.
@@ -268,6 +271,17 @@ pub fn event(name: &'static str, attributes: &[Attribute<'_>]) {
         && unsampled().is_none()
     {
         tracer.event(name, attributes);
+    }
+}
+
+/// Marks the current span as failed (a dead letter, a failed call): its status is an error
+/// with `message`, and `error.type` (OpenTelemetry's convention) is `error_type`, a bounded
+/// name such as an error kind or a dead letter's reason. Nothing when it is not recorded.
+pub fn fail(error_type: &str, message: &str) {
+    if let Some(tracer) = TRACER.get()
+        && unsampled().is_none()
+    {
+        tracer.fail(error_type, message);
     }
 }
 

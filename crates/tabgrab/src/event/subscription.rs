@@ -1061,14 +1061,16 @@ impl Group {
                 continue;
             };
             tracing::warn!(topic = %self.topic, group = %self.name, offset = job.offset, attempt, %error, reason, "event dead-lettered");
+            let message = error.to_string();
             trace::event(
                 "event dead-lettered",
                 &[
                     ("reason", Value::Str(reason)),
                     ("attempt", attempt.into()),
-                    ("error", Value::Str(&error.to_string())),
+                    ("error", Value::Str(&message)),
                 ],
             );
+            trace::fail(reason, &message);
             let letter = DeadLetter::new(
                 &self.topic,
                 &self.name,
@@ -1076,7 +1078,7 @@ impl Group {
                 &job.raw,
                 Some(&job.envelope),
             )
-            .because(reason, error.to_string(), attempt);
+            .because(reason, message, attempt);
             if let Some(settle) = Box::pin(self.dead_letter(letter)).await {
                 self.finish(job.offset, settle).await;
             }

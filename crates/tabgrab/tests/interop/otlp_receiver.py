@@ -5,7 +5,8 @@ crates/pizzeria/tests/traces.rs).
 Built on the official OpenTelemetry protocol definitions (PyPI's `opentelemetry-proto`) and
 grpcio. It serves the OTLP TraceService and MetricsService on 127.0.0.1 (a free port, printed
 as `port N` on stdout once it listens). It appends each received span as one JSON line to the
-first file: trace id, span id, parent span id, name, kind, service, attributes and events
+first file: trace id, span id, parent span id, name, kind, service, attributes, status (code
+and message) and events
 (each with its attributes); and each received data point to the second: metric name, unit,
 type (sum, gauge, histogram), whether a sum is monotonic and cumulative, service, attributes,
 and the value (a sum's or gauge's `value`; a histogram's `count`, `sum`, `bounds` and
@@ -56,6 +57,10 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                                 "kind": trace_pb2.Span.SpanKind.Name(span.kind),
                                 "service": resource.get("service.name"),
                                 "attributes": {a.key: value(a.value) for a in span.attributes},
+                                "status": {
+                                    "code": trace_pb2.Status.StatusCode.Name(span.status.code),
+                                    "message": span.status.message,
+                                },
                                 "events": [
                                     {
                                         "name": e.name,

@@ -123,6 +123,16 @@ impl Tracer for Spans {
         }))
     }
 
+    fn fail(&self, error_type: &str, message: &str) {
+        Context::map_current(|cx| {
+            let span = cx.span();
+            if span.is_recording() {
+                span.set_attribute(KeyValue::new("error.type", error_type.to_owned()));
+                span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
+            }
+        });
+    }
+
     fn event(&self, name: &'static str, attributes: &[Attribute<'_>]) {
         Context::map_current(|cx| {
             let span = cx.span();
