@@ -455,7 +455,10 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
         }),
         _ => None,
     };
-    println!("pizzeria service {:?} listening on http://{addr}", name);
+    println!(
+        "pizzeria service {} listening on http://{addr}",
+        args.name.as_str()
+    );
     std::io::stdout()
         .flush()
         .map_err(|e| Error::new(ErrorKind::Io, "cannot write to stdout").with_source(e))?;

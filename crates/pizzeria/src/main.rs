@@ -25,10 +25,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Logs to stderr (RUST_LOG, default warn); with --otlp, spans at info and above to the
-    // OTLP endpoint as well.
+    // Logs to stderr (RUST_LOG, default warn), coloured only on a terminal (not into a file
+    // or a pipe); with --otlp, spans at info and above to the OTLP endpoint as well.
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")));
     let otel = match cli.otlp() {
         None => None,

@@ -167,7 +167,23 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     config: ServeConfig,
 ) -> io::Result<()> {
+    if let Some(warning) = listener.local_addr().ok().and_then(beyond_this_machine) {
+        tracing::warn!("{warning}");
+    }
     serve_on(listener, router, shutdown, config).await
+}
+
+/// The warning for a server that listens on `addr`, if other machines can reach it: the call
+/// server has neither TLS nor authentication yet, so anyone who can reach it can call every
+/// handler, in plain text.
+fn beyond_this_machine(addr: std::net::SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "the call server listens on {addr}, beyond this machine, without TLS or \
+             authentication: anyone who reaches it can call every handler; bind 127.0.0.1, or \
+             put a TLS proxy that authenticates callers in front of it"
+        )
+    })
 }
 
 /// The accept loop, over any source of connections (tests inject failing ones).

@@ -54,3 +54,20 @@ async fn a_lasting_accept_failure_is_retried_with_growing_pauses_not_in_a_spin()
     assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
     assert_eq!(gaps.last(), Some(&Duration::from_secs(1)));
 }
+
+/// A server other machines can reach is warned about, with what to do; one on loopback is not.
+#[test]
+fn a_server_reachable_from_other_machines_is_warned_about() {
+    for public in ["0.0.0.0:8080", "[::]:8080", "192.168.1.20:80", "10.0.0.1:0"] {
+        let warning = beyond_this_machine(public.parse().unwrap())
+            .unwrap_or_else(|| panic!("{public}: no warning"));
+        assert!(
+            warning.contains("without TLS or authentication"),
+            "{warning}"
+        );
+        assert!(warning.contains("bind 127.0.0.1"), "{warning}");
+    }
+    for local in ["127.0.0.1:0", "127.0.0.2:8080", "[::1]:8080"] {
+        assert_eq!(beyond_this_machine(local.parse().unwrap()), None, "{local}");
+    }
+}
