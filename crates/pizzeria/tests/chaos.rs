@@ -14,7 +14,12 @@
 //! - the ledger balances (`Store::audit`) and matches the facts on the bus; no effect happened
 //!   twice and every effect the bus calls for happened (`tabgrab_testkit::effects::check`);
 //! - every consumer group's lag returns to zero within a bound (`Bus::lag`): nothing wedged;
-//! - every bad message is a dead letter with its reason, in every group that reads it.
+//! - every bad message is a dead letter with its reason, in every group that reads it, and
+//!   no well-formed event is one (a fault delays an event, it never makes a group give up).
+//!
+//! When orders did not end on a broker, the test first prints where their events are: the
+//! outbox's backlog, dead letters of well-formed events, RabbitMQ's ready and unacknowledged
+//! counts per queue, and the services' last lines on stderr.
 //!
 //! # Tiers
 //! `cargo nextest run -p pizzeria --test chaos` runs one seed per engine (the short tier, in
@@ -258,6 +263,101 @@ async fn check_dead_letters(seed: u64, bus: &Bus, bad: &[Bad]) -> usize {
     }
 }
 
+/// Whether dead letter `l` is of one of the bad messages the test published.
+fn is_bad(l: &tabgrab::event::DeadLetter, bad: &[Bad]) -> bool {
+    bad.iter().any(|b| {
+        (b.id.is_some() && l.message_id == b.id)
+            || (b.sha256.is_some() && Some(&l.original_sha256) == b.sha256.as_ref())
+    })
+}
+
+/// No well-formed event is a dead letter: a fault (a killed process, a broker restart, a
+/// duplicate) delays an event but never makes a group give up on it.
+async fn check_no_good_event_dead(seed: u64, bus: &Bus, bad: &[Bad]) {
+    let letters = bus.dead_letters(TOPIC).await.unwrap();
+    let good: Vec<String> = letters
+        .iter()
+        .filter(|l| !is_bad(l, bad))
+        .map(|l| {
+            format!(
+                "{} of {:?} ({:?}) in {}: {} after {} attempts: {}",
+                l.message_type.as_deref().unwrap_or("?"),
+                l.subject,
+                l.message_id,
+                l.group,
+                l.reason,
+                l.attempts,
+                l.error
+            )
+        })
+        .collect();
+    assert!(
+        good.is_empty(),
+        "seed {seed}: {} well-formed events are dead letters:\n  {}",
+        good.len(),
+        good.join("\n  ")
+    );
+}
+
+/// Prints what the engine, the outbox and the services say, when orders did not end.
+async fn diagnose(
+    engine: &Broker,
+    bus: &Bus,
+    store: &Store,
+    services: &BTreeMap<&str, Service>,
+    bad: &[Bad],
+) {
+    println!("--- diagnosis: orders did not end ---");
+    println!("outbox rows not yet published: {:?}", store.pending().await);
+    match bus.dead_letters(TOPIC).await {
+        Ok(letters) => {
+            let good: Vec<_> = letters.iter().filter(|l| !is_bad(l, bad)).collect();
+            println!("dead letters of well-formed events: {}", good.len());
+            for l in good.iter().take(20) {
+                println!(
+                    "  {} in {}: {} ({} attempts): {}",
+                    l.message_type.as_deref().unwrap_or("?"),
+                    l.group,
+                    l.reason,
+                    l.attempts,
+                    l.error
+                );
+            }
+        }
+        Err(e) => println!("dead letters: cannot list: {e}"),
+    }
+    if let Broker::Amqp { namespace } = engine {
+        // The queues' lag counts only what waits; what a member holds unacknowledged is here.
+        let prefix = format!("tabgrab.{namespace}.");
+        if let Ok(out) = std::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ])
+            .output()
+        {
+            println!("RabbitMQ queues (name, ready, unacknowledged, consumers):");
+            for line in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with(&prefix))
+            {
+                println!("  {line}");
+            }
+        }
+    }
+    for (name, service) in services {
+        println!("{name}'s last lines on stderr:");
+        for line in service.stderr_tail() {
+            println!("  {line}");
+        }
+    }
+    println!("--- end of diagnosis ---");
+}
+
 /// Waits (bounded) until every group has settled everything.
 async fn check_lag(seed: u64, bus: &Bus, groups: &[&str]) {
     let deadline = Instant::now() + LAG_BOUND;
@@ -443,6 +543,7 @@ async fn embedded(seed: u64, plan: Plan) -> Outcome {
     check_lag(seed, &bus, &groups).await;
     outcome.bad = bad.len();
     outcome.dead_letters = check_dead_letters(seed, &bus, &bad).await;
+    check_no_good_event_dead(seed, &bus, &bad).await;
     embedded.close().await.unwrap();
     outcome.secs = started.elapsed().as_secs_f64();
     outcome
@@ -579,6 +680,11 @@ async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
     outcome.bad = bad.len();
     outcome.dead_letters = check_dead_letters(seed, &bus, &bad).await;
     let facts = engine.facts(&recorder);
+    if !common::check_orders(&facts).is_valid() {
+        // Said before the check fails: where the unfinished orders' events are.
+        diagnose(&engine, &bus, &store, &services, &bad).await;
+    }
+    check_no_good_event_dead(seed, &bus, &bad).await;
     let arrival = common::check_orders(&recorder.facts());
     if !arrival.is_valid() {
         // Not a failure on an engine without causal order; said, so that it is seen.

@@ -145,6 +145,11 @@ impl Service {
         service
     }
 
+    /// Its last lines on stderr (at most 20), to say what it was doing when a check failed.
+    pub(crate) fn stderr_tail(&self) -> Vec<String> {
+        self.errors.lock().unwrap().iter().cloned().collect()
+    }
+
     /// Its PID.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
