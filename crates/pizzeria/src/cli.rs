@@ -30,9 +30,9 @@ pub enum Command {
     /// Run every service in this process and send it simulated customers over HTTP; print a
     /// summary (orders delivered and failed, events, dead letters, throughput, latency).
     Run(RunArgs),
-    /// List the dead letters of the pizzeria topic: events a service gave up on, with why
-    /// (of the embedded log in --data-dir, or of a broker with --bus).
-    DeadLetters(DeadLettersArgs),
+    /// List, show, redrive or purge the dead letters of the pizzeria topic: events a service
+    /// gave up on, with why (of the embedded log in --data-dir, or of a broker with --bus).
+    DeadLetters(crate::dead_letters::DeadLettersArgs),
     /// Show what became of every order, read back from the front desk's durable view (no
     /// service needs to run): counts by fate, and each order that has not ended with its
     /// history; `--check` fails if one has not.
@@ -304,23 +304,6 @@ pub struct OrdersArgs {
     pub json: bool,
 }
 
-/// Options of `pizzeria dead-letters`.
-#[derive(Debug, Args)]
-pub struct DeadLettersArgs {
-    /// Directory of the embedded event log, as given to `pizzeria run`.
-    #[arg(long, default_value = "./pizzeria-data")]
-    pub data_dir: PathBuf,
-    /// A broker instead of the embedded log: `nats://host:port` or
-    /// `amqp://user:pass@host:port/vhost` (with `?namespace=` as given to `pizzeria run`).
-    #[arg(long)]
-    pub bus: Option<String>,
-    /// The topic whose dead letters to list: `pizzeria` (the events style), or for the
-    /// messaging style `payment`, `inventory`, `kitchen` (requests) and
-    /// `replies.front-desk-messaging` (replies, including rejected forged ones).
-    #[arg(long, default_value = TOPIC)]
-    pub topic: String,
-}
-
 /// Parses a share: a number from 0 to 1.
 fn parse_share(s: &str) -> Result<f64, String> {
     let share: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
@@ -356,7 +339,7 @@ impl Cli {
 pub async fn execute(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Run(args) => run_command(args).await,
-        Command::DeadLetters(args) => dead_letters_command(&args).await,
+        Command::DeadLetters(args) => crate::dead_letters::command(&args).await,
         Command::Orders(args) => orders_command(&args).await,
         Command::Bench(args) => bench_command(args).await,
         Command::Service(args) => service_command(args).await,
@@ -690,86 +673,6 @@ async fn view_behind(args: &OrdersArgs) -> Result<u64, String> {
         Ok(None) => Ok(0), // no front desk ever read the topic: nothing it has not read
         Err(e) => Err(e.to_string()),
     }
-}
-
-async fn dead_letters_command(args: &DeadLettersArgs) -> Result<(), Error> {
-    let topic = args.topic.as_str();
-    let valid = !topic.is_empty()
-        && !topic.starts_with('.')
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    if !valid {
-        return Err(Error::new(
-            ErrorKind::Usage,
-            format!("{topic:?} is not a topic name: use letters, digits, '.', '-' and '_'"),
-        ));
-    }
-    let letters = match &args.bus {
-        Some(url) => {
-            let connection = crate::namespace::connect(url).await?;
-            connection.bus().dead_letters(topic).await?
-        }
-        None => {
-            if !args.data_dir.join("topics").is_dir() {
-                return Err(Error::new(
-                    ErrorKind::Usage,
-                    format!(
-                        "{} holds no pizzeria data; pass the --data-dir of a `pizzeria run`, or --bus",
-                        args.data_dir.display()
-                    ),
-                ));
-            }
-            let bus = EmbeddedBus::open(&args.data_dir).map_err(|e| {
-                Error::new(
-                    ErrorKind::Bus,
-                    format!("cannot open {}", args.data_dir.display()),
-                )
-                .with_source(e)
-            })?;
-            tabgrab::event::read_dead_letters(&bus, topic)?
-        }
-    };
-    let mut out = std::io::stdout().lock();
-    let write = |out: &mut std::io::StdoutLock<'_>, text: String| {
-        writeln!(out, "{text}")
-            .map_err(|e| Error::new(ErrorKind::Io, "cannot write to stdout").with_source(e))
-    };
-    if letters.is_empty() {
-        return write(&mut out, format!("no dead letters in topic {topic}"));
-    }
-    write(
-        &mut out,
-        format!("{} dead letters in topic {topic}:", letters.len()),
-    )?;
-    for letter in &letters {
-        let kept = if letter.original_truncated {
-            format!(
-                "  (original: {} bytes, sha256 {}, kept at {})",
-                letter.original_size,
-                letter.original_sha256,
-                letter
-                    .original_kept_at
-                    .as_deref()
-                    .unwrap_or("an unknown place")
-            )
-        } else {
-            String::new()
-        };
-        write(
-            &mut out,
-            format!(
-                "offset {:>8}  group {:<10}  type {:<36}  reason {:<16}  attempts {:>2}  error: {}{kept}",
-                letter.offset,
-                letter.group,
-                letter.message_type.as_deref().unwrap_or("(undecodable)"),
-                letter.reason,
-                letter.attempts,
-                letter.error
-            ),
-        )?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -59,6 +59,9 @@ pub enum ErrorKind {
     /// Stored data was damaged and cannot be read back (a log range that fails its
     /// checksums): the range is dead-lettered explicitly, never skipped in silence.
     DataLoss,
+    /// What was asked for does not exist (a dead letter redriven or purged already, an
+    /// unknown id).
+    NotFound,
 }
 
 impl ErrorKind {
@@ -97,6 +100,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::DataLoss => "data_loss",
+            ErrorKind::NotFound => "not_found",
         }
     }
 }

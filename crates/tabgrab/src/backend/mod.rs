@@ -558,14 +558,17 @@ impl Bus {
         self.backend.group_lag(&Topic::new(topic)?, group).await
     }
 
-    /// Every dead letter of `topic`, oldest first.
+    /// Every open dead letter of `topic` (not redriven or purged), oldest first; to filter,
+    /// redrive or purge them, see [`DeadLetters`](crate::event::DeadLetters).
     pub async fn dead_letters(&self, topic: &str) -> Result<Vec<DeadLetter>, Error> {
-        self.backend
+        let records = self
+            .backend
             .read_all(&Topic::new(topic)?.dead_letters())
-            .await?
-            .iter()
-            .map(Envelope::decode::<DeadLetter>)
-            .collect()
+            .await?;
+        Ok(crate::event::open_letters(&records)?
+            .into_iter()
+            .map(|k| k.letter)
+            .collect())
     }
 
     /// Deletes a topic with its groups and dead letters (brokers only; the embedded bus

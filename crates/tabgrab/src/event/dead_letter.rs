@@ -75,7 +75,9 @@ pub struct DeadLetter {
     /// The event's subject, when its envelope could be decoded.
     pub subject: Option<String>,
     /// The original record, byte for byte, base64-encoded: all of it, or its first
-    /// [`ORIGINAL_EXCERPT`] bytes when [`original_truncated`](Self::original_truncated).
+    /// [`ORIGINAL_EXCERPT`] bytes when [`original_truncated`](Self::original_truncated). An
+    /// event that arrived in CloudEvents binary mode (attributes in headers) is kept as the
+    /// same event in structured mode.
     pub original_base64: String,
     /// The original's size in bytes.
     #[serde(default)]
@@ -136,6 +138,10 @@ impl DeadLetter {
 
     /// Builds a dead letter for the record at `offset` of `topic`; the reason comes next,
     /// with [`DeadLetter::because`].
+    ///
+    /// A decoded event whose record does not hold it whole (CloudEvents binary mode: the
+    /// attributes travel in headers, the record is the data) is kept as the same event in
+    /// structured mode, one self-contained record that can be inspected and redriven.
     pub(crate) fn new(
         topic: &str,
         group: &str,
@@ -143,6 +149,19 @@ impl DeadLetter {
         original: &[u8],
         envelope: Option<&Envelope>,
     ) -> DeadLetter {
+        let structured;
+        let original = match envelope {
+            Some(e) if Codec::default().decode(original).is_err() => {
+                match Codec::default().encode(e) {
+                    Ok(bytes) => {
+                        structured = bytes;
+                        &structured[..]
+                    }
+                    Err(_) => original,
+                }
+            }
+            _ => original,
+        };
         let truncated = original.len() > ORIGINAL_KEPT_WHOLE;
         let kept = if truncated {
             &original[..ORIGINAL_EXCERPT]
@@ -266,13 +285,19 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Every dead letter of `topic` on an embedded bus, oldest first, without a runtime (the
-/// same as [`Bus::dead_letters`]; reading creates nothing).
+/// Every open dead letter of `topic` on an embedded bus (not redriven or purged), oldest
+/// first, without a runtime (the same as [`Bus::dead_letters`]; reading creates nothing).
 pub fn read_dead_letters(bus: &EmbeddedBus, topic: &str) -> Result<Vec<DeadLetter>, Error> {
-    bus.read_all_now(&dead_letter_topic(topic))?
-        .iter()
-        .map(Envelope::decode::<DeadLetter>)
-        .collect()
+    Ok(read_kept_letters(bus, topic)?
+        .into_iter()
+        .map(|k| k.letter)
+        .collect())
+}
+
+/// [`read_dead_letters`] with each dead letter's id, as
+/// [`DeadLetters::list`](super::DeadLetters::list) gives them.
+pub fn read_kept_letters(bus: &EmbeddedBus, topic: &str) -> Result<Vec<super::KeptLetter>, Error> {
+    super::open_letters(&bus.read_all_now(&dead_letter_topic(topic))?)
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@
 //!   returned `Ok`; a crash redelivers whatever was not acknowledged;
 //! - a failing handler is retried with exponential backoff and full jitter, and after
 //!   `max_deliveries` the event goes to the topic's dead letters with the reason, the number of
-//!   attempts, the last error and its source offset ([`DeadLetter`]);
+//!   attempts, the last error and its source offset ([`DeadLetter`]), to be listed, redriven
+//!   or purged ([`DeadLetters`]);
 //! - order is kept per `subject`; different subjects are handled in parallel, and a subject
 //!   that is retrying never blocks the others;
 //! - input that cannot be decoded (malformed, too large, unknown type, unsupported version)
@@ -19,13 +20,18 @@
 //! - [`Subscription::shutdown`] stops reading, lets running handlers finish and commits.
 
 mod dead_letter;
+mod dead_letters;
 mod handler;
 mod publisher;
 mod subscription;
 
 pub use dead_letter::{
     DEAD_LETTER_TYPE, DeadLetter, ORIGINAL_EXCERPT, ORIGINAL_KEPT_WHOLE, dead_letter_topic,
-    read_dead_letters,
+    read_dead_letters, read_kept_letters,
+};
+pub(crate) use dead_letters::open_letters;
+pub use dead_letters::{
+    DeadLetters, Filter, KeptLetter, REDRIVEN_FROM, Redriven, SETTLED_TYPE, Settlement,
 };
 pub use handler::{Context, HandlerError};
 pub use publisher::{Publisher, Receipt};

@@ -1089,6 +1089,139 @@ pub(crate) async fn dead_letters_survive_many_listings(f: Fixture) {
     f.cleanup().await;
 }
 
+/// A dead letter is listed with a filter, redriven once its cause is fixed (the same event id,
+/// with `redrivenfrom`, handled by the group that gave up on it, even within JetStream's
+/// duplicate window) and then no longer listed; bytes that are no event cannot be redriven
+/// and are purged; a redrive repeated after a crash (publish done, settlement not) is the
+/// same event again, which de-duplicates where the engine can.
+pub(crate) async fn dead_letters_are_redriven_once_fixed_and_purged(f: Fixture) {
+    use tabgrab::event::{DeadLetters, Filter, REDRIVEN_FROM};
+    let topic = f.topic("redrive");
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // (order, event id, redrivenfrom) of every handled ticket.
+    type Handled = Vec<(String, String, Option<String>)>;
+    let handled: Arc<Mutex<Handled>> = Arc::default();
+    let sub = {
+        let (fixed, handled) = (Arc::clone(&fixed), Arc::clone(&handled));
+        Subscription::builder(&f.bus, &topic, "g")
+            .max_deliveries(2)
+            .backoff(fast_backoff())
+            .handle(move |t: Ticket, ctx: Context| {
+                let (fixed, handled) = (Arc::clone(&fixed), Arc::clone(&handled));
+                async move {
+                    if t.order.starts_with("poison") && !fixed.load(Ordering::SeqCst) {
+                        return Err(HandlerError::transient("the oven is cold"));
+                    }
+                    let e = ctx.envelope();
+                    handled.lock().unwrap().push((
+                        t.order,
+                        e.id.clone(),
+                        e.extensions.get(REDRIVEN_FROM).cloned(),
+                    ));
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    sub.ready().await.unwrap();
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let mut ids = HashMap::new();
+    for order in ["poison-1", "poison-2"] {
+        let envelope = Envelope::new(
+            "/conformance",
+            &Ticket {
+                order: order.into(),
+                seq: 0,
+            },
+        )
+        .unwrap()
+        .with_subject(order);
+        publisher.publish_envelope(&envelope).await.unwrap();
+        ids.insert(order, envelope.id);
+    }
+    f.bus
+        .publish_raw(
+            &topic,
+            Some("junk"),
+            Bytes::from_static(b"\x00 not an event"),
+        )
+        .await
+        .unwrap();
+    wait_until("three dead letters", || sub.stats().dead_lettered == 3).await;
+    let letters = DeadLetters::new(&f.bus, &topic).unwrap();
+    let all = letters.list(&Filter::default()).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let given_up = Filter {
+        reason: Some("max_deliveries".into()),
+        ..Filter::default()
+    };
+    assert_eq!(letters.list(&given_up).await.unwrap().len(), 2);
+    let first = Filter {
+        subject: Some("poison-1".into()),
+        group: Some("g".into()),
+        ..Filter::default()
+    };
+    let [poison_1] = <[_; 1]>::try_from(letters.list(&first).await.unwrap()).unwrap();
+    assert_eq!(letters.get(&poison_1.id).await.unwrap(), poison_1);
+    let junk = all
+        .iter()
+        .find(|k| k.letter.message_id.is_none())
+        .unwrap()
+        .clone();
+    let refused = letters.check_redrivable(&junk).unwrap_err();
+    assert!(refused.to_string().contains("purge"), "{refused}");
+
+    fixed.store(true, Ordering::SeqCst);
+    let redriven = letters.redrive(&poison_1.id).await.unwrap();
+    assert_eq!(redriven.event_id, ids["poison-1"]);
+    assert!(!redriven.duplicate, "a first redrive is a new publish");
+    wait_until("the redriven ticket is handled", || {
+        !handled.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        handled.lock().unwrap()[0],
+        (
+            "poison-1".to_owned(),
+            ids["poison-1"].clone(),
+            Some(poison_1.id.clone())
+        )
+    );
+    let again = letters.redrive(&poison_1.id).await.unwrap_err();
+    assert_eq!(again.kind(), tabgrab::ErrorKind::NotFound, "{again}");
+    letters.purge(&junk.id).await.unwrap();
+    let left = letters.list(&Filter::default()).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].letter.subject.as_deref(), Some("poison-2"));
+
+    // A crash after the publish and before the settlement: the redrive runs again.
+    let poison_2 = left[0].clone();
+    letters.redrive_letter(&poison_2).await.unwrap();
+    let repeated = letters.redrive_letter(&poison_2).await.unwrap();
+    assert_eq!(repeated.event_id, ids["poison-2"]);
+    assert_eq!(
+        repeated.duplicate,
+        f.bus.capabilities().dedup_window.is_some(),
+        "the engine recognises a repeated redrive exactly when it de-duplicates"
+    );
+    let copies = if repeated.duplicate { 1 } else { 2 };
+    wait_until("the second redriven ticket is handled", || {
+        handled.lock().unwrap().len() == 1 + copies
+    })
+    .await;
+    for (order, id, from) in handled.lock().unwrap().iter().skip(1) {
+        assert_eq!(
+            (order.as_str(), id, from.as_deref()),
+            ("poison-2", &ids["poison-2"], Some(poison_2.id.as_str())),
+            "a copy is the same event: an inbox absorbs it"
+        );
+    }
+    assert!(f.bus.dead_letters(&topic).await.unwrap().is_empty());
+    sub.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
 /// Instantiates every scenario as its own test in a module named after the backend; `$make`
 /// is an async expression giving `Option<Fixture>` (`None`: skipped, reason printed).
 macro_rules! conformance {
@@ -1123,6 +1256,7 @@ macro_rules! conformance {
             scenario!(a_group_can_replay);
             scenario!(a_group_lag_counts_what_it_has_not_settled);
             scenario!(dead_letters_survive_many_listings);
+            scenario!(dead_letters_are_redriven_once_fixed_and_purged);
             scenario!(request_reply_answers_rejects_and_times_out);
             scenario!(a_queue_reply_address_is_served_or_refused_as_the_capability_says);
             scenario!(a_publish_before_any_group_is_kept_or_refused);

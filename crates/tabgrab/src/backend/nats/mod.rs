@@ -327,8 +327,20 @@ impl NatsBus {
         envelope: &Envelope,
         encoded: Option<&Bytes>,
     ) -> Result<Published, Error> {
-        self.publish_with_id(topic, envelope, encoded, &envelope.id)
-            .await
+        match envelope.extensions.get(crate::event::REDRIVEN_FROM) {
+            // A redrive keeps the event's id, which JetStream would drop as a duplicate within
+            // its window: the pair (id, dead letter) is the redrive's own, and a redrive
+            // repeated after a crash is recognised.
+            Some(from) => {
+                let msg_id = format!("{}~redrive~{from}", envelope.id);
+                self.publish_with_id(topic, envelope, encoded, &msg_id)
+                    .await
+            }
+            None => {
+                self.publish_with_id(topic, envelope, encoded, &envelope.id)
+                    .await
+            }
+        }
     }
 
     /// Publishes with an explicit `Nats-Msg-Id` (a captured dead letter's is derived from the
