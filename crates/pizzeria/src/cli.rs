@@ -33,6 +33,10 @@ pub enum Command {
     /// List, show, redrive or purge the dead letters of the pizzeria topic: events a service
     /// gave up on, with why (of the embedded log in --data-dir, or of a broker with --bus).
     DeadLetters(crate::dead_letters::DeadLettersArgs),
+    /// Serve the operator console: the pizzeria topic's consumer groups with their lag, and
+    /// its dead letters to inspect, redrive and purge (with the token in
+    /// PIZZERIA_CONSOLE_TOKEN; read-only without), on 127.0.0.1:8089 by default.
+    Console(crate::console::ConsoleArgs),
     /// Show what became of every order, read back from the front desk's durable view (no
     /// service needs to run): counts by fate, and each order that has not ended with its
     /// history; `--check` fails if one has not.
@@ -340,6 +344,7 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Run(args) => run_command(args).await,
         Command::DeadLetters(args) => crate::dead_letters::command(&args).await,
+        Command::Console(args) => crate::console::command(args).await,
         Command::Orders(args) => orders_command(&args).await,
         Command::Bench(args) => bench_command(args).await,
         Command::Service(args) => service_command(args).await,

@@ -15,8 +15,6 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tabgrab::Envelope;
-use tabgrab::backend::Bus;
-use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{DeadLetters, Filter, KeptLetter};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -134,37 +132,10 @@ pub async fn command(args: &DeadLettersArgs) -> Result<(), Error> {
     }
     let filter = args.filter();
     let action = args.action.as_ref().unwrap_or(&Action::List);
-    // A broker, or the embedded log; listing the log needs no runtime and creates nothing.
-    let (bus, _connection, embedded) = match &args.bus {
-        Some(url) => {
-            let connection = crate::namespace::connect(url).await?;
-            (connection.bus().clone(), Some(connection), None)
-        }
-        None => {
-            if !args.data_dir.join("topics").is_dir() {
-                return Err(Error::new(
-                    ErrorKind::Usage,
-                    format!(
-                        "{} holds no pizzeria data; pass the --data-dir of a `pizzeria run`, or --bus",
-                        args.data_dir.display()
-                    ),
-                ));
-            }
-            let embedded = EmbeddedBus::open(&args.data_dir).map_err(|e| {
-                Error::new(
-                    ErrorKind::Bus,
-                    format!(
-                        "cannot open {} (is a `pizzeria run` using it?)",
-                        args.data_dir.display()
-                    ),
-                )
-                .with_source(e)
-            })?;
-            (Bus::from(&embedded), None, Some(embedded))
-        }
-    };
-    let letters = DeadLetters::new(&bus, topic)?;
-    let open = match &embedded {
+    let opened = crate::namespace::open(args.bus.as_deref(), &args.data_dir).await?;
+    let (bus, embedded) = (&opened.bus, &opened.embedded);
+    let letters = DeadLetters::new(bus, topic)?;
+    let open = match embedded {
         Some(embedded) => {
             let mut open = tabgrab::event::read_kept_letters(embedded, topic)?;
             open.retain(|k| filter.matches(k));
@@ -178,9 +149,7 @@ pub async fn command(args: &DeadLettersArgs) -> Result<(), Error> {
         Action::Redrive(selection) => act(&letters, &open, selection, Act::Redrive).await,
         Action::Purge(selection) => act(&letters, &open, selection, Act::Purge).await,
     };
-    if let Some(embedded) = embedded {
-        embedded.close().await?;
-    }
+    opened.close().await?;
     result
 }
 

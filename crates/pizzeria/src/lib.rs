@@ -38,6 +38,7 @@ pub mod bench;
 pub mod calls;
 pub mod cli;
 pub mod commands;
+pub mod console;
 pub mod dead_letters;
 pub mod error;
 pub mod http;

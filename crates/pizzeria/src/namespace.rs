@@ -436,6 +436,64 @@ impl Connection {
     }
 }
 
+/// The bus an operator command works on: a broker (`--bus`), or the embedded log of a data
+/// directory (opened here; close it with [`Opened::close`]).
+pub(crate) struct Opened {
+    /// The bus.
+    pub(crate) bus: Bus,
+    /// Kept alive with the bus, on a broker.
+    _connection: Option<Connection>,
+    /// The embedded log, when it is one.
+    pub(crate) embedded: Option<tabgrab::backend::embedded::EmbeddedBus>,
+}
+
+impl Opened {
+    /// Flushes and closes the embedded log, if it is one.
+    pub(crate) async fn close(self) -> Result<(), Error> {
+        if let Some(embedded) = self.embedded {
+            embedded.close().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Connects to `url`, or opens the embedded log of `data_dir` (which must hold pizzeria
+/// data; a running `pizzeria run` holds it, and the error says so).
+pub(crate) async fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<Opened, Error> {
+    if let Some(url) = url {
+        let connection = connect(url).await?;
+        return Ok(Opened {
+            bus: connection.bus().clone(),
+            _connection: Some(connection),
+            embedded: None,
+        });
+    }
+    if !data_dir.join("topics").is_dir() {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!(
+                "{} holds no pizzeria data; pass the --data-dir of a `pizzeria run`, or --bus",
+                data_dir.display()
+            ),
+        ));
+    }
+    let embedded = tabgrab::backend::embedded::EmbeddedBus::open(data_dir).map_err(|e| {
+        Error::new(
+            ErrorKind::Bus,
+            format!(
+                "cannot open {} (is a `pizzeria run` using it?)",
+                data_dir.display()
+            ),
+        )
+        .with_source(e)
+    })?;
+    Ok(Opened {
+        bus: Bus::from(&embedded),
+        _connection: None,
+        embedded: Some(embedded),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

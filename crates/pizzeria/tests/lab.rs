@@ -3,6 +3,9 @@
 //! HTML renders in headless Chromium with its charts (a screenshot is written).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/browser.rs"]
+mod browser;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -29,28 +32,6 @@ fn quick_lab(out: &Path) -> (String, LabReport) {
     );
     let report = pizzeria::lab::json::read(&out.join("lab.json")).unwrap();
     (stdout, report)
-}
-
-fn chromium() -> Option<&'static str> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-}
-
-fn headless(user_dir: &Path) -> Command {
-    let mut command = Command::new(chromium().unwrap());
-    command.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]);
-    command.arg(format!("--user-data-dir={}", user_dir.display()));
-    command
 }
 
 #[test]
@@ -152,48 +133,18 @@ fn the_quick_lab_measures_the_table_and_its_report_renders_with_charts() {
     }
     assert!(!html.contains("<script"), "lab.html must not need a script");
 
-    let Some(_) = chromium() else {
-        assert!(
-            std::env::var_os("TABGRAB_REQUIRE_SERVICES").is_none(),
-            "chromium is required (TABGRAB_REQUIRE_SERVICES is set): apt-get install -y chromium"
-        );
-        println!("skipped the rendering check: /usr/bin/chromium is absent");
+    if !browser::require() {
         return;
-    };
+    }
     let url = format!("file://{}", out.path().join("lab.html").display());
-    let profile = tempfile::tempdir().unwrap();
-    let dom = headless(profile.path())
-        .arg("--dump-dom")
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(
-        dom.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dom.stderr)
-    );
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let dom = browser::dump_dom(&url);
     assert!(
         dom.matches("<svg class=\"chart\"").count() >= 9,
         "the rendered page lacks its charts"
     );
     assert!(dom.contains("<polyline"), "the charts have no lines");
     let png = out.path().join("lab.png");
-    let profile = tempfile::tempdir().unwrap();
-    let shot = headless(profile.path())
-        .arg(format!("--screenshot={}", png.display()))
-        .arg("--window-size=1200,2400")
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(
-        shot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
-    let bytes = std::fs::read(&png).unwrap();
-    assert!(bytes.starts_with(b"\x89PNG"), "no PNG screenshot");
-    assert!(bytes.len() > 20_000, "the screenshot is nearly empty");
+    browser::screenshot(&url, &png, "1200,2400", 20_000);
     if let Some(keep) = std::env::var_os("PIZZERIA_LAB_KEEP") {
         let keep = Path::new(&keep);
         std::fs::create_dir_all(keep).unwrap();

@@ -38,6 +38,8 @@
 //! ```
 
 pub mod backend;
+#[cfg(feature = "console")]
+pub mod console;
 #[cfg(feature = "call")]
 pub use tabgrab_call as call;
 /// The circuit breaker (from `tabgrab-resilience`, the same one the call client uses): give

@@ -216,6 +216,12 @@ impl DeadLetters {
         })
     }
 
+    /// The event a redrive of `kept` would publish (without its `redrivenfrom`), or why it
+    /// cannot be redriven.
+    pub fn redrivable_event(&self, kept: &KeptLetter) -> Result<Envelope, Error> {
+        self.redrivable(kept)
+    }
+
     /// Why dead letter `kept` cannot be redriven, if it cannot (what a dry run reports).
     pub fn check_redrivable(&self, kept: &KeptLetter) -> Result<(), Error> {
         self.redrivable(kept).map(|_| ())

@@ -1,0 +1,288 @@
+//! `pizzeria console` as a process, on a data directory holding dead letters: pages list and
+//! show them with every field escaped (a message's `<script>` renders as text, in headless
+//! Chromium too), redrive and purge are refused with 403 without the operator token or with
+//! a wrong one, and done with it (the dead letter is then gone and the event back on its
+//! topic).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::processes::pizzeria;
+use serde::{Deserialize, Serialize};
+use tabgrab::backend::Bus;
+use tabgrab::backend::embedded::EmbeddedBus;
+use tabgrab::event::{Context, HandlerError, Publisher, Subscription, read_kept_letters};
+use tabgrab::{Envelope, Event, Message};
+
+const TOPIC: &str = pizzeria::messages::TOPIC;
+const TOKEN: &str = "open-sesame-7f3a";
+/// What a hostile publisher puts where the console shows text.
+const HOSTILE: &str = "<script>document.title='pwned'</script>";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Leaflet {
+    text: String,
+}
+impl Message for Leaflet {
+    const TYPE: &'static str = "test.leaflet.dropped.v1";
+}
+impl Event for Leaflet {}
+
+/// Two dead letters in `dir`: a leaflet whose data and subject carry markup (a handler's
+/// permanent error quotes it too), and bytes that are no event.
+async fn dead_letters(dir: &Path) {
+    let embedded = EmbeddedBus::open(dir).unwrap();
+    let bus = Bus::from(&embedded);
+    let sub = Subscription::builder(&bus, TOPIC, "leaflets")
+        .handle(|l: Leaflet, _ctx: Context| async move {
+            Err::<(), _>(HandlerError::permanent(format!("cannot read {}", l.text)))
+        })
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    let leaflet = Envelope::new(
+        "/test",
+        &Leaflet {
+            text: HOSTILE.into(),
+        },
+    )
+    .unwrap()
+    .with_subject("<b>bold</b>");
+    Publisher::new(&bus, TOPIC, "/test")
+        .unwrap()
+        .publish_envelope(&leaflet)
+        .await
+        .unwrap();
+    bus.publish_raw(TOPIC, Some("junk"), Bytes::from(HOSTILE))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sub.stats().dead_lettered < 2 {
+        assert!(Instant::now() < deadline, "{:?}", sub.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sub.shutdown().await.unwrap();
+    embedded.close().await.unwrap();
+}
+
+/// `pizzeria console` on `dir` with `token` (if any); its base URL.
+fn console(dir: &Path, token: Option<&str>) -> (Child, String) {
+    let mut command = pizzeria();
+    command
+        .args(["console", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env_remove(pizzeria::console::TOKEN_VAR)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(token) = token {
+        command.env(pizzeria::console::TOKEN_VAR, token);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .strip_prefix("console on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .trim_end_matches('/')
+        .to_owned();
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+fn stop(mut child: Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the console did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_escapes_what_it_shows_and_needs_the_token_to_act() {
+    let dir = tempfile::tempdir().unwrap();
+    dead_letters(dir.path()).await;
+    let open = {
+        let embedded = EmbeddedBus::open(dir.path()).unwrap();
+        read_kept_letters(&embedded, TOPIC).unwrap()
+    };
+    let leaflet = open.iter().find(|k| k.letter.message_id.is_some()).unwrap();
+    let junk = open.iter().find(|k| k.letter.message_id.is_none()).unwrap();
+
+    let (child, url) = console(dir.path(), Some(TOKEN));
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(path).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, home) = get(format!("{url}/")).await;
+    assert_eq!(status, 200, "{home}");
+    assert!(home.contains("2 open dead letters"), "{home}");
+    assert!(
+        home.contains("<td>payment</td>"),
+        "the groups' lag is shown: {home}"
+    );
+
+    let list_url = format!("{url}/topics/{TOPIC}/dead-letters");
+    let (status, list) = get(list_url.clone()).await;
+    assert_eq!(status, 200);
+    assert!(
+        !list.contains(HOSTILE) && !list.contains("<b>bold"),
+        "{list}"
+    );
+    assert!(list.contains("&lt;script&gt;document.title=&#39;pwned&#39;&lt;/script&gt;"));
+    assert!(list.contains("&lt;b&gt;bold&lt;/b&gt;"), "{list}");
+    let (status, shown) = get(format!("{list_url}/{}", junk.id)).await;
+    assert_eq!(status, 200);
+    assert!(
+        shown.contains("&lt;script&gt;") && !shown.contains(HOSTILE),
+        "{shown}"
+    );
+
+    // Refused without the token, and with a wrong one.
+    let post = |action: &'static str, id: String, token: Option<&'static str>| {
+        let http = http.clone();
+        let url = format!("{list_url}/{id}/{action}");
+        async move {
+            let mut request = http.post(url);
+            if let Some(token) = token {
+                request = request.form(&[("token", token)]);
+            }
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, refused) = post("redrive", leaflet.id.clone(), None).await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(post("purge", junk.id.clone(), Some("guess")).await.0, 403);
+    let bearer = http
+        .post(format!("{list_url}/{}/purge", junk.id))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status().as_u16(), 403);
+    assert_eq!(
+        get(list_url.clone()).await.1.matches("<tr><td><a").count(),
+        2
+    );
+
+    // Done with the token: the redirect lands on the list, which says so.
+    let (status, after) = post("redrive", leaflet.id.clone(), Some(TOKEN)).await;
+    assert_eq!(status, 200, "{after}");
+    assert!(after.contains("redriven"), "{after}");
+    assert!(after.contains("1 open dead letters"), "{after}");
+    let (status, page) = post("redrive", junk.id.clone(), Some(TOKEN)).await;
+    assert_eq!(
+        status, 422,
+        "bytes that are no event cannot be redriven: {page}"
+    );
+    assert!(page.contains("purge it"), "{page}");
+    let (status, after) = post("purge", junk.id.clone(), Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert!(after.contains("0 open dead letters"), "{after}");
+    let (status, _) = post("purge", junk.id.clone(), Some(TOKEN)).await;
+    assert_eq!(status, 404, "settled already");
+    stop(child);
+
+    // The redriven leaflet is on its topic again, with its own id.
+    let embedded = EmbeddedBus::open(dir.path()).unwrap();
+    let bus = Bus::from(&embedded);
+    let again = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&again);
+    let sub = Subscription::builder(&bus, TOPIC, "leaflets")
+        .handle(move |_l: Leaflet, ctx: Context| {
+            seen.lock().unwrap().push(ctx.envelope().id.clone());
+            async { Ok::<(), HandlerError>(()) }
+        })
+        .start()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while again.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sub.shutdown().await.unwrap();
+    embedded.close().await.unwrap();
+    assert_eq!(
+        again.lock().unwrap().as_slice(),
+        [leaflet.letter.message_id.clone().unwrap()]
+    );
+}
+
+/// Without an operator token the console is read-only, whatever a request carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_console_is_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    dead_letters(dir.path()).await;
+    let (child, url) = console(dir.path(), None);
+    let http = reqwest::Client::new();
+    let id = {
+        // Listing needs the log; the console holds it open, so read the page instead.
+        let list = http
+            .get(format!("{url}/topics/{TOPIC}/dead-letters"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let at = list.find("/dead-letters/").unwrap() + "/dead-letters/".len();
+        list[at..].split('"').next().unwrap().to_owned()
+    };
+    for token in ["", TOKEN] {
+        let response = http
+            .post(format!("{url}/topics/{TOPIC}/dead-letters/{id}/purge"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("no operator token configured"), "{text}");
+    }
+    stop(child);
+}
+
+/// Headless Chromium renders the list: the hostile script stays text (it would have renamed
+/// the page), and a screenshot is kept (`PIZZERIA_CONSOLE_KEEP=<dir>` keeps it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_a_message_s_script_is_text() {
+    if !browser::require() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    dead_letters(dir.path()).await;
+    let (child, url) = console(dir.path(), Some(TOKEN));
+    let page = format!("{url}/topics/{TOPIC}/dead-letters");
+    let dom = browser::dump_dom(&page);
+    assert!(
+        dom.contains("<title>dead letters of pizzeria</title>"),
+        "the page's title changed: a message's script ran? {dom}"
+    );
+    assert!(dom.contains("&lt;script&gt;document.title"), "{dom}");
+    assert_eq!(dom.matches("<button>redrive</button>").count(), 2);
+    let png = dir.path().join("console.png");
+    browser::screenshot(&page, &png, "1400,700", 10_000);
+    if let Some(keep) = std::env::var_os("PIZZERIA_CONSOLE_KEEP") {
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&png, Path::new(&keep).join("console.png")).unwrap();
+    }
+    stop(child);
+}

@@ -1,0 +1,233 @@
+//! The console's pages: server-rendered HTML, every text from a message or an engine escaped
+//! ([`esc`]), a few lines of script only to ask for confirmation and carry the operator
+//! token into a form.
+
+use std::fmt::Write as _;
+
+use time::format_description::well_known::Rfc3339;
+
+use crate::event::KeptLetter;
+
+/// `text` safe inside HTML text and double-quoted attributes.
+pub(crate) fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `text` as one URL path segment (ids, topics: letters, digits and a few marks pass).
+pub(crate) fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:4px 8px;\
+text-align:left;vertical-align:top}th{background:#f4f4f4}.err{color:#a00;max-width:40em;\
+overflow-wrap:anywhere}.msg{background:#eef;padding:6px}pre{white-space:pre-wrap;\
+overflow-wrap:anywhere;background:#f8f8f8;padding:8px}";
+
+/// Copies the operator token into the form and asks before a redrive or purge.
+const SCRIPT: &str = "function act(form,what){form.token.value=\
+document.getElementById('token').value;return confirm(what+'?');}";
+
+/// A whole page around `body`.
+pub(crate) fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>{}</title>\
+         <style>{STYLE}</style><script>{SCRIPT}</script></head><body>\
+         <p><a href=\"/\">tabgrab console</a> · operator token \
+         <input id=token type=password autocomplete=off></p>{body}</body></html>",
+        esc(title)
+    )
+}
+
+fn when(k: &KeptLetter) -> String {
+    k.recorded_at
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// One page of a topic's open dead letters.
+pub(crate) fn dead_letters(
+    topic: &str,
+    letters: &[KeptLetter],
+    total: usize,
+    page: usize,
+    pages: usize,
+    note: Option<&str>,
+) -> String {
+    let mut body = format!("<h1>Dead letters of {}</h1>", esc(topic));
+    if let Some(note) = note {
+        let _ = write!(body, "<p class=msg id=note>{}</p>", esc(note));
+    }
+    let _ = write!(
+        body,
+        "<p id=count>{total} open dead letters; page {} of {}</p>",
+        page + 1,
+        pages.max(1)
+    );
+    let base = format!("/topics/{}/dead-letters", segment(topic));
+    body.push_str(
+        "<table id=letters><tr><th>recorded</th><th>group</th><th>type</th><th>subject</th>\
+         <th>reason</th><th>attempts</th><th>last error</th><th></th></tr>",
+    );
+    for k in letters {
+        let l = &k.letter;
+        let at = format!("{base}/{}", segment(&k.id));
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"{at}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td class=err>{}</td><td>\
+             <form method=post action=\"{at}/redrive\" onsubmit=\"return act(this,'Redrive this event')\">\
+             <input type=hidden name=token><button>redrive</button></form>\
+             <form method=post action=\"{at}/purge\" onsubmit=\"return act(this,'Purge this dead letter')\">\
+             <input type=hidden name=token><button>purge</button></form></td></tr>",
+            esc(&when(k)),
+            esc(&l.group),
+            esc(l.message_type.as_deref().unwrap_or("(undecodable)")),
+            esc(l.subject.as_deref().unwrap_or("")),
+            esc(&l.reason),
+            l.attempts,
+            esc(&l.error),
+        );
+    }
+    body.push_str("</table><p>");
+    if page > 0 {
+        let _ = write!(body, "<a href=\"{base}?page={}\">newer</a> ", page - 1);
+    }
+    if page + 1 < pages {
+        let _ = write!(body, "<a href=\"{base}?page={}\">older</a>", page + 1);
+    }
+    body.push_str("</p>");
+    page_of(topic, &body)
+}
+
+fn page_of(topic: &str, body: &str) -> String {
+    page(&format!("dead letters of {topic}"), body)
+}
+
+/// One dead letter in full.
+pub(crate) fn dead_letter(topic: &str, k: &KeptLetter, event: Option<&crate::Envelope>) -> String {
+    let l = &k.letter;
+    let mut body = format!("<h1>Dead letter {}</h1><table>", esc(&k.id));
+    let mut row = |name: &str, value: &str| {
+        let _ = write!(body, "<tr><th>{name}</th><td>{}</td></tr>", esc(value));
+    };
+    row("recorded", &when(k));
+    row("topic", &l.topic);
+    row("offset", &l.offset.to_string());
+    row("group", &l.group);
+    row("reason", &l.reason);
+    row("attempts", &l.attempts.to_string());
+    row("last error", &l.error);
+    row("event id", l.message_id.as_deref().unwrap_or(""));
+    row("event type", l.message_type.as_deref().unwrap_or(""));
+    row("subject", l.subject.as_deref().unwrap_or(""));
+    row(
+        "original",
+        &format!(
+            "{} bytes, sha256 {}{}",
+            l.original_size,
+            l.original_sha256,
+            match (&l.original_truncated, &l.original_kept_at) {
+                (true, Some(at)) => format!("; the whole is kept at {at}"),
+                _ => String::new(),
+            }
+        ),
+    );
+    body.push_str("</table>");
+    match event {
+        Some(e) => {
+            let _ = write!(
+                body,
+                "<h2>The event</h2><p>source {}</p><pre id=data>{}</pre>",
+                esc(&e.source),
+                esc(&String::from_utf8_lossy(&e.data))
+            );
+        }
+        None => {
+            let bytes = l.excerpt().unwrap_or_default();
+            let _ = write!(
+                body,
+                "<h2>The bytes kept</h2><pre id=data>{}</pre>",
+                esc(&String::from_utf8_lossy(&bytes))
+            );
+        }
+    }
+    page_of(topic, &body)
+}
+
+/// One topic of the overview.
+pub(crate) struct TopicRow {
+    pub(crate) topic: String,
+    /// Each group with its lag (`None`: the engine cannot say).
+    pub(crate) groups: Vec<(String, Option<u64>)>,
+    /// How many dead letters are open, or why that is unknown.
+    pub(crate) open: Result<usize, String>,
+}
+
+/// The overview: each topic's groups with their lag, and its open dead letters.
+pub(crate) fn overview(rows: &[TopicRow]) -> String {
+    let mut body = String::from("<h1>tabgrab console</h1>");
+    for TopicRow {
+        topic,
+        groups,
+        open,
+    } in rows
+    {
+        let _ = write!(
+            body,
+            "<h2>topic {}</h2><table class=groups><tr><th>group</th><th>lag</th></tr>",
+            esc(topic)
+        );
+        for (group, lag) in groups {
+            let lag = lag.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+            let _ = write!(body, "<tr><td>{}</td><td>{lag}</td></tr>", esc(group));
+        }
+        body.push_str("</table>");
+        match open {
+            Ok(n) => {
+                let _ = write!(
+                    body,
+                    "<p><a href=\"/topics/{}/dead-letters\">{n} open dead letters</a></p>",
+                    segment(topic)
+                );
+            }
+            Err(e) => {
+                let _ = write!(body, "<p class=err>dead letters: {}</p>", esc(e));
+            }
+        }
+    }
+    page("tabgrab console", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_and_quotes_are_text() {
+        assert_eq!(
+            esc(r#"<script>alert("x" & 'y')</script>"#),
+            "&lt;script&gt;alert(&quot;x&quot; &amp; &#39;y&#39;)&lt;/script&gt;"
+        );
+        assert_eq!(segment("a b/c?d"), "a%20b%2Fc%3Fd");
+    }
+}
