@@ -12,7 +12,8 @@
 //! - Redrive and purge are [`DeadLetters`]'s, with their guarantees.
 //!
 //! Pages list the newest dead letters first, 50 per page. Each page reads the topic's dead
-//! letters afresh (no cache): fine for thousands, slow for hundreds of thousands.
+//! letters afresh (no cache): about 0.3 s for 100,000 on the embedded bus (the
+//! `console_pages` example); on a broker the read goes over the network.
 
 mod html;
 
