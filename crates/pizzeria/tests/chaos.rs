@@ -555,7 +555,7 @@ async fn embedded(seed: u64, plan: Plan) -> Outcome {
 
 /// The engine under a broker scenario.
 enum Broker {
-    Nats(NatsServer),
+    Nats(Box<NatsServer>),
     Amqp { namespace: String },
 }
 
@@ -809,7 +809,7 @@ fn nats() -> Option<Broker> {
         sync_always: true,
         ..NatsOptions::default()
     };
-    Some(Broker::Nats(NatsServer::start(options).unwrap()))
+    Some(Broker::Nats(Box::new(NatsServer::start(options).unwrap())))
 }
 
 fn amqp() -> Option<Broker> {

@@ -22,6 +22,21 @@ pub struct NatsOptions {
     pub user_password: Option<(String, String)>,
     /// Clients must authenticate with this token.
     pub token: Option<String>,
+    /// Clients must authenticate with the nkey whose public key (`U…`) this is.
+    pub nkey_user: Option<String>,
+    /// Clients must speak TLS to this server.
+    pub tls: Option<ServerTls>,
+}
+
+/// A test server's TLS: its certificate and key, and the CA that signed its clients'.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The server's certificate (PEM).
+    pub cert: PathBuf,
+    /// The server's key (PEM).
+    pub key: PathBuf,
+    /// The CA of client certificates; with it, every client must present one it signed.
+    pub verify_clients_with: Option<PathBuf>,
 }
 
 /// A running nats-server with JetStream, on a free loopback port, with its own store.
@@ -133,6 +148,19 @@ impl NatsServer {
         }
         if let Some(token) = &self.options.token {
             writeln!(file, "authorization {{ token: {token:?} }}")?;
+        }
+        if let Some(nkey) = &self.options.nkey_user {
+            writeln!(file, "authorization {{ users = [ {{ nkey: {nkey:?} }} ] }}")?;
+        }
+        if let Some(tls) = &self.options.tls {
+            writeln!(file, "tls {{")?;
+            writeln!(file, "  cert_file: {:?}", tls.cert)?;
+            writeln!(file, "  key_file: {:?}", tls.key)?;
+            if let Some(ca) = &tls.verify_clients_with {
+                writeln!(file, "  ca_file: {ca:?}")?;
+                writeln!(file, "  verify: true")?;
+            }
+            writeln!(file, "}}")?;
         }
         drop(file);
         let child = Command::new(&self.binary)

@@ -439,13 +439,14 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Connects to the bus at `url`: `embedded:///path` (or a plain path), `nats://host:port`,
-    /// `amqp://user:pass@host:port/vhost`.
+    /// Connects to the bus at `url`: `embedded:///path` (or a plain path), `nats://host:port`
+    /// (or `tls://host:port`; TLS and credentials in the query: see
+    /// [`NatsSecurity`](nats::NatsSecurity)), `amqp://user:pass@host:port/vhost`.
     pub async fn connect(url: &str) -> Result<Bus, Error> {
         if let Some(path) = url.strip_prefix("embedded://") {
             return Ok(Bus::from(EmbeddedBus::open(path)?));
         }
-        if url.starts_with("nats://") {
+        if url.starts_with("nats://") || url.starts_with("tls://") {
             #[cfg(feature = "nats")]
             {
                 let bus = nats::NatsBus::connect(url).await?;

@@ -91,6 +91,88 @@ pub struct NatsConfig {
     pub ack_wait: Option<Duration>,
     /// How envelopes are sent (`?wire=structured|binary`); both are read.
     pub content_mode: ContentMode,
+    /// TLS and credentials beyond the URL's `user:password@` or `token@`.
+    pub security: NatsSecurity,
+}
+
+/// How a NATS connection is secured, from the URL's query: `tls=true` (or the `tls://`
+/// scheme) requires TLS; `tls_ca=` trusts that CA (PEM file) besides the system's roots;
+/// `tls_cert=` and `tls_key=` present a client certificate (mutual TLS); `creds=` is a
+/// `.creds` file (user JWT and nkey seed); `nkey=` a file holding an nkey seed. Only paths
+/// appear in a URL, never a key: URLs reach logs and process lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatsSecurity {
+    /// Require TLS.
+    pub tls: bool,
+    /// A CA certificate (PEM) to trust.
+    pub ca: Option<std::path::PathBuf>,
+    /// The client certificate (PEM) and its key (PEM), for mutual TLS.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// A `.creds` file.
+    pub creds: Option<std::path::PathBuf>,
+    /// A file holding an nkey seed (`SU…`).
+    pub nkey: Option<std::path::PathBuf>,
+}
+
+impl NatsSecurity {
+    /// `options` with this security applied; reads the files it names.
+    async fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+        url: &SecretUrl,
+    ) -> Result<async_nats::ConnectOptions, Error> {
+        let unreadable = |what: &str, path: &std::path::Path, e: std::io::Error| {
+            Error::new(
+                ErrorKind::Malformed,
+                format!("nats URL {url}: cannot read the {what} {}", path.display()),
+            )
+            .with_source(e)
+        };
+        let check = |what: &str, path: &std::path::Path| {
+            std::fs::metadata(path)
+                .map(|_| ())
+                .map_err(|e| unreadable(what, path, e))
+        };
+        if self.tls || url.expose().starts_with("tls://") {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &self.ca {
+            check("CA certificate (tls_ca)", ca)?;
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            check("client certificate (tls_cert)", cert)?;
+            check("client key (tls_key)", key)?;
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        if let Some(creds) = &self.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| unreadable("credentials file (creds)", creds, e))?;
+        }
+        if let Some(path) = &self.nkey {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| unreadable("nkey seed file (nkey)", path, e))?;
+            let seed = seed
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("SU"))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "nats URL {url}: {} holds no user nkey seed (a line starting with SU)",
+                            path.display()
+                        ),
+                    )
+                })?;
+            options = options.nkey(seed.to_owned());
+        }
+        Ok(options)
+    }
 }
 
 impl NatsConfig {
@@ -118,21 +200,88 @@ impl NatsConfig {
                         )
                     })?;
                 }
+                "tls" => {
+                    config.security.tls = match value {
+                        "true" | "1" | "" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(Error::new(
+                                ErrorKind::Malformed,
+                                format!(
+                                    "nats URL {}: tls must be true or false",
+                                    SecretUrl::new(url)
+                                ),
+                            ));
+                        }
+                    };
+                }
+                "tls_ca" => config.security.ca = Some(percent_path(value)),
+                "tls_cert" => {
+                    let key = config.security.client_cert.take().map(|(_, k)| k);
+                    config.security.client_cert =
+                        Some((percent_path(value), key.unwrap_or_default()));
+                }
+                "tls_key" => {
+                    let cert = config.security.client_cert.take().map(|(c, _)| c);
+                    config.security.client_cert =
+                        Some((cert.unwrap_or_default(), percent_path(value)));
+                }
+                "creds" => config.security.creds = Some(percent_path(value)),
+                "nkey" => config.security.nkey = Some(percent_path(value)),
                 "replicas" => config.replicas = usize::try_from(number?).unwrap_or(1).max(1),
                 "ack_wait_ms" => config.ack_wait = Some(Duration::from_millis(number?.max(300))),
                 _ => {
                     return Err(Error::new(
                         ErrorKind::Malformed,
                         format!(
-                            "nats URL {}: unknown setting {key:?}; known: replicas, ack_wait_ms, wire",
+                            "nats URL {}: unknown setting {key:?}; known: replicas, ack_wait_ms, \
+                             wire, tls, tls_ca, tls_cert, tls_key, creds, nkey",
                             SecretUrl::new(url)
                         ),
                     ));
                 }
             }
         }
+        if let Some((cert, key)) = &config.security.client_cert
+            && (cert.as_os_str().is_empty() || key.as_os_str().is_empty())
+        {
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                format!(
+                    "nats URL {}: a client certificate needs both tls_cert and tls_key",
+                    SecretUrl::new(url)
+                ),
+            ));
+        }
         Ok((base.to_owned(), config))
     }
+}
+
+/// A path from a URL query value (percent-decoded: `%2F`, `%20`).
+fn percent_path(value: &str) -> std::path::PathBuf {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push(
+                    u8::try_from(hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)).unwrap_or(b'?'),
+                );
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::path::PathBuf::from(String::from_utf8_lossy(&out).into_owned())
 }
 
 impl Default for NatsConfig {
@@ -143,6 +292,7 @@ impl Default for NatsConfig {
             max_ack_pending: 10_000,
             ack_wait: None,
             content_mode: ContentMode::default(),
+            security: NatsSecurity::default(),
         }
     }
 }
@@ -215,7 +365,11 @@ impl NatsBus {
     /// restarts; publishes and subscriptions resume.
     pub async fn connect_with(url: &str, config: NatsConfig) -> Result<NatsBus, Error> {
         let url = SecretUrl::new(url);
-        let client = tabgrab_core::wire::nats::connect_options(&url)
+        let options = config
+            .security
+            .apply(tabgrab_core::wire::nats::connect_options(&url), &url)
+            .await?;
+        let client = options
             .name("tabgrab")
             .connection_timeout(Duration::from_secs(5))
             .connect(url.without_userinfo())
