@@ -15,3 +15,4 @@ pub mod nats_server;
 pub mod otlp;
 pub mod python;
 pub mod services;
+pub mod tls;

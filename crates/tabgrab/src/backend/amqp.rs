@@ -182,11 +182,26 @@ fn binary_headers(codec: &Codec, envelope: &Envelope) -> Result<FieldTable, Erro
 
 /// The URL without its `wire` setting, and the content mode it names (the default without
 /// one).
-fn content_mode_of(url: &str) -> Result<(String, ContentMode), Error> {
+/// tabgrab's settings in an AMQP URL's query (`wire=`, `tls_ca=`), taken out; the rest are
+/// lapin's (`heartbeat`, `frame_max`, …).
+struct UrlSettings {
+    /// The URL for lapin.
+    url: String,
+    content_mode: ContentMode,
+    /// A CA certificate (PEM file) to trust for `amqps://`, besides the public roots.
+    tls_ca: Option<std::path::PathBuf>,
+}
+
+fn settings_of(url: &str) -> Result<UrlSettings, Error> {
     let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), ContentMode::default()));
+        return Ok(UrlSettings {
+            url: url.to_owned(),
+            content_mode: ContentMode::default(),
+            tls_ca: None,
+        });
     };
     let mut mode = ContentMode::default();
+    let mut tls_ca = None;
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
@@ -198,15 +213,29 @@ fn content_mode_of(url: &str) -> Result<(String, ContentMode), Error> {
                     )
                 })?;
             }
+            Some(("tls_ca", value)) => tls_ca = Some(std::path::PathBuf::from(value)),
             _ => rest.push(pair),
         }
+    }
+    if tls_ca.is_some() && !base.starts_with("amqps://") {
+        return Err(Error::new(
+            ErrorKind::Malformed,
+            format!(
+                "amqp URL {}: tls_ca is for amqps:// URLs (TLS); this one is plain text",
+                SecretUrl::new(url)
+            ),
+        ));
     }
     let url = if rest.is_empty() {
         base.to_owned()
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    Ok((url, mode))
+    Ok(UrlSettings {
+        url,
+        content_mode: mode,
+        tls_ca,
+    })
 }
 
 /// Where [`AmqpBus::send`] publishes: a topic's exchange, or a queue through the default
@@ -277,16 +306,44 @@ impl std::fmt::Debug for AmqpBus {
 }
 
 impl AmqpBus {
-    /// Connects to `url` (`amqp://user:pass@host:port/vhost`).
+    /// Connects to `url` (`amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS, with
+    /// `?tls_ca=<pem file>` to trust a CA besides the public roots).
     /// `?wire=structured|binary` chooses how envelopes are published (the URL's other
     /// settings are lapin's: `heartbeat`, `frame_max`, …).
     pub async fn connect(url: &str) -> Result<AmqpBus, Error> {
-        let (url, content_mode) = content_mode_of(url)?;
+        let UrlSettings {
+            url,
+            content_mode,
+            tls_ca,
+        } = settings_of(url)?;
         let url = url.as_str();
         let shown_url = SecretUrl::new(url);
+        let cert_chain = match &tls_ca {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Error::new(
+                    ErrorKind::Malformed,
+                    format!(
+                        "amqp URL {shown_url}: cannot read the CA certificate (tls_ca) {}",
+                        path.display()
+                    ),
+                )
+                .with_source(e)
+            })?),
+            None => None,
+        };
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| unavailable(format!("amqp {shown_url}: no runtime"), e))?;
         let connection = tokio::time::timeout(
             Duration::from_secs(10),
-            Connection::connect(shown_url.expose(), ConnectionProperties::default()),
+            Connection::connect_with_config(
+                shown_url.expose(),
+                ConnectionProperties::default(),
+                lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain,
+                },
+                runtime,
+            ),
         )
         .await
         .map_err(|_| {

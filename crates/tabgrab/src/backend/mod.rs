@@ -461,7 +461,7 @@ impl Bus {
                 ),
             ));
         }
-        if url.starts_with("amqp://") {
+        if url.starts_with("amqp://") || url.starts_with("amqps://") {
             #[cfg(feature = "amqp")]
             {
                 let bus = amqp::AmqpBus::connect(url).await?;

@@ -1,12 +1,14 @@
-//! NATS with TLS and credentials, against nats-servers of the test's own: mutual TLS
-//! (`tls://` with `tls_ca`, `tls_cert`, `tls_key`) carries events, and each missing piece is
-//! refused with a clear error; an nkey seed file (`nkey=`) authenticates, and the seed never
-//! appears in an error. Certificates are made with the `openssl` command.
-#![cfg(feature = "nats")]
+//! The brokers over TLS and with credentials.
+//!
+//! NATS, against nats-servers of the test's own: mutual TLS (`tls://` with `tls_ca`,
+//! `tls_cert`, `tls_key`) carries events, and each missing piece is refused with a clear
+//! error; an nkey seed file (`nkey=`) authenticates, and the seed never appears in an error.
+//! RabbitMQ, through a TLS terminator of the test's own (stunnel, in front of the machine's
+//! RabbitMQ): `amqps://` with `tls_ca` carries events; without the CA it is refused.
+//! Certificates come from `tabgrab_testkit::tls` (the `openssl` command).
+#![cfg(all(feature = "nats", feature = "amqp"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,75 +26,6 @@ impl Message for Note {
     const TYPE: &'static str = "test.note.written.v1";
 }
 impl Event for Note {}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate, in `dir`.
-fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=tabgrab test CA"];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(dir, &ca);
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let mut req = vec!["req", "-subj"];
-        let subject = format!("/CN={name}");
-        req.push(&subject);
-        req.extend(ec);
-        let (key, csr, pem, extfile) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        req.extend(["-keyout", &key, "-out", &csr]);
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &extfile,
-                "-out",
-                &pem,
-            ],
-        );
-    }
-}
 
 /// One event through a group over `bus`.
 async fn round_trip(bus: &Bus) {
@@ -136,22 +69,21 @@ async fn mutual_tls_carries_events_and_each_missing_piece_is_refused() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
-    let path = |f: &str| dir.path().join(f);
+    let certs = tabgrab_testkit::tls::certificates(dir.path()).unwrap();
     let server = NatsServer::start(NatsOptions {
         tls: Some(ServerTls {
-            cert: path("server.pem"),
-            key: path("server.key"),
-            verify_clients_with: Some(path("ca.pem")),
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+            verify_clients_with: Some(certs.ca.clone()),
         }),
         ..NatsOptions::default()
     })
     .unwrap();
     let address = server.url().trim_start_matches("nats://").to_owned();
     let (ca, cert, key) = (
-        path("ca.pem").display().to_string(),
-        path("client.pem").display().to_string(),
-        path("client.key").display().to_string(),
+        certs.ca.display().to_string(),
+        certs.client_cert.display().to_string(),
+        certs.client_key.display().to_string(),
     );
 
     let bus = Bus::connect(&format!(
@@ -243,4 +175,104 @@ async fn an_nkey_seed_file_authenticates_and_the_seed_is_never_shown() {
         .await
         .expect_err("a file without a seed");
     assert_eq!(e.kind(), ErrorKind::Malformed, "{e}");
+}
+
+/// stunnel accepting TLS on a free port and forwarding to the machine's RabbitMQ; killed by
+/// PID when dropped.
+struct Stunnel {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Stunnel {
+    fn start(certs: &tabgrab_testkit::tls::Certificates) -> Stunnel {
+        let dir = tempfile::tempdir().unwrap();
+        let port = nats_server::free_port().unwrap();
+        let conf = dir.path().join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\n[amqps]\naccept = 127.0.0.1:{port}\n\
+                 connect = 127.0.0.1:5672\ncert = {}\nkey = {}\n",
+                certs.server_cert.display(),
+                certs.server_key.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("stunnel")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("stunnel");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "stunnel did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Stunnel {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the stunnel command is there; under TABGRAB_REQUIRE_SERVICES its absence fails.
+fn stunnel_present() -> bool {
+    let present = std::process::Command::new("stunnel")
+        .arg("-version")
+        .output()
+        .is_ok();
+    if !present {
+        assert!(
+            std::env::var_os("TABGRAB_REQUIRE_SERVICES").is_none(),
+            "stunnel is required (TABGRAB_REQUIRE_SERVICES is set): apt-get install -y stunnel4"
+        );
+        println!("SKIPPED: no stunnel command (apt-get install stunnel4)");
+    }
+    present
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_the_servers_ca_carries_events_and_without_it_is_refused() {
+    if !tabgrab_testkit::services::require("RabbitMQ", "127.0.0.1:5672") || !stunnel_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tabgrab_testkit::tls::certificates(dir.path()).unwrap();
+    let tunnel = Stunnel::start(&certs);
+    let base = format!("amqps://guest:guest@127.0.0.1:{}/%2f", tunnel.port);
+    let bus = Bus::connect(&format!("{base}?tls_ca={}", certs.ca.display()))
+        .await
+        .unwrap();
+    round_trip(&bus).await;
+    drop(bus);
+
+    let e = Bus::connect(&base)
+        .await
+        .expect_err("a server certificate nobody vouched for");
+    println!("amqps without tls_ca: {e}");
+    assert!(
+        !e.to_string().contains("guest:guest"),
+        "the password is not shown: {e}"
+    );
+    let plain = Bus::connect(&format!(
+        "amqp://guest:guest@127.0.0.1:5672/%2f?tls_ca={}",
+        certs.ca.display()
+    ))
+    .await
+    .expect_err("tls_ca on a plain-text URL");
+    assert_eq!(plain.kind(), ErrorKind::Malformed, "{plain}");
 }
