@@ -276,6 +276,11 @@ pub struct RunArgs {
     /// SIGTERM (so that a scraper reads the final figures).
     #[arg(long, requires = "metrics_listen")]
     pub hold: bool,
+    /// Events style: serve the operator console (lag, dead letters, redrive and purge with
+    /// PIZZERIA_CONSOLE_TOKEN) over the run's bus on this address while the run lasts, e.g.
+    /// 127.0.0.1:8089 (port 0: any free port, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    pub console: Option<std::net::SocketAddr>,
 }
 
 /// Options of `pizzeria orders`.
@@ -482,6 +487,13 @@ async fn bench_command(args: BenchArgs) -> Result<(), Error> {
 }
 
 async fn run_command(args: RunArgs) -> Result<(), Error> {
+    if args.console.is_some() && args.style != Style::Events {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "--console shows consumer groups and dead letters, which only the events style has \
+             (use --style events)",
+        ));
+    }
     let health = tabgrab::telemetry::Health::new();
     // Before the services start: they take their metric handles when they do.
     let endpoint = match args.metrics_listen {
@@ -507,6 +519,7 @@ async fn run_command(args: RunArgs) -> Result<(), Error> {
         kitchens: usize::try_from(args.kitchens).unwrap_or(1),
         kitchen_db: args.kitchen_db,
         store: args.store,
+        console: args.console,
     };
     let summary = run::run(config).await?;
     if args.json {

@@ -1,6 +1,9 @@
 //! `pizzeria console`: the operator console ([`tabgrab::console`]) over the pizzeria's bus,
 //! showing the pizzeria topic with its five consumer groups' lag and its dead letters.
 //!
+//! `pizzeria run --console <addr>` serves the same from a running restaurant (the embedded
+//! log has one writer, so that is the way to watch a run on it).
+//!
 //! Redrive and purge need the operator token, read from the environment variable
 //! [`TOKEN_VAR`] (not a flag: a flag shows in `ps` and in shell history); without it the
 //! console is read-only. It listens on 127.0.0.1 unless told otherwise.
@@ -10,9 +13,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use tabgrab::backend::Bus;
+
 use crate::error::{Error, ErrorKind};
 use crate::messages::TOPIC;
 use crate::services::{delivery, front_desk, inventory, kitchen, payment};
+use crate::telemetry::Endpoint;
 
 /// The environment variable that holds the operator token.
 pub const TOKEN_VAR: &str = "PIZZERIA_CONSOLE_TOKEN";
@@ -36,7 +42,16 @@ pub struct ConsoleArgs {
 /// Runs `pizzeria console` until SIGINT or SIGTERM.
 pub async fn command(args: ConsoleArgs) -> Result<(), Error> {
     let opened = crate::namespace::open(args.bus.as_deref(), &args.data_dir).await?;
-    let bus = opened.bus.clone();
+    let endpoint = start(&opened.bus, args.listen).await?;
+    crate::service::signal().await;
+    endpoint.stop().await;
+    opened.close().await
+}
+
+/// Serves the console over `bus` on `listen` (the pizzeria topic and its five groups, the
+/// token from [`TOKEN_VAR`]); says where on stdout, and warns when it is reachable from other
+/// machines.
+pub async fn start(bus: &Bus, listen: SocketAddr) -> Result<Endpoint, Error> {
     let groups = [
         front_desk::GROUP,
         payment::GROUP,
@@ -44,15 +59,18 @@ pub async fn command(args: ConsoleArgs) -> Result<(), Error> {
         kitchen::GROUP,
         delivery::GROUP,
     ];
-    let mut console = tabgrab::console::Console::new(&bus).topic(TOPIC, &groups);
     let token = std::env::var(TOKEN_VAR).unwrap_or_default();
     let writable = !token.is_empty();
-    console = console.operator_token(token);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| {
-            Error::new(ErrorKind::Io, format!("cannot listen on {}", args.listen)).with_source(e)
-        })?;
+    let console = tabgrab::console::Console::new(bus)
+        .topic(TOPIC, &groups)
+        .operator_token(token);
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot listen on {listen} for the console"),
+        )
+        .with_source(e)
+    })?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::new(ErrorKind::Io, "no local address").with_source(e))?;
@@ -66,9 +84,5 @@ pub async fn command(args: ConsoleArgs) -> Result<(), Error> {
     if !writable {
         println!("read-only: set {TOKEN_VAR} to allow redrive and purge");
     }
-    axum::serve(listener, console.router())
-        .with_graceful_shutdown(crate::service::signal())
-        .await
-        .map_err(|e| Error::new(ErrorKind::Io, "the console failed").with_source(e))?;
-    opened.close().await
+    Ok(Endpoint::serve(listener, addr, console.router()))
 }

@@ -112,6 +112,9 @@ pub struct RunConfig {
     /// Readiness checks the run adds its bus and consumer groups to (served by
     /// `--metrics-listen`).
     pub health: tabgrab::telemetry::Health,
+    /// Serve the operator console over the run's bus on this address while the run lasts
+    /// (events style).
+    pub console: Option<std::net::SocketAddr>,
 }
 
 /// Where the services of a run on a shared bus run.
@@ -149,6 +152,7 @@ impl RunConfig {
             kitchen_db: None,
             store: None,
             health: tabgrab::telemetry::Health::new(),
+            console: None,
         }
     }
 }
@@ -298,6 +302,10 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let pizzeria = Pizzeria::start_with(&bus, settings, store)?;
     config.health.bus(&Bus::from(&bus));
     pizzeria.check_health(&config.health);
+    let console = match config.console {
+        Some(listen) => Some(crate::console::start(&Bus::from(&bus), listen).await?),
+        None => None,
+    };
     let watcher = pizzeria.front_desk.watch();
 
     let (listener, addr) = bind_front_desk().await?;
@@ -326,6 +334,9 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         Ok(tally) => Some(count_run(&pizzeria.store, &tally.accepted_ids).await),
         Err(_) => None,
     };
+    if let Some(console) = console {
+        console.stop().await;
+    }
     let stopped = pizzeria.shutdown().await;
     let closed = bus.close().await;
 
@@ -835,6 +846,11 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     let connection = crate::namespace::connect(url).await?;
     let bus = connection.bus().clone();
     config.health.bus(&bus);
+    // Stopped when the run returns (dropped before the connection).
+    let _console = match config.console {
+        Some(listen) => Some(crate::console::start(&bus, listen).await?),
+        None => None,
+    };
     if let Ok(report) = bus.report().await {
         eprintln!("bus: {report}");
     }

@@ -42,29 +42,38 @@ pub async fn start(listen: SocketAddr, health: Health) -> Result<Endpoint, Error
              without TLS or authentication"
         );
     }
-    let stop = CancellationToken::new();
     let router = tabgrab::telemetry::router(Some(metrics), health);
-    let task = tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    );
     eprintln!("metrics on http://{addr}/metrics, health on http://{addr}/healthz and /readyz");
-    Ok(Endpoint {
-        addr,
-        stop,
-        task: Some(task),
-    })
+    Ok(Endpoint::serve(listener, addr, router))
 }
 
 impl Endpoint {
-    /// Stops serving and waits for open scrapes to finish.
+    /// Serves `router` on `listener` (bound to `addr`) until stopped.
+    pub(crate) fn serve(
+        listener: tokio::net::TcpListener,
+        addr: SocketAddr,
+        router: axum::Router,
+    ) -> Endpoint {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        Endpoint {
+            addr,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving and waits for open requests to finish.
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take()
             && let Ok(Err(e)) = task.await
         {
-            eprintln!("the metrics endpoint failed: {e}");
+            eprintln!("the endpoint on {} failed: {e}", self.addr);
         }
     }
 }

@@ -286,3 +286,58 @@ async fn in_a_browser_a_message_s_script_is_text() {
     }
     stop(child);
 }
+
+/// `pizzeria run --console` serves the console from the running restaurant (the embedded log
+/// has one writer): its five groups are there while orders flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_serves_its_console_while_it_lasts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = pizzeria()
+        .args([
+            "run",
+            "--orders",
+            "3000",
+            "--json",
+            "--console",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove(pizzeria::console::TOKEN_VAR)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .strip_prefix("console on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .trim_end_matches('/')
+        .to_owned();
+    // The run goes on for seconds after it printed the address.
+    let home = reqwest::get(format!("{url}/")).await.unwrap();
+    assert_eq!(home.status().as_u16(), 200);
+    let home = home.text().await.unwrap();
+    for group in ["front-desk", "payment", "inventory", "kitchen", "delivery"] {
+        assert!(
+            home.contains(&format!("<td>{group}</td>")),
+            "{group}: {home}"
+        );
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        rest[0],
+        "read-only: set PIZZERIA_CONSOLE_TOKEN to allow redrive and purge"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&rest[1..].join("\n")).unwrap();
+    assert_eq!(
+        summary["accepted"],
+        summary["delivered"].as_u64().unwrap() + summary["failed"].as_u64().unwrap()
+    );
+    assert!(
+        reqwest::get(format!("{url}/")).await.is_err(),
+        "the console stops with the run"
+    );
+}
