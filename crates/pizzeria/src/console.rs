@@ -13,7 +13,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use std::sync::Arc;
+
 use tabgrab::backend::Bus;
+use tabgrab::messaging::{CorrelationStore, PostgresStore, SqliteStore};
 
 use crate::error::{Error, ErrorKind};
 use crate::messages::TOPIC;
@@ -37,21 +40,63 @@ pub struct ConsoleArgs {
     /// Where the console listens (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8089")]
     pub listen: SocketAddr,
+    /// The messaging style's correlation store, to list the requests waiting for replies:
+    /// `sqlite:PATH` or `postgres://…`; by default `<data-dir>/correlation.db` when it exists.
+    #[arg(long, value_name = "URL")]
+    pub correlation_store: Option<String>,
+}
+
+/// The correlation store named by `url` (`sqlite:PATH`, `postgres://…`), or the one of the
+/// messaging style in `data_dir` when there is one.
+async fn correlation_store(
+    url: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<Option<Arc<dyn CorrelationStore>>, Error> {
+    let open_error = |e: tabgrab::Error| {
+        Error::new(ErrorKind::Bus, "cannot open the correlation store").with_source(e)
+    };
+    let store: Arc<dyn CorrelationStore> = match url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Arc::new(PostgresStore::connect(url).await.map_err(open_error)?)
+        }
+        Some(url) => {
+            let path = url.strip_prefix("sqlite:").ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Usage,
+                    "--correlation-store takes sqlite:PATH or postgres://…",
+                )
+            })?;
+            Arc::new(SqliteStore::open(path).await.map_err(open_error)?)
+        }
+        None => {
+            let path = data_dir.join("correlation.db");
+            if !path.is_file() {
+                return Ok(None);
+            }
+            Arc::new(SqliteStore::open(path).await.map_err(open_error)?)
+        }
+    };
+    Ok(Some(store))
 }
 
 /// Runs `pizzeria console` until SIGINT or SIGTERM.
 pub async fn command(args: ConsoleArgs) -> Result<(), Error> {
     let opened = crate::namespace::open(args.bus.as_deref(), &args.data_dir).await?;
-    let endpoint = start(&opened.bus, args.listen).await?;
+    let requests = correlation_store(args.correlation_store.as_deref(), &args.data_dir).await?;
+    let endpoint = start(&opened.bus, args.listen, requests).await?;
     crate::service::signal().await;
     endpoint.stop().await;
     opened.close().await
 }
 
 /// Serves the console over `bus` on `listen` (the pizzeria topic and its five groups, the
-/// token from [`TOKEN_VAR`]); says where on stdout, and warns when it is reachable from other
-/// machines.
-pub async fn start(bus: &Bus, listen: SocketAddr) -> Result<Endpoint, Error> {
+/// requests in flight in `requests` if given, the token from [`TOKEN_VAR`]); says where on
+/// stdout, and warns when it is reachable from other machines.
+pub async fn start(
+    bus: &Bus,
+    listen: SocketAddr,
+    requests: Option<Arc<dyn CorrelationStore>>,
+) -> Result<Endpoint, Error> {
     let groups = [
         front_desk::GROUP,
         payment::GROUP,
@@ -61,9 +106,12 @@ pub async fn start(bus: &Bus, listen: SocketAddr) -> Result<Endpoint, Error> {
     ];
     let token = std::env::var(TOKEN_VAR).unwrap_or_default();
     let writable = !token.is_empty();
-    let console = tabgrab::console::Console::new(bus)
+    let mut console = tabgrab::console::Console::new(bus)
         .topic(TOPIC, &groups)
         .operator_token(token);
+    if let Some(store) = requests {
+        console = console.requests(store);
+    }
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         Error::new(
             ErrorKind::Io,

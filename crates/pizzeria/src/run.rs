@@ -303,7 +303,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     config.health.bus(&Bus::from(&bus));
     pizzeria.check_health(&config.health);
     let console = match config.console {
-        Some(listen) => Some(crate::console::start(&Bus::from(&bus), listen).await?),
+        Some(listen) => Some(crate::console::start(&Bus::from(&bus), listen, None).await?),
         None => None,
     };
     let watcher = pizzeria.front_desk.watch();
@@ -848,7 +848,7 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     config.health.bus(&bus);
     // Stopped when the run returns (dropped before the connection).
     let _console = match config.console {
-        Some(listen) => Some(crate::console::start(&bus, listen).await?),
+        Some(listen) => Some(crate::console::start(&bus, listen, None).await?),
         None => None,
     };
     if let Ok(report) = bus.report().await {

@@ -341,3 +341,62 @@ async fn a_run_serves_its_console_while_it_lasts() {
         "the console stops with the run"
     );
 }
+
+/// With the messaging style's correlation store (found in the data directory), the overview
+/// lists the requests waiting for replies, with their claim, escaped like everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_lists_requests_in_flight() {
+    use tabgrab::messaging::store::{PendingRequest, ReplyKey};
+    use tabgrab::messaging::{CorrelationStore as _, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    EmbeddedBus::open(dir.path())
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let store = SqliteStore::open(dir.path().join("correlation.db"))
+        .await
+        .unwrap();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    for (id, ty) in [("req-1", "pizzeria.payment.charge.v1"), ("req-2", HOSTILE)] {
+        store
+            .insert(&PendingRequest {
+                id: id.into(),
+                group: "front-desk-messaging".into(),
+                request_type: ty.into(),
+                responder: "payment".into(),
+                sent_ms: now - 5_000,
+                deadline_ms: now + 60_000,
+                context: serde_json::json!({}),
+            })
+            .await
+            .unwrap();
+    }
+    let key = ReplyKey {
+        id: "req-1",
+        request_type: None,
+        responder: None,
+    };
+    store.claim_reply(key, now, now + 30_000).await.unwrap();
+    let (child, url) = console(dir.path(), None);
+    let home = reqwest::get(format!("{url}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(home.contains("1 pending, 1 being finished"), "{home}");
+    assert!(
+        home.contains("<td>req-1</td>") && home.contains("<td>req-2</td>"),
+        "{home}"
+    );
+    assert!(home.contains("replying (claim for"), "{home}");
+    assert!(!home.contains(HOSTILE), "a request type is escaped: {home}");
+    stop(child);
+}

@@ -254,6 +254,52 @@ async fn suite(store: Arc<dyn CorrelationStore>) {
     assert_eq!(s.purge(T0 + 10_000).await.unwrap(), 5);
     assert_eq!(s.state("p").await.unwrap(), Some(RecordState::Pending));
 
+    // In flight: what has no outcome yet, oldest first, with its claim; finished ones are
+    // not listed, and the limit holds.
+    for (id, sent) in [("z1", T0 - 2), ("z2", T0 - 1), ("z3", T0 - 3)] {
+        let mut r = request(id, T0 + 60_000);
+        r.sent_ms = sent;
+        s.insert(&r).await.unwrap();
+    }
+    assert!(matches!(
+        s.claim_reply(key("z2"), T0, T0 + LEASE).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    assert!(matches!(
+        s.claim_reply(key("z3"), T0, T0 + LEASE).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    assert!(
+        s.complete("z3", RecordState::Replied, T0 + 1)
+            .await
+            .unwrap()
+    );
+    let open = s.in_flight(100).await.unwrap();
+    let seen: Vec<(&str, RecordState, i64)> = open
+        .iter()
+        .map(|f| (f.request.id.as_str(), f.state, f.lease_until_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("z1", RecordState::Pending, 0),
+            ("z2", RecordState::Replying, T0 + LEASE),
+            ("p", RecordState::Pending, 0),
+        ]
+    );
+    assert_eq!(open[0].request, {
+        let mut r = request("z1", T0 + 60_000);
+        r.sent_ms = T0 - 2;
+        r
+    });
+    assert_eq!(s.in_flight(1).await.unwrap().len(), 1);
+    assert!(
+        s.complete("z2", RecordState::Replied, T0 + 2)
+            .await
+            .unwrap()
+    );
+    s.remove("z1").await.unwrap();
+
     race(store).await;
 }
 

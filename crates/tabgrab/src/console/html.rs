@@ -183,9 +183,80 @@ pub(crate) struct TopicRow {
     pub(crate) open: Result<usize, String>,
 }
 
-/// The overview: each topic's groups with their lag, and its open dead letters.
-pub(crate) fn overview(rows: &[TopicRow]) -> String {
+/// The requests section of the overview: counts by state and the oldest in flight.
+pub(crate) struct Requests {
+    /// The store's name (`sqlite`, `postgres`, `memory`).
+    pub(crate) store: &'static str,
+    /// Counts, or why they are unknown.
+    pub(crate) counts: Result<crate::messaging::store::StoreCounts, String>,
+    /// The oldest requests without an outcome, or why they are unknown.
+    pub(crate) oldest: Result<Vec<crate::messaging::InFlight>, String>,
+    /// Now, Unix milliseconds.
+    pub(crate) now_ms: i64,
+}
+
+fn requests(r: &Requests) -> String {
+    let mut body = format!("<h2>requests ({} correlation store)</h2>", esc(r.store));
+    match &r.counts {
+        Ok(c) => {
+            let _ = write!(
+                body,
+                "<p id=request-counts>{} pending, {} being finished, {} replied, {} timed out \
+                 (tombstones kept until purged)</p>",
+                c.pending, c.in_progress, c.replied, c.timed_out
+            );
+        }
+        Err(e) => {
+            let _ = write!(body, "<p class=err>{}</p>", esc(e));
+        }
+    }
+    match &r.oldest {
+        Ok(open) if open.is_empty() => body.push_str("<p>no request waits for its reply</p>"),
+        Ok(open) => {
+            body.push_str(
+                "<table id=in-flight><tr><th>request</th><th>type</th><th>to</th>\
+                 <th>from group</th><th>age</th><th>deadline in</th><th>state</th></tr>",
+            );
+            let secs = |ms: i64| format!("{:.1} s", ms as f64 / 1000.0);
+            for f in open {
+                let q = &f.request;
+                let state = match f.state {
+                    crate::messaging::store::RecordState::Pending => "waiting".to_owned(),
+                    s => format!(
+                        "{} (claim for {})",
+                        s.as_str(),
+                        secs(f.lease_until_ms - r.now_ms)
+                    ),
+                };
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                     <td>{}</td></tr>",
+                    esc(&q.id),
+                    esc(&q.request_type),
+                    esc(&q.responder),
+                    esc(&q.group),
+                    secs(r.now_ms - q.sent_ms),
+                    secs(q.deadline_ms - r.now_ms),
+                    esc(&state)
+                );
+            }
+            body.push_str("</table>");
+        }
+        Err(e) => {
+            let _ = write!(body, "<p class=err>{}</p>", esc(e));
+        }
+    }
+    body
+}
+
+/// The overview: each topic's groups with their lag, and its open dead letters; the
+/// requests in flight when the console has a correlation store.
+pub(crate) fn overview(rows: &[TopicRow], reqs: Option<&Requests>) -> String {
     let mut body = String::from("<h1>tabgrab console</h1>");
+    if let Some(r) = reqs {
+        body.push_str(&requests(r));
+    }
     for TopicRow {
         topic,
         groups,

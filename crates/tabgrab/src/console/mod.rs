@@ -10,6 +10,9 @@
 //!   from whoever published them, and render as text, never as markup.
 //! - **Bind it to 127.0.0.1** (the default of `pizzeria console`); it has no TLS of its own.
 //! - Redrive and purge are [`DeadLetters`]'s, with their guarantees.
+//! - With a correlation store ([`Console::requests`]), the overview lists the requests in
+//!   flight: their type, responder, age, time to deadline and claim (a store does not record
+//!   which node holds a claim, only until when).
 //!
 //! Pages list the newest dead letters first, 50 per page. Each page reads the topic's dead
 //! letters afresh (no cache): about 0.3 s for 100,000 on the embedded bus (the
@@ -28,6 +31,7 @@ use serde::Deserialize;
 
 use crate::backend::Bus;
 use crate::event::{DeadLetters, Filter, KeptLetter};
+use crate::messaging::CorrelationStore;
 use crate::{Error, ErrorKind};
 
 /// Dead letters per page.
@@ -41,6 +45,8 @@ pub struct Console {
     topics: Vec<(String, Vec<String>)>,
     /// The operator token; `None`: redrive and purge are refused.
     token: Option<String>,
+    /// Where requests wait for their replies, to list those in flight.
+    requests: Option<Arc<dyn CorrelationStore>>,
 }
 
 impl std::fmt::Debug for Console {
@@ -59,6 +65,7 @@ impl Console {
             bus: bus.clone(),
             topics: Vec::new(),
             token: None,
+            requests: None,
         }
     }
 
@@ -68,6 +75,13 @@ impl Console {
             topic.to_owned(),
             groups.iter().map(|g| (*g).to_owned()).collect(),
         ));
+        self
+    }
+
+    /// Shows the requests in flight in `store` (the requesters' correlation store): counts by
+    /// state and the oldest 50 without an outcome, with their age, deadline and claim.
+    pub fn requests(mut self, store: Arc<dyn CorrelationStore>) -> Console {
+        self.requests = Some(store);
         self
     }
 
@@ -206,7 +220,16 @@ async fn overview(State(console): State<Arc<Console>>) -> Response {
             open,
         });
     }
-    html(StatusCode::OK, html::overview(&rows))
+    let requests = match &console.requests {
+        Some(store) => Some(html::Requests {
+            store: store.name(),
+            counts: store.counts().await.map_err(|e| e.to_string()),
+            oldest: store.in_flight(PAGE).await.map_err(|e| e.to_string()),
+            now_ms: crate::sql::now_ms(),
+        }),
+        None => None,
+    };
+    html(StatusCode::OK, html::overview(&rows, requests.as_ref()))
 }
 
 #[derive(Deserialize)]

@@ -100,7 +100,7 @@ pub use requester::{ReplyContext, Requester, RequesterBuilder, RequesterStats};
 pub use responder::{RequestContext, Responder, ResponderBuilder, ResponderStats};
 #[cfg(feature = "postgres")]
 pub use store::PostgresStore;
-pub use store::{CorrelationStore, MemoryStore, SqliteStore};
+pub use store::{CorrelationStore, InFlight, MemoryStore, SqliteStore};
 
 /// The id of a request: a UUIDv7, also its `correlationid` and its reply's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,7 +11,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
 use super::{
-    Claim, CorrelationStore, PendingRequest, RecordState, ReplyKey, StoreCounts, classify,
+    Claim, CorrelationStore, InFlight, PendingRequest, RecordState, ReplyKey, StoreCounts, classify,
 };
 use crate::{Error, ErrorKind};
 
@@ -194,6 +194,28 @@ impl CorrelationStore for MemoryStore {
         entries.retain(|_, e| !(e.state.is_final() && e.finished_ms < before_ms));
         let purged = (before - entries.len()) as u64;
         futures::future::ready(Ok(purged)).boxed()
+    }
+
+    fn in_flight(&self, limit: usize) -> BoxFuture<'_, Result<Vec<InFlight>, Error>> {
+        let mut open: Vec<InFlight> = self
+            .lock()
+            .values()
+            .filter(|e| !e.state.is_final())
+            .map(|e| InFlight {
+                request: e.request.clone(),
+                state: e.state,
+                lease_until_ms: if e.state == RecordState::Pending {
+                    0
+                } else {
+                    e.lease_until_ms
+                },
+            })
+            .collect();
+        open.sort_by(|a, b| {
+            (a.request.sent_ms, &a.request.id).cmp(&(b.request.sent_ms, &b.request.id))
+        });
+        open.truncate(limit);
+        futures::future::ready(Ok(open)).boxed()
     }
 
     fn counts(&self) -> BoxFuture<'_, Result<StoreCounts, Error>> {

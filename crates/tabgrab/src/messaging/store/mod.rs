@@ -77,6 +77,18 @@ pub struct PendingRequest {
     pub context: serde_json::Value,
 }
 
+/// A request without its outcome yet, as [`CorrelationStore::in_flight`] lists it (what an
+/// operator console shows).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InFlight {
+    /// The request.
+    pub request: PendingRequest,
+    /// `Pending`, or claimed: `Replying` (a node handles its reply) or `TimingOut`.
+    pub state: RecordState,
+    /// Until when (Unix milliseconds) the claim holds; 0 when not claimed.
+    pub lease_until_ms: i64,
+}
+
 /// The state of a record in the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RecordState {
@@ -224,6 +236,10 @@ pub trait CorrelationStore: Send + Sync + 'static {
 
     /// Deletes tombstones finished before `before_ms`; returns how many.
     fn purge(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, Error>>;
+
+    /// The requests without an outcome yet (pending or claimed), oldest sent first, at most
+    /// `limit`.
+    fn in_flight(&self, limit: usize) -> BoxFuture<'_, Result<Vec<InFlight>, Error>>;
 
     /// Counts records by state.
     fn counts(&self) -> BoxFuture<'_, Result<StoreCounts, Error>>;

@@ -14,8 +14,8 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgPool, PgRow};
 
 use super::{
-    Claim, CorrelationStore, PendingRequest, RecordState, ReplyKey, StoreCounts, add_count,
-    classify, db_error, parse_context, validate_table,
+    Claim, CorrelationStore, InFlight, PendingRequest, RecordState, ReplyKey, StoreCounts,
+    add_count, classify, db_error, parse_context, validate_table,
 };
 use crate::Error;
 
@@ -41,6 +41,7 @@ struct Statements {
     state: String,
     purge: String,
     counts: String,
+    in_flight: String,
 }
 
 /// The columns of a [`PendingRequest`], in the order `row_to_request` reads them.
@@ -89,6 +90,11 @@ impl Statements {
                 "DELETE FROM {t} WHERE state IN ('replied', 'timed_out') AND finished_ms < $1"
             ),
             counts: format!("SELECT state, COUNT(*) AS n FROM {t} GROUP BY state"),
+            in_flight: format!(
+                "SELECT {COLUMNS}, state, lease_until_ms FROM {t} \
+                 WHERE state IN ('pending', 'replying', 'timing_out') \
+                 ORDER BY sent_ms, id LIMIT $1"
+            ),
         }
     }
 }
@@ -329,6 +335,29 @@ impl CorrelationStore for PostgresStore {
                 .await
                 .map_err(|e| db_error("postgres", "purge", e))?;
             Ok(done.rows_affected())
+        }
+        .boxed()
+    }
+
+    fn in_flight(&self, limit: usize) -> BoxFuture<'_, Result<Vec<InFlight>, Error>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        async move {
+            let rows = sqlx::query(&self.sql.in_flight)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("postgres", "list in-flight requests", e))?;
+            rows.iter()
+                .map(|row| {
+                    let state: String = row.try_get(7)?;
+                    Ok(InFlight {
+                        request: row_to_request(row)?,
+                        state: RecordState::parse(&state).unwrap_or(RecordState::Pending),
+                        lease_until_ms: row.try_get(8)?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| db_error("postgres", "list in-flight requests", e))
         }
         .boxed()
     }

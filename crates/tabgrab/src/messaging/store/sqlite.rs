@@ -28,8 +28,8 @@ use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claim, CorrelationStore, PendingRequest, RecordState, ReplyKey, StoreCounts, add_count,
-    classify, db_error, parse_context, validate_table,
+    Claim, CorrelationStore, InFlight, PendingRequest, RecordState, ReplyKey, StoreCounts,
+    add_count, classify, db_error, parse_context, validate_table,
 };
 use crate::{Error, ErrorKind};
 
@@ -98,6 +98,7 @@ struct Statements {
     state: String,
     purge: String,
     counts: String,
+    in_flight: String,
 }
 
 /// The columns of a [`PendingRequest`], in the order `row_to_request` reads them.
@@ -139,6 +140,11 @@ impl Statements {
                 "DELETE FROM {t} WHERE state IN ('replied', 'timed_out') AND finished_ms < ?"
             ),
             counts: format!("SELECT state, COUNT(*) AS n FROM {t} GROUP BY state"),
+            in_flight: format!(
+                "SELECT {COLUMNS}, state, lease_until_ms FROM {t} \
+                 WHERE state IN ('pending', 'replying', 'timing_out') \
+                 ORDER BY sent_ms, id LIMIT ?"
+            ),
         }
     }
 }
@@ -446,6 +452,30 @@ impl CorrelationStore for SqliteStore {
                     .execute(&mut *conn)
                     .await?;
                 Ok(done.rows_affected())
+            }
+            .boxed()
+        })
+        .boxed()
+    }
+
+    fn in_flight(&self, limit: usize) -> BoxFuture<'_, Result<Vec<InFlight>, Error>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.exec("list in-flight requests", move |conn, sql| {
+            async move {
+                let rows = sqlx::query(&sql.in_flight)
+                    .bind(limit)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        let state: String = row.try_get(7)?;
+                        Ok(InFlight {
+                            request: row_to_request(row)?,
+                            state: RecordState::parse(&state).unwrap_or(RecordState::Pending),
+                            lease_until_ms: row.try_get(8)?,
+                        })
+                    })
+                    .collect()
             }
             .boxed()
         })
