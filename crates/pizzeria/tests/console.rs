@@ -73,15 +73,28 @@ async fn dead_letters(dir: &Path) {
     embedded.close().await.unwrap();
 }
 
+/// A `pizzeria console` process, killed when dropped (a failing test must not leave it
+/// running, holding the test's output open).
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `pizzeria console` on `dir` with `token` (if any); its base URL.
-fn console(dir: &Path, token: Option<&str>) -> (Child, String) {
+fn console(dir: &Path, token: Option<&str>) -> (Running, String) {
     let mut command = pizzeria();
     command
         .args(["console", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env_remove(pizzeria::console::TOKEN_VAR)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::null());
     if let Some(token) = token {
         command.env(pizzeria::console::TOKEN_VAR, token);
     }
@@ -94,10 +107,13 @@ fn console(dir: &Path, token: Option<&str>) -> (Child, String) {
         .trim_end_matches('/')
         .to_owned();
     std::thread::spawn(move || for _ in lines {});
-    (child, url)
+    (Running(Some(child)), url)
 }
 
-fn stop(mut child: Child) {
+fn stop(mut running: Running) {
+    let Some(mut child) = running.0.take() else {
+        return;
+    };
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
