@@ -133,24 +133,79 @@ pub struct Redriven {
 }
 
 /// The open dead letters among the records of a dead-letter topic, oldest first: dead letters
-/// without a settlement. Records of other types are not dead letters and are passed over.
+/// without a settlement. Records of other types are not dead letters and are passed over; a
+/// record that claims to be a dead letter or a settlement but does not decode as one (anyone
+/// who can publish to the topic can put it there) is passed over with a warning, so that it
+/// cannot stop the listing of the others.
 pub(crate) fn open_letters(records: &[Envelope]) -> Result<Vec<KeptLetter>, Error> {
+    let skip = |e: &Envelope, error: &Error| {
+        tracing::warn!(id = %e.id, ty = %e.ty, error = %error, "a record of a dead-letter topic does not decode; passed over");
+    };
     let settled: HashSet<String> = records
         .iter()
         .filter(|e| e.ty == SETTLED_TYPE)
-        .map(|e| e.decode::<Settled>().map(|s| s.dead_letter))
-        .collect::<Result<_, _>>()?;
-    records
+        .filter_map(|e| match e.decode::<Settled>() {
+            Ok(s) => Some(s.dead_letter),
+            Err(error) => {
+                skip(e, &error);
+                None
+            }
+        })
+        .collect();
+    Ok(records
         .iter()
         .filter(|e| e.ty == DEAD_LETTER_TYPE && !settled.contains(&e.id))
-        .map(|e| {
-            Ok(KeptLetter {
+        .filter_map(|e| match e.decode::<DeadLetter>() {
+            Ok(letter) => Some(KeptLetter {
                 id: e.id.clone(),
                 recorded_at: e.time,
-                letter: e.decode::<DeadLetter>()?,
-            })
+                letter,
+            }),
+            Err(error) => {
+                skip(e, &error);
+                None
+            }
         })
-        .collect()
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// A damaged settlement or dead letter (anyone on the bus can publish one) is passed
+    /// over; the others are still listed, and a settlement hides exactly its dead letter.
+    #[test]
+    fn damaged_records_do_not_stop_the_listing() {
+        let letter = |n: u64| {
+            DeadLetter::new("orders", "billing", n, b"{}", None)
+                .because("malformed", "not JSON".into(), 0)
+                .envelope()
+                .unwrap()
+        };
+        let (first, second) = (letter(1), letter(2));
+        let settled = Envelope::new(
+            SOURCE,
+            &Settled {
+                dead_letter: first.id.clone(),
+                action: Settlement::Purged,
+            },
+        )
+        .unwrap();
+        let records = vec![
+            first,
+            Envelope::raw("/x", SETTLED_TYPE, Bytes::from_static(b"[1,2")),
+            Envelope::raw("/x", DEAD_LETTER_TYPE, Bytes::from_static(b"{\"no\":1}")),
+            Envelope::raw("/x", "someone.else.v1", Bytes::from_static(b"{}")),
+            second.clone(),
+            settled,
+        ];
+        let open = open_letters(&records).unwrap();
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert_eq!(open[0].id, second.id);
+        assert_eq!(open[0].letter.offset, 2);
+    }
 }
 
 /// The dead letters of one topic, to list, inspect, redrive and purge.
