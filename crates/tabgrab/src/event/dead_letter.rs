@@ -153,11 +153,13 @@ impl DeadLetter {
         let original = match envelope {
             Some(e) if Codec::default().decode(original).is_err() => {
                 match Codec::default().encode(e) {
-                    Ok(bytes) => {
+                    // Only when the event fits whole: an excerpt of it could not be redriven
+                    // either, and the record's own bytes then say more.
+                    Ok(bytes) if bytes.len() <= ORIGINAL_KEPT_WHOLE => {
                         structured = bytes;
                         &structured[..]
                     }
-                    Err(_) => original,
+                    _ => original,
                 }
             }
             _ => original,
@@ -303,6 +305,25 @@ pub fn read_kept_letters(bus: &EmbeddedBus, topic: &str) -> Result<Vec<super::Ke
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event that arrived in binary mode (its record is the data alone) is kept as the
+    /// same event in structured mode, which decodes back to it; a record that is the
+    /// event's structured encoding is kept byte for byte.
+    #[test]
+    fn a_binary_mode_event_is_kept_whole_in_structured_mode() {
+        let codec = Codec::default();
+        let event =
+            Envelope::raw("/test", "t.v1", Bytes::from_static(br#"{"n":1}"#)).with_subject("s-1");
+        let letter = DeadLetter::new("orders", "kitchen", 7, br#"{"n":1}"#, Some(&event));
+        let kept = codec.decode(&letter.original().unwrap()).unwrap();
+        assert_eq!(
+            (kept.id, kept.ty, kept.data),
+            (event.id.clone(), event.ty.clone(), event.data.clone())
+        );
+        let structured = codec.encode(&event).unwrap();
+        let letter = DeadLetter::new("orders", "kitchen", 7, &structured, Some(&event));
+        assert_eq!(letter.original().unwrap(), structured);
+    }
 
     /// However large the original and however long the texts that come with it, a dead
     /// letter fits the bus's default envelope limit.
