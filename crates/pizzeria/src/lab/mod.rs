@@ -62,12 +62,13 @@ pub enum LabBus {
 }
 
 impl LabBus {
-    /// Reads `--bus`: `embedded`, `nats://…` or `amqp://…`.
+    /// Reads `--bus`: `embedded`, `nats://…` (or `tls://…`) or `amqp://…` (or `amqps://…`).
     pub fn parse(bus: &str) -> Result<LabBus, Error> {
         if bus == "embedded" || bus == "embedded://" {
             return Ok(LabBus::Embedded);
         }
-        if !(bus.starts_with("nats://") || bus.starts_with("amqp://")) {
+        let known = ["nats://", "tls://", "amqp://", "amqps://"];
+        if !known.iter().any(|scheme| bus.starts_with(scheme)) {
             return Err(Error::new(
                 ErrorKind::Usage,
                 format!(
@@ -90,7 +91,9 @@ impl LabBus {
     pub fn engine(&self) -> &'static str {
         match self {
             LabBus::Embedded => "embedded",
-            LabBus::Broker(url) if url.starts_with("nats://") => "nats",
+            LabBus::Broker(url) if url.starts_with("nats://") || url.starts_with("tls://") => {
+                "nats"
+            }
             LabBus::Broker(_) => "amqp",
         }
     }
@@ -371,4 +374,22 @@ pub async fn run(config: &LabConfig) -> Result<LabReport, Error> {
     json::write(&report, &config.out.join("lab.json"))?;
     html::write(&report, &config.out.join("lab.html"))?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lab_takes_the_buses_tabgrab_connects_to() {
+        for (bus, engine) in [
+            ("nats://127.0.0.1:4222", "nats"),
+            ("tls://127.0.0.1:4222?tls_ca=/ca.pem", "nats"),
+            ("amqp://guest:guest@127.0.0.1:5672/%2f", "amqp"),
+            ("amqps://guest:guest@127.0.0.1:5671/%2f", "amqp"),
+        ] {
+            assert_eq!(LabBus::parse(bus).unwrap().engine(), engine, "{bus}");
+        }
+        assert!(LabBus::parse("kafka://127.0.0.1:9092").is_err());
+    }
 }

@@ -370,9 +370,11 @@ pub trait Backend: Send + Sync + 'static {
     fn original_location(&self, topic: &Topic, position: u64) -> String {
         format!("{} topic {topic} at position {position}", self.name())
     }
-    /// How many messages of `topic` the group `group` has not settled yet (waiting and in
-    /// flight), or `None` when the group does not exist or the engine cannot say. A group whose
-    /// lag stays above zero while its members run is stuck.
+    /// How many messages of `topic` the group `group` has not settled yet, or `None` when the
+    /// group does not exist or the engine cannot say. A group whose lag stays above zero while
+    /// its members run is stuck. The embedded log and NATS count what waits and what is in
+    /// flight; RabbitMQ's protocol tells only what waits in the queue, so there a member that
+    /// holds deliveries unacknowledged does not show (see [`Bus::lag`]).
     fn group_lag<'a>(
         &'a self,
         topic: &'a Topic,
