@@ -119,33 +119,21 @@ impl DeadLettersArgs {
 /// Runs `pizzeria dead-letters`.
 pub async fn command(args: &DeadLettersArgs) -> Result<(), Error> {
     let topic = args.topic.as_str();
-    let valid = !topic.is_empty()
-        && !topic.starts_with('.')
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    if !valid {
-        return Err(Error::new(
+    tabgrab::Topic::new(topic).map_err(|e| {
+        Error::new(
             ErrorKind::Usage,
-            format!("{topic:?} is not a topic name: use letters, digits, '.', '-' and '_'"),
-        ));
-    }
+            format!("--topic {topic:?} is not a topic name"),
+        )
+        .with_source(e)
+    })?;
     let filter = args.filter();
     let action = args.action.as_ref().unwrap_or(&Action::List);
     let opened = crate::namespace::open(args.bus.as_deref(), &args.data_dir).await?;
-    let (bus, embedded) = (&opened.bus, &opened.embedded);
-    let letters = DeadLetters::new(bus, topic)?;
-    let open = match embedded {
-        Some(embedded) => {
-            let mut open = tabgrab::event::read_kept_letters(embedded, topic)?;
-            open.retain(|k| filter.matches(k));
-            open
-        }
-        None => letters.list(&filter).await?,
-    };
+    let letters = DeadLetters::new(&opened.bus, topic)?;
+    let open = letters.list(&filter).await?;
     let result = match action {
         Action::List => list(topic, &open),
-        Action::Show { id } => show(topic, &open, id),
+        Action::Show { id } => show(&letters, topic, &open, id),
         Action::Redrive(selection) => act(&letters, &open, selection, Act::Redrive).await,
         Action::Purge(selection) => act(&letters, &open, selection, Act::Purge).await,
     };
@@ -214,7 +202,7 @@ fn list(topic: &str, open: &[KeptLetter]) -> Result<(), Error> {
     Ok(())
 }
 
-fn show(topic: &str, open: &[KeptLetter], id: &str) -> Result<(), Error> {
+fn show(letters: &DeadLetters, topic: &str, open: &[KeptLetter], id: &str) -> Result<(), Error> {
     let Some(kept) = open.iter().find(|k| k.id == id) else {
         return Err(Error::new(
             ErrorKind::Usage,
@@ -253,15 +241,11 @@ fn show(topic: &str, open: &[KeptLetter], id: &str) -> Result<(), Error> {
             String::new()
         }
     ))?;
-    let bytes = l.excerpt().unwrap_or_default();
-    match (!l.original_truncated)
-        .then(|| tabgrab::Codec::default().decode(&bytes).ok())
-        .flatten()
-    {
-        Some(envelope) => show_envelope(&envelope),
-        None => out(format!(
+    match letters.redrivable_event(kept) {
+        Ok(envelope) => show_envelope(&envelope),
+        Err(_) => out(format!(
             "  bytes kept    {}",
-            clean(&String::from_utf8_lossy(&bytes))
+            clean(&String::from_utf8_lossy(&l.excerpt().unwrap_or_default()))
         )),
     }
 }

@@ -19,7 +19,7 @@ use common::processes::pizzeria;
 use serde::{Deserialize, Serialize};
 use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
-use tabgrab::event::{Context, HandlerError, Publisher, Subscription, read_kept_letters};
+use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
 use tabgrab::{Envelope, Event, Message};
 
 const TOPIC: &str = pizzeria::messages::TOPIC;
@@ -100,14 +100,19 @@ fn console(dir: &Path, token: Option<&str>) -> (Running, String) {
     }
     let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = console_url(&mut lines);
+    std::thread::spawn(move || for _ in lines {});
+    (Running(Some(child)), url)
+}
+
+/// The console's base URL, from the first line a process printed (`console on http://…/`).
+fn console_url(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> String {
     let first = lines.next().unwrap().unwrap();
-    let url = first
+    first
         .strip_prefix("console on ")
         .unwrap_or_else(|| panic!("{first}"))
         .trim_end_matches('/')
-        .to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    (Running(Some(child)), url)
+        .to_owned()
 }
 
 fn stop(mut running: Running) {
@@ -131,10 +136,7 @@ fn stop(mut running: Running) {
 async fn the_console_escapes_what_it_shows_and_needs_the_token_to_act() {
     let dir = tempfile::tempdir().unwrap();
     dead_letters(dir.path()).await;
-    let open = {
-        let embedded = EmbeddedBus::open(dir.path()).unwrap();
-        read_kept_letters(&embedded, TOPIC).unwrap()
-    };
+    let open = common::open_dead_letters(dir.path(), TOPIC).await;
     let leaflet = open.iter().find(|k| k.letter.message_id.is_some()).unwrap();
     let junk = open.iter().find(|k| k.letter.message_id.is_none()).unwrap();
 
@@ -215,6 +217,8 @@ async fn the_console_escapes_what_it_shows_and_needs_the_token_to_act() {
     assert!(after.contains("0 open dead letters"), "{after}");
     let (status, _) = post("purge", junk.id.clone(), Some(TOKEN)).await;
     assert_eq!(status, 404, "settled already");
+    let (status, _) = post("explode", junk.id.clone(), Some(TOKEN)).await;
+    assert_eq!(status, 404, "an action the console does not have");
     stop(child);
 
     // The redriven leaflet is on its topic again, with its own id.
@@ -325,12 +329,7 @@ async fn a_run_serves_its_console_while_it_lasts() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first
-        .strip_prefix("console on ")
-        .unwrap_or_else(|| panic!("{first}"))
-        .trim_end_matches('/')
-        .to_owned();
+    let url = console_url(&mut lines);
     // The run goes on for seconds after it printed the address.
     let home = reqwest::get(format!("{url}/")).await.unwrap();
     assert_eq!(home.status().as_u16(), 200);

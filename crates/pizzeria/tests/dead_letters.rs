@@ -18,7 +18,7 @@ use common::processes::pizzeria;
 use serde::{Deserialize, Serialize};
 use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
-use tabgrab::event::{Context, HandlerError, Publisher, Subscription, read_kept_letters};
+use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
 use tabgrab::{Envelope, Event, Message};
 
 const TOPIC: &str = "parcels";
@@ -116,10 +116,12 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn open_ids(dir: &Path) -> Vec<String> {
-    let embedded = EmbeddedBus::open(dir).unwrap();
-    let open = read_kept_letters(&embedded, TOPIC).unwrap();
-    open.into_iter().map(|k| k.id).collect()
+async fn open_letters(dir: &Path) -> Vec<tabgrab::event::KeptLetter> {
+    common::open_dead_letters(dir, TOPIC).await
+}
+
+async fn open_ids(dir: &Path) -> Vec<String> {
+    open_letters(dir).await.into_iter().map(|k| k.id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,10 +138,8 @@ async fn list_show_redrive_and_purge_from_the_command_line() {
         &["list", "--reason", "permanent_error"],
     ));
     assert!(by_reason.starts_with("3 dead letters"), "{by_reason}");
-    let ids = open_ids(dir.path());
-    let embedded = EmbeddedBus::open(dir.path()).unwrap();
-    let open = read_kept_letters(&embedded, TOPIC).unwrap();
-    drop(embedded);
+    let ids = open_ids(dir.path()).await;
+    let open = open_letters(dir.path()).await;
     let junk = open.iter().find(|k| k.letter.message_id.is_none()).unwrap();
     let parcel = open.iter().find(|k| k.letter.message_id.is_some()).unwrap();
 
@@ -164,14 +164,14 @@ async fn list_show_redrive_and_purge_from_the_command_line() {
         "{dry}"
     );
     assert!(dry.contains("would redrive 3 of 4"), "{dry}");
-    assert_eq!(open_ids(dir.path()), ids);
+    assert_eq!(open_ids(dir.path()).await, ids);
 
     // Redriving everything redrives what can be, keeps the rest listed and says so.
     let all = dead_letters(dir.path(), &["redrive", "--all"]);
     assert_eq!(all.status.code(), Some(1), "{all:?}");
     let text = String::from_utf8_lossy(&all.stdout);
     assert!(text.contains("3 of 4 dead letters redriven"), "{text}");
-    assert_eq!(open_ids(dir.path()), vec![junk.id.clone()]);
+    assert_eq!(open_ids(dir.path()).await, vec![junk.id.clone()]);
     let purged = stdout(&dead_letters(dir.path(), &["purge", &junk.id]));
     assert!(purged.contains("1 of 1 dead letters purged"), "{purged}");
     assert!(stdout(&dead_letters(dir.path(), &[])).contains("no dead letters"));
@@ -229,7 +229,7 @@ async fn a_redrive_killed_in_the_middle_and_run_again_loses_nothing() {
             !finished,
             "the redrive finished within {delay_ms} ms: use more dead letters"
         );
-        let left = open_ids(dir.path()).len();
+        let left = open_ids(dir.path()).await.len();
         if left < N as usize {
             killed_with_left = Some(left);
             break;
@@ -242,7 +242,7 @@ async fn a_redrive_killed_in_the_middle_and_run_again_loses_nothing() {
         again.contains(&format!("{left} of {left} dead letters redriven")),
         "{again}"
     );
-    assert!(open_ids(dir.path()).is_empty());
+    assert!(open_ids(dir.path()).await.is_empty());
 
     let handled = Handled::default();
     let embedded = EmbeddedBus::open(dir.path()).unwrap();

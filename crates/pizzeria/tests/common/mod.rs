@@ -317,3 +317,19 @@ impl Recorder {
         Arc::try_unwrap(self.facts).unwrap().into_inner().unwrap()
     }
 }
+
+/// The open dead letters of `topic` in the embedded data directory `dir`, read as a library
+/// user would (`DeadLetters::list`).
+pub(crate) async fn open_dead_letters(
+    dir: &std::path::Path,
+    topic: &str,
+) -> Vec<tabgrab::event::KeptLetter> {
+    let embedded = tabgrab::backend::embedded::EmbeddedBus::open(dir).unwrap();
+    let open = tabgrab::event::DeadLetters::new(&Bus::from(&embedded), topic)
+        .unwrap()
+        .list(&tabgrab::event::Filter::default())
+        .await
+        .unwrap();
+    embedded.close().await.unwrap();
+    open
+}

@@ -100,8 +100,7 @@ impl Console {
             .route("/", get(overview))
             .route("/topics/{topic}/dead-letters", get(list))
             .route("/topics/{topic}/dead-letters/{id}", get(show))
-            .route("/topics/{topic}/dead-letters/{id}/redrive", post(redrive))
-            .route("/topics/{topic}/dead-letters/{id}/purge", post(purge))
+            .route("/topics/{topic}/dead-letters/{id}/{action}", post(act))
             .with_state(Arc::new(self))
     }
 
@@ -294,34 +293,24 @@ struct TokenForm {
     token: Option<String>,
 }
 
-async fn redrive(
-    State(console): State<Arc<Console>>,
-    Path((topic, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    form: Result<axum::Form<TokenForm>, FormRejection>,
-) -> Response {
-    act(&console, &topic, &id, &headers, form.ok(), true).await
-}
-
-async fn purge(
-    State(console): State<Arc<Console>>,
-    Path((topic, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    form: Result<axum::Form<TokenForm>, FormRejection>,
-) -> Response {
-    act(&console, &topic, &id, &headers, form.ok(), false).await
-}
-
+/// `POST …/{id}/redrive` and `…/{id}/purge`; any other action is not found.
 async fn act(
-    console: &Console,
-    topic: &str,
-    id: &str,
-    headers: &HeaderMap,
-    form: Option<axum::Form<TokenForm>>,
-    redrive: bool,
+    State(console): State<Arc<Console>>,
+    Path((topic, id, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    form: Result<axum::Form<TokenForm>, FormRejection>,
 ) -> Response {
+    let redrive = match action.as_str() {
+        "redrive" => true,
+        "purge" => false,
+        _ => {
+            return Refusal(StatusCode::NOT_FOUND, format!("no action {action:?}")).into_response();
+        }
+    };
+    let (topic, id) = (topic.as_str(), id.as_str());
+    let form = form.ok();
     let token = form.as_ref().and_then(|f| f.token.as_deref());
-    if let Err(refused) = console.authorized(headers, token) {
+    if let Err(refused) = console.authorized(&headers, token) {
         return refused.into_response();
     }
     let letters = match console.letters(topic) {

@@ -290,16 +290,12 @@ fn hex(bytes: &[u8]) -> String {
 /// Every open dead letter of `topic` on an embedded bus (not redriven or purged), oldest
 /// first, without a runtime (the same as [`Bus::dead_letters`]; reading creates nothing).
 pub fn read_dead_letters(bus: &EmbeddedBus, topic: &str) -> Result<Vec<DeadLetter>, Error> {
-    Ok(read_kept_letters(bus, topic)?
-        .into_iter()
-        .map(|k| k.letter)
-        .collect())
-}
-
-/// [`read_dead_letters`] with each dead letter's id, as
-/// [`DeadLetters::list`](super::DeadLetters::list) gives them.
-pub fn read_kept_letters(bus: &EmbeddedBus, topic: &str) -> Result<Vec<super::KeptLetter>, Error> {
-    super::open_letters(&bus.read_all_now(&dead_letter_topic(topic))?)
+    Ok(
+        super::open_letters(&bus.read_all_now(&dead_letter_topic(topic))?)?
+            .into_iter()
+            .map(|k| k.letter)
+            .collect(),
+    )
 }
 
 #[cfg(test)]

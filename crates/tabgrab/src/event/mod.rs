@@ -27,7 +27,7 @@ mod subscription;
 
 pub use dead_letter::{
     DEAD_LETTER_TYPE, DeadLetter, ORIGINAL_EXCERPT, ORIGINAL_KEPT_WHOLE, dead_letter_topic,
-    read_dead_letters, read_kept_letters,
+    read_dead_letters,
 };
 pub(crate) use dead_letters::open_letters;
 pub use dead_letters::{
