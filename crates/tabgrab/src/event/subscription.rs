@@ -400,6 +400,13 @@ static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 /// unless the server does not answer).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often an idle broker member asks the server for its group's lag. A member learns the
+/// lag from each delivery's metadata (the broker's count of what waits after it); once
+/// deliveries stop, the last count would stand for ever, and it can be stale (nats-server 2.9
+/// reports a few pending after the last message of a burst), so [`Subscription::lag`] would
+/// never reach zero and nothing waiting for a caught-up group would end.
+const IDLE_LAG_CHECK: Duration = Duration::from_secs(1);
+
 /// A running member of a consumer group. Dropping it stops it; [`Subscription::shutdown`]
 /// also waits for the drain and for its settlements to reach the engine.
 pub struct Subscription {
@@ -791,10 +798,17 @@ impl Group {
         let mut tick = tokio::time::interval(ack_wait / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut idle = tokio::time::interval(IDLE_LAG_CHECK);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = self.counters.received.load(Ordering::Relaxed);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
+                _ = idle.tick() => {
+                    seen = self.refresh_idle_lag(seen).await;
+                    continue;
+                }
             }
             let held: Vec<Arc<dyn Acker>> = lock(&self.held).values().cloned().collect();
             for acker in held {
@@ -803,6 +817,25 @@ impl Group {
                 }
             }
         }
+    }
+
+    /// When nothing arrived since the last check (`seen` deliveries then) and the member
+    /// holds nothing, takes the group's lag from the server instead of the last delivery's
+    /// count (see [`IDLE_LAG_CHECK`]). Returns the deliveries seen now.
+    async fn refresh_idle_lag(&self, seen: u64) -> u64 {
+        let now = self.counters.received.load(Ordering::Relaxed);
+        if now != seen
+            || self.broker_pending.load(Ordering::Relaxed) == 0
+            || !lock(&self.held).is_empty()
+        {
+            return now;
+        }
+        if let Ok(Some(lag)) = self.bus.backend().group_lag(&self.topic, &self.name).await
+            && self.counters.received.load(Ordering::Relaxed) == now
+        {
+            self.broker_pending.store(lag, Ordering::Relaxed);
+        }
+        now
     }
 
     /// Takes one broker delivery: like [`Group::accept`], and it is held until done.
