@@ -138,6 +138,16 @@ pub struct ServiceArgs {
     /// Inventory: truffles in stock (the tartufo's rare ingredient).
     #[arg(long, default_value_t = 40)]
     pub truffles: u64,
+    /// Inventory, events style: the only pizzas whose recipes it knows, comma-separated
+    /// (default: the whole menu), as an older release would; an order for another pizza
+    /// becomes a dead letter naming it, to redrive once an inventory that knows it runs.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "PIZZA,...",
+        requires = "bus"
+    )]
+    pub recipes: Option<Vec<String>>,
     /// Front desk: payment's base URL, e.g. http://127.0.0.1:7001.
     #[arg(long, required_if_eq("name", "front-desk"))]
     pub payment: Option<String>,
@@ -411,6 +421,7 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
             bake_time: Duration::from_millis(args.bake_ms),
             kitchen_db: args.kitchen_db,
             truffles: Some(args.truffles),
+            recipes: args.recipes,
             store: args.store,
             health,
         };

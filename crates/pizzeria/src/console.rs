@@ -42,8 +42,46 @@ pub struct ConsoleArgs {
     pub listen: SocketAddr,
     /// The messaging style's correlation store, to list the requests waiting for replies:
     /// `sqlite:PATH` or `postgres://…`; by default `<data-dir>/correlation.db` when it exists.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", alias = "store")]
     pub correlation_store: Option<String>,
+    /// The topics to show, each with the consumer groups whose lag, members and flow are
+    /// shown: `TOPIC` or `TOPIC:GROUP,GROUP…` (repeatable). By default the pizzeria topic with
+    /// its five groups.
+    #[arg(long = "topic", value_name = "TOPIC[:GROUPS]")]
+    pub topics: Vec<String>,
+}
+
+/// The topics of `--topic` (or the pizzeria's), each with its groups.
+fn topics(args: &[String]) -> Result<Vec<(String, Vec<String>)>, Error> {
+    if args.is_empty() {
+        return Ok(vec![(
+            TOPIC.to_owned(),
+            [
+                front_desk::GROUP,
+                payment::GROUP,
+                inventory::GROUP,
+                kitchen::GROUP,
+                delivery::GROUP,
+            ]
+            .iter()
+            .map(|g| (*g).to_owned())
+            .collect(),
+        )]);
+    }
+    args.iter()
+        .map(|arg| {
+            let (topic, groups) = arg.split_once(':').unwrap_or((arg, ""));
+            tabgrab::Topic::new(topic)
+                .map_err(|e| Error::new(ErrorKind::Usage, format!("--topic {topic:?}: {e}")))?;
+            let groups = groups
+                .split(',')
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect();
+            Ok((topic.to_owned(), groups))
+        })
+        .collect()
 }
 
 /// The correlation store named by `url` (`sqlite:PATH`, `postgres://…`), or the one of the
@@ -83,7 +121,8 @@ async fn correlation_store(
 pub async fn command(args: ConsoleArgs) -> Result<(), Error> {
     let opened = crate::namespace::open(args.bus.as_deref(), &args.data_dir).await?;
     let requests = correlation_store(args.correlation_store.as_deref(), &args.data_dir).await?;
-    let endpoint = start(&opened.bus, args.listen, requests).await?;
+    let topics = topics(&args.topics)?;
+    let endpoint = start_with(&opened.bus, args.listen, requests, &topics).await?;
     crate::service::signal().await;
     endpoint.stop().await;
     opened.close().await
@@ -97,18 +136,23 @@ pub async fn start(
     listen: SocketAddr,
     requests: Option<Arc<dyn CorrelationStore>>,
 ) -> Result<Endpoint, Error> {
-    let groups = [
-        front_desk::GROUP,
-        payment::GROUP,
-        inventory::GROUP,
-        kitchen::GROUP,
-        delivery::GROUP,
-    ];
+    start_with(bus, listen, requests, &topics(&[])?).await
+}
+
+/// [`start`] showing `topics`, each with its groups.
+async fn start_with(
+    bus: &Bus,
+    listen: SocketAddr,
+    requests: Option<Arc<dyn CorrelationStore>>,
+    topics: &[(String, Vec<String>)],
+) -> Result<Endpoint, Error> {
     let token = std::env::var(TOKEN_VAR).unwrap_or_default();
     let writable = !token.is_empty();
-    let mut console = tabgrab::console::Console::new(bus)
-        .topic(TOPIC, &groups)
-        .operator_token(token);
+    let mut console = tabgrab::console::Console::new(bus).operator_token(token);
+    for (topic, groups) in topics {
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        console = console.topic(topic, &groups);
+    }
     if let Some(store) = requests {
         console = console.requests(store);
     }
@@ -132,5 +176,7 @@ pub async fn start(
     if !writable {
         println!("read-only: set {TOKEN_VAR} to allow redrive and purge");
     }
-    Ok(Endpoint::serve(listener, addr, console.router()))
+    let stop = tokio_util::sync::CancellationToken::new();
+    let router = console.stop_streams_on(stop.clone()).router();
+    Ok(Endpoint::serve_until(listener, addr, router, stop))
 }

@@ -78,7 +78,15 @@ pub enum Action {
     },
     /// Publish the original events again to their topic (same id: services with an inbox
     /// apply each once) and settle their dead letters once the bus acknowledged each.
-    Redrive(Selection),
+    Redrive {
+        /// Which dead letters.
+        #[command(flatten)]
+        selection: Selection,
+        /// To the group that gave up on each only, not to the whole topic (RabbitMQ, which
+        /// has a queue per group; refused on the embedded bus and NATS).
+        #[arg(long)]
+        to_group: bool,
+    },
     /// Drop dead letters: they are no longer listed.
     Purge(Selection),
 }
@@ -134,7 +142,24 @@ pub async fn command(args: &DeadLettersArgs) -> Result<(), Error> {
     let result = match action {
         Action::List => list(topic, &open),
         Action::Show { id } => show(&letters, topic, &open, id),
-        Action::Redrive(selection) => act(&letters, &open, selection, Act::Redrive).await,
+        Action::Redrive {
+            selection,
+            to_group: false,
+        } => act(&letters, &open, selection, Act::Redrive).await,
+        Action::Redrive {
+            selection,
+            to_group: true,
+        } => {
+            if !opened.bus.capabilities().reply_queues {
+                return Err(Error::new(
+                    ErrorKind::Usage,
+                    "--to-group needs an engine with a queue per group (RabbitMQ); the \
+                     embedded bus and NATS deliver a redrive to every group of the topic \
+                     (an inbox makes it harmless to those that had it)",
+                ));
+            }
+            act(&letters, &open, selection, Act::RedriveToGroup).await
+        }
         Action::Purge(selection) => act(&letters, &open, selection, Act::Purge).await,
     };
     opened.close().await?;
@@ -269,6 +294,7 @@ fn show_envelope(e: &Envelope) -> Result<(), Error> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Act {
     Redrive,
+    RedriveToGroup,
     Purge,
 }
 
@@ -300,13 +326,14 @@ async fn act(
     };
     let verb = match what {
         Act::Redrive => "redrive",
+        Act::RedriveToGroup => "redrive to its group",
         Act::Purge => "purge",
     };
     if selection.dry_run {
         let mut refused = 0;
         for kept in &chosen {
             let check = match what {
-                Act::Redrive => letters.check_redrivable(kept),
+                Act::Redrive | Act::RedriveToGroup => letters.check_redrivable(kept),
                 Act::Purge => Ok(()),
             };
             match check {
@@ -337,6 +364,7 @@ async fn act(
     for kept in &chosen {
         let result = match what {
             Act::Redrive => letters.redrive_letter(kept).await.map(|_| ()),
+            Act::RedriveToGroup => letters.redrive_to_group(kept).await.map(|_| ()),
             Act::Purge => letters.purge_letter(kept).await,
         };
         match result {
@@ -348,6 +376,7 @@ async fn act(
     bar.finish_and_clear();
     let past = match what {
         Act::Redrive => "redriven",
+        Act::RedriveToGroup => "redriven to their group",
         Act::Purge => "purged",
     };
     out(format!("{done} of {} dead letters {past}", chosen.len()))?;

@@ -294,6 +294,29 @@ impl Backend for Namespaced {
         .boxed()
     }
 
+    fn group_members<'a>(
+        &'a self,
+        topic: &'a Topic,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, tabgrab::Error>> {
+        async move {
+            let scoped = self.scoped(topic)?;
+            self.inner.group_members(&scoped, group).await
+        }
+        .boxed()
+    }
+
+    fn topic_end<'a>(
+        &'a self,
+        topic: &'a Topic,
+    ) -> BoxFuture<'a, Result<Option<u64>, tabgrab::Error>> {
+        async move {
+            let scoped = self.scoped(topic)?;
+            self.inner.topic_end(&scoped).await
+        }
+        .boxed()
+    }
+
     fn group_lag<'a>(
         &'a self,
         topic: &'a Topic,

@@ -72,6 +72,8 @@ pub struct ServiceConfig {
     pub kitchen_db: Option<String>,
     /// Inventory: truffles in stock (`None`: plenty).
     pub truffles: Option<u64>,
+    /// Inventory: the only pizzas whose recipes it knows (`None`: the whole menu).
+    pub recipes: Option<Vec<String>>,
     /// Where the service's state is (`sqlite:PATH`, `postgres://…`, `memory`); `None`:
     /// `sqlite:./pizzeria-data/<service>.sqlite`.
     pub store: Option<String>,
@@ -130,7 +132,10 @@ pub async fn serve(
                 Some(n) => Stock::generous().with(RARE_INGREDIENT, n),
                 None => Stock::generous(),
             };
-            let inventory = Inventory::new(store.clone(), stock);
+            let mut inventory = Inventory::new(store.clone(), stock);
+            if let Some(recipes) = &config.recipes {
+                inventory = inventory.with_recipes(recipes)?;
+            }
             inventory.subscribe(&bus)?
         }
         ServiceName::Kitchen => {

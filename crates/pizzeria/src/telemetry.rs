@@ -54,7 +54,17 @@ impl Endpoint {
         addr: SocketAddr,
         router: axum::Router,
     ) -> Endpoint {
-        let stop = CancellationToken::new();
+        Endpoint::serve_until(listener, addr, router, CancellationToken::new())
+    }
+
+    /// Serves `router` on `listener` (bound to `addr`) until stopped, which cancels `stop`
+    /// (for streams that must end before a graceful shutdown can).
+    pub(crate) fn serve_until(
+        listener: tokio::net::TcpListener,
+        addr: SocketAddr,
+        router: axum::Router,
+        stop: CancellationToken,
+    ) -> Endpoint {
         let task = tokio::spawn(
             axum::serve(listener, router)
                 .with_graceful_shutdown(stop.clone().cancelled_owned())

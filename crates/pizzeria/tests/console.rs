@@ -8,6 +8,8 @@
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -358,10 +360,11 @@ async fn a_run_serves_its_console_while_it_lasts() {
 }
 
 /// With the messaging style's correlation store (found in the data directory), the overview
-/// lists the requests waiting for replies, with their claim, escaped like everything else.
+/// lists the requests waiting for replies, with their claim and the node holding it, and the
+/// replies tallied as late, duplicate or forged, escaped like everything else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_lists_requests_in_flight() {
-    use tabgrab::messaging::store::{PendingRequest, ReplyKey};
+    use tabgrab::messaging::store::{PendingRequest, ReplyKey, Tally};
     use tabgrab::messaging::{CorrelationStore as _, SqliteStore};
     let dir = tempfile::tempdir().unwrap();
     EmbeddedBus::open(dir.path())
@@ -371,7 +374,8 @@ async fn the_console_lists_requests_in_flight() {
         .unwrap();
     let store = SqliteStore::open(dir.path().join("correlation.db"))
         .await
-        .unwrap();
+        .unwrap()
+        .node("node-7 <i>");
     let now = i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -399,6 +403,9 @@ async fn the_console_lists_requests_in_flight() {
         responder: None,
     };
     store.claim_reply(key, now, now + 30_000).await.unwrap();
+    for tally in [Tally::Late, Tally::Forged, Tally::Late] {
+        store.tally(tally).await.unwrap();
+    }
     let (child, url) = console(dir.path(), None);
     let home = reqwest::get(format!("{url}/"))
         .await
@@ -412,6 +419,451 @@ async fn the_console_lists_requests_in_flight() {
         "{home}"
     );
     assert!(home.contains("replying (claim for"), "{home}");
+    assert!(
+        home.contains(" by node-7 &lt;i&gt;)"),
+        "the node holding the claim, escaped: {home}"
+    );
+    assert!(home.contains("2 late, 0 duplicate, 1 forged"), "{home}");
     assert!(!home.contains(HOSTILE), "a request type is escaped: {home}");
     stop(child);
+}
+
+/// The pizzeria's menu without the tartufo: the recipes of an inventory that has not learned
+/// it yet.
+fn recipes_without_tartufo() -> Vec<String> {
+    pizzeria::menu::MENU
+        .iter()
+        .map(|p| p.name.to_owned())
+        .filter(|name| name != "tartufo")
+        .collect()
+}
+
+/// The events of `ty` the pizzeria topic holds about `order`.
+async fn events_about(bus: &Bus, ty: &str, order: uuid::Uuid) -> Vec<Envelope> {
+    let topic = tabgrab::Topic::new(TOPIC).unwrap();
+    let order = order.to_string();
+    let mut all = bus.backend().read_all(&topic).await.unwrap();
+    all.retain(|e| e.ty == ty && e.subject.as_deref() == Some(order.as_str()));
+    all
+}
+
+/// The acceptance scenario of the console, in headless Chromium, on a running pizzeria:
+/// orders flow while the page's throughput moves; an inventory that does not know the
+/// tartufo's recipe dead-letters the one order that asks for it; the page shows that dead
+/// letter with its reason; once an inventory that knows the recipe runs, a click on redrive
+/// (with the operator token, after a confirmation) sends the order on, and it is delivered
+/// exactly once: one charge in the ledger (payment's inbox absorbed the redriven copy), one
+/// reservation, one `OrderDelivered`.
+async fn poison_order_redriven_in_a_browser(bus: Bus, engine: &str) {
+    use pizzeria::order::OrderRequest;
+    use pizzeria::services::front_desk::OrderStatus;
+    use pizzeria::services::{Inventory, Pizzeria, Settings, Stock, Store, inventory};
+    use tokio_util::sync::CancellationToken;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::sqlite(dir.path().join("effects.sqlite"))
+        .await
+        .unwrap();
+    let mut restaurant =
+        Pizzeria::start_with(bus.clone(), Settings::default(), store.clone()).unwrap();
+    // Inventory is the older release.
+    assert!(restaurant.stop_group(inventory::GROUP).await.unwrap());
+    restaurant.inventory = Inventory::new(store.clone(), Stock::generous())
+        .with_recipes(&recipes_without_tartufo())
+        .unwrap();
+    assert!(
+        restaurant
+            .restart_group(bus.clone(), inventory::GROUP)
+            .unwrap()
+    );
+    restaurant.ready().await.unwrap();
+
+    // The console, mounted by this "service" on a port of its own.
+    let groups = ["front-desk", "payment", "inventory", "kitchen", "delivery"];
+    let stop = CancellationToken::new();
+    let router = tabgrab::console::Console::new(&bus)
+        .topic(TOPIC, &groups)
+        .operator_token(TOKEN)
+        .stop_streams_on(stop.clone())
+        .router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    // Customers order margheritas, one every 20 ms, while the test looks.
+    let desk = restaurant.front_desk.clone();
+    let customers = CancellationToken::new();
+    let flow = {
+        let (desk, customers) = (desk.clone(), customers.clone());
+        tokio::spawn(async move {
+            let mut taken = Vec::new();
+            while !customers.is_cancelled() {
+                let order = OrderRequest {
+                    customer: "Ada".into(),
+                    pizzas: vec!["margherita".into()],
+                    card: "4111111111111111".into(),
+                }
+                .validate()
+                .unwrap();
+                taken.push(desk.take_order(order).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            taken
+        })
+    };
+    let poison = OrderRequest {
+        customer: "Bea".into(),
+        pizzas: vec!["margherita".into(), "tartufo".into()],
+        card: "4111111111111111".into(),
+    }
+    .validate()
+    .unwrap();
+    let poison = desk.take_order(poison).await.unwrap();
+
+    let browser = webdriver::Browser::start().await;
+    browser.open(&format!("{url}/")).await;
+    // Throughput moves: the topic's rate shows a number above zero, twice in a row.
+    let rate_id = format!("rate-{TOPIC}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let rate = browser
+            .css(&format!("[id='{rate_id}']"), Duration::from_secs(10))
+            .await;
+        let text = browser.text(&rate).await;
+        if text.parse::<f64>().is_ok_and(|r| r > 0.0) {
+            seen.push(text);
+            if seen.len() == 2 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{engine}: the page's throughput did not move: {seen:?}\n{}",
+            browser.text_of_page().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let overview = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("console-overview-{engine}.png"));
+    browser.screenshot(&overview).await;
+    println!(
+        "{engine}: screenshot of the live overview at {}",
+        overview.display()
+    );
+    let members = browser
+        .css("[id='members-pizzeria-payment']", Duration::from_secs(1))
+        .await;
+    // NATS pull consumers do not register their members.
+    let expected = if engine == "nats" { "unknown" } else { "1" };
+    assert_eq!(browser.text(&members).await, expected, "{engine}: members");
+    let delivery_rate = browser
+        .css("[id='rate-pizzeria-delivery']", Duration::from_secs(1))
+        .await;
+    assert!(
+        browser.text(&delivery_rate).await.parse::<f64>().is_ok(),
+        "{engine}: a group's rate is a number"
+    );
+
+    // The poison order is a dead letter, with its reason, on the dead letters' page.
+    let list = format!("{url}/topics/{TOPIC}/dead-letters");
+    let row = "//tr[td[contains(., 'whose recipe this inventory does not know')]]";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        browser.open(&list).await;
+        if browser.has_xpath(row).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{engine}: no dead letter for the poison order:\n{}",
+            browser.text_of_page().await
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let reason = browser
+        .text(&browser.xpath(row, Duration::ZERO).await)
+        .await;
+    assert!(
+        reason.contains(&poison.to_string()) && reason.contains("\"tartufo\""),
+        "{engine}: {reason}"
+    );
+    assert!(reason.contains("pizzeria.order.accepted.v1"), "{reason}");
+    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("console-dead-letter-{engine}.png"));
+    browser.screenshot(&shot).await;
+    println!(
+        "{engine}: screenshot of the dead letter at {}",
+        shot.display()
+    );
+    assert_ne!(
+        store_status(&desk, poison).await,
+        Some(OrderStatus::Delivered)
+    );
+
+    // The cause is fixed: an inventory that knows the tartufo replaces the old one.
+    assert!(restaurant.stop_group(inventory::GROUP).await.unwrap());
+    restaurant.inventory = Inventory::new(store.clone(), Stock::generous());
+    assert!(
+        restaurant
+            .restart_group(bus.clone(), inventory::GROUP)
+            .unwrap()
+    );
+    restaurant.ready().await.unwrap();
+
+    // Redrive, as an operator: the token, the button, the confirmation.
+    let token = browser.css("#token", Duration::from_secs(5)).await;
+    browser.type_into(&token, TOKEN).await;
+    let button = browser
+        .xpath(
+            &format!("{row}//form[contains(@action, '/redrive')]/button"),
+            Duration::from_secs(5),
+        )
+        .await;
+    browser.click(&button).await;
+    let asked = browser.accept_dialog(Duration::from_secs(10)).await;
+    assert_eq!(asked, "Redrive this event?");
+    let note = browser.css("#note", Duration::from_secs(30)).await;
+    assert!(browser.text(&note).await.ends_with(" redriven"), "{engine}");
+    assert!(
+        !browser.has_xpath(row).await,
+        "{engine}: the redriven dead letter is no longer open"
+    );
+
+    // Delivered, exactly once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store_status(&desk, poison).await != Some(OrderStatus::Delivered) {
+        assert!(
+            Instant::now() < deadline,
+            "{engine}: the redriven order was not delivered: {:?}",
+            desk.order(poison).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    customers.cancel();
+    let taken = flow.await.unwrap();
+    if let Err(e) = restaurant.settle(Duration::from_secs(60)).await {
+        let mut broker = Vec::new();
+        for g in groups {
+            broker.push((g, bus.lag(TOPIC, g).await));
+        }
+        panic!(
+            "{engine}: {e}; the engine says {broker:?}; stats {:?}",
+            restaurant.stats()
+        );
+    }
+    let cause = events_cause(&bus, poison).await;
+    let effects = store.effects().await.unwrap();
+    let of_poison: Vec<&(String, String)> = effects.iter().filter(|(_, c)| *c == cause).collect();
+    assert_eq!(
+        of_poison,
+        [
+            &("payment:charge".to_owned(), cause.clone()),
+            &("inventory:reserve".to_owned(), cause.clone())
+        ],
+        "{engine}: one charge and one reservation for the redriven order"
+    );
+    let mut unique = effects.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        effects.len(),
+        "{engine}: an effect applied twice"
+    );
+    assert!(
+        store.stats().await.unwrap().payment.duplicates >= 1,
+        "{engine}: payment saw the redriven copy and changed nothing"
+    );
+    for ty in [
+        "pizzeria.payment.collected.v1",
+        "pizzeria.ingredients.reserved.v1",
+        "pizzeria.order.delivered.v1",
+    ] {
+        assert_eq!(
+            events_about(&bus, ty, poison).await.len(),
+            1,
+            "{engine}: {ty}"
+        );
+    }
+    for order in &taken {
+        assert_eq!(
+            store_status(&desk, *order).await,
+            Some(OrderStatus::Delivered),
+            "{engine}: every other order is delivered"
+        );
+    }
+    println!(
+        "{engine}: {} orders flowed; the poison order was dead-lettered, redriven from the \
+         browser and delivered once",
+        taken.len()
+    );
+
+    browser.close().await;
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    restaurant.shutdown().await.unwrap();
+}
+
+/// Where the front desk's view says `order` stands.
+async fn store_status(
+    desk: &pizzeria::services::FrontDesk,
+    order: uuid::Uuid,
+) -> Option<pizzeria::services::front_desk::OrderStatus> {
+    desk.order(order).await.unwrap().map(|v| v.status)
+}
+
+/// The id of `order`'s `OrderAccepted` (the cause of payment's and inventory's effects).
+async fn events_cause(bus: &Bus, order: uuid::Uuid) -> String {
+    let accepted = events_about(bus, "pizzeria.order.accepted.v1", order).await;
+    // The original and its redriven copy: the same id.
+    assert_eq!(accepted.len(), 2, "{accepted:?}");
+    assert_eq!(accepted[0].id, accepted[1].id);
+    accepted[0].id.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_order_is_redriven_from_a_browser_on_the_embedded_bus() {
+    if !webdriver::require() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = EmbeddedBus::open(dir.path()).unwrap();
+    poison_order_redriven_in_a_browser(Bus::from(&embedded), "embedded").await;
+    embedded.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_order_is_redriven_from_a_browser_on_nats() {
+    if !webdriver::require() || !tabgrab_testkit::services::require("NATS", "127.0.0.1:4222") {
+        return;
+    }
+    let namespace = format!("console-{}", uuid::Uuid::now_v7().simple());
+    let connection =
+        pizzeria::namespace::connect(&format!("nats://127.0.0.1:4222?namespace={namespace}"))
+            .await
+            .unwrap();
+    poison_order_redriven_in_a_browser(connection.bus().clone(), "nats").await;
+    connection.clean_up().await.unwrap();
+}
+
+/// On RabbitMQ (a queue per group) the list offers "redrive to <group>": with the token, the
+/// event goes to the group that gave up on it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_a_dead_letter_is_redriven_to_its_group_alone() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    if !tabgrab_testkit::services::require("RabbitMQ", "127.0.0.1:5672") {
+        return;
+    }
+    let namespace = format!("console-{}", uuid::Uuid::now_v7().simple());
+    let connection = pizzeria::namespace::connect(&format!(
+        "amqp://guest:guest@127.0.0.1:5672/%2f?namespace={namespace}"
+    ))
+    .await
+    .unwrap();
+    let bus = connection.bus().clone();
+    let fixed = Arc::new(AtomicBool::new(false));
+    let (failing_seen, other_seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let failing = {
+        let (fixed, seen) = (Arc::clone(&fixed), Arc::clone(&failing_seen));
+        Subscription::builder(&bus, TOPIC, "leaflets")
+            .handle(move |_l: Leaflet, _ctx: Context| {
+                let (fixed, seen) = (Arc::clone(&fixed), Arc::clone(&seen));
+                async move {
+                    if !fixed.load(Ordering::SeqCst) {
+                        return Err(HandlerError::permanent("the printer is out of ink"));
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    let other = {
+        let seen = Arc::clone(&other_seen);
+        Subscription::builder(&bus, TOPIC, "archive")
+            .handle(move |_l: Leaflet, _ctx: Context| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap()
+    };
+    failing.ready().await.unwrap();
+    other.ready().await.unwrap();
+    Publisher::new(&bus, TOPIC, "/test")
+        .unwrap()
+        .publish(
+            &Leaflet {
+                text: "sale".into(),
+            },
+            "leaflet-1",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while failing.stats().dead_lettered < 1 || other_seen.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < deadline, "{:?}", failing.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let router = tabgrab::console::Console::new(&bus)
+        .topic(TOPIC, &["leaflets", "archive"])
+        .operator_token(TOKEN)
+        .router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(axum::serve(listener, router).into_future());
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let list = http
+        .get(format!("{url}/topics/{TOPIC}/dead-letters"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        list.contains("<button>redrive to leaflets</button>"),
+        "{list}"
+    );
+    let at = list.find("/dead-letters/").unwrap() + "/dead-letters/".len();
+    let id = list[at..].split('"').next().unwrap().to_owned();
+    fixed.store(true, Ordering::SeqCst);
+    let done = http
+        .post(format!(
+            "{url}/topics/{TOPIC}/dead-letters/{id}/redrive-group"
+        ))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status().as_u16(), 303, "{:?}", done.text().await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while failing_seen.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < deadline, "the group did not get its event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    failing.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
+    assert_eq!(
+        other_seen.load(Ordering::SeqCst),
+        1,
+        "the archive saw it once"
+    );
+    assert!(bus.dead_letters(TOPIC).await.unwrap().is_empty());
+    server.abort();
+    connection.clean_up().await.unwrap();
 }

@@ -375,6 +375,19 @@ async fn late_duplicate_and_forged_replies_are_counted_and_never_delivered() {
     // Forged replies are kept for inspection.
     let letters = read_dead_letters(&bus, &format!("replies.{GROUP}")).unwrap();
     assert_eq!(letters.len(), 3, "{letters:?}");
+    // And the store tallied them, for every node of the group (and a console) to see.
+    let store = SqliteStore::open(dir.path().join("corr.db")).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = tabgrab::messaging::CorrelationStore::counts(&store)
+            .await
+            .unwrap();
+        if (c.late, c.duplicate, c.forged) == (1, 1, 3) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{c:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

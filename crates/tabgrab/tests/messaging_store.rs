@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tabgrab::messaging::store::{
     Claim, CorrelationStore, MemoryStore, PendingRequest, PostgresStore, RecordState, ReplyKey,
-    SqliteStore,
+    SqliteStore, Tally,
 };
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -34,8 +34,9 @@ fn key(id: &str) -> ReplyKey<'_> {
     }
 }
 
-/// Runs every behaviour against `store`; ids are prefixed so that one store can hold them all.
-async fn suite(store: Arc<dyn CorrelationStore>) {
+/// Runs every behaviour against `store`, whose claims name `holder` (`None`: any name);
+/// ids are prefixed so that one store can hold them all.
+async fn suite(store: Arc<dyn CorrelationStore>, holder: Option<&str>) {
     let s = &*store;
     // Insert, and a second insert of the same id fails.
     s.insert(&request("a", T0 + 5_000)).await.unwrap();
@@ -292,6 +293,12 @@ async fn suite(store: Arc<dyn CorrelationStore>) {
         r.sent_ms = T0 - 2;
         r
     });
+    assert_eq!(open[0].holder, None, "a pending request has no holder");
+    let claimed_by = open[1].holder.as_deref().unwrap_or_default();
+    match holder {
+        Some(holder) => assert_eq!(claimed_by, holder),
+        None => assert!(claimed_by.contains(':'), "<host>:<pid>, not {claimed_by:?}"),
+    }
     assert_eq!(s.in_flight(1).await.unwrap().len(), 1);
     assert!(
         s.complete("z2", RecordState::Replied, T0 + 2)
@@ -299,6 +306,22 @@ async fn suite(store: Arc<dyn CorrelationStore>) {
             .unwrap()
     );
     s.remove("z1").await.unwrap();
+
+    // Replies not handed to a handler are tallied for every node to see.
+    let before = s.counts().await.unwrap();
+    for tally in [Tally::Late, Tally::Forged, Tally::Duplicate, Tally::Forged] {
+        s.tally(tally).await.unwrap();
+    }
+    let after = s.counts().await.unwrap();
+    assert_eq!(
+        (
+            after.late - before.late,
+            after.duplicate - before.duplicate,
+            after.forged - before.forged
+        ),
+        (1, 1, 2)
+    );
+    assert_eq!(after.pending, before.pending);
 
     race(store).await;
 }
@@ -362,7 +385,7 @@ async fn race(store: Arc<dyn CorrelationStore>) {
 
 #[tokio::test]
 async fn memory_store_passes_the_suite() {
-    suite(Arc::new(MemoryStore::new())).await;
+    suite(Arc::new(MemoryStore::new()), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,8 +393,9 @@ async fn sqlite_store_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("correlation.db"))
         .await
-        .unwrap();
-    suite(Arc::new(store)).await;
+        .unwrap()
+        .node("node-a");
+    suite(Arc::new(store), Some("node-a")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,6 +417,50 @@ async fn sqlite_store_keeps_pending_requests_across_reopen() {
     );
 }
 
+/// A table made before claims named their holder gets the column when opened, and keeps
+/// its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_upgrades_an_older_table() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("correlation.db");
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TABLE tabgrab_correlation (id TEXT PRIMARY KEY NOT NULL, grp TEXT NOT NULL, \
+             request_type TEXT NOT NULL, responder TEXT NOT NULL, sent_ms INTEGER NOT NULL, \
+             deadline_ms INTEGER NOT NULL, context TEXT NOT NULL, state TEXT NOT NULL, \
+             lease_until_ms INTEGER NOT NULL DEFAULT 0, finished_ms INTEGER NOT NULL DEFAULT 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO tabgrab_correlation VALUES ('old', 'front-desk', \
+             'test.payment.charge.v1', 'payment', 1700000000000, 1700000005000, '{}', \
+             'pending', 0, 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap().node("node-c");
+    assert!(matches!(
+        store.claim_reply(key("old"), T0, T0 + LEASE).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    let open = store.in_flight(10).await.unwrap();
+    assert_eq!(open[0].holder.as_deref(), Some("node-c"));
+    store.tally(Tally::Late).await.unwrap();
+    assert_eq!(store.counts().await.unwrap().late, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_passes_the_suite() {
     if !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432") {
@@ -400,7 +468,17 @@ async fn postgres_store_passes_the_suite() {
     }
     let table = format!("corr_test_{}", uuid::Uuid::now_v7().simple());
     let store = PostgresStore::connect_table(PG_URL, &table).await.unwrap();
-    suite(Arc::new(store.clone())).await;
+    suite(Arc::new(store.clone()), None).await;
+    // Two handles on one table, as two nodes: each claim names its own.
+    let other = PostgresStore::connect_table(PG_URL, &table)
+        .await
+        .unwrap()
+        .node("node-b");
+    other.insert(&request("b1", T0 + 60_000)).await.unwrap();
+    other.claim_reply(key("b1"), T0, T0 + LEASE).await.unwrap();
+    let open = store.in_flight(100).await.unwrap();
+    let b1 = open.iter().find(|f| f.request.id == "b1").unwrap();
+    assert_eq!(b1.holder.as_deref(), Some("node-b"));
     store.drop_table(&table).await.unwrap();
 }
 

@@ -23,6 +23,7 @@ use tabgrab::event::{Context, HandlerError, Subscription};
 use tokio::sync::OnceCell;
 
 use super::store::{Store, kind};
+use crate::error::{Error, ErrorKind};
 use crate::menu::{self, MENU};
 use crate::messages::{
     IngredientsMissing, IngredientsReleased, IngredientsReserved, OrderAccepted, OrderCancelled,
@@ -123,6 +124,8 @@ struct Inner {
     shelved: OnceCell<()>,
     /// Counters: reserved, missing, released (committed in this process).
     stats: [AtomicU64; 3],
+    /// The pizzas whose recipes it knows (`None`: the whole menu).
+    recipes: Option<Vec<&'static str>>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -161,8 +164,36 @@ impl Inventory {
                 opening: stock,
                 shelved: OnceCell::new(),
                 stats: Default::default(),
+                recipes: None,
             }),
         }
+    }
+
+    /// This inventory knowing the recipes of `pizzas` only (menu names), as an older release
+    /// that has not learned a new pizza yet: an order for another pizza fails for good and
+    /// becomes a dead letter naming it, to redrive once an inventory that knows it runs.
+    /// Refuses a name that is not on the menu. Call before [`Inventory::subscribe`].
+    pub fn with_recipes(self, pizzas: &[String]) -> Result<Inventory, Error> {
+        let mut known = Vec::with_capacity(pizzas.len());
+        for name in pizzas {
+            let Some(pizza) = menu::pizza(name.trim()) else {
+                return Err(Error::new(
+                    ErrorKind::Usage,
+                    format!("--recipes: {name:?} is not on the menu ({})", menu::names()),
+                ));
+            };
+            known.push(pizza.name);
+        }
+        let inner = Inner {
+            store: self.inner.store.clone(),
+            opening: self.inner.opening.clone(),
+            shelved: OnceCell::new(),
+            stats: Default::default(),
+            recipes: Some(known),
+        };
+        Ok(Inventory {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The counters so far.
@@ -218,6 +249,17 @@ impl Inventory {
                     menu::names()
                 )));
             };
+            if let Some(known) = &self.inner.recipes
+                && !known.contains(&name.as_str())
+            {
+                // Not until an inventory that knows the recipe runs: a dead letter to redrive.
+                return Err(HandlerError::permanent(format!(
+                    "order {} asks for {name:?}, whose recipe this inventory does not know \
+                     (it knows {}); run an inventory that knows it, then redrive this event",
+                    e.order_id,
+                    known.join(", ")
+                )));
+            }
             pizzas.push(u8::try_from(index).unwrap_or(u8::MAX));
         }
         self.shelve().await?;

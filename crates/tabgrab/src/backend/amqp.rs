@@ -306,6 +306,29 @@ impl std::fmt::Debug for AmqpBus {
 }
 
 impl AmqpBus {
+    /// The messages ready in the queue of group `group` of `topic` and its consumers, or
+    /// `None` when the queue does not exist.
+    async fn group_queue_counts(
+        &self,
+        topic: &Topic,
+        group: &str,
+    ) -> Result<Option<(u64, u64)>, Error> {
+        // A passive declare of a missing queue closes its channel: a channel of its own.
+        let channel = self.channel().await?;
+        let queue = queue_name(topic, group);
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let counts = channel
+            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await
+            .ok()
+            .map(|q| (u64::from(q.message_count()), u64::from(q.consumer_count())));
+        let _ = channel.close(200, "".into()).await;
+        Ok(counts)
+    }
+
     /// Connects to `url` (`amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS, with
     /// `?tls_ca=<pem file>` to trust a CA besides the public roots).
     /// `?wire=structured|binary` chooses how envelopes are published (the URL's other
@@ -1076,25 +1099,15 @@ impl Backend for AmqpBus {
         topic: &'a Topic,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
-        async move {
-            // A passive declare of a missing queue closes its channel: a channel of its own.
-            let channel = self.channel().await?;
-            let queue = queue_name(topic, group);
-            let options = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            let lag = match channel
-                .queue_declare(queue.as_str().into(), options, FieldTable::default())
-                .await
-            {
-                Ok(q) => Some(u64::from(q.message_count())),
-                Err(_) => None,
-            };
-            let _ = channel.close(200, "".into()).await;
-            Ok(lag)
-        }
-        .boxed()
+        async move { Ok(self.group_queue_counts(topic, group).await?.map(|c| c.0)) }.boxed()
+    }
+
+    fn group_members<'a>(
+        &'a self,
+        topic: &'a Topic,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        async move { Ok(self.group_queue_counts(topic, group).await?.map(|c| c.1)) }.boxed()
     }
 
     fn delete_topic<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), Error>> {

@@ -383,6 +383,26 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (topic, group);
         Box::pin(async { Ok(None) })
     }
+    /// How many members the group `group` of `topic` has now, or `None` when the engine
+    /// cannot say: the embedded bus counts the subscriptions of this process (the only one
+    /// that can open its log), RabbitMQ the consumers of the group's queue; NATS pull
+    /// consumers do not register their members, so there it is `None`.
+    fn group_members<'a>(
+        &'a self,
+        topic: &'a Topic,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        let _ = (topic, group);
+        Box::pin(async { Ok(None) })
+    }
+    /// How many messages have been published to `topic` since it began (the end of its log,
+    /// the last sequence of its stream), or `None` when the topic does not exist yet or the
+    /// engine cannot say (RabbitMQ's exchanges count nothing). With [`Backend::group_lag`] it
+    /// gives what a group has settled, so a console can show each one's throughput.
+    fn topic_end<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        let _ = topic;
+        Box::pin(async { Ok(None) })
+    }
     /// The lag of a group that runs in this process, when the engine knows it without asking
     /// a server (the embedded log: the end of the log minus the group's watermark); `None`
     /// otherwise, and a subscription then counts what the broker last said is pending.
@@ -559,6 +579,18 @@ impl Bus {
     /// it gives them back).
     pub async fn lag(&self, topic: &str, group: &str) -> Result<Option<u64>, Error> {
         self.backend.group_lag(&Topic::new(topic)?, group).await
+    }
+
+    /// How many members the group `group` of `topic` has now, where the engine can say (see
+    /// [`Backend::group_members`]).
+    pub async fn members(&self, topic: &str, group: &str) -> Result<Option<u64>, Error> {
+        self.backend.group_members(&Topic::new(topic)?, group).await
+    }
+
+    /// How many messages have been published to `topic` so far, where the engine counts them
+    /// (the embedded log, NATS); `None` on RabbitMQ or before the topic exists.
+    pub async fn topic_end(&self, topic: &str) -> Result<Option<u64>, Error> {
+        self.backend.topic_end(&Topic::new(topic)?).await
     }
 
     /// Every open dead letter of `topic` (not redriven or purged), oldest first; to filter,

@@ -72,6 +72,7 @@ pub(crate) fn dead_letters(
     page: usize,
     pages: usize,
     note: Option<&str>,
+    to_group: bool,
 ) -> String {
     let mut body = format!("<h1>Dead letters of {}</h1>", esc(topic));
     if let Some(note) = note {
@@ -84,6 +85,14 @@ pub(crate) fn dead_letters(
         pages.max(1)
     );
     let base = format!("/topics/{}/dead-letters", segment(topic));
+    if total > 0 {
+        let _ = write!(
+            body,
+            "<form method=post action=\"{base}\" \
+             onsubmit=\"return act(this,'Redrive all {total} open dead letters')\">\
+             <input type=hidden name=token><button id=redrive-all>redrive all</button></form>"
+        );
+    }
     body.push_str(
         "<table id=letters><tr><th>recorded</th><th>group</th><th>type</th><th>subject</th>\
          <th>reason</th><th>attempts</th><th>last error</th><th></th></tr>",
@@ -91,12 +100,25 @@ pub(crate) fn dead_letters(
     for k in letters {
         let l = &k.letter;
         let at = format!("{base}/{}", segment(&k.id));
+        // Where the engine can deliver to one group, the group that gave up can have it alone.
+        let to_group = if to_group {
+            // The group's name is data, never script: the question comes from an attribute.
+            format!(
+                "<form method=post action=\"{at}/redrive-group\" \
+                 data-question=\"Redrive this event to group {g} only\" \
+                 onsubmit=\"return act(this,this.dataset.question)\">\
+                 <input type=hidden name=token><button>redrive to {g}</button></form>",
+                g = esc(&l.group)
+            )
+        } else {
+            String::new()
+        };
         let _ = write!(
             body,
             "<tr><td><a href=\"{at}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td class=err>{}</td><td>\
              <form method=post action=\"{at}/redrive\" onsubmit=\"return act(this,'Redrive this event')\">\
-             <input type=hidden name=token><button>redrive</button></form>\
+             <input type=hidden name=token><button>redrive</button></form>{to_group}\
              <form method=post action=\"{at}/purge\" onsubmit=\"return act(this,'Purge this dead letter')\">\
              <input type=hidden name=token><button>purge</button></form></td></tr>",
             esc(&when(k)),
@@ -174,11 +196,18 @@ pub(crate) fn dead_letter(topic: &str, k: &KeptLetter, event: Option<&crate::Env
     page_of(topic, &body)
 }
 
+/// One group of the overview (`None`: the engine cannot say).
+pub(crate) struct GroupRow {
+    pub(crate) group: String,
+    pub(crate) lag: Option<u64>,
+    pub(crate) members: Option<u64>,
+}
+
 /// One topic of the overview.
 pub(crate) struct TopicRow {
     pub(crate) topic: String,
-    /// Each group with its lag (`None`: the engine cannot say).
-    pub(crate) groups: Vec<(String, Option<u64>)>,
+    /// Each group with its lag and members.
+    pub(crate) groups: Vec<GroupRow>,
     /// How many dead letters are open, or why that is unknown.
     pub(crate) open: Result<usize, String>,
 }
@@ -202,8 +231,9 @@ fn requests(r: &Requests) -> String {
             let _ = write!(
                 body,
                 "<p id=request-counts>{} pending, {} being finished, {} replied, {} timed out \
-                 (tombstones kept until purged)</p>",
-                c.pending, c.in_progress, c.replied, c.timed_out
+                 (tombstones kept until purged)</p><p id=reply-tallies>replies not handed to a \
+                 handler: {} late, {} duplicate, {} forged</p>",
+                c.pending, c.in_progress, c.replied, c.timed_out, c.late, c.duplicate, c.forged
             );
         }
         Err(e) => {
@@ -223,9 +253,13 @@ fn requests(r: &Requests) -> String {
                 let state = match f.state {
                     crate::messaging::store::RecordState::Pending => "waiting".to_owned(),
                     s => format!(
-                        "{} (claim for {})",
+                        "{} (claim for {}{})",
                         s.as_str(),
-                        secs(f.lease_until_ms - r.now_ms)
+                        secs(f.lease_until_ms - r.now_ms),
+                        f.holder
+                            .as_ref()
+                            .map(|h| format!(" by {h}"))
+                            .unwrap_or_default()
                     ),
                 };
                 let _ = write!(
@@ -263,22 +297,31 @@ pub(crate) fn overview(rows: &[TopicRow], reqs: Option<&Requests>) -> String {
         open,
     } in rows
     {
+        let id = esc(topic);
         let _ = write!(
             body,
-            "<h2>topic {}</h2><table class=groups><tr><th>group</th><th>lag</th></tr>",
-            esc(topic)
+            "<h2>topic {id}</h2><p>published <span id=\"published-{id}\">…</span>, \
+             <span id=\"rate-{id}\">…</span> a second</p><table class=groups>\
+             <tr><th>group</th><th>members</th><th>lag</th><th>settled a second</th></tr>",
         );
-        for (group, lag) in groups {
-            let lag = lag.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
-            let _ = write!(body, "<tr><td>{}</td><td>{lag}</td></tr>", esc(group));
+        let known = |n: &Option<u64>| n.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+        for row in groups {
+            let (lag, members) = (known(&row.lag), known(&row.members));
+            let g = esc(&row.group);
+            let _ = write!(
+                body,
+                "<tr><td>{g}</td><td id=\"members-{id}-{g}\">{members}</td>\
+                 <td id=\"lag-{id}-{g}\">{lag}</td><td id=\"rate-{id}-{g}\">…</td></tr>"
+            );
         }
         body.push_str("</table>");
         match open {
             Ok(n) => {
                 let _ = write!(
                     body,
-                    "<p><a href=\"/topics/{}/dead-letters\">{n} open dead letters</a></p>",
-                    segment(topic)
+                    "<p><a href=\"/topics/{}/dead-letters\">{n} open dead letter{}</a></p>",
+                    segment(topic),
+                    if *n == 1 { "" } else { "s" }
                 );
             }
             Err(e) => {
@@ -286,8 +329,23 @@ pub(crate) fn overview(rows: &[TopicRow], reqs: Option<&Requests>) -> String {
             }
         }
     }
+    body.push_str(FLOW);
     page("tabgrab console", &body)
 }
+
+/// Keeps the overview's counts moving with the events of `GET /flow`; shows `unknown` where
+/// the engine cannot count (a rate needs two samples: `…` until then), and `(no flow)` when the stream is lost (the browser reconnects).
+const FLOW: &str = "<p id=flow-state>connecting to the live flow…</p><script>\
+(function(){const show=function(id,v){const e=document.getElementById(id);\
+if(e&&!(v==null&&e.textContent==='…'))e.textContent=v==null?'unknown':(Number.isInteger(v)?String(v):v.toFixed(1));};\
+const state=document.getElementById('flow-state');\
+const s=new EventSource('/flow');\
+s.onmessage=function(m){for(const t of JSON.parse(m.data)){\
+show('published-'+t.topic,t.published);show('rate-'+t.topic,t.per_second);\
+for(const g of t.groups){show('lag-'+t.topic+'-'+g.group,g.lag);\
+show('rate-'+t.topic+'-'+g.group,g.per_second);}}\
+state.textContent='live, updated '+new Date().toLocaleTimeString();};\
+s.onerror=function(){state.textContent='(no flow: reconnecting)';};})();</script>";
 
 #[cfg(test)]
 mod tests {

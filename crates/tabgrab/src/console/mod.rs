@@ -11,13 +11,19 @@
 //! - **Bind it to 127.0.0.1** (the default of `pizzeria console`); it has no TLS of its own.
 //! - Redrive and purge are [`DeadLetters`]'s, with their guarantees.
 //! - With a correlation store ([`Console::requests`]), the overview lists the requests in
-//!   flight: their type, responder, age, time to deadline and claim (a store does not record
-//!   which node holds a claim, only until when).
+//!   flight: their type, responder, age, time to deadline and claim (until when, and the
+//!   node holding it), and the replies the group's requesters tallied as late, duplicate or
+//!   forged.
+//!
+//! - **Live flow**: the overview's counts move by themselves, from `GET /flow` (server-sent
+//!   events, one a second): each topic's messages published per second, each
+//!   group's lag and messages settled per second.
 //!
 //! Pages list the newest dead letters first, 50 per page. Each page reads the topic's dead
 //! letters afresh (no cache): about 0.3 s for 100,000 on the embedded bus (the
 //! `console_pages` example); on a broker the read goes over the network.
 
+mod flow;
 mod html;
 
 use std::sync::Arc;
@@ -28,6 +34,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::Bus;
 use crate::event::{DeadLetters, Filter, KeptLetter};
@@ -47,6 +54,8 @@ pub struct Console {
     token: Option<String>,
     /// Where requests wait for their replies, to list those in flight.
     requests: Option<Arc<dyn CorrelationStore>>,
+    /// Ends the live flow streams (a graceful shutdown waits for open streams).
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Console {
@@ -66,6 +75,7 @@ impl Console {
             topics: Vec::new(),
             token: None,
             requests: None,
+            stop: CancellationToken::new(),
         }
     }
 
@@ -93,12 +103,23 @@ impl Console {
         self
     }
 
-    /// The web service: `GET /`, `GET /topics/{topic}/dead-letters[?page=n]`,
+    /// Ends the live flow streams (`GET /flow`) when `stop` is cancelled: cancel it when the
+    /// server shuts down, or its graceful shutdown waits for every open page.
+    pub fn stop_streams_on(mut self, stop: CancellationToken) -> Console {
+        self.stop = stop;
+        self
+    }
+
+    /// The web service, to serve at the root of its address: `GET /`, `GET /flow` (live
+    /// flow, server-sent events), `POST /topics/{topic}/dead-letters` (redrive every open
+    /// dead letter), `POST …/{id}/redrive-group` (to the group that gave up
+    /// only, where the engine can: [`DeadLetters::redrive_to_group`]), `GET /topics/{topic}/dead-letters[?page=n]`,
     /// `GET /topics/{topic}/dead-letters/{id}`, and `POST …/{id}/redrive` and `…/{id}/purge`.
     pub fn router(self) -> axum::Router {
         axum::Router::new()
             .route("/", get(overview))
-            .route("/topics/{topic}/dead-letters", get(list))
+            .route("/flow", get(flow::stream))
+            .route("/topics/{topic}/dead-letters", get(list).post(redrive_all))
             .route("/topics/{topic}/dead-letters/{id}", get(show))
             .route("/topics/{topic}/dead-letters/{id}/{action}", post(act))
             .with_state(Arc::new(self))
@@ -153,7 +174,7 @@ fn html(status: StatusCode, body: String) -> Response {
             (
                 header::CONTENT_SECURITY_POLICY,
                 "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
-                 form-action 'self'; frame-ancestors 'none'",
+                 connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
             ),
         ],
         body,
@@ -200,10 +221,11 @@ async fn overview(State(console): State<Arc<Console>>) -> Response {
     for (topic, groups) in &console.topics {
         let mut lags = Vec::new();
         for group in groups {
-            lags.push((
-                group.clone(),
-                console.bus.lag(topic, group).await.ok().flatten(),
-            ));
+            lags.push(html::GroupRow {
+                group: group.clone(),
+                lag: console.bus.lag(topic, group).await.ok().flatten(),
+                members: console.bus.members(topic, group).await.ok().flatten(),
+            });
         }
         let open = match DeadLetters::new(&console.bus, topic) {
             Ok(letters) => letters
@@ -264,6 +286,7 @@ async fn list(
             page,
             pages,
             query.note.as_deref(),
+            console.bus.capabilities().reply_queues,
         ),
     )
 }
@@ -293,6 +316,60 @@ struct TokenForm {
     token: Option<String>,
 }
 
+/// `POST /topics/{topic}/dead-letters`: redrives every open dead letter of the topic that can
+/// be redriven, one after the other, each settled once the bus acknowledged its publish (so
+/// a console killed in the middle leaves the rest listed, to redrive again), and says how
+/// many were and why the others were not.
+async fn redrive_all(
+    State(console): State<Arc<Console>>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    form: Result<axum::Form<TokenForm>, FormRejection>,
+) -> Response {
+    let form = form.ok();
+    let token = form.as_ref().and_then(|f| f.token.as_deref());
+    if let Err(refused) = console.authorized(&headers, token) {
+        return refused.into_response();
+    }
+    let letters = match console.letters(&topic) {
+        Ok(l) => l,
+        Err(r) => return r.into_response(),
+    };
+    let open = match letters.list(&Filter::default()).await {
+        Ok(open) => open,
+        Err(e) => return error(&e),
+    };
+    let (mut redriven, mut cannot, mut failed) = (0_usize, 0_usize, None);
+    for kept in &open {
+        if letters.check_redrivable(kept).is_err() {
+            cannot += 1;
+            continue;
+        }
+        match letters.redrive_letter(kept).await {
+            Ok(_) => redriven += 1,
+            Err(e) => {
+                // The bus failed: stop here; what is left stays listed.
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    tracing::info!(topic, redriven, cannot, "console: dead letters redriven");
+    let mut note = format!("{redriven} of {} dead letters redriven", open.len());
+    if cannot > 0 {
+        note.push_str(&format!("; {cannot} cannot be (open them to see why)"));
+    }
+    if let Some(why) = failed {
+        note.push_str(&format!("; stopped: {why}"));
+    }
+    Redirect::to(&format!(
+        "/topics/{}/dead-letters?note={}",
+        html::segment(&topic),
+        html::segment(&note)
+    ))
+    .into_response()
+}
+
 /// `POST …/{id}/redrive` and `…/{id}/purge`; any other action is not found.
 async fn act(
     State(console): State<Arc<Console>>,
@@ -300,9 +377,16 @@ async fn act(
     headers: HeaderMap,
     form: Result<axum::Form<TokenForm>, FormRejection>,
 ) -> Response {
-    let redrive = match action.as_str() {
-        "redrive" => true,
-        "purge" => false,
+    #[derive(PartialEq)]
+    enum Act {
+        Redrive,
+        RedriveToGroup,
+        Purge,
+    }
+    let act = match action.as_str() {
+        "redrive" => Act::Redrive,
+        "redrive-group" => Act::RedriveToGroup,
+        "purge" => Act::Purge,
         _ => {
             return Refusal(StatusCode::NOT_FOUND, format!("no action {action:?}")).into_response();
         }
@@ -317,10 +401,16 @@ async fn act(
         Ok(l) => l,
         Err(r) => return r.into_response(),
     };
-    let done = if redrive {
-        letters.redrive(id).await.map(|_| "redriven")
-    } else {
-        letters.purge(id).await.map(|()| "purged")
+    let done = match act {
+        Act::Redrive => letters.redrive(id).await.map(|_| "redriven"),
+        Act::RedriveToGroup => match letters.get(id).await {
+            Ok(kept) => letters
+                .redrive_to_group(&kept)
+                .await
+                .map(|_| "redriven to its group"),
+            Err(e) => Err(e),
+        },
+        Act::Purge => letters.purge(id).await.map(|()| "purged"),
     };
     match done {
         Ok(what) => {

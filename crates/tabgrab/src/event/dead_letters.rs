@@ -271,6 +271,45 @@ impl DeadLetters {
         })
     }
 
+    /// Publishes the original of `kept` again to **the group that gave up on it only**, where
+    /// the engine can address one group (a queue per group: RabbitMQ,
+    /// [`Capabilities::reply_queues`](crate::backend::Capabilities::reply_queues)), then
+    /// settles it as [`redrive_letter`](Self::redrive_letter) does. The topic's other groups
+    /// do not see the event again. Refused with `Conflict` where the engine cannot (the
+    /// embedded log and NATS deliver a topic's records to every group): redrive to the topic
+    /// instead.
+    pub async fn redrive_to_group(&self, kept: &KeptLetter) -> Result<Redriven, Error> {
+        let group = &kept.letter.group;
+        let Some(queue) = self.bus.backend().group_queue(&self.topic, group) else {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "the {} bus cannot deliver to group {group} alone: redrive dead letter {} \
+                     to topic {} (every group receives it; an inbox makes it harmless to those \
+                     that had it)",
+                    self.bus.name(),
+                    kept.id,
+                    self.topic
+                ),
+            ));
+        };
+        let mut envelope = self.redrivable(kept)?;
+        envelope
+            .extensions
+            .insert(REDRIVEN_FROM.to_owned(), kept.id.clone());
+        let receipt = self
+            .bus
+            .backend()
+            .publish_to_queue(&queue, &envelope)
+            .await?;
+        self.settle(kept, Settlement::Redriven).await?;
+        Ok(Redriven {
+            event_id: envelope.id,
+            topic: self.topic.as_str().to_owned(),
+            duplicate: receipt.duplicate,
+        })
+    }
+
     /// The event a redrive of `kept` would publish (without its `redrivenfrom`), or why it
     /// cannot be redriven.
     pub fn redrivable_event(&self, kept: &KeptLetter) -> Result<Envelope, Error> {

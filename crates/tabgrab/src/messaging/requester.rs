@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
 use super::reply::{RawOutcome, ReplyBody};
-use super::store::{Claim, CorrelationStore, PendingRequest, RecordState, ReplyKey};
+use super::store::{Claim, CorrelationStore, PendingRequest, RecordState, ReplyKey, Tally};
 use super::{
     Clock, Outcome, PLAIN_REPLY_TYPE, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, RequestId,
     SendOptions, duration_ms, to_datetime,
@@ -544,20 +544,38 @@ impl Inner {
             ))),
             Claim::Duplicate => {
                 self.counters.duplicate.fetch_add(1, Ordering::Relaxed);
+                self.tally(Tally::Duplicate);
                 tracing::debug!(group = %self.group, id, "duplicate reply ignored");
                 Ok(())
             }
             Claim::Late => {
                 self.counters.late.fetch_add(1, Ordering::Relaxed);
+                self.tally(Tally::Late);
                 tracing::warn!(group = %self.group, id, ?request_type, "late reply (after the request's deadline) dropped");
                 Ok(())
             }
-            Claim::Forged => Err(rejected(format!(
-                "reply to {id} ({} from {}) matches no pending request of this group",
-                request_type.unwrap_or("a plain reply"),
-                responder.unwrap_or("a plain client")
-            ))),
+            Claim::Forged => {
+                self.tally(Tally::Forged);
+                Err(rejected(format!(
+                    "reply to {id} ({} from {}) matches no pending request of this group",
+                    request_type.unwrap_or("a plain reply"),
+                    responder.unwrap_or("a plain client")
+                )))
+            }
         }
+    }
+
+    /// Counts a reply not handed to a handler in the store, for every node of the group and
+    /// the operator's console to see; in the background (a count must not hold the reply
+    /// consumer up), and only logged if the store fails.
+    fn tally(&self, tally: Tally) {
+        let store = Arc::clone(&self.store);
+        let group = self.group.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.tally(tally).await {
+                tracing::debug!(%group, tally = tally.as_str(), error = %e, "cannot tally a reply in the store");
+            }
+        });
     }
 
     /// Hands an outcome to a waiting `request` on this node, or to the reply handler.

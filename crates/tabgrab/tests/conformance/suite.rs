@@ -891,11 +891,22 @@ pub(crate) async fn a_group_lag_counts_what_it_has_not_settled(f: Fixture) {
     publish_tickets(&publisher, &["a", "b", "c"], 4).await;
     // A broker may count a publish a moment after confirming it.
     wait_for_lag(&f, &topic, &group, 12, "with no member").await;
+    // What a console shows beside the lag: the topic's end (where the engine counts it) and
+    // the group's members (where the engine can say).
+    let (counts_ends, knows_members) = match f.bus.name() {
+        "amqp" => (false, true),
+        "nats" => (true, false),
+        _ => (true, true),
+    };
+    let end = f.bus.topic_end(&topic).await.unwrap();
+    assert_eq!(end, counts_ends.then_some(12), "the topic's end");
+    wait_for_members(&f, &topic, &group, knows_members.then_some(0)).await;
     let sub = Subscription::builder(&f.bus, &topic, &group)
         .handle(recorder(&seen))
         .start()
         .unwrap();
     sub.ready().await.unwrap();
+    wait_for_members(&f, &topic, &group, knows_members.then_some(1)).await;
     wait_until("the backlog handled", || seen.lock().unwrap().len() == 12).await;
     // Shutting down settles and commits what was handled.
     sub.shutdown().await.unwrap();
@@ -1045,6 +1056,23 @@ pub(crate) async fn a_breaker_pauses_the_group_through_an_outage(f: Fixture) {
         letters.len()
     );
     f.cleanup().await;
+}
+
+/// Waits (bounded) until the engine says `group` on `topic` has `expected` members (a broker
+/// counts a consumer a moment after it is made or cancelled).
+async fn wait_for_members(f: &Fixture, topic: &str, group: &str, expected: Option<u64>) {
+    let start = Instant::now();
+    loop {
+        let members = f.bus.members(topic, group).await.unwrap();
+        if members == expected {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "members {members:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits (bounded) until the lag of `group` on `topic` is `expected`.
@@ -1222,6 +1250,96 @@ pub(crate) async fn dead_letters_are_redriven_once_fixed_and_purged(f: Fixture) 
     f.cleanup().await;
 }
 
+/// A redrive to the group that gave up reaches that group alone where the engine has a queue
+/// per group (RabbitMQ); elsewhere it is refused with `Conflict`, and nothing is published.
+pub(crate) async fn a_redrive_to_one_group_reaches_it_alone(f: Fixture) {
+    use tabgrab::event::{DeadLetters, Filter};
+    let topic = f.topic("regroup");
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failing = {
+        let fixed = Arc::clone(&fixed);
+        let seen: Seen = Arc::default();
+        let handled = Arc::clone(&seen);
+        let sub = Subscription::builder(&f.bus, &topic, "failing")
+            .handle(move |t: Ticket, _ctx: Context| {
+                let (fixed, seen) = (Arc::clone(&fixed), Arc::clone(&handled));
+                async move {
+                    if !fixed.load(Ordering::SeqCst) {
+                        return Err(HandlerError::permanent("no recipe yet"));
+                    }
+                    seen.lock().unwrap().push((t.order, t.seq));
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap();
+        (sub, seen)
+    };
+    let other_seen: Seen = Arc::default();
+    let other = Subscription::builder(&f.bus, &topic, "other")
+        .handle(recorder(&other_seen))
+        .start()
+        .unwrap();
+    failing.0.ready().await.unwrap();
+    other.ready().await.unwrap();
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    publish_tickets(&publisher, &["p"], 1).await;
+    wait_until("the dead letter", || failing.0.stats().dead_lettered == 1).await;
+    wait_until("the other group's copy", || {
+        other_seen.lock().unwrap().len() == 1
+    })
+    .await;
+    let letters = DeadLetters::new(&f.bus, &topic).unwrap();
+    let [kept] = <[_; 1]>::try_from(letters.list(&Filter::default()).await.unwrap()).unwrap();
+    assert_eq!(kept.letter.group, "failing");
+    fixed.store(true, Ordering::SeqCst);
+    if f.bus.capabilities().reply_queues {
+        letters.redrive_to_group(&kept).await.unwrap();
+        wait_until("the redriven ticket", || {
+            failing.1.lock().unwrap().len() == 1
+        })
+        .await;
+        assert!(letters.list(&Filter::default()).await.unwrap().is_empty());
+    } else {
+        let refused = letters.redrive_to_group(&kept).await.unwrap_err();
+        assert_eq!(refused.kind(), tabgrab::ErrorKind::Conflict, "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("cannot deliver to group failing alone")
+        );
+        assert_eq!(letters.list(&Filter::default()).await.unwrap().len(), 1);
+    }
+    // A marker after it, to every group: once the other group has the marker, a copy of the
+    // redriven event sent to it would be there too (published before it).
+    publish_tickets(&publisher, &["marker"], 1).await;
+    wait_until("the marker", || other_seen.lock().unwrap().len() >= 2).await;
+    failing.0.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
+    let other_seen: Vec<String> = other_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.0.clone())
+        .collect();
+    assert_eq!(
+        other_seen,
+        ["p", "marker"],
+        "the other group saw the event once"
+    );
+    if !f.bus.capabilities().reply_queues {
+        let handled: Vec<String> = failing
+            .1
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.0.clone())
+            .collect();
+        assert_eq!(handled, ["marker"], "no redrive reached the failing group");
+    }
+    f.cleanup().await;
+}
+
 /// Instantiates every scenario as its own test in a module named after the backend; `$make`
 /// is an async expression giving `Option<Fixture>` (`None`: skipped, reason printed).
 macro_rules! conformance {
@@ -1257,6 +1375,7 @@ macro_rules! conformance {
             scenario!(a_group_lag_counts_what_it_has_not_settled);
             scenario!(dead_letters_survive_many_listings);
             scenario!(dead_letters_are_redriven_once_fixed_and_purged);
+            scenario!(a_redrive_to_one_group_reaches_it_alone);
             scenario!(request_reply_answers_rejects_and_times_out);
             scenario!(a_queue_reply_address_is_served_or_refused_as_the_capability_says);
             scenario!(a_publish_before_any_group_is_kept_or_refused);

@@ -131,6 +131,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LogGroup {
+    /// How many members the group has now.
+    pub(crate) fn members(&self) -> usize {
+        lock(&self.state).members.len()
+    }
+
     /// Opens the group `name` of `topic`: it resumes at its committed offset, or starts at the
     /// beginning of the log, and is recorded at once (its lag can then be asked).
     pub(crate) fn open(

@@ -423,6 +423,22 @@ impl Backend for EmbeddedBus {
         Box::pin(std::future::ready(lag()))
     }
 
+    fn group_members<'a>(
+        &'a self,
+        topic: &'a Topic,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        let members = self
+            .live_group(topic, group)
+            .map_or(0, |live| live.members() as u64);
+        Box::pin(std::future::ready(Ok(Some(members))))
+    }
+
+    fn topic_end<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        // Asking creates nothing: a topic never written has had 0 records.
+        Box::pin(std::future::ready(self.end_offset(topic).map(Some)))
+    }
+
     /// Deletes nothing: remove the bus directory instead.
     fn delete_topic<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(std::future::ready(Ok(())))

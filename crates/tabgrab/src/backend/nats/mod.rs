@@ -1216,6 +1216,22 @@ impl Backend for NatsBus {
         .boxed()
     }
 
+    fn topic_end<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<u64>, Error>> {
+        async move {
+            let Ok(mut stream) = self.js.get_stream(stream_name(topic)).await else {
+                return Ok(None);
+            };
+            match stream.info().await {
+                Ok(info) => Ok(Some(info.state.last_sequence)),
+                Err(e) => Err(unavailable(
+                    format!("nats {}: cannot read the stream of topic {topic}", self.url),
+                    e,
+                )),
+            }
+        }
+        .boxed()
+    }
+
     fn delete_topic<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), Error>> {
         async move {
             self.streams

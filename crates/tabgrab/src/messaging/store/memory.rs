@@ -5,13 +5,15 @@
 //! is built to avoid, so do not use it where a reply may outlive the process.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
 use super::{
-    Claim, CorrelationStore, InFlight, PendingRequest, RecordState, ReplyKey, StoreCounts, classify,
+    Claim, CorrelationStore, InFlight, PendingRequest, RecordState, ReplyKey, StoreCounts, Tally,
+    classify, default_node,
 };
 use crate::{Error, ErrorKind};
 
@@ -25,10 +27,24 @@ struct Entry {
 }
 
 /// A correlation store in a map (not durable; see the module docs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     /// Records by request id.
     entries: Mutex<HashMap<String, Entry>>,
+    /// The holder of every claim: this process.
+    node: String,
+    /// Tallied replies: late, duplicate, forged.
+    tallies: [AtomicU64; 3],
+}
+
+impl Default for MemoryStore {
+    fn default() -> MemoryStore {
+        MemoryStore {
+            entries: Mutex::default(),
+            node: default_node(),
+            tallies: Default::default(),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -209,6 +225,7 @@ impl CorrelationStore for MemoryStore {
                 } else {
                     e.lease_until_ms
                 },
+                holder: (e.state != RecordState::Pending).then(|| self.node.clone()),
             })
             .collect();
         open.sort_by(|a, b| {
@@ -228,6 +245,18 @@ impl CorrelationStore for MemoryStore {
                 RecordState::TimedOut => counts.timed_out += 1,
             }
         }
+        let tally = |i: usize| self.tallies[i].load(Ordering::Relaxed);
+        (counts.late, counts.duplicate, counts.forged) = (tally(0), tally(1), tally(2));
         futures::future::ready(Ok(counts)).boxed()
+    }
+
+    fn tally(&self, tally: Tally) -> BoxFuture<'_, Result<(), Error>> {
+        let i = match tally {
+            Tally::Late => 0,
+            Tally::Duplicate => 1,
+            Tally::Forged => 2,
+        };
+        self.tallies[i].fetch_add(1, Ordering::Relaxed);
+        futures::future::ready(Ok(())).boxed()
     }
 }

@@ -87,6 +87,9 @@ pub struct InFlight {
     pub state: RecordState,
     /// Until when (Unix milliseconds) the claim holds; 0 when not claimed.
     pub lease_until_ms: i64,
+    /// The node holding the claim (the `node` of the store handle that claimed it: by
+    /// default `<host>:<pid>`); `None` when not claimed, or claimed by an older release.
+    pub holder: Option<String>,
 }
 
 /// The state of a record in the store.
@@ -183,6 +186,59 @@ pub struct StoreCounts {
     pub replied: u64,
     /// `timed_out` tombstones.
     pub timed_out: u64,
+    /// Replies that came after their request's deadline, as the requesters of this store
+    /// tallied them ([`CorrelationStore::tally`]), since the store was created.
+    pub late: u64,
+    /// Replies to a request that had its reply already.
+    pub duplicate: u64,
+    /// Replies that matched no request of the store (unknown id, or another type or
+    /// responder than the request's).
+    pub forged: u64,
+}
+
+/// A reply that a requester did not hand to a handler, tallied in the store so that every
+/// node of a group (and an operator's console) sees the group's counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tally {
+    /// After the request's deadline ([`Claim::Late`]).
+    Late,
+    /// The request had its reply already ([`Claim::Duplicate`]).
+    Duplicate,
+    /// No request matches ([`Claim::Forged`]).
+    Forged,
+}
+
+impl Tally {
+    /// The name kept in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tally::Late => "late",
+            Tally::Duplicate => "duplicate",
+            Tally::Forged => "forged",
+        }
+    }
+}
+
+/// Adds `n` tallied replies of `kind` (as [`Tally::as_str`] names it) to `counts`.
+pub(crate) fn add_tally(counts: &mut StoreCounts, kind: &str, n: i64) {
+    let n = u64::try_from(n).unwrap_or(0);
+    match kind {
+        "late" => counts.late += n,
+        "duplicate" => counts.duplicate += n,
+        "forged" => counts.forged += n,
+        _ => {}
+    }
+}
+
+/// The node name a store handle records on its claims unless told another: `<host>:<pid>`.
+pub(crate) fn default_node() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
 }
 
 /// A persistent (or, for tests and benchmarks, in-memory) home for pending requests.
@@ -241,8 +297,12 @@ pub trait CorrelationStore: Send + Sync + 'static {
     /// `limit`.
     fn in_flight(&self, limit: usize) -> BoxFuture<'_, Result<Vec<InFlight>, Error>>;
 
-    /// Counts records by state.
+    /// Counts records by state, and the replies tallied by [`CorrelationStore::tally`].
     fn counts(&self) -> BoxFuture<'_, Result<StoreCounts, Error>>;
+
+    /// Counts one reply that was not handed to a handler (late, duplicate or forged), for
+    /// every node of the group to see in [`CorrelationStore::counts`].
+    fn tally(&self, tally: Tally) -> BoxFuture<'_, Result<(), Error>>;
 }
 
 /// Checks a table name for the SQL stores (it is spliced into statements).

@@ -14,8 +14,8 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgPool, PgRow};
 
 use super::{
-    Claim, CorrelationStore, InFlight, PendingRequest, RecordState, ReplyKey, StoreCounts,
-    add_count, classify, db_error, parse_context, validate_table,
+    Claim, CorrelationStore, InFlight, PendingRequest, RecordState, ReplyKey, StoreCounts, Tally,
+    add_count, add_tally, classify, db_error, default_node, parse_context, validate_table,
 };
 use crate::Error;
 
@@ -26,6 +26,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// The statements, with the table name spliced in once.
     sql: Statements,
+    /// The node name recorded on this handle's claims.
+    node: std::sync::Arc<str>,
 }
 
 /// The SQL of every operation, for one table.
@@ -42,6 +44,8 @@ struct Statements {
     purge: String,
     counts: String,
     in_flight: String,
+    tally: String,
+    tallies: String,
 }
 
 /// The columns of a [`PendingRequest`], in the order `row_to_request` reads them.
@@ -54,7 +58,7 @@ impl Statements {
                 "INSERT INTO {t} ({COLUMNS}, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')"
             ),
             claim_reply: format!(
-                "UPDATE {t} SET state = 'replying', lease_until_ms = $1 \
+                "UPDATE {t} SET state = 'replying', lease_until_ms = $1, claimed_by = $6 \
                  WHERE id = $2 AND request_type = COALESCE($3, request_type) AND responder = COALESCE($4, responder) AND deadline_ms > $5 \
                  AND (state = 'pending' OR (state = 'replying' AND lease_until_ms < $5)) \
                  RETURNING {COLUMNS}"
@@ -71,7 +75,8 @@ impl Statements {
                 "WITH due AS (SELECT id FROM {t} WHERE deadline_ms <= $2 AND (state = 'pending' \
                    OR (state IN ('replying', 'timing_out') AND lease_until_ms < $2)) \
                    ORDER BY deadline_ms LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 UPDATE {t} AS c SET state = 'timing_out', lease_until_ms = $1 FROM due \
+                 UPDATE {t} AS c SET state = 'timing_out', lease_until_ms = $1, claimed_by = $4 \
+                 FROM due \
                  WHERE c.id = due.id AND c.deadline_ms <= $2 AND (c.state = 'pending' \
                    OR (c.state IN ('replying', 'timing_out') AND c.lease_until_ms < $2)) \
                  RETURNING c.id, c.grp, c.request_type, c.responder, c.sent_ms, c.deadline_ms, c.context"
@@ -81,7 +86,7 @@ impl Statements {
                  WHERE id = $3 AND state IN ('replying', 'timing_out')"
             ),
             release: format!(
-                "UPDATE {t} SET state = 'pending', lease_until_ms = 0 \
+                "UPDATE {t} SET state = 'pending', lease_until_ms = 0, claimed_by = NULL \
                  WHERE id = $1 AND state IN ('replying', 'timing_out')"
             ),
             remove: format!("DELETE FROM {t} WHERE id = $1 AND state = 'pending'"),
@@ -91,10 +96,15 @@ impl Statements {
             ),
             counts: format!("SELECT state, COUNT(*) AS n FROM {t} GROUP BY state"),
             in_flight: format!(
-                "SELECT {COLUMNS}, state, lease_until_ms FROM {t} \
+                "SELECT {COLUMNS}, state, lease_until_ms, claimed_by FROM {t} \
                  WHERE state IN ('pending', 'replying', 'timing_out') \
                  ORDER BY sent_ms, id LIMIT $1"
             ),
+            tally: format!(
+                "INSERT INTO {t}_tallies (kind, n) VALUES ($1, 1) \
+                 ON CONFLICT (kind) DO UPDATE SET n = {t}_tallies.n + 1"
+            ),
+            tallies: format!("SELECT kind, n FROM {t}_tallies"),
         }
     }
 }
@@ -143,16 +153,37 @@ impl PostgresStore {
             .execute(&pool)
             .await
             .map_err(|e| db_error("postgres", "create index", e))?;
+        // Tables made before claims named their holder get the column.
+        let holder = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS claimed_by TEXT");
+        sqlx::query(&holder)
+            .execute(&pool)
+            .await
+            .map_err(|e| db_error("postgres", "add the claim holder column", e))?;
+        let tallies = format!(
+            "CREATE TABLE IF NOT EXISTS {table}_tallies (kind TEXT PRIMARY KEY, n BIGINT NOT NULL)"
+        );
+        sqlx::query(&tallies)
+            .execute(&pool)
+            .await
+            .map_err(|e| db_error("postgres", "create the tallies table", e))?;
         Ok(PostgresStore {
             pool,
             sql: Statements::new(table),
+            node: default_node().into(),
         })
+    }
+
+    /// This handle recording `node` as the holder of the claims it takes (instead of
+    /// `<host>:<pid>`), for an operator to see which node handles a reply.
+    pub fn node(mut self, node: impl Into<String>) -> PostgresStore {
+        self.node = node.into().into();
+        self
     }
 
     /// Drops table `table` (for tests that made their own).
     pub async fn drop_table(&self, table: &str) -> Result<(), Error> {
         validate_table(table)?;
-        sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        sqlx::query(&format!("DROP TABLE IF EXISTS {table}, {table}_tallies"))
             .execute(&self.pool)
             .await
             .map_err(|e| db_error("postgres", "drop table", e))?;
@@ -216,6 +247,7 @@ impl CorrelationStore for PostgresStore {
                 .bind(reply.request_type)
                 .bind(reply.responder)
                 .bind(now_ms)
+                .bind(&*self.node)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| db_error("postgres", "claim reply", e))?;
@@ -255,6 +287,7 @@ impl CorrelationStore for PostgresStore {
                 .bind(lease_until_ms)
                 .bind(now_ms)
                 .bind(i64::from(limit))
+                .bind(&*self.node)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| db_error("postgres", "claim expired", e))?;
@@ -354,6 +387,7 @@ impl CorrelationStore for PostgresStore {
                         request: row_to_request(row)?,
                         state: RecordState::parse(&state).unwrap_or(RecordState::Pending),
                         lease_until_ms: row.try_get(8)?,
+                        holder: row.try_get(9)?,
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()
@@ -378,7 +412,32 @@ impl CorrelationStore for PostgresStore {
                     .map_err(|e| db_error("postgres", "count", e))?;
                 add_count(&mut counts, &state, n);
             }
+            let tallies = sqlx::query(&self.sql.tallies)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("postgres", "count", e))?;
+            for row in tallies {
+                let kind: String = row
+                    .try_get(0)
+                    .map_err(|e| db_error("postgres", "count", e))?;
+                let n: i64 = row
+                    .try_get(1)
+                    .map_err(|e| db_error("postgres", "count", e))?;
+                add_tally(&mut counts, &kind, n);
+            }
             Ok(counts)
+        }
+        .boxed()
+    }
+
+    fn tally(&self, tally: Tally) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            sqlx::query(&self.sql.tally)
+                .bind(tally.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error("postgres", "tally a reply", e))?;
+            Ok(())
         }
         .boxed()
     }

@@ -28,8 +28,8 @@ use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Claim, CorrelationStore, InFlight, PendingRequest, RecordState, ReplyKey, StoreCounts,
-    add_count, classify, db_error, parse_context, validate_table,
+    Claim, CorrelationStore, InFlight, PendingRequest, RecordState, ReplyKey, StoreCounts, Tally,
+    add_count, add_tally, classify, db_error, default_node, parse_context, validate_table,
 };
 use crate::{Error, ErrorKind};
 
@@ -40,6 +40,8 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     /// The statements, with the table name spliced in once.
     sql: std::sync::Arc<Statements>,
+    /// The node name recorded on this handle's claims.
+    node: std::sync::Arc<str>,
 }
 
 /// What a job hands back after running: called with the batch's commit result, it answers
@@ -99,6 +101,8 @@ struct Statements {
     purge: String,
     counts: String,
     in_flight: String,
+    tally: String,
+    tallies: String,
 }
 
 /// The columns of a [`PendingRequest`], in the order `row_to_request` reads them.
@@ -111,7 +115,7 @@ impl Statements {
                 "INSERT INTO {t} ({COLUMNS}, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')"
             ),
             claim_reply: format!(
-                "UPDATE {t} SET state = 'replying', lease_until_ms = ? \
+                "UPDATE {t} SET state = 'replying', lease_until_ms = ?, claimed_by = ? \
                  WHERE id = ? AND request_type = COALESCE(?, request_type) AND responder = COALESCE(?, responder) AND deadline_ms > ? \
                  AND (state = 'pending' OR (state = 'replying' AND lease_until_ms < ?)) \
                  RETURNING {COLUMNS}"
@@ -120,7 +124,8 @@ impl Statements {
                 "SELECT state, request_type, responder, deadline_ms FROM {t} WHERE id = ?"
             ),
             claim_expired: format!(
-                "UPDATE {t} SET state = 'timing_out', lease_until_ms = ? WHERE id IN (\
+                "UPDATE {t} SET state = 'timing_out', lease_until_ms = ?, claimed_by = ? \
+                 WHERE id IN (\
                    SELECT id FROM {t} WHERE deadline_ms <= ? AND (state = 'pending' \
                    OR (state IN ('replying', 'timing_out') AND lease_until_ms < ?)) \
                    ORDER BY deadline_ms LIMIT ?) \
@@ -131,7 +136,7 @@ impl Statements {
                  WHERE id = ? AND state IN ('replying', 'timing_out')"
             ),
             release: format!(
-                "UPDATE {t} SET state = 'pending', lease_until_ms = 0 \
+                "UPDATE {t} SET state = 'pending', lease_until_ms = 0, claimed_by = NULL \
                  WHERE id = ? AND state IN ('replying', 'timing_out')"
             ),
             remove: format!("DELETE FROM {t} WHERE id = ? AND state = 'pending'"),
@@ -141,10 +146,15 @@ impl Statements {
             ),
             counts: format!("SELECT state, COUNT(*) AS n FROM {t} GROUP BY state"),
             in_flight: format!(
-                "SELECT {COLUMNS}, state, lease_until_ms FROM {t} \
+                "SELECT {COLUMNS}, state, lease_until_ms, claimed_by FROM {t} \
                  WHERE state IN ('pending', 'replying', 'timing_out') \
                  ORDER BY sent_ms, id LIMIT ?"
             ),
+            tally: format!(
+                "INSERT INTO {t}_tallies (kind, n) VALUES (?, 1) \
+                 ON CONFLICT (kind) DO UPDATE SET n = n + 1"
+            ),
+            tallies: format!("SELECT kind, n FROM {t}_tallies"),
         }
     }
 }
@@ -194,12 +204,41 @@ impl SqliteStore {
         conn.execute(sqlx::query(&index))
             .await
             .map_err(|e| db_error("sqlite", "create index", e))?;
+        // Tables made before claims named their holder get the column.
+        let has_holder: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = 'claimed_by'"
+        ))
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| db_error("sqlite", "read the table's columns", e))?;
+        if has_holder == 0 {
+            conn.execute(sqlx::query(&format!(
+                "ALTER TABLE {table} ADD COLUMN claimed_by TEXT"
+            )))
+            .await
+            .map_err(|e| db_error("sqlite", "add the claim holder column", e))?;
+        }
+        let tallies = format!(
+            "CREATE TABLE IF NOT EXISTS {table}_tallies (kind TEXT PRIMARY KEY NOT NULL, \
+             n INTEGER NOT NULL)"
+        );
+        conn.execute(sqlx::query(&tallies))
+            .await
+            .map_err(|e| db_error("sqlite", "create the tallies table", e))?;
         let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(writer(conn, queue));
         Ok(SqliteStore {
             jobs,
             sql: std::sync::Arc::new(Statements::new(table)),
+            node: default_node().into(),
         })
+    }
+
+    /// This handle recording `node` as the holder of the claims it takes (instead of
+    /// `<host>:<pid>`), for an operator to see which node handles a reply.
+    pub fn node(mut self, node: impl Into<String>) -> SqliteStore {
+        self.node = node.into().into();
+        self
     }
 
     /// Runs `op` in the writer task; returns its result once its batch is committed.
@@ -308,10 +347,12 @@ impl CorrelationStore for SqliteStore {
             reply.request_type.map(str::to_owned),
             reply.responder.map(str::to_owned),
         );
+        let node = std::sync::Arc::clone(&self.node);
         self.exec("claim reply", move |conn, sql| {
             async move {
                 let claimed = sqlx::query(&sql.claim_reply)
                     .bind(lease_until_ms)
+                    .bind(&*node)
                     .bind(&id)
                     .bind(&request_type)
                     .bind(&responder)
@@ -353,10 +394,12 @@ impl CorrelationStore for SqliteStore {
         lease_until_ms: i64,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<PendingRequest>, Error>> {
+        let node = std::sync::Arc::clone(&self.node);
         self.exec("claim expired", move |conn, sql| {
             async move {
                 let rows = sqlx::query(&sql.claim_expired)
                     .bind(lease_until_ms)
+                    .bind(&*node)
                     .bind(now_ms)
                     .bind(now_ms)
                     .bind(i64::from(limit))
@@ -473,6 +516,7 @@ impl CorrelationStore for SqliteStore {
                             request: row_to_request(row)?,
                             state: RecordState::parse(&state).unwrap_or(RecordState::Pending),
                             lease_until_ms: row.try_get(8)?,
+                            holder: row.try_get(9)?,
                         })
                     })
                     .collect()
@@ -492,7 +536,25 @@ impl CorrelationStore for SqliteStore {
                     let n: i64 = row.try_get(1)?;
                     add_count(&mut counts, &state, n);
                 }
+                for row in sqlx::query(&sql.tallies).fetch_all(&mut *conn).await? {
+                    let kind: String = row.try_get(0)?;
+                    add_tally(&mut counts, &kind, row.try_get(1)?);
+                }
                 Ok(counts)
+            }
+            .boxed()
+        })
+        .boxed()
+    }
+
+    fn tally(&self, tally: Tally) -> BoxFuture<'_, Result<(), Error>> {
+        self.exec("tally a reply", move |conn, sql| {
+            async move {
+                sqlx::query(&sql.tally)
+                    .bind(tally.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
             }
             .boxed()
         })
