@@ -303,3 +303,50 @@ async fn shutdown_is_prompt_with_silent_and_idle_connections_open() {
         start.elapsed()
     );
 }
+
+/// Over TLS the handshake counts as the head: a socket that says nothing, or starts a
+/// ClientHello and stops, is closed after the header-read timeout, and a shutdown with such
+/// sockets open is prompt.
+#[tokio::test]
+async fn over_tls_a_stalled_handshake_is_closed_after_the_header_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tabgrab_testkit::tls::certificates(dir.path()).unwrap();
+    let tls = tabgrab_call::ServerTls::from_files(&certs.server_cert, &certs.server_key).unwrap();
+    let header_read = Duration::from_millis(300);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(tabgrab_call::serve_tls(
+        listener,
+        tabgrab_call::router(handlers(&Probe::default())),
+        async move {
+            let _ = stopped.await;
+        },
+        config(header_read, Duration::from_secs(60)),
+        tls,
+    ));
+    // Nothing, and the first bytes of a TLS record (a handshake, ClientHello) then nothing.
+    for prelude in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+        let (mut read, mut write) = TcpStream::connect(addr).await.unwrap().into_split();
+        write.write_all(prelude).await.unwrap();
+        let open_for = closed_after(&mut read).await;
+        assert!(
+            open_for >= header_read - Duration::from_millis(50),
+            "{prelude:?}: closed after {open_for:?}, before the timeout"
+        );
+        drop(write);
+    }
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let _ = stop.send(());
+    tokio::time::timeout(BOUND, task)
+        .await
+        .expect("the server drains within the bound")
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < header_read,
+        "a pending handshake does not hold the shutdown: {:?}",
+        started.elapsed()
+    );
+}

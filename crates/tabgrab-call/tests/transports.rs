@@ -107,3 +107,145 @@ async fn a_stranger_can_post_plain_json() {
     assert_eq!(answer.text().await.unwrap(), "2");
     server.stop().await;
 }
+
+/// Clients of `url` over HTTP and gRPC with `tls`.
+fn tls_clients(url: &str, tls: &tabgrab_call::ClientTls) -> Vec<(&'static str, Client)> {
+    vec![
+        (
+            "http",
+            Client::builder(HttpTransport::builder(url).tls(tls.clone()).build())
+                .service_name("test")
+                .build(),
+        ),
+        (
+            "grpc",
+            Client::builder(
+                GrpcTransport::builder(url)
+                    .tls(tls.clone())
+                    .build()
+                    .unwrap(),
+            )
+            .service_name("test")
+            .build(),
+        ),
+    ]
+}
+
+/// Calls over TLS on both transports; a client that does not trust the server's CA fails
+/// with a typed, unretried error naming the TLS failure, and reaches no handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_tls_and_a_client_that_does_not_trust_the_server() {
+    use tabgrab_call::{ClientTls, ServerTls};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tabgrab_testkit::tls::certificates(dir.path()).unwrap();
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = tabgrab_testkit::tls::certificates(stranger_dir.path()).unwrap();
+    let probe = Probe::default();
+    let tls = ServerTls::from_files(&certs.server_cert, &certs.server_key).unwrap();
+    let server = Server::start_tls(handlers(&probe), tls).await;
+    let trusted = ClientTls::trusting_file(&certs.ca).unwrap();
+    for (name, client) in tls_clients(&server.url_tls(), &trusted) {
+        assert_eq!(client.call(&Add { n: 1 }).await.unwrap(), 2, "{name}");
+    }
+    let untrusting = ClientTls::trusting_file(&stranger.ca).unwrap();
+    for (name, client) in tls_clients(&server.url_tls(), &untrusting) {
+        let refused = client.call(&Add { n: 1 }).await.unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Protocol, "{name}: {refused}");
+        assert!(
+            refused.to_string().contains("TLS with https://127.0.0.1")
+                && refused.to_string().contains("invalid peer certificate"),
+            "{name}: {refused}"
+        );
+    }
+    // A plain-text client to the TLS port gets an error, not a hang.
+    let plain = Client::builder(HttpTransport::new(server.url()))
+        .service_name("test")
+        .build();
+    let err = plain
+        .call_with(&Add { n: 1 }, CallOptions::timeout(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_ne!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    assert_eq!(
+        probe.calls(),
+        2,
+        "only the trusted calls reached the handler"
+    );
+    server.stop().await;
+}
+
+/// Mutual TLS on both transports: a client with a certificate of the client CA is served;
+/// one without a certificate is refused during the handshake, before any handler runs, with
+/// a typed error; and a foreign client (Python's ssl and urllib) with the certificate posts a
+/// plain JSON query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_serves_clients_with_a_certificate_only() {
+    use tabgrab_call::{ClientTls, ServerTls};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tabgrab_testkit::tls::certificates(dir.path()).unwrap();
+    let probe = Probe::default();
+    let tls =
+        ServerTls::mutual_from_files(&certs.server_cert, &certs.server_key, &certs.ca).unwrap();
+    let server = Server::start_tls(handlers(&probe), tls).await;
+    let identified =
+        ClientTls::mutual_from_files(&certs.ca, &certs.client_cert, &certs.client_key).unwrap();
+    for (name, client) in tls_clients(&server.url_tls(), &identified) {
+        assert_eq!(client.call(&Add { n: 41 }).await.unwrap(), 42, "{name}");
+    }
+    let anonymous = ClientTls::trusting_file(&certs.ca).unwrap();
+    for (name, client) in tls_clients(&server.url_tls(), &anonymous) {
+        let refused = client
+            .call_with(&Add { n: 1 }, CallOptions::timeout(Duration::from_secs(10)))
+            .await
+            .unwrap_err();
+        // TLS 1.3: the server refuses after the handshake; the client sees its connection
+        // closed, and the error says what to look at.
+        assert!(
+            matches!(refused.kind(), ErrorKind::Unavailable | ErrorKind::Protocol),
+            "{name}: {refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("this client shows no certificate")
+                || refused.to_string().contains("CertificateRequired"),
+            "{name}: {refused}"
+        );
+    }
+    assert_eq!(probe.calls(), 2, "no anonymous call reached the handler");
+
+    if let Some(python) = tabgrab_testkit::python::with("ssl, urllib.request", "python3") {
+        let script = r#"
+import ssl, sys, urllib.request
+url, ca, cert, key = sys.argv[1:5]
+context = ssl.create_default_context(cafile=ca)
+context.load_cert_chain(cert, key)
+request = urllib.request.Request(url + "/queries/test.add.v1", data=b'{"n": 9}',
+                                 headers={"content-type": "application/json"})
+print(urllib.request.urlopen(request, context=context, timeout=10).read().decode())
+anonymous = ssl.create_default_context(cafile=ca)
+try:
+    urllib.request.urlopen(request, context=anonymous, timeout=10).read()
+    print("anonymous: served")
+except Exception as e:
+    print("anonymous: refused")
+"#;
+        let out = std::process::Command::new(python)
+            .args(["-c", script, &server.url_tls()])
+            .args([&certs.ca, &certs.client_cert, &certs.client_key])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            said.lines().collect::<Vec<_>>(),
+            ["10", "anonymous: refused"]
+        );
+        assert_eq!(probe.calls(), 3);
+    }
+    server.stop().await;
+}

@@ -32,6 +32,8 @@ struct Inner {
     client: CallsClient<Channel>,
     /// The endpoint, for error messages.
     uri: String,
+    /// Whether the TLS is without a client certificate (for the hint of a closed connection).
+    tls: Option<crate::tls::ClientTls>,
 }
 
 /// Builds a [`GrpcTransport`].
@@ -41,6 +43,7 @@ pub struct GrpcTransportBuilder {
     connect_timeout: Duration,
     codec: Codec,
     connection_window: u32,
+    tls: Option<crate::tls::ClientTls>,
 }
 
 impl GrpcTransport {
@@ -51,6 +54,7 @@ impl GrpcTransport {
             connect_timeout: Duration::from_secs(2),
             codec: Codec::default(),
             connection_window: 8 * 1024 * 1024,
+            tls: None,
         }
     }
 
@@ -61,6 +65,14 @@ impl GrpcTransport {
 }
 
 impl GrpcTransportBuilder {
+    /// TLS for an `https://` endpoint: the CA to trust and, for mutual TLS, the client's
+    /// certificate ([`ClientTls`](crate::ClientTls)). Without it an `https://` endpoint trusts
+    /// the Mozilla root certificates (webpki-roots).
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// How long connecting may take before a call fails with `Unavailable`.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -96,14 +108,27 @@ impl GrpcTransportBuilder {
             .connect_timeout(self.connect_timeout)
             .initial_connection_window_size(self.connection_window)
             .tcp_nodelay(true);
+        // The connector of the HTTP transport: TCP, and TLS for an `https://` endpoint (HTTP/2
+        // by ALPN), with rustls and ring as everywhere else in the build.
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new();
+        let https = match &self.tls {
+            Some(tls) => https.with_tls_config((*tls.config()).clone()),
+            None => https.with_webpki_roots(),
+        };
+        let connector = https.https_or_http().enable_http2().wrap_connector(http);
         let max = self.codec.max_size().saturating_mul(2);
-        let client = CallsClient::new(endpoint.connect_lazy())
+        let client = CallsClient::new(endpoint.connect_with_connector_lazy(connector))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
         Ok(GrpcTransport {
             inner: std::sync::Arc::new(Inner {
                 client,
                 uri: self.uri,
+                tls: self.tls,
             }),
         })
     }
@@ -156,14 +181,19 @@ impl Service<Call> for GrpcTransport {
             }
             match client.call(request).await {
                 Ok(reply) => Ok(reply.into_inner().data),
-                Err(status) => Err(error_from(&call, uri, status)),
+                Err(status) => Err(error_from(&call, uri, status, inner.tls.as_ref())),
             }
         })
     }
 }
 
 /// The error a gRPC status stands for.
-fn error_from(call: &Call, uri: &str, status: Status) -> CallError {
+fn error_from(
+    call: &Call,
+    uri: &str,
+    status: Status,
+    tls: Option<&crate::tls::ClientTls>,
+) -> CallError {
     let service = call.service.clone();
     let ty = call.envelope.ty.as_str();
     if status.code() == Code::FailedPrecondition
@@ -171,6 +201,13 @@ fn error_from(call: &Call, uri: &str, status: Status) -> CallError {
     {
         return CallError::remote(service, ty, rejection);
     }
+    if let Some(why) = crate::tls::failure(&status) {
+        let message = format!("TLS with {uri} failed: {why}");
+        return CallError::new(ErrorKind::Protocol, service, ty, message).with_source(status);
+    }
+    // The connection broke under the call (not an answer of the server's).
+    let transport = std::error::Error::source(&status)
+        .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
     let kind = match status.code() {
         Code::InvalidArgument => ErrorKind::InvalidPayload,
         Code::Unimplemented => ErrorKind::UnknownType,
@@ -179,11 +216,21 @@ fn error_from(call: &Call, uri: &str, status: Status) -> CallError {
         Code::Cancelled if call.remaining().is_some_and(|r| r.is_zero()) => {
             ErrorKind::DeadlineExceeded
         }
+        Code::Cancelled if transport => ErrorKind::Unavailable,
         Code::ResourceExhausted => ErrorKind::Rejected,
         Code::Unavailable => ErrorKind::Unavailable,
         Code::Internal => ErrorKind::Handler,
         _ => ErrorKind::Protocol,
     };
-    let message = format!("{uri} answered {:?}: {}", status.code(), status.message());
+    let hint = if (status.code() == Code::Unavailable || transport) && uri.starts_with("https:") {
+        crate::tls::closed_hint(tls)
+    } else {
+        ""
+    };
+    let message = format!(
+        "{uri} answered {:?}: {}{hint}",
+        status.code(),
+        status.message()
+    );
     CallError::new(kind, service, ty, message).with_source(status)
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -34,12 +35,14 @@ pub struct HttpTransport {
 
 #[derive(Debug)]
 struct Inner {
-    /// The pooled hyper client.
-    client: HyperClient<HttpConnector, Full<Bytes>>,
+    /// The pooled hyper client (`https://` bases over TLS).
+    client: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// `http://host:port`, without a trailing slash.
     base: String,
     /// Limits what we send and what we accept back.
     codec: Codec,
+    /// The TLS of an `https://` base, if configured.
+    tls: Option<crate::tls::ClientTls>,
 }
 
 /// Builds an [`HttpTransport`].
@@ -51,6 +54,7 @@ pub struct HttpTransportBuilder {
     pool_max_idle_per_host: usize,
     codec: Codec,
     connection_window: u32,
+    tls: Option<crate::tls::ClientTls>,
 }
 
 impl HttpTransport {
@@ -68,11 +72,20 @@ impl HttpTransport {
             pool_max_idle_per_host: 256,
             codec: Codec::default(),
             connection_window: 8 * 1024 * 1024,
+            tls: None,
         }
     }
 }
 
 impl HttpTransportBuilder {
+    /// TLS for an `https://` base: the CA to trust and, for mutual TLS, the client's
+    /// certificate ([`ClientTls`](crate::ClientTls)). Without it an `https://` base trusts the
+    /// Mozilla root certificates (webpki-roots).
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Speak HTTP/2 only (prior knowledge): all calls multiplexed on one connection.
     pub fn http2_only(mut self, yes: bool) -> Self {
         self.http2_only = yes;
@@ -109,9 +122,21 @@ impl HttpTransportBuilder {
 
     /// Builds the transport.
     pub fn build(self) -> HttpTransport {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.connect_timeout));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        // The TLS layer sees every URI and leaves `http://` alone.
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new();
+        let https = match &self.tls {
+            Some(tls) => https.with_tls_config((*tls.config()).clone()),
+            None => https.with_webpki_roots(),
+        };
+        let connector = https
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
         let client = HyperClient::builder(TokioExecutor::new())
             .http2_only(self.http2_only)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
@@ -122,6 +147,7 @@ impl HttpTransportBuilder {
                 client,
                 base: self.base.trim_end_matches('/').to_owned(),
                 codec: self.codec,
+                tls: self.tls,
             }),
         }
     }
@@ -138,16 +164,12 @@ impl Service<Call> for HttpTransport {
 
     fn call(&mut self, call: Call) -> Self::Future {
         let inner = Arc::clone(&self.inner);
-        Box::pin(async move { send(&inner.client, &inner.base, inner.codec, call).await })
+        Box::pin(async move { send(&inner, call).await })
     }
 }
 
-async fn send(
-    client: &HyperClient<HttpConnector, Full<Bytes>>,
-    base: &str,
-    codec: Codec,
-    call: Call,
-) -> Result<Bytes, CallError> {
+async fn send(inner: &Inner, call: Call) -> Result<Bytes, CallError> {
+    let (client, base, codec) = (&inner.client, inner.base.as_str(), inner.codec);
     let service = call.service.clone();
     let ty: &str = &call.envelope.ty;
     let fail =
@@ -183,12 +205,24 @@ async fn send(
         )
     })?;
     let response = client.request(request).await.map_err(|e| {
-        let what = if e.is_connect() {
-            "cannot connect"
+        if let Some(why) = crate::tls::failure(&e) {
+            return fail(
+                ErrorKind::Protocol,
+                format!("TLS with {base} failed: {why}"),
+            )
+            .with_source(e);
+        }
+        let message = if e.is_connect() {
+            format!("cannot connect to {base}")
+        } else if base.starts_with("https:") {
+            format!(
+                "the connection failed to {base}{}",
+                crate::tls::closed_hint(inner.tls.as_ref())
+            )
         } else {
-            "the connection failed"
+            format!("the connection failed to {base}")
         };
-        fail(ErrorKind::Unavailable, format!("{what} to {base}")).with_source(e)
+        fail(ErrorKind::Unavailable, message).with_source(e)
     })?;
     let status = response.status();
     let body = Limited::new(response.into_body(), codec.max_size())

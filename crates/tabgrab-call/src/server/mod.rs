@@ -60,6 +60,16 @@
 //! line per 10 s at most, counting the errors it did not print, so a lasting shortage is
 //! visible without writing a line per attempt.
 //!
+//! # TLS
+//!
+//! [`serve_tls`] serves the same over TLS (and mutual TLS, [`ServerTls`]): each accepted
+//! connection does its handshake in its own task, within the
+//! [`header_read_timeout`](ServeConfig::header_read_timeout) that bounds everything before a
+//! first request, and counts toward the connection limit from the accept on; a socket that
+//! never finishes its handshake is closed like one that never sends its head. ALPN chooses
+//! HTTP/2 or HTTP/1.1. A client that fails the handshake (no certificate where one is
+//! required, one from another CA) is dropped before any handler runs.
+//!
 //! # Shutdown
 //!
 //! The server is a function of its listener and its shutdown future: tests bind
@@ -85,6 +95,7 @@ use self::accept::{Accept, AcceptErrors};
 use self::connection::Timeouts;
 use self::limit::Connections;
 use self::tracked::{Tracked, Watched};
+use crate::tls::ServerTls;
 
 /// Knobs of [`serve_with`]. The defaults are safe for a server facing clients it does not
 /// control; tests set short timeouts.
@@ -170,7 +181,22 @@ pub async fn serve_with(
     if let Some(warning) = listener.local_addr().ok().and_then(beyond_this_machine) {
         tracing::warn!("{warning}");
     }
-    serve_on(listener, router, shutdown, config).await
+    serve_on(listener, router, shutdown, config, None).await
+}
+
+/// [`serve_with`] over TLS: every connection does its handshake with `tls` (mutual TLS if it
+/// requires client certificates) before HTTP/1.1 or HTTP/2 (by ALPN) starts.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send,
+    config: ServeConfig,
+    tls: ServerTls,
+) -> io::Result<()> {
+    if let Some(addr) = listener.local_addr().ok().filter(|a| !a.ip().is_loopback()) {
+        tracing::info!(%addr, ?tls, "the call server listens beyond this machine over TLS");
+    }
+    serve_on(listener, router, shutdown, config, Some(tls)).await
 }
 
 /// The warning for a server that listens on `addr`, if other machines can reach it: the call
@@ -192,7 +218,9 @@ async fn serve_on<L: Accept>(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send,
     config: ServeConfig,
+    tls: Option<ServerTls>,
 ) -> io::Result<()> {
+    let acceptor = tls.as_ref().map(ServerTls::acceptor);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -245,15 +273,42 @@ async fn serve_on<L: Accept>(
         };
         let state = std::sync::Arc::clone(entry.state());
         let service = Tracked::new(router.clone(), std::sync::Arc::clone(&state));
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(Watched::new(io, state)), service)
-            .into_owned();
-        tokio::spawn(connection::drive(
-            connection,
-            entry,
-            timeouts,
-            stopped.clone(),
-        ));
+        let Some(acceptor) = &acceptor else {
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(Watched::new(io, state)), service)
+                .into_owned();
+            tokio::spawn(connection::drive(
+                connection,
+                entry,
+                timeouts,
+                stopped.clone(),
+            ));
+            continue;
+        };
+        // The handshake in the connection's own task, bounded like a first head.
+        let (acceptor, builder, mut stopped) = (acceptor.clone(), builder.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let handshake = acceptor.accept(io);
+            let limit = timeouts.header_read.unwrap_or(Duration::MAX);
+            let tls = tokio::select! {
+                done = tokio::time::timeout(limit, handshake) => match done {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake not done within the header read timeout");
+                        return;
+                    }
+                },
+                _ = stopped.changed() => return,
+            };
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(Watched::new(tls, state)), service)
+                .into_owned();
+            connection::drive(connection, entry, timeouts, stopped).await;
+        });
     }
     drop(listener);
     drop(stopped);

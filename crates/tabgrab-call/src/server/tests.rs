@@ -35,6 +35,7 @@ async fn a_lasting_accept_failure_is_retried_with_growing_pauses_not_in_a_spin()
         axum::Router::new(),
         tokio::time::sleep(Duration::from_secs(60)),
         ServeConfig::default(),
+        None,
     )
     .await
     .expect("the loop stops at shutdown");

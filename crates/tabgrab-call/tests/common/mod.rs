@@ -144,8 +144,33 @@ impl Server {
         }
     }
 
+    /// Serves `handlers` over TLS (mutual TLS if `tls` requires client certificates).
+    pub async fn start_tls(handlers: Handlers, tls: tabgrab_call::ServerTls) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tabgrab_call::serve_tls(
+            listener,
+            tabgrab_call::router(handlers),
+            async move {
+                let _ = stopped.await;
+            },
+            tabgrab_call::ServeConfig::default(),
+            tls,
+        ));
+        Server {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn url_tls(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     pub async fn stop(mut self) {

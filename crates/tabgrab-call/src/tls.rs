@@ -1,0 +1,297 @@
+//! TLS for calls over HTTP and gRPC: [`ServerTls`] for [`serve_tls`](crate::serve_tls),
+//! [`ClientTls`] for the HTTP and gRPC transports, mutual TLS included.
+//!
+//! One way to configure it, from PEM (bytes or files): a server's certificate chain and key,
+//! and, to require client certificates, the CA that signs them; a client's trusted CA and,
+//! for mutual TLS, its own certificate and key. rustls with ring does the work, the one
+//! crypto provider of the whole build (the NATS, RabbitMQ and PostgreSQL clients use it
+//! too). ALPN chooses HTTP/2 or HTTP/1.1 (gRPC: HTTP/2).
+//!
+//! Errors are typed and say what is wrong: a file that cannot be read, PEM without a
+//! certificate or key (`Malformed`); a peer that fails the handshake (untrusted, expired, no
+//! client certificate) fails the call with `Unavailable` and rustls' reason. Keys never
+//! appear in `Debug` output or errors.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tabgrab_core::{Error, ErrorKind};
+
+/// The ALPN protocols a server offers, HTTP/2 first.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn malformed(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Malformed, format!("TLS: {what}: {e}"))
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::new(
+            ErrorKind::Malformed,
+            format!("TLS: cannot read the {what} {}: {e}", path.display()),
+        )
+    })
+}
+
+fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| malformed(what, e))?;
+    if certs.is_empty() {
+        return Err(malformed(what, "no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+fn key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, Error> {
+    // The key's bytes never go into the error: only what kind of problem it has.
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        let why = match e {
+            rustls::pki_types::pem::Error::NoItemsFound => "no PEM private key in it",
+            _ => "not a readable PEM private key (PKCS#8, PKCS#1 or SEC1)",
+        };
+        malformed(what, why)
+    })
+}
+
+fn roots(pem: &[u8], what: &str) -> Result<RootCertStore, Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(pem, what)? {
+        roots.add(cert).map_err(|e| malformed(what, e))?;
+    }
+    Ok(roots)
+}
+
+/// A server's TLS: its certificate and key, and optionally the CA its clients' certificates
+/// must chain to (mutual TLS).
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    mutual: bool,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("client_certificates_required", &self.mutual)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// TLS with the certificate chain `cert_pem` (leaf first) and its private key `key_pem`.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<ServerTls, Error> {
+        ServerTls::build(cert_pem, key_pem, None)
+    }
+
+    /// [`ServerTls::from_pem`] from files.
+    pub fn from_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<ServerTls, Error> {
+        let cert = read(cert.as_ref(), "server certificate")?;
+        let key = read(key.as_ref(), "server key")?;
+        ServerTls::from_pem(&cert, &key)
+    }
+
+    /// Mutual TLS with the certificate `cert_pem`, key `key_pem`, and clients that must show
+    /// a certificate signed by a CA of `client_ca_pem`: a client without one, or with
+    /// another, fails the handshake before any request is read.
+    pub fn mutual_from_pem(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: &[u8],
+    ) -> Result<ServerTls, Error> {
+        ServerTls::build(cert_pem, key_pem, Some(client_ca_pem))
+    }
+
+    /// [`ServerTls::mutual_from_pem`] from files.
+    pub fn mutual_from_files(
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+        client_ca: impl AsRef<Path>,
+    ) -> Result<ServerTls, Error> {
+        let cert = read(cert.as_ref(), "server certificate")?;
+        let key = read(key.as_ref(), "server key")?;
+        let ca = read(client_ca.as_ref(), "client CA")?;
+        ServerTls::mutual_from_pem(&cert, &key, &ca)
+    }
+
+    fn build(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: Option<&[u8]>,
+    ) -> Result<ServerTls, Error> {
+        let chain = certificates(cert_pem, "server certificate")?;
+        let key = key(key_pem, "server key")?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| malformed("protocol versions", e))?;
+        let builder = match client_ca_pem {
+            Some(ca) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots(ca, "client CA")?),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| malformed("client CA", e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| malformed("server certificate and key", e))?;
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        Ok(ServerTls {
+            config: Arc::new(config),
+            mutual: client_ca_pem.is_some(),
+        })
+    }
+
+    /// The acceptor of the server's connections.
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
+    }
+}
+
+/// A client's TLS: the CA it trusts, and optionally its own certificate (mutual TLS).
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    identity: bool,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("client_certificate", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// TLS trusting the CA certificates of `ca_pem` only.
+    pub fn trusting_pem(ca_pem: &[u8]) -> Result<ClientTls, Error> {
+        ClientTls::build(ca_pem, None)
+    }
+
+    /// [`ClientTls::trusting_pem`] from a file.
+    pub fn trusting_file(ca: impl AsRef<Path>) -> Result<ClientTls, Error> {
+        ClientTls::trusting_pem(&read(ca.as_ref(), "CA certificate")?)
+    }
+
+    /// Mutual TLS: trusting `ca_pem`, and showing the certificate `cert_pem` with its key
+    /// `key_pem` to the server.
+    pub fn mutual_from_pem(
+        ca_pem: &[u8],
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<ClientTls, Error> {
+        ClientTls::build(ca_pem, Some((cert_pem, key_pem)))
+    }
+
+    /// [`ClientTls::mutual_from_pem`] from files.
+    pub fn mutual_from_files(
+        ca: impl AsRef<Path>,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<ClientTls, Error> {
+        let ca = read(ca.as_ref(), "CA certificate")?;
+        let cert = read(cert.as_ref(), "client certificate")?;
+        let key = read(key.as_ref(), "client key")?;
+        ClientTls::mutual_from_pem(&ca, &cert, &key)
+    }
+
+    fn build(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<ClientTls, Error> {
+        let roots = roots(ca_pem, "CA certificate")?;
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| malformed("protocol versions", e))?
+            .with_root_certificates(roots);
+        // No ALPN here: the connector offers what its transport speaks.
+        let config = match identity {
+            Some((cert, key_pem)) => builder
+                .with_client_auth_cert(
+                    certificates(cert, "client certificate")?,
+                    key(key_pem, "client key")?,
+                )
+                .map_err(|e| malformed("client certificate and key", e))?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok(ClientTls {
+            config: Arc::new(config),
+            identity: identity.is_some(),
+        })
+    }
+
+    /// Whether this client shows a certificate (mutual TLS).
+    pub(crate) fn has_identity(&self) -> bool {
+        self.identity
+    }
+
+    /// The rustls configuration (the connector sets the ALPN protocols it speaks).
+    pub(crate) fn config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.config)
+    }
+}
+
+/// rustls' reason, if `error` or one of its sources is a TLS failure (an untrusted or expired
+/// certificate, a missing client certificate, an alert from the peer): a call that fails so
+/// fails with `Protocol`, which is not retried (a handshake that failed for a certificate
+/// fails the same way the next time).
+pub(crate) fn failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // An io::Error's source() skips the error it wraps (often another io::Error around
+        // rustls' own): go inside instead.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// What to add to the error of a TLS connection that the server closed after the handshake:
+/// with TLS 1.3 a server that requires a client certificate refuses a client without one
+/// only then, and the client sees its connection closed, not rustls' reason.
+pub(crate) fn closed_hint(tls: Option<&ClientTls>) -> &'static str {
+    match tls {
+        Some(tls) if !tls.has_identity() => {
+            " (closed after the TLS handshake: if the server requires mutual TLS, this client \
+             shows no certificate; see ClientTls::mutual_from_pem)"
+        }
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_pem_is_a_clear_error_that_shows_no_key() {
+        let secret =
+            b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n";
+        let e = ServerTls::from_pem(b"not a certificate", secret).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Malformed);
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        let e = ClientTls::trusting_pem(b"").unwrap_err();
+        assert!(e.to_string().contains("CA certificate"), "{e}");
+        let e = ClientTls::trusting_file("/nonexistent/ca.pem").unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        assert!(!format!("{e:?}").contains("c2VjcmV0"));
+    }
+}
