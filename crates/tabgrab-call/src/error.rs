@@ -144,7 +144,7 @@ pub struct ErrorBody {
 
 /// An error kind from its stable name.
 pub(crate) fn kind_from_str(name: &str) -> Option<ErrorKind> {
-    const ALL: [ErrorKind; 19] = [
+    const ALL: [ErrorKind; 21] = [
         ErrorKind::Malformed,
         ErrorKind::TooLarge,
         ErrorKind::UnknownType,
@@ -164,6 +164,8 @@ pub(crate) fn kind_from_str(name: &str) -> Option<ErrorKind> {
         ErrorKind::Protocol,
         ErrorKind::Conflict,
         ErrorKind::UnsupportedMediaType,
+        ErrorKind::Unauthenticated,
+        ErrorKind::PermissionDenied,
     ];
     ALL.into_iter().find(|k| k.as_str() == name)
 }

@@ -108,6 +108,9 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
     /// The idempotency key, if the caller sent one.
     pub idempotency_key: Option<String>,
+    /// Who calls, when the handlers authenticate callers
+    /// ([`Handlers::authenticate`]); `None` otherwise.
+    pub principal: Option<crate::auth::Principal>,
 }
 
 impl CallContext {
@@ -210,13 +213,22 @@ pub struct Handlers {
     codec: Codec,
     /// The record of idempotency keys, shared by every transport serving these handlers.
     idempotency: Record,
+    /// Who may call at all; `None`: anyone who reaches the server.
+    authenticator: Option<Arc<dyn crate::auth::Authenticator>>,
+    /// Which principal may call which message type; `None`: every authenticated one.
+    authorization: Option<Arc<Authorization>>,
 }
+
+/// An authorization rule: whether a principal may call a message type.
+type Authorization = dyn Fn(&crate::auth::Principal, &str) -> bool + Send + Sync;
 
 impl std::fmt::Debug for Handlers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handlers")
             .field("types", &self.entries.keys().collect::<Vec<_>>())
             .field("max_size", &self.codec.max_size())
+            .field("authenticates", &self.authenticator.is_some())
+            .field("authorizes", &self.authorization.is_some())
             .finish()
     }
 }
@@ -225,6 +237,47 @@ impl Handlers {
     /// No handlers, the default 1 MiB size limit.
     pub fn new() -> Handlers {
         Handlers::default()
+    }
+
+    /// Requires every call to prove who it is to `authenticator` (for example
+    /// [`BearerTokens`](crate::auth::BearerTokens)), on every transport, before anything else
+    /// is done with it: a call without valid credentials is refused with `Unauthenticated`,
+    /// and a handler finds the principal in [`CallContext::principal`]. See [`crate::auth`].
+    pub fn authenticate(mut self, authenticator: impl crate::auth::Authenticator) -> Handlers {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// Lets a principal call a message type only when `rule(principal, type)` says so;
+    /// otherwise the call is refused with `PermissionDenied` before its handler runs. Needs
+    /// [`Handlers::authenticate`] (without a principal nothing is allowed).
+    pub fn authorize(
+        mut self,
+        rule: impl Fn(&crate::auth::Principal, &str) -> bool + Send + Sync + 'static,
+    ) -> Handlers {
+        self.authorization = Some(Arc::new(rule));
+        self
+    }
+
+    /// Whether these handlers authenticate callers.
+    pub(crate) fn authenticates(&self) -> bool {
+        self.authenticator.is_some()
+    }
+
+    /// The principal `headers` prove, when these handlers authenticate callers (`Ok(None)`
+    /// when they do not); `Unauthenticated` when the headers prove none. Every transport
+    /// calls it with the call's headers before [`Handlers::dispatch_as`].
+    pub fn authenticate_headers(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<crate::auth::Principal>, ServeError> {
+        let Some(authenticator) = &self.authenticator else {
+            return Ok(None);
+        };
+        authenticator
+            .authenticate(headers)
+            .map(Some)
+            .map_err(|why| ServeError::new(ErrorKind::Unauthenticated, format!("refused: {why}")))
     }
 
     /// Sets the codec, whose maximum size limits request bodies.
@@ -347,6 +400,20 @@ impl Handlers {
         deadline: Option<Instant>,
         idempotency_key: Option<String>,
     ) -> impl Future<Output = Result<Bytes, ServeError>> + Send + 'static {
+        self.dispatch_as(envelope, deadline, idempotency_key, None)
+    }
+
+    /// [`Handlers::dispatch`] of a call from `principal` (what
+    /// [`Handlers::authenticate_headers`] found): with an authenticator, a call without a
+    /// principal is refused with `Unauthenticated`, and with an authorization rule, a
+    /// principal the rule does not allow this type is refused with `PermissionDenied`.
+    pub fn dispatch_as(
+        &self,
+        envelope: Envelope,
+        deadline: Option<Instant>,
+        idempotency_key: Option<String>,
+        principal: Option<crate::auth::Principal>,
+    ) -> impl Future<Output = Result<Bytes, ServeError>> + Send + 'static {
         let at = std::time::Instant::now();
         let span = Span::start(Start {
             kind: Kind::Server,
@@ -363,7 +430,7 @@ impl Handlers {
             .entries
             .get_key_value(envelope.ty.as_str())
             .map_or("_OTHER", |(ty, _)| *ty);
-        let started = span.in_scope(|| self.start(envelope, deadline, idempotency_key));
+        let started = span.in_scope(|| self.start(envelope, deadline, idempotency_key, principal));
         let work = async move {
             let Started {
                 work,
@@ -405,7 +472,24 @@ impl Handlers {
         envelope: Envelope,
         deadline: Option<Instant>,
         idempotency_key: Option<String>,
+        principal: Option<crate::auth::Principal>,
     ) -> Result<Started, ServeError> {
+        if self.authenticator.is_some() || self.authorization.is_some() {
+            let Some(who) = &principal else {
+                return Err(ServeError::new(
+                    ErrorKind::Unauthenticated,
+                    format!("{} refused: the caller proved no identity", envelope.ty),
+                ));
+            };
+            if let Some(rule) = &self.authorization
+                && !rule(who, &envelope.ty)
+            {
+                return Err(ServeError::new(
+                    ErrorKind::PermissionDenied,
+                    format!("{} refused: {who} may not call it", envelope.ty),
+                ));
+            }
+        }
         let Some(entry) = self.entries.get(envelope.ty.as_str()) else {
             return Err(ServeError::new(
                 ErrorKind::UnknownType,
@@ -465,6 +549,7 @@ impl Handlers {
             envelope,
             deadline,
             idempotency_key,
+            principal,
         };
         let work = match key {
             None => (entry.handler)(body, ctx),

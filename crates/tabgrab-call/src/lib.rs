@@ -47,6 +47,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod breaker;
 pub mod call;
 pub mod client;
@@ -65,6 +66,7 @@ pub mod retry;
 pub mod server;
 pub mod tls;
 
+pub use auth::{Authenticator, BearerTokens, Principal};
 pub use call::{Call, CallOptions, IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
 pub use client::{Client, ClientBuilder};
 pub use error::CallError;

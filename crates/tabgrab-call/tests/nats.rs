@@ -449,3 +449,45 @@ async fn a_structured_call_is_one_message_without_headers_that_carries_deadline_
     assert_eq!(seen.lock().unwrap().len(), 2);
     server.stop().await;
 }
+
+/// Over NATS as over HTTP and gRPC: a server whose handlers authenticate refuses a call
+/// without the token (or with a wrong one) as `Unauthenticated`, in either content mode, and
+/// serves one with it.
+#[tokio::test]
+async fn calls_without_the_token_are_unauthenticated() {
+    let Some(nats) = connect().await else { return };
+    let service = unique("auth");
+    let probe = Probe::default();
+    let handlers =
+        handlers(&probe).authenticate(tabgrab_call::BearerTokens::new().token("tok-3e9", "ops"));
+    let server = Running::start(&service, handlers).await;
+    for mode in [
+        tabgrab_core::wire::ContentMode::Structured,
+        tabgrab_core::wire::ContentMode::Binary,
+    ] {
+        let build = |token: Option<&str>| {
+            let mut transport = NatsTransport::builder(nats.clone(), &service).content_mode(mode);
+            if let Some(token) = token {
+                transport = transport.bearer_token(token);
+            }
+            Client::builder(transport.build())
+                .service_name(&service)
+                .build()
+        };
+        for token in [None, Some("tok-wrong")] {
+            let refused = build(token).call(&Add { n: 1 }).await.unwrap_err();
+            assert_eq!(
+                refused.kind(),
+                ErrorKind::Unauthenticated,
+                "{mode:?}: {refused}"
+            );
+        }
+        assert_eq!(build(Some("tok-3e9")).call(&Add { n: 1 }).await.unwrap(), 2);
+    }
+    assert_eq!(
+        probe.calls(),
+        2,
+        "only the authenticated calls were handled"
+    );
+    server.stop().await;
+}

@@ -249,3 +249,115 @@ except Exception as e:
     }
     server.stop().await;
 }
+
+/// Who the server says the caller is.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WhoAmI {}
+impl tabgrab_core::Message for WhoAmI {
+    const TYPE: &'static str = "test.whoami.v1";
+}
+impl tabgrab_core::Query for WhoAmI {
+    type Response = String;
+}
+tabgrab_core::request!(query WhoAmI);
+
+/// Authenticated calls on both transports: no token or a wrong one is refused as
+/// `Unauthenticated` (401 with `www-authenticate`, `UNAUTHENTICATED`) before any handler
+/// runs, and not retried; an authorization rule refuses a principal a type as
+/// `PermissionDenied`; a handler sees the principal; no token appears in an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_authenticated_and_authorized_per_type() {
+    use tabgrab_call::BearerTokens;
+    const FRONT_DESK: &str = "tok-front-desk-9f1c";
+    const KITCHEN: &str = "tok-kitchen-77ab";
+    let probe = Probe::default();
+    let handlers = handlers(&probe)
+        .handle(|_w: WhoAmI, ctx: tabgrab_call::CallContext| async move {
+            Ok::<_, tabgrab_call::HandlerError>(
+                ctx.principal
+                    .map(|p| p.name().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .authenticate(
+            BearerTokens::new()
+                .token(FRONT_DESK, "front-desk")
+                .token(KITCHEN, "kitchen"),
+        )
+        // Only the front desk charges; anyone authenticated may add or ask who they are.
+        .authorize(|who, ty| ty != "test.charge.v1" || who.name() == "front-desk");
+    let server = Server::start(handlers).await;
+    let url = server.url();
+    let with = |token: Option<&str>| -> Vec<(&'static str, Client)> {
+        let (mut http, mut grpc) = (HttpTransport::builder(&url), GrpcTransport::builder(&url));
+        if let Some(token) = token {
+            http = http.bearer_token(token);
+            grpc = grpc.bearer_token(token);
+        }
+        vec![
+            (
+                "http",
+                Client::builder(http.build()).service_name("test").build(),
+            ),
+            (
+                "grpc",
+                Client::builder(grpc.build().unwrap())
+                    .service_name("test")
+                    .build(),
+            ),
+        ]
+    };
+    for (name, client) in with(None).into_iter().chain(with(Some("tok-guess"))) {
+        let refused = client.call(&Add { n: 1 }).await.unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            ErrorKind::Unauthenticated,
+            "{name}: {refused}"
+        );
+        assert!(!refused.to_string().contains("tok-"), "{name}: {refused}");
+    }
+    assert_eq!(
+        probe.calls(),
+        0,
+        "nothing unauthenticated reached a handler, once each"
+    );
+    for (name, client) in with(Some(KITCHEN)) {
+        assert_eq!(client.call(&Add { n: 1 }).await.unwrap(), 2, "{name}");
+        assert_eq!(client.call(&WhoAmI {}).await.unwrap(), "kitchen", "{name}");
+        let denied = client.call(&Charge { amount: 5 }).await.unwrap_err();
+        assert_eq!(
+            denied.kind(),
+            ErrorKind::PermissionDenied,
+            "{name}: {denied}"
+        );
+        assert!(
+            denied.to_string().contains("kitchen may not call"),
+            "{denied}"
+        );
+    }
+    for (name, client) in with(Some(FRONT_DESK)) {
+        assert_eq!(
+            client.call(&Charge { amount: 5 }).await.unwrap(),
+            Charged { amount: 5 },
+            "{name}"
+        );
+        assert_eq!(
+            client.call(&WhoAmI {}).await.unwrap(),
+            "front-desk",
+            "{name}"
+        );
+    }
+    // A plain client is told how to authenticate.
+    let answer = reqwest::Client::new()
+        .post(format!("{url}/queries/test.add.v1"))
+        .header("content-type", "application/json")
+        .body("{\"n\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    assert_eq!(answer.headers()["www-authenticate"], "Bearer");
+    let body = answer.text().await.unwrap();
+    assert!(body.contains("\"kind\":\"unauthenticated\""), "{body}");
+    server.stop().await;
+}

@@ -62,6 +62,12 @@ pub enum ErrorKind {
     /// What was asked for does not exist (a dead letter redriven or purged already, an
     /// unknown id).
     NotFound,
+    /// The caller did not prove who it is (no credentials, or wrong ones): HTTP 401, gRPC
+    /// `UNAUTHENTICATED`. Never retryable: the same credentials fail the same way.
+    Unauthenticated,
+    /// The caller is known and may not do this (an authorization rule refused the message
+    /// type): HTTP 403, gRPC `PERMISSION_DENIED`. Never retryable.
+    PermissionDenied,
 }
 
 impl ErrorKind {
@@ -101,6 +107,8 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::DataLoss => "data_loss",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
         }
     }
 }

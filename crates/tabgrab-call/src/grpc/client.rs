@@ -34,6 +34,8 @@ struct Inner {
     uri: String,
     /// Whether the TLS is without a client certificate (for the hint of a closed connection).
     tls: Option<crate::tls::ClientTls>,
+    /// `Bearer <token>` for the `authorization` metadata, marked sensitive.
+    bearer: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 /// Builds a [`GrpcTransport`].
@@ -44,6 +46,7 @@ pub struct GrpcTransportBuilder {
     codec: Codec,
     connection_window: u32,
     tls: Option<crate::tls::ClientTls>,
+    bearer: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl GrpcTransport {
@@ -55,6 +58,7 @@ impl GrpcTransport {
             codec: Codec::default(),
             connection_window: 8 * 1024 * 1024,
             tls: None,
+            bearer: None,
         }
     }
 
@@ -65,6 +69,18 @@ impl GrpcTransport {
 }
 
 impl GrpcTransportBuilder {
+    /// Sends `authorization: Bearer <token>` metadata with every call, for servers whose
+    /// handlers authenticate callers ([`crate::auth`]).
+    pub fn bearer_token(mut self, token: impl AsRef<str>) -> Self {
+        self.bearer = MetadataValue::try_from(format!("Bearer {}", token.as_ref().trim()))
+            .ok()
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
+        self
+    }
+
     /// TLS for an `https://` endpoint: the CA to trust and, for mutual TLS, the client's
     /// certificate ([`ClientTls`](crate::ClientTls)). Without it an `https://` endpoint trusts
     /// the Mozilla root certificates (webpki-roots).
@@ -129,6 +145,7 @@ impl GrpcTransportBuilder {
                 client,
                 uri: self.uri,
                 tls: self.tls,
+                bearer: self.bearer,
             }),
         })
     }
@@ -179,6 +196,11 @@ impl Service<Call> for GrpcTransport {
             {
                 request.metadata_mut().insert(IDEMPOTENCY_KEY, value);
             }
+            if let Some(bearer) = &inner.bearer {
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
+            }
             match client.call(request).await {
                 Ok(reply) => Ok(reply.into_inner().data),
                 Err(status) => Err(error_from(&call, uri, status, inner.tls.as_ref())),
@@ -218,6 +240,8 @@ fn error_from(
         }
         Code::Cancelled if transport => ErrorKind::Unavailable,
         Code::ResourceExhausted => ErrorKind::Rejected,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
         Code::Unavailable => ErrorKind::Unavailable,
         Code::Internal => ErrorKind::Handler,
         _ => ErrorKind::Protocol,

@@ -108,6 +108,8 @@ pub fn status_of(e: ServeError) -> Status {
         ErrorKind::Remote => Code::FailedPrecondition,
         ErrorKind::Rejected | ErrorKind::CircuitOpen => Code::ResourceExhausted,
         ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
         _ => Code::Internal,
     };
     match e.rejection.and_then(|r| serde_json::to_vec(&r).ok()) {
@@ -119,6 +121,13 @@ pub fn status_of(e: ServeError) -> Status {
 #[tonic::async_trait]
 impl Calls for CallsService {
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<CallReply>, Status> {
+        let principal = if self.handlers.authenticates() {
+            self.handlers
+                .authenticate_headers(&request.metadata().clone().into_headers())
+                .map_err(status_of)?
+        } else {
+            None
+        };
         let deadline = deadline_of(request.metadata())?;
         let idempotency_key = request
             .metadata()
@@ -144,7 +153,7 @@ impl Calls for CallsService {
             })?;
         let data = self
             .handlers
-            .dispatch(envelope, deadline, idempotency_key)
+            .dispatch_as(envelope, deadline, idempotency_key, principal)
             .await
             .map_err(status_of)?;
         Ok(Response::new(CallReply { data }))

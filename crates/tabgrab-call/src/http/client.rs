@@ -43,11 +43,15 @@ struct Inner {
     codec: Codec,
     /// The TLS of an `https://` base, if configured.
     tls: Option<crate::tls::ClientTls>,
+    /// `authorization: Bearer <token>`, marked sensitive, if the server authenticates.
+    bearer: Option<http::HeaderValue>,
 }
 
 /// Builds an [`HttpTransport`].
 #[derive(Debug)]
 pub struct HttpTransportBuilder {
+    /// Marked sensitive: `Debug` shows it as `Sensitive`.
+    bearer: Option<http::HeaderValue>,
     base: String,
     http2_only: bool,
     connect_timeout: Duration,
@@ -73,11 +77,20 @@ impl HttpTransport {
             codec: Codec::default(),
             connection_window: 8 * 1024 * 1024,
             tls: None,
+            bearer: None,
         }
     }
 }
 
 impl HttpTransportBuilder {
+    /// Sends `authorization: Bearer <token>` with every call, for servers whose handlers
+    /// authenticate callers ([`crate::auth`]). A token that cannot be a header value (control
+    /// characters) is not sent, and the server refuses the calls as unauthenticated.
+    pub fn bearer_token(mut self, token: impl AsRef<str>) -> Self {
+        self.bearer = crate::auth::bearer(token.as_ref());
+        self
+    }
+
     /// TLS for an `https://` base: the CA to trust and, for mutual TLS, the client's
     /// certificate ([`ClientTls`](crate::ClientTls)). Without it an `https://` base trusts the
     /// Mozilla root certificates (webpki-roots).
@@ -148,6 +161,7 @@ impl HttpTransportBuilder {
                 base: self.base.trim_end_matches('/').to_owned(),
                 codec: self.codec,
                 tls: self.tls,
+                bearer: self.bearer,
             }),
         }
     }
@@ -197,6 +211,9 @@ async fn send(inner: &Inner, call: Call) -> Result<Bytes, CallError> {
     }
     if let Some(key) = &call.idempotency_key {
         request = request.header(HeaderName::from_static(IDEMPOTENCY_KEY), key);
+    }
+    if let Some(bearer) = &inner.bearer {
+        request = request.header(http::header::AUTHORIZATION, bearer.clone());
     }
     let request = request.body(Full::new(body)).map_err(|e| {
         fail(

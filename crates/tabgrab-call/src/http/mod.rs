@@ -26,6 +26,8 @@
 //! | kind | status |
 //! |---|---|
 //! | `invalid_payload`, `malformed`, `missing_attribute`, `type_mismatch` (bad JSON, an unknown field, a value out of the domain's bounds, a bad `ce-*` header or idempotency key) | 400 |
+//! | `unauthenticated` (no credentials or wrong ones, when the handlers authenticate) | 401 |
+//! | `permission_denied` (an authorization rule refused the type) | 403 |
 //! | `unknown_type` | 404 |
 //! | `conflict` (an idempotency key used again with another payload) | 409 |
 //! | `too_large` (the body, or the attributes and body together) | 413 |
@@ -56,6 +58,8 @@ pub(crate) fn status_of(kind: ErrorKind) -> http::StatusCode {
         | ErrorKind::UnsupportedVersion
         | ErrorKind::TypeMismatch => S::BAD_REQUEST,
         ErrorKind::UnknownType => S::NOT_FOUND,
+        ErrorKind::Unauthenticated => S::UNAUTHORIZED,
+        ErrorKind::PermissionDenied => S::FORBIDDEN,
         ErrorKind::TooLarge => S::PAYLOAD_TOO_LARGE,
         ErrorKind::Remote => S::UNPROCESSABLE_ENTITY,
         ErrorKind::Conflict => S::CONFLICT,

@@ -62,7 +62,14 @@ fn error_response(e: ServeError) -> Response {
         error: e.message,
         rejection: e.rejection,
     };
-    (status_of(e.kind), axum::Json(body)).into_response()
+    let mut response = (status_of(e.kind), axum::Json(body)).into_response();
+    if e.kind == ErrorKind::Unauthenticated {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
 }
 
 async fn serve_one(
@@ -97,6 +104,7 @@ async fn serve_one(
     }
     let (parts, body) = request.into_parts();
     // Before a byte of the body is read, too.
+    let principal = handlers.authenticate_headers(&parts.headers)?;
     let structured = structured_mode(&ty, &parts.headers)?;
     let deadline = deadline_of(&parts.headers)?;
     let idempotency_key = parts
@@ -110,7 +118,9 @@ async fn serve_one(
     } else {
         envelope_of(handlers, &ty, &parts.headers, body)?
     };
-    handlers.dispatch(envelope, deadline, idempotency_key).await
+    handlers
+        .dispatch_as(envelope, deadline, idempotency_key, principal)
+        .await
 }
 
 /// The CloudEvents structured-mode media type: the body is the whole envelope.

@@ -61,15 +61,27 @@ struct Inner {
     codec: Codec,
     /// How a request carries its envelope.
     content_mode: ContentMode,
+    /// `Bearer <token>` for the `authorization` header, if the servers authenticate.
+    bearer: Option<String>,
 }
 
 /// Builds a [`NatsTransport`].
-#[derive(Debug)]
 pub struct NatsTransportBuilder {
     client: async_nats::Client,
     service: String,
     codec: Codec,
     content_mode: ContentMode,
+    bearer: Option<String>,
+}
+
+impl std::fmt::Debug for NatsTransportBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransportBuilder")
+            .field("service", &self.service)
+            .field("content_mode", &self.content_mode)
+            .field("bearer_token", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl NatsTransport {
@@ -85,6 +97,7 @@ impl NatsTransport {
             service: service.to_owned(),
             codec: Codec::default(),
             content_mode: ContentMode::default(),
+            bearer: None,
         }
     }
 
@@ -111,6 +124,14 @@ impl NatsTransport {
 }
 
 impl NatsTransportBuilder {
+    /// Sends `authorization: Bearer <token>` with every call, for servers whose handlers
+    /// authenticate callers ([`crate::auth`]). A call then carries NATS headers in either
+    /// content mode.
+    pub fn bearer_token(mut self, token: impl AsRef<str>) -> Self {
+        self.bearer = Some(format!("Bearer {}", token.as_ref().trim()));
+        self
+    }
+
     /// The codec whose size limit applies to requests and answers.
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
@@ -136,6 +157,7 @@ impl NatsTransportBuilder {
                 service: self.service,
                 codec: self.codec,
                 content_mode: self.content_mode,
+                bearer: self.bearer,
             }),
         }
     }
@@ -212,6 +234,14 @@ impl Inner {
         subject.push_str(&type_tokens(ty));
         // The request's timeout is the caller's deadline (the connection's default without
         // one): the deadline layer above fires at the same instant, whichever wakes first.
+        let headers = match (&self.bearer, headers) {
+            (Some(bearer), headers) => {
+                let mut headers = headers.unwrap_or_default();
+                headers.insert(http::header::AUTHORIZATION.as_str(), bearer.as_str());
+                Some(headers)
+            }
+            (None, headers) => headers,
+        };
         let mut request = async_nats::Request::new().payload(payload);
         if let Some(headers) = headers {
             request = request.headers(headers);

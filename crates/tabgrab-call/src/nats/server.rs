@@ -257,8 +257,20 @@ impl Server {
             }
             Some(_) => {}
         }
+        let principal = if self.handlers.authenticates() {
+            let mut map = http::HeaderMap::new();
+            if let Some(value) = headers
+                .and_then(|h| h.get(http::header::AUTHORIZATION.as_str()))
+                .and_then(|v| http::HeaderValue::from_str(v.as_str()).ok())
+            {
+                map.insert(http::header::AUTHORIZATION, value);
+            }
+            self.handlers.authenticate_headers(&map)?
+        } else {
+            None
+        };
         self.handlers
-            .dispatch(envelope, deadline, idempotency_key)
+            .dispatch_as(envelope, deadline, idempotency_key, principal)
             .await
     }
 
