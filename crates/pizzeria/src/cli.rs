@@ -157,6 +157,25 @@ pub struct ServiceArgs {
     /// Front desk: the kitchen's base URL.
     #[arg(long, required_if_eq("name", "front-desk"))]
     pub kitchen: Option<String>,
+    /// Call style: serve over TLS with this certificate chain (PEM), with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Call style: the private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Call style: require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Front desk: trust this CA (PEM) for https:// payment, inventory and kitchen URLs.
+    #[arg(long, value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
+    /// Front desk: show this client certificate (PEM) to them (mutual TLS), with
+    /// --peer-key.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_key", "peer_ca"])]
+    pub peer_cert: Option<PathBuf>,
+    /// Front desk: the private key (PEM) of --peer-cert.
+    #[arg(long, value_name = "FILE", requires = "peer_cert")]
+    pub peer_key: Option<PathBuf>,
     /// Front desk: milliseconds one order may take, all its calls included (the deadline
     /// that travels to the services).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -414,6 +433,13 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
         None => None,
     };
     if let Some(bus) = args.bus {
+        if args.tls_cert.is_some() || args.peer_ca.is_some() {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "--tls-cert and --peer-ca are for the call style (no --bus); on a bus, TLS is \
+                 in its URL (tls://…?tls_ca=…, amqps://…)",
+            ));
+        }
         let config = crate::service::ServiceConfig {
             name: args.name,
             bus,
@@ -456,11 +482,26 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
             kitchen,
             order_timeout: Duration::from_millis(args.order_timeout_ms),
             pool: 256,
+            tls: peer_tls(
+                args.peer_ca.as_deref(),
+                args.peer_cert.as_deref(),
+                args.peer_key.as_deref(),
+            )?,
+            token: std::env::var(crate::calls::TOKEN_VAR)
+                .ok()
+                .filter(|t| !t.trim().is_empty()),
         }),
         _ => None,
     };
+    let tls = crate::calls::TlsFiles {
+        cert: args.tls_cert,
+        key: args.tls_key,
+        client_ca: args.tls_client_ca,
+    }
+    .server()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "pizzeria service {} listening on http://{addr}",
+        "pizzeria service {} listening on {scheme}://{addr}",
         args.name.as_str()
     );
     std::io::stdout()
@@ -469,7 +510,7 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    crate::calls::serve_service(name, listener, backroom, peers, shutdown).await
+    crate::calls::serve_service_with(name, listener, backroom, peers, shutdown, tls).await
 }
 
 async fn bench_command(args: BenchArgs) -> Result<(), Error> {
@@ -702,6 +743,23 @@ async fn view_behind(args: &OrdersArgs) -> Result<u64, String> {
         Ok(None) => Ok(0), // no front desk ever read the topic: nothing it has not read
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The front desk's TLS for its peers: their CA, and a client certificate for mutual TLS.
+fn peer_tls(
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<tabgrab::call::ClientTls>, Error> {
+    let tls = match (ca, cert, key) {
+        (None, _, _) => return Ok(None),
+        (Some(ca), Some(cert), Some(key)) => {
+            tabgrab::call::ClientTls::mutual_from_files(ca, cert, key)
+        }
+        (Some(ca), _, _) => tabgrab::call::ClientTls::trusting_file(ca),
+    };
+    tls.map(Some)
+        .map_err(|e| Error::new(ErrorKind::Usage, "the peers' TLS files").with_source(e))
 }
 
 #[cfg(test)]

@@ -62,6 +62,8 @@ async fn front_desk(b: &Backoffice) -> String {
         kitchen: b.urls[2].clone(),
         order_timeout: Duration::from_secs(5),
         pool: 8,
+        tls: None,
+        token: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -344,10 +346,17 @@ impl Drop for Child {
 }
 
 fn spawn_service(args: &[&str]) -> Child {
+    spawn_service_with(args, &[])
+}
+
+/// `pizzeria service <args>` with `envs` set (and the call token unset otherwise).
+fn spawn_service_with(args: &[&str], envs: &[(&str, &str)]) -> Child {
     use std::io::BufRead as _;
     let mut child = Command::new(env!("CARGO_BIN_EXE_pizzeria"))
         .arg("service")
         .args(args)
+        .env_remove(pizzeria::calls::TOKEN_VAR)
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -558,4 +567,104 @@ async fn grpc_status_of_garbage(base: &str) -> String {
         .or_else(|| headers.get("grpc-status").cloned())
         .expect("a grpc-status");
     status.to_str().unwrap().to_owned()
+}
+
+/// The call style between machines: the back-office services over mutual TLS, requiring the
+/// call token; the front desk over TLS, with its client certificate and the token. A foreign
+/// client (Python's ssl and urllib) orders over TLS; a front desk without the token gets its
+/// order refused (the services answer 401), and a caller without a client certificate is
+/// refused by payment itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_talk_over_mutual_tls_with_a_token() {
+    let Some(python) = tabgrab_testkit::python::with("ssl, urllib.request", "python3") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tabgrab_testkit::tls::certificates(dir.path()).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (ca, cert, key) = (
+        path(&certs.ca),
+        path(&certs.server_cert),
+        path(&certs.server_key),
+    );
+    let (client_cert, client_key) = (path(&certs.client_cert), path(&certs.client_key));
+    let token = [(pizzeria::calls::TOKEN_VAR, "call-token-5d1e")];
+    let server_tls = [
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-client-ca",
+        ca.as_str(),
+    ];
+    let back = |name: &str| {
+        let mut args = vec![name];
+        args.extend(server_tls);
+        spawn_service_with(&args, &token)
+    };
+    let (payment, inventory, kitchen) = (back("payment"), back("inventory"), back("kitchen"));
+    assert!(payment.1.starts_with("https://"), "{}", payment.1);
+    let front_args = |with_token: bool| {
+        let args = vec![
+            "front-desk".to_owned(),
+            "--payment".to_owned(),
+            payment.1.clone(),
+            "--inventory".to_owned(),
+            inventory.1.clone(),
+            "--kitchen".to_owned(),
+            kitchen.1.clone(),
+            "--peer-ca".to_owned(),
+            ca.clone(),
+            "--peer-cert".to_owned(),
+            client_cert.clone(),
+            "--peer-key".to_owned(),
+            client_key.clone(),
+            "--tls-cert".to_owned(),
+            cert.clone(),
+            "--tls-key".to_owned(),
+            key.clone(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn_service_with(&args, if with_token { &token } else { &[] })
+    };
+    let front = front_args(true);
+    let tokenless = front_args(false);
+    let script = r#"
+import json, ssl, sys, urllib.error, urllib.request
+ca, front, tokenless, payment = sys.argv[1:5]
+context = ssl.create_default_context(cafile=ca)
+order = json.dumps({"customer": "Ada", "pizzas": ["diavola"], "card": "4242424242424242"}).encode()
+def post(url, body, headers={"content-type": "application/json"}):
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=20) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except Exception as e:
+        return 0, type(e).__name__
+print(json.dumps([post(front + "/orders", order), post(tokenless + "/orders", order),
+                  post(payment + "/queries/pizzeria.payment.charge-card.v1", b"{}")]))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &ca, &front.1, &tokenless.1, &payment.1])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<(u16, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answers[0].0, 201, "over TLS, with the token: {answers:?}");
+    assert!(
+        answers[0].1.contains("\"amount_cents\":1200"),
+        "{answers:?}"
+    );
+    assert_ne!(answers[1].0, 201, "without the token: {answers:?}");
+    assert!(answers[1].1.contains("unauthenticated"), "{answers:?}");
+    assert_eq!(
+        answers[2].0, 0,
+        "no client certificate: refused by TLS: {answers:?}"
+    );
 }

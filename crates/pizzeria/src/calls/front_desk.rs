@@ -175,11 +175,19 @@ fn failed(
     e: &CallError,
     undone: &str,
 ) -> Response {
-    let status = match e.kind() {
-        ErrorKind::DeadlineExceeded | ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
+    let (status, advice) = match e.kind() {
+        ErrorKind::DeadlineExceeded | ErrorKind::Timeout => {
+            (StatusCode::GATEWAY_TIMEOUT, "try again")
+        }
+        // Not the customer's doing, and trying again changes nothing: the front desk's
+        // credentials (PIZZERIA_CALL_TOKEN, its TLS files) need fixing.
+        ErrorKind::Unauthenticated | ErrorKind::PermissionDenied | ErrorKind::Protocol => (
+            StatusCode::BAD_GATEWAY,
+            "the front desk cannot call it as configured",
+        ),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "try again"),
     };
-    let error = format!("{service} failed, so the order was not made{undone}; try again: {e}");
+    let error = format!("{service} failed, so the order was not made{undone}; {advice}: {e}");
     waiter.note(order_id, amount, "failed", Some(error.clone()));
     refuse(
         status,

@@ -51,9 +51,14 @@ impl TypedPayment {
             .map(str::to_owned);
         let envelope = Envelope::new("/pizzeria/grpc-client", command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The same check as the generic services: the typed service is no way around it.
+        let principal = self
+            .handlers
+            .authenticate_headers(&metadata.clone().into_headers())
+            .map_err(status_of)?;
         let data = self
             .handlers
-            .dispatch(envelope, deadline, key)
+            .dispatch_as(envelope, deadline, key, principal)
             .await
             .map_err(status_of)?;
         serde_json::from_slice(&data)

@@ -29,6 +29,7 @@ use std::time::Duration;
 use tabgrab::call::Client;
 use tabgrab::call::breaker::BreakerConfig;
 use tabgrab::call::http::HttpTransport;
+use tabgrab::call::{BearerTokens, ClientTls, ServerTls};
 
 pub use front_desk::Waiter;
 pub use inventory::Storeroom;
@@ -64,6 +65,55 @@ pub struct Peers {
     pub order_timeout: Duration,
     /// Idle connections kept per service.
     pub pool: usize,
+    /// TLS for `https://` peers (their CA, and a client certificate for mutual TLS).
+    pub tls: Option<ClientTls>,
+    /// The bearer token the services require ([`TOKEN_VAR`]), if they do.
+    pub token: Option<String>,
+}
+
+/// The environment variable holding the token that the back-office services require of
+/// their callers and the front desk sends (not a flag: a flag shows in `ps`).
+pub const TOKEN_VAR: &str = "PIZZERIA_CALL_TOKEN";
+
+/// The principal the services see for a call made with [`TOKEN_VAR`]'s token.
+pub const CALLER: &str = "front-desk";
+
+/// The authenticator of the back-office services when [`TOKEN_VAR`] holds a token.
+pub fn required_token() -> Option<BearerTokens> {
+    let token = std::env::var(TOKEN_VAR).ok()?;
+    let token = token.trim();
+    (!token.is_empty()).then(|| BearerTokens::new().token(token, CALLER))
+}
+
+/// The call style's TLS, from files: a server certificate and key (and a client CA for
+/// mutual TLS), or a client's trusted CA (and its certificate and key).
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    /// The server's certificate chain (PEM).
+    pub cert: Option<std::path::PathBuf>,
+    /// The server's key (PEM).
+    pub key: Option<std::path::PathBuf>,
+    /// The CA the server requires client certificates of (mutual TLS).
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// The server's TLS, if a certificate and key are given; a usage error if only one is.
+    pub fn server(&self) -> Result<Option<ServerTls>, Error> {
+        let tls = match (&self.cert, &self.key, &self.client_ca) {
+            (None, None, None) => return Ok(None),
+            (Some(cert), Some(key), None) => ServerTls::from_files(cert, key),
+            (Some(cert), Some(key), Some(ca)) => ServerTls::mutual_from_files(cert, key, ca),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Usage,
+                    "--tls-cert and --tls-key go together (and --tls-client-ca needs both)",
+                ));
+            }
+        };
+        tls.map(Some)
+            .map_err(|e| Error::new(ErrorKind::Usage, "the server's TLS files").with_source(e))
+    }
 }
 
 impl Peers {
@@ -77,16 +127,19 @@ impl Peers {
     /// its open period explicitly, since it bounds how soon calls recover after an outage).
     pub fn waiter_with(&self, breaker: BreakerConfig) -> Waiter {
         let client = |name: &str, url: &str| {
-            Client::builder(
-                HttpTransport::builder(url)
-                    .pool_max_idle_per_host(self.pool)
-                    .build(),
-            )
-            .service_name(name)
-            .source("/pizzeria/front-desk")
-            .default_timeout(self.order_timeout)
-            .breaker(breaker)
-            .build()
+            let mut transport = HttpTransport::builder(url).pool_max_idle_per_host(self.pool);
+            if let Some(tls) = &self.tls {
+                transport = transport.tls(tls.clone());
+            }
+            if let Some(token) = &self.token {
+                transport = transport.bearer_token(token);
+            }
+            Client::builder(transport.build())
+                .service_name(name)
+                .source("/pizzeria/front-desk")
+                .default_timeout(self.order_timeout)
+                .breaker(breaker)
+                .build()
         };
         Waiter {
             payment: client("payment", &self.payment),
@@ -116,14 +169,29 @@ pub fn service_router(
     storeroom: &Storeroom,
     ovens: &Ovens,
 ) -> Option<axum::Router> {
+    service_router_with(name, payment, storeroom, ovens, None)
+}
+
+/// [`service_router`] whose handlers require `auth` of every caller, if given.
+fn service_router_with(
+    name: ServiceName,
+    payment: &PaymentDesk,
+    storeroom: &Storeroom,
+    ovens: &Ovens,
+    auth: Option<BearerTokens>,
+) -> Option<axum::Router> {
+    let guarded = |handlers: tabgrab::call::Handlers| match &auth {
+        Some(auth) => handlers.authenticate(auth.clone()),
+        None => handlers,
+    };
     Some(match name {
         ServiceName::Payment => {
-            let handlers = payment.handlers();
+            let handlers = guarded(payment.handlers());
             tabgrab::call::router(handlers.clone())
                 .merge(grpc::TypedPayment::new(handlers).router())
         }
-        ServiceName::Inventory => tabgrab::call::router(storeroom.handlers()),
-        ServiceName::Kitchen => tabgrab::call::router(ovens.handlers()),
+        ServiceName::Inventory => tabgrab::call::router(guarded(storeroom.handlers())),
+        ServiceName::Kitchen => tabgrab::call::router(guarded(ovens.handlers())),
         ServiceName::FrontDesk => return None,
     })
 }
@@ -135,6 +203,19 @@ pub async fn serve_service(
     backroom: Backroom,
     peers: Option<Peers>,
     shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    serve_service_with(name, listener, backroom, peers, shutdown, None).await
+}
+
+/// [`serve_service`] over TLS when `tls` is given; the back-office services require
+/// [`TOKEN_VAR`]'s token when it is set.
+pub async fn serve_service_with(
+    name: ServiceName,
+    listener: tokio::net::TcpListener,
+    backroom: Backroom,
+    peers: Option<Peers>,
+    shutdown: impl Future<Output = ()> + Send,
+    tls: Option<ServerTls>,
 ) -> Result<(), Error> {
     let router = match name {
         ServiceName::FrontDesk => {
@@ -150,11 +231,16 @@ pub async fn serve_service(
             let payment = PaymentDesk::new();
             let storeroom = Storeroom::new(backroom.stock);
             let ovens = Ovens::new(backroom.ovens, backroom.bake_time);
-            service_router(other, &payment, &storeroom, &ovens)
+            service_router_with(other, &payment, &storeroom, &ovens, required_token())
                 .ok_or_else(|| Error::new(ErrorKind::Usage, "no router for this service"))?
         }
     };
-    tabgrab::call::serve(listener, router, shutdown)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Io, "the service's server failed").with_source(e))
+    let served = match tls {
+        Some(tls) => {
+            let config = tabgrab::call::ServeConfig::default();
+            tabgrab::call::serve_tls(listener, router, shutdown, config, tls).await
+        }
+        None => tabgrab::call::serve(listener, router, shutdown).await,
+    };
+    served.map_err(|e| Error::new(ErrorKind::Io, "the service's server failed").with_source(e))
 }

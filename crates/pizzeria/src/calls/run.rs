@@ -81,6 +81,8 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         kitchen: kitchen_url,
         order_timeout: Duration::from_secs(30),
         pool: config.concurrency,
+        tls: None,
+        token: None,
     };
     let listener = bind().await?;
     let front_url = addr_of(&listener)?;

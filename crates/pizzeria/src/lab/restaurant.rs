@@ -332,6 +332,8 @@ impl Restaurant {
                     kitchen: url(ServiceName::Kitchen),
                     order_timeout: kit.order_timeout,
                     pool: 256,
+                    tls: None,
+                    token: None,
                 };
                 let waiter = peers.waiter_with(kit.breaker);
                 let breakers = vec![
