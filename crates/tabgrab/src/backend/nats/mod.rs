@@ -372,7 +372,7 @@ impl NatsBus {
         let client = options
             .name("tabgrab")
             .connection_timeout(Duration::from_secs(5))
-            .connect(url.without_userinfo())
+            .connect(tabgrab_core::wire::nats::server_addrs(&url)?)
             .await
             .map_err(|e| {
                 unavailable(
@@ -410,9 +410,8 @@ impl NatsBus {
         Topic::new(topic)?;
         let name = stream_name(topic);
         let subjects = format!("tabgrab.{}.>", topic_token(topic));
-        let stream = self
-            .js
-            .get_or_create_stream(stream::Config {
+        let stream = api_retries(|| {
+            self.js.get_or_create_stream(stream::Config {
                 name: name.clone(),
                 subjects: vec![subjects.clone()],
                 storage: stream::StorageType::File,
@@ -420,16 +419,17 @@ impl NatsBus {
                 duplicate_window: DUPLICATE_WINDOW,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| {
-                unavailable(
-                    format!(
-                        "nats {}: cannot create or read the stream {name} of topic {topic}",
-                        self.url
-                    ),
-                    e,
-                )
-            })?;
+        })
+        .await
+        .map_err(|e| {
+            unavailable(
+                format!(
+                    "nats {}: cannot create or read the stream {name} of topic {topic}",
+                    self.url
+                ),
+                e,
+            )
+        })?;
         let existing = &stream.cached_info().config.subjects;
         if !existing.contains(&subjects) {
             return Err(Error::new(
@@ -629,7 +629,11 @@ impl NatsBus {
         // Create, or update a consumer that exists (its ack wait, max_deliver and backoff
         // become this member's: a group made by an older tabgrab, or with other options,
         // gets the current ones). A change the server refuses keeps the consumer as it is.
-        let consumer: consumer::PullConsumer = match stream.create_consumer(config).await {
+        let consumer: consumer::PullConsumer = match api_retries(|| {
+            stream.create_consumer(config.clone())
+        })
+        .await
+        {
             Ok(consumer) => consumer,
             Err(update) => match stream.get_consumer(&name).await {
                 Ok(consumer) => {
@@ -694,18 +698,18 @@ impl NatsBus {
                 "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{topic_stream}.*"
             ));
         }
-        let stream = self
-            .js
-            .get_or_create_stream(stream::Config {
+        let stream = api_retries(|| {
+            self.js.get_or_create_stream(stream::Config {
                 name: adv_name.clone(),
-                subjects,
+                subjects: subjects.clone(),
                 storage: stream::StorageType::File,
                 num_replicas: self.config.replicas,
                 retention: stream::RetentionPolicy::WorkQueue,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| {
+        })
+        .await
+        .map_err(|e| {
                 unavailable(
                     format!(
                         "nats {}: cannot create or read the advisory stream {adv_name} of topic {topic}",
@@ -714,8 +718,8 @@ impl NatsBus {
                     e,
                 )
             })?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
+        let consumer: consumer::PullConsumer = api_retries(|| {
+            stream.get_or_create_consumer(
                 "tabgrab-capture",
                 consumer::pull::Config {
                     durable_name: Some("tabgrab-capture".into()),
@@ -724,16 +728,17 @@ impl NatsBus {
                     ..Default::default()
                 },
             )
-            .await
-            .map_err(|e| {
-                unavailable(
-                    format!(
-                        "nats {}: cannot create the capture consumer of {adv_name}",
-                        self.url
-                    ),
-                    e,
-                )
-            })?;
+        })
+        .await
+        .map_err(|e| {
+            unavailable(
+                format!(
+                    "nats {}: cannot create the capture consumer of {adv_name}",
+                    self.url
+                ),
+                e,
+            )
+        })?;
         let bus = self.clone();
         let topic = topic.to_owned();
         let task = tokio::spawn(async move { bus.capture(topic, consumer).await });
@@ -935,6 +940,42 @@ impl NatsBus {
             ],
         })
     }
+}
+
+/// How often a JetStream API call that timed out, or met a cluster without a leader yet, is
+/// tried in all.
+const API_ATTEMPTS: u32 = 4;
+
+/// Runs a JetStream API call (creating or reading a stream or consumer: idempotent) again
+/// when it timed out or the cluster said JetStream is temporarily unavailable: on a cluster
+/// under load, or just after a node restarted, electing a stream's or consumer's leader can
+/// take longer than one request's timeout. Other errors are returned at once.
+async fn api_retries<T, E, F, Fut>(mut call: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if attempt < API_ATTEMPTS && transient_api_error(&e.to_string()) => {
+                tracing::debug!(attempt, error = %e, "JetStream API call: trying again");
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a JetStream API error's text says "try again": a timeout, or no leader yet.
+fn transient_api_error(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    text.contains("timed out")
+        || text.contains("temporarily unavailable")
+        || text.contains("no suitable peers")
+        || text.contains("leader")
 }
 
 /// Decodes a CloudEvents message in either mode.
