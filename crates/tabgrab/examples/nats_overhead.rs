@@ -30,8 +30,9 @@
 //! binary (`?wire=binary`, `ce-*` headers) beside the raw client carrying the same headers.
 //!
 //! Run: `cargo run --release -p tabgrab --example nats_overhead [-- EVENTS] [--parts
-//! events,calls,messaging] [--servers default,always,shared]` (default 20,000 events, every
-//! part, the two servers it starts, plus the shared one when `TABGRAB_BENCH_SHARED` is set).
+//! events,calls,messaging] [--servers default,always,shared,cluster]` (default 20,000 events,
+//! every part, the two servers it starts, plus the shared one when `TABGRAB_BENCH_SHARED` is
+//! set; `cluster` starts three nodes and gives every stream three replicas).
 //! Every figure is measured twice, alternating with its baselines (throughputs are the mean of
 //! the two rounds; latencies are the second round's).
 //! It needs a nats-server binary (`TABGRAB_NATS_SERVER`, or the venv `.ci/run` makes).
@@ -40,7 +41,7 @@
 //! side.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -51,7 +52,7 @@ use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
 use tabgrab::messaging::{MemoryStore, Requester, Responder, SendOptions};
 use tabgrab::{Event, Message, Query, request};
-use tabgrab_testkit::nats_server::{NatsOptions, NatsServer};
+use tabgrab_testkit::nats_server::{NatsCluster, NatsOptions, NatsServer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -88,6 +89,21 @@ fn callers_count() -> u64 {
 }
 /// Events per second in the latency phase (lower on the fsync-every-publish server).
 static RATE: AtomicU64 = AtomicU64::new(1000);
+/// Replicas of every stream (3 on the cluster), raw baselines' and tabgrab's alike.
+static REPLICAS: AtomicUsize = AtomicUsize::new(1);
+
+fn replicas() -> usize {
+    REPLICAS.load(Ordering::Relaxed)
+}
+
+/// A raw client of `url`: one server, or a cluster's comma-separated list.
+async fn raw_connect(url: &str) -> Result<async_nats::Client, BoxError> {
+    let addrs = url
+        .split(',')
+        .map(str::parse::<async_nats::ServerAddr>)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(async_nats::connect(addrs).await?)
+}
 const PAD: usize = 150;
 
 fn now_us() -> u64 {
@@ -224,7 +240,7 @@ where
 }
 
 async fn raw_events(url: &str, n: u64, ce_headers: bool) -> Result<Row, BoxError> {
-    let client = async_nats::connect(url).await?;
+    let client = raw_connect(url).await?;
     let js = jetstream::new(client);
     let name = format!("RAW_{}", uuid::Uuid::now_v7().simple());
     let subject = format!("raw.{name}");
@@ -233,6 +249,7 @@ async fn raw_events(url: &str, n: u64, ce_headers: bool) -> Result<Row, BoxError
             name: name.clone(),
             subjects: vec![format!("{subject}.>")],
             storage: stream::StorageType::File,
+            num_replicas: replicas(),
             ..Default::default()
         })
         .await?;
@@ -396,7 +413,7 @@ async fn raw_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
 /// Raw core request-reply; with `ce_headers`, each request carries the headers a tabgrab call
 /// carries (CloudEvents binary mode and the deadline), to price the wire format alone.
 async fn raw_request_reply_with(url: &str, n: u64, ce_headers: bool) -> Result<f64, BoxError> {
-    let client = async_nats::connect(url).await?;
+    let client = raw_connect(url).await?;
     let subject = format!("rawping.{}", uuid::Uuid::now_v7().simple());
     let mut sub = client
         .queue_subscribe(subject.clone(), "ping".into())
@@ -450,7 +467,7 @@ async fn tabgrab_calls(
     use tabgrab::call::nats::{self as call_nats, NatsTransport};
     use tabgrab::call::{CallContext, Client, HandlerError, Handlers};
     let service = format!("bench-{}", uuid::Uuid::now_v7().simple());
-    let server_conn = async_nats::connect(url).await?;
+    let server_conn = raw_connect(url).await?;
     let listener = call_nats::listen(&server_conn, &service).await?;
     let handlers = Handlers::new()
         .handle(|p: Ping, _ctx: CallContext| async move { Ok::<_, HandlerError>(p.n) });
@@ -458,7 +475,7 @@ async fn tabgrab_calls(
     let server = tokio::spawn(call_nats::serve(listener, handlers, async move {
         let _ = stopped.await;
     }));
-    let conn = async_nats::connect(url).await?;
+    let conn = raw_connect(url).await?;
     let client = Client::builder(
         NatsTransport::builder(conn, &service)
             .content_mode(mode)
@@ -488,7 +505,7 @@ async fn tabgrab_calls(
 async fn raw_durable_request_reply(url: &str, n: u64, ce_headers: bool) -> Result<f64, BoxError> {
     use std::collections::HashMap;
     use tokio::sync::oneshot;
-    let client = async_nats::connect(url).await?;
+    let client = raw_connect(url).await?;
     let js = jetstream::new(client);
     let id = uuid::Uuid::now_v7().simple().to_string();
     let (req_stream, rep_stream) = (format!("RAWREQ_{id}"), format!("RAWREP_{id}"));
@@ -500,6 +517,7 @@ async fn raw_durable_request_reply(url: &str, n: u64, ce_headers: bool) -> Resul
                 name: name.clone(),
                 subjects: vec![subject.clone()],
                 storage: stream::StorageType::File,
+                num_replicas: replicas(),
                 ..Default::default()
             })
             .await?;
@@ -673,7 +691,9 @@ async fn main() -> Result<(), BoxError> {
         }
         all
     });
-    let mut servers: Vec<(String, Option<NatsServer>, String, bool)> = Vec::new();
+    // (label, what keeps the server running, URL, slow, replicas)
+    type Kept = Option<Box<dyn std::any::Any>>;
+    let mut servers: Vec<(String, Kept, String, bool, usize)> = Vec::new();
     for (key, sync_always) in [("default", false), ("always", true)] {
         if !wanted.iter().any(|w| w == key) {
             continue;
@@ -692,7 +712,16 @@ async fn main() -> Result<(), BoxError> {
             }
         );
         let url = server.url();
-        servers.push((label, Some(server), url, sync_always));
+        servers.push((label, Some(Box::new(server)), url, sync_always, 1));
+    }
+    if wanted.iter().any(|w| w == "cluster") {
+        let cluster = NatsCluster::start(3, NatsOptions::default())?;
+        let label = format!(
+            "3-node cluster of {}, streams with 3 replicas, default sync (2 min)",
+            cluster.nodes[0].binary_path().display()
+        );
+        let url = cluster.url();
+        servers.push((label, Some(Box::new(cluster)), url, false, 3));
     }
     if wanted.iter().any(|w| w == "shared") {
         servers.push((
@@ -700,6 +729,7 @@ async fn main() -> Result<(), BoxError> {
             None,
             "nats://127.0.0.1:4222".into(),
             false,
+            1,
         ));
     }
     println!(
@@ -707,7 +737,15 @@ async fn main() -> Result<(), BoxError> {
         PAD,
         callers_count()
     );
-    for (label, _server, url, slow) in &servers {
+    for (label, _server, url, slow, copies) in &servers {
+        REPLICAS.store(*copies, Ordering::Relaxed);
+        // tabgrab's URL says the replicas too.
+        let tab_url = if *copies > 1 {
+            format!("{url}?replicas={copies}")
+        } else {
+            url.clone()
+        };
+        let separator = if *copies > 1 { '&' } else { '?' };
         let (n, rr) = if *slow { (n / 10, rr / 10) } else { (n, rr) };
         RATE.store(if *slow { 200 } else { 1000 }, Ordering::Relaxed);
         println!(
@@ -718,7 +756,7 @@ async fn main() -> Result<(), BoxError> {
             "| figure | tabgrab (structured, the default) | raw async-nats | ratio | tabgrab, `?wire=binary` | raw + the same ce-* headers | ratio |"
         );
         println!("|---|---|---|---|---|---|---|");
-        let binary_url = format!("{url}?wire=binary");
+        let binary_url = format!("{tab_url}{separator}wire=binary");
         if part("events") {
             // Twice each, alternating (as the round-trip parts below): the mean throughput,
             // and the latency of the second round.
@@ -730,7 +768,7 @@ async fn main() -> Result<(), BoxError> {
                     raw_ce = raw_events(url, n, true).await?;
                 }
                 if tabgrab_side() {
-                    ours = tabgrab_events(url, n).await?;
+                    ours = tabgrab_events(&tab_url, n).await?;
                     ours_bin = tabgrab_events(&binary_url, n).await?;
                 }
                 for (sum, row) in rates.iter_mut().zip([&raw, &raw_ce, &ours, &ours_bin]) {
@@ -793,7 +831,7 @@ async fn main() -> Result<(), BoxError> {
                     durable_ce += raw_durable_request_reply(url, rr, true).await? / 2.0;
                 }
                 if tabgrab_side() {
-                    ours_rr += tabgrab_request_reply(url, rr).await? / 2.0;
+                    ours_rr += tabgrab_request_reply(&tab_url, rr).await? / 2.0;
                     ours_bin += tabgrab_request_reply(&binary_url, rr).await? / 2.0;
                 }
             }
