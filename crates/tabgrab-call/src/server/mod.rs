@@ -199,15 +199,16 @@ pub async fn serve_tls(
     serve_on(listener, router, shutdown, config, Some(tls)).await
 }
 
-/// The warning for a server that listens on `addr`, if other machines can reach it: the call
-/// server has neither TLS nor authentication yet, so anyone who can reach it can call every
-/// handler, in plain text.
+/// The warning for a plain-text server that listens on `addr`, if other machines can reach
+/// it: anyone who can reach it reads the calls, and calls every handler unless the handlers
+/// authenticate callers.
 fn beyond_this_machine(addr: std::net::SocketAddr) -> Option<String> {
     (!addr.ip().is_loopback()).then(|| {
         format!(
             "the call server listens on {addr}, beyond this machine, without TLS or \
-             authentication: anyone who reaches it can call every handler; bind 127.0.0.1, or \
-             put a TLS proxy that authenticates callers in front of it"
+             authentication: anyone who reaches it reads the calls, and can call every handler \
+             unless the handlers authenticate callers; bind 127.0.0.1, or serve with serve_tls \
+             and Handlers::authenticate (docs/calls.md)"
         )
     })
 }

@@ -77,6 +77,12 @@ const MSG_ID: async_nats::HeaderName = async_nats::HeaderName::from_static("Nats
 /// Attempts of one publish (same `Nats-Msg-Id`) when the acknowledgement does not come.
 const PUBLISH_ATTEMPTS: u32 = 3;
 
+/// More attempts of a publish the server answered "no stream found for given subject":
+/// on a cluster a node that just restarted (or just learned of a new stream) says so until
+/// it has caught up, for a second or two. Waits of 100 ms doubling to 1 s: about 4.5 s in
+/// all before the publish fails.
+const STREAM_MISSING_ATTEMPTS: u32 = 7;
+
 /// Settings of streams this backend creates.
 #[derive(Clone, Debug)]
 pub struct NatsConfig {
@@ -513,6 +519,7 @@ impl NatsBus {
         }
         let subject = async_nats::Subject::from(nats_subject(topic, envelope.subject.as_deref()));
         let mut attempt = 1;
+        let mut missing = 0;
         loop {
             // Encoded per attempt: a retry is rare, and a copy of the headers for it on every
             // publish is not.
@@ -540,6 +547,20 @@ impl NatsBus {
                     );
                     if retry && attempt < PUBLISH_ATTEMPTS {
                         attempt += 1;
+                        continue;
+                    }
+                    if kind == jetstream::context::PublishErrorKind::StreamNotFound
+                        && missing < STREAM_MISSING_ATTEMPTS
+                    {
+                        missing += 1;
+                        attempt += 1;
+                        let wait = Duration::from_millis(100 << (missing - 1).min(4));
+                        tracing::debug!(
+                            topic,
+                            attempt,
+                            "no stream for the subject yet: trying again"
+                        );
+                        tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
                         continue;
                     }
                     let error_kind = match kind {
