@@ -241,6 +241,32 @@ impl ClientTls {
     }
 }
 
+/// The connector of the HTTP and gRPC clients: TCP with `TCP_NODELAY` and `connect_timeout`,
+/// and TLS for `https://` addresses (`tls`, or the Mozilla roots without it); `http://` passes
+/// through. ALPN offers HTTP/2, and HTTP/1.1 too when `http1`.
+pub(crate) fn connector(
+    tls: Option<&ClientTls>,
+    connect_timeout: std::time::Duration,
+    http1: bool,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    // The TLS layer sees every URI and leaves `http://` alone.
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new();
+    let https = match tls {
+        Some(tls) => https.with_tls_config((*tls.config()).clone()),
+        None => https.with_webpki_roots(),
+    }
+    .https_or_http();
+    if http1 {
+        https.enable_http1().enable_http2().wrap_connector(http)
+    } else {
+        https.enable_http2().wrap_connector(http)
+    }
+}
+
 /// rustls' reason, if `error` or one of its sources is a TLS failure (an untrusted or expired
 /// certificate, a missing client certificate, an alert from the peer): a call that fails so
 /// fails with `Protocol`, which is not retried (a handshake that failed for a certificate

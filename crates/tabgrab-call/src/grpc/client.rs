@@ -124,18 +124,8 @@ impl GrpcTransportBuilder {
             .connect_timeout(self.connect_timeout)
             .initial_connection_window_size(self.connection_window)
             .tcp_nodelay(true);
-        // The connector of the HTTP transport: TCP, and TLS for an `https://` endpoint (HTTP/2
-        // by ALPN), with rustls and ring as everywhere else in the build.
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new();
-        let https = match &self.tls {
-            Some(tls) => https.with_tls_config((*tls.config()).clone()),
-            None => https.with_webpki_roots(),
-        };
-        let connector = https.https_or_http().enable_http2().wrap_connector(http);
+        // The HTTP transport's connector, HTTP/2 only.
+        let connector = crate::tls::connector(self.tls.as_ref(), self.connect_timeout, false);
         let max = self.codec.max_size().saturating_mul(2);
         let client = CallsClient::new(endpoint.connect_with_connector_lazy(connector))
             .max_decoding_message_size(max)

@@ -135,21 +135,7 @@ impl HttpTransportBuilder {
 
     /// Builds the transport.
     pub fn build(self) -> HttpTransport {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
-        // The TLS layer sees every URI and leaves `http://` alone.
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new();
-        let https = match &self.tls {
-            Some(tls) => https.with_tls_config((*tls.config()).clone()),
-            None => https.with_webpki_roots(),
-        };
-        let connector = https
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let connector = crate::tls::connector(self.tls.as_ref(), self.connect_timeout, true);
         let client = HyperClient::builder(TokioExecutor::new())
             .http2_only(self.http2_only)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
