@@ -10,7 +10,11 @@
 //!   and the NATS headers are all the same header map here.
 //! - An authorization rule refuses a principal a message type with `PermissionDenied`: HTTP
 //!   403, gRPC `PERMISSION_DENIED`.
-//! - The handler finds the principal in [`CallContext::principal`](crate::CallContext).
+//! - The handler finds the principal in [`CallContext::principal`](crate::CallContext). The
+//!   server also writes it into the envelope the handler receives (the `principal`
+//!   attribute, replacing whatever the caller sent), so the events and requests the handler
+//!   makes [`caused_by`](tabgrab_core::Envelope::caused_by) it carry it on over the bus,
+//!   where a consumer or responder can require it (see [`tabgrab_core::principal`]).
 //! - [`BearerTokens`] is the authenticator of a fixed set of tokens, each naming a
 //!   principal; a token is kept only as its SHA-256 digest and compared in constant time, and
 //!   never appears in `Debug` output or errors. Any other scheme (a JWT verifier, an API
@@ -21,37 +25,14 @@
 //! Neither authentication nor authorization is retried by a client: the kinds are not
 //! retryable, so a wrong token fails once, at once.
 
-use std::sync::Arc;
-
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use sha2::{Digest as _, Sha256};
 
-/// Who is calling, as an [`Authenticator`] established it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Principal {
-    name: Arc<str>,
-}
-
-impl Principal {
-    /// A principal called `name` (a service, a user, a client certificate's subject).
-    pub fn new(name: impl Into<String>) -> Principal {
-        Principal {
-            name: name.into().into(),
-        }
-    }
-
-    /// Its name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl std::fmt::Display for Principal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)
-    }
-}
+/// Who is calling, as an [`Authenticator`] established it: the one principal type of every
+/// kind of communication ([`tabgrab_core::principal`]), so a handler can pass it on to the
+/// events and requests it sends.
+pub use tabgrab_core::Principal;
 
 /// Establishes who sends a call from its headers (HTTP headers, gRPC metadata, NATS headers).
 pub trait Authenticator: Send + Sync + 'static {

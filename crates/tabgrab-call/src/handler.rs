@@ -220,7 +220,7 @@ pub struct Handlers {
 }
 
 /// An authorization rule: whether a principal may call a message type.
-type Authorization = dyn Fn(&crate::auth::Principal, &str) -> bool + Send + Sync;
+type Authorization = tabgrab_core::principal::Rule;
 
 impl std::fmt::Debug for Handlers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -475,20 +475,12 @@ impl Handlers {
         principal: Option<crate::auth::Principal>,
     ) -> Result<Started, ServeError> {
         if self.authenticator.is_some() || self.authorization.is_some() {
-            let Some(who) = &principal else {
-                return Err(ServeError::new(
-                    ErrorKind::Unauthenticated,
-                    format!("{} refused: the caller proved no identity", envelope.ty),
-                ));
-            };
-            if let Some(rule) = &self.authorization
-                && !rule(who, &envelope.ty)
-            {
-                return Err(ServeError::new(
-                    ErrorKind::PermissionDenied,
-                    format!("{} refused: {who} may not call it", envelope.ty),
-                ));
-            }
+            tabgrab_core::principal::admit(
+                principal.as_ref(),
+                &envelope.ty,
+                self.authorization.as_deref(),
+            )
+            .map_err(|e| ServeError::new(e.kind(), e.message()))?;
         }
         let Some(entry) = self.entries.get(envelope.ty.as_str()) else {
             return Err(ServeError::new(
@@ -540,6 +532,9 @@ impl Handlers {
             ));
         }
         let mut envelope = envelope;
+        // Who the server found the caller to be, not who the caller says it is: what the
+        // handler's effects inherit (`caused_by`) and carry on over the bus.
+        envelope.set_principal(principal.as_ref());
         let body = std::mem::take(&mut envelope.data);
         let key = match (entry.kind, &idempotency_key) {
             (RequestKind::Command, Some(key)) => Some(key.clone()),

@@ -359,6 +359,57 @@ async fn the_input_rules_hold_over_nats_as_over_http_and_grpc() {
     server.stop().await;
 }
 
+/// The server's size limit holds over NATS as over HTTP and gRPC: a call over it, plain or in
+/// either content mode, is answered `too_large` and never reaches the handler.
+#[tokio::test]
+async fn a_call_over_the_size_limit_is_too_large_and_never_reaches_the_handler() {
+    let Some(nats) = connect().await else { return };
+    let service = unique("small");
+    let probe = Probe::default();
+    let small = tabgrab_core::Codec::with_max_size(1024);
+    let server = Running::start(&service, handlers(&probe).codec(small)).await;
+    let query = nats::call_subject(&service, tabgrab_call::RequestKind::Query, "test.add.v1");
+    let big = format!("{{\"n\": 1, \"pad\": \"{}\"}}", "x".repeat(4096));
+    let kind_of = |answer: async_nats::Message| {
+        answer
+            .headers
+            .and_then(|h| h.get(nats::ERROR_HEADER).map(|v| v.as_str().to_owned()))
+    };
+    // Plain JSON, and CloudEvents binary mode (attributes in headers).
+    let answer = nats
+        .request(query.clone(), big.clone().into())
+        .await
+        .unwrap();
+    assert_eq!(kind_of(answer).as_deref(), Some("too_large"));
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "n-big"),
+        ("ce-source", "/t"),
+        ("ce-type", "test.add.v1"),
+        ("content-type", "application/json"),
+    ] {
+        headers.insert(name, value);
+    }
+    let answer = nats
+        .request_with_headers(query.clone(), headers, big.clone().into())
+        .await
+        .unwrap();
+    assert_eq!(kind_of(answer).as_deref(), Some("too_large"));
+    // Structured mode: the whole event as the body.
+    let event = format!(
+        "{{\"specversion\":\"1.0\",\"id\":\"n-big-2\",\"source\":\"/t\",\"type\":\"test.add.v1\",\"data\":{big}}}"
+    );
+    let answer = nats.request(query, event.into()).await.unwrap();
+    assert_eq!(kind_of(answer).as_deref(), Some("too_large"));
+    assert_eq!(probe.calls(), 0);
+    // Under the limit, the same server answers.
+    let answer = client(&nats, &service).call(&Add { n: 1 }).await.unwrap();
+    assert_eq!(answer, 2);
+    assert_eq!(probe.calls(), 1);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_structured_call_is_one_message_without_headers_that_carries_deadline_and_key() {
     let Some(nats) = connect().await else { return };

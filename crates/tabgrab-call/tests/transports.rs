@@ -331,7 +331,7 @@ async fn calls_are_authenticated_and_authorized_per_type() {
             "{name}: {denied}"
         );
         assert!(
-            denied.to_string().contains("kitchen may not call"),
+            denied.to_string().contains("kitchen may not send it"),
             "{denied}"
         );
     }

@@ -5,7 +5,8 @@
 //! `correlationid` (the conversation a message belongs to), `causationid` (the id of the message
 //! that caused this one), `traceparent` (W3C trace context), and for request-response messaging
 //! `replyto` (the requester group's address) and `deadline` (RFC 3339 instant after which
-//! nobody waits for the answer).
+//! nobody waits for the answer). The extension `principal` names who sent the message (see
+//! [`crate::principal`]).
 //!
 //! The envelope has two encodings, both in [`crate::codec`]:
 //! - **structured mode**: one JSON object with the attributes and `data` (JSON payloads inline,
@@ -107,7 +108,8 @@ impl Envelope {
     }
 
     /// Marks this envelope as caused by `cause`: `causationid` is the cause's id, the
-    /// correlation id and trace context are inherited (the cause's id starts a conversation).
+    /// correlation id, trace context and [principal](crate::principal) are inherited (the
+    /// cause's id starts a conversation).
     pub fn caused_by(mut self, cause: &Envelope) -> Envelope {
         self.causationid = Some(cause.id.clone());
         self.correlationid = Some(
@@ -118,6 +120,13 @@ impl Envelope {
         );
         if self.traceparent.is_none() {
             self.traceparent.clone_from(&cause.traceparent);
+        }
+        // On whose behalf: the cause's principal, unless this envelope names its own.
+        if let Some(principal) = cause.extensions.get(crate::principal::ATTRIBUTE)
+            && !self.extensions.contains_key(crate::principal::ATTRIBUTE)
+        {
+            self.extensions
+                .insert(crate::principal::ATTRIBUTE.to_owned(), principal.clone());
         }
         self
     }

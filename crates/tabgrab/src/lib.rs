@@ -57,7 +57,8 @@ pub mod topic;
 pub use inbox::Inbox;
 pub use outbox::{Outbox, Relay};
 pub use tabgrab_core::{
-    Codec, Command, Envelope, Error, ErrorKind, Event, Message, MessageType, Query, Registry,
-    Rejection, Request, SecretUrl, codec, envelope, message, rejection, request, secret, wire,
+    Codec, Command, Envelope, Error, ErrorKind, Event, Message, MessageType, Principal, Query,
+    Registry, Rejection, Request, SecretUrl, codec, envelope, message, principal, rejection,
+    request, secret, wire,
 };
 pub use topic::Topic;

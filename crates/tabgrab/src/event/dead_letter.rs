@@ -60,9 +60,10 @@ pub struct DeadLetter {
     pub group: String,
     /// The event's offset in `topic` (the first offset of the range, for data loss).
     pub offset: u64,
-    /// Why: `max_deliveries`, `permanent_error`, `data_loss`, or a decoding error kind
+    /// Why: `max_deliveries`, `permanent_error`, `data_loss`, a decoding error kind
     /// (`malformed`, `too_large`, `unknown_type`, `unsupported_version`, `missing_attribute`,
-    /// `invalid_payload`).
+    /// `invalid_payload`), or a refused principal (`unauthenticated`, `permission_denied`; see
+    /// [`crate::principal`]).
     pub reason: String,
     /// The last error, in words.
     pub error: String,

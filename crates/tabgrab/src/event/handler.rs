@@ -32,6 +32,13 @@ impl Context {
         self.envelope.subject.as_deref()
     }
 
+    /// Who sent the event (its `principal` attribute, see [`crate::principal`]), if anyone
+    /// said so. A subscription that requires a principal hands its handlers only events that
+    /// carry one its rule allows.
+    pub fn principal(&self) -> Option<crate::Principal> {
+        self.envelope.principal()
+    }
+
     /// The event's offset in its topic.
     pub fn offset(&self) -> u64 {
         self.offset

@@ -35,5 +35,5 @@ pub use dead_letters::{
 };
 pub use handler::{Context, HandlerError};
 pub use publisher::{Publisher, Receipt};
-pub(crate) use subscription::ErasedHandler;
+pub(crate) use subscription::{Admission, ErasedHandler};
 pub use subscription::{StartFrom, Subscription, SubscriptionBuilder, SubscriptionStats};

@@ -22,6 +22,8 @@ pub struct Publisher {
     source: Arc<str>,
     /// Metrics of successful publishes (failures' are taken when they happen).
     metrics: Arc<PublishMetrics>,
+    /// On whose behalf this publisher's events are sent, if it says.
+    principal: Option<crate::Principal>,
 }
 
 /// A publisher's metric handles.
@@ -98,7 +100,26 @@ impl Publisher {
             backend: Arc::clone(bus.backend()),
             topic,
             source: source.into(),
+            principal: None,
         })
+    }
+
+    /// Every event this publisher makes carries `principal` (its `principal` attribute, see
+    /// [`crate::principal`]), also when it is caused by an event or call of another
+    /// principal. Without it, an event [`publish_caused`](Self::publish_caused) by another
+    /// carries its cause's principal, and others carry none.
+    pub fn as_principal(mut self, principal: crate::Principal) -> Publisher {
+        self.principal = Some(principal);
+        self
+    }
+
+    /// A new envelope of this publisher's source and principal.
+    fn make<M: crate::Message>(&self, message: &M) -> Result<Envelope, Error> {
+        let mut envelope = Envelope::new(&*self.source, message)?;
+        if let Some(principal) = &self.principal {
+            envelope.set_principal(Some(principal));
+        }
+        Ok(envelope)
     }
 
     /// The topic this publisher writes to.
@@ -112,13 +133,13 @@ impl Publisher {
         event: &E,
         subject: impl Into<String>,
     ) -> Result<Envelope, Error> {
-        Ok(Envelope::new(&*self.source, event)?.with_subject(subject))
+        Ok(self.make(event)?.with_subject(subject))
     }
 
     /// Makes an envelope for any message (requests and replies of request-response
     /// messaging travel through publishers too).
     pub(crate) fn envelope_of<M: crate::Message>(&self, message: &M) -> Result<Envelope, Error> {
-        Envelope::new(&*self.source, message)
+        self.make(message)
     }
 
     /// Publishes `event` about `subject`; returns once the event is durable.
@@ -148,16 +169,15 @@ impl Publisher {
         })
     }
 
-    /// Publishes `event` as an effect of `cause`: same subject, causation and correlation set.
+    /// Publishes `event` as an effect of `cause`: same subject, causation and correlation set,
+    /// and the cause's principal unless this publisher has its own.
     pub async fn publish_caused<E: Event>(
         &self,
         event: &E,
         cause: &Envelope,
     ) -> Result<Receipt, Error> {
         let span = self.publish_span();
-        let mut envelope = span
-            .in_scope(|| Envelope::new(&*self.source, event))?
-            .caused_by(cause);
+        let mut envelope = span.in_scope(|| self.make(event))?.caused_by(cause);
         envelope.subject.clone_from(&cause.subject);
         span.set("messaging.message.id", envelope.id.as_str());
         span.instrument(self.publish_envelope(&envelope)).await

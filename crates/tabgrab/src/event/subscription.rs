@@ -51,6 +51,15 @@
 //! first. Handler attempts that a breaker does not charge count in
 //! [`SubscriptionStats::retries`] like the others.
 //!
+//! # Principals
+//! A subscription built with [`SubscriptionBuilder::require_principal`] or
+//! [`SubscriptionBuilder::authorize`] handles only events that carry a [`Principal`] (the
+//! publisher's, or the one inherited from the call or event that caused it; see
+//! [`tabgrab_core::principal`], which also says what such a principal proves) that its rule
+//! allows for the event's type. Any other event of a type it handles is bad input: it is
+//! dead-lettered before a handler runs, with the reason `unauthenticated` or
+//! `permission_denied`, and can be redriven once its publisher is fixed.
+//!
 //! # Competing consumers
 //! Subscriptions with the same topic and group are members of one group, in this process or
 //! (on a broker) in others; the engine shares the deliveries among them. Members of a group
@@ -78,7 +87,7 @@ use super::handler::{Context, HandlerError};
 use crate::backend::{Acker, Backend, Bus, Deliveries, Delivery, SubscribeRequest};
 use crate::retry::Backoff;
 use crate::telemetry::{self, Labels, Samples, names};
-use crate::{Envelope, Error, ErrorKind, Event, Registry, Topic};
+use crate::{Envelope, Error, ErrorKind, Event, Principal, Registry, Topic};
 use tabgrab_core::telemetry::trace::{self, Kind, Parent, Span, Start, Value};
 
 /// Where a group starts reading when it starts.
@@ -154,6 +163,48 @@ struct Options {
     untyped_as: Option<String>,
     /// The handlers' dependency's breaker (see "Circuit breaker" above).
     breaker: Option<BreakerHandle>,
+    /// Whether events must come from a principal, and which (see "Principals" above).
+    admission: Option<Admission>,
+}
+
+/// A consumer's requirement of a [`Principal`]: any, or those a rule allows per type.
+#[derive(Clone)]
+pub(crate) struct Admission {
+    rule: Option<Arc<tabgrab_core::principal::Rule>>,
+}
+
+impl Admission {
+    /// Any principal is admitted.
+    pub(crate) fn any() -> Admission {
+        Admission { rule: None }
+    }
+
+    /// Those `rule` allows.
+    pub(crate) fn rule(
+        rule: impl Fn(&Principal, &str) -> bool + Send + Sync + 'static,
+    ) -> Admission {
+        Admission {
+            rule: Some(Arc::new(rule)),
+        }
+    }
+
+    /// Whether `envelope` is admitted: `Unauthenticated` or `PermissionDenied` if not.
+    pub(crate) fn check(&self, envelope: &Envelope) -> Result<(), Error> {
+        tabgrab_core::principal::admit(
+            envelope.principal().as_ref(),
+            &envelope.ty,
+            self.rule.as_deref(),
+        )
+    }
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.rule {
+            None => "any principal",
+            Some(_) => "principals a rule allows",
+        })
+    }
 }
 
 impl Default for Options {
@@ -170,6 +221,7 @@ impl Default for Options {
             ack_wait: Duration::from_secs(30),
             untyped_as: None,
             breaker: None,
+            admission: None,
         }
     }
 }
@@ -282,6 +334,36 @@ impl SubscriptionBuilder {
     /// ```
     pub fn breaker(mut self, breaker: impl Into<BreakerHandle>) -> SubscriptionBuilder {
         self.options.breaker = Some(breaker.into());
+        self
+    }
+
+    /// Handles only events that carry a [`Principal`] (the `principal` attribute, see
+    /// [`tabgrab_core::principal`]): one without is dead-lettered with the reason
+    /// `unauthenticated` before any handler runs.
+    pub fn require_principal(mut self) -> SubscriptionBuilder {
+        self.options.admission = Some(Admission::any());
+        self
+    }
+
+    /// Handles an event only when it carries a [`Principal`] and `rule(principal, type)`
+    /// allows it; otherwise it is dead-lettered before any handler runs, with the reason
+    /// `unauthenticated` (no principal) or `permission_denied`. The bus-side twin of the
+    /// call server's `Handlers::authorize`.
+    ///
+    /// ```
+    /// # use tabgrab::event::Subscription;
+    /// # fn doc(bus: tabgrab::backend::Bus) {
+    /// // Only the front desk may tell the kitchen about orders.
+    /// # let _ =
+    /// Subscription::builder(&bus, "orders", "kitchen")
+    ///     .authorize(|principal, _ty| principal.name() == "front-desk");
+    /// # }
+    /// ```
+    pub fn authorize(
+        mut self,
+        rule: impl Fn(&Principal, &str) -> bool + Send + Sync + 'static,
+    ) -> SubscriptionBuilder {
+        self.options.admission = Some(Admission::rule(rule));
         self
     }
 
@@ -863,7 +945,14 @@ impl Group {
         lock(&self.state).pending.insert(position);
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         let checked = envelope.map_err(|e| (e, None)).and_then(|envelope| {
-            match self.registry.check(&envelope.ty) {
+            let admitted = match &self.options.admission {
+                // Only the types this member handles: others are skipped anyway.
+                Some(admission) if self.handlers.contains_key(&envelope.ty) => {
+                    admission.check(&envelope)
+                }
+                _ => Ok(()),
+            };
+            match self.registry.check(&envelope.ty).and(admitted) {
                 Ok(()) => Ok(envelope),
                 Err(e) => Err((e, Some(Box::new(envelope)))),
             }
@@ -871,7 +960,7 @@ impl Group {
         let envelope = match checked {
             Ok(envelope) => envelope,
             Err((e, envelope)) => {
-                tracing::warn!(topic = %self.topic, group = %self.name, position, error = %e, "undecodable message dead-lettered");
+                tracing::warn!(topic = %self.topic, group = %self.name, position, error = %e, "undecodable, unknown or unadmitted message dead-lettered");
                 let letter =
                     DeadLetter::new(&self.topic, &self.name, position, &raw, envelope.as_deref())
                         .because(e.kind().as_str(), e.to_string(), 0);

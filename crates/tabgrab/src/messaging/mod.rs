@@ -142,6 +142,9 @@ pub struct SendOptions {
     /// subject. `None`: no subject, and no ordering between requests (each has a lane of
     /// its own).
     pub subject: Option<String>,
+    /// On whose behalf the request is sent: carried as its `principal` attribute (see
+    /// [`crate::principal`]), for a responder that requires one.
+    pub principal: Option<crate::Principal>,
 }
 
 impl SendOptions {
@@ -160,6 +163,12 @@ impl SendOptions {
     /// Sets the subject.
     pub fn subject(mut self, subject: impl Into<String>) -> SendOptions {
         self.subject = Some(subject.into());
+        self
+    }
+
+    /// Sends the request on behalf of `principal`.
+    pub fn principal(mut self, principal: crate::Principal) -> SendOptions {
+        self.principal = Some(principal);
         self
     }
 }

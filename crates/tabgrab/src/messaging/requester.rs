@@ -754,6 +754,7 @@ impl Requester {
         // No subject by default: each request then has a lane of its own (keyed by its id),
         // and a broker is not made to index one subject per request.
         envelope.subject = options.subject;
+        envelope.set_principal(options.principal.as_ref());
         let record = PendingRequest {
             id: id.to_string(),
             group: inner.group.clone(),

@@ -6,6 +6,13 @@
 //! plain AMQP client's `reply_to` property, or a tabgrab requester's reply queue. A request
 //! whose reply address the bus cannot serve, or that has none, is refused before its handler
 //! runs and dead-lettered with the reason.
+//!
+//! A responder built with [`ResponderBuilder::require_principal`] or
+//! [`ResponderBuilder::authorize`] answers a request that carries no [`Principal`], or one
+//! its rule does not allow for the request's type, with a [`Rejection`] of code
+//! `unauthenticated` or `permission_denied` before its handler runs: the requester learns at
+//! once, as a caller of a call server with the same rule does (see
+//! [`tabgrab_core::principal`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,8 +26,8 @@ use futures::FutureExt as _;
 use super::reply::ReplyBody;
 use super::{Clock, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, to_ms};
 use crate::backend::{Bus, ReplyAddress};
-use crate::event::{Context, ErasedHandler, HandlerError, Publisher, Subscription};
-use crate::{Envelope, Error, ErrorKind, Rejection, Request};
+use crate::event::{Admission, Context, ErasedHandler, HandlerError, Publisher, Subscription};
+use crate::{Envelope, Error, ErrorKind, Principal, Rejection, Request};
 
 /// What a request handler receives besides the request.
 #[derive(Clone, Debug)]
@@ -39,6 +46,12 @@ impl RequestContext {
     pub fn request_id(&self) -> &str {
         let envelope = self.delivery.envelope();
         envelope.correlationid.as_deref().unwrap_or(&envelope.id)
+    }
+
+    /// Who sent the request (its `principal` attribute, see [`crate::principal`]), if
+    /// anyone said so.
+    pub fn principal(&self) -> Option<Principal> {
+        self.delivery.principal()
     }
 
     /// The handler's attempt on this delivery of the request, starting at 1 (a request
@@ -82,6 +95,8 @@ struct Shared {
     reply_queues: bool,
     /// Publishers by reply topic, made on first use.
     publishers: Mutex<HashMap<String, Publisher>>,
+    /// Which principals may send requests, set once when the responder starts.
+    admission: std::sync::OnceLock<Admission>,
 }
 
 impl Shared {
@@ -105,6 +120,8 @@ pub struct ResponderBuilder {
     shared: Arc<Shared>,
     /// The first registration error (an invalid type name), reported by `start`.
     error: Option<Error>,
+    /// Which principals may send requests (none required when `None`).
+    admission: Option<Admission>,
 }
 
 impl std::fmt::Debug for ResponderBuilder {
@@ -156,8 +173,18 @@ impl ResponderBuilder {
                         ),
                     )));
                 }
-                let request = envelope.decode::<R>().map_err(HandlerError::bad_input)?;
-                let answer = handler(request, RequestContext { delivery: ctx }).await;
+                let refused = shared.admission.get().and_then(|a| a.check(&envelope).err());
+                let answer = match refused {
+                    // Answered, not dead-lettered: the requester learns why at once.
+                    Some(e) => {
+                        tracing::debug!(topic = %shared.topic, id = %envelope.id, error = %e, "request refused");
+                        Err(Rejection::new(e.kind().as_str(), e.message()))
+                    }
+                    None => {
+                        let request = envelope.decode::<R>().map_err(HandlerError::bad_input)?;
+                        handler(request, RequestContext { delivery: ctx }).await
+                    }
+                };
                 let body = match answer {
                     // Serialized once, into the text the reply carries.
                     Ok(response) => ReplyBody::ok(&response).map_err(|e| {
@@ -212,6 +239,24 @@ impl ResponderBuilder {
         self
     }
 
+    /// Handles only requests that carry a [`Principal`]; one without is answered with the
+    /// rejection `unauthenticated` (see the [module docs](self)).
+    pub fn require_principal(mut self) -> ResponderBuilder {
+        self.admission = Some(Admission::any());
+        self
+    }
+
+    /// Handles a request only when it carries a [`Principal`] that `rule(principal, type)`
+    /// allows; otherwise it is answered with the rejection `unauthenticated` (no principal)
+    /// or `permission_denied`. The bus-side twin of the call server's `Handlers::authorize`.
+    pub fn authorize(
+        mut self,
+        rule: impl Fn(&Principal, &str) -> bool + Send + Sync + 'static,
+    ) -> ResponderBuilder {
+        self.admission = Some(Admission::rule(rule));
+        self
+    }
+
     /// How many requests are handled at once (default 64).
     pub fn concurrency(mut self, n: usize) -> ResponderBuilder {
         self.builder = self.builder.concurrency(n);
@@ -222,6 +267,10 @@ impl ResponderBuilder {
     pub fn start(self) -> Result<Responder, Error> {
         if let Some(e) = self.error {
             return Err(e);
+        }
+        if let Some(admission) = self.admission {
+            // The only set: the cell is the builder's until now.
+            let _ = self.shared.admission.set(admission);
         }
         let subscription = self.builder.start()?;
         Ok(Responder {
@@ -262,8 +311,10 @@ impl Responder {
                 counters: Counters::default(),
                 reply_queues,
                 publishers: Mutex::new(HashMap::new()),
+                admission: std::sync::OnceLock::new(),
             }),
             error: None,
+            admission: None,
         }
     }
 

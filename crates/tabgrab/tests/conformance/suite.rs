@@ -1314,6 +1314,11 @@ pub(crate) async fn a_redrive_to_one_group_reaches_it_alone(f: Fixture) {
     // redriven event sent to it would be there too (published before it).
     publish_tickets(&publisher, &["marker"], 1).await;
     wait_until("the marker", || other_seen.lock().unwrap().len() >= 2).await;
+    // The failing group too, before it stops: what it handled is checked below.
+    wait_until("the failing group's marker", || {
+        failing.1.lock().unwrap().iter().any(|t| t.0 == "marker")
+    })
+    .await;
     failing.0.shutdown().await.unwrap();
     other.shutdown().await.unwrap();
     let other_seen: Vec<String> = other_seen
@@ -1337,6 +1342,200 @@ pub(crate) async fn a_redrive_to_one_group_reaches_it_alone(f: Fixture) {
             .collect();
         assert_eq!(handled, ["marker"], "no redrive reached the failing group");
     }
+    f.cleanup().await;
+}
+
+/// The principal travels as the `principal` attribute on every engine (both content modes on
+/// NATS): a group that requires one handles only what its rule admits and dead-letters the
+/// rest with the reason; a publisher's principal wins over its cause's; a responder answers
+/// an unadmitted request with a rejection of the refusal's code.
+pub(crate) async fn principals_travel_and_are_required(f: Fixture) {
+    use tabgrab::Principal;
+    use tabgrab::event::{DeadLetters, Filter};
+    let topic = f.topic("principals");
+    /// Each handled ticket's order, with the principal it came from.
+    type Handled = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    let seen: Handled = Arc::default();
+    let record = Arc::clone(&seen);
+    let sub = Subscription::builder(&f.bus, &topic, "kitchen")
+        .authorize(|principal, _ty| principal.name() == "front-desk")
+        .max_deliveries(1)
+        .handle(move |t: Ticket, ctx: Context| {
+            let who = ctx.principal().map(|p| p.name().to_owned());
+            record.lock().unwrap().push((t.order, who));
+            futures::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    let front_desk = Principal::new("front-desk");
+    let anonymous = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let desk = anonymous.clone().as_principal(front_desk.clone());
+    let guest = anonymous.clone().as_principal(Principal::new("guest"));
+    let ticket = |order: &str| Ticket {
+        order: order.into(),
+        seq: 0,
+    };
+    desk.publish(&ticket("from-desk"), "a").await.unwrap();
+    anonymous.publish(&ticket("anonymous"), "b").await.unwrap();
+    guest.publish(&ticket("from-guest"), "c").await.unwrap();
+    // Effects: one inherits the desk's principal from its cause, one names its own.
+    let cause = desk.envelope(&ticket("cause"), "d").unwrap();
+    anonymous
+        .publish_caused(&ticket("inherited"), &cause)
+        .await
+        .unwrap();
+    guest
+        .publish_caused(&ticket("own-over-cause"), &cause)
+        .await
+        .unwrap();
+    wait_until("two handled and three dead letters", || {
+        seen.lock().unwrap().len() == 2 && sub.stats().dead_lettered == 3
+    })
+    .await;
+    let mut handled = seen.lock().unwrap().clone();
+    handled.sort();
+    assert_eq!(
+        handled,
+        [
+            ("from-desk".to_owned(), Some("front-desk".to_owned())),
+            ("inherited".to_owned(), Some("front-desk".to_owned())),
+        ]
+    );
+    let letters = DeadLetters::new(&f.bus, &topic).unwrap();
+    let mut reasons: Vec<(String, String, Option<String>)> = letters
+        .list(&Filter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kept| {
+            let original = kept.letter.original().unwrap();
+            let envelope = tabgrab::Codec::default().decode(&original).unwrap();
+            let order = envelope.decode::<Ticket>().unwrap().order;
+            (
+                order,
+                kept.letter.reason.clone(),
+                envelope.principal().map(|p| p.name().to_owned()),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("anonymous".into(), "unauthenticated".into(), None),
+            (
+                "from-guest".into(),
+                "permission_denied".into(),
+                Some("guest".into())
+            ),
+            (
+                "own-over-cause".into(),
+                "permission_denied".into(),
+                Some("guest".into())
+            ),
+        ]
+    );
+    sub.shutdown().await.unwrap();
+
+    let menu = f.topic("guarded-menu");
+    let group = f.topic("front");
+    let responder = Responder::builder(&f.bus, &menu, "menu")
+        .authorize(|principal, _ty| principal.name() == "front-desk")
+        .handle(|_q: GetPrice, ctx| async move {
+            assert_eq!(ctx.principal().unwrap().name(), "front-desk");
+            Ok(900)
+        })
+        .start()
+        .unwrap();
+    responder.ready().await.unwrap();
+    let requester = Requester::builder(&f.bus, &group)
+        .store(MemoryStore::new())
+        .route::<GetPrice>(&menu)
+        .start()
+        .unwrap();
+    requester.ready().await.unwrap();
+    let ask = |principal: Option<Principal>| {
+        let mut options = SendOptions::default().timeout(Duration::from_secs(20));
+        options.principal = principal;
+        let requester = &requester;
+        async move {
+            let query = GetPrice {
+                pizza: "margherita".into(),
+            };
+            requester.request(&query, options).await.unwrap()
+        }
+    };
+    assert_eq!(ask(Some(front_desk)).await, Outcome::Replied(Ok(900)));
+    for (who, code) in [
+        (None, "unauthenticated"),
+        (Some(Principal::new("guest")), "permission_denied"),
+    ] {
+        match ask(who).await {
+            Outcome::Replied(Err(r)) => {
+                assert_eq!(r.code, code);
+                assert!(
+                    r.message.contains("conformance.menu.get-price.v1 refused"),
+                    "{}",
+                    r.message
+                );
+            }
+            other => panic!("expected the rejection {code}, got {other:?}"),
+        }
+    }
+    assert_eq!(responder.stats().replied, 1);
+    requester.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
+/// A message over the bus's size limit is refused where it is made, with a clear `TooLarge`,
+/// on every engine: an event at publish, a request at send (the requester keeps no record of
+/// it); the topic and the group are untouched, so what follows flows.
+pub(crate) async fn a_message_over_the_size_limit_is_refused_where_it_is_made(f: Fixture) {
+    let topic = f.topic("big");
+    let seen: Seen = Arc::default();
+    let sub = Subscription::builder(&f.bus, &topic, "g")
+        .handle(recorder(&seen))
+        .start()
+        .unwrap();
+    sub.ready().await.unwrap();
+    let publisher = Publisher::new(&f.bus, &topic, "/conformance").unwrap();
+    let huge = "x".repeat(tabgrab::codec::DEFAULT_MAX_SIZE + 1);
+    let refused = publisher
+        .publish(
+            &Ticket {
+                order: huge.clone(),
+                seq: 0,
+            },
+            "big",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), tabgrab::ErrorKind::TooLarge, "{refused}");
+    assert!(refused.to_string().contains("bytes"), "{refused}");
+    publish_tickets(&publisher, &["after"], 1).await;
+    wait_until("the event after it", || seen.lock().unwrap().len() == 1).await;
+    assert_eq!(sub.stats().dead_lettered, 0);
+
+    let menu = f.topic("big-menu");
+    let group = f.topic("front");
+    let requester = Requester::builder(&f.bus, &group)
+        .store(MemoryStore::new())
+        .route::<GetPrice>(&menu)
+        .start()
+        .unwrap();
+    requester.ready().await.unwrap();
+    let refused = requester
+        .send(&GetPrice { pizza: huge }, SendOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), tabgrab::ErrorKind::TooLarge, "{refused}");
+    assert_eq!(requester.stats().sent, 0);
+    let counts = requester.store().counts().await.unwrap();
+    assert_eq!(counts.pending, 0, "no record kept of a request never sent");
+    requester.shutdown().await.unwrap();
+    sub.shutdown().await.unwrap();
     f.cleanup().await;
 }
 
@@ -1380,6 +1579,8 @@ macro_rules! conformance {
             scenario!(a_queue_reply_address_is_served_or_refused_as_the_capability_says);
             scenario!(a_publish_before_any_group_is_kept_or_refused);
             scenario!(a_breaker_pauses_the_group_through_an_outage);
+            scenario!(principals_travel_and_are_required);
+            scenario!(a_message_over_the_size_limit_is_refused_where_it_is_made);
         }
     };
 }
