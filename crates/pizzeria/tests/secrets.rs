@@ -44,9 +44,17 @@ fn run(mut command: Command) -> Output {
     output
 }
 
-/// Starts a long-running service, waits for `ready`, stops it with SIGTERM and returns all
-/// it printed.
-fn run_service(mut command: Command) -> (String, String) {
+/// A long-running process whose standard output and error are read as they come.
+struct Watched {
+    child: std::process::Child,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+    /// The first stdout line that contains the awaited text.
+    awaited: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts `command`, watching its stdout for a line that contains `awaited`.
+fn watch(mut command: Command, awaited: &'static str) -> Watched {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -54,7 +62,7 @@ fn run_service(mut command: Command) -> (String, String) {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
-    let err_thread = std::thread::spawn(move || {
+    let err = std::thread::spawn(move || {
         let mut text = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             text.push_str(&line);
@@ -62,31 +70,54 @@ fn run_service(mut command: Command) -> (String, String) {
         }
         text
     });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out_thread = std::thread::spawn(move || {
+    let (tx, awaited_rx) = std::sync::mpsc::channel();
+    let out = std::thread::spawn(move || {
         let mut text = String::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("ready ") {
-                let _ = tx.send(());
+            if line.contains(awaited) {
+                let _ = tx.send(line.clone());
             }
             text.push_str(&line);
             text.push('\n');
         }
         text
     });
-    let ready = rx.recv_timeout(Duration::from_secs(60)).is_ok();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    Watched {
+        child,
+        out,
+        err,
+        awaited: awaited_rx,
     }
-    let out = out_thread.join().unwrap();
-    let err = err_thread.join().unwrap();
+}
+
+impl Watched {
+    /// The awaited line, if it came within 60 s.
+    fn awaited(&self) -> Option<String> {
+        self.awaited.recv_timeout(Duration::from_secs(60)).ok()
+    }
+
+    /// Stops the process with SIGTERM (SIGKILL after 30 s) and returns all it printed.
+    fn stop(mut self) -> (String, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (self.out.join().unwrap(), self.err.join().unwrap())
+    }
+}
+
+/// Starts a long-running service, waits for `ready`, stops it with SIGTERM and returns all
+/// it printed.
+fn run_service(command: Command) -> (String, String) {
+    let service = watch(command, "ready ");
+    let ready = service.awaited().is_some();
+    let (out, err) = service.stop();
     assert!(ready, "the service never said ready:\n{out}\n{err}");
     (out, err)
 }
@@ -281,4 +312,219 @@ async fn no_command_prints_a_password_or_token_it_was_given() {
 
     assert_eq!(checked, 13);
     db.drop_it().await;
+}
+
+/// A line of a PEM private key's body: a piece of the key itself.
+fn key_line(path: &std::path::Path) -> String {
+    let pem = std::fs::read_to_string(path).unwrap();
+    pem.lines()
+        .filter(|l| !l.starts_with("-----"))
+        .max_by_key(|l| l.len())
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
+    let Some(_) = nats_server::require() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tabgrab_testkit::tls::certificates(dir.path()).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let token = "CallToken_8e21f0aa";
+    let wrong_token = "WrongCall_3c9d7e51";
+    let seed = nkeys::KeyPair::new_user();
+    let other_seed = nkeys::KeyPair::new_user();
+    let nats_password = "Lab-Pw_a61c0e";
+    let (server_key, client_key) = (key_line(&certs.server_key), key_line(&certs.client_key));
+    let secrets_owned = [
+        server_key,
+        client_key,
+        token.to_owned(),
+        wrong_token.to_owned(),
+        seed.seed().unwrap(),
+        other_seed.seed().unwrap(),
+        nats_password.to_owned(),
+    ];
+    let secrets: Vec<&str> = secrets_owned.iter().map(String::as_str).collect();
+    let mut checked = 0;
+
+    // The call style over mutual TLS with the token; a second front desk with a wrong one.
+    let service = |args: &[&str], token: &str| {
+        let mut c = pizzeria();
+        c.arg("service")
+            .args(args)
+            .env(pizzeria::calls::TOKEN_VAR, token);
+        watch(c, " listening on ")
+    };
+    let url = |w: &Watched| {
+        let line = w.awaited().expect("the service printed its address");
+        line.rsplit_once(" listening on ").unwrap().1.to_owned()
+    };
+    let (ca, cert, key) = (
+        path(&certs.ca),
+        path(&certs.server_cert),
+        path(&certs.server_key),
+    );
+    let tls = [
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-client-ca",
+        ca.as_str(),
+    ];
+    let back = |name: &str, extra: &[&str]| {
+        let mut args = vec![name];
+        args.extend(extra);
+        args.extend(tls);
+        service(&args, token)
+    };
+    let payment = back("payment", &[]);
+    let inventory = back("inventory", &[]);
+    let kitchen = back("kitchen", &["--bake-ms", "1"]);
+    let (payment_url, inventory_url, kitchen_url) = (url(&payment), url(&inventory), url(&kitchen));
+    let (client_cert, client_key) = (path(&certs.client_cert), path(&certs.client_key));
+    let front = |token: &str| {
+        service(
+            &[
+                "front-desk",
+                "--payment",
+                &payment_url,
+                "--inventory",
+                &inventory_url,
+                "--kitchen",
+                &kitchen_url,
+                "--peer-ca",
+                &ca,
+                "--peer-cert",
+                &client_cert,
+                "--peer-key",
+                &client_key,
+            ],
+            token,
+        )
+    };
+    let (good, bad) = (front(token), front(wrong_token));
+    let (good_url, bad_url) = (url(&good), url(&bad));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let order =
+        serde_json::json!({"customer": "Ada", "pizzas": ["diavola"], "card": "4242424242424242"});
+    let made = http
+        .post(format!("{good_url}/orders"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        made.status().as_u16(),
+        201,
+        "{}",
+        made.text().await.unwrap()
+    );
+    let refused = http
+        .post(format!("{bad_url}/orders"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 502);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("unauthenticated"), "{body}");
+    assert_clean("the refusal a customer sees", &body, &secrets);
+    for (what, process) in [
+        ("service payment over mutual TLS", payment),
+        ("service inventory over mutual TLS", inventory),
+        ("service kitchen over mutual TLS", kitchen),
+        ("service front-desk with the token", good),
+        ("service front-desk with a wrong token", bad),
+    ] {
+        let (out, err) = process.stop();
+        assert_clean(what, &format!("{out}\n{err}"), &secrets);
+        checked += 1;
+    }
+
+    // --help, with the token in the environment.
+    for args in [
+        vec!["--help"],
+        vec!["service", "--help"],
+        vec!["run", "--help"],
+        vec!["lab", "--help"],
+    ] {
+        let mut c = pizzeria();
+        c.args(&args).env(pizzeria::calls::TOKEN_VAR, token);
+        let output = run(c);
+        assert!(output.status.success(), "{args:?}");
+        assert_clean(&format!("{args:?}"), &text(&output), &secrets);
+        checked += 1;
+    }
+
+    // An nkey seed that the server knows, and one it does not.
+    let nkey_server = NatsServer::start(NatsOptions {
+        nkey_user: Some(seed.public_key()),
+        ..NatsOptions::default()
+    })
+    .unwrap();
+    let seed_file = |name: &str, pair: &nkeys::KeyPair| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, pair.seed().unwrap()).unwrap();
+        file
+    };
+    let data = dir.path().join("data");
+    for (what, file, must_succeed) in [
+        (
+            "run on NATS with an nkey seed",
+            seed_file("user.nk", &seed),
+            true,
+        ),
+        (
+            "run on NATS with an unknown nkey seed",
+            seed_file("other.nk", &other_seed),
+            false,
+        ),
+    ] {
+        let mut c = pizzeria();
+        c.args([
+            "run", "--style", "events", "--orders", "5", "--store", "memory",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--bus")
+        .arg(format!("{}?nkey={}", nkey_server.url(), file.display()));
+        let output = run(c);
+        let all = text(&output);
+        assert_eq!(output.status.success(), must_succeed, "{what}:\n{all}");
+        assert_clean(what, &all, &secrets);
+        checked += 1;
+    }
+
+    // The lab on a NATS server that wants a password: its output and its reports.
+    let with_user = NatsServer::start(NatsOptions {
+        user_password: Some(("lab".into(), nats_password.into())),
+        ..NatsOptions::default()
+    })
+    .unwrap();
+    let port = with_user.url().rsplit(':').next().unwrap().to_owned();
+    let out = dir.path().join("lab-out");
+    let mut c = pizzeria();
+    c.args(["lab", "--quick", "--n", "200", "--bus"])
+        .arg(format!("nats://lab:{nats_password}@127.0.0.1:{port}"))
+        .arg("--out")
+        .arg(&out);
+    let output = run(c);
+    let all = text(&output);
+    assert!(output.status.success(), "the lab:\n{all}");
+    assert_clean("lab on NATS with a password", &all, &secrets);
+    for report in ["lab.json", "lab.html"] {
+        let written = std::fs::read_to_string(out.join(report)).unwrap();
+        assert!(written.contains("nats"), "{report} names the bus");
+        assert_clean(report, &written, &secrets);
+    }
+    checked += 1;
+
+    assert_eq!(checked, 12);
 }
