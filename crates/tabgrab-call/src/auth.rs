@@ -244,9 +244,11 @@ impl Authenticator for ClientCertificates {
 }
 
 /// Why [`ClientCertificates`] refuses a call without a certificate.
-const NO_CERTIFICATE: &str = "no client certificate: this server authenticates callers by \
-                              their mutual-TLS certificate (ClientTls::mutual_from_pem), and \
-                              this call came without one";
+const NO_CERTIFICATE: &str = "no client certificate: this server names its callers by their \
+                              mutual-TLS certificate, and this call's connection verified none \
+                              (the server must require client certificates, \
+                              ServerTls::mutual_from_pem, and the client show one, \
+                              ClientTls::mutual_from_pem)";
 
 /// The `authorization: Bearer <token>` scheme over a fixed set of tokens.
 #[derive(Clone, Default)]
