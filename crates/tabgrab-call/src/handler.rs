@@ -265,17 +265,28 @@ impl Handlers {
     }
 
     /// The principal `headers` prove, when these handlers authenticate callers (`Ok(None)`
-    /// when they do not); `Unauthenticated` when the headers prove none. Every transport
-    /// calls it with the call's headers before [`Handlers::dispatch_as`].
+    /// when they do not); `Unauthenticated` when the headers prove none.
+    /// [`Handlers::authenticate_presented`] of the headers and no client certificate.
     pub fn authenticate_headers(
         &self,
         headers: &http::HeaderMap,
+    ) -> Result<Option<crate::auth::Principal>, ServeError> {
+        self.authenticate_presented(&crate::auth::Presented::new(headers))
+    }
+
+    /// The principal what a call presents proves (its headers, and over mutual TLS its
+    /// client certificate), when these handlers authenticate callers (`Ok(None)` when they do
+    /// not); `Unauthenticated` when it proves none. Every transport calls it before
+    /// [`Handlers::dispatch_as`].
+    pub fn authenticate_presented(
+        &self,
+        presented: &crate::auth::Presented<'_>,
     ) -> Result<Option<crate::auth::Principal>, ServeError> {
         let Some(authenticator) = &self.authenticator else {
             return Ok(None);
         };
         authenticator
-            .authenticate(headers)
+            .authenticate_presented(presented)
             .map(Some)
             .map_err(|why| ServeError::new(ErrorKind::Unauthenticated, format!("refused: {why}")))
     }

@@ -66,14 +66,14 @@ pub mod retry;
 pub mod server;
 pub mod tls;
 
-pub use auth::{Authenticator, BearerTokens, Principal};
+pub use auth::{Authenticator, BearerTokens, ClientCertificates, Principal};
 pub use call::{Call, CallOptions, IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
 pub use client::{Client, ClientBuilder};
 pub use error::CallError;
 pub use handler::{CallContext, HandlerError, Handlers, ServeError};
 pub use idempotency::IdempotencyConfig;
 pub use server::{ServeConfig, serve, serve_tls, serve_with};
-pub use tls::{ClientTls, ServerTls};
+pub use tls::{ClientTls, PeerCertificate, ServerTls};
 
 /// Every transport's routes for `handlers`, on one router: HTTP (`/commands/…`, `/queries/…`)
 /// and gRPC (`/tabgrab.call.v1.Calls/Call`), per the enabled features.

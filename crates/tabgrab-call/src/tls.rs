@@ -8,9 +8,18 @@
 //! too). ALPN chooses HTTP/2 or HTTP/1.1 (gRPC: HTTP/2).
 //!
 //! Errors are typed and say what is wrong: a file that cannot be read, PEM without a
-//! certificate or key (`Malformed`); a peer that fails the handshake (untrusted, expired, no
-//! client certificate) fails the call with `Unavailable` and rustls' reason. Keys never
+//! certificate or key (`Malformed`); a peer that fails the handshake (untrusted, expired or
+//! not yet valid, no client certificate) fails the call with `Protocol` and rustls' reason,
+//! once: it is not retried, since the next handshake would fail the same way. That holds for
+//! a server that refuses the client's certificate too, although with TLS 1.3 it says so only
+//! after the client's handshake is done: the client's sockets record the alert, and the call
+//! that finds its connection closed reports it. Only a server that refuses a client without
+//! a certificate by closing the connection, with no alert read, leaves the client with a
+//! closed connection (`Unavailable`, whose message says to look at mutual TLS). Keys never
 //! appear in `Debug` output or errors.
+//!
+//! With mutual TLS, the server hands the client's verified certificate
+//! ([`PeerCertificate`]) to the authenticator: see [`crate::auth`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -241,14 +250,77 @@ impl ClientTls {
     }
 }
 
+/// The certificate a client showed in a mutual-TLS handshake (the leaf, not its chain), after
+/// the server verified it against its client CA ([`ServerTls::mutual_from_pem`]).
+///
+/// [`serve_tls`](crate::serve_tls) puts it in the extensions of every request of the
+/// connection (`http::Request::extensions`, and the same in tonic's `Request::extensions`), and
+/// the transports hand it to the [`Authenticator`](crate::auth::Authenticator) in
+/// [`Presented::peer_certificate`](crate::auth::Presented). A connection without a verified
+/// certificate (plain TCP, TLS without client certificates) has none. A client cannot put one
+/// there: extensions are the server's, never read from the wire.
+///
+/// Cloning it is cheap (the DER bytes are shared). `Debug` shows the subject's common name
+/// only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    der: Arc<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for PeerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCertificate")
+            .field("common_name", &self.common_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerCertificate {
+    /// A certificate from its DER bytes, unverified: what the server puts in a request's
+    /// extensions passed the handshake's verification, one made here is whatever the caller
+    /// says (for a custom transport, or a test of an authenticator).
+    pub fn from_der(der: impl Into<Vec<u8>>) -> PeerCertificate {
+        PeerCertificate {
+            der: Arc::new(CertificateDer::from(der.into())),
+        }
+    }
+
+    /// The first certificate of a verified chain (the peer's own).
+    pub(crate) fn from_chain(chain: &[CertificateDer<'_>]) -> Option<PeerCertificate> {
+        chain.first().map(|leaf| PeerCertificate {
+            der: Arc::new(leaf.clone().into_owned()),
+        })
+    }
+
+    /// Its DER bytes, to parse with any X.509 crate.
+    pub fn der(&self) -> &[u8] {
+        self.der.as_ref()
+    }
+
+    /// The common name (CN) of its subject; `None` when the bytes are not an X.509
+    /// certificate, the subject has no CN, its CN is not a string, or it has more than one CN
+    /// (ambiguous, so no name at all rather than a guess).
+    pub fn common_name(&self) -> Option<String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(self.der()).ok()?;
+        let mut names = cert.subject().iter_common_name();
+        let first = names.next()?;
+        if names.next().is_some() {
+            return None;
+        }
+        first.as_str().ok().map(str::to_owned)
+    }
+}
+
 /// The connector of the HTTP and gRPC clients: TCP with `TCP_NODELAY` and `connect_timeout`,
 /// and TLS for `https://` addresses (`tls`, or the Mozilla roots without it); `http://` passes
-/// through. ALPN offers HTTP/2, and HTTP/1.1 too when `http1`.
+/// through. ALPN offers HTTP/2, and HTTP/1.1 too when `http1`. Its sockets record the TLS
+/// failures they read in `alerts`.
 pub(crate) fn connector(
     tls: Option<&ClientTls>,
     connect_timeout: std::time::Duration,
     http1: bool,
-) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    alerts: Arc<Alerts>,
+) -> Connector {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
@@ -260,10 +332,146 @@ pub(crate) fn connector(
         None => https.with_webpki_roots(),
     }
     .https_or_http();
-    if http1 {
+    let inner = if http1 {
         https.enable_http1().enable_http2().wrap_connector(http)
     } else {
         https.enable_http2().wrap_connector(http)
+    };
+    Connector { inner, alerts }
+}
+
+/// The TLS failures that a client's connections read after their handshake.
+///
+/// Why: with TLS 1.3 the client's handshake is done before the server has checked the
+/// client's certificate, so a server that refuses it (expired, not yet valid, from another
+/// CA) says so with an alert that arrives after the client has sent its request. hyper reads
+/// the alert as the end of the connection, and the call fails with "connection closed", not
+/// with the reason, and would be retried as if the server were unreachable. The connector's
+/// sockets record the alert here, and a call that fails with its connection closed takes the
+/// reason recorded since it started: it fails with `Protocol` (not retried: the next
+/// handshake fails the same way) and says why.
+#[derive(Debug, Default)]
+pub(crate) struct Alerts {
+    last: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl Alerts {
+    fn record(&self, why: String) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((std::time::Instant::now(), why));
+        }
+    }
+
+    /// The TLS failure read on a connection since `start`, if any.
+    pub(crate) fn since(&self, start: std::time::Instant) -> Option<String> {
+        let last = self.last.lock().ok()?;
+        last.as_ref()
+            .filter(|(at, _)| *at >= start)
+            .map(|(_, why)| why.clone())
+    }
+}
+
+type HttpsConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+type HttpsStream = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+
+/// The HTTP and gRPC clients' connector: hyper-rustls', whose sockets record the TLS failures
+/// they read ([`Alerts`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Connector {
+    inner: HttpsConnector,
+    alerts: Arc<Alerts>,
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = Recording<HttpsStream>;
+    type Error = <HttpsConnector as tower::Service<http::Uri>>::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let alerts = Arc::clone(&self.alerts);
+        Box::pin(async move {
+            let inner = connecting.await?;
+            Ok(Recording { inner, alerts })
+        })
+    }
+}
+
+/// A client socket that records the TLS failure a read returns.
+#[derive(Debug)]
+pub(crate) struct Recording<T> {
+    inner: T,
+    alerts: Arc<Alerts>,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Recording<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &result
+            && let Some(why) = failure(e)
+        {
+            this.alerts.record(why);
+        }
+        result
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Recording<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl<T: hyper_util::client::legacy::connect::Connection>
+    hyper_util::client::legacy::connect::Connection for Recording<T>
+{
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.inner.connected()
     }
 }
 

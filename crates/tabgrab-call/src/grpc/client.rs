@@ -35,7 +35,9 @@ struct Inner {
     /// Whether the TLS is without a client certificate (for the hint of a closed connection).
     tls: Option<crate::tls::ClientTls>,
     /// `Bearer <token>` for the `authorization` metadata, marked sensitive.
-    bearer: Option<MetadataValue<tonic::metadata::Ascii>>,
+    bearer: Option<http::HeaderValue>,
+    /// What the connection's TLS refused after the handshake.
+    alerts: std::sync::Arc<crate::tls::Alerts>,
 }
 
 /// Builds a [`GrpcTransport`].
@@ -46,7 +48,7 @@ pub struct GrpcTransportBuilder {
     codec: Codec,
     connection_window: u32,
     tls: Option<crate::tls::ClientTls>,
-    bearer: Option<MetadataValue<tonic::metadata::Ascii>>,
+    bearer: Option<http::HeaderValue>,
 }
 
 impl GrpcTransport {
@@ -70,14 +72,10 @@ impl GrpcTransport {
 
 impl GrpcTransportBuilder {
     /// Sends `authorization: Bearer <token>` metadata with every call, for servers whose
-    /// handlers authenticate callers ([`crate::auth`]).
+    /// handlers authenticate callers ([`crate::auth`]). A token that cannot be a header value
+    /// (control characters) is not sent, and the server refuses the calls as unauthenticated.
     pub fn bearer_token(mut self, token: impl AsRef<str>) -> Self {
-        self.bearer = MetadataValue::try_from(format!("Bearer {}", token.as_ref().trim()))
-            .ok()
-            .map(|mut v| {
-                v.set_sensitive(true);
-                v
-            });
+        self.bearer = crate::auth::bearer(token.as_ref());
         self
     }
 
@@ -125,7 +123,13 @@ impl GrpcTransportBuilder {
             .initial_connection_window_size(self.connection_window)
             .tcp_nodelay(true);
         // The HTTP transport's connector, HTTP/2 only.
-        let connector = crate::tls::connector(self.tls.as_ref(), self.connect_timeout, false);
+        let alerts = std::sync::Arc::<crate::tls::Alerts>::default();
+        let connector = crate::tls::connector(
+            self.tls.as_ref(),
+            self.connect_timeout,
+            false,
+            std::sync::Arc::clone(&alerts),
+        );
         let max = self.codec.max_size().saturating_mul(2);
         let client = CallsClient::new(endpoint.connect_with_connector_lazy(connector))
             .max_decoding_message_size(max)
@@ -136,6 +140,7 @@ impl GrpcTransportBuilder {
                 uri: self.uri,
                 tls: self.tls,
                 bearer: self.bearer,
+                alerts,
             }),
         })
     }
@@ -187,13 +192,19 @@ impl Service<Call> for GrpcTransport {
                 request.metadata_mut().insert(IDEMPOTENCY_KEY, value);
             }
             if let Some(bearer) = &inner.bearer {
+                // The metadata is a header map: the HTTP transport's value, as it is.
                 request
                     .metadata_mut()
-                    .insert("authorization", bearer.clone());
+                    .as_mut()
+                    .insert(http::header::AUTHORIZATION, bearer.clone());
             }
+            let started = std::time::Instant::now();
             match client.call(request).await {
                 Ok(reply) => Ok(reply.into_inner().data),
-                Err(status) => Err(error_from(&call, uri, status, inner.tls.as_ref())),
+                Err(status) => {
+                    let alert = inner.alerts.since(started);
+                    Err(error_from(&call, uri, status, inner.tls.as_ref(), alert))
+                }
             }
         })
     }
@@ -205,6 +216,7 @@ fn error_from(
     uri: &str,
     status: Status,
     tls: Option<&crate::tls::ClientTls>,
+    alert: Option<String>,
 ) -> CallError {
     let service = call.service.clone();
     let ty = call.envelope.ty.as_str();
@@ -213,7 +225,13 @@ fn error_from(
     {
         return CallError::remote(service, ty, rejection);
     }
-    if let Some(why) = crate::tls::failure(&status) {
+    // rustls' reason, in the status or (TLS 1.3, read after the handshake) recorded by the
+    // connection that it closed.
+    let closed = matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::Unknown
+    );
+    if let Some(why) = crate::tls::failure(&status).or(alert.filter(|_| closed)) {
         let message = format!("TLS with {uri} failed: {why}");
         return CallError::new(ErrorKind::Protocol, service, ty, message).with_source(status);
     }

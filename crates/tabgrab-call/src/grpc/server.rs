@@ -10,6 +10,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::proto::calls_server::{Calls, CallsServer};
 use super::proto::{CallReply, CallRequest};
+use crate::auth::{PeerCertificate, Presented};
 use crate::call::IDEMPOTENCY_KEY;
 use crate::handler::{Handlers, ServeError};
 
@@ -121,13 +122,14 @@ pub fn status_of(e: ServeError) -> Status {
 #[tonic::async_trait]
 impl Calls for CallsService {
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<CallReply>, Status> {
-        let principal = if self.handlers.authenticates() {
-            self.handlers
-                .authenticate_headers(&request.metadata().clone().into_headers())
-                .map_err(status_of)?
-        } else {
-            None
-        };
+        // The metadata is the request's header map; the connection's verified client
+        // certificate is in the extensions, as for HTTP (one hyper connection serves both).
+        let presented = Presented::new(request.metadata().as_ref())
+            .with_peer_certificate(request.extensions().get::<PeerCertificate>());
+        let principal = self
+            .handlers
+            .authenticate_presented(&presented)
+            .map_err(status_of)?;
         let deadline = deadline_of(request.metadata())?;
         let idempotency_key = request
             .metadata()

@@ -13,9 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tabgrab_core::{Codec, Envelope, ErrorKind};
 use tower::Service;
@@ -36,7 +34,7 @@ pub struct HttpTransport {
 #[derive(Debug)]
 struct Inner {
     /// The pooled hyper client (`https://` bases over TLS).
-    client: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HyperClient<crate::tls::Connector, Full<Bytes>>,
     /// `http://host:port`, without a trailing slash.
     base: String,
     /// Limits what we send and what we accept back.
@@ -45,6 +43,8 @@ struct Inner {
     tls: Option<crate::tls::ClientTls>,
     /// `authorization: Bearer <token>`, marked sensitive, if the server authenticates.
     bearer: Option<http::HeaderValue>,
+    /// What the connections' TLS refused after the handshake.
+    alerts: Arc<crate::tls::Alerts>,
 }
 
 /// Builds an [`HttpTransport`].
@@ -135,7 +135,13 @@ impl HttpTransportBuilder {
 
     /// Builds the transport.
     pub fn build(self) -> HttpTransport {
-        let connector = crate::tls::connector(self.tls.as_ref(), self.connect_timeout, true);
+        let alerts = Arc::<crate::tls::Alerts>::default();
+        let connector = crate::tls::connector(
+            self.tls.as_ref(),
+            self.connect_timeout,
+            true,
+            Arc::clone(&alerts),
+        );
         let client = HyperClient::builder(TokioExecutor::new())
             .http2_only(self.http2_only)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
@@ -148,6 +154,7 @@ impl HttpTransportBuilder {
                 codec: self.codec,
                 tls: self.tls,
                 bearer: self.bearer,
+                alerts,
             }),
         }
     }
@@ -207,8 +214,11 @@ async fn send(inner: &Inner, call: Call) -> Result<Bytes, CallError> {
             format!("cannot build the request: {e}"),
         )
     })?;
+    let started = std::time::Instant::now();
     let response = client.request(request).await.map_err(|e| {
-        if let Some(why) = crate::tls::failure(&e) {
+        // rustls' reason, in the error or (TLS 1.3, read after the handshake) recorded by the
+        // connection that it closed.
+        if let Some(why) = crate::tls::failure(&e).or_else(|| inner.alerts.since(started)) {
             return fail(
                 ErrorKind::Protocol,
                 format!("TLS with {base} failed: {why}"),

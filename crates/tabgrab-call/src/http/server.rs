@@ -13,6 +13,7 @@ use tabgrab_core::{Codec, Envelope, ErrorKind};
 use tokio::time::Instant;
 
 use super::{ErrorBody, status_of};
+use crate::auth::{PeerCertificate, Presented};
 use crate::call::{IDEMPOTENCY_KEY, RequestKind, TIMEOUT_HEADER};
 use crate::handler::{Handlers, ServeError};
 
@@ -104,7 +105,9 @@ async fn serve_one(
     }
     let (parts, body) = request.into_parts();
     // Before a byte of the body is read, too.
-    let principal = handlers.authenticate_headers(&parts.headers)?;
+    let presented = Presented::new(&parts.headers)
+        .with_peer_certificate(parts.extensions.get::<PeerCertificate>());
+    let principal = handlers.authenticate_presented(&presented)?;
     let structured = structured_mode(&ty, &parts.headers)?;
     let deadline = deadline_of(&parts.headers)?;
     let idempotency_key = parts

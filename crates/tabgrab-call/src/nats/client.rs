@@ -126,9 +126,12 @@ impl NatsTransport {
 impl NatsTransportBuilder {
     /// Sends `authorization: Bearer <token>` with every call, for servers whose handlers
     /// authenticate callers ([`crate::auth`]). A call then carries NATS headers in either
-    /// content mode.
+    /// content mode. A token that cannot be a header value (control characters) is not sent,
+    /// and the server refuses the calls as unauthenticated.
     pub fn bearer_token(mut self, token: impl AsRef<str>) -> Self {
-        self.bearer = Some(format!("Bearer {}", token.as_ref().trim()));
+        // The value the HTTP and gRPC transports send, as NATS headers take it (a string).
+        self.bearer = crate::auth::bearer(token.as_ref())
+            .and_then(|value| value.to_str().ok().map(str::to_owned));
         self
     }
 

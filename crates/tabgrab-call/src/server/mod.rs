@@ -68,7 +68,11 @@
 //! first request, and counts toward the connection limit from the accept on; a socket that
 //! never finishes its handshake is closed like one that never sends its head. ALPN chooses
 //! HTTP/2 or HTTP/1.1. A client that fails the handshake (no certificate where one is
-//! required, one from another CA) is dropped before any handler runs.
+//! required, one from another CA, an expired one) is dropped before any handler runs. With
+//! mutual TLS, the client's verified certificate ([`PeerCertificate`]) goes into the
+//! extensions of each of the connection's requests, where an
+//! [`Authenticator`](crate::auth::Authenticator) finds it
+//! ([`ClientCertificates`](crate::auth::ClientCertificates) names the principal from it).
 //!
 //! # Shutdown
 //!
@@ -95,7 +99,7 @@ use self::accept::{Accept, AcceptErrors};
 use self::connection::Timeouts;
 use self::limit::Connections;
 use self::tracked::{Tracked, Watched};
-use crate::tls::ServerTls;
+use crate::tls::{PeerCertificate, ServerTls};
 
 /// Knobs of [`serve_with`]. The defaults are safe for a server facing clients it does not
 /// control; tests set short timeouts.
@@ -305,6 +309,14 @@ async fn serve_on<L: Accept>(
                 },
                 _ = stopped.changed() => return,
             };
+            // rustls has verified the chain (the server requires client certificates only
+            // with a client CA): its leaf names the client to the authenticator.
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(PeerCertificate::from_chain);
+            let service = service.with_peer(peer);
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(Watched::new(tls, state)), service)
                 .into_owned();

@@ -20,6 +20,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::connection::State;
+use crate::tls::PeerCertificate;
 
 /// A request in flight on a connection, from its head to the end of its answer.
 #[derive(Debug)]
@@ -38,17 +39,30 @@ impl Drop for InFlight {
     }
 }
 
-/// The router as a hyper service that counts its requests in flight.
+/// The router as a hyper service that counts its requests in flight, and gives each request
+/// the connection's verified client certificate, if any.
 #[derive(Clone, Debug)]
 pub(super) struct Tracked {
     router: axum::Router,
     state: Arc<State>,
+    peer: Option<PeerCertificate>,
 }
 
 impl Tracked {
     /// `router`, serving the connection of `state`.
     pub(super) fn new(router: axum::Router, state: Arc<State>) -> Tracked {
-        Tracked { router, state }
+        Tracked {
+            router,
+            state,
+            peer: None,
+        }
+    }
+
+    /// The same, on a connection whose TLS handshake verified the client certificate `peer`:
+    /// every request carries it in its extensions.
+    pub(super) fn with_peer(mut self, peer: Option<PeerCertificate>) -> Tracked {
+        self.peer = peer;
+        self
     }
 }
 
@@ -57,7 +71,10 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Error = Infallible;
     type Future = TrackedFuture<RouteFuture<Infallible>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(peer) = &self.peer {
+            request.extensions_mut().insert(peer.clone());
+        }
         let in_flight = InFlight::start(&self.state, request.version());
         // The router is always ready (axum's `poll_ready` is `Ready(Ok(()))`); a clone is an
         // `Arc` clone, as hyper-util's `TowerToHyperService` does per request.
