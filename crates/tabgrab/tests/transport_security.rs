@@ -2,9 +2,15 @@
 //!
 //! NATS, against nats-servers of the test's own: mutual TLS (`tls://` with `tls_ca`,
 //! `tls_cert`, `tls_key`) carries events, and each missing piece is refused with a clear
-//! error; an nkey seed file (`nkey=`) authenticates, and the seed never appears in an error.
+//! error; an nkey seed file (`nkey=`) authenticates, and the seed never appears in an error;
+//! in operator mode (JWTs the test signs with the `nkeys` crate) a `.creds` file carries
+//! events, and a user of an unknown account or a JWT with the wrong seed is refused.
 //! RabbitMQ, through a TLS terminator of the test's own (stunnel, in front of the machine's
-//! RabbitMQ): `amqps://` with `tls_ca` carries events; without the CA it is refused.
+//! RabbitMQ): `amqps://` with `tls_ca` carries events; without the CA it is refused; with
+//! stunnel requiring client certificates, `tls_cert` and `tls_key` carry events and a missing
+//! or foreign certificate is refused.
+//! On both: an untrusted or expired server certificate, a wrong password, user or token is
+//! refused within seconds with a typed error that says why and shows no secret.
 //! Certificates come from `tabgrab_testkit::tls` (the `openssl` command).
 #![cfg(all(feature = "nats", feature = "amqp"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -805,4 +811,40 @@ async fn a_creds_file_authenticates_in_operator_mode_and_wrong_ones_are_refused(
         &secrets,
     )
     .await;
+}
+
+/// The machine's PostgreSQL trusts every password, but not a role that does not exist: the
+/// correlation store's connection is refused at once, saying so, without the password. (Its
+/// kind is the stores' `Storage` today, which a retry policy counts as retryable;
+/// `Unauthenticated` would be the better kind, and is accepted here too.)
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_role_that_does_not_exist_at_once() {
+    if !tabgrab_testkit::services::require("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let password = "Pg-Wrong_c0ffee";
+    let role = format!("no_such_role_{}", std::process::id());
+    let started = Instant::now();
+    let e = tabgrab::messaging::PostgresStore::connect(&format!(
+        "postgres://{role}:{password}@127.0.0.1:5432/test"
+    ))
+    .await
+    .expect_err("a role that does not exist");
+    let elapsed = started.elapsed();
+    let text = format!("{e} {e:?}");
+    println!("postgres with an unknown role ({elapsed:.1?}): {e}");
+    assert!(
+        matches!(e.kind(), ErrorKind::Storage | ErrorKind::Unauthenticated),
+        "{e}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "refused after {elapsed:?}"
+    );
+    assert!(
+        text.contains(&format!("role \"{role}\" does not exist")),
+        "{e}"
+    );
+    assert!(!text.contains(password), "the password is shown: {text}");
 }
