@@ -135,6 +135,19 @@ async fn mutual_tls_carries_events_and_each_missing_piece_is_refused() {
         .expect_err("a CA file that is not there");
     assert_eq!(missing.kind(), ErrorKind::Malformed);
     assert!(missing.to_string().contains("/no/such/ca.pem"), "{missing}");
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = tabgrab_testkit::tls::certificates(other_dir.path()).unwrap();
+    refused(
+        "a client key that is not the certificate's",
+        &format!(
+            "tls://{address}?tls_ca={ca}&tls_cert={cert}&tls_key={}",
+            other.client_key.display()
+        ),
+        ErrorKind::Malformed,
+        &["not the key of the client certificate"],
+        &[],
+    )
+    .await;
     let half = Bus::connect(&format!("tls://{address}?tls_cert={cert}"))
         .await
         .expect_err("a certificate without its key");
@@ -416,6 +429,18 @@ async fn amqps_with_a_client_certificate_carries_events_and_without_one_is_refus
         ErrorKind::Malformed,
         &[&certs.client_key.display().to_string(), "not a PEM file"],
         &[&key_body],
+    )
+    .await;
+    refused(
+        "a client key that is not the certificate's",
+        &format!(
+            "{base}&tls_cert={}&tls_key={}",
+            certs.client_cert.display(),
+            stranger.client_key.display()
+        ),
+        ErrorKind::Malformed,
+        &["not the key of the client certificate"],
+        &["guest:guest", &key_body],
     )
     .await;
     refused(

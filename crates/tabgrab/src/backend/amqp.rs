@@ -264,7 +264,8 @@ fn settings_of(url: &str) -> Result<UrlSettings, Error> {
     })
 }
 
-/// Why a connection failed, as a typed error: a refused login is `Unauthenticated`, a TLS
+/// Why a connection failed, as a typed error: a refused login is `Unauthenticated`, a client
+/// key that is not the client certificate's is `Malformed`, a TLS
 /// handshake that failed says why (untrusted or expired certificate, client certificate
 /// refused), anything else is `Unavailable`. The URL's password is scrubbed from all of it.
 fn connect_error(url: &SecretUrl, e: &lapin::Error) -> Error {
@@ -281,6 +282,16 @@ fn connect_error(url: &SecretUrl, e: &lapin::Error) -> Error {
         .with_source(url.scrub(e));
     }
     let text = e.to_string();
+    if text.contains("KeyMismatch") {
+        return Error::new(
+            ErrorKind::Malformed,
+            format!(
+                "amqp URL {url}: the client key (tls_key) is not the key of the client \
+                 certificate (tls_cert)"
+            ),
+        )
+        .with_source(url.scrub(e));
+    }
     if let Some(why) = tls_failure(&text) {
         return unavailable(
             format!("amqp: the TLS handshake with {url} failed: {why}"),

@@ -360,7 +360,8 @@ fn unavailable(what: String, e: impl std::error::Error + Send + Sync + 'static) 
 }
 
 /// Why a connection failed, as a typed error: credentials the server refused (user and
-/// password, token, nkey, creds) are `Unauthenticated`; a TLS handshake that failed says why
+/// password, token, nkey, creds) are `Unauthenticated`; a client key that is not the client
+/// certificate's is `Malformed`; a TLS handshake that failed says why
 /// (untrusted or expired certificate, client certificate refused); anything else is
 /// `Unavailable`. The URL's secrets are scrubbed from all of it. The first connection is
 /// tried once (no `retry_on_initial_connect`), within the 5 s connection timeout.
@@ -380,7 +381,19 @@ fn connect_error(url: &SecretUrl, e: &async_nats::ConnectError) -> Error {
         )
         .with_source(url.scrub(e));
     }
-    if let Some(why) = tls_failure(&e.to_string()) {
+    let text = e.to_string();
+    // async-nats drops rustls' reason (`KeyMismatch`) for its own words.
+    if text.contains("KeyMismatch") || text.contains("could not add certificate or key") {
+        return Error::new(
+            ErrorKind::Malformed,
+            format!(
+                "nats URL {url}: the client key (tls_key) is not the key of the client \
+                 certificate (tls_cert), or cannot be used with it"
+            ),
+        )
+        .with_source(url.scrub(e));
+    }
+    if let Some(why) = tls_failure(&text) {
         return unavailable(
             format!("nats: the TLS handshake with {url} failed: {why}"),
             url.scrub(e),
