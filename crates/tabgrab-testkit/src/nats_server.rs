@@ -28,6 +28,22 @@ pub struct NatsOptions {
     pub tls: Option<ServerTls>,
     /// This server is a node of a cluster ([`NatsCluster`] sets it).
     pub cluster: Option<ClusterNode>,
+    /// Operator mode (decentralized JWT authentication): clients authenticate with a user
+    /// JWT signed by one of these accounts (a `.creds` file).
+    pub operator: Option<OperatorMode>,
+}
+
+/// A server in operator mode: the operator's JWT, and the accounts it knows, preloaded in a
+/// memory resolver (`resolver: MEMORY`). An account's JWT enables JetStream through its
+/// limits (`mem_storage`, `disk_storage`, `streams`, `consumer`).
+#[derive(Clone, Debug)]
+pub struct OperatorMode {
+    /// The operator's JWT (signed by the operator's own nkey).
+    pub operator_jwt: String,
+    /// The public key (`A…`) of the system account, one of `accounts`.
+    pub system_account: Option<String>,
+    /// Each account's public key (`A…`) and JWT (signed by the operator).
+    pub accounts: Vec<(String, String)>,
 }
 
 /// A cluster node's place: its name, its route port, and the other nodes' route ports.
@@ -177,6 +193,18 @@ impl NatsServer {
         }
         if let Some(nkey) = &self.options.nkey_user {
             writeln!(file, "authorization {{ users = [ {{ nkey: {nkey:?} }} ] }}")?;
+        }
+        if let Some(operator) = &self.options.operator {
+            writeln!(file, "operator: {:?}", operator.operator_jwt)?;
+            if let Some(system) = &operator.system_account {
+                writeln!(file, "system_account: {system:?}")?;
+            }
+            writeln!(file, "resolver: MEMORY")?;
+            writeln!(file, "resolver_preload: {{")?;
+            for (account, jwt) in &operator.accounts {
+                writeln!(file, "  {account}: {jwt:?}")?;
+            }
+            writeln!(file, "}}")?;
         }
         if let Some(node) = &self.options.cluster {
             writeln!(file, "server_name: {:?}", node.name)?;

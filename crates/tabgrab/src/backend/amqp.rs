@@ -180,16 +180,17 @@ fn binary_headers(codec: &Codec, envelope: &Envelope) -> Result<FieldTable, Erro
     Ok(headers)
 }
 
-/// The URL without its `wire` setting, and the content mode it names (the default without
-/// one).
-/// tabgrab's settings in an AMQP URL's query (`wire=`, `tls_ca=`), taken out; the rest are
-/// lapin's (`heartbeat`, `frame_max`, …).
+/// tabgrab's settings in an AMQP URL's query (`wire=`, `tls_ca=`, `tls_cert=`, `tls_key=`),
+/// taken out; the rest are lapin's (`heartbeat`, `frame_max`, …).
 struct UrlSettings {
     /// The URL for lapin.
     url: String,
     content_mode: ContentMode,
     /// A CA certificate (PEM file) to trust for `amqps://`, besides the public roots.
     tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM file) and its key (PEM file, PKCS#8, PKCS#1 or SEC1) for
+    /// mutual TLS.
+    client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 fn settings_of(url: &str) -> Result<UrlSettings, Error> {
@@ -198,10 +199,12 @@ fn settings_of(url: &str) -> Result<UrlSettings, Error> {
             url: url.to_owned(),
             content_mode: ContentMode::default(),
             tls_ca: None,
+            client_cert: None,
         });
     };
     let mut mode = ContentMode::default();
     let mut tls_ca = None;
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
@@ -214,18 +217,40 @@ fn settings_of(url: &str) -> Result<UrlSettings, Error> {
                 })?;
             }
             Some(("tls_ca", value)) => tls_ca = Some(std::path::PathBuf::from(value)),
+            Some(("tls_cert", value)) => tls_cert = Some(std::path::PathBuf::from(value)),
+            Some(("tls_key", value)) => tls_key = Some(std::path::PathBuf::from(value)),
             _ => rest.push(pair),
         }
     }
-    if tls_ca.is_some() && !base.starts_with("amqps://") {
+    let tls_settings = [
+        ("tls_ca", tls_ca.is_some()),
+        ("tls_cert", tls_cert.is_some()),
+        ("tls_key", tls_key.is_some()),
+    ];
+    if let Some((name, _)) = tls_settings.iter().find(|(_, set)| *set)
+        && !base.starts_with("amqps://")
+    {
         return Err(Error::new(
             ErrorKind::Malformed,
             format!(
-                "amqp URL {}: tls_ca is for amqps:// URLs (TLS); this one is plain text",
+                "amqp URL {}: {name} is for amqps:// URLs (TLS); this one is plain text",
                 SecretUrl::new(url)
             ),
         ));
     }
+    let client_cert = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                format!(
+                    "amqp URL {}: a client certificate needs both tls_cert and tls_key",
+                    SecretUrl::new(url)
+                ),
+            ));
+        }
+    };
     let url = if rest.is_empty() {
         base.to_owned()
     } else {
@@ -235,7 +260,115 @@ fn settings_of(url: &str) -> Result<UrlSettings, Error> {
         url,
         content_mode: mode,
         tls_ca,
+        client_cert,
     })
+}
+
+/// Why a connection failed, as a typed error: a refused login is `Unauthenticated`, a client
+/// key that is not the client certificate's is `Malformed`, a TLS
+/// handshake that failed says why (untrusted or expired certificate, client certificate
+/// refused), anything else is `Unavailable`. The URL's password is scrubbed from all of it.
+fn connect_error(url: &SecretUrl, e: &lapin::Error) -> Error {
+    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind()
+        && amqp.get_id() == 403
+    {
+        return Error::new(
+            ErrorKind::Unauthenticated,
+            format!(
+                "amqp: RabbitMQ at {url} refused the login (authentication failed): check \
+                 the user and password, and that the user may use the vhost"
+            ),
+        )
+        .with_source(url.scrub(e));
+    }
+    let text = e.to_string();
+    if text.contains("KeyMismatch") {
+        return Error::new(
+            ErrorKind::Malformed,
+            format!(
+                "amqp URL {url}: the client key (tls_key) is not the key of the client \
+                 certificate (tls_cert)"
+            ),
+        )
+        .with_source(url.scrub(e));
+    }
+    if let Some(why) = tls_failure(&text) {
+        return unavailable(
+            format!("amqp: the TLS handshake with {url} failed: {why}"),
+            url.scrub(e),
+        );
+    }
+    unavailable(
+        format!(
+            "amqp: cannot connect to {url}; is RabbitMQ running, and are the user, password \
+             and vhost right?"
+        ),
+        url.scrub(e),
+    )
+}
+
+/// A TLS handshake failure in rustls' words, explained; `None` when `text` is not one.
+fn tls_failure(text: &str) -> Option<&'static str> {
+    // Alerts first: `alert: CertificateExpired` is about this client's certificate.
+    let known = [
+        (
+            "alert: CertificateRequired",
+            "the server requires a client certificate (tls_cert= and tls_key=)",
+        ),
+        (
+            "alert: UnknownCA",
+            "the server does not trust this client's certificate (signed by a CA it does not know)",
+        ),
+        (
+            "alert: CertificateExpired",
+            "the server refused this client's certificate as expired",
+        ),
+        (
+            "alert: BadCertificate",
+            "the server refused this client's certificate",
+        ),
+        (
+            "alert: HandshakeFailure",
+            "the server refused the handshake (a client certificate it wants, or no common cipher)",
+        ),
+        (
+            "UnknownIssuer",
+            "the server's certificate is signed by a CA this client does not trust \
+             (name the CA with tls_ca=)",
+        ),
+        (
+            "BadSignature",
+            "the server's certificate is not signed by a CA this client trusts (its \
+             signature does not verify: another CA of the same name signed it?)",
+        ),
+        (
+            "certificate expired",
+            "the server's certificate has expired",
+        ),
+        ("Expired", "the server's certificate has expired"),
+        ("not valid yet", "the server's certificate is not valid yet"),
+        ("NotValidYet", "the server's certificate is not valid yet"),
+        (
+            "NotValidForName",
+            "the server's certificate is not valid for this host name",
+        ),
+        ("Revoked", "the server's certificate is revoked"),
+        (
+            "invalid peer certificate",
+            "the server's certificate is invalid",
+        ),
+        ("InvalidContentType", "the server does not speak TLS there"),
+        ("CorruptMessage", "the server does not speak TLS there"),
+    ];
+    known
+        .iter()
+        .find(|(needle, _)| text.contains(needle))
+        .map(|(_, why)| *why)
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Where [`AmqpBus::send`] publishes: a topic's exchange, or a queue through the default
@@ -330,7 +463,10 @@ impl AmqpBus {
     }
 
     /// Connects to `url` (`amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS, with
-    /// `?tls_ca=<pem file>` to trust a CA besides the public roots).
+    /// `?tls_ca=<pem file>` to trust a CA besides the public roots, and
+    /// `tls_cert=<pem file>&tls_key=<pem file>` to present a client certificate: mutual TLS,
+    /// both or neither). A refused login is `Unauthenticated`; a failed TLS handshake is
+    /// `Unavailable` and says why; either comes within 10 s, without retries.
     /// `?wire=structured|binary` chooses how envelopes are published (the URL's other
     /// settings are lapin's: `heartbeat`, `frame_max`, …).
     pub async fn connect(url: &str) -> Result<AmqpBus, Error> {
@@ -338,20 +474,59 @@ impl AmqpBus {
             url,
             content_mode,
             tls_ca,
+            client_cert,
         } = settings_of(url)?;
         let url = url.as_str();
         let shown_url = SecretUrl::new(url);
-        let cert_chain = match &tls_ca {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
                 Error::new(
                     ErrorKind::Malformed,
                     format!(
-                        "amqp URL {shown_url}: cannot read the CA certificate (tls_ca) {}",
+                        "amqp URL {shown_url}: cannot read the {what} {}",
                         path.display()
                     ),
                 )
                 .with_source(e)
-            })?),
+            })
+        };
+        // A file that is not what its setting names is refused here, by its path: lapin's
+        // own parse errors could quote a line of it, and a key's lines are secret.
+        let not_pem = |what: &str, path: &std::path::Path, expected: &str| {
+            Error::new(
+                ErrorKind::Malformed,
+                format!(
+                    "amqp URL {shown_url}: the {what} {} is not a PEM file holding {expected}",
+                    path.display()
+                ),
+            )
+        };
+        let cert_chain = match &tls_ca {
+            Some(path) => {
+                let pem = read("CA certificate (tls_ca)", path)?;
+                if !contains(&pem, b"-----BEGIN CERTIFICATE-----") {
+                    return Err(not_pem("CA certificate (tls_ca)", path, "a certificate"));
+                }
+                Some(String::from_utf8_lossy(&pem).into_owned())
+            }
+            None => None,
+        };
+        let identity = match &client_cert {
+            Some((cert_path, key_path)) => {
+                let pem = read("client certificate (tls_cert)", cert_path)?;
+                if !contains(&pem, b"-----BEGIN CERTIFICATE-----") {
+                    return Err(not_pem(
+                        "client certificate (tls_cert)",
+                        cert_path,
+                        "a certificate",
+                    ));
+                }
+                let key = read("client key (tls_key)", key_path)?;
+                if !contains(&key, b"PRIVATE KEY-----") {
+                    return Err(not_pem("client key (tls_key)", key_path, "a private key"));
+                }
+                Some(lapin::tcp::OwnedIdentity::PKCS8 { pem, key })
+            }
             None => None,
         };
         let runtime = lapin::runtime::default_runtime()
@@ -362,7 +537,7 @@ impl AmqpBus {
                 shown_url.expose(),
                 ConnectionProperties::default(),
                 lapin::tcp::OwnedTLSConfig {
-                    identity: None,
+                    identity,
                     cert_chain,
                 },
                 runtime,
@@ -375,12 +550,7 @@ impl AmqpBus {
                 format!("amqp: connecting to {shown_url} took more than 10 s"),
             )
         })?
-        .map_err(|e| {
-            unavailable(
-                format!("amqp: cannot connect to {shown_url}; is RabbitMQ running, and are the user, password and vhost right?"),
-                shown_url.scrub(&e),
-            )
-        })?;
+        .map_err(|e| connect_error(&shown_url, &e))?;
         let publisher = connection
             .create_channel()
             .await

@@ -359,6 +359,113 @@ fn unavailable(what: String, e: impl std::error::Error + Send + Sync + 'static) 
     Error::new(ErrorKind::Unavailable, what).with_source(e)
 }
 
+/// Why a connection failed, as a typed error: credentials the server refused (user and
+/// password, token, nkey, creds) are `Unauthenticated`; a client key that is not the client
+/// certificate's is `Malformed`; a TLS handshake that failed says why
+/// (untrusted or expired certificate, client certificate refused); anything else is
+/// `Unavailable`. The URL's secrets are scrubbed from all of it. The first connection is
+/// tried once (no `retry_on_initial_connect`), within the 5 s connection timeout.
+fn connect_error(url: &SecretUrl, e: &async_nats::ConnectError) -> Error {
+    use async_nats::ConnectErrorKind;
+    if matches!(
+        e.kind(),
+        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
+    ) {
+        return Error::new(
+            ErrorKind::Unauthenticated,
+            format!(
+                "nats: {url} refused the credentials (authentication failed): check the user \
+                 and password, the token, the nkey or the creds file (its user must be signed by \
+                 an account the server knows, and its seed must be that user's)"
+            ),
+        )
+        .with_source(url.scrub(e));
+    }
+    let text = e.to_string();
+    // async-nats drops rustls' reason (`KeyMismatch`) for its own words.
+    if text.contains("KeyMismatch") || text.contains("could not add certificate or key") {
+        return Error::new(
+            ErrorKind::Malformed,
+            format!(
+                "nats URL {url}: the client key (tls_key) is not the key of the client \
+                 certificate (tls_cert), or cannot be used with it"
+            ),
+        )
+        .with_source(url.scrub(e));
+    }
+    if let Some(why) = tls_failure(&text) {
+        return unavailable(
+            format!("nats: the TLS handshake with {url} failed: {why}"),
+            url.scrub(e),
+        );
+    }
+    unavailable(
+        format!(
+            "nats: cannot connect to {url}; is nats-server running there (with -js), and are \
+             the credentials right?"
+        ),
+        url.scrub(e),
+    )
+}
+
+/// A TLS handshake failure in rustls' words, explained; `None` when `text` is not one. (The
+/// AMQP backend has the same table: the two are built apart, by feature.)
+fn tls_failure(text: &str) -> Option<&'static str> {
+    // Alerts first: `alert: CertificateExpired` is about this client's certificate.
+    let known = [
+        (
+            "alert: CertificateRequired",
+            "the server requires a client certificate (tls_cert= and tls_key=)",
+        ),
+        (
+            "alert: UnknownCA",
+            "the server does not trust this client's certificate (signed by a CA it does not know)",
+        ),
+        (
+            "alert: CertificateExpired",
+            "the server refused this client's certificate as expired",
+        ),
+        (
+            "alert: BadCertificate",
+            "the server refused this client's certificate",
+        ),
+        (
+            "alert: HandshakeFailure",
+            "the server refused the handshake (a client certificate it wants, or no common cipher)",
+        ),
+        (
+            "UnknownIssuer",
+            "the server's certificate is signed by a CA this client does not trust \
+             (name the CA with tls_ca=)",
+        ),
+        (
+            "BadSignature",
+            "the server's certificate is not signed by a CA this client trusts (its \
+             signature does not verify: another CA of the same name signed it?)",
+        ),
+        (
+            "certificate expired",
+            "the server's certificate has expired",
+        ),
+        ("Expired", "the server's certificate has expired"),
+        ("not valid yet", "the server's certificate is not valid yet"),
+        ("NotValidYet", "the server's certificate is not valid yet"),
+        (
+            "NotValidForName",
+            "the server's certificate is not valid for this host name",
+        ),
+        ("Revoked", "the server's certificate is revoked"),
+        (
+            "invalid peer certificate",
+            "the server's certificate is invalid",
+        ),
+    ];
+    known
+        .iter()
+        .find(|(needle, _)| text.contains(needle))
+        .map(|(_, why)| *why)
+}
+
 impl NatsBus {
     /// Connects to `url` (`nats://host:port`) with default settings.
     /// Settings may follow in the query: `?replicas=3&ack_wait_ms=2000`.
@@ -380,14 +487,7 @@ impl NatsBus {
             .connection_timeout(Duration::from_secs(5))
             .connect(tabgrab_core::wire::nats::server_addrs(&url)?)
             .await
-            .map_err(|e| {
-                unavailable(
-                    format!(
-                        "nats: cannot connect to {url}; is nats-server running there (with -js), and are the credentials right?"
-                    ),
-                    url.scrub(&e),
-                )
-            })?;
+            .map_err(|e| connect_error(&url, &e))?;
         let js = jetstream::new(client.clone());
         let version = parse_version(&client.server_info().version);
         Ok(NatsBus {
