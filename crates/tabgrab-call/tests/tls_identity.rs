@@ -203,7 +203,7 @@ async fn a_client_certificate_names_the_principal_over_http_and_grpc() {
             "{name}: {denied}"
         );
         assert!(
-            denied.to_string().contains("kitchen may not call"),
+            denied.to_string().contains("kitchen may not send it"),
             "{name}: {denied}"
         );
     }

@@ -53,13 +53,37 @@ pub(crate) fn validate_table(what: &str, table: &str) -> Result<(), Error> {
     }
 }
 
-/// Wraps a database error as a `Storage` error naming the component and the operation.
+/// Wraps a database error as a `Storage` error naming the component and the operation, or
+/// as `Unauthenticated` when the server refused the credentials ([`refused_credentials`]).
 pub(crate) fn db_error(what: &str, operation: &str, error: sqlx::Error) -> Error {
+    if refused_credentials(&error) {
+        return credentials_error(what, error);
+    }
     Error::new(
         ErrorKind::Storage,
         format!(
             "{what}: {operation} failed; check that the database is reachable and writable (the application's transaction, if any, should be rolled back)"
         ),
+    )
+    .with_source(error)
+}
+
+/// Whether the server refused who connects: SQLSTATE class 28 (invalid authorization
+/// specification: a wrong password, a role that does not exist, a `pg_hba.conf` rule). Not a
+/// failure that waiting cures, so it is `Unauthenticated`, which no retry repeats.
+pub(crate) fn refused_credentials(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("28"))
+}
+
+/// `Unauthenticated` for `what`, with the server's reason (never the password: the URL's
+/// secrets are scrubbed where the error is made).
+pub(crate) fn credentials_error(what: &str, error: sqlx::Error) -> Error {
+    Error::new(
+        ErrorKind::Unauthenticated,
+        format!("{what}: the database refused the credentials: {error}"),
     )
     .with_source(error)
 }

@@ -46,6 +46,8 @@ pub mod amqp;
 pub mod embedded;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(feature = "nats", feature = "amqp"))]
+mod tls;
 
 use embedded::EmbeddedBus;
 

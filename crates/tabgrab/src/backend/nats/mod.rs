@@ -393,7 +393,7 @@ fn connect_error(url: &SecretUrl, e: &async_nats::ConnectError) -> Error {
         )
         .with_source(url.scrub(e));
     }
-    if let Some(why) = tls_failure(&text) {
+    if let Some(why) = crate::backend::tls::failure(&text) {
         return unavailable(
             format!("nats: the TLS handshake with {url} failed: {why}"),
             url.scrub(e),
@@ -406,64 +406,6 @@ fn connect_error(url: &SecretUrl, e: &async_nats::ConnectError) -> Error {
         ),
         url.scrub(e),
     )
-}
-
-/// A TLS handshake failure in rustls' words, explained; `None` when `text` is not one. (The
-/// AMQP backend has the same table: the two are built apart, by feature.)
-fn tls_failure(text: &str) -> Option<&'static str> {
-    // Alerts first: `alert: CertificateExpired` is about this client's certificate.
-    let known = [
-        (
-            "alert: CertificateRequired",
-            "the server requires a client certificate (tls_cert= and tls_key=)",
-        ),
-        (
-            "alert: UnknownCA",
-            "the server does not trust this client's certificate (signed by a CA it does not know)",
-        ),
-        (
-            "alert: CertificateExpired",
-            "the server refused this client's certificate as expired",
-        ),
-        (
-            "alert: BadCertificate",
-            "the server refused this client's certificate",
-        ),
-        (
-            "alert: HandshakeFailure",
-            "the server refused the handshake (a client certificate it wants, or no common cipher)",
-        ),
-        (
-            "UnknownIssuer",
-            "the server's certificate is signed by a CA this client does not trust \
-             (name the CA with tls_ca=)",
-        ),
-        (
-            "BadSignature",
-            "the server's certificate is not signed by a CA this client trusts (its \
-             signature does not verify: another CA of the same name signed it?)",
-        ),
-        (
-            "certificate expired",
-            "the server's certificate has expired",
-        ),
-        ("Expired", "the server's certificate has expired"),
-        ("not valid yet", "the server's certificate is not valid yet"),
-        ("NotValidYet", "the server's certificate is not valid yet"),
-        (
-            "NotValidForName",
-            "the server's certificate is not valid for this host name",
-        ),
-        ("Revoked", "the server's certificate is revoked"),
-        (
-            "invalid peer certificate",
-            "the server's certificate is invalid",
-        ),
-    ];
-    known
-        .iter()
-        .find(|(needle, _)| text.contains(needle))
-        .map(|(_, why)| *why)
 }
 
 impl NatsBus {

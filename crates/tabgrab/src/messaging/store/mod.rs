@@ -310,8 +310,12 @@ pub(crate) fn validate_table(table: &str) -> Result<(), Error> {
     crate::sql::validate_table("correlation", table)
 }
 
-/// Wraps a database error as a `Storage` error naming the store and operation.
+/// Wraps a database error as a `Storage` error naming the store and operation (or
+/// `Unauthenticated`: see [`crate::sql::refused_credentials`]).
 pub(crate) fn db_error(store: &str, operation: &str, error: sqlx::Error) -> Error {
+    if crate::sql::refused_credentials(&error) {
+        return crate::sql::credentials_error(&format!("correlation store ({store})"), error);
+    }
     Error::new(
         crate::ErrorKind::Storage,
         format!(
