@@ -6,11 +6,12 @@
 //! - [`history`]: the set checker of RELIABILITY.md over recorded operations.
 //! - [`effects`]: the effects checker: exactly one effect per (consumer group, message id).
 //! - [`lifecycle`]: the per-entity state-machine checker (allowed transitions, terminal states).
-//! - [`nats_server`]: a nats-server of a test's own; [`otlp`]: an OTLP trace and metrics receiver.
+//! - [`nats_server`]: a nats-server of a test's own, [`nats_jwt`] its operator-mode users; [`otlp`]: an OTLP trace and metrics receiver.
 
 pub mod effects;
 pub mod history;
 pub mod lifecycle;
+pub mod nats_jwt;
 pub mod nats_server;
 pub mod otlp;
 pub mod python;

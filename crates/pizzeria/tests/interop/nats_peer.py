@@ -3,7 +3,10 @@ publish an OrderAccepted CloudEvent to the pizzeria's JetStream subject, then re
 OrderDelivered that the pizzeria published for it, and print that event's attributes and data
 as one JSON line.
 
-Usage: python nats_peer.py <nats-url> <order-id> <structured|binary>
+Usage: python nats_peer.py <nats-url> <order-id> <structured|binary> [<creds-file> <ca-file>]
+
+With a creds file and a CA, the peer connects over TLS (trusting that CA) and authenticates
+with the `.creds` file (a user JWT and its nkey seed), as a client of a secured NATS does.
 
 The last argument is the content mode the peer publishes in (the SDK's `to_structured` or
 `to_binary`); it reads the pizzeria's event in whichever mode it comes, through the SDK's
@@ -13,6 +16,7 @@ binding does.
 
 import asyncio
 import json
+import ssl
 import sys
 import uuid
 
@@ -21,8 +25,12 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
 
-async def main(url: str, order_id: str, mode: str) -> None:
-    nc = await nats.connect(url)
+async def main(url: str, order_id: str, mode: str, creds: str = "", ca: str = "") -> None:
+    if creds:
+        context = ssl.create_default_context(cafile=ca)
+        nc = await nats.connect(url, tls=context, user_credentials=creds)
+    else:
+        nc = await nats.connect(url)
     js = nc.jetstream()
     event_id = str(uuid.uuid4())
     event = CloudEvent(
@@ -78,4 +86,4 @@ async def main(url: str, order_id: str, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
+    asyncio.run(main(*sys.argv[1:6]))
