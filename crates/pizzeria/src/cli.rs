@@ -74,7 +74,12 @@ pub struct LabArgs {
     /// The bus to measure: `embedded` (in-process, the default), `nats://host:port` or
     /// `amqp://user:pass@host:port/vhost`. On a broker every trial uses topics of its own
     /// (a namespace) and deletes them at its end.
-    #[arg(long, default_value = "embedded")]
+    #[arg(
+        long,
+        env = "PIZZERIA_BUS",
+        hide_env_values = true,
+        default_value = "embedded"
+    )]
     pub bus: String,
     /// Seed of the customers' random choices [default: 1].
     #[arg(long)]
@@ -100,7 +105,7 @@ pub struct LabProbeArgs {
     #[arg(long)]
     pub recipient: std::net::SocketAddr,
     /// Messaging, events: the broker (with a `?namespace=`) instead of an embedded bus.
-    #[arg(long)]
+    #[arg(long, env = "PIZZERIA_BUS", hide_env_values = true)]
     pub bus: Option<String>,
 }
 
@@ -113,18 +118,23 @@ pub struct ServiceArgs {
     /// Events style: the shared bus, e.g. `nats://127.0.0.1:4222` (`?ack_wait_ms=2000` makes
     /// a crashed member's events go to another one sooner) or
     /// `amqp://guest:guest@127.0.0.1:5672/%2f`. Without it, the call style.
-    #[arg(long, conflicts_with_all = ["payment", "inventory", "kitchen"])]
+    #[arg(long, env = "PIZZERIA_BUS", hide_env_values = true, conflicts_with_all = ["payment", "inventory", "kitchen"])]
     pub bus: Option<String>,
     /// Events style, kitchen: PostgreSQL URL of the rail shared by several kitchens
     /// (required when more than one kitchen runs); the kitchen's store, as --store is.
-    #[arg(long, requires = "bus")]
+    #[arg(
+        long,
+        env = "PIZZERIA_KITCHEN_DB",
+        hide_env_values = true,
+        requires = "bus"
+    )]
     pub kitchen_db: Option<String>,
     /// Events style: where the service keeps its state (payment's ledger, inventory's
     /// reservations and shelf, the kitchen's rail, inboxes, outbox): `sqlite:PATH`,
     /// `postgres://user@host/db` (several members of a group, or a restart on another
     /// machine, share it) or `memory` (not durable); by default
     /// `sqlite:./pizzeria-data/<service>.sqlite`.
-    #[arg(long, requires = "bus")]
+    #[arg(long, env = "PIZZERIA_STORE", hide_env_values = true, requires = "bus")]
     pub store: Option<String>,
     /// The address to listen on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -268,7 +278,7 @@ pub struct RunArgs {
     /// `nats://127.0.0.1:4222` or `amqp://guest:guest@127.0.0.1:5672/%2f`. `?namespace=NAME`
     /// prefixes the run's topics with NAME (runs then share a broker without mixing) and
     /// deletes them at the end.
-    #[arg(long)]
+    #[arg(long, env = "PIZZERIA_BUS", hide_env_values = true)]
     pub bus: Option<String>,
     /// With --bus: run the services in this process (`in-process`), as child processes
     /// (`spawn`: payment, inventory, delivery and --kitchens kitchens), or not at all
@@ -279,14 +289,14 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub kitchens: u64,
     /// PostgreSQL URL of the kitchens' shared rail (needed with more than one kitchen).
-    #[arg(long)]
+    #[arg(long, env = "PIZZERIA_KITCHEN_DB", hide_env_values = true)]
     pub kitchen_db: Option<String>,
     /// Events style: where the services keep their state (ledger, reservations and shelf,
     /// the kitchen's rail, the front desk's view of the orders, inboxes, outbox),
     /// `sqlite:PATH`, `postgres://user@host/db` or `memory` (not durable); by default
     /// `sqlite:<data-dir>/effects.sqlite`, and with --services spawn one file per service,
     /// `sqlite:<data-dir>/<service>.sqlite`.
-    #[arg(long)]
+    #[arg(long, env = "PIZZERIA_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) of this process on
     /// this address while the run lasts, e.g. 127.0.0.1:9464 (port 0: any free port, printed
@@ -321,14 +331,14 @@ pub struct OrdersArgs {
     #[arg(long, default_value = "./pizzeria-data")]
     pub data_dir: PathBuf,
     /// The front desk's store instead: `sqlite:PATH` or `postgres://…`.
-    #[arg(long)]
+    #[arg(long, env = "PIZZERIA_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// Show this order and its history only.
     #[arg(long)]
     pub id: Option<uuid::Uuid>,
     /// The bus the front desk reads (`nats://…`, `amqp://…`, with `?namespace=` if the run
     /// had one), to tell how far its view is behind; with --data-dir, its embedded log.
-    #[arg(long)]
+    #[arg(long, env = "PIZZERIA_BUS", hide_env_values = true)]
     pub bus: Option<String>,
     /// List every order, not only those that have not ended.
     #[arg(long)]

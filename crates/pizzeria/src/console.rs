@@ -32,7 +32,7 @@ pub struct ConsoleArgs {
     /// The bus: `nats://host:port` or `amqp://user:pass@host:port/vhost` (with `?namespace=`
     /// as given to `pizzeria run`); without it, the embedded log of --data-dir (stop
     /// `pizzeria run` first: the log has one writer).
-    #[arg(long)]
+    #[arg(long, env = "PIZZERIA_BUS", hide_env_values = true)]
     pub bus: Option<String>,
     /// Directory of the embedded event log, as given to `pizzeria run`.
     #[arg(long, default_value = "./pizzeria-data")]
@@ -42,7 +42,13 @@ pub struct ConsoleArgs {
     pub listen: SocketAddr,
     /// The messaging style's correlation store, to list the requests waiting for replies:
     /// `sqlite:PATH` or `postgres://…`; by default `<data-dir>/correlation.db` when it exists.
-    #[arg(long, value_name = "URL", alias = "store")]
+    #[arg(
+        long,
+        env = "PIZZERIA_CORRELATION_STORE",
+        hide_env_values = true,
+        value_name = "URL",
+        alias = "store"
+    )]
     pub correlation_store: Option<String>,
     /// The topics to show, each with the consumer groups whose lag, members and flow are
     /// shown: `TOPIC` or `TOPIC:GROUP,GROUP…` (repeatable). By default the pizzeria topic with

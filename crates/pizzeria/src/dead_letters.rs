@@ -31,7 +31,7 @@ pub struct DeadLettersArgs {
     pub data_dir: PathBuf,
     /// A broker instead of the embedded log: `nats://host:port` or
     /// `amqp://user:pass@host:port/vhost` (with `?namespace=` as given to `pizzeria run`).
-    #[arg(long, global = true)]
+    #[arg(long, env = "PIZZERIA_BUS", hide_env_values = true, global = true)]
     pub bus: Option<String>,
     /// The topic whose dead letters to read: `pizzeria` (the events style), or for the
     /// messaging style `payment`, `inventory`, `kitchen` (requests) and

@@ -724,17 +724,21 @@ impl Children {
         let (tx, rx) = std::sync::mpsc::channel();
         for name in names {
             let mut command = std::process::Command::new(&exe);
+            // URLs that may carry credentials go through the environment, not the command
+            // line, which every user of the machine can read (`ps`, /proc/PID/cmdline).
             command
-                .args(["service", name, "--bus", url])
+                .args(["service", name])
+                .env("PIZZERIA_BUS", url)
                 .args(["--ovens", &config.ovens.to_string()])
                 .args(["--bake-ms", &config.bake_time.as_millis().to_string()])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::inherit());
-            if let Some(db) = &config.kitchen_db {
-                command.args(["--kitchen-db", db]);
-            }
+            match &config.kitchen_db {
+                Some(db) => command.env("PIZZERIA_KITCHEN_DB", db),
+                None => command.env_remove("PIZZERIA_KITCHEN_DB"),
+            };
             // One SQLite file per service unless they share a PostgreSQL store.
-            command.args(["--store", &store_url(config, name)]);
+            command.env("PIZZERIA_STORE", store_url(config, name));
             let truffles = config.truffles.unwrap_or(config.orders / 25);
             command.args(["--truffles", &truffles.to_string()]);
             let mut child = command.spawn().map_err(|e| {

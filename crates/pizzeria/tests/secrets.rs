@@ -509,6 +509,66 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
     })
     .unwrap();
     let port = with_user.url().rsplit(':').next().unwrap().to_owned();
+
+    // The bus URL from the environment, with the services as child processes: no command
+    // line on the machine shows the password (the children get it through theirs), and
+    // --help shows no value of it.
+    let env_url = format!("nats://lab:{nats_password}@127.0.0.1:{port}?namespace=envrun");
+    let mut c = pizzeria();
+    c.args([
+        "run",
+        "--style",
+        "events",
+        "--orders",
+        "20",
+        "--services",
+        "spawn",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("spawned"))
+    .env("PIZZERIA_BUS", &env_url);
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let watching = std::sync::Arc::clone(&watching);
+        std::thread::spawn(move || {
+            let mut lines = std::collections::BTreeSet::new();
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+                for line in String::from_utf8_lossy(&ps.stdout).lines() {
+                    if line.contains("pizzeria") {
+                        lines.insert(line.to_owned());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            lines
+        })
+    };
+    let output = run(c);
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let command_lines = watcher.join().unwrap();
+    let all = text(&output);
+    assert!(output.status.success(), "run with PIZZERIA_BUS:\n{all}");
+    assert_clean("run with the bus in PIZZERIA_BUS", &all, &secrets);
+    assert!(
+        command_lines.iter().any(|l| l.contains("service payment")),
+        "the watcher saw the payment child: {command_lines:?}"
+    );
+    let seen = command_lines.iter().cloned().collect::<Vec<_>>().join("\n");
+    assert_clean(
+        "the command lines of the run and its children",
+        &seen,
+        &secrets,
+    );
+    let mut c = pizzeria();
+    c.args(["run", "--help"]).env("PIZZERIA_BUS", &env_url);
+    let output = run(c);
+    assert!(
+        text(&output).contains("PIZZERIA_BUS"),
+        "--help names the variable"
+    );
+    assert_clean("run --help with PIZZERIA_BUS set", &text(&output), &secrets);
+    checked += 2;
     let out = dir.path().join("lab-out");
     let mut c = pizzeria();
     c.args(["lab", "--quick", "--n", "200", "--bus"])
@@ -526,5 +586,5 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
     }
     checked += 1;
 
-    assert_eq!(checked, 12);
+    assert_eq!(checked, 14);
 }

@@ -167,9 +167,11 @@ pub(crate) async fn measure(
         .args(["--n", &n.to_string()])
         .args(["--delay-ms", &delay_ms.to_string()])
         .args(["--recipient", &recipient.to_string()]);
-    if let Some(url) = bus {
-        command.args(["--bus", url]);
-    }
+    // Through the environment: the URL may carry credentials (see `run`'s children).
+    match bus {
+        Some(url) => command.env("PIZZERIA_BUS", url),
+        None => command.env_remove("PIZZERIA_BUS"),
+    };
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .map_err(|e| Error::new(ErrorKind::Io, "the probe's task failed").with_source(e))?
