@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::processes::Database;
-use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer};
+use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer, ServerTls};
 
 const POSTGRES: &str = "127.0.0.1:5432";
 
@@ -463,6 +463,76 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
         checked += 1;
     }
 
+    // TLS material and a creds file from environment variables (`env:NAME` in the URL), on
+    // a server that wants mutual TLS and a user of its operator: the run works, nothing of
+    // the material is printed, and an unset variable is named.
+    let decentralized = tabgrab_testkit::nats_jwt::Decentralized::new();
+    let secured = NatsServer::start(NatsOptions {
+        operator: Some(decentralized.operator_mode()),
+        tls: Some(ServerTls {
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+            verify_clients_with: Some(certs.ca.clone()),
+        }),
+        ..NatsOptions::default()
+    })
+    .unwrap();
+    let (creds_text, user_jwt, user_seed) = decentralized.user_creds();
+    let env_url = format!(
+        "tls://{}?tls_ca=env:PZ_CA&tls_cert=env:PZ_CERT&tls_key=env:PZ_KEY&creds=env:PZ_CREDS",
+        secured.url().trim_start_matches("nats://")
+    );
+    let material = [
+        ("PZ_CA", std::fs::read_to_string(&certs.ca).unwrap()),
+        (
+            "PZ_CERT",
+            std::fs::read_to_string(&certs.client_cert).unwrap(),
+        ),
+        (
+            "PZ_KEY",
+            std::fs::read_to_string(&certs.client_key).unwrap(),
+        ),
+        ("PZ_CREDS", creds_text),
+    ];
+    let mut env_secrets = secrets.clone();
+    env_secrets.extend([user_jwt.as_str(), user_seed.as_str()]);
+    for (what, drop_var, must_succeed) in [
+        (
+            "run with TLS material and creds from the environment",
+            None,
+            true,
+        ),
+        (
+            "run with the client key's variable unset",
+            Some("PZ_KEY"),
+            false,
+        ),
+    ] {
+        let mut c = pizzeria();
+        c.args([
+            "run", "--style", "events", "--orders", "5", "--store", "memory",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("env-material"))
+        .args(["--bus", &env_url]);
+        for (name, value) in &material {
+            if Some(*name) != drop_var {
+                c.env(name, value);
+            }
+        }
+        let output = run(c);
+        let all = text(&output);
+        assert_eq!(output.status.success(), must_succeed, "{what}:\n{all}");
+        if !must_succeed {
+            assert!(
+                all.contains("environment variable PZ_KEY"),
+                "{what}:\n{all}"
+            );
+        }
+        assert_clean(what, &all, &env_secrets);
+        checked += 1;
+    }
+
     // An nkey seed that the server knows, and one it does not.
     let nkey_server = NatsServer::start(NatsOptions {
         nkey_user: Some(seed.public_key()),
@@ -586,5 +656,5 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
     }
     checked += 1;
 
-    assert_eq!(checked, 14);
+    assert_eq!(checked, 16);
 }

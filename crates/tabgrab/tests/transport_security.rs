@@ -427,7 +427,7 @@ async fn amqps_with_a_client_certificate_carries_events_and_without_one_is_refus
             certs.client_cert.display()
         ),
         ErrorKind::Malformed,
-        &[&certs.client_key.display().to_string(), "not a PEM file"],
+        &[&certs.client_key.display().to_string(), "is not PEM text"],
         &[&key_body],
     )
     .await;

@@ -75,6 +75,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
+use super::material;
 use super::{
     Acker, Backend, Capabilities, Deliveries, Delivery, EngineReport, Published, ReplyAddress,
     SubscribeRequest,
@@ -406,7 +407,8 @@ impl AmqpBus {
     /// Connects to `url` (`amqp://user:pass@host:port/vhost`, or `amqps://…` for TLS, with
     /// `?tls_ca=<pem file>` to trust a CA besides the public roots, and
     /// `tls_cert=<pem file>&tls_key=<pem file>` to present a client certificate: mutual TLS,
-    /// both or neither). A refused login is `Unauthenticated`; a failed TLS handshake is
+    /// both or neither; each a path, or `env:NAME` for an environment variable holding the
+    /// PEM text). A refused login is `Unauthenticated`; a failed TLS handshake is
     /// `Unavailable` and says why; either comes within 10 s, without retries.
     /// `?wire=structured|binary` chooses how envelopes are published (the URL's other
     /// settings are lapin's: `heartbeat`, `frame_max`, …).
@@ -419,26 +421,16 @@ impl AmqpBus {
         } = settings_of(url)?;
         let url = url.as_str();
         let shown_url = SecretUrl::new(url);
-        let read = |what: &str, path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| {
-                Error::new(
-                    ErrorKind::Malformed,
-                    format!(
-                        "amqp URL {shown_url}: cannot read the {what} {}",
-                        path.display()
-                    ),
-                )
-                .with_source(e)
-            })
-        };
+        let where_ = format!("amqp URL {shown_url}");
+        let read = |what: &str, path: &std::path::Path| material::read(what, path, &where_);
         // A file that is not what its setting names is refused here, by its path: lapin's
         // own parse errors could quote a line of it, and a key's lines are secret.
         let not_pem = |what: &str, path: &std::path::Path, expected: &str| {
             Error::new(
                 ErrorKind::Malformed,
                 format!(
-                    "amqp URL {shown_url}: the {what} {} is not a PEM file holding {expected}",
-                    path.display()
+                    "amqp URL {shown_url}: the {what} {} is not PEM text holding {expected}",
+                    material::shown(path)
                 ),
             )
         };

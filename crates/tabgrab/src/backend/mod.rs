@@ -44,6 +44,8 @@ use crate::{Codec, Envelope, Error, ErrorKind, Topic};
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod embedded;
+#[cfg(any(feature = "nats", feature = "amqp"))]
+mod material;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(any(feature = "nats", feature = "amqp"))]

@@ -240,7 +240,7 @@ impl ResponderBuilder {
     }
 
     /// Handles only requests that carry a [`Principal`]; one without is answered with the
-    /// rejection `unauthenticated` (see the [module docs](self)).
+    /// rejection `unauthenticated` (see [`Responder`]).
     pub fn require_principal(mut self) -> ResponderBuilder {
         self.admission = Some(Admission::any());
         self
@@ -282,6 +282,11 @@ impl ResponderBuilder {
 
 /// Handles requests on a topic as a consumer group (several responders of one group share
 /// the work).
+///
+/// One built with [`ResponderBuilder::require_principal`] or [`ResponderBuilder::authorize`]
+/// answers a request that carries no [`Principal`], or one its rule does not allow for the
+/// request's type, with a [`Rejection`] of code `unauthenticated` or `permission_denied`
+/// before its handler runs (see [`crate::principal`]).
 pub struct Responder {
     subscription: Subscription,
     shared: Arc<Shared>,

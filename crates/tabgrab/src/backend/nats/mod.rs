@@ -64,6 +64,7 @@ mod pull;
 use super::{
     Acker, Backend, Capabilities, Deliveries, Delivery, EngineReport, Published, SubscribeRequest,
 };
+use crate::backend::material;
 use crate::event::{DeadLetter, StartFrom, dead_letter_topic};
 use crate::{Codec, Envelope, Error, ErrorKind, SecretUrl, Topic};
 use tabgrab_core::wire::ContentMode;
@@ -110,8 +111,10 @@ pub struct NatsConfig {
 /// How a NATS connection is secured, from the URL's query: `tls=true` (or the `tls://`
 /// scheme) requires TLS; `tls_ca=` trusts that CA (PEM file) besides the system's roots;
 /// `tls_cert=` and `tls_key=` present a client certificate (mutual TLS); `creds=` is a
-/// `.creds` file (user JWT and nkey seed); `nkey=` a file holding an nkey seed. Only paths
-/// appear in a URL, never a key: URLs reach logs and process lists.
+/// `.creds` file (user JWT and nkey seed); `nkey=` a file holding an nkey seed. Each takes a
+/// path, or `env:NAME`, an environment variable holding the content (PEM text, the creds
+/// file's text, the seed). Only paths and variable names appear in a URL, never a key: URLs
+/// reach logs and process lists.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NatsSecurity {
     /// Require TLS.
@@ -127,47 +130,58 @@ pub struct NatsSecurity {
 }
 
 impl NatsSecurity {
-    /// `options` with this security applied; reads the files it names.
+    /// `options` with this security applied; reads the files (or `env:` variables) it
+    /// names. The private files of `env:` TLS material come back with them: the client
+    /// reads them again on every reconnect, so they live as long as the connection.
     async fn apply(
         &self,
         mut options: async_nats::ConnectOptions,
         url: &SecretUrl,
-    ) -> Result<async_nats::ConnectOptions, Error> {
-        let unreadable = |what: &str, path: &std::path::Path, e: std::io::Error| {
-            Error::new(
-                ErrorKind::Malformed,
-                format!("nats URL {url}: cannot read the {what} {}", path.display()),
-            )
-            .with_source(e)
-        };
-        let check = |what: &str, path: &std::path::Path| {
-            std::fs::metadata(path)
-                .map(|_| ())
-                .map_err(|e| unreadable(what, path, e))
+    ) -> Result<(async_nats::ConnectOptions, material::Files), Error> {
+        let shown = format!("nats URL {url}");
+        let mut files = material::Files::default();
+        // Read once here, so that a missing file is this error, not the client's.
+        let mut readable = |what: &str, path: &std::path::Path| {
+            material::read(what, path, &shown)?;
+            files.path(what, path, &shown)
         };
         if self.tls || url.expose().starts_with("tls://") {
             options = options.require_tls(true);
         }
         if let Some(ca) = &self.ca {
-            check("CA certificate (tls_ca)", ca)?;
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
+            let ca = readable("CA certificate (tls_ca)", ca)?;
+            options = options.add_root_certificates(ca).require_tls(true);
         }
         if let Some((cert, key)) = &self.client_cert {
-            check("client certificate (tls_cert)", cert)?;
-            check("client key (tls_key)", key)?;
-            options = options
-                .add_client_certificate(cert.clone(), key.clone())
-                .require_tls(true);
+            let cert = readable("client certificate (tls_cert)", cert)?;
+            let key = readable("client key (tls_key)", key)?;
+            options = options.add_client_certificate(cert, key).require_tls(true);
         }
         if let Some(creds) = &self.creds {
-            options = options
-                .credentials_file(creds)
-                .await
-                .map_err(|e| unreadable("credentials file (creds)", creds, e))?;
+            let text = material::read("credentials file (creds)", creds, &shown)?;
+            let text = String::from_utf8(text).map_err(|_| {
+                Error::new(
+                    ErrorKind::Malformed,
+                    format!(
+                        "{shown}: the credentials file (creds) {} is not text",
+                        material::shown(creds)
+                    ),
+                )
+            })?;
+            options = options.credentials(&text).map_err(|e| {
+                Error::new(
+                    ErrorKind::Malformed,
+                    format!(
+                        "{shown}: the credentials file (creds) {} holds no user JWT and nkey                          seed",
+                        material::shown(creds)
+                    ),
+                )
+                .with_source(e)
+            })?;
         }
         if let Some(path) = &self.nkey {
-            let seed = std::fs::read_to_string(path)
-                .map_err(|e| unreadable("nkey seed file (nkey)", path, e))?;
+            let seed = material::read("nkey seed file (nkey)", path, &shown)?;
+            let seed = String::from_utf8_lossy(&seed);
             let seed = seed
                 .lines()
                 .map(str::trim)
@@ -176,14 +190,14 @@ impl NatsSecurity {
                     Error::new(
                         ErrorKind::Malformed,
                         format!(
-                            "nats URL {url}: {} holds no user nkey seed (a line starting with SU)",
-                            path.display()
+                            "{shown}: {} holds no user nkey seed (a line starting with SU)",
+                            material::shown(path)
                         ),
                     )
                 })?;
             options = options.nkey(seed.to_owned());
         }
-        Ok(options)
+        Ok((options, files))
     }
 }
 
@@ -324,6 +338,8 @@ pub struct NatsBus {
     streams: Arc<Mutex<HashSet<String>>>,
     /// The server's version, read at connect: what it can do with advisories and `+TERM`.
     version: (u32, u32, u32),
+    /// Private copies of `env:` TLS material, which the client reads on every reconnect.
+    _material: Arc<material::Files>,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -426,7 +442,7 @@ impl NatsBus {
     /// restarts; publishes and subscriptions resume.
     pub async fn connect_with(url: &str, config: NatsConfig) -> Result<NatsBus, Error> {
         let url = SecretUrl::new(url);
-        let options = config
+        let (options, material) = config
             .security
             .apply(tabgrab_core::wire::nats::connect_options(&url), &url)
             .await?;
@@ -445,6 +461,7 @@ impl NatsBus {
             config,
             streams: Arc::new(Mutex::new(HashSet::new())),
             version,
+            _material: Arc::new(material),
         })
     }
 
@@ -1396,6 +1413,7 @@ mod tests {
             config: NatsConfig::default(),
             streams: Arc::default(),
             version: (2, 10, 0),
+            _material: Arc::default(),
         };
         let envelope = Envelope::raw("/test", "test.v1", Bytes::new());
         let publish = bus.publish_inner("t", &envelope, None);
