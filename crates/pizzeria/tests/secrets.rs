@@ -264,6 +264,21 @@ async fn no_command_prints_a_password_or_token_it_was_given() {
         &format!("postgres://postgres:{pg_password}@{POSTGRES}/no_such_database_here"),
     ]);
     check("run with a PostgreSQL store that does not exist", c, false);
+    // A role the server does not know: refused as bad credentials, which no retry cures.
+    let mut c = pizzeria();
+    c.args(["run", "--orders", "1", "--data-dir", &data]).args([
+        "--store",
+        &format!("postgres://no_such_role_x:{pg_password}@{POSTGRES}/test"),
+    ]);
+    let output = run(c);
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(all.contains("refused the credentials"), "{all}");
+    assert_clean(
+        "run with a PostgreSQL role that does not exist",
+        &all,
+        &secrets,
+    );
     let mut c = pizzeria();
     c.args(["service", "kitchen", "--bus", &nats_token_url])
         .args([

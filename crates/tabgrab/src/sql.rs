@@ -70,8 +70,9 @@ pub(crate) fn db_error(what: &str, operation: &str, error: sqlx::Error) -> Error
 
 /// Whether the server refused who connects: SQLSTATE class 28 (invalid authorization
 /// specification: a wrong password, a role that does not exist, a `pg_hba.conf` rule). Not a
-/// failure that waiting cures, so it is `Unauthenticated`, which no retry repeats.
-pub(crate) fn refused_credentials(error: &sqlx::Error) -> bool {
+/// failure that waiting cures: tabgrab's stores report it as `Unauthenticated`, which no
+/// retry repeats, and an application's own store can do the same.
+pub fn refused_credentials(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .and_then(|e| e.code())

@@ -188,9 +188,19 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// A `Storage` error about the pizzeria's store.
+/// A `Storage` error about the pizzeria's store, or `Unauthenticated` when the database
+/// refused the credentials (no retry cures that).
 fn storage(operation: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
     move |e| {
+        if tabgrab::sql::refused_credentials(&e) {
+            return Error::new(
+                ErrorKind::Unauthenticated,
+                format!(
+                    "pizzeria store: {operation} failed: the database refused the credentials: {e}"
+                ),
+            )
+            .with_source(e);
+        }
         Error::new(
             ErrorKind::Storage,
             format!(
