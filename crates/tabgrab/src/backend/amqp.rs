@@ -192,7 +192,15 @@ struct UrlSettings {
     /// A client certificate (PEM file) and its key (PEM file, PKCS#8, PKCS#1 or SEC1) for
     /// mutual TLS.
     client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// How long a publish waits for the broker's confirm (`confirm_timeout_ms=`).
+    confirm_timeout: Duration,
 }
+
+/// How long a publish waits for the broker's confirm by default. A broker that stops
+/// confirming without closing the connection (a memory or disk alarm blocks publishers; a
+/// network path that drops packets until the heartbeat notices) would otherwise hold the
+/// publisher, and an outbox relay with its database rows, for as long as that lasts.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn settings_of(url: &str) -> Result<UrlSettings, Error> {
     let Some((base, query)) = url.split_once('?') else {
@@ -201,8 +209,10 @@ fn settings_of(url: &str) -> Result<UrlSettings, Error> {
             content_mode: ContentMode::default(),
             tls_ca: None,
             client_cert: None,
+            confirm_timeout: CONFIRM_TIMEOUT,
         });
     };
+    let mut confirm_timeout = CONFIRM_TIMEOUT;
     let mut mode = ContentMode::default();
     let mut tls_ca = None;
     let (mut tls_cert, mut tls_key) = (None, None);
@@ -220,6 +230,23 @@ fn settings_of(url: &str) -> Result<UrlSettings, Error> {
             Some(("tls_ca", value)) => tls_ca = Some(std::path::PathBuf::from(value)),
             Some(("tls_cert", value)) => tls_cert = Some(std::path::PathBuf::from(value)),
             Some(("tls_key", value)) => tls_key = Some(std::path::PathBuf::from(value)),
+            Some(("confirm_timeout_ms", value)) => {
+                let ms = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Malformed,
+                            format!(
+                                "amqp URL {}: confirm_timeout_ms must be a number of milliseconds \
+                             above 0",
+                                SecretUrl::new(url)
+                            ),
+                        )
+                    })?;
+                confirm_timeout = Duration::from_millis(ms);
+            }
             _ => rest.push(pair),
         }
     }
@@ -262,6 +289,7 @@ fn settings_of(url: &str) -> Result<UrlSettings, Error> {
         content_mode: mode,
         tls_ca,
         client_cert,
+        confirm_timeout,
     })
 }
 
@@ -364,6 +392,8 @@ pub struct AmqpBus {
     codec: Codec,
     /// How envelopes are published to topics (`?wire=structured|binary`); both are read.
     content_mode: ContentMode,
+    /// How long a publish waits for the broker's confirm (`?confirm_timeout_ms=`).
+    confirm_timeout: Duration,
     /// Exchanges known to exist.
     exchanges: Arc<Mutex<HashSet<String>>>,
     /// Queues this bus declared, by topic, so that `delete_topic` removes them.
@@ -410,6 +440,8 @@ impl AmqpBus {
     /// both or neither; each a path, or `env:NAME` for an environment variable holding the
     /// PEM text). A refused login is `Unauthenticated`; a failed TLS handshake is
     /// `Unavailable` and says why; either comes within 10 s, without retries.
+    /// A publish the broker does not confirm within 30 s (`?confirm_timeout_ms=` to change
+    /// it) fails with `Timeout`, not a wait as long as the broker's stall.
     /// `?wire=structured|binary` chooses how envelopes are published (the URL's other
     /// settings are lapin's: `heartbeat`, `frame_max`, …).
     pub async fn connect(url: &str) -> Result<AmqpBus, Error> {
@@ -418,6 +450,7 @@ impl AmqpBus {
             content_mode,
             tls_ca,
             client_cert,
+            confirm_timeout,
         } = settings_of(url)?;
         let url = url.as_str();
         let shown_url = SecretUrl::new(url);
@@ -498,6 +531,7 @@ impl AmqpBus {
             url: shown_url,
             codec: Codec::default(),
             content_mode,
+            confirm_timeout,
             exchanges: Arc::new(Mutex::new(HashSet::new())),
             queues: Arc::new(Mutex::new(Vec::new())),
             declared: Arc::new(tokio::sync::Mutex::new(HashSet::new())),
@@ -740,11 +774,29 @@ impl AmqpBus {
             body,
             properties,
         );
-        let confirm = Box::pin(publish)
+        let confirmed = async {
+            Box::pin(publish)
+                .await
+                .map_err(|e| fail("failed", e))?
+                .await
+                .map_err(|e| fail("was not confirmed", e))
+        };
+        let confirm = tokio::time::timeout(self.confirm_timeout, confirmed)
             .await
-            .map_err(|e| fail("failed", e))?
-            .await
-            .map_err(|e| fail("was not confirmed", e))?;
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "amqp {}: RabbitMQ did not confirm the {} to {target} within {} ms (is \
+                         it blocked by a memory or disk alarm, or is the network path down?); \
+                         it may or may not be stored: publish it again (an inbox absorbs a \
+                         second copy)",
+                        self.url,
+                        what(),
+                        self.confirm_timeout.as_millis()
+                    ),
+                )
+            })??;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Published {
                 position: 0,
