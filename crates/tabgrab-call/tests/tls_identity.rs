@@ -316,49 +316,58 @@ async fn counting_relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
     (addr, accepted)
 }
 
-/// A server whose certificate expired: each client (HTTP, gRPC; retries configured) fails
-/// with `Protocol`, whose message says the certificate expired, after exactly one connection,
-/// at once; nothing reaches a handler.
+/// A server whose certificate expired, or is not valid yet: each client (HTTP, gRPC; retries
+/// configured) fails with `Protocol`, whose message says so, after exactly one connection, at
+/// once; nothing reaches a handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_certificate_that_expired_fails_the_call_once_saying_so() {
+async fn a_server_certificate_out_of_its_validity_fails_the_call_once_saying_so() {
     let dir = tempfile::tempdir().unwrap();
     let certs = tabgrab_testkit::tls::certificates(dir.path()).unwrap();
-    let (cert, key) = issue(dir.path(), "stale", "server", SERVER_EXT, Some(EXPIRED));
-    let probe = Probe::default();
-    let server = Server::start_tls(
-        handlers(&probe),
-        ServerTls::from_files(&cert, &key).unwrap(),
-    )
-    .await;
-    let (relay, accepted) = counting_relay(server.addr).await;
-    let trusted = ClientTls::trusting_file(&certs.ca).unwrap();
-    let mut attempts = 0;
-    for (name, client) in clients(&format!("https://{relay}"), &trusted, None) {
-        let started = Instant::now();
-        let refused = client
-            .call_with(&Add { n: 1 }, CallOptions::timeout(Duration::from_secs(10)))
-            .await
-            .unwrap_err();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{name}: {:?}",
-            started.elapsed()
-        );
-        assert_eq!(refused.kind(), ErrorKind::Protocol, "{name}: {refused}");
-        let said = refused.to_string();
-        assert!(
-            said.contains("TLS with https://127.0.0.1") && said.contains("certificate expired"),
-            "{name}: {said}"
-        );
-        attempts += 1;
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            attempts,
-            "{name}: one connection, no retry"
-        );
+    for (name, validity, says) in [
+        ("stale", EXPIRED, "certificate expired"),
+        ("early", NOT_YET, "not valid"),
+    ] {
+        let (cert, key) = issue(dir.path(), name, "server", SERVER_EXT, Some(validity));
+        let probe = Probe::default();
+        let server = Server::start_tls(
+            handlers(&probe),
+            ServerTls::from_files(&cert, &key).unwrap(),
+        )
+        .await;
+        let (relay, accepted) = counting_relay(server.addr).await;
+        let trusted = ClientTls::trusting_file(&certs.ca).unwrap();
+        let mut attempts = 0;
+        for (transport, client) in clients(&format!("https://{relay}"), &trusted, None) {
+            let started = Instant::now();
+            let refused = client
+                .call_with(&Add { n: 1 }, CallOptions::timeout(Duration::from_secs(10)))
+                .await
+                .unwrap_err();
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{name} {transport}: {:?}",
+                started.elapsed()
+            );
+            assert_eq!(
+                refused.kind(),
+                ErrorKind::Protocol,
+                "{name} {transport}: {refused}"
+            );
+            let said = refused.to_string();
+            assert!(
+                said.contains("TLS with https://127.0.0.1") && said.contains(says),
+                "{name} {transport}: {said}"
+            );
+            attempts += 1;
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                attempts,
+                "{name} {transport}: one connection, no retry"
+            );
+        }
+        assert_eq!(probe.calls(), 0);
+        server.stop().await;
     }
-    assert_eq!(probe.calls(), 0);
-    server.stop().await;
 }
 
 /// A mutual-TLS server refuses a client certificate that expired, or is not valid yet, at
