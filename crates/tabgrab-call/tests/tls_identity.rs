@@ -385,13 +385,17 @@ async fn a_client_certificate_out_of_its_validity_is_refused_and_others_are_serv
     let server = Server::start_tls(handlers(&probe), tls).await;
     let (relay, accepted) = counting_relay(server.addr).await;
     let url = format!("https://{relay}");
-    let mut attempts = 0;
     // TLS 1.3: the server checks the certificate after the client's handshake is done, and
     // says why with an alert (`certificate_expired` stands for "not currently valid", early
-    // as well as late); the client reports it, and does not try again.
+    // as well as late); the client reports it, and does not try again once it has read it.
+    // The server closes right after its alert, and the client has sent its request by then:
+    // now and then the reset of that write reaches the client before the alert does, which
+    // looks like a connection lost, tried once more (seen once in this session's runs). So at
+    // most two connections per call, never the five attempts the clients may make.
     for (cert, key) in [expired, early] {
         let tls = ClientTls::mutual_from_files(&certs.ca, &cert, &key).unwrap();
         for (name, client) in clients(&url, &tls, None) {
+            let before = accepted.load(Ordering::SeqCst);
             let started = Instant::now();
             let refused = client
                 .call_with(&Add { n: 1 }, CallOptions::timeout(Duration::from_secs(10)))
@@ -409,11 +413,10 @@ async fn a_client_certificate_out_of_its_validity_is_refused_and_others_are_serv
                     && said.contains("received fatal alert: CertificateExpired"),
                 "{name}: {said}"
             );
-            attempts += 1;
-            assert_eq!(
-                accepted.load(Ordering::SeqCst),
-                attempts,
-                "{name}: one connection, no retry"
+            let connections = accepted.load(Ordering::SeqCst) - before;
+            assert!(
+                (1..=2).contains(&connections),
+                "{name}: {connections} connections for one call"
             );
         }
     }

@@ -91,6 +91,8 @@ pub struct Pizzeria {
     subscriptions: Vec<(&'static str, Subscription)>,
     /// The embedded bus, to count the topic's events (0 on a broker).
     embedded: Option<tabgrab::backend::embedded::EmbeddedBus>,
+    /// The bus, to ask the engine itself how far each group is behind ([`Pizzeria::settle`]).
+    bus: Bus,
 }
 
 impl Pizzeria {
@@ -141,6 +143,7 @@ impl Pizzeria {
             relay,
             subscriptions,
             embedded: bus.as_embedded().cloned(),
+            bus: bus.clone(),
         })
     }
 
@@ -165,6 +168,20 @@ impl Pizzeria {
         self.subscriptions.iter().all(|(_, s)| s.lag() == 0)
     }
 
+    /// Whether the engine itself counts nothing left for any group. A member's own lag
+    /// comes from its last delivery: an event published a moment ago (a redrive, another
+    /// process's publish) that a broker has not delivered yet is not in it.
+    async fn engine_caught_up(&self) -> bool {
+        for (name, _) in &self.subscriptions {
+            if let Ok(Some(lag)) = self.bus.lag(TOPIC, name).await
+                && lag > 0
+            {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Waits until every group has joined the bus (at once on the embedded bus).
     pub async fn ready(&self) -> Result<(), tabgrab::Error> {
         for (_, s) in &self.subscriptions {
@@ -187,7 +204,7 @@ impl Pizzeria {
             {
                 // Twice in a row, a poll apart: a handler may be about to publish.
                 settled_checks += 1;
-                if settled_checks >= 2 {
+                if settled_checks >= 2 && self.engine_caught_up().await {
                     return Ok(());
                 }
             } else {
