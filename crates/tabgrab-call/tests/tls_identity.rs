@@ -16,32 +16,10 @@ use tabgrab_call::auth::{Authenticator as _, BearerTokens, ClientCertificates};
 use tabgrab_call::grpc::GrpcTransport;
 use tabgrab_call::http::HttpTransport;
 use tabgrab_call::retry::{RetryBudget, RetryConfig};
-use tabgrab_call::{CallContext, CallOptions, Client, ClientTls, HandlerError, ServerTls};
+use tabgrab_call::{CallOptions, Client, ClientTls, ServerTls};
 use tabgrab_core::ErrorKind;
 
-use common::{Add, Charge, Probe, Server, handlers};
-
-/// Who the server says the caller is.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct WhoAmI {}
-impl tabgrab_core::Message for WhoAmI {
-    const TYPE: &'static str = "test.whoami.v1";
-}
-impl tabgrab_core::Query for WhoAmI {
-    type Response = String;
-}
-tabgrab_core::request!(query WhoAmI);
-
-/// The test handlers, and one that answers with the caller's principal.
-fn with_whoami(probe: &Probe) -> tabgrab_call::Handlers {
-    handlers(probe).handle(|_w: WhoAmI, ctx: CallContext| async move {
-        Ok::<_, HandlerError>(
-            ctx.principal
-                .map(|p| p.name().to_owned())
-                .unwrap_or_default(),
-        )
-    })
-}
+use common::{Add, Charge, Probe, Server, WhoAmI, handlers, with_whoami};
 
 /// The CA of `tabgrab_testkit::tls::certificates` in `dir` (its `ca.pem` and `ca.key`)
 /// signs a certificate for the subject `CN=cn`, with the extensions `ext` (openssl's

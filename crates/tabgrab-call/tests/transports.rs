@@ -11,7 +11,9 @@ use tabgrab_call::http::HttpTransport;
 use tabgrab_call::{CallOptions, Client};
 use tabgrab_core::ErrorKind;
 
-use common::{Add, Charge, Charged, Probe, Server, Slow, eventually, handlers};
+use common::{
+    Add, Charge, Charged, Probe, Server, Slow, WhoAmI, eventually, handlers, with_whoami,
+};
 
 fn clients(server: &Server) -> Vec<(&'static str, Client)> {
     vec![
@@ -250,17 +252,6 @@ except Exception as e:
     server.stop().await;
 }
 
-/// Who the server says the caller is.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct WhoAmI {}
-impl tabgrab_core::Message for WhoAmI {
-    const TYPE: &'static str = "test.whoami.v1";
-}
-impl tabgrab_core::Query for WhoAmI {
-    type Response = String;
-}
-tabgrab_core::request!(query WhoAmI);
-
 /// Authenticated calls on both transports: no token or a wrong one is refused as
 /// `Unauthenticated` (401 with `www-authenticate`, `UNAUTHENTICATED`) before any handler
 /// runs, and not retried; an authorization rule refuses a principal a type as
@@ -271,14 +262,7 @@ async fn calls_are_authenticated_and_authorized_per_type() {
     const FRONT_DESK: &str = "tok-front-desk-9f1c";
     const KITCHEN: &str = "tok-kitchen-77ab";
     let probe = Probe::default();
-    let handlers = handlers(&probe)
-        .handle(|_w: WhoAmI, ctx: tabgrab_call::CallContext| async move {
-            Ok::<_, tabgrab_call::HandlerError>(
-                ctx.principal
-                    .map(|p| p.name().to_owned())
-                    .unwrap_or_default(),
-            )
-        })
+    let handlers = with_whoami(&probe)
         .authenticate(
             BearerTokens::new()
                 .token(FRONT_DESK, "front-desk")

@@ -204,3 +204,25 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Who the server says the caller is.
+#[derive(Serialize, Deserialize)]
+pub struct WhoAmI {}
+impl Message for WhoAmI {
+    const TYPE: &'static str = "test.whoami.v1";
+}
+impl Query for WhoAmI {
+    type Response = String;
+}
+request!(query WhoAmI);
+
+/// The test handlers, and one that answers [`WhoAmI`] with the caller's principal.
+pub fn with_whoami(probe: &Probe) -> Handlers {
+    handlers(probe).handle(|_w: WhoAmI, ctx: CallContext| async move {
+        Ok::<_, HandlerError>(
+            ctx.principal
+                .map(|p| p.name().to_owned())
+                .unwrap_or_default(),
+        )
+    })
+}

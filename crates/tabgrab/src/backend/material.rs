@@ -64,8 +64,8 @@ pub(crate) struct Files {
 
 #[cfg(feature = "nats")]
 impl Files {
-    /// A path holding the setting's content: `path` itself, or a private file with the
-    /// variable's content.
+    /// A path holding the setting's content: `path` itself (which must exist), or a private
+    /// file with the variable's content.
     pub(crate) fn path(
         &mut self,
         what: &str,
@@ -73,7 +73,16 @@ impl Files {
         url: &dyn std::fmt::Display,
     ) -> Result<std::path::PathBuf, Error> {
         if variable(path).is_none() {
-            return Ok(path.to_owned());
+            // Checked here, so that a missing file is this error, not the client's.
+            return std::fs::metadata(path)
+                .map(|_| path.to_owned())
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Malformed,
+                        format!("{url}: cannot read the {what} {}", path.display()),
+                    )
+                    .with_source(e)
+                });
         }
         let content = read(what, path, url)?;
         let io = |e: std::io::Error| {
@@ -142,8 +151,12 @@ mod tests {
             let mode = std::fs::metadata(&written).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let plain = PathBuf::from("/etc/ca.pem");
-        assert_eq!(files.path("tls_ca", &plain, &url).unwrap(), plain);
+        // A file is used where it is, once it is found.
+        assert_eq!(files.path("tls_ca", &written, &url).unwrap(), written);
+        let missing = PathBuf::from("/no/such/ca.pem");
+        let e = files.path("tls_ca", &missing, &url).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Malformed);
+        assert!(e.to_string().contains("/no/such/ca.pem"), "{e}");
         drop(files);
         assert!(
             !written.exists(),

@@ -140,11 +140,7 @@ impl NatsSecurity {
     ) -> Result<(async_nats::ConnectOptions, material::Files), Error> {
         let shown = format!("nats URL {url}");
         let mut files = material::Files::default();
-        // Read once here, so that a missing file is this error, not the client's.
-        let mut readable = |what: &str, path: &std::path::Path| {
-            material::read(what, path, &shown)?;
-            files.path(what, path, &shown)
-        };
+        let mut readable = |what: &str, path: &std::path::Path| files.path(what, path, &shown);
         if self.tls || url.expose().starts_with("tls://") {
             options = options.require_tls(true);
         }
