@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Context, Publisher, Subscription};
-use tabgrab::{Event, Message};
 
 /// Settings of a benchmark run.
 #[derive(Clone, Debug)]
@@ -73,16 +73,12 @@ pub struct BenchReport {
     pub e2e_events: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.bench.tick.v1", event)]
 struct BenchEvent {
     n: u64,
     pad: String,
 }
-
-impl Message for BenchEvent {
-    const TYPE: &'static str = "pizzeria.bench.tick.v1";
-}
-impl Event for BenchEvent {}
 
 /// A boxed error for the CLI.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -27,7 +27,7 @@
 //! ([`MAX_CHARGE_CENTS`]).
 
 use serde::{Deserialize, Serialize};
-use tabgrab::{Command, Message, request};
+use tabgrab::Message;
 use uuid::Uuid;
 
 use crate::menu::{self, MENU};
@@ -83,21 +83,9 @@ pub const CARD_DECLINED: &str = "payment.card-declined";
 /// Refusal code of [`ReserveIngredients`]: some ingredients are short; details: [`Missing`].
 pub const INGREDIENTS_MISSING: &str = "inventory.ingredients-missing";
 
-/// Implements `Message`, `Command` and `Request` for a command with its answer type.
-macro_rules! command {
-    ($ty:ident => $response:ident, $name:literal) => {
-        impl Message for $ty {
-            const TYPE: &'static str = $name;
-        }
-        impl Command for $ty {
-            type Response = $response;
-        }
-        request!(command $ty);
-    };
-}
-
 /// Charge the order's price to the customer's card.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.payment.charge-card.v1", command, response = Charged)]
 pub struct ChargeCard {
     /// The order; also the idempotency key: a second charge of one order is the first.
     pub order_id: Uuid,
@@ -115,7 +103,6 @@ pub struct Charged {
     /// What was collected.
     pub amount_cents: u64,
 }
-command!(ChargeCard => Charged, "pizzeria.payment.charge-card.v1");
 
 impl ChargeCard {
     /// The bounds: 1 to [`MAX_CHARGE_CENTS`] cents, the card masked as `**** 1234`.
@@ -140,7 +127,8 @@ impl ChargeCard {
 }
 
 /// Give back what was collected for an order (a compensation: the order could not be made).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.payment.refund.v1", command, response = Refunded)]
 pub struct RefundPayment {
     /// The order.
     pub order_id: Uuid,
@@ -155,10 +143,10 @@ pub struct Refunded {
     /// repeated refund returns nothing twice.
     pub amount_cents: u64,
 }
-command!(RefundPayment => Refunded, "pizzeria.payment.refund.v1");
 
 /// Set aside the ingredients of an order's pizzas, all or nothing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.inventory.reserve-ingredients.v1", command, response = Reserved)]
 pub struct ReserveIngredients {
     /// The order; also the idempotency key.
     pub order_id: Uuid,
@@ -172,7 +160,6 @@ pub struct Reserved {
     /// The order.
     pub order_id: Uuid,
 }
-command!(ReserveIngredients => Reserved, "pizzeria.inventory.reserve-ingredients.v1");
 
 impl ReserveIngredients {
     /// The bounds: 1 to [`MAX_PIZZAS`] pizzas, each on the menu.
@@ -189,7 +176,8 @@ pub struct Missing {
 }
 
 /// Put an order's reserved ingredients back on the shelf (a compensation).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.inventory.release-ingredients.v1", command, response = Released)]
 pub struct ReleaseIngredients {
     /// The order.
     pub order_id: Uuid,
@@ -204,10 +192,10 @@ pub struct Released {
     /// already).
     pub released: bool,
 }
-command!(ReleaseIngredients => Released, "pizzeria.inventory.release-ingredients.v1");
 
 /// Bake an order that is paid and whose ingredients are reserved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.kitchen.place-ticket.v1", command, response = Baked)]
 pub struct PlaceTicket {
     /// The order; also the idempotency key.
     pub order_id: Uuid,
@@ -221,7 +209,6 @@ pub struct Baked {
     /// The order.
     pub order_id: Uuid,
 }
-command!(PlaceTicket => Baked, "pizzeria.kitchen.place-ticket.v1");
 
 impl PlaceTicket {
     /// The bounds: 1 to [`MAX_PIZZAS`] pizzas, each on the menu.

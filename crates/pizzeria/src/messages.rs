@@ -13,24 +13,15 @@
 //! those styles.
 
 use serde::{Deserialize, Serialize};
-use tabgrab::{Event, Message, Registry};
+use tabgrab::{Message, Registry};
 use uuid::Uuid;
 
 /// The topic every pizzeria event is published to.
 pub const TOPIC: &str = "pizzeria";
 
-/// Implements `Message` and `Event` for an event struct with its versioned type name.
-macro_rules! event {
-    ($ty:ident, $name:literal) => {
-        impl Message for $ty {
-            const TYPE: &'static str = $name;
-        }
-        impl Event for $ty {}
-    };
-}
-
 /// The front desk took an order: the customer has been answered "accepted".
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.order.accepted.v1", event)]
 pub struct OrderAccepted {
     /// The order, also the envelope subject.
     pub order_id: Uuid,
@@ -45,89 +36,88 @@ pub struct OrderAccepted {
     /// a real system would carry a token from a payment provider instead.
     pub card: String,
 }
-event!(OrderAccepted, "pizzeria.order.accepted.v1");
 
 /// The front desk gave up on an order; payment and inventory compensate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.order.cancelled.v1", event)]
 pub struct OrderCancelled {
     /// The order.
     pub order_id: Uuid,
     /// Why, in words the customer may read (`payment declined: …`, `ingredients missing: …`).
     pub reason: String,
 }
-event!(OrderCancelled, "pizzeria.order.cancelled.v1");
 
 /// Payment charged the card.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.payment.collected.v1", event)]
 pub struct PaymentCollected {
     /// The order.
     pub order_id: Uuid,
     /// What was charged, so a refund returns exactly that.
     pub amount_cents: u64,
 }
-event!(PaymentCollected, "pizzeria.payment.collected.v1");
 
 /// Payment could not charge the card; nothing was collected.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.payment.declined.v1", event)]
 pub struct PaymentDeclined {
     /// The order.
     pub order_id: Uuid,
     /// Why the card was declined.
     pub reason: String,
 }
-event!(PaymentDeclined, "pizzeria.payment.declined.v1");
 
 /// Payment gave the money of a cancelled order back.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.payment.refunded.v1", event)]
 pub struct PaymentRefunded {
     /// The order.
     pub order_id: Uuid,
     /// What was returned: the amount collected.
     pub amount_cents: u64,
 }
-event!(PaymentRefunded, "pizzeria.payment.refunded.v1");
 
 /// Inventory set the order's ingredients aside.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.ingredients.reserved.v1", event)]
 pub struct IngredientsReserved {
     /// The order.
     pub order_id: Uuid,
 }
-event!(IngredientsReserved, "pizzeria.ingredients.reserved.v1");
 
 /// Inventory lacks some ingredients of the order; nothing was reserved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.ingredients.missing.v1", event)]
 pub struct IngredientsMissing {
     /// The order.
     pub order_id: Uuid,
     /// The ingredients short, by name.
     pub missing: Vec<String>,
 }
-event!(IngredientsMissing, "pizzeria.ingredients.missing.v1");
 
 /// Inventory put the ingredients of a cancelled order back on the shelf.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.ingredients.released.v1", event)]
 pub struct IngredientsReleased {
     /// The order.
     pub order_id: Uuid,
 }
-event!(IngredientsReleased, "pizzeria.ingredients.released.v1");
 
 /// The bell: the kitchen took the order's pizzas out of the oven.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.pizza.ready.v1", event)]
 pub struct PizzaReady {
     /// The order.
     pub order_id: Uuid,
 }
-event!(PizzaReady, "pizzeria.pizza.ready.v1");
 
 /// Delivery handed the pizzas to the customer: the order is done.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.order.delivered.v1", event)]
 pub struct OrderDelivered {
     /// The order.
     pub order_id: Uuid,
 }
-event!(OrderDelivered, "pizzeria.order.delivered.v1");
 
 /// Every pizzeria event type, so each service knows (and skips) the ones it does not handle.
 pub fn registry() -> Registry {

@@ -22,21 +22,18 @@ use serde::{Deserialize, Serialize};
 use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
-use tabgrab::{Envelope, Event, Message};
+use tabgrab::{Envelope, Message};
 
 const TOPIC: &str = pizzeria::messages::TOPIC;
 const TOKEN: &str = "open-sesame-7f3a";
 /// What a hostile publisher puts where the console shows text.
 const HOSTILE: &str = "<script>document.title='pwned'</script>";
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.leaflet.dropped.v1", event)]
 struct Leaflet {
     text: String,
 }
-impl Message for Leaflet {
-    const TYPE: &'static str = "test.leaflet.dropped.v1";
-}
-impl Event for Leaflet {}
 
 /// Two dead letters in `dir`: a leaflet whose data and subject carry markup (a handler's
 /// permanent error quotes it too), and bytes that are no event.

@@ -19,19 +19,16 @@ use serde::{Deserialize, Serialize};
 use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
-use tabgrab::{Envelope, Event, Message};
+use tabgrab::{Envelope, Message};
 
 const TOPIC: &str = "parcels";
 const GROUP: &str = "sorter";
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.parcel.sent.v1", event)]
 struct Parcel {
     n: u32,
 }
-impl Message for Parcel {
-    const TYPE: &'static str = "test.parcel.sent.v1";
-}
-impl Event for Parcel {}
 
 /// Deliveries the sorter handled: (event id, `redrivenfrom`).
 type Handled = Arc<Mutex<Vec<(String, Option<String>)>>>;

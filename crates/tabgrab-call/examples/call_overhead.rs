@@ -36,31 +36,19 @@ use tabgrab_call::grpc::proto::CallRequest;
 use tabgrab_call::grpc::proto::calls_client::CallsClient;
 use tabgrab_call::http::HttpTransport;
 use tabgrab_call::{CallContext, Client, HandlerError, Handlers, ServeConfig};
-use tabgrab_core::{Message, Query, request};
+use tabgrab_core::Message;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.echo.v1", query, response = u64)]
 struct Echo {
     n: u64,
 }
-impl Message for Echo {
-    const TYPE: &'static str = "bench.echo.v1";
-}
-impl Query for Echo {
-    type Response = u64;
-}
-request!(query Echo);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.sleep.v1", query, response = u64)]
 struct Sleep {
     ms: u64,
 }
-impl Message for Sleep {
-    const TYPE: &'static str = "bench.sleep.v1";
-}
-impl Query for Sleep {
-    type Response = u64;
-}
-request!(query Sleep);
 
 fn handlers() -> Handlers {
     Handlers::new()

@@ -10,19 +10,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tabgrab_call::nats::{self, NatsTransport};
 use tabgrab_call::{CallContext, CallOptions, Client, HandlerError, Handlers};
-use tabgrab_core::{Message, Query, Rejection, request};
+use tabgrab_core::{Message, Rejection};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "demo.menu.get-price.v1", query, response = u64)]
 struct GetPrice {
     pizza: String,
 }
-impl Message for GetPrice {
-    const TYPE: &'static str = "demo.menu.get-price.v1";
-}
-impl Query for GetPrice {
-    type Response = u64;
-}
-request!(query GetPrice);
 
 fn menu(instance: &'static str) -> Handlers {
     Handlers::new().handle(move |q: GetPrice, _ctx: CallContext| async move {

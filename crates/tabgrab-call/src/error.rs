@@ -125,7 +125,10 @@ impl std::error::Error for CallError {
 
 impl From<CallError> for tabgrab_core::Error {
     fn from(e: CallError) -> tabgrab_core::Error {
-        tabgrab_core::Error::new(e.kind, e.to_string())
+        match e.rejection {
+            Some(rejection) => tabgrab_core::Error::rejected(&e.ty, rejection),
+            None => tabgrab_core::Error::new(e.kind, e.to_string()),
+        }
     }
 }
 

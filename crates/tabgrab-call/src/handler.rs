@@ -37,66 +37,43 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tabgrab_core::telemetry::trace::{self, Kind, Parent, Span, Start, Value};
-use tabgrab_core::{Codec, Envelope, Error, ErrorKind, Rejection, Request};
+use tabgrab_core::{Codec, Envelope, ErrorKind, Rejection, Request};
 use tokio::time::Instant;
 
 use crate::call::{CallOptions, RequestKind};
 use crate::idempotency::{self, Claim, Digest, IdempotencyConfig, Record};
 
-/// What a handler returns when it does not answer: a typed refusal or a failure.
-#[derive(Debug)]
-pub enum HandlerError {
-    /// The handler understood the request and refuses it; carried back whole, never retried.
-    Rejected(Rejection),
-    /// The handler failed (a dependency, a bug); the caller sees `Handler` or this error's kind.
-    Failed(Error),
-}
+/// What a handler returns when it does not answer: the one failure type of every kind of
+/// handler ([`tabgrab_core::handler`]). A call handler's refusal
+/// ([`HandlerError::rejected`], or a [`Rejection`] with `?`) goes back whole (422,
+/// `FAILED_PRECONDITION`); [`HandlerError::invalid`] is 400, `INVALID_ARGUMENT`:
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tabgrab_call::{CallContext, HandlerError, Handlers};
+/// use tabgrab_core::Message;
+///
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(type = "demo.tip.v1", command, response = u64)]
+/// struct Tip { cents: u64 }
+///
+/// let handlers = Handlers::new().handle(|tip: Tip, _ctx: CallContext| async move {
+///     if tip.cents > 10_000 {
+///         return Err(HandlerError::invalid("cents: a tip is at most 10000 cents"));
+///     }
+///     Ok(tip.cents)
+/// });
+/// # let _ = handlers;
+/// ```
+pub use tabgrab_core::HandlerError;
 
-impl HandlerError {
-    /// The request is out of the domain's bounds (an amount, a count, a name not on the
-    /// menu): refused as invalid input (400, `INVALID_ARGUMENT`), like a payload that does
-    /// not decode. `message` names the field and what is allowed.
-    ///
-    /// ```
-    /// use serde::{Deserialize, Serialize};
-    /// use tabgrab_call::{CallContext, HandlerError, Handlers};
-    /// use tabgrab_core::{Command, Message, request};
-    ///
-    /// #[derive(Serialize, Deserialize)]
-    /// struct Tip { cents: u64 }
-    /// impl Message for Tip { const TYPE: &'static str = "demo.tip.v1"; }
-    /// impl Command for Tip { type Response = u64; }
-    /// request!(command Tip);
-    ///
-    /// let handlers = Handlers::new().handle(|tip: Tip, _ctx: CallContext| async move {
-    ///     if tip.cents > 10_000 {
-    ///         return Err(HandlerError::invalid("cents: a tip is at most 10000 cents"));
-    ///     }
-    ///     Ok(tip.cents)
-    /// });
-    /// # let _ = handlers;
-    /// ```
-    pub fn invalid(message: impl Into<String>) -> HandlerError {
-        HandlerError::Failed(Error::new(ErrorKind::InvalidPayload, message))
-    }
-}
-
-impl From<Rejection> for HandlerError {
-    fn from(r: Rejection) -> HandlerError {
-        HandlerError::Rejected(r)
-    }
-}
-
-impl From<Error> for HandlerError {
-    fn from(e: Error) -> HandlerError {
-        HandlerError::Failed(e)
-    }
-}
-
-impl From<crate::CallError> for HandlerError {
-    fn from(e: crate::CallError) -> HandlerError {
-        HandlerError::Failed(e.into())
-    }
+/// The kind of a handler's failure, a nested call's [`CallError`](crate::CallError) included
+/// (its kind, not `handler`: a nested call's deadline is the caller's deadline).
+fn kind_of(error: &HandlerError) -> ErrorKind {
+    error
+        .error()
+        .and_then(|e| e.downcast_ref::<crate::CallError>())
+        .map_or_else(|| error.kind(), crate::CallError::kind)
 }
 
 /// What a handler knows about the call it serves.
@@ -193,13 +170,11 @@ fn record_failure(method: &str, kind: ErrorKind, took: std::time::Duration) {
 /// ```
 /// use serde::{Deserialize, Serialize};
 /// use tabgrab_call::{CallContext, HandlerError, Handlers};
-/// use tabgrab_core::{Message, Query, request};
+/// use tabgrab_core::Message;
 ///
-/// #[derive(Serialize, Deserialize)]
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(type = "demo.ping.v1", query, response = u32)]
 /// struct Ping { n: u32 }
-/// impl Message for Ping { const TYPE: &'static str = "demo.ping.v1"; }
-/// impl Query for Ping { type Response = u32; }
-/// request!(query Ping);
 ///
 /// let handlers = Handlers::new()
 ///     .handle(|ping: Ping, _ctx: CallContext| async move { Ok::<_, HandlerError>(ping.n + 1) });
@@ -325,12 +300,11 @@ impl Handlers {
     }
 
     /// Registers the handler of `R`. A second handler for the same type replaces the first.
-    pub fn handle<R, F, Fut, E>(mut self, handler: F) -> Handlers
+    pub fn handle<R, F, Fut>(mut self, handler: F) -> Handlers
     where
         R: Request,
         F: Fn(R, CallContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<R::Response, E>> + Send + 'static,
-        E: Into<HandlerError> + 'static,
+        Fut: Future<Output = Result<R::Response, HandlerError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
         let erased: Arc<Erased> = Arc::new(move |body: Bytes, ctx: CallContext| {
@@ -344,16 +318,16 @@ impl Handlers {
                             format!("the response to {} does not serialise: {e}", R::TYPE),
                         )
                     }),
-                    Err(e) => Err(match e.into() {
-                        HandlerError::Rejected(rejection) => ServeError {
+                    Err(error) => Err(match error.rejection() {
+                        Some(rejection) => ServeError {
                             kind: ErrorKind::Remote,
                             message: format!("the {} handler refused it: {rejection}", R::TYPE),
-                            rejection: Some(rejection),
+                            rejection: Some(rejection.clone()),
                         },
-                        HandlerError::Failed(error) => {
+                        None => {
                             // Keep kinds a caller can act on (a nested call's deadline,
                             // overload); anything else is a handler failure.
-                            let kind = match error.kind() {
+                            let kind = match kind_of(&error) {
                                 k @ (ErrorKind::DeadlineExceeded
                                 | ErrorKind::Rejected
                                 | ErrorKind::Unavailable
@@ -400,24 +374,21 @@ impl Handlers {
         self.entries.get(ty).map(|e| e.kind)
     }
 
-    /// Runs the handler of `envelope.ty` on its data, under the rules of the module docs.
+    /// Runs the handler of `envelope.ty` on its data, under the rules of the module docs, for
+    /// a call from `principal` (what [`Handlers::authenticate_headers`] found, `None` when
+    /// nobody was authenticated): with an authenticator, a call without a principal is
+    /// refused with `Unauthenticated`, and with an authorization rule, a principal the rule
+    /// does not allow this type is refused with `PermissionDenied`.
+    ///
+    /// Every transport of this crate calls it; call it yourself to serve the same handlers
+    /// through a protocol of your own, such as a typed gRPC service generated from your
+    /// `.proto` (the pizzeria's `TypedPayment` does, with [`grpc::deadline_of`](crate::grpc::deadline_of)
+    /// and [`grpc::status_of`](crate::grpc::status_of)), so size limits, deadlines,
+    /// idempotency and rejections behave as on every other transport.
     ///
     /// The checks run when it is called, and the returned future holds only the handler's
     /// future and the deadline: transports box or spawn it per call, and a future that also
     /// held the envelope was larger than the allocator's small sizes (about 1 KiB).
-    pub fn dispatch(
-        &self,
-        envelope: Envelope,
-        deadline: Option<Instant>,
-        idempotency_key: Option<String>,
-    ) -> impl Future<Output = Result<Bytes, ServeError>> + Send + 'static {
-        self.dispatch_as(envelope, deadline, idempotency_key, None)
-    }
-
-    /// [`Handlers::dispatch`] of a call from `principal` (what
-    /// [`Handlers::authenticate_headers`] found): with an authenticator, a call without a
-    /// principal is refused with `Unauthenticated`, and with an authorization rule, a
-    /// principal the rule does not allow this type is refused with `PermissionDenied`.
     pub fn dispatch_as(
         &self,
         envelope: Envelope,
@@ -477,7 +448,7 @@ impl Handlers {
         span.instrument(work)
     }
 
-    /// The checks of [`Handlers::dispatch`], and the handler's future.
+    /// The checks of [`Handlers::dispatch_as`], and the handler's future.
     fn start(
         &self,
         envelope: Envelope,

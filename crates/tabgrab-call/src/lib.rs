@@ -21,13 +21,11 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use serde::{Deserialize, Serialize};
 //! use tabgrab_call::{CallContext, Client, HandlerError, Handlers, http::HttpTransport};
-//! use tabgrab_core::{Message, Query, Rejection, request};
+//! use tabgrab_core::{Message, Rejection};
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Serialize, Deserialize, Message)]
+//! #[message(type = "demo.price.v1", query, response = u64)]
 //! struct Price { pizza: String }
-//! impl Message for Price { const TYPE: &'static str = "demo.price.v1"; }
-//! impl Query for Price { type Response = u64; }
-//! request!(query Price);
 //!
 //! let handlers = Handlers::new().handle(|q: Price, _ctx: CallContext| async move {
 //!     match q.pizza.as_str() {

@@ -22,34 +22,22 @@ use serde::{Deserialize, Serialize};
 use tabgrab_call::breaker::{BreakerConfig, BreakerHandle, CircuitState, Outcome, is_failure};
 use tabgrab_call::retry::{RetryBudget, RetryConfig};
 use tabgrab_call::{Call, CallError, CallOptions, Client, RequestKind};
-use tabgrab_core::{Command, Envelope, ErrorKind, Message, Query, request};
+use tabgrab_core::{Envelope, ErrorKind, Message};
 use tabgrab_resilience::Bulkhead;
 use tabgrab_resilience::retry::next_attempt;
 use tokio::time::Instant;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "model.look.v1", query, response = u32)]
 struct Look {
     n: u32,
 }
-impl Message for Look {
-    const TYPE: &'static str = "model.look.v1";
-}
-impl Query for Look {
-    type Response = u32;
-}
-request!(query Look);
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "model.change.v1", command, response = u32)]
 struct Change {
     n: u32,
 }
-impl Message for Change {
-    const TYPE: &'static str = "model.change.v1";
-}
-impl Command for Change {
-    type Response = u32;
-}
-request!(command Change);
 
 /// What the recipient does with one attempt.
 #[derive(Clone, Copy, Debug)]

@@ -14,34 +14,22 @@ use tabgrab_call::breaker::BreakerConfig;
 use tabgrab_call::http::HttpTransport;
 use tabgrab_call::retry::{RetryBudget, RetryConfig};
 use tabgrab_call::{CallContext, CallOptions, Client, HandlerError, Handlers};
-use tabgrab_core::{Command, Error, ErrorKind, Message, Query, request};
+use tabgrab_core::{Error, ErrorKind, Message};
 use tokio::time::Instant;
 
 use common::Server;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.fail.v1", query, response = ())]
 struct Fail {
     id: u64,
 }
-impl Message for Fail {
-    const TYPE: &'static str = "test.fail.v1";
-}
-impl Query for Fail {
-    type Response = ();
-}
-request!(query Fail);
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.fail-command.v1", command, response = ())]
 struct FailCommand {
     id: u64,
 }
-impl Message for FailCommand {
-    const TYPE: &'static str = "test.fail-command.v1";
-}
-impl Command for FailCommand {
-    type Response = ();
-}
-request!(command FailCommand);
 
 /// Arrival times of attempts, per request id.
 type Arrivals = Arc<Mutex<HashMap<u64, Vec<Instant>>>>;

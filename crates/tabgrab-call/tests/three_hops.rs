@@ -12,39 +12,21 @@ use serde::{Deserialize, Serialize};
 use tabgrab_call::grpc::GrpcTransport;
 use tabgrab_call::http::HttpTransport;
 use tabgrab_call::{CallContext, CallOptions, Client, HandlerError, Handlers};
-use tabgrab_core::{ErrorKind, Message, Query, request};
+use tabgrab_core::{ErrorKind, Message};
 
 use common::{Server, eventually};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.place-order.v1", query, response = String)]
 struct PlaceOrder;
-impl Message for PlaceOrder {
-    const TYPE: &'static str = "test.place-order.v1";
-}
-impl Query for PlaceOrder {
-    type Response = String;
-}
-request!(query PlaceOrder);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.pay.v1", query, response = String)]
 struct Pay;
-impl Message for Pay {
-    const TYPE: &'static str = "test.pay.v1";
-}
-impl Query for Pay {
-    type Response = String;
-}
-request!(query Pay);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.fraud-check.v1", query, response = String)]
 struct FraudCheck;
-impl Message for FraudCheck {
-    const TYPE: &'static str = "test.fraud-check.v1";
-}
-impl Query for FraudCheck {
-    type Response = String;
-}
-request!(query FraudCheck);
 
 struct Dropped(Arc<AtomicU64>, bool);
 impl Drop for Dropped {

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::Rejection;
+
 /// What went wrong, as a stable, matchable value.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,7 +46,7 @@ pub enum ErrorKind {
     Rejected,
     /// The recipient could not be reached (connection refused, reset, DNS).
     Unavailable,
-    /// The recipient's handler refused the request with a typed [`Rejection`](crate::Rejection),
+    /// The recipient's handler refused the request with a typed [`Rejection`],
     /// carried back across the wire.
     Remote,
     /// The recipient answered something that is not a valid response (wrong status, bad body).
@@ -80,6 +82,22 @@ impl ErrorKind {
                 | ErrorKind::Timeout
                 | ErrorKind::Rejected
                 | ErrorKind::Unavailable
+        )
+    }
+
+    /// Whether the message itself is wrong (it does not decode, is too large, names a type or
+    /// version nobody reads, lacks an attribute, or breaks the handler's bounds): handling or
+    /// publishing it again cannot succeed, so it is dead-lettered at once.
+    pub fn is_bad_input(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Malformed
+                | ErrorKind::TooLarge
+                | ErrorKind::UnknownType
+                | ErrorKind::UnsupportedVersion
+                | ErrorKind::MissingAttribute
+                | ErrorKind::TypeMismatch
+                | ErrorKind::InvalidPayload
         )
     }
 
@@ -128,6 +146,8 @@ pub struct Error {
     message: String,
     /// The underlying error, kept for `source()` chains.
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// The handler's typed refusal, for [`ErrorKind::Remote`].
+    rejection: Option<Box<Rejection>>,
 }
 
 impl Error {
@@ -137,7 +157,30 @@ impl Error {
             kind,
             message: message.into(),
             source: None,
+            rejection: None,
         }
+    }
+
+    /// An [`ErrorKind::Remote`] error: the handler of a `ty` request refused it, and its typed
+    /// refusal is kept whole ([`Error::rejection`]). What a requester gets for a rejected
+    /// request, as a caller gets `CallError` of the same kind for a rejected call.
+    pub fn rejected(ty: &str, rejection: Rejection) -> Error {
+        let mut error = Error::new(
+            ErrorKind::Remote,
+            format!("the handler of {ty} refused it: {rejection}"),
+        );
+        error.rejection = Some(Box::new(rejection));
+        error
+    }
+
+    /// The handler's typed refusal, when the kind is [`ErrorKind::Remote`].
+    pub fn rejection(&self) -> Option<&Rejection> {
+        self.rejection.as_deref()
+    }
+
+    /// The refusal, taken out of the error.
+    pub fn into_rejection(self) -> Option<Rejection> {
+        self.rejection.map(|r| *r)
     }
 
     /// Attaches the underlying error.

@@ -2,17 +2,47 @@
 //!
 //! A **command** is an intention ("charge this card") answered by a confirmation or an error;
 //! a **query** asks for information and is answered by it; an **event** is a fact that happened
-//! and is answered by nobody. Commands and queries implement [`Request`], which names the
-//! response type; events do not, so code that waits for the answer to an event does not compile:
+//! and is answered by nobody. Commands and queries implement [`Request`], the one trait that
+//! names the response type; events do not, so code that waits for the answer to an event does
+//! not compile.
+//!
+//! One derive declares a message type, its kind and its response:
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use tabgrab_core::{Message, Request};
+//!
+//! #[derive(Serialize, Deserialize, Message)]
+//! #[message(type = "pizzeria.payment.charge-card.v1", command, response = Charged)]
+//! struct ChargeCard { order_id: String, cents: u64 }
+//!
+//! #[derive(Serialize, Deserialize, Message)]
+//! #[message(type = "pizzeria.payment.charged.v1")]
+//! struct Charged { payment_id: String }
+//!
+//! #[derive(Serialize, Deserialize, Message)]
+//! #[message(type = "pizzeria.order.accepted.v1", event)]
+//! struct OrderAccepted { order_id: String }
+//!
+//! assert_eq!(<ChargeCard as Message>::TYPE, "pizzeria.payment.charge-card.v1");
+//! assert!(<ChargeCard as Request>::IS_COMMAND);
+//! ```
+//!
+//! `#[message(..)]` takes `type = ".."` (required), one kind (`event`, `command` or `query`;
+//! none for a plain payload), `response = Type` for a command or a query, and
+//! `crate = "path"` when tabgrab is reached by another path than the dependency's name. The
+//! traits can also be implemented by hand: [`Message`], then [`Event`], or [`Request`] and
+//! [`Command`] or [`Query`].
+//!
+//! An event has no response:
 //!
 //! ```compile_fail
 //! use serde::{Deserialize, Serialize};
-//! use tabgrab_core::{Event, Message, Request};
+//! use tabgrab_core::{Message, Request};
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Serialize, Deserialize, Message)]
+//! #[message(type = "pizzeria.order.accepted.v1", event)]
 //! struct OrderAccepted { order_id: String }
-//! impl Message for OrderAccepted { const TYPE: &'static str = "pizzeria.order.accepted.v1"; }
-//! impl Event for OrderAccepted {}
 //!
 //! fn response_of<R: Request>(_request: R) -> Option<R::Response> { None }
 //! let _ = response_of(OrderAccepted { order_id: "o-1".into() }); // an event has no response
@@ -21,12 +51,26 @@
 //! Type names are `namespace.noun.verb.vN`: dot-separated lowercase segments, the last one the
 //! major version. A reader that knows `v1` can read any `v1` message (additive changes only) and
 //! must refuse `v2` with [`ErrorKind::UnsupportedVersion`](crate::ErrorKind) instead of guessing.
+//! The derive checks the name when the crate compiles:
+//!
+//! ```compile_fail
+//! use serde::{Deserialize, Serialize};
+//! use tabgrab_core::Message;
+//!
+//! #[derive(Serialize, Deserialize, Message)]
+//! #[message(type = "Pizzeria.order.accepted")] // upper case, and no version
+//! struct OrderAccepted { order_id: String }
+//! ```
 
 use std::fmt;
 
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{Error, ErrorKind};
+
+/// Declares a message type: `#[derive(Message)]` with `#[message(type = "..", ..)]`; see the
+/// [module documentation](self).
+pub use tabgrab_derive::Message;
 
 /// A message that can travel in an envelope: serialisable, with a stable versioned type name.
 pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -37,59 +81,136 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
 /// A fact that happened. Published, never answered.
 pub trait Event: Message {}
 
-/// An intention addressed to one handler, answered by a confirmation or an error.
-pub trait Command: Message {
-    /// The confirmation type.
-    type Response: Serialize + DeserializeOwned + Send + Sync + 'static;
-}
-
-/// A request for information, answered by the information.
-pub trait Query: Message {
-    /// The information returned.
-    type Response: Serialize + DeserializeOwned + Send + Sync + 'static;
-}
-
-/// A message that expects a response: every command and every query, never an event.
+/// A message that expects a response: every command and every query, never an event. The one
+/// trait that names the response.
 pub trait Request: Message {
     /// The response type.
     type Response: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// Whether this is a command (`true`) or a query (`false`). Queries are idempotent by
-    /// nature and may be retried; commands only with an idempotency key.
+    /// nature and may be retried; commands only with an idempotency key. The derive keeps it
+    /// in step with the [`Command`] or [`Query`] marker.
     const IS_COMMAND: bool;
 }
 
-/// Declares that a [`Command`] or [`Query`] type is a [`Request`].
-///
-/// Rust cannot express "every Command or every Query" as two blanket impls, so message types
-/// opt in with this macro:
-///
-/// ```
-/// use serde::{Deserialize, Serialize};
-/// use tabgrab_core::{Command, Message, Request, request};
-///
-/// #[derive(Serialize, Deserialize)]
-/// struct ChargeCard { order_id: String, cents: u64 }
-/// #[derive(Serialize, Deserialize)]
-/// struct Charged { payment_id: String }
-/// impl Message for ChargeCard { const TYPE: &'static str = "pizzeria.payment.charge-card.v1"; }
-/// impl Command for ChargeCard { type Response = Charged; }
-/// request!(command ChargeCard);
-/// assert!(<ChargeCard as Request>::IS_COMMAND);
-/// ```
-#[macro_export]
-macro_rules! request {
-    (command $ty:ty) => {
-        impl $crate::Request for $ty {
-            type Response = <$ty as $crate::Command>::Response;
-            const IS_COMMAND: bool = true;
+/// An intention addressed to one handler, answered by a confirmation or an error
+/// ([`Request::IS_COMMAND`] is `true`).
+pub trait Command: Request {}
+
+/// A request for information, answered by the information ([`Request::IS_COMMAND`] is
+/// `false`).
+pub trait Query: Request {}
+
+/// The rule a type name breaks.
+#[derive(Clone, Copy)]
+enum NameError {
+    Length,
+    NoVersion,
+    BadVersion,
+    VersionZero,
+    BadSegment,
+}
+use NameError::*;
+
+impl NameError {
+    /// What is wrong, after "message type "x" ".
+    const fn why(self) -> &'static str {
+        match self {
+            Length => "is empty or longer than 200 bytes",
+            NoVersion => "has no version segment",
+            BadVersion => "does not end in a version segment vN",
+            VersionZero => "has version v0; versions start at v1",
+            BadSegment => "has an empty or non-lowercase segment",
         }
-    };
-    (query $ty:ty) => {
-        impl $crate::Request for $ty {
-            type Response = <$ty as $crate::Query>::Response;
-            const IS_COMMAND: bool = false;
+    }
+}
+
+/// Why `name` is not a message type name, or `None` when it is one: the rules of
+/// [`MessageType::parse`], usable in `const` context.
+const fn type_name_error(name: &str) -> Option<NameError> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_TYPE_LEN {
+        return Some(Length);
+    }
+    // The last segment: the version.
+    let mut dot = bytes.len();
+    while dot > 0 && bytes[dot - 1] != b'.' {
+        dot -= 1;
+    }
+    if dot == 0 {
+        return Some(NoVersion);
+    }
+    let version = dot; // first byte after the last dot
+    if version + 1 >= bytes.len() || bytes[version] != b'v' {
+        return Some(BadVersion);
+    }
+    let mut i = version + 1;
+    let mut value: u64 = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !b.is_ascii_digit() {
+            return Some(BadVersion);
         }
-    };
+        value = value * 10 + (b - b'0') as u64;
+        if value > u32::MAX as u64 {
+            return Some(BadVersion);
+        }
+        i += 1;
+    }
+    if value == 0 {
+        return Some(VersionZero);
+    }
+    // Every segment before it: non-empty, lowercase letters, digits, `-` and `_`.
+    let base_end = dot - 1;
+    let mut i = 0;
+    let mut segment_len = 0;
+    while i <= base_end {
+        if i == base_end || bytes[i] == b'.' {
+            if segment_len == 0 {
+                return Some(BadSegment);
+            }
+            segment_len = 0;
+        } else {
+            let b = bytes[i];
+            if !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+                return Some(BadSegment);
+            }
+            segment_len += 1;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Fails compilation when `name` is not a message type name: what `#[derive(Message)]` calls
+/// in a `const` item. Not for other use.
+#[doc(hidden)]
+pub const fn assert_type_name(name: &str) {
+    // A `const` panic cannot format: one whole sentence per rule.
+    match type_name_error(name) {
+        None => {}
+        Some(Length) => panic!(
+            "#[message(type = ..)] is empty or longer than 200 bytes; expected dot-separated \
+             lowercase segments ending in a version, like \"pizzeria.order.accepted.v1\""
+        ),
+        Some(NoVersion) => panic!(
+            "#[message(type = ..)] has no version segment; expected dot-separated lowercase \
+             segments ending in a version, like \"pizzeria.order.accepted.v1\""
+        ),
+        Some(BadVersion) => panic!(
+            "#[message(type = ..)] does not end in a version segment vN; expected \
+             dot-separated lowercase segments ending in a version, like \
+             \"pizzeria.order.accepted.v1\""
+        ),
+        Some(VersionZero) => panic!(
+            "#[message(type = ..)] has version v0; versions start at v1, like \
+             \"pizzeria.order.accepted.v1\""
+        ),
+        Some(BadSegment) => panic!(
+            "#[message(type = ..)] has an empty or non-lowercase segment; expected \
+             dot-separated lowercase segments (a-z, 0-9, `-`, `_`) ending in a version, like \
+             \"pizzeria.order.accepted.v1\""
+        ),
+    }
 }
 
 /// A parsed type name: the base (`pizzeria.order.accepted`) and the major version (`1`).
@@ -116,28 +237,15 @@ impl MessageType {
                 ),
             )
         };
-        if name.is_empty() || name.len() > MAX_TYPE_LEN {
-            return Err(bad("is empty or longer than 200 bytes"));
+        if let Some(error) = type_name_error(name) {
+            return Err(bad(error.why()));
         }
         let Some((base, version)) = name.rsplit_once('.') else {
             return Err(bad("has no version segment"));
         };
-        let version = version
-            .strip_prefix('v')
-            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|v| v.parse::<u32>().ok())
-            .ok_or_else(|| bad("does not end in a version segment vN"))?;
-        if version == 0 {
-            return Err(bad("has version v0; versions start at v1"));
-        }
-        let segment_ok = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        };
-        if !base.split('.').all(segment_ok) {
-            return Err(bad("has an empty or non-lowercase segment"));
-        }
+        let version = version[1..]
+            .parse::<u32>()
+            .map_err(|_| bad("does not end in a version segment vN"))?;
         Ok(MessageType {
             base: base.to_owned(),
             version,

@@ -24,6 +24,10 @@
 //!
 //! The decoder never panics and never allocates before the checksum is verified; that is what
 //! the 10,000-case proptest over arbitrary bytes checks.
+//!
+//! The module is public for tools that read, check or repair segment files without opening a
+//! [`Log`](crate::Log) (and for that proptest); a change to the layout is a breaking change of
+//! this crate.
 
 use bytes::Bytes;
 

@@ -36,10 +36,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
 use tabgrab::messaging::{MemoryStore, Requester, Responder, SendOptions};
-use tabgrab::{Event, Message, Query, request};
 use tokio::sync::oneshot;
 
 /// The baselines "with the same headers" carry what tabgrab sends in binary mode.
@@ -52,7 +52,8 @@ const PUBLISHERS: u64 = 256;
 const CALLERS: u64 = 32;
 const PAD: usize = 150;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.tick.sent.v1", event)]
 struct Tick {
     n: u64,
     /// Microseconds since the epoch just before the publish; 0 in the throughput phase.
@@ -122,22 +123,12 @@ struct Row {
     p50_us: u64,
     p99_us: u64,
 }
-impl Message for Tick {
-    const TYPE: &'static str = "bench.tick.sent.v1";
-}
-impl Event for Tick {}
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.ping.send.v1", query, response = u64)]
 struct Ping {
     n: u64,
 }
-impl Message for Ping {
-    const TYPE: &'static str = "bench.ping.send.v1";
-}
-impl Query for Ping {
-    type Response = u64;
-}
-request!(query Ping);
 
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
@@ -351,9 +342,7 @@ async fn tabgrab_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
                 &Ping { n: i },
                 SendOptions::default().timeout(Duration::from_secs(30)),
             )
-            .await?
-            .ok()
-            .ok_or("no answer")?;
+            .await?;
             Ok(())
         }
     })

@@ -18,18 +18,15 @@ use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::console::Console;
 use tabgrab::event::{Context, DeadLetters, Filter, HandlerError, Publisher, Subscription};
-use tabgrab::{Envelope, Event, Message};
+use tabgrab::{Envelope, Message};
 use tower::ServiceExt as _;
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize, Message)]
+#[message(type = "bench.parcel.sent.v1", event)]
 struct Parcel {
     n: u64,
     note: String,
 }
-impl Message for Parcel {
-    const TYPE: &'static str = "bench.parcel.sent.v1";
-}
-impl Event for Parcel {}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

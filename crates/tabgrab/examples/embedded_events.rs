@@ -6,21 +6,17 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription, read_dead_letters};
 use tabgrab::retry::Backoff;
-use tabgrab::{Event, Message};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(type = "example.order.accepted.v1", event)]
 struct OrderAccepted {
     order_id: String,
     pizza: String,
 }
-
-impl Message for OrderAccepted {
-    const TYPE: &'static str = "example.order.accepted.v1";
-}
-impl Event for OrderAccepted {}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

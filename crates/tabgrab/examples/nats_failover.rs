@@ -27,22 +27,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
-use tabgrab::{Event, Message};
 use tabgrab_testkit::nats_server::{NatsCluster, NatsOptions};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.failover.tick.v1", event)]
 struct Tick {
     n: u64,
     sent_us: u64,
 }
-impl Message for Tick {
-    const TYPE: &'static str = "bench.failover.tick.v1";
-}
-impl Event for Tick {}
 
 const PHASES: [&str; 3] = ["before", "during", "after"];
 const PHASE: Duration = Duration::from_secs(10);

@@ -48,35 +48,26 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
 use tabgrab::messaging::{MemoryStore, Requester, Responder, SendOptions};
-use tabgrab::{Event, Message, Query, request};
 use tabgrab_testkit::nats_server::{NatsCluster, NatsOptions, NatsServer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.tick.sent.v1", event)]
 struct Tick {
     sent_us: u64,
     pad: String,
 }
-impl Message for Tick {
-    const TYPE: &'static str = "bench.tick.sent.v1";
-}
-impl Event for Tick {}
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.ping.send.v1", query, response = u64)]
 struct Ping {
     n: u64,
 }
-impl Message for Ping {
-    const TYPE: &'static str = "bench.ping.send.v1";
-}
-impl Query for Ping {
-    type Response = u64;
-}
-request!(query Ping);
 
 const PUBLISHERS: u64 = 256;
 /// Concurrent callers of the round-trip parts (`TABGRAB_BENCH_CALLERS` overrides it).
@@ -391,9 +382,7 @@ async fn tabgrab_request_reply(url: &str, n: u64) -> Result<f64, BoxError> {
                         &Ping { n: i },
                         SendOptions::default().timeout(Duration::from_secs(30)),
                     )
-                    .await?
-                    .ok()
-                    .ok_or("no answer")?;
+                    .await?;
                 Ok(())
             }
         }

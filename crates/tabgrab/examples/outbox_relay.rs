@@ -8,22 +8,18 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
 use tabgrab::inbox::Inbox;
 use tabgrab::outbox::Outbox;
-use tabgrab::{Event, Message};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(type = "example.order.accepted.v1", event)]
 struct OrderAccepted {
     order_id: String,
     cents: i64,
 }
-
-impl Message for OrderAccepted {
-    const TYPE: &'static str = "example.order.accepted.v1";
-}
-impl Event for OrderAccepted {}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -6,35 +6,26 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
-use tabgrab::call::{CallContext, Client, HandlerError, Handlers, http::HttpTransport};
+use tabgrab::call::{CallContext, Client, Handlers, http::HttpTransport};
 use tabgrab::event::{Publisher, Subscription};
 use tabgrab::messaging::{Outcome, Requester, Responder, SendOptions, SqliteStore};
-use tabgrab::{Event, Message, Query, Rejection, request};
 use tokio::sync::mpsc;
 
 /// A question with an answer: what does a pizza cost?
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "quickstart.menu.get-price.v1", query, response = u64)]
 struct GetPrice {
     pizza: String,
 }
-impl Message for GetPrice {
-    const TYPE: &'static str = "quickstart.menu.get-price.v1";
-}
-impl Query for GetPrice {
-    type Response = u64;
-}
-request!(query GetPrice);
 
 /// A fact nobody answers: an order was accepted.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "quickstart.order.accepted.v1", event)]
 struct OrderAccepted {
     order_id: String,
 }
-impl Message for OrderAccepted {
-    const TYPE: &'static str = "quickstart.order.accepted.v1";
-}
-impl Event for OrderAccepted {}
 
 /// The menu's prices, in cents.
 fn price(pizza: &str) -> u64 {
@@ -46,9 +37,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
 
     // 1. A non-blocking call: the menu must be up, the caller awaits its answer.
-    let menu = Handlers::new().handle(|q: GetPrice, _ctx: CallContext| async move {
-        Ok::<_, HandlerError>(price(&q.pizza))
-    });
+    let menu =
+        Handlers::new().handle(|q: GetPrice, _ctx: CallContext| async move { Ok(price(&q.pizza)) });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let router = tabgrab::call::router(menu);
@@ -71,13 +61,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     //    the reply finds the requester through its correlation store (it survives restarts).
     let bus = EmbeddedBus::open(dir.path().join("bus"))?;
     let responder = Responder::builder(&bus, "menu", "menu")
-        .handle(|q: GetPrice, _ctx| async move { Ok::<_, Rejection>(price(&q.pizza)) })
+        .handle(|q: GetPrice, _ctx| async move { Ok(price(&q.pizza)) })
         .start()?;
     let (replied, mut replies) = mpsc::unbounded_channel();
     let store = SqliteStore::open(dir.path().join("correlation.db")).await?;
     let requester = Requester::builder(&bus, "front-desk")
         .store(store)
-        .on_reply::<GetPrice, _, _>("menu", move |outcome: Outcome<u64>, _ctx| {
+        .on_reply("menu", move |outcome: Outcome<GetPrice>, _ctx| {
             let replied = replied.clone();
             async move {
                 let _ = replied.send(outcome);

@@ -19,23 +19,17 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::messaging::{
     CorrelationStore, MemoryStore, Requester, Responder, SendOptions, SqliteStore,
 };
-use tabgrab::{Message, Query, request};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.ping.send.v1", query, response = u64)]
 struct Ping {
     n: u64,
 }
-impl Message for Ping {
-    const TYPE: &'static str = "bench.ping.send.v1";
-}
-impl Query for Ping {
-    type Response = u64;
-}
-request!(query Ping);
 
 /// One measured configuration.
 struct Figures {
@@ -79,7 +73,7 @@ async fn measure(
                         SendOptions::default().timeout(Duration::from_secs(60)),
                     )
                     .await;
-                (t.elapsed(), outcome.map(|o| o.ok() == Some(n)))
+                (t.elapsed(), outcome.map(|answer| answer == n))
             }
         })
         .buffer_unordered(concurrency);

@@ -32,32 +32,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::call::{CallContext, Client, HandlerError, Handlers, http::HttpTransport};
 use tabgrab::event::{Publisher, Subscription};
-use tabgrab::{Event, Message, Query, request};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.tick.v1", event)]
 struct Tick {
     n: u64,
     pad: String,
 }
-impl Message for Tick {
-    const TYPE: &'static str = "bench.tick.v1";
-}
-impl Event for Tick {}
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "bench.echo.v1", query, response = u64)]
 struct Echo {
     n: u64,
 }
-impl Message for Echo {
-    const TYPE: &'static str = "bench.echo.v1";
-}
-impl Query for Echo {
-    type Response = u64;
-}
-request!(query Echo);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

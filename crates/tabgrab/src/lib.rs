@@ -16,12 +16,11 @@
 //! use serde::{Deserialize, Serialize};
 //! use tabgrab::backend::embedded::EmbeddedBus;
 //! use tabgrab::event::{Publisher, Subscription};
-//! use tabgrab::{Event, Message};
+//! use tabgrab::Message;
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Serialize, Deserialize, Message)]
+//! #[message(type = "pizzeria.order.accepted.v1", event)]
 //! struct OrderAccepted { order_id: String }
-//! impl Message for OrderAccepted { const TYPE: &'static str = "pizzeria.order.accepted.v1"; }
-//! impl Event for OrderAccepted {}
 //!
 //! let bus = EmbeddedBus::open("./data")?;
 //! let subscription = Subscription::builder(&bus, "orders", "kitchen")
@@ -57,8 +56,8 @@ pub mod topic;
 pub use inbox::Inbox;
 pub use outbox::{Outbox, Relay};
 pub use tabgrab_core::{
-    Codec, Command, Envelope, Error, ErrorKind, Event, Message, MessageType, Principal, Query,
-    Registry, Rejection, Request, SecretUrl, codec, envelope, message, principal, rejection,
-    request, secret, wire,
+    Codec, Command, Envelope, Error, ErrorKind, Event, HandlerError, Message, MessageType,
+    Principal, Query, Registry, Rejection, Request, SecretUrl, codec, envelope, message, principal,
+    rejection, secret, wire,
 };
 pub use topic::Topic;

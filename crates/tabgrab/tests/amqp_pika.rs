@@ -22,26 +22,21 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tabgrab::backend::Bus;
-use tabgrab::messaging::{MemoryStore, Outcome, Requester, Responder, SendOptions};
-use tabgrab::{Message, Query, Rejection, request};
+use tabgrab::messaging::{MemoryStore, Requester, Responder, SendOptions};
+use tabgrab::{Message, Rejection};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The bound of every wait on the peer or the bus.
 const WAIT: Duration = Duration::from_secs(45);
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Message)]
+#[message(type = "test.menu.get-price.v1", query, response = u64)]
 struct GetPrice {
     pizza: String,
 }
-impl Message for GetPrice {
-    const TYPE: &'static str = "test.menu.get-price.v1";
-}
-impl Query for GetPrice {
-    type Response = u64;
-}
-request!(query GetPrice);
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Message)]
+#[message(type = "test.menu.get-quote.v1", query, response = Quote)]
 struct GetQuote {
     pizza: String,
 }
@@ -50,13 +45,6 @@ struct Quote {
     cents: u64,
     by: String,
 }
-impl Message for GetQuote {
-    const TYPE: &'static str = "test.menu.get-quote.v1";
-}
-impl Query for GetQuote {
-    type Response = Quote;
-}
-request!(query GetQuote);
 
 /// The Python with pika (`None`: skipped, or a failure under `TABGRAB_REQUIRE_SERVICES=1`).
 fn python() -> Option<PathBuf> {
@@ -188,7 +176,7 @@ async fn a_pika_request_is_answered_by_a_tabgrab_responder_in_its_reply_queue() 
             if q.pizza == "margherita" {
                 Ok(900)
             } else {
-                Err(Rejection::new("menu.unknown", "no such pizza"))
+                Err(Rejection::new("menu.unknown", "no such pizza").into())
             }
         })
         .start()
@@ -275,10 +263,10 @@ async fn a_tabgrab_request_is_answered_by_a_pika_responder_and_a_stray_reply_is_
     .unwrap();
     assert_eq!(
         outcome,
-        Outcome::Replied(Ok(Quote {
+        Quote {
             cents: 1250,
             by: "pika".into()
-        }))
+        }
     );
 
     // What pika saw: the AMQP properties of a plain RPC request.

@@ -13,21 +13,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
-use tabgrab::{ErrorKind, Event, Message};
+use tabgrab::{ErrorKind, Message};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const DEADLINE: Duration = Duration::from_secs(30);
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Message)]
+#[message(type = "test.ticket.v1", event)]
 struct Ticket {
     order: String,
 }
-
-impl Message for Ticket {
-    const TYPE: &'static str = "test.ticket.v1";
-}
-
-impl Event for Ticket {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_joins_again_after_its_queue_was_deleted_and_runs_new_deliveries() {

@@ -15,20 +15,17 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
-use tabgrab::{ErrorKind, Event, Message};
+use tabgrab::{ErrorKind, Message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 const RABBITMQ: &str = "127.0.0.1:5672";
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "stall.parcel.sent.v1", event)]
 struct Parcel {
     n: u32,
 }
-impl Message for Parcel {
-    const TYPE: &'static str = "stall.parcel.sent.v1";
-}
-impl Event for Parcel {}
 
 /// Copies `from` to `to`, holding what it read while `frozen`.
 async fn pipe(

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
-use tabgrab::{Event, Message};
 
 const CHILD_URL: &str = "TABGRAB_STOP_CHILD_URL";
 const CHILD_TOPIC: &str = "TABGRAB_STOP_CHILD_TOPIC";
@@ -31,14 +31,11 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// How soon the next member must have everything the stopped one held.
 const BOUND: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.stop.job.v1", event)]
 struct Job {
     n: u32,
 }
-impl Message for Job {
-    const TYPE: &'static str = "test.stop.job.v1";
-}
-impl Event for Job {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of a_stopping_member_process_gives_back_what_it_holds_at_once"]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
-use tabgrab::{Envelope, Event, Message, Outbox};
+use tabgrab::{Envelope, Message, Outbox};
 
 use staged::{indent_the_staged_row, wait_drained};
 
@@ -21,15 +21,12 @@ const NATS: &str = "nats://127.0.0.1:4222";
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const WAIT: Duration = Duration::from_secs(20);
 
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Message)]
+#[message(type = "test.order.noted.v1", event)]
 struct Noted {
     order: String,
     n: u64,
 }
-impl Message for Noted {
-    const TYPE: &'static str = "test.order.noted.v1";
-}
-impl Event for Noted {}
 
 fn unique(name: &str) -> String {
     format!("{name}-{}", uuid::Uuid::now_v7().simple())

@@ -14,21 +14,18 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Context, Publisher, Subscription};
-use tabgrab::{Event, Message};
 
 const CHILD_ENV: &str = "TABGRAB_CRASH_CONSUMER_DIR";
 const EVENTS: u64 = 2_000;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.work.queued.v1", event)]
 struct Work {
     n: u64,
 }
-impl Message for Work {
-    const TYPE: &'static str = "test.work.queued.v1";
-}
-impl Event for Work {}
 
 fn side_file(dir: &Path) -> std::path::PathBuf {
     dir.join("handled.txt")

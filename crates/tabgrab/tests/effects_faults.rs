@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use fx::{AnyInbox, Db, Kind, TxPoint};
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{Context, Publisher, Subscription};
 use tabgrab::retry::Backoff;
-use tabgrab::{Event, Message};
 use tabgrab_testkit::effects;
 
 const GROUP: &str = "payment";
@@ -32,15 +32,12 @@ const EVENTS: u64 = 180;
 /// Rounds of the three failpoints per kill scenario (a child each).
 const ROUNDS: usize = 2;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.work.queued.v1", event)]
 struct Work {
     n: u64,
     poison: bool,
 }
-impl Message for Work {
-    const TYPE: &'static str = "test.work.queued.v1";
-}
-impl Event for Work {}
 
 fn fast_backoff() -> Backoff {
     Backoff {

@@ -14,17 +14,14 @@ use tabgrab::event::{
     Context, HandlerError, Publisher, StartFrom, Subscription, read_dead_letters,
 };
 use tabgrab::retry::Backoff;
-use tabgrab::{Codec, Envelope, Event, Message};
+use tabgrab::{Codec, Envelope, Message};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Message)]
+#[message(type = "test.ticket.placed.v1", event)]
 struct Ticket {
     order: String,
     seq: u32,
 }
-impl Message for Ticket {
-    const TYPE: &'static str = "test.ticket.placed.v1";
-}
-impl Event for Ticket {}
 
 const TOPIC: &str = "tickets";
 const DEADLINE: Duration = Duration::from_secs(20);

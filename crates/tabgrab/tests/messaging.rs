@@ -17,10 +17,11 @@ use tabgrab::messaging::{
     MemoryStore, Outcome, PostgresStore, REPLY_TYPE, REQUEST_TYPE_ATTR, RESPONDER_ATTR, ReplyBody,
     ReplyContext, Requester, Responder, SendOptions, SqliteStore,
 };
-use tabgrab::{Command, Envelope, Message, Rejection, request};
+use tabgrab::{Envelope, Message, Rejection};
 use tabgrab_testkit::history::{RequestEnd, RequestHistory};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Message)]
+#[message(type = "test.payment.charge.v1", command, response = Charged)]
 struct Charge {
     order: String,
     cents: u64,
@@ -30,13 +31,6 @@ struct Charged {
     order: String,
     receipt: String,
 }
-impl Message for Charge {
-    const TYPE: &'static str = "test.payment.charge.v1";
-}
-impl Command for Charge {
-    type Response = Charged;
-}
-request!(command Charge);
 
 const TOPIC: &str = "payment";
 const GROUP: &str = "front-desk";
@@ -52,12 +46,12 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// What reply handlers saw: (request id, outcome).
-type Seen = Arc<Mutex<Vec<(String, Outcome<Charged>, serde_json::Value)>>>;
+type Seen = Arc<Mutex<Vec<(String, Outcome<Charge>, serde_json::Value)>>>;
 
 fn recorder(
     seen: &Seen,
 ) -> impl Fn(
-    Outcome<Charged>,
+    Outcome<Charge>,
     ReplyContext,
 ) -> futures::future::Ready<Result<(), tabgrab::event::HandlerError>>
 + Send
@@ -78,7 +72,8 @@ fn payment(bus: &EmbeddedBus) -> Responder {
             if c.cents > 10_000 {
                 Err(Rejection::new("payment.card-declined", "over the limit")
                     .with_details(&serde_json::json!({ "limit": 10_000 }))
-                    .unwrap())
+                    .unwrap()
+                    .into())
             } else {
                 Ok(Charged {
                     receipt: format!("r-{}", c.order),
@@ -104,7 +99,7 @@ async fn a_reply_reaches_the_reply_handler_once_with_the_callers_context() {
     let seen = Seen::default();
     let requester = Requester::builder(&bus, GROUP)
         .store(SqliteStore::open(dir.path().join("corr.db")).await.unwrap())
-        .on_reply::<Charge, _, _>(TOPIC, recorder(&seen))
+        .on_reply(TOPIC, recorder(&seen))
         .start()
         .unwrap();
     let responder = payment(&bus);
@@ -173,16 +168,21 @@ async fn request_awaits_the_outcome_in_place() {
         .start()
         .unwrap();
     let responder = payment(&bus);
-    let outcome = requester
+    let charged = requester
         .request(&charge("o-9", 100), SendOptions::default())
         .await
         .unwrap();
-    assert_eq!(outcome.ok().unwrap().receipt, "r-o-9");
+    assert_eq!(charged.receipt, "r-o-9");
+    // A refusal is an error of kind Remote that keeps the responder's rejection whole.
     let refused = requester
         .request(&charge("o-10", 100_000), SendOptions::default())
         .await
-        .unwrap();
-    assert!(matches!(refused, Outcome::Replied(Err(r)) if r.code == "payment.card-declined"));
+        .unwrap_err();
+    assert_eq!(refused.kind(), tabgrab::ErrorKind::Remote, "{refused}");
+    assert_eq!(
+        refused.rejection().map(|r| r.code.as_str()),
+        Some("payment.card-declined")
+    );
     // Nobody answers a request sent to a topic without responder: it times out.
     responder.shutdown().await.unwrap();
     let timed_out = requester
@@ -191,8 +191,13 @@ async fn request_awaits_the_outcome_in_place() {
             SendOptions::default().timeout(Duration::from_millis(100)),
         )
         .await
-        .unwrap();
-    assert!(timed_out.is_timed_out());
+        .unwrap_err();
+    assert_eq!(
+        timed_out.kind(),
+        tabgrab::ErrorKind::DeadlineExceeded,
+        "{timed_out}"
+    );
+    assert!(timed_out.rejection().is_none());
     requester.shutdown().await.unwrap();
 }
 
@@ -224,17 +229,11 @@ impl<'de> Deserialize<'de> for Tally {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.tally.count.v1", query, response = Tally)]
 struct Count {
     n: u64,
 }
-impl Message for Count {
-    const TYPE: &'static str = "test.tally.count.v1";
-}
-impl tabgrab::Query for Count {
-    type Response = Tally;
-}
-request!(query Count);
 
 /// A reply's response is serialized once (by the responder, straight to JSON text) and
 /// deserialized once (by the requester, from the text): neither goes through a
@@ -253,11 +252,11 @@ async fn a_response_is_encoded_once_and_decoded_once_per_hop() {
         .start()
         .unwrap();
     for n in 1..=3 {
-        let outcome = requester
+        let tally = requester
             .request(&Count { n }, SendOptions::default())
             .await
             .unwrap();
-        assert_eq!(outcome.ok(), Some(Tally(n * 2)));
+        assert_eq!(tally, Tally(n * 2));
         let (ser, de) = (
             SERIALIZED_BY.lock().unwrap(),
             DESERIALIZED_BY.lock().unwrap(),
@@ -317,7 +316,7 @@ async fn late_duplicate_and_forged_replies_are_counted_and_never_delivered() {
     let seen = Seen::default();
     let requester = Requester::builder(&bus, GROUP)
         .store(SqliteStore::open(dir.path().join("corr.db")).await.unwrap())
-        .on_reply::<Charge, _, _>(TOPIC, recorder(&seen))
+        .on_reply(TOPIC, recorder(&seen))
         .sweep_interval(Duration::from_millis(10))
         .start()
         .unwrap();
@@ -397,7 +396,7 @@ async fn a_responder_skips_requests_whose_deadline_passed() {
     let seen = Seen::default();
     let requester = Requester::builder(&bus, GROUP)
         .store(MemoryStore::new())
-        .on_reply::<Charge, _, _>(TOPIC, recorder(&seen))
+        .on_reply(TOPIC, recorder(&seen))
         .sweep_interval(Duration::from_millis(10))
         .start()
         .unwrap();
@@ -440,7 +439,7 @@ async fn a_timeout_comes_after_the_deadline_and_not_before() {
     let interval = Duration::from_millis(100);
     let requester = Requester::builder(&bus, GROUP)
         .store(MemoryStore::new())
-        .on_reply::<Charge, _, _>(TOPIC, recorder(&seen))
+        .on_reply(TOPIC, recorder(&seen))
         .sweep_interval(interval)
         .start()
         .unwrap();
@@ -481,7 +480,7 @@ async fn two_nodes_share_the_work(store: Arc<dyn CorrelationStore>) {
     let node = |seen: &Seen| {
         Requester::builder(&bus, GROUP)
             .shared_store(Arc::clone(&store))
-            .on_reply::<Charge, _, _>(TOPIC, recorder(seen))
+            .on_reply(TOPIC, recorder(seen))
             .sweep_interval(Duration::from_millis(10))
             .start()
             .unwrap()
@@ -556,7 +555,7 @@ async fn a_failing_reply_handler_is_retried_and_the_request_completes_once() {
         let calls = Arc::clone(&calls);
         Requester::builder(&bus, GROUP)
             .store(SqliteStore::open(dir.path().join("corr.db")).await.unwrap())
-            .on_reply::<Charge, _, _>(TOPIC, move |_o: Outcome<Charged>, ctx: ReplyContext| {
+            .on_reply(TOPIC, move |_o: Outcome<Charge>, ctx: ReplyContext| {
                 let mut calls = calls.lock().unwrap();
                 calls.push(ctx.request_id().to_owned());
                 let attempt = calls.len();
@@ -628,7 +627,7 @@ async fn request_in_a_group_of_two_nodes_always_ends() {
         // Deadline + two sweep intervals + 1 s, plus scheduling slack.
         assert!(started.elapsed() < timeout + Duration::from_secs(3));
         match outcome {
-            Ok(Outcome::Replied(Ok(_))) => here += 1,
+            Ok(_) => here += 1,
             Err(e) if e.kind() == tabgrab::ErrorKind::Unavailable => elsewhere += 1,
             other => panic!("unexpected {other:?}"),
         }
@@ -666,22 +665,19 @@ async fn with_the_recipient_down_every_request_ends_exactly_once() {
         let ended = Arc::clone(&ended);
         Requester::builder(&bus, GROUP)
             .store(store)
-            .on_reply::<Charge, _, _>(
-                TOPIC,
-                move |outcome: Outcome<Charged>, ctx: ReplyContext| {
-                    let how = if outcome.is_timed_out() {
-                        RequestEnd::TimedOut
-                    } else {
-                        RequestEnd::Replied
-                    };
-                    history
-                        .lock()
-                        .unwrap()
-                        .ended(ctx.request_id(), how, now_ms());
-                    ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    futures::future::ready(Ok(()))
-                },
-            )
+            .on_reply(TOPIC, move |outcome: Outcome<Charge>, ctx: ReplyContext| {
+                let how = if outcome.is_timed_out() {
+                    RequestEnd::TimedOut
+                } else {
+                    RequestEnd::Replied
+                };
+                history
+                    .lock()
+                    .unwrap()
+                    .ended(ctx.request_id(), how, now_ms());
+                ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                futures::future::ready(Ok(()))
+            })
             .sweep_interval(Duration::from_millis(20))
             .start()
             .unwrap()

@@ -15,16 +15,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::messaging::{Outcome, ReplyContext, Requester, Responder, SendOptions, SqliteStore};
-use tabgrab::{Message, request};
 
 const CHILD_ENV: &str = "TABGRAB_CRASH_REQUESTER_DIR";
 const REQUESTS: usize = 100;
 const GROUP: &str = "front-desk";
 const TOPIC: &str = "payment";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.payment.charge.v1", command, response = Charged)]
 struct Charge {
     n: usize,
 }
@@ -32,13 +33,6 @@ struct Charge {
 struct Charged {
     n: usize,
 }
-impl Message for Charge {
-    const TYPE: &'static str = "test.payment.charge.v1";
-}
-impl tabgrab::Command for Charge {
-    type Response = Charged;
-}
-request!(command Charge);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of requester_killed_with_sigkill_loses_no_reply"]
@@ -50,7 +44,7 @@ async fn crash_requester_child() {
     let bus = EmbeddedBus::open(dir.join("bus")).unwrap();
     let requester = Requester::builder(&bus, GROUP)
         .store(SqliteStore::open(dir.join("correlation.db")).await.unwrap())
-        .on_reply::<Charge, _, _>(TOPIC, |_o: Outcome<Charged>, _ctx| async move {
+        .on_reply(TOPIC, |_o: Outcome<Charge>, _ctx| async move {
             panic!("no reply can reach the child: the responder is down");
         })
         .start()
@@ -126,19 +120,16 @@ async fn requester_killed_with_sigkill_loses_no_reply() {
                     .await
                     .unwrap(),
             )
-            .on_reply::<Charge, _, _>(
-                TOPIC,
-                move |outcome: Outcome<Charged>, ctx: ReplyContext| {
-                    let n = outcome.ok().map(|c| c.n);
-                    let context: serde_json::Value = ctx.context().clone();
-                    handled.lock().unwrap().push((
-                        ctx.request_id().to_owned(),
-                        n.unwrap_or(usize::MAX),
-                        context["n"].as_u64().unwrap_or(u64::MAX) as usize,
-                    ));
-                    async { Ok(()) }
-                },
-            )
+            .on_reply(TOPIC, move |outcome: Outcome<Charge>, ctx: ReplyContext| {
+                let n = outcome.ok().map(|c| c.n);
+                let context: serde_json::Value = ctx.context().clone();
+                handled.lock().unwrap().push((
+                    ctx.request_id().to_owned(),
+                    n.unwrap_or(usize::MAX),
+                    context["n"].as_u64().unwrap_or(u64::MAX) as usize,
+                ));
+                async { Ok(()) }
+            })
             .start()
             .unwrap()
     };
@@ -200,7 +191,7 @@ const LEASE: Duration = Duration::from_millis(300);
 const BUSY_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// `n replied` or `n timed_out`, from the request's context.
-fn line(outcome: &Outcome<Charged>, ctx: &ReplyContext) -> String {
+fn line(outcome: &Outcome<Charge>, ctx: &ReplyContext) -> String {
     let n = ctx.context_as::<usize>().unwrap_or(usize::MAX);
     match outcome {
         Outcome::Replied(Ok(c)) if c.n == n => format!("{n} replied"),
@@ -237,7 +228,7 @@ async fn crash_busy_requester_child() {
     let requester = Requester::builder(&bus, GROUP)
         .store(SqliteStore::open(dir.join("correlation.db")).await.unwrap())
         .lease(LEASE)
-        .on_reply::<Charge, _, _>(TOPIC, move |o: Outcome<Charged>, ctx: ReplyContext| {
+        .on_reply(TOPIC, move |o: Outcome<Charge>, ctx: ReplyContext| {
             let handled = Arc::clone(&handled);
             async move {
                 // Handling takes a while, so that the kill lands inside some handlers.
@@ -336,7 +327,7 @@ async fn requester_killed_while_handling_replies_ends_every_request_once() {
                     .unwrap(),
             )
             .lease(LEASE)
-            .on_reply::<Charge, _, _>(TOPIC, move |o: Outcome<Charged>, ctx: ReplyContext| {
+            .on_reply(TOPIC, move |o: Outcome<Charge>, ctx: ReplyContext| {
                 after.lock().unwrap().push(line(&o, &ctx));
                 async { Ok(()) }
             })

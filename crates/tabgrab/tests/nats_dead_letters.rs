@@ -15,22 +15,19 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::Bus;
 use tabgrab::backend::nats::stream_name;
 use tabgrab::event::{Context, DeadLetter, HandlerError, Publisher, Subscription};
-use tabgrab::{Event, Message};
 use tabgrab_testkit::nats_server::{NatsOptions, NatsServer};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Message)]
+#[message(type = "deadletters.ticket.placed.v1", event)]
 struct Ticket {
     order: String,
 }
-impl Message for Ticket {
-    const TYPE: &'static str = "deadletters.ticket.placed.v1";
-}
-impl Event for Ticket {}
 
 /// A server to run on: the shared one, or one of the test's own (kept alive with it).
 struct Server {

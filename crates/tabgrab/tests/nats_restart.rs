@@ -12,20 +12,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::Bus;
 use tabgrab::event::Publisher;
-use tabgrab::{Event, Message};
 use tabgrab_testkit::history::SetHistory;
 use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.restart.write.v1", event)]
 struct Write {
     value: String,
 }
-impl Message for Write {
-    const TYPE: &'static str = "test.restart.write.v1";
-}
-impl Event for Write {}
 
 const WRITERS: usize = 4;
 const PER_WRITER: usize = 250;

@@ -26,20 +26,17 @@ use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::breaker::{BreakerConfig, BreakerHandle, CircuitState, Outcome};
 use tabgrab::event::{Context, HandlerError, Publisher, Subscription};
-use tabgrab::messaging::{MemoryStore, Outcome as Reply, Requester, Responder, SendOptions};
+use tabgrab::messaging::{MemoryStore, Requester, Responder, SendOptions};
 use tabgrab::retry::Backoff;
-use tabgrab::{ErrorKind, Event, Message, Query, request};
+use tabgrab::{ErrorKind, Message};
 use tabgrab_resilience::Bulkhead;
 use tokio::time::Instant;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "model.item.v1", event)]
 struct Item {
     n: u32,
 }
-impl Message for Item {
-    const TYPE: &'static str = "model.item.v1";
-}
-impl Event for Item {}
 
 /// What the handler does on one run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -287,19 +284,13 @@ fn each_rule_acts_in_the_composition() {
     assert_eq!(trace.breaker, CircuitState::Closed);
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "model.ask.v1", query, response = u32)]
 struct Ask {
     n: u32,
     /// Whether the responder answers (else it stays silent until after the deadline).
     answer: bool,
 }
-impl Message for Ask {
-    const TYPE: &'static str = "model.ask.v1";
-}
-impl Query for Ask {
-    type Response = u32;
-}
-request!(query Ask);
 
 /// A request's end as the test sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -434,9 +425,8 @@ async fn requests_sent(steps: &[Act], max_in_flight: usize) -> (Vec<End>, Vec<Ci
                     .request(&Ask { n, answer }, SendOptions::default().timeout(timeout))
                     .await
                 {
-                    Ok(Reply::Replied(Ok(v))) => End::Replied(v),
-                    Ok(Reply::TimedOut) => End::TimedOut,
-                    Ok(other) => panic!("unexpected outcome {other:?}"),
+                    Ok(v) => End::Replied(v),
+                    Err(e) if e.kind() == ErrorKind::DeadlineExceeded => End::TimedOut,
                     Err(e) => {
                         assert!(
                             matches!(e.kind(), ErrorKind::CircuitOpen | ErrorKind::Rejected),

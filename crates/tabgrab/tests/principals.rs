@@ -12,34 +12,25 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::Bus;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::call::auth::BearerTokens;
 use tabgrab::call::{CallContext, HandlerError, Handlers};
 use tabgrab::event::{Context, DeadLetters, Filter, Publisher, Subscription};
-use tabgrab::{Event, Message};
 use tower::ServiceExt as _;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "principals.order.place.v1", command, response = ())]
 struct PlaceOrder {
     order: String,
 }
-impl Message for PlaceOrder {
-    const TYPE: &'static str = "principals.order.place.v1";
-}
-impl tabgrab::Command for PlaceOrder {
-    type Response = ();
-}
-tabgrab::request!(command PlaceOrder);
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "principals.order.placed.v1", event)]
 struct OrderPlaced {
     order: String,
 }
-impl Message for OrderPlaced {
-    const TYPE: &'static str = "principals.order.placed.v1";
-}
-impl Event for OrderPlaced {}
 
 /// Handlers whose command publishes `OrderPlaced` as its effect.
 fn front_desk(publisher: Publisher) -> Handlers {

@@ -10,23 +10,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{HandlerError, Publisher, Subscription};
-use tabgrab::messaging::{MemoryStore, Outcome, Requester, Responder, SendOptions};
+use tabgrab::messaging::{MemoryStore, Requester, Responder, SendOptions};
 use tabgrab::retry::Backoff;
 use tabgrab::telemetry::Prometheus;
-use tabgrab::{Command, Event, Message, request};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.ticket.placed.v1", event)]
 struct Ticket {
     n: u32,
 }
-impl Message for Ticket {
-    const TYPE: &'static str = "test.ticket.placed.v1";
-}
-impl Event for Ticket {}
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.payment.charge.v1", command, response = Charged)]
 struct Charge {
     cents: u64,
 }
@@ -34,13 +32,6 @@ struct Charge {
 struct Charged {
     cents: u64,
 }
-impl Message for Charge {
-    const TYPE: &'static str = "test.payment.charge.v1";
-}
-impl Command for Charge {
-    type Response = Charged;
-}
-request!(command Charge);
 
 /// The value of the series `name` whose labels include every one of `labels`, summed over
 /// the series that match; `None` when none does.
@@ -225,14 +216,14 @@ async fn requests_and_their_replies() {
         .start()
         .unwrap();
     for cents in [1, 2, 3] {
-        let outcome = requester
+        let charged = requester
             .request(
                 &Charge { cents },
                 SendOptions::default().timeout(Duration::from_secs(20)),
             )
             .await
             .unwrap();
-        assert_eq!(outcome, Outcome::Replied(Ok(Charged { cents })));
+        assert_eq!(charged, Charged { cents });
     }
     let till = [("messaging_consumer_group_name", "till")];
     // A reply counts once its request is marked finished in the store, which is after the
@@ -292,17 +283,11 @@ async fn requests_and_their_replies() {
     bus.close().await.unwrap();
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.menu.price.v1", query, response = u64)]
 struct Price {
     item: String,
 }
-impl Message for Price {
-    const TYPE: &'static str = "test.menu.price.v1";
-}
-impl tabgrab::Query for Price {
-    type Response = u64;
-}
-request!(query Price);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_at_the_client_and_the_server() {

@@ -8,22 +8,19 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tabgrab::Message;
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::event::{HandlerError, Publisher, Subscription};
 use tabgrab::retry::Backoff;
 use tabgrab::telemetry::Otel;
-use tabgrab::{Event, Message};
 use tabgrab_testkit::otlp::Receiver;
 use tracing_subscriber::layer::SubscriberExt as _;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.ticket.placed.v1", event)]
 struct Ticket {
     n: u32,
 }
-impl Message for Ticket {
-    const TYPE: &'static str = "test.ticket.placed.v1";
-}
-impl Event for Ticket {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_and_a_dead_letter_are_events_on_the_handlings_span() {
@@ -131,17 +128,11 @@ async fn a_retry_and_a_dead_letter_are_events_on_the_handlings_span() {
     assert!(succeeded["attributes"].get("error.type").is_none());
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.menu.price.v1", query, response = u64)]
 struct Price {
     item: String,
 }
-impl Message for Price {
-    const TYPE: &'static str = "test.menu.price.v1";
-}
-impl tabgrab::Query for Price {
-    type Response = u64;
-}
-tabgrab::request!(query Price);
 
 /// A call that fails is an error on both sides, with the error's kind as `error.type`; one that
 /// succeeds is not.
@@ -455,7 +446,8 @@ const CRASH_DIR_ENV: &str = "TABGRAB_TRACE_CRASH_DIR";
 const CRASH_OTLP_ENV: &str = "TABGRAB_TRACE_CRASH_OTLP";
 const CRASH_REQUESTS: usize = 10;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.payment.charge.v1", command, response = Charged)]
 struct Charge {
     n: usize,
 }
@@ -463,13 +455,6 @@ struct Charge {
 struct Charged {
     n: usize,
 }
-impl Message for Charge {
-    const TYPE: &'static str = "test.payment.charge.v1";
-}
-impl tabgrab::Command for Charge {
-    type Response = Charged;
-}
-tabgrab::request!(command Charge);
 
 /// Exports what `otel` still holds (off the runtime's threads, as `Otel::shutdown` asks) and
 /// returns every span `receiver` got.
@@ -512,9 +497,9 @@ async fn traced_requester_child() {
                 .await
                 .unwrap(),
         )
-        .on_reply::<Charge, _, _>(
+        .on_reply(
             "payment",
-            |_o: tabgrab::messaging::Outcome<Charged>, _ctx| async move {
+            |_o: tabgrab::messaging::Outcome<Charge>, _ctx| async move {
                 panic!("no reply can reach the child: the responder is down")
             },
         )
@@ -589,9 +574,9 @@ async fn a_reply_handled_after_the_requester_died_continues_its_trace() {
                 .await
                 .unwrap(),
         )
-        .on_reply::<Charge, _, _>(
+        .on_reply(
             "payment",
-            move |_o: tabgrab::messaging::Outcome<Charged>, _ctx| {
+            move |_o: tabgrab::messaging::Outcome<Charge>, _ctx| {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 async { Ok(()) }
             },
@@ -599,7 +584,7 @@ async fn a_reply_handled_after_the_requester_died_continues_its_trace() {
         .start()
         .unwrap();
     let responder = tabgrab::messaging::Responder::builder(&bus, "payment", "payment")
-        .handle(|c: Charge, _ctx| async move { Ok::<_, tabgrab::Rejection>(Charged { n: c.n }) })
+        .handle(|c: Charge, _ctx| async move { Ok::<_, tabgrab::HandlerError>(Charged { n: c.n }) })
         .start()
         .unwrap();
     while node.stats().replied < CRASH_REQUESTS as u64 {

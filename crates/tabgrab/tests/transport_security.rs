@@ -22,17 +22,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, Publisher, Subscription};
-use tabgrab::{ErrorKind, Event, Message};
+use tabgrab::{ErrorKind, Message};
 use tabgrab_testkit::nats_server::{self, NatsOptions, NatsServer, OperatorMode, ServerTls};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.note.written.v1", event)]
 struct Note {
     text: String,
 }
-impl Message for Note {
-    const TYPE: &'static str = "test.note.written.v1";
-}
-impl Event for Note {}
 
 /// One event through a group over `bus`.
 async fn round_trip(bus: &Bus) {

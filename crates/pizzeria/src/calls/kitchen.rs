@@ -42,7 +42,7 @@ impl Ovens {
     /// Bakes an order.
     pub async fn bake(&self, t: &PlaceTicket) -> Result<Baked, HandlerError> {
         let _oven = Arc::clone(&self.ovens).acquire_owned().await.map_err(|_| {
-            HandlerError::Failed(tabgrab::Error::new(
+            HandlerError::transient(tabgrab::Error::new(
                 tabgrab::ErrorKind::Closed,
                 "the kitchen is closed",
             ))

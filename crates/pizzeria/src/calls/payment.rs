@@ -50,7 +50,7 @@ impl PaymentDesk {
         let mut collected = lock(&self.collected);
         if let Some(&amount_cents) = collected.get(&c.order_id) {
             if amount_cents != c.amount_cents {
-                return Err(HandlerError::Failed(tabgrab::Error::new(
+                return Err(HandlerError::permanent(tabgrab::Error::new(
                     tabgrab::ErrorKind::Conflict,
                     format!(
                         "order {} was charged {amount_cents} cents, not {}; an order is \
@@ -66,7 +66,7 @@ impl PaymentDesk {
         }
         if c.card.ends_with(DECLINED_SUFFIX) {
             self.stats[1].fetch_add(1, Ordering::Relaxed);
-            return Err(HandlerError::from(Rejection::new(
+            return Err(HandlerError::rejected(Rejection::new(
                 CARD_DECLINED,
                 format!("card ending in {DECLINED_SUFFIX} refused by the bank"),
             )));

@@ -36,7 +36,7 @@ use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::call::Client;
 use tabgrab::call::http::HttpTransport;
 use tabgrab::event::{Publisher, Subscription};
-use tabgrab::messaging::{Requester, Responder, SendOptions, SqliteStore};
+use tabgrab::messaging::{Outcome, Requester, Responder, SendOptions, SqliteStore};
 use tabgrab_core::Message as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -447,7 +447,7 @@ async fn messaging(n: u64, delay: Duration, probe_bus: ProbeBus) -> Result<u64, 
     let requester = Requester::builder(&bus, "lab-probe")
         .store(store)
         .default_timeout(Duration::from_secs(60))
-        .on_reply::<PlaceTicket, _, _>("kitchen", move |outcome, _ctx| {
+        .on_reply("kitchen", move |outcome: Outcome<PlaceTicket>, _ctx| {
             if outcome.ok().is_some() {
                 r.fetch_add(1, Ordering::Relaxed);
                 w.notify_one();

@@ -27,8 +27,7 @@ use uuid::Uuid;
 
 use super::services::{INVENTORY, KITCHEN, PAYMENT};
 use crate::commands::{
-    Baked, ChargeCard, Charged, PlaceTicket, RefundPayment, Refunded, ReleaseIngredients, Released,
-    ReserveIngredients, Reserved,
+    ChargeCard, PlaceTicket, RefundPayment, ReleaseIngredients, ReserveIngredients,
 };
 use crate::order::ValidOrder;
 use crate::services::front_desk::{Outcome as End, Terminal};
@@ -144,7 +143,7 @@ impl FrontDesk {
             .shared_store(store)
             .default_timeout(timeout)
             .sweep_interval(Duration::from_millis(50))
-            .on_reply::<ChargeCard, _, _>(PAYMENT, move |o: Outcome<Charged>, ctx| {
+            .on_reply(PAYMENT, move |o: Outcome<ChargeCard>, ctx| {
                 let desk = d1.clone();
                 async move {
                     let order = order_of(&ctx)?;
@@ -158,7 +157,7 @@ impl FrontDesk {
                     desk.step(order, |o| o.paid = Some(ok), reason).await
                 }
             })
-            .on_reply::<ReserveIngredients, _, _>(INVENTORY, move |o: Outcome<Reserved>, ctx| {
+            .on_reply(INVENTORY, move |o: Outcome<ReserveIngredients>, ctx| {
                 let desk = d2.clone();
                 async move {
                     let order = order_of(&ctx)?;
@@ -170,7 +169,7 @@ impl FrontDesk {
                     desk.step(order, |o| o.reserved = Some(ok), reason).await
                 }
             })
-            .on_reply::<PlaceTicket, _, _>(KITCHEN, move |o: Outcome<Baked>, ctx| {
+            .on_reply(KITCHEN, move |o: Outcome<PlaceTicket>, ctx| {
                 let desk = d3.clone();
                 async move {
                     let order = order_of(&ctx)?;
@@ -184,7 +183,7 @@ impl FrontDesk {
                     desk.step(order, |o| o.baked = ok, reason).await
                 }
             })
-            .on_reply::<RefundPayment, _, _>(PAYMENT, move |o: Outcome<Refunded>, _ctx| {
+            .on_reply(PAYMENT, move |o: Outcome<RefundPayment>, _ctx| {
                 if o.is_timed_out() {
                     tracing::warn!(
                         "a refund timed out; payment keeps the money until it is retried by hand"
@@ -192,7 +191,7 @@ impl FrontDesk {
                 }
                 async { Ok(()) }
             })
-            .on_reply::<ReleaseIngredients, _, _>(INVENTORY, move |o: Outcome<Released>, _ctx| {
+            .on_reply(INVENTORY, move |o: Outcome<ReleaseIngredients>, _ctx| {
                 if o.is_timed_out() {
                     tracing::warn!("a release timed out; the ingredients stay reserved");
                 }

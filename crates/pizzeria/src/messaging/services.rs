@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tabgrab::Rejection;
 use tabgrab::backend::Bus;
 use tabgrab::messaging::Responder;
+use tabgrab::{HandlerError, Rejection};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -119,7 +119,7 @@ impl Services {
                                 )),
                             }
                         };
-                        async move { answer }
+                        async move { answer.map_err(HandlerError::rejected) }
                     })
                     .handle(move |r: RefundPayment, _ctx| {
                         // Take the amount out of the book: a second refund finds nothing.
@@ -189,7 +189,7 @@ impl Services {
                                 }
                             }
                         };
-                        async move { answer }
+                        async move { answer.map_err(HandlerError::rejected) }
                     })
                     .handle(move |r: ReleaseIngredients, _ctx| {
                         let released = {

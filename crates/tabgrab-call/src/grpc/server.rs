@@ -69,7 +69,8 @@ where
 }
 
 /// The deadline of a gRPC request from its `grpc-timeout` metadata (`<digits><unit>`, unit one
-/// of `H M S m u n`).
+/// of `H M S m u n`): for a typed gRPC service of your own that dispatches to
+/// [`Handlers::dispatch_as`](crate::Handlers::dispatch_as), as the generic service does.
 pub fn deadline_of(metadata: &MetadataMap) -> Result<Option<Instant>, Status> {
     let Some(value) = metadata.get("grpc-timeout") else {
         return Ok(None);
@@ -93,7 +94,8 @@ pub fn deadline_of(metadata: &MetadataMap) -> Result<Option<Instant>, Status> {
     Ok(Instant::now().checked_add(timeout))
 }
 
-/// The status of a server error.
+/// The gRPC status of a server error (its kind's code, the rejection in the details): for a
+/// typed gRPC service of your own over [`Handlers::dispatch_as`](crate::Handlers::dispatch_as).
 pub fn status_of(e: ServeError) -> Status {
     let code = match e.kind {
         ErrorKind::InvalidPayload

@@ -59,16 +59,19 @@ use async_nats::HeaderName;
 
 use crate::call::RequestKind;
 
-/// The first tokens of every call subject.
+/// The first tokens of every call subject: a call to service `payment` of type `t` goes to
+/// `tabgrab.call.payment.<kind>.<t>`, which a client tabgrab did not write (nats-py in the
+/// pizzeria's tests) can use.
 pub const SUBJECT_PREFIX: &str = "tabgrab.call";
 
-/// The reply header that marks an error answer; its value is the error kind's name.
+/// The reply header that marks an error answer; its value is the error kind's name. Part of
+/// the wire format, for clients tabgrab did not write.
 pub const ERROR_HEADER: &str = "tabgrab-error";
 
 pub(crate) const ERROR_HEADER_NAME: HeaderName = HeaderName::from_static(ERROR_HEADER);
 
 /// The subject token of a service: dots become `~`, what a subject cannot hold becomes `_`.
-pub fn service_token(service: &str) -> String {
+pub(crate) fn service_token(service: &str) -> String {
     if service.is_empty() {
         return "_".to_owned();
     }

@@ -347,7 +347,7 @@ impl Server {
                 };
                 let body = serde_json::to_vec(&body).unwrap_or_default();
                 // Boxed: inline, the publish futures made every call's future larger than the
-                // allocator's small sizes (see `Handlers::dispatch`).
+                // allocator's small sizes (see `Handlers::dispatch_as`).
                 Box::pin(
                     self.client
                         .publish_with_headers(reply, headers, Bytes::from(body)),

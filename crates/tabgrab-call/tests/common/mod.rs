@@ -8,24 +8,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tabgrab_call::{CallContext, HandlerError, Handlers};
-use tabgrab_core::{Command, Message, Query, Rejection, request};
+use tabgrab_core::{Message, Rejection};
 use tokio::sync::oneshot;
 
 /// A query answered with its number plus one; `fail: true` makes the handler fail.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.add.v1", query, response = u64)]
 pub struct Add {
     pub n: u64,
 }
-impl Message for Add {
-    const TYPE: &'static str = "test.add.v1";
-}
-impl Query for Add {
-    type Response = u64;
-}
-request!(query Add);
 
 /// A command the handler refuses when `amount` is 0.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.charge.v1", command, response = Charged)]
 pub struct Charge {
     pub amount: u64,
 }
@@ -33,26 +28,13 @@ pub struct Charge {
 pub struct Charged {
     pub amount: u64,
 }
-impl Message for Charge {
-    const TYPE: &'static str = "test.charge.v1";
-}
-impl Command for Charge {
-    type Response = Charged;
-}
-request!(command Charge);
 
 /// A query whose handler sleeps for `ms` before answering.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, Message)]
+#[message(type = "test.slow.v1", query, response = u64)]
 pub struct Slow {
     pub ms: u64,
 }
-impl Message for Slow {
-    const TYPE: &'static str = "test.slow.v1";
-}
-impl Query for Slow {
-    type Response = u64;
-}
-request!(query Slow);
 
 /// Counts handler invocations; `cancelled` fires when a slow handler is dropped unfinished.
 #[derive(Clone, Default)]
@@ -206,15 +188,9 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
 }
 
 /// Who the server says the caller is.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Message)]
+#[message(type = "test.whoami.v1", query, response = String)]
 pub struct WhoAmI {}
-impl Message for WhoAmI {
-    const TYPE: &'static str = "test.whoami.v1";
-}
-impl Query for WhoAmI {
-    type Response = String;
-}
-request!(query WhoAmI);
 
 /// The test handlers, and one that answers [`WhoAmI`] with the caller's principal.
 pub fn with_whoami(probe: &Probe) -> Handlers {

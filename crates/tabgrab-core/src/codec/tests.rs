@@ -3,14 +3,11 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.order.accepted.v1")]
 struct OrderAccepted {
     order_id: String,
     pizzas: Vec<String>,
-}
-
-impl Message for OrderAccepted {
-    const TYPE: &'static str = "pizzeria.order.accepted.v1";
 }
 
 fn sample() -> Envelope {

@@ -1,5 +1,5 @@
 //! What a handler receives besides the event ([`Context`]) and what it may return
-//! ([`HandlerError`]).
+//! ([`HandlerError`], the one failure type of every kind of handler).
 
 use std::sync::Arc;
 
@@ -68,81 +68,5 @@ impl Context {
     }
 }
 
-/// A handler's failure: transient (retried with backoff) unless marked permanent.
-///
-/// Any error converts into a transient `HandlerError` with `?`. A permanent error sends the
-/// event to dead letters at once: use it when retrying cannot help (the event is invalid for
-/// this handler).
-#[derive(Debug)]
-pub struct HandlerError {
-    /// Whether a retry may succeed.
-    retryable: bool,
-    /// What went wrong, kept for the dead letter's `error` field.
-    error: Box<dyn std::error::Error + Send + Sync + 'static>,
-    /// The dead-letter reason when it is more precise than `permanent_error` (bad input).
-    reason: Option<&'static str>,
-}
-
-impl HandlerError {
-    /// A failure worth retrying.
-    pub fn transient(
-        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
-    ) -> HandlerError {
-        HandlerError {
-            retryable: true,
-            error: error.into(),
-            reason: None,
-        }
-    }
-
-    /// A failure that no retry can fix: the event goes to dead letters at once.
-    pub fn permanent(
-        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
-    ) -> HandlerError {
-        HandlerError {
-            retryable: false,
-            error: error.into(),
-            reason: None,
-        }
-    }
-
-    /// A payload that does not decode as the handler's type: bad input, never retried.
-    pub(crate) fn bad_input(error: crate::Error) -> HandlerError {
-        HandlerError {
-            retryable: false,
-            reason: Some(error.kind().as_str()),
-            error: Box::new(error),
-        }
-    }
-
-    /// The dead-letter reason of a permanent error.
-    pub(crate) fn reason(&self) -> &'static str {
-        self.reason.unwrap_or("permanent_error")
-    }
-
-    /// The failure's `error.type` in metrics: `transient`, or the dead-letter reason.
-    pub(crate) fn kind_str(&self) -> &'static str {
-        if self.retryable {
-            "transient"
-        } else {
-            self.reason()
-        }
-    }
-
-    /// Whether a retry may succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.retryable
-    }
-}
-
-impl std::fmt::Display for HandlerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl<E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>> From<E> for HandlerError {
-    fn from(error: E) -> HandlerError {
-        HandlerError::transient(error)
-    }
-}
+/// A handler's failure: one type for every kind of handler; see [`tabgrab_core::handler`].
+pub use tabgrab_core::HandlerError;

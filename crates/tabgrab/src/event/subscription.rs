@@ -1141,7 +1141,7 @@ impl Group {
                 }
             };
             let mut labels = self.labels.clone();
-            labels.push((names::ERROR_TYPE, error.kind_str().to_owned()));
+            labels.push((names::ERROR_TYPE, error.reason().to_owned()));
             metrics::histogram!(names::PROCESS_DURATION, &labels).record(took);
             let reason = if !error.is_retryable() {
                 error.reason()

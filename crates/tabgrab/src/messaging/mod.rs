@@ -54,23 +54,21 @@
 //! use serde::{Deserialize, Serialize};
 //! use tabgrab::backend::embedded::EmbeddedBus;
 //! use tabgrab::messaging::{Outcome, Requester, Responder, SendOptions, SqliteStore};
-//! use tabgrab::{Message, Query, Rejection, request};
+//! use tabgrab::{Message, Rejection};
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Serialize, Deserialize, Message)]
+//! #[message(type = "pizzeria.menu.get-price.v1", query, response = u64)]
 //! struct GetPrice { pizza: String }
-//! impl Message for GetPrice { const TYPE: &'static str = "pizzeria.menu.get-price.v1"; }
-//! impl Query for GetPrice { type Response = u64; }
-//! request!(query GetPrice);
 //!
 //! let bus = EmbeddedBus::open("./data")?;
 //! let responder = Responder::builder(&bus, "menu", "menu")
 //!     .handle(|q: GetPrice, _ctx| async move {
-//!         if q.pizza == "margherita" { Ok(900) } else { Err(Rejection::new("menu.unknown", "no such pizza")) }
+//!         if q.pizza == "margherita" { Ok(900) } else { Err(Rejection::new("menu.unknown", "no such pizza").into()) }
 //!     })
 //!     .start()?;
 //! let requester = Requester::builder(&bus, "front-desk")
 //!     .store(SqliteStore::open("./data/correlation.db").await?)
-//!     .on_reply::<GetPrice, _, _>("menu", |outcome: Outcome<u64>, ctx| async move {
+//!     .on_reply("menu", |outcome: Outcome<GetPrice>, ctx| async move {
 //!         println!("{}: {outcome:?}", ctx.request_id());
 //!         Ok(())
 //!     })

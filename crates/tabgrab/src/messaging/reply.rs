@@ -11,9 +11,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Error, ErrorKind, Rejection};
+use crate::{Error, ErrorKind, Rejection, Request};
 
-/// The message type of every reply envelope.
+/// The message type of every reply envelope. The reply constants are the wire format, for a
+/// responder tabgrab did not write that answers with typed rejections (a plain client can
+/// instead reply with the bare response and its correlation id: [`PLAIN_REPLY_TYPE`]).
 pub const REPLY_TYPE: &str = "tabgrab.messaging.reply.v1";
 
 /// The type a requester gives a reply that names none: a plain client's reply (RabbitMQ: an
@@ -22,10 +24,10 @@ pub const REPLY_TYPE: &str = "tabgrab.messaging.reply.v1";
 /// correlation id alone; it cannot carry a rejection.
 pub const PLAIN_REPLY_TYPE: &str = "tabgrab.messaging.plain-reply.v1";
 
-/// The extension attribute naming the request type a reply answers.
+/// The extension attribute naming the request type a reply answers (wire format).
 pub const REQUEST_TYPE_ATTR: &str = "requesttype";
 
-/// The extension attribute naming the responder topic a reply comes from.
+/// The extension attribute naming the responder topic a reply comes from (wire format).
 pub const RESPONDER_ATTR: &str = "responder";
 
 /// The data of a reply envelope.
@@ -106,19 +108,21 @@ impl ReplyBody {
     }
 }
 
-/// How a request ended, as its reply handler sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome<T> {
+/// How a request of type `R` ended, as its reply handler sees it.
+///
+/// Typed by the request, not by its response, so a reply handler's argument names the request
+/// it answers and `on_reply` infers it: `|outcome: Outcome<GetPrice>, ctx| ..`.
+pub enum Outcome<R: Request> {
     /// The responder answered: its response, or its typed refusal.
-    Replied(Result<T, Rejection>),
+    Replied(Result<R::Response, Rejection>),
     /// No reply arrived before the deadline. A reply that comes later is counted as late and
     /// dropped, never delivered.
     TimedOut,
 }
 
-impl<T> Outcome<T> {
+impl<R: Request> Outcome<R> {
     /// The response, if the responder answered with one.
-    pub fn ok(self) -> Option<T> {
+    pub fn ok(self) -> Option<R::Response> {
         match self {
             Outcome::Replied(Ok(t)) => Some(t),
             _ => None,
@@ -128,6 +132,58 @@ impl<T> Outcome<T> {
     /// Whether the request timed out.
     pub fn is_timed_out(&self) -> bool {
         matches!(self, Outcome::TimedOut)
+    }
+
+    /// The response, or the error [`Requester::request`](super::Requester::request) would
+    /// give: [`ErrorKind::Remote`] with the [`Rejection`] ([`Error::rejection`]), or
+    /// [`ErrorKind::DeadlineExceeded`] when no reply came in time. For a reply handler that
+    /// treats both as failures (`outcome.into_result()?`).
+    pub fn into_result(self) -> Result<R::Response, Error> {
+        match self {
+            Outcome::Replied(Ok(response)) => Ok(response),
+            Outcome::Replied(Err(rejection)) => Err(Error::rejected(R::TYPE, rejection)),
+            Outcome::TimedOut => Err(Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!("no reply to {} came before its deadline", R::TYPE),
+            )),
+        }
+    }
+}
+
+impl<R: Request> Clone for Outcome<R>
+where
+    R::Response: Clone,
+{
+    fn clone(&self) -> Self {
+        match self {
+            Outcome::Replied(result) => Outcome::Replied(result.clone()),
+            Outcome::TimedOut => Outcome::TimedOut,
+        }
+    }
+}
+
+impl<R: Request> std::fmt::Debug for Outcome<R>
+where
+    R::Response: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Replied(result) => f.debug_tuple("Replied").field(result).finish(),
+            Outcome::TimedOut => f.write_str("TimedOut"),
+        }
+    }
+}
+
+impl<R: Request> PartialEq for Outcome<R>
+where
+    R::Response: PartialEq,
+{
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Outcome::Replied(a), Outcome::Replied(b)) => a == b,
+            (Outcome::TimedOut, Outcome::TimedOut) => true,
+            _ => false,
+        }
     }
 }
 
@@ -141,13 +197,10 @@ pub(crate) enum RawOutcome {
 }
 
 impl RawOutcome {
-    /// Decodes into the typed outcome of a request whose response type is `T`.
-    pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-        self,
-        request_type: &str,
-    ) -> Result<Outcome<T>, Error> {
+    /// Decodes into the typed outcome of a request of type `R`.
+    pub(crate) fn decode<R: Request>(self) -> Result<Outcome<R>, Error> {
         match self {
-            RawOutcome::Replied(body) => Ok(Outcome::Replied(body.into_result(request_type)?)),
+            RawOutcome::Replied(body) => Ok(Outcome::Replied(body.into_result(R::TYPE)?)),
             RawOutcome::TimedOut => Ok(Outcome::TimedOut),
         }
     }

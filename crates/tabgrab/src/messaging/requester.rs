@@ -205,16 +205,14 @@ impl RequesterBuilder {
     pub fn on_reply<R, F, Fut>(mut self, topic: &str, handler: F) -> RequesterBuilder
     where
         R: Request,
-        F: Fn(Outcome<R::Response>, ReplyContext) -> Fut + Send + Sync + 'static,
+        F: Fn(Outcome<R>, ReplyContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
         let erased: ErasedReplyHandler = Arc::new(move |raw: RawOutcome, ctx: ReplyContext| {
             let handler = Arc::clone(&handler);
             async move {
-                let outcome = raw
-                    .decode::<R::Response>(R::TYPE)
-                    .map_err(HandlerError::permanent)?;
+                let outcome = raw.decode::<R>().map_err(HandlerError::permanent)?;
                 handler(outcome, ctx).await
             }
             .boxed()
@@ -787,21 +785,45 @@ impl Requester {
         Ok(())
     }
 
-    /// Sends `request` and waits for its outcome here. The request is persisted like any
+    /// Sends `request` and waits for its response here. The request is persisted like any
     /// other: if this process stops waiting (restart, dropped future), the outcome goes to
     /// the reply handler of `R`, if any, on whichever node gets it.
+    ///
+    /// The error's [`kind`](Error::kind) says how it ended, as a call's does:
+    /// [`ErrorKind::Remote`] when the responder refused it (its [`Rejection`](crate::Rejection) in
+    /// [`Error::rejection`]), [`ErrorKind::DeadlineExceeded`] when no reply came in time, or
+    /// the kind of what stopped the send (`TooLarge`, `Unavailable`, `Storage`, …).
+    ///
+    /// ```no_run
+    /// # async fn demo(requester: tabgrab::messaging::Requester) -> Result<(), tabgrab::Error> {
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize, tabgrab::Message)]
+    /// # #[message(type = "demo.menu.get-price.v1", query, response = u64)]
+    /// # struct GetPrice { pizza: String }
+    /// use tabgrab::ErrorKind;
+    /// use tabgrab::messaging::SendOptions;
+    ///
+    /// let ask = GetPrice { pizza: "tartufo".into() };
+    /// match requester.request(&ask, SendOptions::default()).await {
+    ///     Ok(cents) => println!("{cents} cents"),
+    ///     Err(e) if e.kind() == ErrorKind::Remote => println!("refused: {:?}", e.rejection()),
+    ///     Err(e) if e.kind() == ErrorKind::DeadlineExceeded => println!("no answer in time"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// In a group of several nodes the reply may reach another node, which has no waiter for
     /// it. The wait is therefore bounded: at the deadline plus two sweep intervals and a
     /// second, the store decides. A request that is still unanswered there ends as
-    /// `Outcome::TimedOut`; one answered on another node fails with `Unavailable` (its
+    /// `DeadlineExceeded`; one answered on another node fails with `Unavailable` (its
     /// outcome went to that node's reply handler). Code that runs several nodes should use
     /// [`RequesterBuilder::on_reply`] instead, which works on any node.
     pub async fn request<R: Request>(
         &self,
         request: &R,
         options: SendOptions,
-    ) -> Result<Outcome<R::Response>, Error> {
+    ) -> Result<R::Response, Error> {
         let id = RequestId::new();
         let timeout = options
             .timeout
@@ -834,11 +856,11 @@ impl Requester {
                     )),
                     // Past its deadline without a reply: timed out, whichever node's sweep
                     // records it.
-                    _ => Ok(Outcome::TimedOut),
+                    _ => Outcome::<R>::TimedOut.into_result(),
                 };
             }
         };
-        raw.decode::<R::Response>(R::TYPE)
+        raw.decode::<R>()?.into_result()
     }
 
     /// Waits until the group's reply subscription has joined the bus (at once on the

@@ -133,14 +133,18 @@ impl std::fmt::Debug for ResponderBuilder {
 }
 
 impl ResponderBuilder {
-    /// Handles requests of type `R`: the handler's response or typed [`Rejection`] is sent
-    /// back to the request's `replyto` with its correlation id. Requests whose deadline has
-    /// passed are skipped without running the handler.
+    /// Handles requests of type `R`: the handler's response, or its typed refusal
+    /// ([`HandlerError::rejected`], or a [`Rejection`] returned with `?` or `.into()`), is
+    /// sent back to the request's `replyto` with its correlation id. A transient failure
+    /// (`?` on an I/O error, a store that is down) is not answered: the request is
+    /// redelivered and handled again, with the subscription's backoff. A permanent one is
+    /// dead-lettered. Requests whose deadline has passed are skipped without running the
+    /// handler.
     pub fn handle<R, F, Fut>(mut self, handler: F) -> ResponderBuilder
     where
         R: Request,
         F: Fn(R, RequestContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<R::Response, Rejection>> + Send + 'static,
+        Fut: Future<Output = Result<R::Response, HandlerError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
         let shared = Arc::clone(&self.shared);
@@ -178,7 +182,7 @@ impl ResponderBuilder {
                     // Answered, not dead-lettered: the requester learns why at once.
                     Some(e) => {
                         tracing::debug!(topic = %shared.topic, id = %envelope.id, error = %e, "request refused");
-                        Err(Rejection::new(e.kind().as_str(), e.message()))
+                        Err(HandlerError::rejected(Rejection::new(e.kind().as_str(), e.message())))
                     }
                     None => {
                         let request = envelope.decode::<R>().map_err(HandlerError::bad_input)?;
@@ -193,7 +197,11 @@ impl ResponderBuilder {
                             format!("the response to a {} does not serialise: {e}", R::TYPE),
                         ))
                     })?,
-                    Err(rejection) => ReplyBody::Rejected(rejection),
+                    Err(error) => match error.rejection() {
+                        Some(rejection) => ReplyBody::Rejected(rejection.clone()),
+                        // Not an answer: redelivered (transient) or dead-lettered (permanent).
+                        None => return Err(error),
+                    },
                 };
                 let rejected = matches!(body, ReplyBody::Rejected(_));
                 let data = body.encode().map_err(HandlerError::permanent)?;
@@ -260,6 +268,20 @@ impl ResponderBuilder {
     /// How many requests are handled at once (default 64).
     pub fn concurrency(mut self, n: usize) -> ResponderBuilder {
         self.builder = self.builder.concurrency(n);
+        self
+    }
+
+    /// Handler attempts on one request before it is dead-lettered (default 5, at least 1),
+    /// when the handler fails transiently: the same rule as an event's
+    /// ([`SubscriptionBuilder::max_deliveries`](crate::event::SubscriptionBuilder::max_deliveries)).
+    pub fn max_deliveries(mut self, n: u32) -> ResponderBuilder {
+        self.builder = self.builder.max_deliveries(n);
+        self
+    }
+
+    /// The backoff between those attempts (default: 100 ms doubling to 10 s, full jitter).
+    pub fn backoff(mut self, backoff: crate::retry::Backoff) -> ResponderBuilder {
+        self.builder = self.builder.backoff(backoff);
         self
     }
 

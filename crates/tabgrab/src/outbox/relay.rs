@@ -683,14 +683,5 @@ fn micros(d: Duration) -> u64 {
 /// the bus, malformed, a type or attribute the bus refuses), so retrying would block its
 /// subject forever.
 fn refused_for_good(kind: ErrorKind) -> bool {
-    matches!(
-        kind,
-        ErrorKind::Malformed
-            | ErrorKind::TooLarge
-            | ErrorKind::UnknownType
-            | ErrorKind::UnsupportedVersion
-            | ErrorKind::MissingAttribute
-            | ErrorKind::TypeMismatch
-            | ErrorKind::InvalidPayload
-    )
+    kind.is_bad_input()
 }

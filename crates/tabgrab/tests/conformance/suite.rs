@@ -10,34 +10,25 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tabgrab::backend::Bus;
 use tabgrab::event::{Context, HandlerError, Publisher, StartFrom, Subscription};
-use tabgrab::messaging::{MemoryStore, Outcome, Requester, Responder, SendOptions};
+use tabgrab::messaging::{MemoryStore, Requester, Responder, SendOptions};
 use tabgrab::retry::Backoff;
-use tabgrab::{Envelope, Event, Message, Query, Rejection};
+use tabgrab::{Envelope, Message, Rejection};
 
 /// Every wait in the suite is bounded by this.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Message)]
+#[message(type = "conformance.ticket.placed.v1", event)]
 pub(crate) struct Ticket {
     pub(crate) order: String,
     pub(crate) seq: u32,
 }
-impl Message for Ticket {
-    const TYPE: &'static str = "conformance.ticket.placed.v1";
-}
-impl Event for Ticket {}
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Message)]
+#[message(type = "conformance.menu.get-price.v1", query, response = u64)]
 pub(crate) struct GetPrice {
     pub(crate) pizza: String,
 }
-impl Message for GetPrice {
-    const TYPE: &'static str = "conformance.menu.get-price.v1";
-}
-impl Query for GetPrice {
-    type Response = u64;
-}
-tabgrab::request!(query GetPrice);
 
 /// A bus for one test, with the topics it made (deleted at the end).
 pub(crate) struct Fixture {
@@ -732,7 +723,7 @@ pub(crate) async fn a_queue_reply_address_is_served_or_refused_as_the_capability
             )
             .await
             .unwrap();
-        assert_eq!(answer, Outcome::Replied(Ok(900)));
+        assert_eq!(answer, 900);
     } else {
         assert_eq!(refused.kind(), tabgrab::ErrorKind::Malformed, "{refused}");
         assert!(!requester.reply_to().starts_with('/'));
@@ -772,7 +763,7 @@ pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
             if q.pizza == "margherita" {
                 Ok(900)
             } else {
-                Err(Rejection::new("menu.unknown", "no such pizza"))
+                Err(Rejection::new("menu.unknown", "no such pizza").into())
             }
         })
         .start()
@@ -798,7 +789,7 @@ pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
         )
         .await
         .unwrap();
-    assert_eq!(answer, Outcome::Replied(Ok(900)));
+    assert_eq!(answer, 900);
     let refused = a
         .request(
             &GetPrice {
@@ -807,11 +798,12 @@ pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
             SendOptions::default().timeout(Duration::from_secs(20)),
         )
         .await
-        .unwrap();
-    match refused {
-        Outcome::Replied(Err(r)) => assert_eq!(r.code, "menu.unknown"),
-        other => panic!("expected a rejection, got {other:?}"),
-    }
+        .unwrap_err();
+    assert_eq!(refused.kind(), tabgrab::ErrorKind::Remote, "{refused}");
+    assert_eq!(
+        refused.rejection().map(|r| r.code.as_str()),
+        Some("menu.unknown")
+    );
     a.shutdown().await.unwrap();
     let b = node(Arc::clone(&store), &nobody);
     b.ready().await.unwrap();
@@ -826,8 +818,12 @@ pub(crate) async fn request_reply_answers_rejects_and_times_out(f: Fixture) {
         .await;
     if f.bus.capabilities().keeps_events_without_groups {
         // Nobody listens, the request waits in the topic: it times out.
-        let timed_out = timed_out.unwrap();
-        assert!(timed_out.is_timed_out(), "{timed_out:?}");
+        let timed_out = timed_out.unwrap_err();
+        assert_eq!(
+            timed_out.kind(),
+            tabgrab::ErrorKind::DeadlineExceeded,
+            "{timed_out}"
+        );
     } else {
         // The engine would drop it: the send is refused at once instead.
         let refused = timed_out.unwrap_err();
@@ -1077,16 +1073,29 @@ async fn wait_for_members(f: &Fixture, topic: &str, group: &str, expected: Optio
 
 /// Waits (bounded) until the lag of `group` on `topic` is `expected`.
 async fn wait_for_lag(f: &Fixture, topic: &str, group: &str, expected: u64, when: &str) {
+    let last = &std::cell::Cell::new(None);
+    poll_until(move || async move {
+        let lag = f.bus.lag(topic, group).await.unwrap();
+        last.set(lag);
+        (lag == Some(expected)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("lag {:?}, not {expected}, {when}", last.get()));
+}
+
+/// Polls `check` every 20 ms until it gives a value, for up to [`DEADLINE`]; `None` when the
+/// deadline passes (the caller says what it waited for).
+async fn poll_until<T, Fut: std::future::Future<Output = Option<T>>>(
+    mut check: impl FnMut() -> Fut,
+) -> Option<T> {
     let start = Instant::now();
     loop {
-        let lag = f.bus.lag(topic, group).await.unwrap();
-        if lag == Some(expected) {
-            return;
+        if let Some(value) = check().await {
+            return Some(value);
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "lag {lag:?}, not {expected}, {when}"
-        );
+        if start.elapsed() >= DEADLINE {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -1463,16 +1472,16 @@ pub(crate) async fn principals_travel_and_are_required(f: Fixture) {
             let query = GetPrice {
                 pizza: "margherita".into(),
             };
-            requester.request(&query, options).await.unwrap()
+            requester.request(&query, options).await
         }
     };
-    assert_eq!(ask(Some(front_desk)).await, Outcome::Replied(Ok(900)));
+    assert_eq!(ask(Some(front_desk)).await.unwrap(), 900);
     for (who, code) in [
         (None, "unauthenticated"),
         (Some(Principal::new("guest")), "permission_denied"),
     ] {
-        match ask(who).await {
-            Outcome::Replied(Err(r)) => {
+        match ask(who).await.map_err(tabgrab::Error::into_rejection) {
+            Err(Some(r)) => {
                 assert_eq!(r.code, code);
                 assert!(
                     r.message.contains("conformance.menu.get-price.v1 refused"),
@@ -1539,6 +1548,91 @@ pub(crate) async fn a_message_over_the_size_limit_is_refused_where_it_is_made(f:
     f.cleanup().await;
 }
 
+/// The first dead letter of `topic` with `reason`, waited for up to [`DEADLINE`].
+async fn dead_letter_with_reason(
+    f: &Fixture,
+    topic: &str,
+    reason: &str,
+) -> tabgrab::event::DeadLetter {
+    poll_until(move || async move {
+        let letters = f.bus.dead_letters(topic).await.unwrap();
+        letters.into_iter().find(|l| l.reason == reason)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no dead letter with reason {reason} in {topic}"))
+}
+
+/// A responder's failure that is not a refusal is not an answer: a transient one is handled
+/// again (the requester gets the response of the second attempt), a permanent one is
+/// dead-lettered with its reason and the requester sees its deadline pass, not a rejection.
+pub(crate) async fn a_responder_s_failures_are_retried_or_dead_lettered_not_answered(f: Fixture) {
+    let menu = f.topic("menu");
+    let group = f.topic("front");
+    let attempts = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&attempts);
+    let responder = Responder::builder(&f.bus, &menu, "menu")
+        .backoff(fast_backoff())
+        .handle(move |q: GetPrice, ctx| {
+            let seen = Arc::clone(&seen);
+            async move {
+                match q.pizza.as_str() {
+                    "flaky" => {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        if ctx.attempt() == 1 {
+                            return Err(HandlerError::transient("the oven is still cold"));
+                        }
+                        Ok(700)
+                    }
+                    "lost" => Err(HandlerError::permanent("the recipe is lost")),
+                    // `?` on an outage reported as a tabgrab error: retried, not dead-lettered
+                    // at once, whatever its kind.
+                    _ => Err(tabgrab::Error::new(
+                        tabgrab::ErrorKind::Unavailable,
+                        "the till is down",
+                    ))?,
+                }
+            }
+        })
+        .start()
+        .unwrap();
+    responder.ready().await.unwrap();
+    let requester = Requester::builder(&f.bus, &group)
+        .store(MemoryStore::new())
+        .route::<GetPrice>(&menu)
+        .sweep_interval(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    requester.ready().await.unwrap();
+    let ask = |pizza: &str, timeout: Duration| {
+        let query = GetPrice {
+            pizza: pizza.into(),
+        };
+        let requester = &requester;
+        async move {
+            requester
+                .request(&query, SendOptions::default().timeout(timeout))
+                .await
+        }
+    };
+    assert_eq!(ask("flaky", Duration::from_secs(20)).await.unwrap(), 700);
+    assert_eq!(attempts.load(Ordering::Relaxed), 2, "handled twice");
+    let lost = ask("lost", Duration::from_millis(700)).await.unwrap_err();
+    assert_eq!(lost.kind(), tabgrab::ErrorKind::DeadlineExceeded, "{lost}");
+    let letter = dead_letter_with_reason(&f, &menu, "permanent_error").await;
+    assert!(letter.error.contains("the recipe is lost"), "{letter:?}");
+    assert_eq!(letter.attempts, 1, "a permanent failure is not retried");
+    // An outage: retried up to the attempts, then dead-lettered as such.
+    let down = ask("till", Duration::from_millis(700)).await.unwrap_err();
+    assert_eq!(down.kind(), tabgrab::ErrorKind::DeadlineExceeded, "{down}");
+    let letter = dead_letter_with_reason(&f, &menu, "max_deliveries").await;
+    assert!(letter.error.contains("the till is down"), "{letter:?}");
+    assert_eq!(letter.attempts, 5, "retried up to the default attempts");
+    assert_eq!(responder.stats().rejected, 0, "a failure is no rejection");
+    requester.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+    f.cleanup().await;
+}
+
 /// Instantiates every scenario as its own test in a module named after the backend; `$make`
 /// is an async expression giving `Option<Fixture>` (`None`: skipped, reason printed).
 macro_rules! conformance {
@@ -1576,6 +1670,7 @@ macro_rules! conformance {
             scenario!(dead_letters_are_redriven_once_fixed_and_purged);
             scenario!(a_redrive_to_one_group_reaches_it_alone);
             scenario!(request_reply_answers_rejects_and_times_out);
+            scenario!(a_responder_s_failures_are_retried_or_dead_lettered_not_answered);
             scenario!(a_queue_reply_address_is_served_or_refused_as_the_capability_says);
             scenario!(a_publish_before_any_group_is_kept_or_refused);
             scenario!(a_breaker_pauses_the_group_through_an_outage);

@@ -344,12 +344,14 @@ impl std::fmt::Debug for NatsBus {
     }
 }
 
-/// The subject token of a topic.
+/// The subject token of a topic (dots become `~`): a topic's events are on subjects
+/// `tabgrab.<token>.<subject>`, which a client tabgrab did not write can subscribe to.
 pub fn topic_token(topic: &str) -> String {
     topic.replace('.', "~")
 }
 
-/// The stream that holds `topic`.
+/// The JetStream stream that holds `topic`, for tools and clients tabgrab did not write that
+/// read or inspect it with a raw JetStream client.
 pub fn stream_name(topic: &str) -> String {
     format!("TABGRAB_{}", topic_token(topic))
 }
