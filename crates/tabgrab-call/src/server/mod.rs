@@ -68,7 +68,12 @@
 //! first request, and counts toward the connection limit from the accept on; a socket that
 //! never finishes its handshake is closed like one that never sends its head. ALPN chooses
 //! HTTP/2 or HTTP/1.1. A client that fails the handshake (no certificate where one is
-//! required, one from another CA, an expired one) is dropped before any handler runs. With
+//! required, one from another CA, an expired one) is dropped before any handler runs, with a
+//! lingering close: the server's alert says why, then the server closes its side and reads
+//! what the client already sent (up to 64 KiB, for at most a second) until the client closes.
+//! Closing at once with the client's first request unread would make the kernel answer with
+//! a reset, which may overtake the alert and make the client discard it: it would see
+//! "connection reset" and, taking it for a lost connection, try again. With
 //! mutual TLS, the client's verified certificate ([`PeerCertificate`]) goes into the
 //! extensions of each of the connection's requests, where an
 //! [`Authenticator`](crate::auth::Authenticator) finds it
@@ -293,13 +298,14 @@ async fn serve_on<L: Accept>(
         // The handshake in the connection's own task, bounded like a first head.
         let (acceptor, builder, mut stopped) = (acceptor.clone(), builder.clone(), stopped.clone());
         tokio::spawn(async move {
-            let handshake = acceptor.accept(io);
+            let handshake = acceptor.accept(io).into_fallible();
             let limit = timeouts.header_read.unwrap_or(Duration::MAX);
             let tls = tokio::select! {
                 done = tokio::time::timeout(limit, handshake) => match done {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
+                    Ok(Err((e, io))) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
+                        linger(io).await;
                         return;
                     }
                     Err(_) => {
@@ -328,6 +334,32 @@ async fn serve_on<L: Accept>(
     let _ = stop.send(());
     stop.closed().await;
     Ok(())
+}
+
+/// How long a refused TLS client is read from before its socket is closed.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How much of what a refused TLS client sent is read and dropped.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Closes a connection whose handshake failed without a reset (see "TLS" in the module
+/// docs): the alert is written already; shut the write side, then drain the client's bytes
+/// until it closes, [`LINGER`] passes or [`LINGER_BYTES`] came.
+async fn linger<Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: Io) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let drain = async {
+        io.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match io.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, io::Error>(())
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 #[cfg(test)]
