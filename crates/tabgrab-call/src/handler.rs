@@ -299,6 +299,36 @@ impl Handlers {
         self.idempotency.config()
     }
 
+    /// [`handle`](Self::handle) with a clone of `state` on each call: the service's state
+    /// without a clone per handler by hand (like axum's `with_state`, per handler).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use serde::{Deserialize, Serialize};
+    /// use tabgrab_call::Handlers;
+    /// use tabgrab_core::Message;
+    ///
+    /// #[derive(Serialize, Deserialize, Message)]
+    /// #[message(type = "demo.tip.v1", command, response = u64)]
+    /// struct Tip { cents: u64 }
+    ///
+    /// let tips = Arc::new(AtomicU64::new(0));
+    /// let handlers = Handlers::new().handle_with(Arc::clone(&tips), |tips, tip: Tip, _ctx| async move {
+    ///     Ok(tips.fetch_add(tip.cents, Ordering::Relaxed) + tip.cents)
+    /// });
+    /// # let _ = handlers;
+    /// ```
+    pub fn handle_with<S, R, F, Fut>(self, state: S, handler: F) -> Handlers
+    where
+        S: Clone + Send + Sync + 'static,
+        R: Request,
+        F: Fn(S, R, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, HandlerError>> + Send + 'static,
+    {
+        self.handle(move |request: R, ctx| handler(state.clone(), request, ctx))
+    }
+
     /// Registers the handler of `R`. A second handler for the same type replaces the first.
     pub fn handle<R, F, Fut>(mut self, handler: F) -> Handlers
     where

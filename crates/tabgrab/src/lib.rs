@@ -6,8 +6,8 @@
 //! | request-response messaging | [`messaging`] | no | no | yes |
 //! | events | [`event`] | no | no | no |
 //!
-//! All three share one message model (re-exported from `tabgrab-core`: [`Command`], [`Query`],
-//! [`Event`], [`Envelope`]) and one set of reliability rules. The default backend,
+//! All three share one message model (re-exported from `tabgrab-core`: `#[derive(Message)]`,
+//! [`Request`], [`Event`], [`Envelope`], one [`HandlerError`]) and one set of reliability rules. The default backend,
 //! [`backend::embedded`], needs no server: events live in a durable on-disk log
 //! (`tabgrab-log`).
 //!
@@ -35,6 +35,23 @@
 //! subscription.shutdown().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # One shape for every kind
+//!
+//! - A message type is one derive: `#[derive(Message)]` with
+//!   `#[message(type = "..", event | command | query, response = T)]`.
+//! - A handler is `Fn(message, context) -> Future<Output = Result<T, HandlerError>>` for an
+//!   event, a request over the bus, a reply and a call; `handle_with(state, ..)` (and
+//!   `on_reply_with`) also hands it a clone of the service's state.
+//! - Asking and waiting gives `Result<Response, _>` whose error kind says how it ended: a
+//!   refusal is `Remote` with the [`Rejection`], a missed deadline `DeadlineExceeded`
+//!   (`Client::call` and `Requester::request` alike).
+//! - `build()` makes a value (a call client, a transport); `start()` starts something that
+//!   runs on the tokio runtime (a subscription, responder, requester, relay), which ends with
+//!   `shutdown().await -> Result<(), Error>` (it stops taking work, finishes what it holds and
+//!   says whether that went well; it takes `self`, or `&self` on a handle that clones, the
+//!   requester). What is opened or connected (a bus, a correlation store, a log) ends with
+//!   `close().await -> Result<(), Error>`.
 
 pub mod backend;
 #[cfg(feature = "console")]

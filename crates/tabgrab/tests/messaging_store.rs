@@ -405,7 +405,7 @@ async fn sqlite_store_keeps_pending_requests_across_reopen() {
     {
         let store = SqliteStore::open(&path).await.unwrap();
         store.insert(&request("kept", T0 + 5_000)).await.unwrap();
-        store.close().await;
+        store.close().await.unwrap();
     }
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(

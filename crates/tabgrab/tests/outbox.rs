@@ -245,7 +245,7 @@ async fn sqlite_inbox_pruner_removes_old_ids_in_the_background() {
         assert!(Instant::now() < deadline, "pruned {}", inbox.stats().pruned);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    pruner.shutdown().await;
+    pruner.shutdown().await.unwrap();
     for e in &events {
         assert!(!inbox.contains(&e.id).await.unwrap(), "{} was pruned", e.id);
         assert!(

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tabgrab::Rejection;
-use tabgrab::call::{CallContext, HandlerError, Handlers};
+use tabgrab::call::{HandlerError, Handlers};
 use uuid::Uuid;
 
 use crate::commands::{
@@ -111,18 +111,18 @@ impl Storeroom {
 
     /// The handlers of inventory's commands.
     pub fn handlers(&self) -> Handlers {
-        let (a, b) = (self.clone(), self.clone());
         Handlers::new()
-            .handle(move |r: ReserveIngredients, _ctx: CallContext| {
-                let result = match r.check() {
-                    Ok(()) => a.reserve(&r).map_err(HandlerError::from),
-                    Err(invalid) => Err(HandlerError::invalid(invalid.0)),
-                };
-                async move { result }
-            })
-            .handle(move |r: ReleaseIngredients, _ctx: CallContext| {
-                let released = b.release(&r);
-                async move { Ok::<_, HandlerError>(released) }
-            })
+            .handle_with(
+                self.clone(),
+                |desk, r: ReserveIngredients, _ctx| async move {
+                    r.check()
+                        .map_err(|invalid| HandlerError::invalid(invalid.0))?;
+                    Ok(desk.reserve(&r)?)
+                },
+            )
+            .handle_with(
+                self.clone(),
+                |desk, r: ReleaseIngredients, _ctx| async move { Ok(desk.release(&r)) },
+            )
     }
 }

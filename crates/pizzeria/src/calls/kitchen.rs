@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tabgrab::call::{CallContext, HandlerError, Handlers};
+use tabgrab::call::{HandlerError, Handlers};
 use tokio::sync::Semaphore;
 
 use crate::commands::{Baked, PlaceTicket};
@@ -56,14 +56,10 @@ impl Ovens {
 
     /// The handler of `PlaceTicket`.
     pub fn handlers(&self) -> Handlers {
-        let kitchen = self.clone();
-        Handlers::new().handle(move |t: PlaceTicket, _ctx: CallContext| {
-            let kitchen = kitchen.clone();
-            async move {
-                t.check()
-                    .map_err(|invalid| HandlerError::invalid(invalid.0))?;
-                kitchen.bake(&t).await
-            }
+        Handlers::new().handle_with(self.clone(), |kitchen, t: PlaceTicket, _ctx| async move {
+            t.check()
+                .map_err(|invalid| HandlerError::invalid(invalid.0))?;
+            kitchen.bake(&t).await
         })
     }
 }

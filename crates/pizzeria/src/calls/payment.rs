@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tabgrab::Rejection;
-use tabgrab::call::{CallContext, HandlerError, Handlers};
+use tabgrab::call::{HandlerError, Handlers};
 use uuid::Uuid;
 
 use crate::commands::{CARD_DECLINED, ChargeCard, Charged, RefundPayment, Refunded};
@@ -93,18 +93,14 @@ impl PaymentDesk {
 
     /// The handlers of payment's commands.
     pub fn handlers(&self) -> Handlers {
-        let (a, b) = (self.clone(), self.clone());
         Handlers::new()
-            .handle(move |c: ChargeCard, _ctx: CallContext| {
-                let result = match c.check() {
-                    Ok(()) => a.charge(&c),
-                    Err(invalid) => Err(HandlerError::invalid(invalid.0)),
-                };
-                async move { result }
+            .handle_with(self.clone(), |desk, c: ChargeCard, _ctx| async move {
+                c.check()
+                    .map_err(|invalid| HandlerError::invalid(invalid.0))?;
+                desk.charge(&c)
             })
-            .handle(move |r: RefundPayment, _ctx: CallContext| {
-                let refunded = b.refund(&r);
-                async move { Ok::<_, HandlerError>(refunded) }
+            .handle_with(self.clone(), |desk, r: RefundPayment, _ctx| async move {
+                Ok(desk.refund(&r))
             })
     }
 }

@@ -138,14 +138,14 @@ impl FrontDesk {
                 timeout,
             }),
         };
-        let (d1, d2, d3) = (desk.clone(), desk.clone(), desk.clone());
         let requester = Requester::builder(bus.into(), GROUP)
             .shared_store(store)
             .default_timeout(timeout)
             .sweep_interval(Duration::from_millis(50))
-            .on_reply(PAYMENT, move |o: Outcome<ChargeCard>, ctx| {
-                let desk = d1.clone();
-                async move {
+            .on_reply_with(
+                PAYMENT,
+                desk.clone(),
+                |desk, o: Outcome<ChargeCard>, ctx| async move {
                     let order = order_of(&ctx)?;
                     let (ok, reason) = match o {
                         Outcome::Replied(Ok(_)) => (true, None),
@@ -155,11 +155,12 @@ impl FrontDesk {
                         Outcome::TimedOut => (false, Some("payment timed out".to_owned())),
                     };
                     desk.step(order, |o| o.paid = Some(ok), reason).await
-                }
-            })
-            .on_reply(INVENTORY, move |o: Outcome<ReserveIngredients>, ctx| {
-                let desk = d2.clone();
-                async move {
+                },
+            )
+            .on_reply_with(
+                INVENTORY,
+                desk.clone(),
+                |desk, o: Outcome<ReserveIngredients>, ctx| async move {
                     let order = order_of(&ctx)?;
                     let (ok, reason) = match o {
                         Outcome::Replied(Ok(_)) => (true, None),
@@ -167,11 +168,12 @@ impl FrontDesk {
                         Outcome::TimedOut => (false, Some("inventory timed out".to_owned())),
                     };
                     desk.step(order, |o| o.reserved = Some(ok), reason).await
-                }
-            })
-            .on_reply(KITCHEN, move |o: Outcome<PlaceTicket>, ctx| {
-                let desk = d3.clone();
-                async move {
+                },
+            )
+            .on_reply_with(
+                KITCHEN,
+                desk.clone(),
+                |desk, o: Outcome<PlaceTicket>, ctx| async move {
                     let order = order_of(&ctx)?;
                     let (ok, reason) = match o {
                         Outcome::Replied(Ok(_)) => (true, None),
@@ -181,8 +183,8 @@ impl FrontDesk {
                         Outcome::TimedOut => (false, Some("kitchen timed out".to_owned())),
                     };
                     desk.step(order, |o| o.baked = ok, reason).await
-                }
-            })
+                },
+            )
             .on_reply(PAYMENT, move |o: Outcome<RefundPayment>, _ctx| {
                 if o.is_timed_out() {
                     tracing::warn!(

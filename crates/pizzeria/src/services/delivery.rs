@@ -54,12 +54,10 @@ impl Delivery {
 
     /// Starts delivery's consumer group.
     pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
-        let delivery = self.clone();
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())
-            .handle(move |e: PizzaReady, ctx: Context| {
-                let delivery = delivery.clone();
-                async move { delivery.deliver(e, &ctx).await }
+            .handle_with(self.clone(), |delivery, e: PizzaReady, ctx| async move {
+                delivery.deliver(e, &ctx).await
             })
             .start()
     }

@@ -223,17 +223,16 @@ impl Inventory {
 
     /// Starts inventory's consumer group.
     pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
-        let (a, b) = (self.clone(), self.clone());
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())
-            .handle(move |e: OrderAccepted, ctx: Context| {
-                let inventory = a.clone();
-                async move { inventory.reserve(e, &ctx).await }
-            })
-            .handle(move |e: OrderCancelled, ctx: Context| {
-                let inventory = b.clone();
-                async move { inventory.release(e, &ctx).await }
-            })
+            .handle_with(
+                self.clone(),
+                |inventory, e: OrderAccepted, ctx| async move { inventory.reserve(e, &ctx).await },
+            )
+            .handle_with(
+                self.clone(),
+                |inventory, e: OrderCancelled, ctx| async move { inventory.release(e, &ctx).await },
+            )
             .start()
     }
 

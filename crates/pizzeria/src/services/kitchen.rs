@@ -121,21 +121,23 @@ impl Kitchen {
 
     /// Starts the kitchen's consumer group.
     pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
-        let (a, b, c) = (self.clone(), self.clone(), self.clone());
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())
             .concurrency(self.inner.oven_count + 64)
-            .handle(move |e: PaymentCollected, ctx: Context| {
-                let kitchen = a.clone();
-                async move { kitchen.saw(e.order_id, PAID, &ctx).await }
-            })
-            .handle(move |e: IngredientsReserved, ctx: Context| {
-                let kitchen = b.clone();
-                async move { kitchen.saw(e.order_id, RESERVED, &ctx).await }
-            })
-            .handle(move |e: OrderCancelled, ctx: Context| {
-                let kitchen = c.clone();
-                async move { kitchen.saw(e.order_id, CANCELLED, &ctx).await }
+            .handle_with(
+                self.clone(),
+                |kitchen, e: PaymentCollected, ctx| async move {
+                    kitchen.saw(e.order_id, PAID, &ctx).await
+                },
+            )
+            .handle_with(
+                self.clone(),
+                |kitchen, e: IngredientsReserved, ctx| async move {
+                    kitchen.saw(e.order_id, RESERVED, &ctx).await
+                },
+            )
+            .handle_with(self.clone(), |kitchen, e: OrderCancelled, ctx| async move {
+                kitchen.saw(e.order_id, CANCELLED, &ctx).await
             })
             .start()
     }

@@ -90,16 +90,13 @@ impl Payment {
 
     /// Starts payment's consumer group.
     pub fn subscribe(&self, bus: &Bus) -> Result<Subscription, tabgrab::Error> {
-        let (a, b) = (self.clone(), self.clone());
         Subscription::builder(bus, TOPIC, GROUP)
             .known(&registry())
-            .handle(move |e: OrderAccepted, ctx: Context| {
-                let payment = a.clone();
-                async move { payment.charge(e, &ctx).await }
+            .handle_with(self.clone(), |payment, e: OrderAccepted, ctx| async move {
+                payment.charge(e, &ctx).await
             })
-            .handle(move |e: OrderCancelled, ctx: Context| {
-                let payment = b.clone();
-                async move { payment.refund(e, &ctx).await }
+            .handle_with(self.clone(), |payment, e: OrderCancelled, ctx| async move {
+                payment.refund(e, &ctx).await
             })
             .start()
     }

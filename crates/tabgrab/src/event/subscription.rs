@@ -270,6 +270,39 @@ impl SubscriptionBuilder {
         self
     }
 
+    /// Handles events of type `E` with `handler`, which also gets a clone of `state` on each
+    /// call: the service's state without a clone per handler by hand (like axum's
+    /// `with_state`, per handler). `state` is typically an `Arc` or a type of cheap clones.
+    ///
+    /// ```no_run
+    /// # fn demo(bus: &tabgrab::backend::embedded::EmbeddedBus) -> Result<(), tabgrab::Error> {
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize, tabgrab::Message)]
+    /// # #[message(type = "demo.order.accepted.v1", event)]
+    /// # struct OrderAccepted { order_id: String }
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use tabgrab::event::Subscription;
+    ///
+    /// let baked = Arc::new(AtomicU64::new(0));
+    /// let kitchen = Subscription::builder(bus, "orders", "kitchen")
+    ///     .handle_with(Arc::clone(&baked), |baked, _order: OrderAccepted, _ctx| async move {
+    ///         baked.fetch_add(1, Ordering::Relaxed);
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn handle_with<S, E, F, Fut>(self, state: S, handler: F) -> SubscriptionBuilder
+    where
+        S: Clone + Send + Sync + 'static,
+        E: Event,
+        F: Fn(S, E, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.handle(move |event: E, ctx| handler(state.clone(), event, ctx))
+    }
+
     /// Handles envelopes of type `ty` with a type-erased handler. Request-response messaging
     /// uses it: requests and replies travel on topics like events but are not events, so the
     /// typed [`handle`](Self::handle) (which takes only `Event`s) cannot carry them.

@@ -294,14 +294,14 @@ impl<DB: Database> Inbox<DB> {
     /// its handle is dropped or shut down.
     ///
     /// ```no_run
-    /// # async fn demo(inbox: tabgrab::inbox::Inbox<sqlx::Sqlite>) {
+    /// # async fn demo(inbox: tabgrab::inbox::Inbox<sqlx::Sqlite>) -> Result<(), tabgrab::Error> {
     /// use std::time::Duration;
     /// use tabgrab::inbox::DEFAULT_RETENTION;
     ///
     /// let pruner = inbox.spawn_pruner(Duration::from_secs(3600), DEFAULT_RETENTION);
     /// // ... at shutdown
-    /// pruner.shutdown().await;
-    /// # }
+    /// pruner.shutdown().await?;
+    /// # Ok(()) }
     /// ```
     pub fn spawn_pruner(&self, every: Duration, retention: Duration) -> Pruner {
         let inbox = self.clone();
@@ -345,11 +345,14 @@ pub struct Pruner {
 }
 
 impl Pruner {
-    /// Stops the pruner and waits for it.
-    pub async fn shutdown(mut self) {
+    /// Stops the pruner and waits for it; an error if its task panicked.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
         self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| {
+                Error::new(ErrorKind::Closed, format!("the inbox pruner failed: {e}"))
+            }),
+            None => Ok(()),
         }
     }
 }

@@ -227,6 +227,20 @@ impl RequesterBuilder {
         self
     }
 
+    /// [`on_reply`](Self::on_reply) with a clone of `state` on each call (see
+    /// [`SubscriptionBuilder::handle_with`](crate::event::SubscriptionBuilder::handle_with)).
+    pub fn on_reply_with<S, R, F, Fut>(self, topic: &str, state: S, handler: F) -> RequesterBuilder
+    where
+        S: Clone + Send + Sync + 'static,
+        R: Request,
+        F: Fn(S, Outcome<R>, ReplyContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.on_reply(topic, move |outcome: Outcome<R>, ctx| {
+            handler(state.clone(), outcome, ctx)
+        })
+    }
+
     /// Sends requests of type `R` to `topic`, without a reply handler: for types used with
     /// [`Requester::request`] only. An outcome nobody awaits any more (after a restart) is
     /// logged and counted as unhandled.

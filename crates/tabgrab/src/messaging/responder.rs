@@ -247,6 +247,18 @@ impl ResponderBuilder {
         self
     }
 
+    /// Handles requests of type `R` like [`handle`](Self::handle), with a clone of `state` on
+    /// each call (see [`SubscriptionBuilder::handle_with`](crate::event::SubscriptionBuilder::handle_with)).
+    pub fn handle_with<S, R, F, Fut>(self, state: S, handler: F) -> ResponderBuilder
+    where
+        S: Clone + Send + Sync + 'static,
+        R: Request,
+        F: Fn(S, R, RequestContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, HandlerError>> + Send + 'static,
+    {
+        self.handle(move |request: R, ctx| handler(state.clone(), request, ctx))
+    }
+
     /// Handles only requests that carry a [`Principal`]; one without is answered with the
     /// rejection `unauthenticated` (see [`Responder`]).
     pub fn require_principal(mut self) -> ResponderBuilder {

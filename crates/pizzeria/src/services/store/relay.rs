@@ -34,7 +34,9 @@ impl Store {
             ]);
             stopped.cancelled().await;
             for pruner in pruners {
-                pruner.shutdown().await;
+                if let Err(e) = pruner.shutdown().await {
+                    tracing::warn!(error = %e, "an inbox pruner stopped with an error");
+                }
             }
             relay.shutdown().await
         });

@@ -190,9 +190,11 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Closes the pool.
-    pub async fn close(&self) {
+    /// Closes the pool, once every connection is given back (the shape of every `close`;
+    /// closing a pool cannot fail).
+    pub async fn close(&self) -> Result<(), Error> {
         self.pool.close().await;
+        Ok(())
     }
 }
 

@@ -286,12 +286,11 @@ impl SqliteStore {
         rx.await.map_err(|_| closed())?
     }
 
-    /// Waits until every operation queued so far is committed. (The connection closes when
-    /// the last clone of the store is dropped.)
-    pub async fn close(&self) {
-        let _ = self
-            .exec("flush", |_conn, _sql| async { Ok(()) }.boxed())
-            .await;
+    /// Waits until every operation queued so far is committed, and says whether they were.
+    /// (The connection closes when the last clone of the store is dropped.)
+    pub async fn close(&self) -> Result<(), Error> {
+        self.exec("flush", |_conn, _sql| async { Ok(()) }.boxed())
+            .await
     }
 }
 
