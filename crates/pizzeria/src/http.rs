@@ -1,23 +1,35 @@
-//! The front desk's HTTP API: customers `POST /orders` and ask `GET /orders/{id}`.
+//! The front desk's HTTP API, one app for the three styles: customers `POST /orders` and ask
+//! `GET /orders/{id}`.
 //!
-//! [`app`] builds the router from a [`FrontDesk`], so tests drive it with
+//! [`app`] builds the router from a [`Desk`] (the events style's
+//! [`FrontDesk`](crate::services::FrontDesk), the messaging style's
+//! [`FrontDesk`](crate::messaging::front_desk::FrontDesk), the call style's
+//! [`Waiter`](crate::calls::front_desk::Waiter)), so tests drive it with
 //! `tower::ServiceExt::oneshot` and need no socket; [`serve`] runs it on a listener the caller
 //! bound (port 0 in tests) until a shutdown future completes, then lets open requests finish.
+//! What every style shares is here: the routes, the body limit, the refusal of a body that is
+//! not an order and of an order that breaks a rule, the order's trace, the order ids. What
+//! differs is the answer to a valid order: the events and messaging styles accept it (`202`)
+//! as soon as it is recorded, the call style answers when the services have (see
+//! [`crate::calls::front_desk`] for its statuses).
 //!
-//! Every refusal is JSON, `{"error": "…"}`, with a message that says what to fix:
+//! Every refusal is JSON with an `error` that says what to fix (`{"error": "…"}`; the call
+//! style adds `service`, `reason` and `order_id` where it has them):
 //!
 //! | request | answer |
 //! |---|---|
-//! | a valid order | `202 Accepted`, `{"order_id", "status_url"}` and a `Location` header |
+//! | a valid order | events, messaging: `202 Accepted`, `{"order_id", "status_url"}` and a `Location` header; calls: `201 Created` once made |
 //! | a body that is not JSON, or not an order | `400`, naming the problem (line and column) |
 //! | an order that breaks a rule (menu, 1–10 pizzas, customer, card) | `400`, naming the rule |
 //! | a body over 64 KiB | `413` |
 //! | a body without `content-type: application/json` | `415` |
 //! | the bus cannot record the order | `503`: nothing was accepted, try again |
+//! | `GET` of an id that is not a UUID | `400` |
 //! | `GET` of an order the front desk does not know | `404` |
 //! | the front desk cannot read its store | `503` |
 //!
-//! `202` and not `201`: the order is accepted, not done. The status URL shows its progress.
+//! `202` and not `201` in the events and messaging styles: the order is accepted, not done.
+//! The status URL shows its progress.
 
 use std::future::Future;
 
@@ -30,8 +42,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::order::OrderRequest;
-use crate::services::FrontDesk;
+use crate::order::{OrderRequest, ValidOrder};
 
 /// The largest request body accepted: an order is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -52,14 +63,58 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// A front desk of any style, behind the one HTTP API.
+pub trait Desk: Clone + Send + Sync + 'static {
+    /// What `GET /orders/{id}` shows of an order.
+    type View: Serialize + Send;
+
+    /// Takes an order that keeps every rule, and answers the customer.
+    fn place(&self, order: ValidOrder) -> impl Future<Output = Response> + Send;
+
+    /// The view of order `id`: `None` when this desk does not know it, an error when it
+    /// cannot read its orders.
+    fn view(
+        &self,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<Self::View>, tabgrab::Error>> + Send;
+
+    /// Which orders this desk knows, for the `404` of one it does not.
+    fn knows(&self) -> String {
+        "at this front desk".to_owned()
+    }
+}
+
+/// The `202 Accepted` of an order that is recorded, with its status URL.
+pub(crate) fn accepted(order_id: Uuid) -> Response {
+    let status_url = format!("/orders/{order_id}");
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, status_url.clone())],
+        Json(Accepted {
+            order_id,
+            status_url,
+        }),
+    )
+        .into_response()
+}
+
+/// The `503` of an order that could not be recorded (`what` could not be).
+pub(crate) fn not_recorded(what: &str, error: &tabgrab::Error) -> Response {
+    tracing::error!(%error, "could not record {what}");
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{what} could not be recorded, so the order was not accepted; try again: {error}"),
+    )
+}
+
 /// The front desk's router: `POST /orders`, `GET /orders/{id}`.
-pub fn app(front_desk: FrontDesk) -> Router {
+pub fn app<D: Desk>(desk: D) -> Router {
     Router::new()
         .route(
             "/orders",
-            post(place_order).layer(axum::middleware::from_fn(traced)),
+            post(place_order::<D>).layer(axum::middleware::from_fn(traced)),
         )
-        .route("/orders/{id}", get(order_status))
+        .route("/orders/{id}", get(order_status::<D>))
         .fallback(|| async {
             refuse(
                 StatusCode::NOT_FOUND,
@@ -67,7 +122,7 @@ pub fn app(front_desk: FrontDesk) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(front_desk)
+        .with_state(desk)
 }
 
 /// Runs a `POST /orders` in a span of its own, the root of the order's trace: what the front
@@ -92,16 +147,16 @@ pub(crate) async fn traced(
 /// Serves [`app`] on `listener` until `shutdown` completes, then waits for open requests;
 /// through tabgrab's call server, whose timeouts and connection limit keep idle and slow sockets
 /// from taking it down ([`tabgrab::call::server`]).
-pub async fn serve(
+pub async fn serve<D: Desk>(
     listener: tokio::net::TcpListener,
-    front_desk: FrontDesk,
+    desk: D,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tabgrab::call::serve(listener, app(front_desk), shutdown).await
+    tabgrab::call::serve(listener, app(desk), shutdown).await
 }
 
 /// A JSON refusal.
-fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
+pub(crate) fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
     (
         status,
         Json(ErrorBody {
@@ -111,40 +166,17 @@ fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
         .into_response()
 }
 
-async fn place_order(
-    State(desk): State<FrontDesk>,
+async fn place_order<D: Desk>(
+    State(desk): State<D>,
     body: Result<Json<OrderRequest>, JsonRejection>,
 ) -> Response {
     let request = match body {
         Ok(Json(request)) => request,
         Err(rejection) => return refuse_body(&rejection),
     };
-    let order = match request.validate() {
-        Ok(order) => order,
-        Err(invalid) => return refuse(StatusCode::BAD_REQUEST, invalid.0),
-    };
-    match desk.take_order(order).await {
-        Ok(order_id) => {
-            let status_url = format!("/orders/{order_id}");
-            (
-                StatusCode::ACCEPTED,
-                [(header::LOCATION, status_url.clone())],
-                Json(Accepted {
-                    order_id,
-                    status_url,
-                }),
-            )
-                .into_response()
-        }
-        Err(error) => {
-            tracing::error!(%error, "could not record an order");
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the order could not be recorded, so it was not accepted; try again: {error}"
-                ),
-            )
-        }
+    match request.validate() {
+        Ok(order) => desk.place(order).await,
+        Err(invalid) => refuse(StatusCode::BAD_REQUEST, invalid.0),
     }
 }
 
@@ -183,19 +215,21 @@ fn refuse_body(rejection: &JsonRejection) -> Response {
     }
 }
 
-async fn order_status(State(desk): State<FrontDesk>, Path(id): Path<String>) -> Response {
+async fn order_status<D: Desk>(State(desk): State<D>, Path(id): Path<String>) -> Response {
     let Ok(order_id) = Uuid::parse_str(&id) else {
         let shown: String = id.chars().take(60).collect();
         return refuse(
-            StatusCode::NOT_FOUND,
-            format!("no order {shown:?}: order ids are UUIDs, as returned by POST /orders"),
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{shown:?} is not an order id: order ids are UUIDs, as returned by POST /orders"
+            ),
         );
     };
-    match desk.order(order_id).await {
+    match desk.view(order_id).await {
         Ok(Some(view)) => Json(view).into_response(),
         Ok(None) => refuse(
             StatusCode::NOT_FOUND,
-            format!("no order {order_id} at this front desk"),
+            format!("no order {order_id} {}", desk.knows()),
         ),
         Err(error) => {
             tracing::error!(%error, "could not read an order");
@@ -204,5 +238,21 @@ async fn order_status(State(desk): State<FrontDesk>, Path(id): Path<String>) -> 
                 "the front desk cannot read its orders right now; try again",
             )
         }
+    }
+}
+
+/// The events style's front desk: it accepts an order once its `OrderAccepted` is recorded.
+impl Desk for crate::services::FrontDesk {
+    type View = crate::services::front_desk::OrderView;
+
+    async fn place(&self, order: ValidOrder) -> Response {
+        match self.take_order(order).await {
+            Ok(order_id) => accepted(order_id),
+            Err(error) => not_recorded("the order", &error),
+        }
+    }
+
+    async fn view(&self, id: Uuid) -> Result<Option<Self::View>, tabgrab::Error> {
+        self.order(id).await
     }
 }

@@ -69,7 +69,7 @@ async fn front_desk(b: &Backoffice) -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(tabgrab::call::serve(
         listener,
-        pizzeria::calls::front_desk::app(peers.waiter()),
+        pizzeria::http::app(peers.waiter()),
         b.stop.clone().cancelled_owned(),
     ));
     url

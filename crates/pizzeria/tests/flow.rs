@@ -396,8 +396,9 @@ async fn an_unknown_order_is_404_with_a_json_error() {
     let (status, error) = harness.get(&Uuid::now_v7().to_string()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error["error"].as_str().unwrap().contains("no order"));
+    // A path that cannot name an order is a bad request, in every style (one app).
     let (status, error) = harness.get("not-a-uuid").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error["error"].as_str().unwrap().contains("UUID"));
     harness.stop().await;
 }

@@ -7,9 +7,7 @@
 //! | the card is declined | `402`, `{"error", "service": "payment", "reason": "payment declined: …"}` |
 //! | ingredients are missing (the charge is refunded) | `409`, `service: "inventory"`, `reason: "ingredients missing: …"` |
 //! | a service failed, timed out, is down or its breaker is open (what was done is compensated) | `503` or `504`, naming the service |
-//! | a body that is not an order (not JSON, a missing or unknown field), or an invalid order | `400`, as in the events style |
-//! | a body over 64 KiB | `413` |
-//! | a body without `content-type: application/json` | `415` |
+//! | a body that is not an order, an invalid order, too large or not JSON | `400`, `413`, `415`: the one app of every style ([`crate::http`]) |
 //!
 //! Every command carries the order id as idempotency key, so the client stack may retry it
 //! (the services treat a repeat as the first). Compensations (refund, release) get their own
@@ -25,12 +23,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tabgrab::ErrorKind;
 use tabgrab::call::{CallError, CallOptions, Client};
@@ -40,7 +35,7 @@ use crate::commands::{
     CARD_DECLINED, ChargeCard, INGREDIENTS_MISSING, PlaceTicket, RefundPayment, ReleaseIngredients,
     ReserveIngredients,
 };
-use crate::order::OrderRequest;
+use crate::order::ValidOrder;
 
 /// The answer to an order that was made.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,20 +142,6 @@ impl Waiter {
     }
 }
 
-/// The front desk's router: `POST /orders`, `GET /orders/{id}`.
-pub fn app(waiter: Waiter) -> Router {
-    Router::new()
-        .route(
-            "/orders",
-            post(place_order).layer(axum::middleware::from_fn(crate::http::traced)),
-        )
-        .route("/orders/{id}", get(order_status))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            crate::http::MAX_BODY_BYTES,
-        ))
-        .with_state(waiter)
-}
-
 fn refuse(status: StatusCode, refusal: Refusal) -> Response {
     (status, Json(refusal)).into_response()
 }
@@ -200,67 +181,30 @@ fn failed(
     )
 }
 
-async fn order_status(State(waiter): State<Waiter>, Path(id): Path<String>) -> Response {
-    let Ok(order_id) = Uuid::parse_str(&id) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            Refusal {
-                error: format!("{id:?} is not an order id (a UUID)"),
-                service: None,
-                reason: None,
-                order_id: None,
-            },
-        );
-    };
-    match waiter.order(order_id) {
-        Some(state) => (StatusCode::OK, Json(state)).into_response(),
-        None => refuse(
-            StatusCode::NOT_FOUND,
-            Refusal {
-                error: format!(
-                    "no order {order_id}: this front desk remembers the last {REMEMBERED} orders \
-                     it took since it started"
-                ),
-                service: None,
-                reason: None,
-                order_id: Some(order_id),
-            },
-        ),
+/// The call style's front desk: it answers an order when payment, inventory and the kitchen
+/// have.
+impl crate::http::Desk for Waiter {
+    type View = OrderState;
+
+    async fn place(&self, order: ValidOrder) -> Response {
+        place_order(self, order).await
+    }
+
+    async fn view(&self, id: Uuid) -> Result<Option<OrderState>, tabgrab::Error> {
+        Ok(self.order(id))
+    }
+
+    fn knows(&self) -> String {
+        format!(
+            "at this front desk: it remembers the last {REMEMBERED} orders it took since it \
+             started"
+        )
     }
 }
 
-async fn place_order(
-    State(waiter): State<Waiter>,
-    body: Result<Json<OrderRequest>, JsonRejection>,
-) -> Response {
-    let request = match body {
-        Ok(Json(request)) => request,
-        Err(rejection) => {
-            return refuse(
-                crate::http::body_refusal_status(&rejection),
-                Refusal {
-                    error: format!("the body is not a valid order: {}", rejection.body_text()),
-                    service: None,
-                    reason: None,
-                    order_id: None,
-                },
-            );
-        }
-    };
-    let order = match request.validate() {
-        Ok(order) => order,
-        Err(invalid) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                Refusal {
-                    error: invalid.0,
-                    service: None,
-                    reason: None,
-                    order_id: None,
-                },
-            );
-        }
-    };
+/// Calls payment, inventory and the kitchen in turn for `order`, compensating what was done
+/// when one fails or refuses.
+async fn place_order(waiter: &Waiter, order: ValidOrder) -> Response {
     let order_id = Uuid::now_v7();
     let amount = order.amount_cents;
     waiter.note(order_id, amount, "charging", None);
@@ -293,7 +237,7 @@ async fn place_order(
             .payment
             .call_with(&RefundPayment { order_id }, compensation())
             .await;
-        return failed(&waiter, "payment", order_id, amount, &e, "");
+        return failed(waiter, "payment", order_id, amount, &e, "");
     }
     waiter.note(order_id, amount, "reserving", None);
 
@@ -333,7 +277,7 @@ async fn place_order(
             .call_with(&ReleaseIngredients { order_id }, compensation())
             .await;
         return failed(
-            &waiter,
+            waiter,
             "inventory",
             order_id,
             amount,
@@ -358,7 +302,7 @@ async fn place_order(
             .call_with(&ReleaseIngredients { order_id }, compensation())
             .await;
         return failed(
-            &waiter,
+            waiter,
             "kitchen",
             order_id,
             amount,

@@ -225,7 +225,7 @@ pub async fn serve_service_with(
                     "the front desk needs --payment, --inventory and --kitchen URLs",
                 )
             })?;
-            front_desk::app(peers.waiter())
+            crate::http::app(peers.waiter())
         }
         other => {
             let payment = PaymentDesk::new();

@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use tokio_util::sync::CancellationToken;
 
 use super::front_desk::Refusal;
-use super::{Ovens, PaymentDesk, Peers, ServiceName, Storeroom, front_desk, service_router};
+use super::{Ovens, PaymentDesk, Peers, ServiceName, Storeroom, service_router};
 use crate::error::{Error, ErrorKind};
 use crate::menu::RARE_INGREDIENT;
 use crate::run::{Latency, RunConfig, Summary, customer, peak_rss_mib};
@@ -88,7 +88,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let front_url = addr_of(&listener)?;
     servers.push(tokio::spawn(tabgrab::call::serve(
         listener,
-        front_desk::app(peers.waiter()),
+        crate::http::app(peers.waiter()),
         stop.clone().cancelled_owned(),
     )));
 

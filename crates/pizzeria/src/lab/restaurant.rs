@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::calls::{Ovens, PaymentDesk, Peers, ServiceName, Storeroom, front_desk, service_router};
+use crate::calls::{Ovens, PaymentDesk, Peers, ServiceName, Storeroom, service_router};
 use crate::error::{Error, ErrorKind};
 use crate::messaging::front_desk::FrontDesk as MessagingDesk;
 use crate::messaging::services::{self as responders, Services};
@@ -282,11 +282,7 @@ impl Restaurant {
                     .await
                     .map_err(bus_error("the front desk did not join the bus"))?;
                 let watcher = desk.watch();
-                let task = serve_front(
-                    listener,
-                    crate::messaging::http::app(desk.clone()),
-                    stop.clone(),
-                );
+                let task = serve_front(listener, crate::http::app(desk.clone()), stop.clone());
                 (
                     Inner::Messaging {
                         bus,
@@ -340,7 +336,7 @@ impl Restaurant {
                     (ServiceName::Payment, record_breaker(&waiter.payment)),
                     (ServiceName::Kitchen, record_breaker(&waiter.kitchen)),
                 ];
-                let task = serve_front(listener, front_desk::app(waiter), stop.clone());
+                let task = serve_front(listener, crate::http::app(waiter), stop.clone());
                 (
                     Inner::Calls {
                         payment,

@@ -386,3 +386,20 @@ impl FrontDesk {
         Ok(())
     }
 }
+
+/// The messaging style's front desk: it accepts an order once its requests are stored and
+/// sent.
+impl crate::http::Desk for FrontDesk {
+    type View = OrderView;
+
+    async fn place(&self, order: ValidOrder) -> axum::response::Response {
+        match self.take_order(order).await {
+            Ok(order_id) => crate::http::accepted(order_id),
+            Err(error) => crate::http::not_recorded("the order's requests", &error),
+        }
+    }
+
+    async fn view(&self, id: Uuid) -> Result<Option<OrderView>, tabgrab::Error> {
+        Ok(self.order(id))
+    }
+}

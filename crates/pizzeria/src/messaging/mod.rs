@@ -14,10 +14,9 @@
 //! |---|---|
 //! | [`front_desk`] | the requester: orders, their steps and compensations |
 //! | [`services`] | payment, inventory and the kitchen as responders |
-//! | [`http`] | `POST /orders` and `GET /orders/{id}` |
+//! | [`crate::http`] | `POST /orders` and `GET /orders/{id}`, the one app of every style |
 
 pub mod front_desk;
-pub mod http;
 pub mod services;
 
 use std::sync::Arc;
@@ -170,7 +169,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
 
     let (listener, addr) = bind_front_desk().await?;
     let stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
+    let server = tokio::spawn(crate::http::serve(
         listener,
         desk.clone(),
         stop.clone().cancelled_owned(),
