@@ -524,25 +524,25 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
 }
 
 async fn bench_command(args: BenchArgs) -> Result<(), Error> {
-    let config = crate::bench::BenchConfig {
+    let config = crate::lab::bench::BenchConfig {
         dir: args.dir,
         duration: Duration::from_secs(args.seconds),
         publishers: usize::try_from(args.publishers).unwrap_or(usize::MAX),
         payload_bytes: usize::try_from(args.payload_bytes).unwrap_or(usize::MAX),
         rate: args.rate,
     };
-    let report = crate::bench::run(&config)
+    let report = crate::lab::bench::run(&config)
         .await
         .map_err(|e| Error::new(ErrorKind::Bus, format!("benchmark failed: {e}")))?;
     if args.json {
         let json = serde_json::to_string_pretty(&report).map_err(|e| {
             Error::new(ErrorKind::Io, "cannot encode the figures as JSON").with_source(e)
         })?;
-        crate::bench::print(&report, &mut std::io::stderr())
+        crate::lab::bench::print(&report, &mut std::io::stderr())
             .map_err(|e| Error::new(ErrorKind::Io, "cannot write the table").with_source(e))?;
         println!("{json}");
     } else {
-        crate::bench::print(&report, &mut std::io::stdout())
+        crate::lab::bench::print(&report, &mut std::io::stdout())
             .map_err(|e| Error::new(ErrorKind::Io, "cannot write the table").with_source(e))?;
     }
     Ok(())

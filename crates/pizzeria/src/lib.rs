@@ -21,7 +21,7 @@
 //! | [`http`] | the front desk's HTTP API |
 //! | [`run`] | the restaurant under simulated load, and its summary |
 //! | [`orders`] | every order's fate, read back from the front desk's durable view |
-//! | [`lab`] | the comparison table of the three kinds, measured: blocking, availability, response expected, capacity |
+//! | [`lab`] | what is measured, out of the restaurant's way: the comparison table of the three kinds (blocking, availability, response expected, capacity) and `pizzeria bench` ([`lab::bench`]) |
 //! | [`namespace`] | topics prefixed per run, so runs share a broker without mixing, and are deleted after |
 //! | [`cli`] | the `pizzeria` command line |
 //!
@@ -34,7 +34,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bench;
 pub mod calls;
 pub mod cli;
 pub mod commands;

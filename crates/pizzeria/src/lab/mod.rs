@@ -14,6 +14,9 @@
 //! | response expected | [`response`] | responses, correlation records, timeouts and the front desk's open work, per order |
 //! | capacity | [`capacity`] | a kitchen with two ovens under more orders than it can bake |
 //!
+//! [`bench`] is the other measurement, `pizzeria bench`: the embedded backend beside the disk's
+//! own `fdatasync`.
+//!
 //! It prints the table, and writes `lab.json` ([`json`]: every figure, the machine, the
 //! version, the seed) and `lab.html` ([`html`]: the table and charts as inline SVG, no
 //! network) to the output directory.
@@ -29,6 +32,7 @@
 //! that cannot run on an engine is an [`ErrorKind::Unsupported`] error, never a figure.
 
 pub mod availability;
+pub mod bench;
 pub mod blocking;
 pub mod capacity;
 pub mod html;
