@@ -76,21 +76,50 @@ fn kind_of(error: &HandlerError) -> ErrorKind {
         .map_or_else(|| error.kind(), crate::CallError::kind)
 }
 
-/// What a handler knows about the call it serves.
+/// What a handler knows about the call it serves: the shape of every handler's context
+/// (`envelope`, `principal`, `remaining`, `attempt`; see `tabgrab::event::handler`). A call
+/// has no redelivery (a retry is a new call, so `attempt` is 1) and no shutdown signal: the
+/// server drains the calls in flight, and drops a call's work when its deadline passes.
 #[derive(Clone, Debug)]
 pub struct CallContext {
     /// The incoming envelope's attributes (id, source, correlation id); `data` is left empty.
-    pub envelope: Envelope,
+    envelope: Envelope,
     /// The caller's deadline, if it sent one.
-    pub deadline: Option<Instant>,
+    deadline: Option<Instant>,
     /// The idempotency key, if the caller sent one.
-    pub idempotency_key: Option<String>,
-    /// Who calls, when the handlers authenticate callers
-    /// ([`Handlers::authenticate`]); `None` otherwise.
-    pub principal: Option<crate::auth::Principal>,
+    idempotency_key: Option<String>,
+    /// Who calls, when the handlers authenticate callers; `None` otherwise.
+    principal: Option<crate::auth::Principal>,
 }
 
 impl CallContext {
+    /// The incoming envelope's attributes (id, source, correlation id, trace); its `data` is
+    /// left empty (the handler has the decoded request).
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Who calls, when the handlers authenticate callers ([`Handlers::authenticate`]);
+    /// `None` otherwise.
+    pub fn principal(&self) -> Option<crate::auth::Principal> {
+        self.principal.clone()
+    }
+
+    /// The caller's deadline, if it sent one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The idempotency key, if the caller sent one.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+
+    /// Always 1: a call is not redelivered; a client's retry is a new call.
+    pub fn attempt(&self) -> u32 {
+        1
+    }
+
     /// The time left before the caller's deadline.
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline

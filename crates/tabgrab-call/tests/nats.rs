@@ -420,8 +420,12 @@ async fn a_structured_call_is_one_message_without_headers_that_carries_deadline_
     let handlers = Handlers::new().handle(move |c: Charge, ctx: CallContext| {
         let recorded = Arc::clone(&recorded);
         async move {
-            let extensions = ctx.envelope.extensions.keys().cloned().collect();
-            let entry = (ctx.remaining(), ctx.idempotency_key.clone(), extensions);
+            let extensions = ctx.envelope().extensions.keys().cloned().collect();
+            let entry = (
+                ctx.remaining(),
+                ctx.idempotency_key().map(str::to_owned),
+                extensions,
+            );
             recorded.lock().unwrap().push(entry);
             Ok::<_, HandlerError>(Charged { amount: c.amount })
         }

@@ -65,7 +65,7 @@ async fn the_edge_deadline_stops_all_three_hops() {
     let payment = Server::start(Handlers::new().handle(move |_: Pay, ctx: CallContext| {
         let to_fraud = to_fraud.clone();
         async move {
-            assert!(ctx.deadline.is_some(), "payment got no deadline");
+            assert!(ctx.deadline().is_some(), "payment got no deadline");
             let verdict = to_fraud.call_with(&FraudCheck, ctx.options()).await?;
             Ok::<_, HandlerError>(verdict)
         }

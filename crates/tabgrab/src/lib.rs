@@ -42,7 +42,10 @@
 //!   `#[message(type = "..", event | command | query, response = T)]`.
 //! - A handler is `Fn(message, context) -> Future<Output = Result<T, HandlerError>>` for an
 //!   event, a request over the bus, a reply and a call; `handle_with(state, ..)` (and
-//!   `on_reply_with`) also hands it a clone of the service's state.
+//!   `on_reply_with`) also hands it a clone of the service's state. Its context tells the
+//!   message's `envelope()`, its `principal()`, the time `remaining()` before the sender's
+//!   deadline, the `attempt()`, and on the bus `shutdown_requested()` (see
+//!   [`event::handler`](crate::event::Context)).
 //! - Asking and waiting gives `Result<Response, _>` whose error kind says how it ended: a
 //!   refusal is `Remote` with the [`Rejection`], a missed deadline `DeadlineExceeded`
 //!   (`Client::call` and `Requester::request` alike).

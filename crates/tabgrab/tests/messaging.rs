@@ -737,3 +737,87 @@ async fn with_the_recipient_down_every_request_ends_exactly_once() {
     second.shutdown().await.unwrap();
     responder.shutdown().await.unwrap();
 }
+
+/// Every handler's context has one shape: the responder's and the reply handler's tell the
+/// envelope, the attempt, the time left before the deadline and whether they are shutting
+/// down; a timeout's reply context has no envelope and no time left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contexts_tell_the_envelope_the_attempt_and_the_time_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
+    let (seen, mut sight) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let timeout = Duration::from_secs(30);
+    let within =
+        move |left: Option<Duration>| left.is_some_and(|l| l > Duration::ZERO && l <= timeout);
+    let responder = Responder::builder(&bus, TOPIC, "payment")
+        .handle_with(seen.clone(), move |seen, c: Charge, ctx| async move {
+            let line = format!(
+                "request: type {}, attempt {}, time left {}, shutting down {}",
+                ctx.envelope().ty,
+                ctx.attempt(),
+                within(ctx.remaining()),
+                ctx.is_shutting_down()
+            );
+            seen.send(line)?;
+            Ok(Charged {
+                receipt: format!("r-{}", c.order),
+                order: c.order,
+            })
+        })
+        .start()
+        .unwrap();
+    let requester = Requester::builder(&bus, GROUP)
+        .store(MemoryStore::new())
+        .sweep_interval(Duration::from_millis(50))
+        .on_reply_with(TOPIC, seen, move |seen, o: Outcome<Charge>, ctx| async move {
+            let line = match ctx.envelope() {
+                Some(reply) => format!(
+                    "reply: answers the request {}, type {}, attempt {}, time left {}, shutting down {}",
+                    reply.correlationid.as_deref() == Some(ctx.request_id()),
+                    reply.ty,
+                    ctx.attempt(),
+                    within(ctx.remaining()),
+                    ctx.is_shutting_down()
+                ),
+                None => format!(
+                    "timeout: {}, attempt {}, time left {:?}",
+                    o.is_timed_out(),
+                    ctx.attempt(),
+                    ctx.remaining()
+                ),
+            };
+            seen.send(line)?;
+            Ok(())
+        })
+        .start()
+        .unwrap();
+    requester
+        .send(&charge("o-1", 100), SendOptions::default().timeout(timeout))
+        .await
+        .unwrap();
+    assert_eq!(
+        sight.recv().await.unwrap(),
+        "request: type test.payment.charge.v1, attempt 1, time left true, shutting down false"
+    );
+    assert_eq!(
+        sight.recv().await.unwrap(),
+        format!(
+            "reply: answers the request true, type {REPLY_TYPE}, attempt 1, time left true, \
+             shutting down false"
+        )
+    );
+    // Nobody answers once the responder is gone: the sweep hands the timeout over.
+    responder.shutdown().await.unwrap();
+    requester
+        .send(
+            &charge("o-2", 100),
+            SendOptions::default().timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sight.recv().await.unwrap(),
+        "timeout: true, attempt 1, time left Some(0ns)"
+    );
+    requester.shutdown().await.unwrap();
+}

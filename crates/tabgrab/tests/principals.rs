@@ -39,7 +39,7 @@ fn front_desk(publisher: Publisher) -> Handlers {
         async move {
             let event = OrderPlaced { order: cmd.order };
             publisher
-                .publish_caused(&event, &ctx.envelope)
+                .publish_caused(&event, ctx.envelope())
                 .await
                 .map_err(HandlerError::from)?;
             Ok::<(), HandlerError>(())

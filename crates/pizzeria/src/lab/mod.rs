@@ -14,7 +14,7 @@
 //! | response expected | [`response`] | responses, correlation records, timeouts and the front desk's open work, per order |
 //! | capacity | [`capacity`] | a kitchen with two ovens under more orders than it can bake |
 //!
-//! [`bench`] is the other measurement, `pizzeria bench`: the embedded backend beside the disk's
+//! [`bench`](mod@bench) is the other measurement, `pizzeria bench`: the embedded backend beside the disk's
 //! own `fdatasync`.
 //!
 //! It prints the table, and writes `lab.json` ([`json`]: every figure, the machine, the

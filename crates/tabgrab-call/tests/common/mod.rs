@@ -196,7 +196,7 @@ pub struct WhoAmI {}
 pub fn with_whoami(probe: &Probe) -> Handlers {
     handlers(probe).handle(|_w: WhoAmI, ctx: CallContext| async move {
         Ok::<_, HandlerError>(
-            ctx.principal
+            ctx.principal()
                 .map(|p| p.name().to_owned())
                 .unwrap_or_default(),
         )

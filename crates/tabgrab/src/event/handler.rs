@@ -1,7 +1,16 @@
 //! What a handler receives besides the event ([`Context`]) and what it may return
 //! ([`HandlerError`], the one failure type of every kind of handler).
+//!
+//! Every handler's context has one shape: [`Context`] (events), `RequestContext`
+//! (responders), `ReplyContext` (reply handlers) and `CallContext` (calls) each tell the
+//! message's `envelope()`, who sent it (`principal()`), the time left before the sender's
+//! deadline (`remaining()`), the handler's `attempt()`, and whether it should give up
+//! (`shutdown_requested()`, `is_shutting_down()`). A call has no redelivery (a retry is a new
+//! call, attempt 1) and its server drains calls in flight instead of cancelling them, so a
+//! call's context says attempt 1 and never shutting down.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::Envelope;
 
@@ -66,6 +75,20 @@ impl Context {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
     }
+
+    /// The time left before the sender's deadline (the envelope's `deadline` attribute),
+    /// zero once it has passed; `None` when the message carries no deadline (most events).
+    pub fn remaining(&self) -> Option<Duration> {
+        remaining_until(self.envelope.deadline)
+    }
+}
+
+/// The time from now until `deadline`, zero once it has passed.
+pub(crate) fn remaining_until(deadline: Option<time::OffsetDateTime>) -> Option<Duration> {
+    deadline.map(|d| {
+        let left = d - time::OffsetDateTime::now_utc();
+        Duration::try_from(left).unwrap_or(Duration::ZERO)
+    })
 }
 
 /// A handler's failure: one type for every kind of handler; see [`tabgrab_core::handler`].

@@ -30,9 +30,47 @@ use crate::{Envelope, Error, ErrorKind, Request, Topic};
 pub struct ReplyContext {
     /// The request as stored.
     request: Arc<PendingRequest>,
+    /// The reply's delivery; `None` for a timeout (the sweep's).
+    delivery: Option<Context>,
+    /// The requester's shutdown.
+    shutdown: CancellationToken,
 }
 
 impl ReplyContext {
+    /// The reply's envelope; `None` when the outcome is a timeout (no reply came).
+    pub fn envelope(&self) -> Option<&Envelope> {
+        self.delivery.as_ref().map(Context::envelope)
+    }
+
+    /// Who sent the reply (its `principal` attribute), if anyone said so.
+    pub fn principal(&self) -> Option<crate::Principal> {
+        self.delivery.as_ref().and_then(Context::principal)
+    }
+
+    /// The handler's attempt on this outcome, starting at 1 (a timeout's handler that failed
+    /// is tried again by a later sweep, which counts from 1 again).
+    pub fn attempt(&self) -> u32 {
+        self.delivery.as_ref().map_or(1, Context::attempt)
+    }
+
+    /// The time left before the request's deadline, zero once it has passed (always zero for
+    /// a timeout).
+    pub fn remaining(&self) -> Option<Duration> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let left = i128::from(self.request.deadline_ms) - now;
+        Some(Duration::from_millis(u64::try_from(left).unwrap_or(0)))
+    }
+
+    /// Completes when the requester shuts down.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    /// Whether the requester is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// The request id (its correlation id).
     pub fn request_id(&self) -> &str {
         &self.request.id
@@ -348,7 +386,9 @@ impl RequesterBuilder {
                 publishers.insert(route.topic.clone(), publisher);
             }
         }
+        let cancel = CancellationToken::new();
         let inner = Arc::new(Inner {
+            shutdown: cancel.clone(),
             group: self.group.clone(),
             reply_to,
             store,
@@ -371,9 +411,9 @@ impl RequesterBuilder {
         crate::telemetry::register(Arc::downgrade(&source));
         let on_reply: ErasedHandler = {
             let inner = Arc::clone(&inner);
-            Arc::new(move |envelope: Arc<Envelope>, _ctx: Context| {
+            Arc::new(move |envelope: Arc<Envelope>, ctx: Context| {
                 let inner = Arc::clone(&inner);
-                async move { inner.handle_reply(&envelope).await }.boxed()
+                async move { inner.handle_reply(&envelope, ctx).await }.boxed()
             })
         };
         let mut subscription = Subscription::builder(&self.bus, &reply_topic, &self.group)
@@ -386,7 +426,6 @@ impl RequesterBuilder {
         subscription.handle_envelope(REPLY_TYPE, Arc::clone(&on_reply))?;
         subscription.handle_envelope(PLAIN_REPLY_TYPE, on_reply)?;
         let subscription = subscription.start()?;
-        let cancel = CancellationToken::new();
         let sweep = tokio::spawn(super::sweep::run(Arc::clone(&inner), cancel.clone()));
         Ok(Requester {
             inner,
@@ -400,6 +439,8 @@ impl RequesterBuilder {
 
 /// The shared state of a requester node.
 pub(crate) struct Inner {
+    /// Cancelled when the requester shuts down (a reply handler's `shutdown_requested`).
+    shutdown: CancellationToken,
     /// The requester group (the reply address's owner).
     pub(crate) group: String,
     /// The `replyto` of every request: the reply topic `replies.<group>`, or the queue the
@@ -479,7 +520,7 @@ impl Inner {
     }
 
     /// Handles one reply envelope from the group's reply topic.
-    async fn handle_reply(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle_reply(&self, envelope: &Envelope, ctx: Context) -> Result<(), HandlerError> {
         let rejected = |why: String| {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(group = %self.group, reply = %envelope.id, "rejected reply: {why}");
@@ -532,7 +573,7 @@ impl Inner {
             Claim::Claimed(request) => {
                 let request = Arc::new(request);
                 match self
-                    .deliver(Arc::clone(&request), RawOutcome::Replied(body))
+                    .deliver(Arc::clone(&request), RawOutcome::Replied(body), Some(ctx))
                     .await
                 {
                     Ok(()) => {
@@ -595,6 +636,7 @@ impl Inner {
         &self,
         request: Arc<PendingRequest>,
         raw: RawOutcome,
+        delivery: Option<Context>,
     ) -> Result<(), HandlerError> {
         self.admission
             .outcome(&request.id, matches!(raw, RawOutcome::Replied(_)));
@@ -611,7 +653,14 @@ impl Inner {
             .get(&request.request_type)
             .and_then(|r| r.handler.clone());
         match handler {
-            Some(handler) => handler(raw, ReplyContext { request }).await,
+            Some(handler) => {
+                let ctx = ReplyContext {
+                    request,
+                    delivery,
+                    shutdown: self.shutdown.clone(),
+                };
+                handler(raw, ctx).await
+            }
             None => {
                 self.counters.unhandled.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(group = %self.group, id = %request.id, request_type = %request.request_type, "an outcome nobody waits for (no reply handler for this type)");

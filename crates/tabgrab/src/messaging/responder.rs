@@ -64,6 +64,17 @@ impl RequestContext {
     pub async fn shutdown_requested(&self) {
         self.delivery.shutdown_requested().await;
     }
+
+    /// Whether the responder is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.delivery.is_shutting_down()
+    }
+
+    /// The time left before the requester stops waiting (the request's deadline), zero once
+    /// it has passed.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.delivery.remaining()
+    }
 }
 
 /// A snapshot of a responder's counters.

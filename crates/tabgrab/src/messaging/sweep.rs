@@ -76,7 +76,10 @@ pub(crate) async fn sweep_once(inner: &Arc<Inner>) -> Result<usize, Error> {
     futures::stream::iter(expired)
         .for_each_concurrent(inner.options.concurrency, |request| async move {
             let request = Arc::new(request);
-            match inner.deliver(Arc::clone(&request), RawOutcome::TimedOut).await {
+            match inner
+                .deliver(Arc::clone(&request), RawOutcome::TimedOut, None)
+                .await
+            {
                 Ok(()) => {
                     inner.finish(&request.id, RecordState::TimedOut).await;
                     inner.counters.timed_out.fetch_add(1, Ordering::Relaxed);
