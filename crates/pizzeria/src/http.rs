@@ -84,27 +84,35 @@ pub trait Desk: Clone + Send + Sync + 'static {
     }
 }
 
-/// The `202 Accepted` of an order that is recorded, with its status URL.
-pub(crate) fn accepted(order_id: Uuid) -> Response {
-    let status_url = format!("/orders/{order_id}");
-    (
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, status_url.clone())],
-        Json(Accepted {
-            order_id,
-            status_url,
-        }),
-    )
-        .into_response()
-}
-
-/// The `503` of an order that could not be recorded (`what` could not be).
-pub(crate) fn not_recorded(what: &str, error: &tabgrab::Error) -> Response {
-    tracing::error!(%error, "could not record {what}");
-    refuse(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("{what} could not be recorded, so the order was not accepted; try again: {error}"),
-    )
+/// The answer of a desk that accepts an order once it is recorded (the events and messaging
+/// styles): `202 Accepted` with its status URL, or `503` when `what` could not be recorded.
+pub(crate) fn accepted_once_recorded(
+    recorded: Result<Uuid, tabgrab::Error>,
+    what: &str,
+) -> Response {
+    match recorded {
+        Ok(order_id) => {
+            let status_url = format!("/orders/{order_id}");
+            (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, status_url.clone())],
+                Json(Accepted {
+                    order_id,
+                    status_url,
+                }),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not record {what}");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{what} could not be recorded, so the order was not accepted; try again: {error}"
+                ),
+            )
+        }
+    }
 }
 
 /// The front desk's router: `POST /orders`, `GET /orders/{id}`.
@@ -238,21 +246,5 @@ async fn order_status<D: Desk>(State(desk): State<D>, Path(id): Path<String>) ->
                 "the front desk cannot read its orders right now; try again",
             )
         }
-    }
-}
-
-/// The events style's front desk: it accepts an order once its `OrderAccepted` is recorded.
-impl Desk for crate::services::FrontDesk {
-    type View = crate::services::front_desk::OrderView;
-
-    async fn place(&self, order: ValidOrder) -> Response {
-        match self.take_order(order).await {
-            Ok(order_id) => accepted(order_id),
-            Err(error) => not_recorded("the order", &error),
-        }
-    }
-
-    async fn view(&self, id: Uuid) -> Result<Option<Self::View>, tabgrab::Error> {
-        self.order(id).await
     }
 }

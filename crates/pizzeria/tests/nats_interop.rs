@@ -38,11 +38,7 @@ async fn an_order_from_python(bus_mode: &str, peer_mode: &str, secured: bool) {
     let server = NatsServer::start(if secured {
         NatsOptions {
             operator: Some(decentralized.operator_mode()),
-            tls: Some(ServerTls {
-                cert: certs.server_cert.clone(),
-                key: certs.server_key.clone(),
-                verify_clients_with: None,
-            }),
+            tls: Some(ServerTls::of(&certs)),
             ..NatsOptions::default()
         }
     } else {

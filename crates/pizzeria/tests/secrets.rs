@@ -484,11 +484,7 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
     let decentralized = tabgrab_testkit::nats_jwt::Decentralized::new();
     let secured = NatsServer::start(NatsOptions {
         operator: Some(decentralized.operator_mode()),
-        tls: Some(ServerTls {
-            cert: certs.server_cert.clone(),
-            key: certs.server_key.clone(),
-            verify_clients_with: Some(certs.ca.clone()),
-        }),
+        tls: Some(ServerTls::mutual(&certs)),
         ..NatsOptions::default()
     })
     .unwrap();

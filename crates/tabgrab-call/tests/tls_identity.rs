@@ -314,38 +314,40 @@ async fn a_server_certificate_out_of_its_validity_fails_the_call_once_saying_so(
         .await;
         let (relay, accepted) = counting_relay(server.addr).await;
         let trusted = ClientTls::trusting_file(&certs.ca).unwrap();
-        let mut attempts = 0;
         for (transport, client) in clients(&format!("https://{relay}"), &trusted, None) {
-            let started = Instant::now();
-            let refused = client
-                .call_with(&Add { n: 1 }, CallOptions::timeout(Duration::from_secs(10)))
-                .await
-                .unwrap_err();
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "{name} {transport}: {:?}",
-                started.elapsed()
-            );
-            assert_eq!(
-                refused.kind(),
-                ErrorKind::Protocol,
-                "{name} {transport}: {refused}"
-            );
-            let said = refused.to_string();
-            assert!(
-                said.contains("TLS with https://127.0.0.1") && said.contains(says),
-                "{name} {transport}: {said}"
-            );
-            attempts += 1;
-            assert_eq!(
-                accepted.load(Ordering::SeqCst),
-                attempts,
-                "{name} {transport}: one connection, no retry"
-            );
+            refused_once(&client, &accepted, says, &format!("{name} {transport}")).await;
         }
         assert_eq!(probe.calls(), 0);
         server.stop().await;
     }
+}
+
+/// One call through `client` (to a [`counting_relay`] whose count is `accepted`) fails
+/// within 5 s, with a `Protocol` error that names the TLS peer and `says` why, over exactly
+/// one connection: a refused handshake is not retried.
+async fn refused_once(client: &Client, accepted: &AtomicU64, says: &str, label: &str) {
+    let before = accepted.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let refused = client
+        .call_with(&Add { n: 1 }, CallOptions::timeout(Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{label}: {:?}",
+        started.elapsed()
+    );
+    let said = refused.to_string();
+    assert_eq!(refused.kind(), ErrorKind::Protocol, "{label}: {said}");
+    assert!(
+        said.contains("TLS with https://127.0.0.1") && said.contains(says),
+        "{label}: {said}"
+    );
+    let connections = accepted.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        connections, 1,
+        "{label}: connections for one call, no retry"
+    );
 }
 
 /// A mutual-TLS server refuses a client certificate that expired, or is not valid yet, at
@@ -373,26 +375,8 @@ async fn a_client_certificate_out_of_its_validity_is_refused_and_others_are_serv
     for (cert, key) in [expired, early] {
         let tls = ClientTls::mutual_from_files(&certs.ca, &cert, &key).unwrap();
         for (name, client) in clients(&url, &tls, None) {
-            let before = accepted.load(Ordering::SeqCst);
-            let started = Instant::now();
-            let refused = client
-                .call_with(&Add { n: 1 }, CallOptions::timeout(Duration::from_secs(10)))
-                .await
-                .unwrap_err();
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "{name}: {:?}",
-                started.elapsed()
-            );
-            let said = refused.to_string();
-            assert_eq!(refused.kind(), ErrorKind::Protocol, "{name}: {said}");
-            assert!(
-                said.contains("TLS with https://127.0.0.1")
-                    && said.contains("received fatal alert: CertificateExpired"),
-                "{name}: {said}"
-            );
-            let connections = accepted.load(Ordering::SeqCst) - before;
-            assert_eq!(connections, 1, "{name}: connections for one call");
+            let says = "received fatal alert: CertificateExpired";
+            refused_once(&client, &accepted, says, name).await;
         }
     }
     assert_eq!(probe.calls(), 0);

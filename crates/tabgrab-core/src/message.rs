@@ -109,27 +109,27 @@ enum NameError {
     VersionZero,
     BadSegment,
 }
-use NameError::*;
 
 impl NameError {
     /// What is wrong, after "message type "x" ".
     const fn why(self) -> &'static str {
         match self {
-            Length => "is empty or longer than 200 bytes",
-            NoVersion => "has no version segment",
-            BadVersion => "does not end in a version segment vN",
-            VersionZero => "has version v0; versions start at v1",
-            BadSegment => "has an empty or non-lowercase segment",
+            NameError::Length => "is empty or longer than 200 bytes",
+            NameError::NoVersion => "has no version segment",
+            NameError::BadVersion => "does not end in a version segment vN",
+            NameError::VersionZero => "has version v0; versions start at v1",
+            NameError::BadSegment => "has an empty or non-lowercase segment",
         }
     }
 }
 
-/// Why `name` is not a message type name, or `None` when it is one: the rules of
-/// [`MessageType::parse`], usable in `const` context.
-const fn type_name_error(name: &str) -> Option<NameError> {
+/// A type name's rules, usable in `const` context: for a valid name, the index of the dot
+/// before its version segment and the version; else the rule it breaks. The one check of
+/// [`MessageType::parse`] and of `#[derive(Message)]`.
+const fn split_type_name(name: &str) -> Result<(usize, u32), NameError> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() > MAX_TYPE_LEN {
-        return Some(Length);
+        return Err(NameError::Length);
     }
     // The last segment: the version.
     let mut dot = bytes.len();
@@ -137,27 +137,27 @@ const fn type_name_error(name: &str) -> Option<NameError> {
         dot -= 1;
     }
     if dot == 0 {
-        return Some(NoVersion);
+        return Err(NameError::NoVersion);
     }
     let version = dot; // first byte after the last dot
     if version + 1 >= bytes.len() || bytes[version] != b'v' {
-        return Some(BadVersion);
+        return Err(NameError::BadVersion);
     }
     let mut i = version + 1;
     let mut value: u64 = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if !b.is_ascii_digit() {
-            return Some(BadVersion);
+            return Err(NameError::BadVersion);
         }
         value = value * 10 + (b - b'0') as u64;
         if value > u32::MAX as u64 {
-            return Some(BadVersion);
+            return Err(NameError::BadVersion);
         }
         i += 1;
     }
     if value == 0 {
-        return Some(VersionZero);
+        return Err(NameError::VersionZero);
     }
     // Every segment before it: non-empty, lowercase letters, digits, `-` and `_`.
     let base_end = dot - 1;
@@ -166,19 +166,20 @@ const fn type_name_error(name: &str) -> Option<NameError> {
     while i <= base_end {
         if i == base_end || bytes[i] == b'.' {
             if segment_len == 0 {
-                return Some(BadSegment);
+                return Err(NameError::BadSegment);
             }
             segment_len = 0;
         } else {
             let b = bytes[i];
             if !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
-                return Some(BadSegment);
+                return Err(NameError::BadSegment);
             }
             segment_len += 1;
         }
         i += 1;
     }
-    None
+    // At most u32::MAX: checked digit by digit above.
+    Ok((base_end, value as u32))
 }
 
 /// Fails compilation when `name` is not a message type name: what `#[derive(Message)]` calls
@@ -186,26 +187,28 @@ const fn type_name_error(name: &str) -> Option<NameError> {
 #[doc(hidden)]
 pub const fn assert_type_name(name: &str) {
     // A `const` panic cannot format: one whole sentence per rule.
-    match type_name_error(name) {
-        None => {}
-        Some(Length) => panic!(
+    let Err(error) = split_type_name(name) else {
+        return;
+    };
+    match error {
+        NameError::Length => panic!(
             "#[message(type = ..)] is empty or longer than 200 bytes; expected dot-separated \
              lowercase segments ending in a version, like \"pizzeria.order.accepted.v1\""
         ),
-        Some(NoVersion) => panic!(
+        NameError::NoVersion => panic!(
             "#[message(type = ..)] has no version segment; expected dot-separated lowercase \
              segments ending in a version, like \"pizzeria.order.accepted.v1\""
         ),
-        Some(BadVersion) => panic!(
+        NameError::BadVersion => panic!(
             "#[message(type = ..)] does not end in a version segment vN; expected \
              dot-separated lowercase segments ending in a version, like \
              \"pizzeria.order.accepted.v1\""
         ),
-        Some(VersionZero) => panic!(
+        NameError::VersionZero => panic!(
             "#[message(type = ..)] has version v0; versions start at v1, like \
              \"pizzeria.order.accepted.v1\""
         ),
-        Some(BadSegment) => panic!(
+        NameError::BadSegment => panic!(
             "#[message(type = ..)] has an empty or non-lowercase segment; expected \
              dot-separated lowercase segments (a-z, 0-9, `-`, `_`) ending in a version, like \
              \"pizzeria.order.accepted.v1\""
@@ -228,26 +231,18 @@ const MAX_TYPE_LEN: usize = 200;
 impl MessageType {
     /// Parses `a.b.c.vN`. Errors are [`ErrorKind::Malformed`] and say what the form is.
     pub fn parse(name: &str) -> Result<MessageType, Error> {
-        let bad = |why: &str| {
+        let (dot, version) = split_type_name(name).map_err(|e| {
             Error::new(
                 ErrorKind::Malformed,
                 format!(
-                    "message type {name:?} {why}; expected dot-separated lowercase segments \
-                     ending in a version, like \"pizzeria.order.accepted.v1\""
+                    "message type {name:?} {}; expected dot-separated lowercase segments \
+                     ending in a version, like \"pizzeria.order.accepted.v1\"",
+                    e.why()
                 ),
             )
-        };
-        if let Some(error) = type_name_error(name) {
-            return Err(bad(error.why()));
-        }
-        let Some((base, version)) = name.rsplit_once('.') else {
-            return Err(bad("has no version segment"));
-        };
-        let version = version[1..]
-            .parse::<u32>()
-            .map_err(|_| bad("does not end in a version segment vN"))?;
+        })?;
         Ok(MessageType {
-            base: base.to_owned(),
+            base: name[..dot].to_owned(),
             version,
         })
     }

@@ -68,6 +68,26 @@ pub struct ServerTls {
     pub verify_clients_with: Option<PathBuf>,
 }
 
+impl ServerTls {
+    /// The server side of the test certificates ([`crate::tls::certificates`]); clients are
+    /// not asked for a certificate.
+    pub fn of(certs: &crate::tls::Certificates) -> ServerTls {
+        ServerTls {
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+            verify_clients_with: None,
+        }
+    }
+
+    /// The same, and every client must present a certificate signed by the test CA.
+    pub fn mutual(certs: &crate::tls::Certificates) -> ServerTls {
+        ServerTls {
+            verify_clients_with: Some(certs.ca.clone()),
+            ..ServerTls::of(certs)
+        }
+    }
+}
+
 /// A running nats-server with JetStream, on a free loopback port, with its own store.
 #[derive(Debug)]
 pub struct NatsServer {

@@ -75,11 +75,7 @@ async fn mutual_tls_carries_events_and_each_missing_piece_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let certs = tabgrab_testkit::tls::certificates(dir.path()).unwrap();
     let server = NatsServer::start(NatsOptions {
-        tls: Some(ServerTls {
-            cert: certs.server_cert.clone(),
-            key: certs.server_key.clone(),
-            verify_clients_with: Some(certs.ca.clone()),
-        }),
+        tls: Some(ServerTls::mutual(&certs)),
         ..NatsOptions::default()
     })
     .unwrap();

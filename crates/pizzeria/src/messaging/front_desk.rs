@@ -393,10 +393,7 @@ impl crate::http::Desk for FrontDesk {
     type View = OrderView;
 
     async fn place(&self, order: ValidOrder) -> axum::response::Response {
-        match self.take_order(order).await {
-            Ok(order_id) => crate::http::accepted(order_id),
-            Err(error) => crate::http::not_recorded("the order's requests", &error),
-        }
+        crate::http::accepted_once_recorded(self.take_order(order).await, "the order's requests")
     }
 
     async fn view(&self, id: Uuid) -> Result<Option<OrderView>, tabgrab::Error> {

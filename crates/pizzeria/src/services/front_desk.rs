@@ -613,3 +613,16 @@ fn event_time(ctx: &Context) -> u64 {
         .and_then(|t| u64::try_from(t).ok())
         .unwrap_or_else(now_ms)
 }
+
+/// The events style's front desk: it accepts an order once its `OrderAccepted` is recorded.
+impl crate::http::Desk for FrontDesk {
+    type View = OrderView;
+
+    async fn place(&self, order: ValidOrder) -> axum::response::Response {
+        crate::http::accepted_once_recorded(self.take_order(order).await, "the order")
+    }
+
+    async fn view(&self, id: Uuid) -> Result<Option<Self::View>, tabgrab::Error> {
+        self.order(id).await
+    }
+}
