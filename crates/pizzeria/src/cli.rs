@@ -44,13 +44,15 @@ pub enum Command {
     /// Measure the embedded backend beside the disk's own fdatasync: durable publish
     /// throughput and publish-to-handler latency at a fixed rate (see BENCHMARKS.md).
     Bench(BenchArgs),
-    /// Run one service alone, as its own process. Call style (`--listen`): payment,
-    /// inventory or the kitchen answer their commands over HTTP (POST /commands/{type}) and
-    /// gRPC on the same port; the front desk takes POST /orders and calls the three others
-    /// (give their URLs); prints the address it listens on, then serves until Ctrl-C. Events
-    /// style (`--bus nats://.. | amqp://..`): payment, inventory, kitchen or delivery joins its
-    /// consumer group on the shared bus (start one several times to share its work), prints
-    /// `ready`, and runs until SIGINT or SIGTERM.
+    /// Run one service alone, as its own process. Call style (no --bus, `--listen`):
+    /// payment, inventory, the kitchen or delivery answer their commands over HTTP
+    /// (POST /commands/{type}) and gRPC on the same port; the front desk takes POST /orders
+    /// and calls the four others (give their URLs); prints the address it listens on, then
+    /// serves until SIGINT or SIGTERM. Events style (`--bus nats://.. | amqp://..`): payment,
+    /// inventory, kitchen or delivery joins its consumer group on the shared bus (start one
+    /// several times to share its work), prints `ready`, and runs until SIGINT or SIGTERM.
+    /// Messaging style (`--style messaging --bus ..`): the same, as the responder of the
+    /// service's request topic.
     Service(ServiceArgs),
     /// The lab: runs the restaurant in each style under the same load and fault schedule,
     /// measures whether the caller's thread is blocked, whether the recipient must be up,
@@ -115,10 +117,14 @@ pub struct ServiceArgs {
     /// Which service to run.
     #[arg(value_enum)]
     pub name: crate::service::ServiceName,
-    /// Events style: the shared bus, e.g. `nats://127.0.0.1:4222` (`?ack_wait_ms=2000` makes
-    /// a crashed member's events go to another one sooner) or
+    /// How it talks: `events` or `messaging` on --bus, `calls` over HTTP and gRPC on
+    /// --listen [default: events with --bus, calls without].
+    #[arg(long, value_enum)]
+    pub style: Option<Style>,
+    /// Events and messaging styles: the shared bus, e.g. `nats://127.0.0.1:4222`
+    /// (`?ack_wait_ms=2000` makes a crashed member's messages go to another one sooner) or
     /// `amqp://guest:guest@127.0.0.1:5672/%2f`. Without it, the call style.
-    #[arg(long, env = "PIZZERIA_BUS", hide_env_values = true, conflicts_with_all = ["payment", "inventory", "kitchen"])]
+    #[arg(long, env = "PIZZERIA_BUS", hide_env_values = true, conflicts_with_all = ["payment", "inventory", "kitchen", "delivery"])]
     pub bus: Option<String>,
     /// Events style, kitchen: PostgreSQL URL of the rail shared by several kitchens
     /// (required when more than one kitchen runs); the kitchen's store, as --store is.
@@ -129,12 +135,12 @@ pub struct ServiceArgs {
         requires = "bus"
     )]
     pub kitchen_db: Option<String>,
-    /// Events style: where the service keeps its state (payment's ledger, inventory's
-    /// reservations and shelf, the kitchen's rail, inboxes, outbox): `sqlite:PATH`,
-    /// `postgres://user@host/db` (several members of a group, or a restart on another
-    /// machine, share it) or `memory` (not durable); by default
+    /// Where the service keeps its state (payment's ledger, inventory's reservations and
+    /// shelf, deliveries; in the events style also the kitchen's rail, inboxes, outbox), in
+    /// every style: `sqlite:PATH`, `postgres://user@host/db` (several members of a group, or
+    /// a restart on another machine, share it) or `memory` (not durable); by default
     /// `sqlite:./pizzeria-data/<service>.sqlite`.
-    #[arg(long, env = "PIZZERIA_STORE", hide_env_values = true, requires = "bus")]
+    #[arg(long, env = "PIZZERIA_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// The address to listen on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -159,14 +165,17 @@ pub struct ServiceArgs {
     )]
     pub recipes: Option<Vec<String>>,
     /// Front desk: payment's base URL, e.g. http://127.0.0.1:7001.
-    #[arg(long, required_if_eq("name", "front-desk"))]
+    #[arg(long)]
     pub payment: Option<String>,
     /// Front desk: inventory's base URL.
-    #[arg(long, required_if_eq("name", "front-desk"))]
+    #[arg(long)]
     pub inventory: Option<String>,
     /// Front desk: the kitchen's base URL.
-    #[arg(long, required_if_eq("name", "front-desk"))]
+    #[arg(long)]
     pub kitchen: Option<String>,
+    /// Front desk: delivery's base URL.
+    #[arg(long)]
+    pub delivery: Option<String>,
     /// Call style: serve over TLS with this certificate chain (PEM), with --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -235,7 +244,7 @@ pub struct RunArgs {
     /// How the services talk to each other: `events` (the front desk publishes OrderAccepted
     /// and the other services react), `messaging` (the front desk sends request messages
     /// and follows the replies and timeouts) or `calls` (the front desk calls payment,
-    /// inventory and the kitchen and answers when they have; --data-dir is not used).
+    /// inventory, the kitchen and delivery and answers when they have).
     #[arg(long, value_enum, default_value = "events")]
     pub style: Style,
     /// Customers to send, one order each.
@@ -244,8 +253,8 @@ pub struct RunArgs {
     /// Customers ordering at the same time (open HTTP requests).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub concurrency: u64,
-    /// Directory of the embedded event log; reused across runs (each service resumes where it
-    /// stopped). Only one process may use it at a time.
+    /// Directory of the embedded event log and of the services' SQLite stores; reused across
+    /// runs (each service resumes where it stopped). Only one run may use it at a time.
     #[arg(long, default_value = "./pizzeria-data")]
     pub data_dir: PathBuf,
     /// Ovens in the kitchen: how many orders bake at the same time.
@@ -280,10 +289,12 @@ pub struct RunArgs {
     /// deletes them at the end.
     #[arg(long, env = "PIZZERIA_BUS", hide_env_values = true)]
     pub bus: Option<String>,
-    /// With --bus: run the services in this process (`in-process`), as child processes
-    /// (`spawn`: payment, inventory, delivery and --kitchens kitchens), or not at all
-    /// (`external`: started with `pizzeria service`).
-    #[arg(long, value_enum, default_value = "in-process", requires = "bus")]
+    /// Run the services in this process (`in-process`), as child processes (`spawn`:
+    /// payment, inventory, delivery and --kitchens kitchens, each `pizzeria service <name>`
+    /// with a store of its own), or not at all (`external`: started with `pizzeria service`).
+    /// The events and messaging styles need --bus for `spawn` and `external` (the embedded
+    /// log belongs to one process); the calls style spawns without one.
+    #[arg(long, value_enum, default_value = "in-process")]
     pub services: crate::run::Placement,
     /// With --services spawn: kitchen processes sharing the kitchen's consumer group.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -291,9 +302,10 @@ pub struct RunArgs {
     /// PostgreSQL URL of the kitchens' shared rail (needed with more than one kitchen).
     #[arg(long, env = "PIZZERIA_KITCHEN_DB", hide_env_values = true)]
     pub kitchen_db: Option<String>,
-    /// Events style: where the services keep their state (ledger, reservations and shelf,
-    /// the kitchen's rail, the front desk's view of the orders, inboxes, outbox),
-    /// `sqlite:PATH`, `postgres://user@host/db` or `memory` (not durable); by default
+    /// Where the services keep their state (payment's ledger, inventory's reservations and
+    /// shelf, deliveries; in the events style also the kitchen's rail, the front desk's view
+    /// of the orders, inboxes, outbox), in every style: `sqlite:PATH`,
+    /// `postgres://user@host/db` or `memory` (not durable); by default
     /// `sqlite:<data-dir>/effects.sqlite`, and with --services spawn one file per service,
     /// `sqlite:<data-dir>/<service>.sqlite`.
     #[arg(long, env = "PIZZERIA_STORE", hide_env_values = true)]
@@ -442,6 +454,26 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
         Some(listen) => Some(crate::telemetry::start(listen, health.clone()).await?),
         None => None,
     };
+    let style = args.style.unwrap_or(if args.bus.is_some() {
+        Style::Events
+    } else {
+        Style::Calls
+    });
+    if style == Style::Calls && args.bus.is_some() {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "the calls style uses no bus: drop --bus, or give --style events or messaging",
+        ));
+    }
+    if style != Style::Calls && args.bus.is_none() {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!(
+                "the {} style's services share a bus: give --bus nats://.. or amqp://..",
+                style.as_str()
+            ),
+        ));
+    }
     if let Some(bus) = args.bus {
         if args.tls_cert.is_some() || args.peer_ca.is_some() {
             return Err(Error::new(
@@ -452,6 +484,7 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
         }
         let config = crate::service::ServiceConfig {
             name: args.name,
+            style,
             bus,
             ovens: usize::try_from(args.ovens).unwrap_or(usize::MAX),
             bake_time: Duration::from_millis(args.bake_ms),
@@ -466,10 +499,7 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
     let name = args.name.call_style().ok_or_else(|| {
         Error::new(
             ErrorKind::Usage,
-            format!(
-                "the {} service exists in the events style only: give --bus",
-                args.name.as_str()
-            ),
+            format!("the {} service has no call-style form", args.name.as_str()),
         )
     })?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -480,27 +510,43 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(|e| {
         Error::new(ErrorKind::Io, "cannot read the listening address").with_source(e)
     })?;
-    let backroom = crate::calls::Backroom {
-        ovens: usize::try_from(args.ovens).unwrap_or(usize::MAX),
-        bake_time: Duration::from_millis(args.bake_ms),
-        stock: crate::services::Stock::generous().with(crate::menu::RARE_INGREDIENT, args.truffles),
+    // Payment, inventory and delivery answer from their store; the kitchen and the front
+    // desk keep none.
+    let office = match args.name {
+        crate::service::ServiceName::FrontDesk => None,
+        name => {
+            let store = match name {
+                crate::service::ServiceName::Kitchen => crate::services::Store::memory(),
+                _ => crate::service::open(name, args.store).await?,
+            };
+            Some(crate::calls::Backoffice::new(
+                store,
+                crate::services::Stock::generous()
+                    .with(crate::menu::RARE_INGREDIENT, args.truffles),
+                usize::try_from(args.ovens).unwrap_or(usize::MAX),
+                Duration::from_millis(args.bake_ms),
+            ))
+        }
     };
-    let peers = match (args.payment, args.inventory, args.kitchen) {
-        (Some(payment), Some(inventory), Some(kitchen)) => Some(crate::calls::Peers {
-            payment,
-            inventory,
-            kitchen,
-            order_timeout: Duration::from_millis(args.order_timeout_ms),
-            pool: 256,
-            tls: peer_tls(
-                args.peer_ca.as_deref(),
-                args.peer_cert.as_deref(),
-                args.peer_key.as_deref(),
-            )?,
-            token: std::env::var(crate::calls::TOKEN_VAR)
-                .ok()
-                .filter(|t| !t.trim().is_empty()),
-        }),
+    let peers = match (args.payment, args.inventory, args.kitchen, args.delivery) {
+        (Some(payment), Some(inventory), Some(kitchen), Some(delivery)) => {
+            Some(crate::calls::Peers {
+                payment,
+                inventory,
+                kitchen,
+                delivery,
+                order_timeout: Duration::from_millis(args.order_timeout_ms),
+                pool: 256,
+                tls: peer_tls(
+                    args.peer_ca.as_deref(),
+                    args.peer_cert.as_deref(),
+                    args.peer_key.as_deref(),
+                )?,
+                token: std::env::var(crate::calls::TOKEN_VAR)
+                    .ok()
+                    .filter(|t| !t.trim().is_empty()),
+            })
+        }
         _ => None,
     };
     let tls = crate::calls::TlsFiles {
@@ -517,10 +563,8 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
     std::io::stdout()
         .flush()
         .map_err(|e| Error::new(ErrorKind::Io, "cannot write to stdout").with_source(e))?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    crate::calls::serve_service_with(name, listener, backroom, peers, shutdown, tls).await
+    crate::calls::serve_service_with(name, listener, office, peers, crate::service::signal(), tls)
+        .await
 }
 
 async fn bench_command(args: BenchArgs) -> Result<(), Error> {

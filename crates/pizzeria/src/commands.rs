@@ -14,6 +14,10 @@
 //! | [`ReserveIngredients`] | inventory | [`Reserved`] | [`INGREDIENTS_MISSING`] (details: [`Missing`]) |
 //! | [`ReleaseIngredients`] | inventory | [`Released`] | – |
 //! | [`PlaceTicket`] | kitchen | [`Baked`] (when the pizzas leave the oven) | – |
+//! | [`DeliverOrder`] | delivery | [`Delivered`] | – |
+//!
+//! A charge or a reservation of an order that was refunded or released before it (the
+//! compensation overtook it) is refused with [`ORDER_CANCELLED`] and takes nothing.
 //!
 //! Every command names its order, and every service handles a repeated command for the same
 //! order as the same command (a retry after a lost answer charges once, reserves once): that
@@ -82,6 +86,9 @@ fn check_pizzas(pizzas: &[String]) -> Result<(), InvalidCommand> {
 pub const CARD_DECLINED: &str = "payment.card-declined";
 /// Refusal code of [`ReserveIngredients`]: some ingredients are short; details: [`Missing`].
 pub const INGREDIENTS_MISSING: &str = "inventory.ingredients-missing";
+/// Refusal code of [`ChargeCard`] and [`ReserveIngredients`]: the order was refunded or
+/// released before this command arrived, so it takes nothing.
+pub const ORDER_CANCELLED: &str = "order.cancelled";
 
 /// Charge the order's price to the customer's card.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
@@ -139,8 +146,8 @@ pub struct RefundPayment {
 pub struct Refunded {
     /// The order.
     pub order_id: Uuid,
-    /// What was returned now: 0 if nothing was collected or it was already refunded, so a
-    /// repeated refund returns nothing twice.
+    /// What the order has been refunded, by this command or an earlier copy of it (0:
+    /// nothing was collected); a repeated refund answers the same and returns nothing twice.
     pub amount_cents: u64,
 }
 
@@ -188,8 +195,8 @@ pub struct ReleaseIngredients {
 pub struct Released {
     /// The order.
     pub order_id: Uuid,
-    /// Whether anything went back now (false: nothing was reserved, or it was released
-    /// already).
+    /// Whether the order's ingredients are back on the shelf, by this command or an earlier
+    /// copy of it (false: nothing was reserved).
     pub released: bool,
 }
 
@@ -206,6 +213,21 @@ pub struct PlaceTicket {
 /// The kitchen's answer to [`PlaceTicket`]: the pizzas are out of the oven.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Baked {
+    /// The order.
+    pub order_id: Uuid,
+}
+
+/// Bring a baked order to its customer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Message)]
+#[message(type = "pizzeria.delivery.deliver-order.v1", command, response = Delivered)]
+pub struct DeliverOrder {
+    /// The order; also the idempotency key: it is delivered once.
+    pub order_id: Uuid,
+}
+
+/// Delivery's answer to [`DeliverOrder`]: the customer has the pizzas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
     /// The order.
     pub order_id: Uuid,
 }
@@ -231,6 +253,7 @@ mod tests {
             ReserveIngredients::TYPE,
             ReleaseIngredients::TYPE,
             PlaceTicket::TYPE,
+            DeliverOrder::TYPE,
         ];
         for name in names {
             assert_eq!(MessageType::parse(name).unwrap().version(), 1, "{name}");

@@ -15,6 +15,7 @@
 //! | [`order`] | what a customer asks for, and its validation |
 //! | [`messages`] | the events, with versioned names, and their registry |
 //! | [`commands`] | the commands of the call and messaging styles, with their answers |
+//! | [`backoffice`] | payment, inventory, the kitchen and delivery answering those commands, durable in a store: the one back office of both styles |
 //! | [`services`] | front desk, payment, inventory, kitchen, delivery: consumer groups; payment's and inventory's durable store (inbox, effects, outbox) |
 //! | [`messaging`] | the request-response messaging style: front desk as requester, services as responders |
 //! | [`calls`] | the same restaurant in the call style: handlers over HTTP and gRPC, a front desk that calls them |
@@ -34,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backoffice;
 pub mod calls;
 pub mod cli;
 pub mod commands;

@@ -47,7 +47,7 @@ pub enum Style {
     /// Request-response messaging: the front desk sends commands as request messages,
     /// answers 202 at once and follows the order as replies or timeouts arrive.
     Messaging,
-    /// Calls: the front desk calls payment, inventory and the kitchen over HTTP and answers
+    /// Calls: the front desk calls payment, inventory, the kitchen and delivery over HTTP and answers
     /// the customer when they have answered.
     Calls,
 }
@@ -266,9 +266,7 @@ impl Summary {
 
 /// Runs the restaurant under simulated load; see the module docs.
 pub async fn run(config: RunConfig) -> Result<Summary, Error> {
-    if config.bus.is_some() {
-        check_bus_style(&config)?;
-    }
+    check_placement(&config)?;
     if config.style == Style::Messaging {
         return crate::messaging::run(config).await;
     }
@@ -374,22 +372,30 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     ))
 }
 
-/// Which styles run on `--bus`: events (services here, spawned or external) and messaging
-/// (every service in this process); calls talk HTTP and use no bus.
-fn check_bus_style(config: &RunConfig) -> Result<(), Error> {
-    match config.style {
-        Style::Events => Ok(()),
-        Style::Messaging if config.placement == Placement::InProcess => Ok(()),
-        Style::Messaging => Err(Error::new(
-            ErrorKind::Unsupported,
-            "the messaging style runs every service in this process on --bus (--services in-process); \
-             its responders have no `pizzeria service` process yet",
-        )),
-        Style::Calls => Err(Error::new(
-            ErrorKind::Unsupported,
+/// Which styles run on `--bus`, and where their services may run: events and messaging
+/// anywhere on a broker, but only in this process on the embedded log (it belongs to one
+/// process); calls use no bus, and run their services here or as child processes.
+fn check_placement(config: &RunConfig) -> Result<(), Error> {
+    match (config.style, &config.bus, config.placement) {
+        (Style::Calls, Some(_), _) => Err(Error::new(
+            ErrorKind::Usage,
             "the calls style talks HTTP between the services and uses no bus: drop --bus \
-             (run the services apart with `pizzeria service <name> --listen ..`)",
+             (run the services apart with --services spawn, or `pizzeria service <name> --listen ..`)",
         )),
+        (Style::Calls, None, Placement::External) => Err(Error::new(
+            ErrorKind::Usage,
+            "in the calls style the front desk needs the services' URLs: run `pizzeria service \
+             front-desk --payment .. --inventory .. --kitchen .. --delivery ..` (or use \
+             --services in-process or spawn)",
+        )),
+        (Style::Events | Style::Messaging, None, Placement::Spawn | Placement::External) => {
+            Err(Error::new(
+                ErrorKind::Usage,
+                "services in other processes share a broker: give --bus nats://.. or amqp://.. \
+                 (the embedded log belongs to one process)",
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -698,12 +704,23 @@ pub(crate) fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// How spawned services find each other: through a bus (events, messaging), or by the URLs
+/// they listen on (calls).
+#[derive(Clone, Debug)]
+pub(crate) enum Wiring {
+    /// `pizzeria service <name> --style <style>` on the bus at this URL.
+    Bus(String, Style),
+    /// `pizzeria service <name> --listen 127.0.0.1:0`: each prints the URL it serves.
+    Calls,
+}
+
 /// Child service processes, killed (SIGKILL) when dropped if they were not stopped.
-struct Children(Vec<(String, std::process::Child)>);
+pub(crate) struct Children(Vec<(String, std::process::Child)>, Vec<String>);
 
 impl Children {
-    /// Spawns `pizzeria service <name>` processes and waits until each printed `ready`.
-    fn spawn(config: &RunConfig, url: &str) -> Result<Children, Error> {
+    /// Spawns `pizzeria service <name>` processes and waits until each printed `ready` (on a
+    /// bus) or the URL it listens on (calls).
+    pub(crate) fn spawn(config: &RunConfig, wiring: Wiring) -> Result<Children, Error> {
         let exe = std::env::current_exe().map_err(|e| {
             Error::new(ErrorKind::Io, "cannot find the pizzeria executable").with_source(e)
         })?;
@@ -712,30 +729,50 @@ impl Children {
                 .store
                 .as_deref()
                 .is_some_and(|s| s.starts_with("postgres"));
-        if config.kitchens > 1 && !shared {
+        let kitchens = match wiring {
+            Wiring::Calls => 1,
+            _ => config.kitchens.max(1),
+        };
+        if kitchens > 1 && !shared && matches!(wiring, Wiring::Bus(_, Style::Events)) {
             return Err(Error::new(
                 ErrorKind::Usage,
                 "several kitchens share one rail: give --kitchen-db postgres://… (or a PostgreSQL --store)",
             ));
         }
         let mut names = vec!["payment", "inventory", "delivery"];
-        names.extend(std::iter::repeat_n("kitchen", config.kitchens.max(1)));
-        let mut children = Children(Vec::new());
+        names.extend(std::iter::repeat_n("kitchen", kitchens));
+        if matches!(wiring, Wiring::Calls) {
+            names = vec!["payment", "inventory", "kitchen", "delivery"];
+        }
+        let mut children = Children(Vec::new(), vec![String::new(); names.len()]);
         let (tx, rx) = std::sync::mpsc::channel();
-        for name in names {
+        for (i, name) in names.into_iter().enumerate() {
             let mut command = std::process::Command::new(&exe);
+            command.args(["service", name]);
             // URLs that may carry credentials go through the environment, not the command
             // line, which every user of the machine can read (`ps`, /proc/PID/cmdline).
+            match &wiring {
+                Wiring::Bus(url, style) => {
+                    command
+                        .args(["--style", style.as_str()])
+                        .env("PIZZERIA_BUS", url);
+                }
+                Wiring::Calls => {
+                    command
+                        .args(["--listen", "127.0.0.1:0"])
+                        .env_remove("PIZZERIA_BUS");
+                }
+            }
             command
-                .args(["service", name])
-                .env("PIZZERIA_BUS", url)
                 .args(["--ovens", &config.ovens.to_string()])
                 .args(["--bake-ms", &config.bake_time.as_millis().to_string()])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::inherit());
             match &config.kitchen_db {
-                Some(db) => command.env("PIZZERIA_KITCHEN_DB", db),
-                None => command.env_remove("PIZZERIA_KITCHEN_DB"),
+                Some(db) if matches!(wiring, Wiring::Bus(_, Style::Events)) => {
+                    command.env("PIZZERIA_KITCHEN_DB", db)
+                }
+                _ => command.env_remove("PIZZERIA_KITCHEN_DB"),
             };
             // One SQLite file per service unless they share a PostgreSQL store.
             command.env("PIZZERIA_STORE", store_url(config, name));
@@ -747,7 +784,6 @@ impl Children {
             // Drain the child's stdout (status lines) so that it never blocks on a full pipe.
             if let Some(stdout) = child.stdout.take() {
                 let tx = tx.clone();
-                let label = name.to_owned();
                 std::thread::spawn(move || {
                     use std::io::BufRead as _;
                     for line in std::io::BufReader::new(stdout)
@@ -755,7 +791,9 @@ impl Children {
                         .map_while(Result::ok)
                     {
                         if line.starts_with("ready ") {
-                            let _ = tx.send(label.clone());
+                            let _ = tx.send((i, String::new()));
+                        } else if let Some((_, url)) = line.split_once(" listening on ") {
+                            let _ = tx.send((i, url.trim().to_owned()));
                         }
                     }
                 });
@@ -766,7 +804,10 @@ impl Children {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut ready = 0;
         while ready < children.0.len() {
-            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            if let Ok((i, url)) = rx.recv_timeout(Duration::from_millis(100)) {
+                if let Some(slot) = children.1.get_mut(i) {
+                    *slot = url;
+                }
                 ready += 1;
                 continue;
             }
@@ -790,8 +831,13 @@ impl Children {
         Ok(children)
     }
 
+    /// The URL each child listens on, in spawning order (calls; empty on a bus).
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.1.clone()
+    }
+
     /// Stops every child with SIGTERM and waits (SIGKILL after 10 s).
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         for (_, child) in &self.0 {
             if let Ok(pid) = libc::pid_t::try_from(child.id()) {
                 // Through kill(1): the workspace forbids unsafe code, and libc::kill is unsafe.
@@ -874,9 +920,11 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
             let url = url.to_owned();
             let cfg = config.clone();
             Some(
-                tokio::task::spawn_blocking(move || Children::spawn(&cfg, &url))
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::Io, "spawning failed").with_source(e))??,
+                tokio::task::spawn_blocking(move || {
+                    Children::spawn(&cfg, Wiring::Bus(url, Style::Events))
+                })
+                .await
+                .map_err(|e| Error::new(ErrorKind::Io, "spawning failed").with_source(e))??,
             )
         }
         _ => None,

@@ -1,7 +1,9 @@
-//! `pizzeria service <name> --bus <url>`: one service of the event-driven restaurant in this
-//! process, on a bus that several processes share (NATS).
+//! `pizzeria service <name> --bus <url>`: one service of the restaurant in this process, on a
+//! bus that several processes share (NATS, RabbitMQ), in the events style or, with
+//! `--style messaging`, as the responder of its request topic. (The call style's services,
+//! `--listen`, are served by [`crate::calls::serve_service`].)
 //!
-//! Each service is its consumer group, so starting a service twice makes two members that
+//! Each service is its consumer group (a responder group in the messaging style), so starting a service twice makes two members that
 //! share its events (the kitchen's tickets are then shared through PostgreSQL:
 //! `--kitchen-db`), and payment's or inventory's members share their state through a
 //! PostgreSQL `--store`. The process prints `ready <name> <pid>` once its group has joined, then
@@ -16,11 +18,12 @@ use crate::error::{Error, ErrorKind};
 use crate::menu::RARE_INGREDIENT;
 use crate::services::{Delivery, Inventory, Kitchen, Payment, Stock, Store};
 
-/// The services that run on their own. In the events style the front desk runs with
-/// `pizzeria run`, which takes the customers' orders; in the call style delivery does not exist.
+/// The services that run on their own. In the events and messaging styles the front desk runs
+/// with `pizzeria run`, which takes the customers' orders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceName {
-    /// Call style only: takes `POST /orders` and calls the others.
+    /// Call style: takes `POST /orders` and calls the others (give their URLs); in the other
+    /// styles the front desk runs with `pizzeria run`.
     FrontDesk,
     /// Charges cards, refunds cancelled orders.
     Payment,
@@ -51,7 +54,7 @@ impl ServiceName {
             ServiceName::Inventory => Some(crate::calls::ServiceName::Inventory),
             ServiceName::Kitchen => Some(crate::calls::ServiceName::Kitchen),
             ServiceName::FrontDesk => Some(crate::calls::ServiceName::FrontDesk),
-            ServiceName::Delivery => None,
+            ServiceName::Delivery => Some(crate::calls::ServiceName::Delivery),
         }
     }
 }
@@ -61,6 +64,8 @@ impl ServiceName {
 pub struct ServiceConfig {
     /// Which service.
     pub name: ServiceName,
+    /// Events (a consumer group) or messaging (a responder); not calls.
+    pub style: crate::run::Style,
     /// The bus URL (`nats://host:port`).
     pub bus: String,
     /// Kitchen: ovens.
@@ -100,39 +105,32 @@ pub async fn serve(
     if config.name == ServiceName::FrontDesk {
         return Err(Error::new(
             ErrorKind::Usage,
-            "in the events style the front desk runs with `pizzeria run --bus .. --services external`",
+            format!(
+                "in the {} style the front desk runs with `pizzeria run --style {} --bus .. --services external`",
+                config.style.as_str(),
+                config.style.as_str()
+            ),
         ));
     }
-    // Every service keeps what its acknowledgements depend on in its store; several kitchens
-    // share one through PostgreSQL (`--kitchen-db` names it, as `--store` does).
-    let url = match (config.name, &config.kitchen_db) {
-        (ServiceName::Kitchen, Some(db)) => db.clone(),
-        _ => config
-            .store
-            .clone()
-            .unwrap_or_else(|| format!("sqlite:./pizzeria-data/{name}.sqlite")),
-    };
-    let store = Store::open(&url).await.map_err(|e| {
-        Error::new(
-            ErrorKind::Bus,
-            format!(
-                "cannot open the {name} store {}",
-                tabgrab::SecretUrl::new(url.as_str())
-            ),
-        )
-        .with_source(e)
-    })?;
-    eprintln!("{name}: state in {}", store.url());
+    // Several kitchens share one store through PostgreSQL (`--kitchen-db` names it, as
+    // `--store` does).
+    let store = open(
+        config.name,
+        match (config.name, &config.kitchen_db) {
+            (ServiceName::Kitchen, Some(db)) => Some(db.clone()),
+            _ => config.store.clone(),
+        },
+    )
+    .await?;
+    if config.style == crate::run::Style::Messaging {
+        return respond(config, bus, store, shutdown).await;
+    }
     let relay = store.relay(&bus);
     let mut kitchen = None;
     let subscription: Subscription = match config.name {
         ServiceName::Payment => Payment::new(store.clone()).subscribe(&bus)?,
         ServiceName::Inventory => {
-            let stock = match config.truffles {
-                Some(n) => Stock::generous().with(RARE_INGREDIENT, n),
-                None => Stock::generous(),
-            };
-            let mut inventory = Inventory::new(store.clone(), stock);
+            let mut inventory = Inventory::new(store.clone(), opening_stock(config.truffles));
             if let Some(recipes) = &config.recipes {
                 inventory = inventory.with_recipes(recipes)?;
             }
@@ -152,27 +150,16 @@ pub async fn serve(
         .ready()
         .await
         .map_err(bus_error("the service's group did not join"))?;
-    println!("ready {name} {}", std::process::id());
-    let mut last = String::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = tick.tick() => {}
-        }
+    report_until(name, shutdown, || async {
         let stats = subscription.stats();
         let in_oven = kitchen.as_ref().map_or(0, Kitchen::in_oven);
         let duplicates = store.stats().await.map_or(0, |s| s.duplicates());
-        let line = format!(
+        format!(
             "status {name} acked={} retries={} dead_lettered={} in_oven={in_oven} duplicates={duplicates}",
             stats.acked, stats.retries, stats.dead_lettered
-        );
-        if line != last {
-            println!("{line}");
-            last = line;
-        }
-    }
+        )
+    })
+    .await;
     subscription
         .shutdown()
         .await
@@ -183,6 +170,114 @@ pub async fn serve(
         .map_err(bus_error("the outbox relay did not stop cleanly"))?;
     println!("stopped {name}");
     Ok(())
+}
+
+/// Opens `name`'s store at `url`, by default `sqlite:./pizzeria-data/<name>.sqlite`: every
+/// service keeps what its answers and acknowledgements depend on there.
+pub(crate) async fn open(name: ServiceName, url: Option<String>) -> Result<Store, Error> {
+    let name = name.as_str();
+    let url = url.unwrap_or_else(|| format!("sqlite:./pizzeria-data/{name}.sqlite"));
+    let store = Store::open(&url).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Bus,
+            format!(
+                "cannot open the {name} store {}",
+                tabgrab::SecretUrl::new(url.as_str())
+            ),
+        )
+        .with_source(e)
+    })?;
+    eprintln!("{name}: state in {}", store.url());
+    Ok(store)
+}
+
+/// The opening stock of an inventory: `truffles` of the rare ingredient, plenty of the rest.
+fn opening_stock(truffles: Option<u64>) -> Stock {
+    match truffles {
+        Some(n) => Stock::generous().with(RARE_INGREDIENT, n),
+        None => Stock::generous(),
+    }
+}
+
+/// The messaging style: the service answers the requests of its topic until `shutdown`.
+async fn respond(
+    config: ServiceConfig,
+    bus: tabgrab::backend::Bus,
+    store: Store,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    use crate::messaging::services::{DELIVERY, INVENTORY, KITCHEN, PAYMENT, Services};
+    let name = config.name.as_str();
+    let topic = match config.name {
+        ServiceName::Payment => PAYMENT,
+        ServiceName::Inventory => INVENTORY,
+        ServiceName::Kitchen => KITCHEN,
+        ServiceName::Delivery => DELIVERY,
+        ServiceName::FrontDesk => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "the front desk is no responder",
+            ));
+        }
+    };
+    let office = crate::backoffice::Backoffice::new(
+        store,
+        opening_stock(config.truffles),
+        config.ovens,
+        config.bake_time,
+    );
+    let services = Services::start_only(&bus, office, &[topic])
+        .map_err(bus_error("cannot start the responder"))?;
+    services
+        .ready()
+        .await
+        .map_err(bus_error("the responder did not join the bus"))?;
+    report_until(name, shutdown, || async {
+        let (replied, rejected, expired) = services
+            .responder_stats()
+            .iter()
+            .fold((0, 0, 0), |(a, b, c), (_, s)| {
+                (a + s.replied, b + s.rejected, c + s.expired)
+            });
+        format!(
+            "status {name} replied={replied} rejected={rejected} expired={expired} lag={}",
+            services.lag()
+        )
+    })
+    .await;
+    services
+        .shutdown()
+        .await
+        .map_err(bus_error("the responder did not stop cleanly"))?;
+    println!("stopped {name}");
+    Ok(())
+}
+
+/// Prints `ready <name> <pid>`, then the line `status` makes whenever it changes (looked at
+/// every 100 ms), until `shutdown` completes.
+async fn report_until<F, Fut>(
+    name: &str,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut status: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    println!("ready {name} {}", std::process::id());
+    let mut last = String::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let line = status().await;
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

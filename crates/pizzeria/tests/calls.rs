@@ -9,50 +9,56 @@ use std::time::Duration;
 use pizzeria::calls::front_desk::{Placed, Refusal};
 use pizzeria::calls::grpc::proto::ChargeCardRequest;
 use pizzeria::calls::grpc::proto::payment_client::PaymentClient;
-use pizzeria::calls::{Ovens, PaymentDesk, Peers, ServiceName, Storeroom, service_router};
+use pizzeria::calls::{Peers, ServiceName, service_router};
 use pizzeria::menu::RARE_INGREDIENT;
 use pizzeria::run::{RunConfig, Style, run};
-use pizzeria::services::Stock;
+use pizzeria::services::{Stock, Store};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-/// The three back-office services on free ports; stopped when `stop` is cancelled.
+/// The four back-office services on free ports, over one store in memory; stopped when
+/// `stop` is cancelled.
 struct Backoffice {
-    payment: PaymentDesk,
-    storeroom: Storeroom,
+    office: pizzeria::backoffice::Backoffice,
     urls: Vec<String>,
     stop: CancellationToken,
 }
 
+impl std::ops::Deref for Backoffice {
+    type Target = pizzeria::backoffice::Backoffice;
+    fn deref(&self) -> &Self::Target {
+        &self.office
+    }
+}
+
 async fn backoffice(truffles: u64, with_kitchen: bool) -> Backoffice {
-    let payment = PaymentDesk::new();
-    let storeroom = Storeroom::new(Stock::generous().with(RARE_INGREDIENT, truffles));
-    let ovens = Ovens::new(4, Duration::from_millis(1));
+    let office = pizzeria::backoffice::Backoffice::new(
+        Store::memory(),
+        Stock::generous().with(RARE_INGREDIENT, truffles),
+        4,
+        Duration::from_millis(1),
+    );
     let stop = CancellationToken::new();
     let mut urls = Vec::new();
     for name in [
         ServiceName::Payment,
         ServiceName::Inventory,
         ServiceName::Kitchen,
+        ServiceName::Delivery,
     ] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         urls.push(format!("http://{}", listener.local_addr().unwrap()));
         if name == ServiceName::Kitchen && !with_kitchen {
             continue; // the kitchen is down: its port refuses connections
         }
-        let router = service_router(name, &payment, &storeroom, &ovens).unwrap();
+        let router = service_router(name, &office).unwrap();
         tokio::spawn(tabgrab::call::serve(
             listener,
             router,
             stop.clone().cancelled_owned(),
         ));
     }
-    Backoffice {
-        payment,
-        storeroom,
-        urls,
-        stop,
-    }
+    Backoffice { office, urls, stop }
 }
 
 async fn front_desk(b: &Backoffice) -> String {
@@ -60,6 +66,7 @@ async fn front_desk(b: &Backoffice) -> String {
         payment: b.urls[0].clone(),
         inventory: b.urls[1].clone(),
         kitchen: b.urls[2].clone(),
+        delivery: b.urls[3].clone(),
         order_timeout: Duration::from_secs(5),
         pool: 8,
         tls: None,
@@ -81,7 +88,8 @@ fn order(pizzas: &[&str], card: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_run_in_the_call_style_adds_up() {
-    let mut config = RunConfig::new(300, "unused");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RunConfig::new(300, dir.path());
     config.style = Style::Calls;
     let summary = run(config).await.unwrap();
     assert_eq!(summary.style, Style::Calls);
@@ -113,7 +121,7 @@ async fn orders_are_made_refused_and_compensated() {
         .unwrap();
     assert_eq!(made.status(), 201);
     let placed: Placed = made.json().await.unwrap();
-    assert_eq!(placed.status, "ready");
+    assert_eq!(placed.status, "delivered");
     assert_eq!(placed.amount_cents, 2400);
 
     let declined = http
@@ -145,7 +153,7 @@ async fn orders_are_made_refused_and_compensated() {
         Some("ingredients missing: truffle")
     );
     assert_eq!(b.payment.stats().refunded, 1);
-    assert_eq!(b.storeroom.level(RARE_INGREDIENT), 0);
+    assert_eq!(b.storeroom.level(RARE_INGREDIENT).await.unwrap(), 0);
 
     // GET /orders/{id} tells each order's fate, as the POST's answer did.
     let state = |id: uuid::Uuid| {
@@ -161,7 +169,7 @@ async fn orders_are_made_refused_and_compensated() {
     };
     let (status, made) = state(placed.order_id).await;
     assert_eq!(status, 200);
-    assert_eq!(made["status"], "ready", "{made}");
+    assert_eq!(made["status"], "delivered", "{made}");
     assert_eq!(made["amount_cents"], 2400, "{made}");
     let (_, short) = state(refusal.order_id.unwrap()).await;
     assert_eq!(short["status"], "cancelled", "{short}");
@@ -178,7 +186,7 @@ async fn a_kitchen_that_is_down_is_named_and_the_order_is_undone() {
     let b = backoffice(10, false).await;
     let url = format!("{}/orders", front_desk(&b).await);
     let http = reqwest::Client::new();
-    let before = b.storeroom.level("basil");
+    let before = b.storeroom.level("basil").await.unwrap();
     let answer = http
         .post(&url)
         .json(&order(&["margherita"], "4242424242424242"))
@@ -196,7 +204,7 @@ async fn a_kitchen_that_is_down_is_named_and_the_order_is_undone() {
         1,
         "the ingredients were released"
     );
-    assert_eq!(b.storeroom.level("basil"), before);
+    assert_eq!(b.storeroom.level("basil").await.unwrap(), before);
     let state: serde_json::Value = http
         .get(format!("{url}/{}", refusal.order_id.unwrap()))
         .send()
@@ -356,6 +364,9 @@ fn spawn_service_with(args: &[&str], envs: &[(&str, &str)]) -> Child {
         .arg("service")
         .args(args)
         .env_remove(pizzeria::calls::TOKEN_VAR)
+        .env_remove("PIZZERIA_BUS")
+        // State in memory: nothing written next to the tests.
+        .env("PIZZERIA_STORE", "memory")
         .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -378,6 +389,7 @@ async fn services_run_as_separate_processes() {
     let payment = spawn_service(&["payment"]);
     let inventory = spawn_service(&["inventory"]);
     let kitchen = spawn_service(&["kitchen", "--bake-ms", "1"]);
+    let delivery = spawn_service(&["delivery"]);
     let front = spawn_service(&[
         "front-desk",
         "--payment",
@@ -386,6 +398,8 @@ async fn services_run_as_separate_processes() {
         &inventory.1,
         "--kitchen",
         &kitchen.1,
+        "--delivery",
+        &delivery.1,
     ]);
     let http = reqwest::Client::new();
     let made = http
@@ -603,6 +617,7 @@ async fn services_talk_over_mutual_tls_with_a_token() {
         spawn_service_with(&args, &token)
     };
     let (payment, inventory, kitchen) = (back("payment"), back("inventory"), back("kitchen"));
+    let delivery = back("delivery");
     assert!(payment.1.starts_with("https://"), "{}", payment.1);
     let front_args = |with_token: bool| {
         let args = vec![
@@ -613,6 +628,8 @@ async fn services_talk_over_mutual_tls_with_a_token() {
             inventory.1.clone(),
             "--kitchen".to_owned(),
             kitchen.1.clone(),
+            "--delivery".to_owned(),
+            delivery.1.clone(),
             "--peer-ca".to_owned(),
             ca.clone(),
             "--peer-cert".to_owned(),

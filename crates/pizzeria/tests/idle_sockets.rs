@@ -159,7 +159,14 @@ async fn idle_and_slowloris_sockets_leave_the_server_useful() {
         .arg(format!("--nofile={NOFILE}:{NOFILE}"))
         .arg("--")
         .arg(&bin)
-        .args(["service", "payment", "--listen", "127.0.0.1:0"])
+        .args([
+            "service",
+            "payment",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -183,9 +183,10 @@ fn assert_every_order_delivered(s: &Value, orders: u64) {
     assert_eq!(s["failed"], 0, "{s}");
     assert_eq!(s["timeouts"], 0, "{s}");
     assert_eq!(s["dead_letters"], 0, "{s}");
-    // Three requests and three replies per order, each request with its correlation record.
-    assert_eq!(s["correlation_records"], 3 * orders, "{s}");
-    assert_eq!(s["events_published"], 6 * orders, "{s}");
+    // Four requests and four replies per order (charge, reserve, ticket, delivery), each
+    // request with its correlation record.
+    assert_eq!(s["correlation_records"], 4 * orders, "{s}");
+    assert_eq!(s["events_published"], 8 * orders, "{s}");
 }
 
 #[test]

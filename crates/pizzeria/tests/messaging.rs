@@ -1,5 +1,5 @@
 //! The messaging style end to end: the front desk answers 202 at once, `GET /orders/{id}`
-//! follows the order from pending to confirmed or failed with the reason, requests to a
+//! follows the order from pending to delivered or failed with the reason, requests to a
 //! service that is down time out and fail the order, and the `pizzeria` binary's messaging run
 //! adds up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use pizzeria::backoffice::Backoffice;
 use pizzeria::http::app;
 use pizzeria::messaging::front_desk::FrontDesk;
 use pizzeria::messaging::services::Services;
-use pizzeria::services::Stock;
+use pizzeria::services::{Stock, Store};
 use serde_json::{Value, json};
 use tabgrab::backend::embedded::EmbeddedBus;
 use tabgrab::messaging::{CorrelationStore, SqliteStore};
@@ -65,13 +66,13 @@ async fn orders_end_confirmed_or_failed_with_the_reason() {
     let bus = EmbeddedBus::open(dir.path().join("bus")).unwrap();
     let store: Arc<dyn CorrelationStore> =
         Arc::new(SqliteStore::open(dir.path().join("corr.db")).await.unwrap());
-    let services = Services::start(
-        &bus,
+    let office = Backoffice::new(
+        Store::memory(),
         Stock::generous().with("truffle", 0),
         4,
         Duration::from_millis(1),
-    )
-    .unwrap();
+    );
+    let services = Services::start(&bus, office).unwrap();
     let desk = FrontDesk::start(&bus, Arc::clone(&store), Duration::from_secs(30)).unwrap();
     let app = app(desk.clone());
 
@@ -93,14 +94,15 @@ async fn orders_end_confirmed_or_failed_with_the_reason() {
     .await;
 
     let view = settled(&app, good["order_id"].as_str().unwrap()).await;
-    assert_eq!(view["status"], "confirmed", "{view}");
+    assert_eq!(view["status"], "delivered", "{view}");
     assert_eq!(
         (
             view["paid"].clone(),
             view["reserved"].clone(),
-            view["baked"].clone()
+            view["baked"].clone(),
+            view["delivered"].clone()
         ),
-        (json!(true), json!(true), json!(true))
+        (json!(true), json!(true), json!(true), json!(true))
     );
     let view = settled(&app, declined["order_id"].as_str().unwrap()).await;
     assert_eq!(view["status"], "failed");
@@ -162,14 +164,16 @@ async fn with_the_services_down_an_order_fails_by_timeout() {
         view["reason"].as_str().unwrap().ends_with("timed out"),
         "{view}"
     );
+    // The charge and the reservation timed out, and so do their compensations (a refund and
+    // a release: the commands may still be handled once the services are back).
     let start = Instant::now();
-    while desk.stats().timed_out < 2 {
+    while desk.stats().timed_out < 4 {
         assert!(start.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(desk.stats().records_written, 2);
+    assert_eq!(desk.stats().records_written, 4);
     let counts = store.counts().await.unwrap();
-    assert_eq!((counts.pending, counts.timed_out), (0, 2));
+    assert_eq!((counts.pending, counts.timed_out), (0, 4));
     desk.shutdown().await.unwrap();
 }
 
@@ -202,12 +206,13 @@ fn pizzeria_run_in_the_messaging_style_adds_up() {
     let delivered = s["delivered"].as_u64().unwrap();
     let failed = s["failed"].as_u64().unwrap();
     assert_eq!(delivered + failed, 300);
-    // One charge and one reservation per order, a ticket per delivered order, and one
-    // compensation per step that succeeded for a failed order.
+    // One charge and one reservation per order, a ticket and a delivery per delivered order,
+    // and one compensation per step that succeeded for a failed order.
     let records = s["correlation_records"].as_u64().unwrap();
     let refunds = s["refunds"].as_u64().unwrap();
     let releases = s["releases"].as_u64().unwrap();
-    assert_eq!(records, 600 + delivered + refunds + releases, "{s}");
+    assert_eq!(records, 600 + 2 * delivered + refunds + releases, "{s}");
+    assert!(refunds > 0 && releases > 0, "{s}");
     assert_eq!(s["timeouts"], 0);
     assert_eq!(s["dead_letters"], 0);
 }

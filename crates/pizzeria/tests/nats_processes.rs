@@ -122,6 +122,8 @@ fn a_killed_kitchen_process_s_unacknowledged_orders_are_baked_by_the_other_kitch
     // The slow kitchen holds many orders at once: 2 ovens, 200 ms each.
     let mut slow = service("kitchen", &url, &db, &["--ovens", "2", "--bake-ms", "200"]);
     let mut fast = service("kitchen", &url, &db, &["--ovens", "16", "--bake-ms", "2"]);
+    // The front desk's view of the orders in a directory of this test's own.
+    let data = tempfile::tempdir().unwrap();
     let run = pizzeria()
         .args(["run", "--style", "events", "--orders", "300", "--json"])
         .args([
@@ -132,6 +134,8 @@ fn a_killed_kitchen_process_s_unacknowledged_orders_are_baked_by_the_other_kitch
             "--deadline-secs",
             "120",
         ])
+        .arg("--data-dir")
+        .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -370,7 +370,8 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
         let mut c = pizzeria();
         c.arg("service")
             .args(args)
-            .env(pizzeria::calls::TOKEN_VAR, token);
+            .env(pizzeria::calls::TOKEN_VAR, token)
+            .env("PIZZERIA_STORE", "memory");
         watch(c, " listening on ")
     };
     let url = |w: &Watched| {
@@ -399,7 +400,9 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
     let payment = back("payment", &[]);
     let inventory = back("inventory", &[]);
     let kitchen = back("kitchen", &["--bake-ms", "1"]);
+    let delivery = back("delivery", &[]);
     let (payment_url, inventory_url, kitchen_url) = (url(&payment), url(&inventory), url(&kitchen));
+    let delivery_url = url(&delivery);
     let (client_cert, client_key) = (path(&certs.client_cert), path(&certs.client_key));
     let front = |token: &str| {
         service(
@@ -411,6 +414,8 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
                 &inventory_url,
                 "--kitchen",
                 &kitchen_url,
+                "--delivery",
+                &delivery_url,
                 "--peer-ca",
                 &ca,
                 "--peer-cert",
@@ -455,6 +460,7 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
         ("service payment over mutual TLS", payment),
         ("service inventory over mutual TLS", inventory),
         ("service kitchen over mutual TLS", kitchen),
+        ("service delivery over mutual TLS", delivery),
         ("service front-desk with the token", good),
         ("service front-desk with a wrong token", bad),
     ] {
@@ -667,5 +673,5 @@ async fn no_output_shows_a_private_key_an_nkey_seed_or_a_call_token() {
     }
     checked += 1;
 
-    assert_eq!(checked, 16);
+    assert_eq!(checked, 17);
 }

@@ -1,27 +1,35 @@
-//! The front desk, call style: `POST /orders` calls payment, inventory and the kitchen in turn
-//! and answers the customer when they have answered.
+//! The front desk, call style: `POST /orders` calls payment and inventory at once, then the
+//! kitchen, then delivery, and answers the customer when they have answered.
 //!
 //! | outcome | answer |
 //! |---|---|
-//! | charged, reserved, baked | `201 Created`, `{"order_id", "status": "ready", "amount_cents"}` |
-//! | the card is declined | `402`, `{"error", "service": "payment", "reason": "payment declined: …"}` |
+//! | charged, reserved, baked, delivered | `201 Created`, `{"order_id", "status": "delivered", "amount_cents"}` |
+//! | the card is declined (the ingredients are released) | `402`, `{"error", "service": "payment", "reason": "payment declined: …"}` |
 //! | ingredients are missing (the charge is refunded) | `409`, `service: "inventory"`, `reason: "ingredients missing: …"` |
 //! | a service failed, timed out, is down or its breaker is open (what was done is compensated) | `503` or `504`, naming the service |
 //! | a body that is not an order, an invalid order, too large or not JSON | `400`, `413`, `415`: the one app of every style ([`crate::http`]) |
 //!
 //! Every command carries the order id as idempotency key, so the client stack may retry it
 //! (the services treat a repeat as the first). Compensations (refund, release) get their own
-//! fresh deadline: they must run even when the order's own budget is spent.
+//! fresh deadline: they must run even when the order's own budget is spent. One that is not
+//! answered is tried again in the background, within another such deadline, until its
+//! service answers (a service killed and restarting, a breaker that opened), so the customer
+//! hears of the failure at once. A refund sent because the charge's answer was lost also
+//! stops a charge still on its way (payment refuses a charge after the refund).
 //!
-//! `GET /orders/{id}` tells where an order stands (`charging`, `reserving`, `baking`, then
-//! `ready`, `cancelled` with the reason, or `failed` naming the service): the answer to the
-//! `POST` is the order's fate in this style, and the front desk remembers the last
-//! [`REMEMBERED`] orders of this process, in memory (in this style payment, inventory and
-//! the kitchen keep their state in memory too; the events style keeps all of it durable).
+//! `GET /orders/{id}` tells where an order stands (`charging` while payment and inventory
+//! are asked, `baking`, `delivering`, then `delivered`, `cancelled` with the reason, or `failed` naming the
+//! service): the answer to the `POST` is the order's fate in this style. Payment, inventory
+//! and delivery keep their state durable; the front desk itself remembers the last
+//! [`REMEMBERED`] orders of this process in memory, and a front desk that dies between a
+//! failed step and its compensation leaves that compensation undone (the call style's price:
+//! the events and messaging styles keep the order's next step in the log or the correlation
+//! store).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -32,8 +40,8 @@ use tabgrab::call::{CallError, CallOptions, Client};
 use uuid::Uuid;
 
 use crate::commands::{
-    CARD_DECLINED, ChargeCard, INGREDIENTS_MISSING, PlaceTicket, RefundPayment, ReleaseIngredients,
-    ReserveIngredients,
+    CARD_DECLINED, ChargeCard, DeliverOrder, INGREDIENTS_MISSING, PlaceTicket, RefundPayment,
+    Refunded, ReleaseIngredients, Released, ReserveIngredients,
 };
 use crate::order::ValidOrder;
 
@@ -42,7 +50,7 @@ use crate::order::ValidOrder;
 pub struct Placed {
     /// The order's id.
     pub order_id: Uuid,
-    /// `ready`: paid, and the pizzas are out of the oven.
+    /// `delivered`: paid, baked and brought to the customer.
     pub status: String,
     /// What was charged.
     pub amount_cents: u64,
@@ -73,7 +81,7 @@ pub const REMEMBERED: usize = 100_000;
 pub struct OrderState {
     /// The order's id.
     pub order_id: Uuid,
-    /// `charging`, `reserving`, `baking`, `ready`, `cancelled` or `failed`.
+    /// `charging`, `baking`, `delivering`, `delivered`, `cancelled` or `failed`.
     pub status: String,
     /// What was (or is to be) charged.
     pub amount_cents: u64,
@@ -108,7 +116,7 @@ impl OrderBook {
     }
 }
 
-/// The front desk's clients of the three services.
+/// The front desk's clients of the four services.
 #[derive(Clone, Debug)]
 pub struct Waiter {
     /// Payment's client.
@@ -117,10 +125,27 @@ pub struct Waiter {
     pub inventory: Client,
     /// The kitchen's client.
     pub kitchen: Client,
+    /// Delivery's client.
+    pub delivery: Client,
     /// The deadline of one order (all its calls), and of each compensation.
     pub order_timeout: Duration,
     /// The orders taken, for `GET /orders/{id}`.
     pub orders: Arc<Mutex<OrderBook>>,
+    /// Orders refunded and released, as payment and inventory answered the compensations.
+    pub undone: Arc<Undone>,
+}
+
+/// The compensations a front desk saw done: what the run summary reports.
+#[derive(Debug, Default)]
+pub struct Undone {
+    /// Orders whose charge was refunded.
+    pub refunds: AtomicU64,
+    /// Orders whose ingredients went back on the shelf.
+    pub releases: AtomicU64,
+    /// Compensations that were still not answered when their deadline passed.
+    pub abandoned: AtomicU64,
+    /// The compensations being retried in the background.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Waiter {
@@ -139,6 +164,98 @@ impl Waiter {
             .states
             .get(&order_id)
             .cloned()
+    }
+}
+
+impl Waiter {
+    /// Calls `command` (a compensation) once, with a fresh [`Waiter::order_timeout`]; if its
+    /// service does not answer, keeps calling it in the background until it does, within
+    /// another such deadline (a service killed and restarting, a breaker that opened, still
+    /// gets it), tracked in [`Undone::tasks`]. Returns whether it is done now.
+    async fn undo<R>(&self, client: &Client, command: R, order_id: Uuid) -> bool
+    where
+        R: tabgrab::Request + Send + Sync + 'static,
+        R::Response: Undoes,
+    {
+        let options =
+            || CallOptions::timeout(self.order_timeout).idempotency_key(format!("undo-{order_id}"));
+        match client.call_with(&command, options()).await {
+            Ok(answer) => {
+                answer.count(&self.undone);
+                return true;
+            }
+            Err(e) if e.rejection().is_some() => {
+                tracing::warn!(%order_id, error = %e, "a compensation was refused");
+                return false;
+            }
+            Err(_) => {}
+        }
+        let (client, undone, timeout) =
+            (client.clone(), Arc::clone(&self.undone), self.order_timeout);
+        self.undone.tasks.spawn(async move {
+            let deadline = Instant::now() + timeout;
+            let mut pause = Duration::from_millis(20);
+            loop {
+                tokio::time::sleep(pause).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let options = CallOptions::timeout(left.max(Duration::from_millis(1)))
+                    .idempotency_key(format!("undo-{order_id}"));
+                match client.call_with(&command, options).await {
+                    Ok(answer) => return answer.count(&undone),
+                    Err(e) if e.rejection().is_some() || Instant::now() >= deadline => {
+                        undone.abandoned.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%order_id, error = %e, "a compensation was not done");
+                        return;
+                    }
+                    Err(_) => pause = (pause * 2).min(Duration::from_millis(500)),
+                }
+            }
+        });
+        false
+    }
+
+    /// Refunds the order (whether or not it was charged: a refund also stops a late charge).
+    async fn refund(&self, order_id: Uuid) -> bool {
+        self.undo(&self.payment, RefundPayment { order_id }, order_id)
+            .await
+    }
+
+    /// Releases the order's ingredients (whether or not they were reserved).
+    async fn release(&self, order_id: Uuid) -> bool {
+        self.undo(&self.inventory, ReleaseIngredients { order_id }, order_id)
+            .await
+    }
+}
+
+/// The answer of a compensation, counted in [`Undone`] when it gave something back.
+trait Undoes {
+    /// Counts this answer.
+    fn count(&self, undone: &Undone);
+}
+
+impl Undoes for Refunded {
+    fn count(&self, undone: &Undone) {
+        if self.amount_cents > 0 {
+            undone.refunds.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Undoes for Released {
+    fn count(&self, undone: &Undone) {
+        if self.released {
+            undone.releases.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Undone {
+    /// Waits (at most `limit`) for the compensations still being retried; returns how many
+    /// were still running when it gave up.
+    pub async fn settle(&self, limit: Duration) -> usize {
+        self.tasks.close();
+        let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
+        self.tasks.len()
     }
 }
 
@@ -202,122 +319,164 @@ impl crate::http::Desk for Waiter {
     }
 }
 
-/// Calls payment, inventory and the kitchen in turn for `order`, compensating what was done
-/// when one fails or refuses.
+/// Calls payment and inventory at once, then the kitchen, then delivery for `order`,
+/// compensating what was done when one fails or refuses.
 async fn place_order(waiter: &Waiter, order: ValidOrder) -> Response {
     let order_id = Uuid::now_v7();
     let amount = order.amount_cents;
     waiter.note(order_id, amount, "charging", None);
     let options = CallOptions::timeout(waiter.order_timeout).idempotency_key(order_id.to_string());
-    let compensation =
-        || CallOptions::timeout(waiter.order_timeout).idempotency_key(format!("undo-{order_id}"));
 
-    // 1. Payment.
+    // 1. Payment and inventory at once (as both react to `OrderAccepted` in the events style).
     let charge = ChargeCard {
         order_id,
         amount_cents: order.amount_cents,
         card: order.masked_card.clone(),
     };
-    if let Err(e) = waiter.payment.call_with(&charge, options.clone()).await {
-        if let Some(r) = e.rejection().filter(|r| r.code == CARD_DECLINED) {
-            let reason = format!("payment declined: {}", r.message);
-            waiter.note(order_id, amount, "cancelled", Some(reason.clone()));
-            return refuse(
-                StatusCode::PAYMENT_REQUIRED,
-                Refusal {
-                    error: format!("payment refused the card: {}", r.message),
-                    service: Some("payment".to_owned()),
-                    reason: Some(reason),
-                    order_id: Some(order_id),
-                },
-            );
-        }
-        // The charge may have happened with its answer lost: refund to be sure.
-        let _ = waiter
-            .payment
-            .call_with(&RefundPayment { order_id }, compensation())
-            .await;
-        return failed(waiter, "payment", order_id, amount, &e, "");
-    }
-    waiter.note(order_id, amount, "reserving", None);
-
-    // 2. Inventory.
     let reserve = ReserveIngredients {
         order_id,
         pizzas: order.pizzas.clone(),
     };
-    if let Err(e) = waiter.inventory.call_with(&reserve, options.clone()).await {
-        let refund = waiter
-            .payment
-            .call_with(&RefundPayment { order_id }, compensation())
-            .await;
-        if let Some(r) = e.rejection().filter(|r| r.code == INGREDIENTS_MISSING) {
-            let reason = format!("ingredients missing: {}", r.message);
-            waiter.note(order_id, amount, "cancelled", Some(reason.clone()));
-            return refuse(
-                StatusCode::CONFLICT,
-                Refusal {
-                    error: format!(
-                        "inventory is short of {}; the charge was {}",
-                        r.message,
-                        if refund.is_ok() {
-                            "refunded"
-                        } else {
-                            "NOT refunded (payment failed)"
-                        }
-                    ),
-                    service: Some("inventory".to_owned()),
-                    reason: Some(reason),
-                    order_id: Some(order_id),
-                },
-            );
-        }
-        let _ = waiter
-            .inventory
-            .call_with(&ReleaseIngredients { order_id }, compensation())
-            .await;
-        return failed(
-            waiter,
-            "inventory",
-            order_id,
-            amount,
-            &e,
-            " and the charge was refunded",
-        );
+    let (charged, reserved) = tokio::join!(
+        waiter.payment.call_with(&charge, options.clone()),
+        waiter.inventory.call_with(&reserve, options.clone())
+    );
+    if let Err(e) = step_failed(waiter, order_id, amount, charged.err(), reserved.err()).await {
+        return e;
     }
-    waiter.note(order_id, amount, "baking", None);
 
-    // 3. Kitchen.
+    // 3. Kitchen, then 4. delivery: a failure of either undoes the charge and the reservation.
+    waiter.note(order_id, amount, "baking", None);
     let ticket = PlaceTicket {
         order_id,
         pizzas: order.pizzas,
     };
-    if let Err(e) = waiter.kitchen.call_with(&ticket, options).await {
-        let _ = waiter
-            .payment
-            .call_with(&RefundPayment { order_id }, compensation())
-            .await;
-        let _ = waiter
-            .inventory
-            .call_with(&ReleaseIngredients { order_id }, compensation())
-            .await;
+    let mut step = (
+        "kitchen",
+        waiter
+            .kitchen
+            .call_with(&ticket, options.clone())
+            .await
+            .map(drop),
+    );
+    if step.1.is_ok() {
+        waiter.note(order_id, amount, "delivering", None);
+        step = (
+            "delivery",
+            waiter
+                .delivery
+                .call_with(&DeliverOrder { order_id }, options)
+                .await
+                .map(drop),
+        );
+    }
+    if let (service, Err(e)) = step {
+        let refund = waiter.refund(order_id).await;
+        let released = waiter.release(order_id).await;
         return failed(
             waiter,
-            "kitchen",
+            service,
             order_id,
             amount,
             &e,
-            "; the charge was refunded and the ingredients released",
+            undone_words(refund, released),
         );
     }
-    waiter.note(order_id, amount, "ready", None);
+    waiter.note(order_id, amount, "delivered", None);
     (
         StatusCode::CREATED,
         Json(Placed {
             order_id,
-            status: "ready".to_owned(),
+            status: "delivered".to_owned(),
             amount_cents: order.amount_cents,
         }),
     )
         .into_response()
+}
+
+/// The answer to an order whose charge or reservation failed (`Err`), after undoing the
+/// other: a refund unless the card was declined, a release unless the ingredients were
+/// missing (undoing one that failed without a refusal also stops it if it is still on its
+/// way). `Ok` when both succeeded.
+async fn step_failed(
+    waiter: &Waiter,
+    order_id: Uuid,
+    amount: u64,
+    charge: Option<CallError>,
+    reserve: Option<CallError>,
+) -> Result<(), Response> {
+    if charge.is_none() && reserve.is_none() {
+        return Ok(());
+    }
+    let refused = |e: &Option<CallError>, code: &str| {
+        e.as_ref()
+            .and_then(CallError::rejection)
+            .filter(|r| r.code == code)
+            .map(|r| r.message.clone())
+    };
+    let declined = refused(&charge, CARD_DECLINED);
+    let missing = refused(&reserve, INGREDIENTS_MISSING);
+    let (refunded, released) = tokio::join!(
+        async {
+            match declined {
+                Some(_) => None,
+                None => Some(waiter.refund(order_id).await),
+            }
+        },
+        async {
+            match missing {
+                Some(_) => None,
+                None => Some(waiter.release(order_id).await),
+            }
+        }
+    );
+    if let Some(message) = declined {
+        let reason = format!("payment declined: {message}");
+        waiter.note(order_id, amount, "cancelled", Some(reason.clone()));
+        return Err(refuse(
+            StatusCode::PAYMENT_REQUIRED,
+            Refusal {
+                error: format!("payment refused the card: {message}"),
+                service: Some("payment".to_owned()),
+                reason: Some(reason),
+                order_id: Some(order_id),
+            },
+        ));
+    }
+    if let Some(message) = missing {
+        let reason = format!("ingredients missing: {message}");
+        waiter.note(order_id, amount, "cancelled", Some(reason.clone()));
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            Refusal {
+                error: format!(
+                    "inventory is short of {message}; the charge was {}",
+                    if refunded == Some(true) {
+                        "refunded"
+                    } else {
+                        "not refunded yet (the refund is being retried)"
+                    }
+                ),
+                service: Some("inventory".to_owned()),
+                reason: Some(reason),
+                order_id: Some(order_id),
+            },
+        ));
+    }
+    let words = undone_words(refunded == Some(true), released == Some(true));
+    match (charge, reserve) {
+        (Some(e), _) => Err(failed(waiter, "payment", order_id, amount, &e, words)),
+        (None, Some(e)) => Err(failed(waiter, "inventory", order_id, amount, &e, words)),
+        (None, None) => Ok(()),
+    }
+}
+
+/// What a failed order's answer says of its compensations.
+fn undone_words(refunded: bool, released: bool) -> &'static str {
+    match (refunded, released) {
+        (true, true) => "; the charge was refunded and the ingredients released",
+        (true, false) => "; the charge was refunded, the release is being retried",
+        (false, true) => "; the ingredients were released, the refund is being retried",
+        (false, false) => "; the refund and the release are being retried",
+    }
 }

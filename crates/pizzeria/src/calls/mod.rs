@@ -1,12 +1,14 @@
-//! The pizzeria in the **call** style: the front desk calls payment, inventory and the kitchen
-//! and answers the customer when they have answered.
+//! The pizzeria in the **call** style: the front desk calls payment, inventory, the kitchen
+//! and delivery and answers the customer when they have answered.
 //!
-//! Each service is a set of typed handlers ([`PaymentDesk`], [`Storeroom`], [`Ovens`]) served
-//! by tabgrab's call server over HTTP and gRPC on one port (payment also serves its typed
-//! proto service, [`grpc`]); the front desk ([`front_desk`]) calls them through tabgrab's
-//! client stack (deadline, retries with the order id as idempotency key, circuit breaker,
-//! bulkhead). The domain rules are the events style's (a card ending in 0000 is declined; the
-//! truffle runs out), so the two styles' summaries compare.
+//! Each service is the [`backoffice`](crate::backoffice)'s ([`PaymentDesk`], [`Storeroom`],
+//! [`Ovens`], [`Courier`]), its commands served as typed handlers ([`handlers`]) by tabgrab's
+//! call server over HTTP and gRPC on one port (payment also serves its typed proto service,
+//! [`grpc`]); payment, inventory and delivery keep their state in a durable store, answering a
+//! repeated command (same order) as the first. The front desk ([`front_desk`]) calls them
+//! through tabgrab's client stack (deadline, retries with the order id as idempotency key,
+//! circuit breaker, bulkhead). The domain rules are the events style's (a card ending in 0000
+//! is declined; the truffle runs out), so the styles' summaries compare.
 //!
 //! What this style does to the system, compared with events: the customer waits for the
 //! whole chain (latency is the sum of the hops and the bake), and a service that is down
@@ -18,9 +20,7 @@
 
 pub mod front_desk;
 pub mod grpc;
-pub mod inventory;
-pub mod kitchen;
-pub mod payment;
+pub mod handlers;
 pub mod run;
 
 use std::future::Future;
@@ -31,13 +31,10 @@ use tabgrab::call::breaker::BreakerConfig;
 use tabgrab::call::http::HttpTransport;
 use tabgrab::call::{BearerTokens, ClientTls, ServerTls};
 
+pub use crate::backoffice::{Backoffice, Courier, Ovens, PaymentDesk, Storeroom};
 pub use front_desk::Waiter;
-pub use inventory::Storeroom;
-pub use kitchen::Ovens;
-pub use payment::PaymentDesk;
 
 use crate::error::{Error, ErrorKind};
-use crate::services::Stock;
 
 /// A service of the call style, as named on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -48,7 +45,9 @@ pub enum ServiceName {
     Inventory,
     /// The kitchen: `PlaceTicket`.
     Kitchen,
-    /// The front desk: `POST /orders`, calling the three others (give their URLs).
+    /// Delivery: `DeliverOrder`.
+    Delivery,
+    /// The front desk: `POST /orders`, calling the four others (give their URLs).
     FrontDesk,
 }
 
@@ -61,6 +60,8 @@ pub struct Peers {
     pub inventory: String,
     /// The kitchen's base URL.
     pub kitchen: String,
+    /// Delivery's base URL.
+    pub delivery: String,
     /// The deadline of one order.
     pub order_timeout: Duration,
     /// Idle connections kept per service.
@@ -145,39 +146,24 @@ impl Peers {
             payment: client("payment", &self.payment),
             inventory: client("inventory", &self.inventory),
             kitchen: client("kitchen", &self.kitchen),
+            delivery: client("delivery", &self.delivery),
             order_timeout: self.order_timeout,
             orders: Default::default(),
+            undone: Default::default(),
         }
     }
 }
 
-/// What a back-office service needs to start.
-#[derive(Clone, Debug)]
-pub struct Backroom {
-    /// The kitchen's ovens.
-    pub ovens: usize,
-    /// Time in the oven.
-    pub bake_time: Duration,
-    /// The storeroom's shelf.
-    pub stock: Stock,
-}
-
-/// The router of one back-office service (payment, inventory, kitchen).
-pub fn service_router(
-    name: ServiceName,
-    payment: &PaymentDesk,
-    storeroom: &Storeroom,
-    ovens: &Ovens,
-) -> Option<axum::Router> {
-    service_router_with(name, payment, storeroom, ovens, None)
+/// The router of one back-office service (payment, inventory, kitchen, delivery); `None` for
+/// the front desk.
+pub fn service_router(name: ServiceName, office: &Backoffice) -> Option<axum::Router> {
+    service_router_with(name, office, None)
 }
 
 /// [`service_router`] whose handlers require `auth` of every caller, if given.
 fn service_router_with(
     name: ServiceName,
-    payment: &PaymentDesk,
-    storeroom: &Storeroom,
-    ovens: &Ovens,
+    office: &Backoffice,
     auth: Option<BearerTokens>,
 ) -> Option<axum::Router> {
     let guarded = |handlers: tabgrab::call::Handlers| match &auth {
@@ -186,12 +172,13 @@ fn service_router_with(
     };
     Some(match name {
         ServiceName::Payment => {
-            let handlers = guarded(payment.handlers());
+            let handlers = guarded(office.payment.handlers());
             tabgrab::call::router(handlers.clone())
                 .merge(grpc::TypedPayment::new(handlers).router())
         }
-        ServiceName::Inventory => tabgrab::call::router(guarded(storeroom.handlers())),
-        ServiceName::Kitchen => tabgrab::call::router(guarded(ovens.handlers())),
+        ServiceName::Inventory => tabgrab::call::router(guarded(office.storeroom.handlers())),
+        ServiceName::Kitchen => tabgrab::call::router(guarded(office.ovens.handlers())),
+        ServiceName::Delivery => tabgrab::call::router(guarded(office.courier.handlers())),
         ServiceName::FrontDesk => return None,
     })
 }
@@ -200,11 +187,11 @@ fn service_router_with(
 pub async fn serve_service(
     name: ServiceName,
     listener: tokio::net::TcpListener,
-    backroom: Backroom,
+    office: Option<Backoffice>,
     peers: Option<Peers>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    serve_service_with(name, listener, backroom, peers, shutdown, None).await
+    serve_service_with(name, listener, office, peers, shutdown, None).await
 }
 
 /// [`serve_service`] over TLS when `tls` is given; the back-office services require
@@ -212,7 +199,7 @@ pub async fn serve_service(
 pub async fn serve_service_with(
     name: ServiceName,
     listener: tokio::net::TcpListener,
-    backroom: Backroom,
+    office: Option<Backoffice>,
     peers: Option<Peers>,
     shutdown: impl Future<Output = ()> + Send,
     tls: Option<ServerTls>,
@@ -222,16 +209,16 @@ pub async fn serve_service_with(
             let peers = peers.ok_or_else(|| {
                 Error::new(
                     ErrorKind::Usage,
-                    "the front desk needs --payment, --inventory and --kitchen URLs",
+                    "the front desk needs --payment, --inventory, --kitchen and --delivery URLs",
                 )
             })?;
             crate::http::app(peers.waiter())
         }
         other => {
-            let payment = PaymentDesk::new();
-            let storeroom = Storeroom::new(backroom.stock);
-            let ovens = Ovens::new(backroom.ovens, backroom.bake_time);
-            service_router_with(other, &payment, &storeroom, &ovens, required_token())
+            let office = office.ok_or_else(|| {
+                Error::new(ErrorKind::Usage, "a back-office service needs its store")
+            })?;
+            service_router_with(other, &office, required_token())
                 .ok_or_else(|| Error::new(ErrorKind::Usage, "no router for this service"))?
         }
     };

@@ -1,15 +1,19 @@
-//! `pizzeria run --style calls`: every service in this process, each on its own port, and
-//! simulated customers over real HTTP.
+//! `pizzeria run --style calls`: every service in this process, each on its own port, or
+//! each in a process of its own (`--services spawn`), and simulated customers over real HTTP.
 //!
 //! The same seeded customers as the events style ([`crate::run`]) post to the front desk, C
-//! at a time; each POST ends when the front desk has heard from payment, inventory and the
-//! kitchen. The summary has the events style's shape: "delivered" is an order answered
-//! `201` (paid and baked), "failed" an order refused for a business reason (declined card,
-//! missing ingredients, with the same reasons), "rejected" any other failure; latency is from
-//! the POST to its answer. There are no events and no dead letters in this style, so those
-//! lines read 0.
+//! at a time; each POST ends when the front desk has heard from payment, inventory, the
+//! kitchen and delivery. Payment, inventory and delivery keep their state in the run's store
+//! (`effects.sqlite` in the data directory, or `--store`; with `--services spawn`, a file per
+//! service), restocked at the start as in the events style. The summary has the events
+//! style's shape: "delivered" is an order answered `201` (paid, baked and delivered), "failed"
+//! an order refused for a business reason (declined card, missing ingredients, with the same
+//! reasons), "rejected" any other failure; refunds and releases are the compensations payment
+//! and inventory confirmed; latency is from the POST to its answer. There are no events and
+//! no dead letters in this style, so those lines read 0.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -19,11 +23,19 @@ use rand::rngs::StdRng;
 use tokio_util::sync::CancellationToken;
 
 use super::front_desk::Refusal;
-use super::{Ovens, PaymentDesk, Peers, ServiceName, Storeroom, service_router};
+use super::{Backoffice, Peers, ServiceName, service_router};
 use crate::error::{Error, ErrorKind};
 use crate::menu::RARE_INGREDIENT;
-use crate::run::{Latency, RunConfig, Summary, customer, peak_rss_mib};
+use crate::run::{Latency, Placement, RunConfig, Summary, customer, open_store, peak_rss_mib};
 use crate::services::Stock;
+
+/// The back-office services, in the order of [`Peers`]' URLs.
+const BACK_OFFICE: [ServiceName; 4] = [
+    ServiceName::Payment,
+    ServiceName::Inventory,
+    ServiceName::Kitchen,
+    ServiceName::Delivery,
+];
 
 /// How one POST ended.
 enum Ended {
@@ -52,48 +64,91 @@ fn addr_of(listener: &tokio::net::TcpListener) -> Result<String, Error> {
 pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let started = Instant::now();
     let truffles = config.truffles.unwrap_or(config.orders / 25);
-    let payment = PaymentDesk::new();
-    let storeroom = Storeroom::new(Stock::generous().with(RARE_INGREDIENT, truffles));
-    let ovens = Ovens::new(config.ovens, config.bake_time);
+    let stock = Stock::generous().with(RARE_INGREDIENT, truffles);
     let stop = CancellationToken::new();
     let mut servers = Vec::new();
-    let mut urls = Vec::new();
-    for name in [
-        ServiceName::Payment,
-        ServiceName::Inventory,
-        ServiceName::Kitchen,
-    ] {
-        let listener = bind().await?;
-        urls.push(addr_of(&listener)?);
-        let router = service_router(name, &payment, &storeroom, &ovens)
-            .ok_or_else(|| Error::new(ErrorKind::Usage, "no router for a back-office service"))?;
-        servers.push(tokio::spawn(tabgrab::call::serve(
-            listener,
-            router,
-            stop.clone().cancelled_owned(),
-        )));
-    }
-    let [payment_url, inventory_url, kitchen_url] = <[String; 3]>::try_from(urls)
-        .map_err(|_| Error::new(ErrorKind::Usage, "three services expected"))?;
+    let mut children = None;
+    let urls = match config.placement {
+        Placement::InProcess => {
+            // Every service's durable state; each run is a new day: the shelf is restocked.
+            let store = open_store(&config, "effects").await?;
+            store.restock(&stock).await?;
+            let office = Backoffice::new(store, stock, config.ovens, config.bake_time);
+            let mut urls = Vec::new();
+            for name in BACK_OFFICE {
+                let listener = bind().await?;
+                urls.push(addr_of(&listener)?);
+                let router = service_router(name, &office).ok_or_else(|| {
+                    Error::new(ErrorKind::Usage, "no router for a back-office service")
+                })?;
+                servers.push(tokio::spawn(tabgrab::call::serve(
+                    listener,
+                    router,
+                    stop.clone().cancelled_owned(),
+                )));
+            }
+            urls
+        }
+        Placement::Spawn => {
+            // A new day for the inventory process's shelf (its store outlives the run).
+            open_store(&config, "inventory")
+                .await?
+                .restock(&stock)
+                .await?;
+            let cfg = config.clone();
+            let spawned = tokio::task::spawn_blocking(move || {
+                crate::run::Children::spawn(&cfg, crate::run::Wiring::Calls)
+            })
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, "spawning failed").with_source(e))??;
+            let urls = spawned.urls();
+            children = Some(spawned);
+            urls
+        }
+        Placement::External => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "the call style's front desk needs the services' URLs (see `pizzeria run --help`)",
+            ));
+        }
+    };
+    let [payment_url, inventory_url, kitchen_url, delivery_url] = <[String; 4]>::try_from(urls)
+        .map_err(|_| Error::new(ErrorKind::Usage, "four services expected"))?;
     let peers = Peers {
         payment: payment_url,
         inventory: inventory_url,
         kitchen: kitchen_url,
+        delivery: delivery_url,
         order_timeout: Duration::from_secs(30),
         pool: config.concurrency,
         tls: None,
         token: None,
     };
+    let waiter = peers.waiter();
     let listener = bind().await?;
     let front_url = addr_of(&listener)?;
     servers.push(tokio::spawn(tabgrab::call::serve(
         listener,
-        crate::http::app(peers.waiter()),
+        crate::http::app(waiter.clone()),
         stop.clone().cancelled_owned(),
     )));
 
     let driven = tokio::time::timeout(config.deadline, drive(&config, &front_url)).await;
+    // Compensations still being retried finish (or give up) before the services stop.
+    let unsettled = waiter.undone.settle(Duration::from_secs(35)).await;
+    let abandoned = waiter.undone.abandoned.load(Ordering::Relaxed);
+    if unsettled > 0 || abandoned > 0 {
+        eprintln!(
+            "{abandoned} compensations gave up and {unsettled} were still being retried: \
+             their money or ingredients were not given back"
+        );
+    }
     stop.cancel();
+    if let Some(children) = children {
+        tokio::task::spawn_blocking(move || children.stop())
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, "stopping failed").with_source(e))?;
+    }
     for server in servers {
         match server.await {
             Ok(Ok(())) => {}
@@ -159,8 +214,8 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         delivered,
         failed,
         failed_by_reason,
-        refunds: payment.stats().refunded,
-        releases: storeroom.stats().released,
+        refunds: waiter.undone.refunds.load(Ordering::Relaxed),
+        releases: waiter.undone.releases.load(Ordering::Relaxed),
         events_published: 0,
         correlation_records: None,
         timeouts: None,

@@ -42,7 +42,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::calls::{Ovens, PaymentDesk, ServiceName, Storeroom, service_router};
+use crate::calls::{Backoffice, ServiceName, service_router};
 use crate::commands::{Baked, PlaceTicket};
 use crate::error::{Error, ErrorKind};
 use crate::messages::PizzaReady;
@@ -134,14 +134,14 @@ pub(crate) async fn recipient(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::new(ErrorKind::Io, "cannot read an address").with_source(e))?;
-    let ovens = Ovens::new(usize::try_from(n).unwrap_or(usize::MAX), delay);
-    let router = service_router(
-        ServiceName::Kitchen,
-        &PaymentDesk::new(),
-        &Storeroom::new(crate::services::Stock::generous()),
-        &ovens,
-    )
-    .ok_or_else(|| Error::new(ErrorKind::Usage, "no kitchen router"))?;
+    let office = Backoffice::new(
+        crate::services::Store::memory(),
+        crate::services::Stock::generous(),
+        usize::try_from(n).unwrap_or(usize::MAX),
+        delay,
+    );
+    let router = service_router(ServiceName::Kitchen, &office)
+        .ok_or_else(|| Error::new(ErrorKind::Usage, "no kitchen router"))?;
     tokio::spawn(tabgrab::call::serve(
         listener,
         router,

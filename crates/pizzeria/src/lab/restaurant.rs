@@ -40,14 +40,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::calls::{Ovens, PaymentDesk, Peers, ServiceName, Storeroom, service_router};
+use crate::calls::{Backoffice, Peers, ServiceName, service_router};
 use crate::error::{Error, ErrorKind};
 use crate::messaging::front_desk::FrontDesk as MessagingDesk;
 use crate::messaging::services::{self as responders, Services};
 use crate::namespace::Connection;
 use crate::run::Style;
 use crate::services::front_desk::{Outcome, Terminal};
-use crate::services::{Pizzeria, Settings, Stock};
+use crate::services::{Pizzeria, Settings, Stock, Store};
 
 /// A service the lab takes down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,9 +161,7 @@ enum Inner {
         desk: MessagingDesk,
     },
     Calls {
-        payment: PaymentDesk,
-        storeroom: Storeroom,
-        ovens: Ovens,
+        office: Backoffice,
         servers: Vec<CallServer>,
         responses: Arc<AtomicU64>,
         /// Transitions of the front desk's breaker per service, recorded as they happen.
@@ -270,7 +268,8 @@ impl Restaurant {
                         .await
                         .map_err(bus_error("cannot open the correlation store"))?,
                 );
-                let services = Services::start(bus.bus(), stock(), kit.ovens, kit.bake_time)
+                let office = Backoffice::new(Store::memory(), stock(), kit.ovens, kit.bake_time);
+                let services = Services::start(bus.bus(), office)
                     .map_err(bus_error("cannot start the services"))?;
                 let desk = MessagingDesk::start(bus.bus(), Arc::clone(&store), kit.request_timeout)
                     .map_err(bus_error("cannot start the front desk"))?;
@@ -295,15 +294,14 @@ impl Restaurant {
                 )
             }
             Style::Calls => {
-                let payment = PaymentDesk::new();
-                let storeroom = Storeroom::new(stock());
-                let ovens = Ovens::new(kit.ovens, kit.bake_time);
+                let office = Backoffice::new(Store::memory(), stock(), kit.ovens, kit.bake_time);
                 let responses = Arc::new(AtomicU64::new(0));
                 let mut servers = Vec::new();
                 for name in [
                     ServiceName::Payment,
                     ServiceName::Inventory,
                     ServiceName::Kitchen,
+                    ServiceName::Delivery,
                 ] {
                     let mut server = CallServer {
                         name,
@@ -311,8 +309,7 @@ impl Restaurant {
                         stop: CancellationToken::new(),
                         task: None,
                     };
-                    start_call_server(&mut server, &payment, &storeroom, &ovens, &responses)
-                        .await?;
+                    start_call_server(&mut server, &office, &responses).await?;
                     servers.push(server);
                 }
                 let url = |name| {
@@ -326,6 +323,7 @@ impl Restaurant {
                     payment: url(ServiceName::Payment),
                     inventory: url(ServiceName::Inventory),
                     kitchen: url(ServiceName::Kitchen),
+                    delivery: url(ServiceName::Delivery),
                     order_timeout: kit.order_timeout,
                     pool: 256,
                     tls: None,
@@ -339,9 +337,7 @@ impl Restaurant {
                 let task = serve_front(listener, crate::http::app(waiter), stop.clone());
                 (
                     Inner::Calls {
-                        payment,
-                        storeroom,
-                        ovens,
+                        office,
                         servers,
                         responses,
                         breakers,
@@ -398,16 +394,14 @@ impl Restaurant {
                 }
             }
             Inner::Calls {
-                payment,
-                storeroom,
-                ovens,
+                office,
                 servers,
                 responses,
                 ..
             } => {
                 if let Some(server) = servers.iter_mut().find(|s| s.name == call_name(service)) {
                     server.stop = CancellationToken::new();
-                    start_call_server(server, payment, storeroom, ovens, responses).await?;
+                    start_call_server(server, office, responses).await?;
                 }
             }
         }
@@ -592,9 +586,7 @@ fn serve_front(
 /// Starts (or restarts, on the same address) one call-style service.
 async fn start_call_server(
     server: &mut CallServer,
-    payment: &PaymentDesk,
-    storeroom: &Storeroom,
-    ovens: &Ovens,
+    office: &Backoffice,
     responses: &Arc<AtomicU64>,
 ) -> Result<(), Error> {
     // A restart binds the port it had; the listener of the stopped server is closed, but
@@ -609,7 +601,7 @@ async fn start_call_server(
     };
     server.addr = local(&listener)?;
     let counter = Arc::clone(responses);
-    let router = service_router(server.name, payment, storeroom, ovens)
+    let router = service_router(server.name, office)
         .ok_or_else(|| Error::new(ErrorKind::Usage, "no router for a back-office service"))?
         .layer(tower::util::MapResponseLayer::new(
             move |response: axum::response::Response| {

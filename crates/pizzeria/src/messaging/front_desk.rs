@@ -5,14 +5,22 @@
 //! | outcome | next |
 //! |---|---|
 //! | charged and reserved | send `PlaceTicket` |
-//! | baked | the order is **confirmed** |
-//! | declined, missing, or any step timed out | the order **failed**, with the reason; once payment and inventory have both answered (or timed out), compensate: `RefundPayment` if charged, `ReleaseIngredients` if reserved |
+//! | baked | send `DeliverOrder` |
+//! | delivered | the order is **delivered** |
+//! | declined, missing, refused, or any step timed out | the order **failed**, with the reason; once payment and inventory have both answered (or timed out), compensate: `RefundPayment` unless the card was declined, `ReleaseIngredients` unless the ingredients were missing |
+//!
+//! A charge or a reservation that timed out is compensated too: its request may still be
+//! waiting in the topic of a service that is down, and the compensation, handled after it or
+//! before it, undoes it or stops it (payment and inventory refuse a command for an order they
+//! already refunded or released). The summary counts the compensations whose answers said
+//! money or ingredients went back.
 //!
 //! Each request carries the order id as its context and subject: the reply handler finds the
 //! order from the stored request, whichever node runs it. The order view itself is kept in
 //! memory, as in the event-driven style's front desk.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,9 +33,10 @@ use tabgrab::messaging::{
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::services::{INVENTORY, KITCHEN, PAYMENT};
+use super::services::{DELIVERY, INVENTORY, KITCHEN, PAYMENT};
 use crate::commands::{
-    ChargeCard, PlaceTicket, RefundPayment, ReleaseIngredients, ReserveIngredients,
+    CARD_DECLINED, ChargeCard, DeliverOrder, INGREDIENTS_MISSING, PlaceTicket, RefundPayment,
+    ReleaseIngredients, ReserveIngredients,
 };
 use crate::order::ValidOrder;
 use crate::services::front_desk::{Outcome as End, Terminal};
@@ -42,8 +51,8 @@ pub const GROUP: &str = "front-desk-messaging";
 pub enum Status {
     /// Requests sent, not every answer in.
     Pending,
-    /// Paid, reserved and baked.
-    Confirmed,
+    /// Paid, reserved, baked and delivered.
+    Delivered,
     /// Refused or timed out; see the reason.
     Failed,
 }
@@ -64,16 +73,31 @@ pub struct OrderView {
     pub reserved: bool,
     /// Whether the kitchen baked it.
     pub baked: bool,
+    /// Whether delivery brought it to the customer.
+    pub delivered: bool,
+}
+
+/// How payment or inventory answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// Charged, or reserved.
+    Done,
+    /// Refused: the card was declined, the ingredients are missing (nothing to undo).
+    Refused,
+    /// No answer in time: the command may still be handled, so it is undone too.
+    TimedOut,
 }
 
 /// One order's state.
 #[derive(Debug)]
 struct Order {
     pizzas: Vec<String>,
-    paid: Option<bool>,
-    reserved: Option<bool>,
+    paid: Option<Answer>,
+    reserved: Option<Answer>,
     baked: bool,
+    delivered: bool,
     ticket_sent: bool,
+    delivery_sent: bool,
     compensated: bool,
     reason: Option<String>,
 }
@@ -82,8 +106,8 @@ impl Order {
     fn status(&self) -> Status {
         if self.reason.is_some() {
             Status::Failed
-        } else if self.baked {
-            Status::Confirmed
+        } else if self.delivered {
+            Status::Delivered
         } else {
             Status::Pending
         }
@@ -94,6 +118,7 @@ impl Order {
 enum Next {
     Nothing,
     Ticket(Vec<String>),
+    Deliver,
     Compensate { refund: bool, release: bool },
 }
 
@@ -102,6 +127,9 @@ struct Inner {
     watcher: Mutex<Option<mpsc::UnboundedSender<Terminal>>>,
     requester: Mutex<Option<Requester>>,
     timeout: Duration,
+    /// Orders refunded and released, as payment's and inventory's answers said.
+    refunds: AtomicU64,
+    releases: AtomicU64,
 }
 
 /// The messaging front desk: a cheap-to-clone handle for the HTTP server and reply handlers.
@@ -136,6 +164,8 @@ impl FrontDesk {
                 watcher: Mutex::new(None),
                 requester: Mutex::new(None),
                 timeout,
+                refunds: AtomicU64::new(0),
+                releases: AtomicU64::new(0),
             }),
         };
         let requester = Requester::builder(bus.into(), GROUP)
@@ -147,14 +177,21 @@ impl FrontDesk {
                 desk.clone(),
                 |desk, o: Outcome<ChargeCard>, ctx| async move {
                     let order = order_of(&ctx)?;
-                    let (ok, reason) = match o {
-                        Outcome::Replied(Ok(_)) => (true, None),
-                        Outcome::Replied(Err(r)) => {
-                            (false, Some(format!("payment declined: {}", r.message)))
+                    let (answer, reason) = match o {
+                        Outcome::Replied(Ok(_)) => (Answer::Done, None),
+                        Outcome::Replied(Err(r)) if r.code == CARD_DECLINED => (
+                            Answer::Refused,
+                            Some(format!("payment declined: {}", r.message)),
+                        ),
+                        Outcome::Replied(Err(r)) => (
+                            Answer::Refused,
+                            Some(format!("payment refused: {}", r.message)),
+                        ),
+                        Outcome::TimedOut => {
+                            (Answer::TimedOut, Some("payment timed out".to_owned()))
                         }
-                        Outcome::TimedOut => (false, Some("payment timed out".to_owned())),
                     };
-                    desk.step(order, |o| o.paid = Some(ok), reason).await
+                    desk.step(order, |o| o.paid = Some(answer), reason).await
                 },
             )
             .on_reply_with(
@@ -162,12 +199,22 @@ impl FrontDesk {
                 desk.clone(),
                 |desk, o: Outcome<ReserveIngredients>, ctx| async move {
                     let order = order_of(&ctx)?;
-                    let (ok, reason) = match o {
-                        Outcome::Replied(Ok(_)) => (true, None),
-                        Outcome::Replied(Err(r)) => (false, Some(r.message)),
-                        Outcome::TimedOut => (false, Some("inventory timed out".to_owned())),
+                    let (answer, reason) = match o {
+                        Outcome::Replied(Ok(_)) => (Answer::Done, None),
+                        Outcome::Replied(Err(r)) if r.code == INGREDIENTS_MISSING => (
+                            Answer::Refused,
+                            Some(format!("ingredients missing: {}", r.message)),
+                        ),
+                        Outcome::Replied(Err(r)) => (
+                            Answer::Refused,
+                            Some(format!("inventory refused: {}", r.message)),
+                        ),
+                        Outcome::TimedOut => {
+                            (Answer::TimedOut, Some("inventory timed out".to_owned()))
+                        }
                     };
-                    desk.step(order, |o| o.reserved = Some(ok), reason).await
+                    desk.step(order, |o| o.reserved = Some(answer), reason)
+                        .await
                 },
             )
             .on_reply_with(
@@ -185,20 +232,55 @@ impl FrontDesk {
                     desk.step(order, |o| o.baked = ok, reason).await
                 },
             )
-            .on_reply(PAYMENT, move |o: Outcome<RefundPayment>, _ctx| {
-                if o.is_timed_out() {
-                    tracing::warn!(
-                        "a refund timed out; payment keeps the money until it is retried by hand"
-                    );
-                }
-                async { Ok(()) }
-            })
-            .on_reply(INVENTORY, move |o: Outcome<ReleaseIngredients>, _ctx| {
-                if o.is_timed_out() {
-                    tracing::warn!("a release timed out; the ingredients stay reserved");
-                }
-                async { Ok(()) }
-            })
+            .on_reply_with(
+                DELIVERY,
+                desk.clone(),
+                |desk, o: Outcome<DeliverOrder>, ctx| async move {
+                    let order = order_of(&ctx)?;
+                    let (ok, reason) = match o {
+                        Outcome::Replied(Ok(_)) => (true, None),
+                        Outcome::Replied(Err(r)) => {
+                            (false, Some(format!("delivery refused: {}", r.message)))
+                        }
+                        Outcome::TimedOut => (false, Some("delivery timed out".to_owned())),
+                    };
+                    desk.step(order, |o| o.delivered = ok, reason).await
+                },
+            )
+            .on_reply_with(
+                PAYMENT,
+                desk.clone(),
+                |desk, o: Outcome<RefundPayment>, _ctx| async move {
+                    match o {
+                        Outcome::Replied(Ok(r)) if r.amount_cents > 0 => {
+                            desk.inner.refunds.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Outcome::TimedOut => tracing::warn!(
+                            "a refund timed out; it waits in payment's topic and is done when \
+                             payment handles it, unseen here"
+                        ),
+                        _ => {}
+                    }
+                    Ok(())
+                },
+            )
+            .on_reply_with(
+                INVENTORY,
+                desk.clone(),
+                |desk, o: Outcome<ReleaseIngredients>, _ctx| async move {
+                    match o {
+                        Outcome::Replied(Ok(r)) if r.released => {
+                            desk.inner.releases.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Outcome::TimedOut => tracing::warn!(
+                            "a release timed out; it waits in inventory's topic and is done when \
+                             inventory handles it, unseen here"
+                        ),
+                        _ => {}
+                    }
+                    Ok(())
+                },
+            )
             .start()?;
         *lock(&desk.inner.requester) = Some(requester);
         Ok(desk)
@@ -223,6 +305,15 @@ impl FrontDesk {
         self.requester().map(|r| r.stats()).unwrap_or_default()
     }
 
+    /// Orders refunded and orders released, as payment's and inventory's answers to this
+    /// node's compensations said.
+    pub fn compensations(&self) -> (u64, u64) {
+        (
+            self.inner.refunds.load(Ordering::Relaxed),
+            self.inner.releases.load(Ordering::Relaxed),
+        )
+    }
+
     /// Reports every order that ends (confirmed or failed) on the returned channel.
     pub fn watch(&self) -> mpsc::UnboundedReceiver<Terminal> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -244,7 +335,9 @@ impl FrontDesk {
                 paid: None,
                 reserved: None,
                 baked: false,
+                delivered: false,
                 ticket_sent: false,
+                delivery_sent: false,
                 compensated: false,
                 reason: None,
             },
@@ -284,9 +377,10 @@ impl FrontDesk {
             order_id,
             status: o.status(),
             reason: o.reason.clone(),
-            paid: o.paid == Some(true),
-            reserved: o.reserved == Some(true),
+            paid: o.paid == Some(Answer::Done),
+            reserved: o.reserved == Some(Answer::Done),
             baked: o.baked,
+            delivered: o.delivered,
         })
     }
 
@@ -315,16 +409,21 @@ impl FrontDesk {
                 if answered && !order.compensated {
                     order.compensated = true;
                     Next::Compensate {
-                        refund: order.paid == Some(true),
-                        release: order.reserved == Some(true),
+                        refund: order.paid != Some(Answer::Refused),
+                        release: order.reserved != Some(Answer::Refused),
                     }
                 } else {
                     Next::Nothing
                 }
-            } else if order.paid == Some(true) && order.reserved == Some(true) && !order.ticket_sent
+            } else if order.paid == Some(Answer::Done)
+                && order.reserved == Some(Answer::Done)
+                && !order.ticket_sent
             {
                 order.ticket_sent = true;
                 Next::Ticket(order.pizzas.clone())
+            } else if order.baked && !order.delivery_sent {
+                order.delivery_sent = true;
+                Next::Deliver
             } else {
                 Next::Nothing
             };
@@ -357,6 +456,18 @@ impl FrontDesk {
                     // Not sent: let the redelivered reply try again.
                     if let Some(order) = lock(&self.inner.orders).get_mut(&order_id) {
                         order.ticket_sent = false;
+                    }
+                    return Err(e.into());
+                }
+            }
+            Next::Deliver => {
+                let sent = requester
+                    .send(&DeliverOrder { order_id }, self.options(order_id))
+                    .await;
+                if let Err(e) = sent {
+                    // Not sent: let the redelivered reply try again.
+                    if let Some(order) = lock(&self.inner.orders).get_mut(&order_id) {
+                        order.delivery_sent = false;
                     }
                     return Err(e.into());
                 }

@@ -8,12 +8,17 @@
 //! is the correlation state: every request is written to the SQLite correlation store in
 //! the run's data directory (`correlation.db`) before it is sent, so a reply can reach the
 //! front desk after a restart; the summary shows how many records were written and how many
-//! requests timed out.
+//! requests timed out. Payment, inventory and delivery keep their state in the run's store
+//! (`effects.sqlite`, or `--store`), as in the other styles.
+//!
+//! On a broker (`--bus`), the services run in this process, as child processes
+//! (`--services spawn`: `pizzeria service <name> --style messaging`, each with a store file
+//! of its own) or elsewhere (`--services external`).
 //!
 //! | module | concept |
 //! |---|---|
 //! | [`front_desk`] | the requester: orders, their steps and compensations |
-//! | [`services`] | payment, inventory and the kitchen as responders |
+//! | [`services`] | payment, inventory, the kitchen and delivery as responders |
 //! | [`crate::http`] | `POST /orders` and `GET /orders/{id}`, the one app of every style |
 
 pub mod front_desk;
@@ -28,22 +33,23 @@ use tabgrab::event::read_dead_letters;
 use tabgrab::messaging::{CorrelationStore, SqliteStore};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoffice::Backoffice;
 use crate::error::{Error, ErrorKind};
 use crate::menu::RARE_INGREDIENT;
 use crate::namespace::Connection;
-use crate::run::{Counts, RunConfig, Summary, bind_front_desk, drive};
+use crate::run::{
+    Children, Counts, Placement, RunConfig, Style, Summary, Wiring, bind_front_desk, drive,
+    open_store,
+};
 use crate::services::Stock;
 use front_desk::FrontDesk;
 use services::Services;
 
-/// The topics of the style: three request topics and the front desk's reply topic.
-fn topics() -> [String; 4] {
-    [
-        services::PAYMENT.to_owned(),
-        services::INVENTORY.to_owned(),
-        services::KITCHEN.to_owned(),
-        format!("replies.{}", front_desk::GROUP),
-    ]
+/// The topics of the style: four request topics and the front desk's reply topic.
+fn topics() -> Vec<String> {
+    let mut topics: Vec<String> = services::TOPICS.iter().map(|t| (*t).to_owned()).collect();
+    topics.push(format!("replies.{}", front_desk::GROUP));
+    topics
 }
 
 fn bus_error(what: &str, e: tabgrab::Error) -> Error {
@@ -95,13 +101,15 @@ impl Wire {
         }
     }
 
-    /// Closes the embedded bus, or deletes a namespace's topics on a broker.
-    async fn close(self) -> Result<(), Error> {
+    /// Closes the embedded bus, or deletes a namespace's topics on a broker unless they
+    /// belong to services started elsewhere (`keep`).
+    async fn close(self, keep: bool) -> Result<(), Error> {
         match self {
             Wire::Embedded(bus) => bus
                 .close()
                 .await
                 .map_err(|e| bus_error("the bus did not close cleanly", e)),
+            Wire::Broker(_) if keep => Ok(()),
             Wire::Broker(connection) => connection.clean_up().await.map(|_| ()),
         }
     }
@@ -110,9 +118,10 @@ impl Wire {
 /// Runs the restaurant in the messaging style; see the module docs and [`crate::run`].
 ///
 /// With `config.bus` (`nats://…`, `amqp://…`, maybe with `?namespace=…`) the requests and
-/// replies travel through that broker and every service runs in this process; the
-/// correlation store stays `correlation.db` in the data directory (one requester node). A
-/// namespace's topics are deleted at the end.
+/// replies travel through that broker, and the services run where `config.placement` says;
+/// the correlation store stays `correlation.db` in the data directory (one requester node). A
+/// namespace's topics are deleted at the end, unless the services run elsewhere
+/// (`--services external`: the topics are theirs).
 pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let started = Instant::now();
     let wire = match &config.bus {
@@ -149,19 +158,46 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let bus = wire.bus();
     let (appended_before, dead_before) = wire.tally()?;
     let truffles = config.truffles.unwrap_or(config.orders / 25);
-    let services = Services::start(
-        &bus,
-        Stock::generous().with(RARE_INGREDIENT, truffles),
-        config.ovens,
-        config.bake_time,
-    )
-    .map_err(|e| bus_error("cannot start the services", e))?;
+    let stock = Stock::generous().with(RARE_INGREDIENT, truffles);
+    let (services, children) = match (config.placement, &config.bus) {
+        (Placement::InProcess, _) => {
+            // Every service's durable state; each run is a new day: the shelf is restocked.
+            let store = open_store(&config, "effects").await?;
+            store.restock(&stock).await?;
+            let office = Backoffice::new(store, stock, config.ovens, config.bake_time);
+            let services = Services::start(&bus, office)
+                .map_err(|e| bus_error("cannot start the services", e))?;
+            services
+                .ready()
+                .await
+                .map_err(|e| bus_error("the services did not join the bus", e))?;
+            (Some(services), None)
+        }
+        (Placement::Spawn, Some(url)) => {
+            // A new day for the inventory process's shelf (its store outlives the run).
+            open_store(&config, "inventory")
+                .await?
+                .restock(&stock)
+                .await?;
+            let (cfg, url) = (config.clone(), url.clone());
+            let children = tokio::task::spawn_blocking(move || {
+                Children::spawn(&cfg, Wiring::Bus(url, Style::Messaging))
+            })
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, "spawning failed").with_source(e))??;
+            (None, Some(children))
+        }
+        (Placement::External, Some(_)) => (None, None),
+        // Refused before the run started (`run::check_placement`).
+        (_, None) => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "services in other processes share a broker: give --bus",
+            ));
+        }
+    };
     let desk = FrontDesk::start(&bus, Arc::clone(&store), config.request_timeout)
         .map_err(|e| bus_error("cannot start the front desk", e))?;
-    services
-        .ready()
-        .await
-        .map_err(|e| bus_error("the services did not join the bus", e))?;
     desk.ready()
         .await
         .map_err(|e| bus_error("the front desk did not join the bus", e))?;
@@ -185,11 +221,19 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         Err(_) => Ok(()),
     };
     let stats = desk.stats();
-    let service_stats = services.stats();
+    let (refunds, releases) = desk.compensations();
     let stopped_desk = desk.shutdown().await;
-    let stopped_services = services.shutdown().await;
+    let stopped_services = match services {
+        Some(services) => services.shutdown().await,
+        None => Ok(()),
+    };
+    if let Some(children) = children {
+        tokio::task::spawn_blocking(move || children.stop())
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, "stopping failed").with_source(e))?;
+    }
     let (appended_after, dead_after) = wire.tally()?;
-    let closed = wire.close().await;
+    let closed = wire.close(config.placement == Placement::External).await;
 
     let tally = driven?;
     settled?;
@@ -215,8 +259,8 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         &config,
         started,
         Counts {
-            refunds: service_stats.refunds,
-            releases: service_stats.releases,
+            refunds,
+            releases,
             events_published: appended_after.saturating_sub(appended_before),
             dead_letters: dead_after.saturating_sub(dead_before),
             correlation_records: Some(stats.records_written),

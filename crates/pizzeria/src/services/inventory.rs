@@ -70,31 +70,6 @@ impl Stock {
     pub(crate) fn levels(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         self.levels.iter().map(|(i, n)| (*i, *n))
     }
-
-    /// Takes `needs` if all of it is there; otherwise takes nothing and names what is short.
-    pub(crate) fn take(&mut self, needs: &[(&'static str, u64)]) -> Result<(), Vec<String>> {
-        let missing: Vec<String> = needs
-            .iter()
-            .filter(|(i, n)| self.level(i) < *n)
-            .map(|(i, _)| (*i).to_owned())
-            .collect();
-        if !missing.is_empty() {
-            return Err(missing);
-        }
-        for (i, n) in needs {
-            if let Some(level) = self.levels.get_mut(i) {
-                *level -= n;
-            }
-        }
-        Ok(())
-    }
-
-    /// Puts `needs` back on the shelf.
-    pub(crate) fn put_back(&mut self, needs: &[(&'static str, u64)]) {
-        for (i, n) in needs {
-            *self.levels.entry(i).or_default() += n;
-        }
-    }
 }
 
 /// Inventory's counters, for the run summary.
@@ -116,16 +91,60 @@ pub struct Inventory {
 }
 
 struct Inner {
-    /// The shelf, the reservations, the inbox and the outbox.
+    /// The shelf; its store also holds the reservations, the inbox and the outbox.
+    shelf: Shelf,
+    /// Counters: reserved, missing, released (committed in this process).
+    stats: [AtomicU64; 3],
+    /// The pizzas whose recipes it knows (`None`: the whole menu).
+    recipes: Option<Vec<&'static str>>,
+}
+
+/// A store's shelf and the stock it opens with, put on the shelf once per process at the
+/// first use (a store that already has levels keeps them: see [`Store::open_shelf`]). The
+/// events style's [`Inventory`] and the back office's storeroom both keep one.
+#[derive(Debug)]
+pub(crate) struct Shelf {
+    /// The shelf's store.
     store: Store,
     /// What the shelf holds at opening, if the store has no levels yet.
     opening: Stock,
     /// Set once the opening stock is on the store's shelf.
     shelved: OnceCell<()>,
-    /// Counters: reserved, missing, released (committed in this process).
-    stats: [AtomicU64; 3],
-    /// The pizzas whose recipes it knows (`None`: the whole menu).
-    recipes: Option<Vec<&'static str>>,
+}
+
+impl Shelf {
+    /// The shelf of `store`, opening with `opening`.
+    pub(crate) fn new(store: Store, opening: Stock) -> Shelf {
+        Shelf {
+            store,
+            opening,
+            shelved: OnceCell::new(),
+        }
+    }
+
+    /// The store, with the opening stock on its shelf.
+    pub(crate) async fn open(&self) -> Result<&Store, tabgrab::Error> {
+        self.shelved
+            .get_or_try_init(|| self.store.open_shelf(&self.opening))
+            .await?;
+        Ok(&self.store)
+    }
+
+    /// Units of `ingredient` on the shelf now.
+    pub(crate) async fn level(&self, ingredient: &str) -> Result<u64, tabgrab::Error> {
+        self.open().await?.level(ingredient).await
+    }
+}
+
+impl InventoryStats {
+    /// The counters reserved, missing, released.
+    pub(crate) fn load(counters: &[AtomicU64; 3]) -> InventoryStats {
+        InventoryStats {
+            reserved: counters[0].load(Ordering::Relaxed),
+            missing: counters[1].load(Ordering::Relaxed),
+            released: counters[2].load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl std::fmt::Debug for Inventory {
@@ -160,9 +179,7 @@ impl Inventory {
     pub fn new(store: Store, stock: Stock) -> Inventory {
         Inventory {
             inner: Arc::new(Inner {
-                store,
-                opening: stock,
-                shelved: OnceCell::new(),
+                shelf: Shelf::new(store, stock),
                 stats: Default::default(),
                 recipes: None,
             }),
@@ -185,9 +202,10 @@ impl Inventory {
             known.push(pizza.name);
         }
         let inner = Inner {
-            store: self.inner.store.clone(),
-            opening: self.inner.opening.clone(),
-            shelved: OnceCell::new(),
+            shelf: Shelf::new(
+                self.inner.shelf.store.clone(),
+                self.inner.shelf.opening.clone(),
+            ),
             stats: Default::default(),
             recipes: Some(known),
         };
@@ -198,27 +216,12 @@ impl Inventory {
 
     /// The counters so far.
     pub fn stats(&self) -> InventoryStats {
-        let s = &self.inner.stats;
-        InventoryStats {
-            reserved: s[0].load(Ordering::Relaxed),
-            missing: s[1].load(Ordering::Relaxed),
-            released: s[2].load(Ordering::Relaxed),
-        }
+        InventoryStats::load(&self.inner.stats)
     }
 
     /// Units of `ingredient` on the shelf now.
     pub async fn level(&self, ingredient: &str) -> Result<u64, tabgrab::Error> {
-        self.shelve().await?;
-        self.inner.store.level(ingredient).await
-    }
-
-    /// Puts the opening stock on the store's shelf, once per process.
-    async fn shelve(&self) -> Result<(), tabgrab::Error> {
-        self.inner
-            .shelved
-            .get_or_try_init(|| self.inner.store.open_shelf(&self.inner.opening))
-            .await?;
-        Ok(())
+        self.inner.shelf.level(ingredient).await
     }
 
     /// Starts inventory's consumer group.
@@ -261,11 +264,11 @@ impl Inventory {
             }
             pizzas.push(u8::try_from(index).unwrap_or(u8::MAX));
         }
-        self.shelve().await?;
+        let store = self.inner.shelf.open().await?;
         let needs = needs(&pizzas);
         let cause = ctx.envelope();
         let order = e.order_id.to_string();
-        let Some(mut unit) = self.inner.store.begin_once(GROUP, cause).await? else {
+        let Some(mut unit) = store.begin_once(GROUP, cause).await? else {
             return Ok(()); // a duplicate: reserved (or found missing) already
         };
         if unit.lock_order(GROUP, &order, false).await? {
@@ -286,7 +289,7 @@ impl Inventory {
         }
         // Something is short: take nothing. Undo the partial take in a fresh transaction.
         unit.rollback().await?;
-        let Some(mut unit) = self.inner.store.begin_once(GROUP, cause).await? else {
+        let Some(mut unit) = store.begin_once(GROUP, cause).await? else {
             return Ok(());
         };
         if unit.lock_order(GROUP, &order, false).await? {
@@ -305,10 +308,10 @@ impl Inventory {
 
     /// Puts the order's ingredients back if they were reserved and not released yet.
     async fn release(&self, e: OrderCancelled, ctx: &Context) -> Result<(), HandlerError> {
-        self.shelve().await?;
+        let store = self.inner.shelf.open().await?;
         let cause = ctx.envelope();
         let order = e.order_id.to_string();
-        let Some(mut unit) = self.inner.store.begin_once(GROUP, cause).await? else {
+        let Some(mut unit) = store.begin_once(GROUP, cause).await? else {
             return Ok(());
         };
         unit.lock_order(GROUP, &order, true).await?;
@@ -326,31 +329,5 @@ impl Inventory {
         unit.commit().await?;
         self.inner.stats[2].fetch_add(1, Ordering::Relaxed);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stock_is_taken_all_or_nothing() {
-        let mut stock = Stock::generous().with(menu::RARE_INGREDIENT, 1);
-        let tartufo = u8::try_from(MENU.iter().position(|p| p.name == "tartufo").unwrap()).unwrap();
-        let two = needs(&[tartufo, tartufo]);
-        assert_eq!(
-            stock.take(&two),
-            Err(vec![menu::RARE_INGREDIENT.to_owned()])
-        );
-        assert_eq!(
-            stock.level("dough"),
-            GENEROUS,
-            "nothing taken when something is short"
-        );
-        let one = needs(&[tartufo]);
-        assert_eq!(stock.take(&one), Ok(()));
-        assert_eq!(stock.level(menu::RARE_INGREDIENT), 0);
-        stock.put_back(&one);
-        assert_eq!(stock.level(menu::RARE_INGREDIENT), 1);
     }
 }

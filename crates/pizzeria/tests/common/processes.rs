@@ -74,6 +74,9 @@ pub(crate) struct Service {
     errors: Arc<Mutex<VecDeque<String>>>,
     /// The last value of each `name=<number>` figure it printed.
     figures: HashMap<String, u64>,
+    /// The line that said it was ready: `ready <name> <pid>` on a bus, `… listening on
+    /// <url>` in the call style.
+    pub(crate) ready: String,
 }
 
 impl Service {
@@ -99,8 +102,14 @@ impl Service {
         )
     }
 
-    /// Starts `pizzeria service <name> <args>` and waits (30 s at most) for its `ready` line.
+    /// Starts `pizzeria service <name> <args>` and waits (30 s at most) for its `ready` line
+    /// (on a bus) or the URL it listens on (call style).
     pub(crate) fn spawn(name: &'static str, args: &[&str]) -> Service {
+        Service::try_spawn(name, args).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Service::spawn`], or why the process did not get ready.
+    pub(crate) fn try_spawn(name: &'static str, args: &[&str]) -> Result<Service, String> {
         let mut child = pizzeria()
             .args(["service", name])
             .args(args)
@@ -136,13 +145,55 @@ impl Service {
             lines,
             errors,
             figures: HashMap::new(),
+            ready: String::new(),
         };
-        service.wait_for(
-            |l| l.starts_with("ready "),
-            "ready",
-            Duration::from_secs(30),
-        );
-        service
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match service.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("ready ") || line.contains(" listening on ") => {
+                    service.note(&line);
+                    service.ready = line;
+                    return Ok(service);
+                }
+                Ok(line) => service.note(&line),
+                Err(_) => {
+                    let _ = service.child.kill();
+                    let status = service.child.wait().ok();
+                    return Err(format!(
+                        "{name}: not ready within 30 s (exit: {status:?}); its stderr:\n{}",
+                        service.stderr_tail().join("\n")
+                    ));
+                }
+            }
+        }
+    }
+
+    /// [`Service::spawn`], tried again (for at most `within`) while the process exits before
+    /// it is ready: a restart on the port of a killed process may find the port not free yet.
+    pub(crate) fn respawn(name: &'static str, args: &[&str], within: Duration) -> Service {
+        let deadline = Instant::now() + within;
+        loop {
+            match Service::try_spawn(name, args) {
+                Ok(service) => return service,
+                Err(why) => assert!(
+                    Instant::now() < deadline,
+                    "{name} could not start again within {within:?}: {why}"
+                ),
+            }
+        }
+    }
+
+    /// The URL a call-style service listens on.
+    pub(crate) fn url(&self) -> &str {
+        self.ready
+            .rsplit_once(" listening on ")
+            .map_or("", |(_, url)| url.trim())
+    }
+
+    /// Whether it has exited (it could not start, or it died).
+    pub(crate) fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     /// Its last lines on stderr (at most 20), to say what it was doing when a check failed.

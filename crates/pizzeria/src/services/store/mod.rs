@@ -1,5 +1,7 @@
 //! The durable state of payment and inventory: their effects (the ledger, the reservations,
-//! the shelf), their inboxes and their outbox, in one SQL database.
+//! the shelf), their inboxes and their outbox, in one SQL database. The events style's
+//! services write it per event; the call and messaging styles' back office
+//! ([`crate::backoffice`]) writes the same tables per command (`commands`).
 //!
 //! # Why one transaction per event
 //! Delivery is at least once, and a service can die between any two steps. So each handler of
@@ -34,7 +36,8 @@
 //! This file holds [`Store`] and what every part shares (the opened database, `on_db!`, the
 //! shelf); the rest is one concept per module: `url` ([`StoreUrl`]), `connect` (the pools
 //! and tables), `unit` (one handler's transaction, and why an order's handlers take a row
-//! first), `batch` (SQLite's group commit), `relay` ([`StoreRelay`]) and `audit` ([`Audit`]).
+//! first), `commands` (the same effects asked for by command, in the call and messaging
+//! styles), `batch` (SQLite's group commit), `relay` ([`StoreRelay`]) and `audit` ([`Audit`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,6 +56,7 @@ use super::inventory::Stock;
 
 pub use audit::Audit;
 use batch::Batcher;
+pub(crate) use commands::{Charge, Reservation};
 use connect::connect;
 pub(crate) use orders::OrderRow;
 pub use relay::StoreRelay;
@@ -159,6 +163,7 @@ macro_rules! on_unit {
 // Declared after `on_db!` and `on_unit!`, which they use.
 mod audit;
 mod batch;
+mod commands;
 mod connect;
 mod orders;
 mod rail;

@@ -32,7 +32,7 @@ use tabgrab::{Envelope, Error, ErrorKind, Event};
 use tokio::sync::OwnedMutexGuard;
 
 use super::batch::{Batch, Batcher};
-use super::{Db, Gate, Parts, Store, kind, storage};
+use super::{Db, Gate, Parts, Store, storage};
 use crate::messages::TOPIC;
 
 impl Store {
@@ -162,16 +162,8 @@ impl Unit {
 
     /// The amount charged for `order_id` and not refunded, if any.
     pub(crate) async fn refundable(&mut self, order_id: &str) -> Result<Option<u64>, Error> {
-        let sql = "SELECT kind, amount_cents FROM pizzeria_payment_ledger WHERE order_id = $1 ORDER BY seq";
-        let rows: Vec<(String, i64)> = on_unit!(self, tx, _p => sqlx::query_as(sql)
-            .bind(order_id)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(storage("read the ledger"))?);
-        let charged = rows.iter().find(|(k, _)| k == kind::CHARGE);
-        let refunded = rows.iter().any(|(k, _)| k == kind::REFUND);
-        Ok(match charged {
-            Some((_, amount)) if !refunded => Some(u64::try_from(*amount).unwrap_or(0)),
+        Ok(match self.payments(order_id).await? {
+            (Some(charged), None) => Some(charged),
             _ => None,
         })
     }
@@ -272,18 +264,8 @@ impl Unit {
 
     /// The pizzas (menu indices) reserved for `order_id` and not released, if any.
     pub(crate) async fn releasable(&mut self, order_id: &str) -> Result<Option<Vec<u8>>, Error> {
-        let sql = "SELECT kind, pizzas FROM pizzeria_inventory_reservations WHERE order_id = $1 ORDER BY seq";
-        let rows: Vec<(String, String)> = on_unit!(self, tx, _p => sqlx::query_as(sql)
-            .bind(order_id)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(storage("read the reservations"))?);
-        let reserved = rows.iter().find(|(k, _)| k == kind::RESERVE);
-        let released = rows.iter().any(|(k, _)| k == kind::RELEASE);
-        Ok(match reserved {
-            Some((_, pizzas)) if !released => {
-                Some(pizzas.split(',').filter_map(|p| p.parse().ok()).collect())
-            }
+        Ok(match self.reservations(order_id).await? {
+            (Some(pizzas), false) => Some(pizzas),
             _ => None,
         })
     }
@@ -356,6 +338,7 @@ mod tests {
     use super::*;
     use crate::menu::RARE_INGREDIENT;
     use crate::services::inventory::{GENEROUS, Stock};
+    use crate::services::store::kind;
 
     /// Takes from `store`'s shelf: all or nothing, naming what is short (an ingredient the
     /// shelf never had included), and nothing left taken after a rollback.

@@ -1,6 +1,7 @@
-//! The kitchen, call style: handles `PlaceTicket` by baking in one of a fixed number of ovens
-//! and answering when the pizzas are out. A caller that gives up (its deadline passed) drops
-//! the bake, which frees the oven. A ticket out of its bounds
+//! The kitchen: answers `PlaceTicket` by baking in one of a fixed number of ovens
+//! and answering when the pizzas are out. A caller that gives up (a call's deadline passed)
+//! drops the bake, which frees the oven. The kitchen keeps no state: a repeated ticket bakes
+//! again, which costs oven time and nothing else. A ticket out of its bounds
 //! ([`PlaceTicket::check`](crate::commands::PlaceTicket::check)) is refused as invalid input
 //! before it takes an oven.
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tabgrab::call::{HandlerError, Handlers};
+use tabgrab::HandlerError;
 use tokio::sync::Semaphore;
 
 use crate::commands::{Baked, PlaceTicket};
@@ -39,8 +40,10 @@ impl Ovens {
         self.baked.load(Ordering::Relaxed)
     }
 
-    /// Bakes an order.
+    /// Bakes an order (after checking its bounds).
     pub async fn bake(&self, t: &PlaceTicket) -> Result<Baked, HandlerError> {
+        t.check()
+            .map_err(|invalid| HandlerError::invalid(invalid.0))?;
         let _oven = Arc::clone(&self.ovens).acquire_owned().await.map_err(|_| {
             HandlerError::transient(tabgrab::Error::new(
                 tabgrab::ErrorKind::Closed,
@@ -51,15 +54,6 @@ impl Ovens {
         self.baked.fetch_add(1, Ordering::Relaxed);
         Ok(Baked {
             order_id: t.order_id,
-        })
-    }
-
-    /// The handler of `PlaceTicket`.
-    pub fn handlers(&self) -> Handlers {
-        Handlers::new().handle_with(self.clone(), |kitchen, t: PlaceTicket, _ctx| async move {
-            t.check()
-                .map_err(|invalid| HandlerError::invalid(invalid.0))?;
-            kitchen.bake(&t).await
         })
     }
 }
