@@ -293,7 +293,8 @@ pub struct RunArgs {
     /// payment, inventory, delivery and --kitchens kitchens, each `pizzeria service <name>`
     /// with a store of its own), or not at all (`external`: started with `pizzeria service`).
     /// The events and messaging styles need --bus for `spawn` and `external` (the embedded
-    /// log belongs to one process); the calls style spawns without one.
+    /// log belongs to one process); the calls style spawns without one. Spawned services
+    /// stop with the run, even when it is killed.
     #[arg(long, value_enum, default_value = "in-process")]
     pub services: crate::run::Placement,
     /// With --services spawn: kitchen processes sharing the kitchen's consumer group.

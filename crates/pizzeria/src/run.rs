@@ -307,7 +307,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let watcher = pizzeria.front_desk.watch();
 
     let (listener, addr) = bind_front_desk().await?;
-    announce(addr);
+    announce(addr, true);
     let stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
@@ -763,9 +763,13 @@ impl Children {
                         .env_remove("PIZZERIA_BUS");
                 }
             }
+            // Its stdin is a pipe held by this process: if this run dies, even by SIGKILL,
+            // the child sees the pipe close and stops (see `service::PARENT_PIPE_VAR`).
             command
                 .args(["--ovens", &config.ovens.to_string()])
                 .args(["--bake-ms", &config.bake_time.as_millis().to_string()])
+                .env(crate::service::PARENT_PIPE_VAR, "1")
+                .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::inherit());
             match &config.kitchen_db {
@@ -953,7 +957,7 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     };
     let watcher = front_desk.watch();
     let (listener, addr) = bind_front_desk().await?;
-    announce(addr);
+    announce(addr, true);
     let stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
@@ -1028,11 +1032,15 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
     ))
 }
 
-/// Tells the user where the front desk listens while the run lasts.
-fn announce(addr: SocketAddr) {
-    eprintln!(
-        "front desk: http://{addr} (POST /orders, GET /orders/{{id}}); after the run, `pizzeria orders` reads every order back"
-    );
+/// Tells the user where the front desk listens while the run lasts; `durable_view`: the
+/// events style's front desk, whose view of the orders outlives the run.
+pub(crate) fn announce(addr: SocketAddr, durable_view: bool) {
+    let after = if durable_view {
+        "; after the run, `pizzeria orders` reads every order back"
+    } else {
+        ", while the run lasts"
+    };
+    eprintln!("front desk: http://{addr} (POST /orders, GET /orders/{{id}}){after}");
 }
 
 /// The dead letters of the pizzeria topic so far (0 if they cannot be read).

@@ -280,8 +280,47 @@ async fn report_until<F, Fut>(
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Set (to `1`) by `pizzeria run --services spawn` on its children, whose stdin is a pipe from
+/// the run: when the run dies, even by SIGKILL, the pipe closes and the child stops as on
+/// SIGTERM, instead of living on as an orphan that holds its port and its consumer group.
+pub const PARENT_PIPE_VAR: &str = "PIZZERIA_PARENT_PIPE";
+
+/// Completes on SIGINT or SIGTERM, or when the parent run is gone ([`PARENT_PIPE_VAR`]).
 pub async fn signal() {
+    let parent_gone = async {
+        if std::env::var(PARENT_PIPE_VAR).is_ok_and(|v| v == "1") {
+            parent_gone().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = os_signal() => {}
+        () = parent_gone => eprintln!("the run that started this service is gone: stopping"),
+    }
+}
+
+/// Completes when stdin reaches its end (or fails): the parent's end of the pipe closed.
+/// Read on a thread of its own, not tokio's blocking pool, which the runtime would wait for
+/// at exit (a read of stdin that never ends would then keep the process alive).
+async fn parent_gone() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn os_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

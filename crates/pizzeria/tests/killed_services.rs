@@ -512,3 +512,98 @@ async fn messaging_on_rabbitmq_killed_payment_and_inventory_processes_lose_and_r
     }
     messaging_kill_test("rabbitmq", "amqp://guest:guest@127.0.0.1:5672/%2f").await;
 }
+
+/// The PIDs of `parent`'s children, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: the fields after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether `pid` still runs (a zombie, dead and not yet reaped, does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Kills (SIGKILL) the processes still alive of these PIDs when dropped.
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in self.0.iter().filter(|p| alive(**p)) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// `pizzeria run --services spawn` killed with SIGKILL (its children get no SIGTERM from it)
+/// leaves no service running: each child sees the pipe from its parent close and stops.
+#[test]
+fn the_children_of_a_killed_run_stop() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = pizzeria()
+        .args([
+            "run",
+            "--style",
+            "calls",
+            "--services",
+            "spawn",
+            "--orders",
+            "10000000",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run announces its front desk once every child is ready.
+    let stderr = run.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let announced = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("front desk: ") || l.contains("orders accepted"));
+    assert!(announced, "the run never announced its front desk");
+    let children = children_of(run.id());
+    // Should this test fail, the children do not outlive it.
+    let _reaper = Reaper(children.clone());
+    assert_eq!(
+        children.len(),
+        4,
+        "payment, inventory, kitchen, delivery: {children:?}"
+    );
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while children.iter().any(|pid| alive(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "still running 15 s after their run was killed: {:?}",
+            children.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

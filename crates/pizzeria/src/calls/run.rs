@@ -127,6 +127,9 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let waiter = peers.waiter();
     let listener = bind().await?;
     let front_url = addr_of(&listener)?;
+    if let Ok(addr) = listener.local_addr() {
+        crate::run::announce(addr, false);
+    }
     servers.push(tokio::spawn(tabgrab::call::serve(
         listener,
         crate::http::app(waiter.clone()),

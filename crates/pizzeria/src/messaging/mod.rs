@@ -204,6 +204,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     let watcher = desk.watch();
 
     let (listener, addr) = bind_front_desk().await?;
+    crate::run::announce(addr, false);
     let stop = CancellationToken::new();
     let server = tokio::spawn(crate::http::serve(
         listener,
