@@ -198,6 +198,22 @@ async fn request_awaits_the_outcome_in_place() {
         "{timed_out}"
     );
     assert!(timed_out.rejection().is_none());
+    // A request with no route is refused before anything is stored, and the error says how
+    // to add one, naming the Rust type.
+    let unrouted = Requester::builder(&bus, "unrouted")
+        .store(MemoryStore::new())
+        .start()
+        .unwrap();
+    let no_route = unrouted
+        .request(&charge("o-12", 1), SendOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(no_route.kind(), tabgrab::ErrorKind::UnknownType);
+    assert!(
+        no_route.to_string().contains(".route::<Charge>(topic)"),
+        "{no_route}"
+    );
+    unrouted.shutdown().await.unwrap();
     requester.shutdown().await.unwrap();
 }
 

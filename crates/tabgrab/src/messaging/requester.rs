@@ -779,10 +779,14 @@ impl Requester {
     ) -> Result<(), Error> {
         let inner = &self.inner;
         let route = inner.routes.get(R::TYPE).ok_or_else(|| {
+            // The Rust name of the request, as the user wrote it (without its module path).
+            let full = std::any::type_name::<R>();
+            let path = full.split('<').next().unwrap_or(full);
+            let name = path.rsplit("::").next().unwrap_or(path);
             Error::new(
                 ErrorKind::UnknownType,
                 format!(
-                    "requester group {} has no route for {}: add .on_reply::<..>(topic, handler) or .route::<..>(topic) to its builder",
+                    "requester group {} has no route for {}: add .on_reply(topic, |o: Outcome<{name}>, ctx| ..) or .route::<{name}>(topic) to its builder",
                     inner.group,
                     R::TYPE
                 ),
