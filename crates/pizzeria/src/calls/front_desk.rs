@@ -345,7 +345,8 @@ async fn place_order(waiter: &Waiter, order: ValidOrder) -> Response {
         return e;
     }
 
-    // 3. Kitchen, then 4. delivery: a failure of either undoes the charge and the reservation.
+    // 2. The kitchen, then 3. delivery: a failure of either undoes the charge and the
+    // reservation.
     waiter.note(order_id, amount, "baking", None);
     let ticket = PlaceTicket {
         order_id,
