@@ -217,6 +217,51 @@ async fn inject(
     duplicates.len()
 }
 
+/// What RabbitMQ's own dead-letter queue holds (shared by every namespace): where a message
+/// goes that the quorum queue's `x-delivery-limit` gave up on without tabgrab seeing it, the
+/// suspect when a bad message is missing from a group's dead letters (`chaos_on_rabbitmq`
+/// flaked so twice, replays pass). Empty on other engines.
+fn broker_dead_letters() -> String {
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages"])
+        .output();
+    match listed {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("tabgrab.broker-dead-letters"))
+            .map(|l| format!("RabbitMQ queue (name, messages): {l}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits (bounded) until every group that must dead-letter bad input exists on the bus. On
+/// RabbitMQ a group is a queue, declared when its first member joins, and a message published
+/// before that never reaches it: the front desk's group comes with the first run, and a bad
+/// message injected while that run was still starting (a loaded machine) was missing from the
+/// front desk's dead letters ever after (`chaos_on_rabbitmq`, seeds 14414617592117461384 and
+/// 13287281664187314243: the first injection's first messages).
+async fn await_groups(seed: u64, bus: &Bus) {
+    let deadline = Instant::now() + LAG_BOUND;
+    loop {
+        let mut absent = Vec::new();
+        for group in EVERY_GROUP {
+            if !matches!(bus.lag(TOPIC, group).await, Ok(Some(_))) {
+                absent.push(*group);
+            }
+        }
+        if absent.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: groups {absent:?} did not join within {LAG_BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded) until every bad message is a dead letter, with a reason, in each group
 /// that must give up on it; returns how many dead letters the topic holds.
 async fn check_dead_letters(seed: u64, bus: &Bus, bad: &[Bad]) -> usize {
@@ -255,8 +300,9 @@ async fn check_dead_letters(seed: u64, bus: &Bus, bad: &[Bad]) -> usize {
                 .collect();
             panic!(
                 "seed {seed}: bad messages not dead-lettered within {LAG_BOUND:?}: {missing:?}; \
-                 the topic holds {} dead letters, (group, reason): {seen:?}",
-                letters.len()
+                 the topic holds {} dead letters, (group, reason): {seen:?}; {}",
+                letters.len(),
+                broker_dead_letters()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -679,6 +725,7 @@ async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
             // Every seed meets bad input with the front desk's group up (or about to come
             // up: it exists since the first run, so its backlog waits for it).
             let copies = recorder.sample(rng.random_range(1..20));
+            await_groups(seed, &bus).await;
             outcome.duplicates += inject(&bus, &mut rng, engine.oversize(), copies, &mut bad).await;
             injected = true;
         }
@@ -701,6 +748,7 @@ async fn broker(seed: u64, plan: Plan, mut engine: Broker) -> Outcome {
                 }
                 5..7 if !injected => {
                     let copies = recorder.sample(rng.random_range(1..20));
+                    await_groups(seed, &bus).await;
                     outcome.duplicates +=
                         inject(&bus, &mut rng, engine.oversize(), copies, &mut bad).await;
                     injected = true;
