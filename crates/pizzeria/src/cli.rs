@@ -511,23 +511,19 @@ async fn service_command(args: ServiceArgs) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(|e| {
         Error::new(ErrorKind::Io, "cannot read the listening address").with_source(e)
     })?;
-    // Payment, inventory and delivery answer from their store; the kitchen and the front
-    // desk keep none.
+    // The front desk keeps no back office; it calls the others.
     let office = match args.name {
         crate::service::ServiceName::FrontDesk => None,
-        name => {
-            let store = match name {
-                crate::service::ServiceName::Kitchen => crate::services::Store::memory(),
-                _ => crate::service::open(name, args.store).await?,
-            };
-            Some(crate::calls::Backoffice::new(
-                store,
-                crate::services::Stock::generous()
-                    .with(crate::menu::RARE_INGREDIENT, args.truffles),
+        name => Some(
+            crate::service::office(
+                name,
+                args.store,
+                Some(args.truffles),
                 usize::try_from(args.ovens).unwrap_or(usize::MAX),
                 Duration::from_millis(args.bake_ms),
-            ))
-        }
+            )
+            .await?,
+        ),
     };
     let peers = match (args.payment, args.inventory, args.kitchen, args.delivery) {
         (Some(payment), Some(inventory), Some(kitchen), Some(delivery)) => {

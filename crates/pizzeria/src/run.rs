@@ -715,9 +715,31 @@ pub(crate) enum Wiring {
 }
 
 /// Child service processes, killed (SIGKILL) when dropped if they were not stopped.
-pub(crate) struct Children(Vec<(String, std::process::Child)>, Vec<String>);
+pub(crate) struct Children {
+    /// Each child with its service's name.
+    processes: Vec<(String, std::process::Child)>,
+    /// The URL each listens on, in spawning order (calls; empty strings on a bus).
+    urls: Vec<String>,
+}
 
 impl Children {
+    /// Restocks the inventory process's shelf (its store outlives the run: each run is a new
+    /// day), then spawns the services ([`Children::spawn`]) off the runtime's threads.
+    pub(crate) async fn start(
+        config: &RunConfig,
+        stock: &Stock,
+        wiring: Wiring,
+    ) -> Result<Children, Error> {
+        open_store(config, "inventory")
+            .await?
+            .restock(stock)
+            .await?;
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Children::spawn(&config, wiring))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, "spawning failed").with_source(e))?
+    }
+
     /// Spawns `pizzeria service <name>` processes and waits until each printed `ready` (on a
     /// bus) or the URL it listens on (calls).
     pub(crate) fn spawn(config: &RunConfig, wiring: Wiring) -> Result<Children, Error> {
@@ -739,12 +761,18 @@ impl Children {
                 "several kitchens share one rail: give --kitchen-db postgres://… (or a PostgreSQL --store)",
             ));
         }
-        let mut names = vec!["payment", "inventory", "delivery"];
-        names.extend(std::iter::repeat_n("kitchen", kitchens));
-        if matches!(wiring, Wiring::Calls) {
-            names = vec!["payment", "inventory", "kitchen", "delivery"];
-        }
-        let mut children = Children(Vec::new(), vec![String::new(); names.len()]);
+        // The call style's in the order of its front desk's URLs ([`Children::urls`]).
+        let names: Vec<&str> = match wiring {
+            Wiring::Calls => vec!["payment", "inventory", "kitchen", "delivery"],
+            Wiring::Bus(..) => ["payment", "inventory", "delivery"]
+                .into_iter()
+                .chain(std::iter::repeat_n("kitchen", kitchens))
+                .collect(),
+        };
+        let mut children = Children {
+            processes: Vec::new(),
+            urls: vec![String::new(); names.len()],
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         for (i, name) in names.into_iter().enumerate() {
             let mut command = std::process::Command::new(&exe);
@@ -802,20 +830,20 @@ impl Children {
                     }
                 });
             }
-            children.0.push((name.to_owned(), child));
+            children.processes.push((name.to_owned(), child));
         }
         drop(tx);
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut ready = 0;
-        while ready < children.0.len() {
+        while ready < children.processes.len() {
             if let Ok((i, url)) = rx.recv_timeout(Duration::from_millis(100)) {
-                if let Some(slot) = children.1.get_mut(i) {
+                if let Some(slot) = children.urls.get_mut(i) {
                     *slot = url;
                 }
                 ready += 1;
                 continue;
             }
-            for (name, child) in &mut children.0 {
+            for (name, child) in &mut children.processes {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(Error::new(
                         ErrorKind::Bus,
@@ -837,19 +865,26 @@ impl Children {
 
     /// The URL each child listens on, in spawning order (calls; empty on a bus).
     pub(crate) fn urls(&self) -> Vec<String> {
-        self.1.clone()
+        self.urls.clone()
+    }
+
+    /// [`Children::stop`] off the runtime's threads.
+    pub(crate) async fn shutdown(self) -> Result<(), Error> {
+        tokio::task::spawn_blocking(move || self.stop())
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, "stopping failed").with_source(e))
     }
 
     /// Stops every child with SIGTERM and waits (SIGKILL after 10 s).
-    pub(crate) fn stop(mut self) {
-        for (_, child) in &self.0 {
+    fn stop(mut self) {
+        for (_, child) in &self.processes {
             if let Ok(pid) = libc::pid_t::try_from(child.id()) {
                 // Through kill(1): the workspace forbids unsafe code, and libc::kill is unsafe.
                 let _ = nix_kill(pid, libc::SIGTERM);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        for (name, child) in &mut self.0 {
+        for (name, child) in &mut self.processes {
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
@@ -865,13 +900,13 @@ impl Children {
                 }
             }
         }
-        self.0.clear();
+        self.processes.clear();
     }
 }
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
+        for (_, child) in &mut self.processes {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -915,22 +950,14 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
         stock: Stock::generous().with(RARE_INGREDIENT, truffles),
     };
     let children = match config.placement {
-        Placement::Spawn => {
-            // A new day for the inventory process's shelf (its store outlives the run).
-            open_store(&config, "inventory")
-                .await?
-                .restock(&settings.stock)
-                .await?;
-            let url = url.to_owned();
-            let cfg = config.clone();
-            Some(
-                tokio::task::spawn_blocking(move || {
-                    Children::spawn(&cfg, Wiring::Bus(url, Style::Events))
-                })
-                .await
-                .map_err(|e| Error::new(ErrorKind::Io, "spawning failed").with_source(e))??,
+        Placement::Spawn => Some(
+            Children::start(
+                &config,
+                &settings.stock,
+                Wiring::Bus(url.to_owned(), Style::Events),
             )
-        }
+            .await?,
+        ),
         _ => None,
     };
     let dead_before = count_dead_letters(&bus).await;
@@ -993,9 +1020,7 @@ async fn run_on_bus(config: RunConfig, url: &str) -> Result<Summary, Error> {
         relay.shutdown().await?;
     }
     if let Some(children) = children {
-        tokio::task::spawn_blocking(move || children.stop())
-            .await
-            .map_err(|e| Error::new(ErrorKind::Io, "stopping failed").with_source(e))?;
+        children.shutdown().await?;
     }
     // A namespace this run owns (its services were here or its children) is deleted, unless
     // it holds dead letters: those are kept for `pizzeria dead-letters --bus`. With external

@@ -112,6 +112,9 @@ pub async fn serve(
             ),
         ));
     }
+    if config.style == crate::run::Style::Messaging {
+        return respond(config, bus, shutdown).await;
+    }
     // Several kitchens share one store through PostgreSQL (`--kitchen-db` names it, as
     // `--store` does).
     let store = open(
@@ -122,9 +125,6 @@ pub async fn serve(
         },
     )
     .await?;
-    if config.style == crate::run::Style::Messaging {
-        return respond(config, bus, store, shutdown).await;
-    }
     let relay = store.relay(&bus);
     let mut kitchen = None;
     let subscription: Subscription = match config.name {
@@ -191,6 +191,27 @@ pub(crate) async fn open(name: ServiceName, url: Option<String>) -> Result<Store
     Ok(store)
 }
 
+/// The back office of one service of the call or messaging style: payment, inventory and
+/// delivery answer from their store at `url` (see [`open`]); the kitchen keeps no state.
+pub(crate) async fn office(
+    name: ServiceName,
+    url: Option<String>,
+    truffles: Option<u64>,
+    ovens: usize,
+    bake_time: Duration,
+) -> Result<crate::backoffice::Backoffice, Error> {
+    let store = match name {
+        ServiceName::Kitchen => Store::memory(),
+        _ => open(name, url).await?,
+    };
+    Ok(crate::backoffice::Backoffice::new(
+        store,
+        opening_stock(truffles),
+        ovens,
+        bake_time,
+    ))
+}
+
 /// The opening stock of an inventory: `truffles` of the rare ingredient, plenty of the rest.
 fn opening_stock(truffles: Option<u64>) -> Stock {
     match truffles {
@@ -203,7 +224,6 @@ fn opening_stock(truffles: Option<u64>) -> Stock {
 async fn respond(
     config: ServiceConfig,
     bus: tabgrab::backend::Bus,
-    store: Store,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     use crate::messaging::services::{DELIVERY, INVENTORY, KITCHEN, PAYMENT, Services};
@@ -220,12 +240,14 @@ async fn respond(
             ));
         }
     };
-    let office = crate::backoffice::Backoffice::new(
-        store,
-        opening_stock(config.truffles),
+    let office = office(
+        config.name,
+        config.store.clone(),
+        config.truffles,
         config.ovens,
         config.bake_time,
-    );
+    )
+    .await?;
     let services = Services::start_only(&bus, office, &[topic])
         .map_err(bus_error("cannot start the responder"))?;
     services

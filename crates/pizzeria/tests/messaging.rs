@@ -1,7 +1,7 @@
 //! The messaging style end to end: the front desk answers 202 at once, `GET /orders/{id}`
 //! follows the order from pending to delivered or failed with the reason, requests to a
 //! service that is down time out and fail the order, and the `pizzeria` binary's messaging run
-//! adds up.
+//! adds up, in one process and with a process per service on NATS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -215,4 +215,49 @@ fn pizzeria_run_in_the_messaging_style_adds_up() {
     assert!(refunds > 0 && releases > 0, "{s}");
     assert_eq!(s["timeouts"], 0);
     assert_eq!(s["dead_letters"], 0);
+}
+
+/// `--services spawn` on a broker: payment, inventory, the kitchen and delivery as
+/// `pizzeria service <name> --style messaging` processes, each with its SQLite file.
+#[test]
+fn a_messaging_run_with_a_process_per_service_adds_up_on_nats() {
+    if !tabgrab_testkit::services::require("NATS", "127.0.0.1:4222") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = format!("spawned{}", uuid::Uuid::now_v7().simple());
+    let output = Command::new(env!("CARGO_BIN_EXE_pizzeria"))
+        .args([
+            "run",
+            "--style",
+            "messaging",
+            "--services",
+            "spawn",
+            "--orders",
+            "200",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env(
+            "PIZZERIA_BUS",
+            format!("nats://127.0.0.1:4222?namespace={namespace}"),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let s: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(s["accepted"], 200, "{s}");
+    let delivered = s["delivered"].as_u64().unwrap();
+    assert_eq!(delivered + s["failed"].as_u64().unwrap(), 200, "{s}");
+    assert!(delivered > 100 && s["refunds"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["timeouts"], 0, "{s}");
+    // Each service kept its state in a file of its own.
+    for service in ["payment", "inventory", "delivery"] {
+        assert!(
+            dir.path().join(format!("{service}.sqlite")).exists(),
+            "{service}: {stderr}"
+        );
+    }
 }

@@ -37,6 +37,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tabgrab::ErrorKind;
 use tabgrab::call::{CallError, CallOptions, Client};
+use tabgrab::retry::Backoff;
 use uuid::Uuid;
 
 use crate::commands::{
@@ -177,9 +178,14 @@ impl Waiter {
         R: tabgrab::Request + Send + Sync + 'static,
         R::Response: Undoes,
     {
-        let options =
-            || CallOptions::timeout(self.order_timeout).idempotency_key(format!("undo-{order_id}"));
-        match client.call_with(&command, options()).await {
+        let options = move |timeout: Duration| {
+            CallOptions::timeout(timeout.max(Duration::from_millis(1)))
+                .idempotency_key(format!("undo-{order_id}"))
+        };
+        match client
+            .call_with(&command, options(self.order_timeout))
+            .await
+        {
             Ok(answer) => {
                 answer.count(&self.undone);
                 return true;
@@ -194,20 +200,21 @@ impl Waiter {
             (client.clone(), Arc::clone(&self.undone), self.order_timeout);
         self.undone.tasks.spawn(async move {
             let deadline = Instant::now() + timeout;
-            let mut pause = Duration::from_millis(20);
-            loop {
-                tokio::time::sleep(pause).await;
+            let backoff = Backoff {
+                base: Duration::from_millis(20),
+                max: Duration::from_millis(500),
+            };
+            for retry in 1.. {
+                tokio::time::sleep(backoff.delay(retry)).await;
                 let left = deadline.saturating_duration_since(Instant::now());
-                let options = CallOptions::timeout(left.max(Duration::from_millis(1)))
-                    .idempotency_key(format!("undo-{order_id}"));
-                match client.call_with(&command, options).await {
+                match client.call_with(&command, options(left)).await {
                     Ok(answer) => return answer.count(&undone),
                     Err(e) if e.rejection().is_some() || Instant::now() >= deadline => {
                         undone.abandoned.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%order_id, error = %e, "a compensation was not done");
                         return;
                     }
-                    Err(_) => pause = (pause * 2).min(Duration::from_millis(500)),
+                    Err(_) => {}
                 }
             }
         });

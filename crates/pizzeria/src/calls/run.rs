@@ -90,17 +90,8 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
             urls
         }
         Placement::Spawn => {
-            // A new day for the inventory process's shelf (its store outlives the run).
-            open_store(&config, "inventory")
-                .await?
-                .restock(&stock)
-                .await?;
-            let cfg = config.clone();
-            let spawned = tokio::task::spawn_blocking(move || {
-                crate::run::Children::spawn(&cfg, crate::run::Wiring::Calls)
-            })
-            .await
-            .map_err(|e| Error::new(ErrorKind::Io, "spawning failed").with_source(e))??;
+            let spawned =
+                crate::run::Children::start(&config, &stock, crate::run::Wiring::Calls).await?;
             let urls = spawned.urls();
             children = Some(spawned);
             urls
@@ -148,9 +139,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
     }
     stop.cancel();
     if let Some(children) = children {
-        tokio::task::spawn_blocking(move || children.stop())
-            .await
-            .map_err(|e| Error::new(ErrorKind::Io, "stopping failed").with_source(e))?;
+        children.shutdown().await?;
     }
     for server in servers {
         match server.await {

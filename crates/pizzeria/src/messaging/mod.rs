@@ -174,18 +174,8 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
             (Some(services), None)
         }
         (Placement::Spawn, Some(url)) => {
-            // A new day for the inventory process's shelf (its store outlives the run).
-            open_store(&config, "inventory")
-                .await?
-                .restock(&stock)
-                .await?;
-            let (cfg, url) = (config.clone(), url.clone());
-            let children = tokio::task::spawn_blocking(move || {
-                Children::spawn(&cfg, Wiring::Bus(url, Style::Messaging))
-            })
-            .await
-            .map_err(|e| Error::new(ErrorKind::Io, "spawning failed").with_source(e))??;
-            (None, Some(children))
+            let wiring = Wiring::Bus(url.clone(), Style::Messaging);
+            (None, Some(Children::start(&config, &stock, wiring).await?))
         }
         (Placement::External, Some(_)) => (None, None),
         // Refused before the run started (`run::check_placement`).
@@ -229,9 +219,7 @@ pub async fn run(config: RunConfig) -> Result<Summary, Error> {
         None => Ok(()),
     };
     if let Some(children) = children {
-        tokio::task::spawn_blocking(move || children.stop())
-            .await
-            .map_err(|e| Error::new(ErrorKind::Io, "stopping failed").with_source(e))?;
+        children.shutdown().await?;
     }
     let (appended_after, dead_after) = wire.tally()?;
     let closed = wire.close(config.placement == Placement::External).await;
