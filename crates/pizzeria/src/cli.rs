@@ -41,8 +41,9 @@ pub enum Command {
     /// service needs to run): counts by fate, and each order that has not ended with its
     /// history; `--check` fails if one has not.
     Orders(OrdersArgs),
-    /// Measure the embedded backend beside the disk's own fdatasync: durable publish
-    /// throughput and publish-to-handler latency at a fixed rate (see BENCHMARKS.md).
+    /// Measure the embedded backend beside the disk's own fdatasync and a bare group commit
+    /// at the same rate: durable publish throughput and publish-to-handler latency at a fixed
+    /// rate (see BENCHMARKS.md).
     Bench(BenchArgs),
     /// Run one service alone, as its own process. Call style (no --bus, `--listen`):
     /// payment, inventory, the kitchen or delivery answer their commands over HTTP

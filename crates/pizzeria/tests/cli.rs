@@ -103,3 +103,59 @@ fn dead_letters_of_a_missing_directory_is_a_one_line_error() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("holds no pizzeria data"), "{stderr}");
 }
+
+/// `pizzeria bench` measures every figure beside its baselines in one run, on the directory
+/// given, and leaves nothing behind there.
+#[test]
+fn bench_reports_the_bus_beside_the_disk_and_a_bare_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = pizzeria()
+        .args([
+            "bench",
+            "--seconds",
+            "1",
+            "--publishers",
+            "64",
+            "--rate",
+            "2000",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    assert!(
+        stderr.contains("bare group commit at 2000/s"),
+        "the table goes to stderr: {stderr}"
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let field = |name: &str| {
+        report[name]
+            .as_u64()
+            .or_else(|| report[name].as_f64().map(|f| f as u64))
+            .unwrap_or_else(|| panic!("{name} missing: {report}"))
+    };
+    // Two events per millisecond for a second, every one delivered.
+    assert_eq!(field("e2e_events"), 2000, "{report}");
+    assert!(field("fdatasync_per_sec") > 0, "{report}");
+    assert!(field("publish_per_sec") > 0, "{report}");
+    for (p50, p99) in [
+        ("fdatasync_p50_us", "fdatasync_p99_us"),
+        ("group_commit_p50_us", "group_commit_p99_us"),
+        ("e2e_p50_us", "e2e_p99_us"),
+    ] {
+        assert!(field(p50) > 0, "{p50}: {report}");
+        assert!(field(p99) >= field(p50), "{p99} below {p50}: {report}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the scratch directory is removed: {left:?}"
+    );
+}

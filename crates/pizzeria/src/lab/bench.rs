@@ -1,14 +1,20 @@
 //! `pizzeria bench`: the embedded backend's speed, side by side with the disk's own.
 //!
 //! Three figures, measured in one run on the same directory:
-//! 1. **baseline**: the raw `fdatasync` rate and latency of this disk (append a small write,
-//!    `fdatasync`, repeat): the ceiling of any durable, unbatched system here;
+//! 1. **baselines**: the raw `fdatasync` rate and latency of this disk (append a small write,
+//!    `fdatasync`, repeat): the ceiling of any durable, unbatched system here; and a bare
+//!    group commit at the latency phase's rate (a thread that appends whatever arrived as one
+//!    write of envelope-sized records and `fdatasync`s, in a loop, with no log, bus or
+//!    runtime; measured right before the latency phase): the latency a durable write path
+//!    can reach at that rate on this disk, since a write that arrives during a sync waits for
+//!    it and then for its own;
 //! 2. **durable publish throughput**: events/s through [`Publisher::publish`] with many
 //!    concurrent publishers under the default fsync-every-batch policy: group commit turns one
 //!    `fdatasync` into many acknowledged events;
 //! 3. **publish-to-handler latency** at a fixed rate: p50/p99 from the moment an event is
 //!    made to the moment a subscriber's handler runs, which includes the durability wait; it
-//!    is judged against the disk's own p99 `fdatasync`. The publishers' own durable wait
+//!    is judged against the disk's own p99 `fdatasync` and the bare group commit's p99. The
+//!    publishers' own durable wait
 //!    (call to return of `publish`) in the same phase shows how much of it the write path is.
 
 use std::fs::OpenOptions;
@@ -48,6 +54,11 @@ pub struct BenchReport {
     pub fdatasync_p50_us: u64,
     /// Raw fdatasync latency, 99th percentile, microseconds.
     pub fdatasync_p99_us: u64,
+    /// Bare group commit at the latency phase's rate, from a record's arrival to the end of
+    /// the `fdatasync` covering it: median, microseconds.
+    pub group_commit_p50_us: u64,
+    /// The same, 99th percentile, microseconds.
+    pub group_commit_p99_us: u64,
     /// Size of one encoded envelope in the throughput phase, bytes.
     pub envelope_bytes: usize,
     /// Durable events per second through `Publisher::publish`.
@@ -120,6 +131,23 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BoxError> {
     );
     let publish_batch_per_sec = publish_throughput(&publisher, config, &pad, 100).await?;
 
+    // Right before the latency phase, at its rate: this disk's state now.
+    eprintln!(
+        "baseline: bare group commit of {}-byte records at {} records/s for {:?} ...",
+        envelope_bytes + FRAME_HEADER_BYTES,
+        config.rate,
+        config.duration
+    );
+    let group_commit = {
+        let (dir, rate, record) = (
+            scratch.path().to_path_buf(),
+            config.rate,
+            envelope_bytes + FRAME_HEADER_BYTES,
+        );
+        let duration = config.duration;
+        tokio::task::spawn_blocking(move || group_commit_baseline(&dir, rate, record, duration))
+            .await??
+    };
     eprintln!(
         "publish-to-handler latency at {} events/s for {:?} ...",
         config.rate, config.duration
@@ -131,6 +159,8 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BoxError> {
         fdatasync_per_sec: fsync_rate,
         fdatasync_p50_us: fsync_hist.value_at_quantile(0.5),
         fdatasync_p99_us: fsync_hist.value_at_quantile(0.99),
+        group_commit_p50_us: group_commit.value_at_quantile(0.5),
+        group_commit_p99_us: group_commit.value_at_quantile(0.99),
         envelope_bytes,
         publish_per_sec,
         publish_batch_per_sec,
@@ -171,6 +201,64 @@ fn fdatasync_baseline(dir: &Path, duration: Duration) -> Result<(f64, Histogram<
     let rate = n as f64 / start.elapsed().as_secs_f64();
     std::fs::remove_file(path)?;
     Ok((rate, hist))
+}
+
+/// The log's frame header, written before each envelope (`tabgrab_log::frame::HEADER_LEN`).
+const FRAME_HEADER_BYTES: usize = 24;
+
+/// A bare group commit at `rate` records/s (arriving in bursts every millisecond, as in the
+/// latency phase): one thread appends everything that arrived as one write and
+/// `fdatasync`s, in a loop. Returns each record's time from arrival to its sync's end.
+fn group_commit_baseline(
+    dir: &Path,
+    rate: u64,
+    record_bytes: usize,
+    duration: Duration,
+) -> Result<Histogram<u64>, BoxError> {
+    let path = dir.join("group-commit-baseline");
+    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+    let (arrive, arrivals) = std::sync::mpsc::channel::<Instant>();
+    let per_tick = (rate / 1000).max(1);
+    let producer = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut tick = 0u64;
+        while start.elapsed() < duration {
+            tick += 1;
+            let due = start + Duration::from_millis(tick);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let now = Instant::now();
+            for _ in 0..per_tick {
+                if arrive.send(now).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut hist = histogram()?;
+    let mut batch = Vec::new();
+    let mut buf = Vec::new();
+    while let Ok(first) = arrivals.recv() {
+        batch.clear();
+        batch.push(first);
+        batch.extend(arrivals.try_iter());
+        buf.clear();
+        buf.resize(batch.len() * record_bytes, 7);
+        file.write_all(&buf)?;
+        file.sync_data()?;
+        let done = Instant::now();
+        for arrived in &batch {
+            hist.saturating_record(
+                u64::try_from((done - *arrived).as_micros()).unwrap_or(u64::MAX),
+            );
+        }
+    }
+    producer
+        .join()
+        .map_err(|_| "the group commit baseline's producer panicked")?;
+    std::fs::remove_file(path)?;
+    Ok(hist)
 }
 
 /// Many tasks publish as fast as acknowledgements come back; returns acknowledged events/s.
@@ -355,6 +443,13 @@ pub fn print(report: &BenchReport, out: &mut impl std::io::Write) -> std::io::Re
     writeln!(
         out,
         "{:<46} {:>14} {:>14}",
+        format!("bare group commit at {}/s p50 / p99, us", r.latency_rate),
+        "",
+        format!("{} / {}", r.group_commit_p50_us, r.group_commit_p99_us)
+    )?;
+    writeln!(
+        out,
+        "{:<46} {:>14} {:>14}",
         "publish (durable wait) p50 / p99, us",
         format!("{} / {}", r.publish_p50_us, r.publish_p99_us),
         ""
@@ -364,9 +459,15 @@ pub fn print(report: &BenchReport, out: &mut impl std::io::Write) -> std::io::Re
     } else {
         0.0
     };
+    let to_group_commit = if r.group_commit_p99_us > 0 {
+        r.e2e_p99_us as f64 / r.group_commit_p99_us as f64
+    } else {
+        0.0
+    };
     writeln!(
         out,
-        "e2e p99 / fdatasync p99 = {ratio:.2} (aim: <= 2.0); events delivered in latency phase: {}",
+        "e2e p99 / fdatasync p99 = {ratio:.2} (aim: <= 2.0); e2e p99 / bare group commit p99 = \
+         {to_group_commit:.2}; events delivered in latency phase: {}",
         r.e2e_events
     )?;
     Ok(())
