@@ -38,7 +38,12 @@
 //! It needs a nats-server binary (`TABGRAB_NATS_SERVER`, or the venv `.ci/run` makes).
 //! `TABGRAB_BENCH_CALLERS` sets the callers of the round-trip parts; `TABGRAB_BENCH_ONLY=tabgrab`
 //! skips the raw baselines (to profile tabgrab's side alone), `TABGRAB_BENCH_ONLY=raw` tabgrab's
-//! side.
+//! side; `TABGRAB_BENCH_MODES=structured` (or `binary`) measures one content mode only. With
+//! both, the allocations per round trip can be counted by side:
+//! `perf probe -x /lib/x86_64-linux-gnu/libc.so.6 malloc`, then
+//! `TABGRAB_BENCH_MODES=structured TABGRAB_BENCH_ONLY=tabgrab perf stat -e probe_libc:malloc --
+//! nats_overhead 40000 --parts calls --servers default` (and `ONLY=raw`), divided by the
+//! round trips the run prints (each counted part runs twice).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -650,6 +655,14 @@ fn baselines() -> bool {
     std::env::var("TABGRAB_BENCH_ONLY").map_or(true, |only| only != "tabgrab")
 }
 
+/// Whether the content mode `name` (`structured`, with the bare raw client beside it, or
+/// `binary`, with the raw client carrying the same headers) runs: `TABGRAB_BENCH_MODES`, a
+/// comma-separated list, picks them (both by default).
+fn mode(name: &str) -> bool {
+    std::env::var("TABGRAB_BENCH_MODES")
+        .map_or(true, |modes| modes.split(',').any(|m| m.trim() == name))
+}
+
 /// Whether tabgrab's side runs (`TABGRAB_BENCH_ONLY=raw` skips it).
 fn tabgrab_side() -> bool {
     std::env::var("TABGRAB_BENCH_ONLY").map_or(true, |only| only != "raw")
@@ -752,12 +765,16 @@ async fn main() -> Result<(), BoxError> {
             let [mut raw, mut raw_ce, mut ours, mut ours_bin] = [(); 4].map(|()| Row::default());
             let mut rates = [0.0f64; 4];
             for _ in 0..2 {
-                if baselines() {
+                if baselines() && mode("structured") {
                     raw = raw_events(url, n, false).await?;
+                }
+                if baselines() && mode("binary") {
                     raw_ce = raw_events(url, n, true).await?;
                 }
-                if tabgrab_side() {
+                if tabgrab_side() && mode("structured") {
                     ours = tabgrab_events(&tab_url, n).await?;
+                }
+                if tabgrab_side() && mode("binary") {
                     ours_bin = tabgrab_events(&binary_url, n).await?;
                 }
                 for (sum, row) in rates.iter_mut().zip([&raw, &raw_ce, &ours, &ours_bin]) {
@@ -793,12 +810,16 @@ async fn main() -> Result<(), BoxError> {
             use tabgrab::wire::ContentMode;
             let (mut raw, mut raw_ce, mut ours, mut ours_bin) = (0.0, 0.0, 0.0, 0.0);
             for _ in 0..2 {
-                if baselines() {
+                if baselines() && mode("structured") {
                     raw += raw_request_reply(url, rr).await? / 2.0;
+                }
+                if baselines() && mode("binary") {
                     raw_ce += raw_request_reply_with(url, rr, true).await? / 2.0;
                 }
-                if tabgrab_side() {
+                if tabgrab_side() && mode("structured") {
                     ours += tabgrab_calls(url, rr, ContentMode::Structured).await? / 2.0;
+                }
+                if tabgrab_side() && mode("binary") {
                     ours_bin += tabgrab_calls(url, rr, ContentMode::Binary).await? / 2.0;
                 }
             }
@@ -815,12 +836,16 @@ async fn main() -> Result<(), BoxError> {
             // Twice each, alternating.
             let (mut durable, mut durable_ce, mut ours_rr, mut ours_bin) = (0.0, 0.0, 0.0, 0.0);
             for _ in 0..2 {
-                if baselines() {
+                if baselines() && mode("structured") {
                     durable += raw_durable_request_reply(url, rr, false).await? / 2.0;
+                }
+                if baselines() && mode("binary") {
                     durable_ce += raw_durable_request_reply(url, rr, true).await? / 2.0;
                 }
-                if tabgrab_side() {
+                if tabgrab_side() && mode("structured") {
                     ours_rr += tabgrab_request_reply(&tab_url, rr).await? / 2.0;
+                }
+                if tabgrab_side() && mode("binary") {
                     ours_bin += tabgrab_request_reply(&binary_url, rr).await? / 2.0;
                 }
             }
