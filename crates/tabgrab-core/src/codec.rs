@@ -11,6 +11,7 @@
 //! `specversion`) it is. Whether the *type* is one the application knows is a separate check,
 //! [`Registry::check`], because a relay may carry types it does not understand.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
@@ -165,11 +166,23 @@ impl Codec {
             .map_err(|e| Error::new(e.kind(), format!("{} ({})", e.message(), envelope.ty)))
     }
 
-    /// Decodes CloudEvents JSON structured mode.
+    /// Decodes CloudEvents JSON structured mode. The envelope's `data` is a copy; see
+    /// [`Codec::decode_shared`] to share the buffer instead.
     pub fn decode(&self, bytes: &[u8]) -> Result<Envelope, Error> {
+        self.decode_from(bytes, None)
+    }
+
+    /// [`Codec::decode`] of a shared buffer: the envelope's `data` is a slice of `bytes`, not
+    /// a copy (it keeps the buffer alive as long as the envelope holds it).
+    pub fn decode_shared(&self, bytes: &Bytes) -> Result<Envelope, Error> {
+        self.decode_from(bytes, Some(bytes))
+    }
+
+    /// Decodes `bytes`; `data` is sliced from `shared` (the same bytes) when given.
+    fn decode_from(&self, bytes: &[u8], shared: Option<&Bytes>) -> Result<Envelope, Error> {
         self.check_size(bytes.len())?;
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let parsed = de::Deserializer::deserialize_map(&mut de, StructuredVisitor);
+        let parsed = de::Deserializer::deserialize_map(&mut de, StructuredVisitor { shared });
         let fields = match parsed {
             Ok(fields) => fields,
             Err(e) => {
@@ -303,7 +316,7 @@ impl Codec {
             if name == "data" || name == "data_base64" {
                 return Err(reserved(&name));
             }
-            fields.set(&name, value)?;
+            fields.set(&name, Cow::Owned(value))?;
         }
         match &fields.ty {
             Some(given) if given != ty => {
@@ -317,7 +330,7 @@ impl Codec {
         attribute::check_value("type", ty)?;
         fields.ty = Some(ty.to_owned());
         if fields.specversion.is_none() {
-            fields.specversion = Some(SPEC_VERSION.to_owned());
+            fields.specversion = Some(Ok(()));
         }
         if fields.id.is_none() {
             fields.id = Some(uuid::Uuid::now_v7().to_string());
@@ -584,7 +597,8 @@ fn reserved(name: &str) -> Error {
 struct Fields {
     /// Attributes set so far, against [`MAX_ATTRIBUTES`].
     count: usize,
-    specversion: Option<String>,
+    /// `Ok` for `1.0`, else the version sent (kept only to say so).
+    specversion: Option<Result<(), String>>,
     id: Option<String>,
     source: Option<String>,
     ty: Option<String>,
@@ -601,31 +615,34 @@ struct Fields {
 }
 
 impl Fields {
-    fn set(&mut self, attribute: &str, value: String) -> Result<(), Error> {
+    /// Sets one attribute. `value` is borrowed from the input where JSON allows (no escapes):
+    /// only the attributes the envelope keeps as strings are copied.
+    fn set(&mut self, attribute: &str, value: Cow<'_, str>) -> Result<(), Error> {
         self.count += 1;
         if self.count > MAX_ATTRIBUTES {
             return Err(too_many_attributes());
         }
         attribute::check_value(attribute, &value)?;
         match attribute {
-            "specversion" => self.specversion = Some(value),
-            "id" => self.id = Some(value),
-            "source" => self.source = Some(value),
-            "type" => self.ty = Some(value),
+            "specversion" if value == SPEC_VERSION => self.specversion = Some(Ok(())),
+            "specversion" => self.specversion = Some(Err(value.into_owned())),
+            "id" => self.id = Some(value.into_owned()),
+            "source" => self.source = Some(value.into_owned()),
+            "type" => self.ty = Some(value.into_owned()),
             "time" => self.time = Some(parse_time("time", &value)?),
-            "subject" => self.subject = Some(value),
-            "datacontenttype" => self.datacontenttype = Some(value),
-            "correlationid" => self.correlationid = Some(value),
-            "causationid" => self.causationid = Some(value),
-            "traceparent" => self.traceparent = Some(value),
-            "replyto" => self.replyto = Some(value),
+            "subject" => self.subject = Some(value.into_owned()),
+            "datacontenttype" => self.datacontenttype = Some(value.into_owned()),
+            "correlationid" => self.correlationid = Some(value.into_owned()),
+            "causationid" => self.causationid = Some(value.into_owned()),
+            "traceparent" => self.traceparent = Some(value.into_owned()),
+            "replyto" => self.replyto = Some(value.into_owned()),
             "deadline" => self.deadline = Some(parse_time("deadline", &value)?),
             other => {
                 attribute::check_name(other)?;
                 if attribute::RESERVED.contains(&other) {
                     return Err(reserved(other));
                 }
-                self.extensions.insert(other.to_owned(), value);
+                self.extensions.insert(other.to_owned(), value.into_owned());
             }
         }
         Ok(())
@@ -638,8 +655,7 @@ impl Fields {
                 format!("the required CloudEvents attribute {name:?} is missing"),
             )
         };
-        let specversion = self.specversion.ok_or_else(|| missing("specversion"))?;
-        if specversion != SPEC_VERSION {
+        if let Err(specversion) = self.specversion.ok_or_else(|| missing("specversion"))? {
             return Err(Error::new(
                 ErrorKind::UnsupportedVersion,
                 format!(
@@ -677,13 +693,18 @@ impl Fields {
     }
 }
 
-/// Reads a structured-mode JSON object attribute by attribute, keeping `data` as raw JSON text.
-struct StructuredVisitor;
+/// Reads a structured-mode JSON object attribute by attribute, keeping `data` as raw JSON text
+/// (a slice of `shared` when the input is one, else a copy).
+struct StructuredVisitor<'a> {
+    /// The input as a shared buffer, for [`Codec::decode_shared`].
+    shared: Option<&'a Bytes>,
+}
 
-/// An attribute value: CloudEvents JSON allows strings, numbers and booleans.
-struct AttributeValue(String);
+/// An attribute value: CloudEvents JSON allows strings, numbers and booleans. Borrowed from
+/// the input when it is a string without escapes.
+struct AttributeValue<'de>(Cow<'de, str>);
 
-impl<'de> de::Deserialize<'de> for AttributeValue {
+impl<'de> de::Deserialize<'de> for AttributeValue<'de> {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // A visitor of its own rather than a `serde_json::Value` first: every attribute of
         // every message is decoded here.
@@ -693,42 +714,46 @@ impl<'de> de::Deserialize<'de> for AttributeValue {
 
 struct AttributeVisitor;
 
-impl Visitor<'_> for AttributeVisitor {
-    type Value = AttributeValue;
+impl<'de> Visitor<'de> for AttributeVisitor {
+    type Value = AttributeValue<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an attribute: a string, number or boolean")
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttributeValue, E> {
-        Ok(AttributeValue(v.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<AttributeValue<'de>, E> {
+        Ok(AttributeValue(Cow::Borrowed(v)))
     }
 
-    fn visit_string<E: de::Error>(self, v: String) -> Result<AttributeValue, E> {
-        Ok(AttributeValue(v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttributeValue<'de>, E> {
+        Ok(AttributeValue(Cow::Owned(v.to_owned())))
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttributeValue, E> {
-        Ok(AttributeValue(v.to_string()))
+    fn visit_string<E: de::Error>(self, v: String) -> Result<AttributeValue<'de>, E> {
+        Ok(AttributeValue(Cow::Owned(v)))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttributeValue, E> {
-        Ok(AttributeValue(v.to_string()))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttributeValue<'de>, E> {
+        Ok(AttributeValue(Cow::Owned(v.to_string())))
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttributeValue, E> {
-        Ok(AttributeValue(v.to_string()))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttributeValue<'de>, E> {
+        Ok(AttributeValue(Cow::Owned(v.to_string())))
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttributeValue, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttributeValue<'de>, E> {
+        Ok(AttributeValue(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttributeValue<'de>, E> {
         // Written as JSON writes it (`1.0`, not `1`).
         serde_json::Number::from_f64(v)
-            .map(|n| AttributeValue(n.to_string()))
+            .map(|n| AttributeValue(Cow::Owned(n.to_string())))
             .ok_or_else(|| E::custom("an attribute must be a string, number or boolean"))
     }
 }
 
-impl<'de> Visitor<'de> for StructuredVisitor {
+impl<'de> Visitor<'de> for StructuredVisitor<'_> {
     type Value = Fields;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -741,9 +766,14 @@ impl<'de> Visitor<'de> for StructuredVisitor {
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match key.as_ref() {
                 "data" => {
-                    let raw: Box<RawValue> = map.next_value()?;
+                    // Borrowed: the input is a slice, so the raw text is in it.
+                    let raw: &'de RawValue = map.next_value()?;
                     if raw.get() != "null" {
-                        fields.data = Some(Bytes::from(raw.get().as_bytes().to_vec()));
+                        let text = raw.get().as_bytes();
+                        fields.data = Some(match self.shared {
+                            Some(shared) => shared.slice_ref(text),
+                            None => Bytes::copy_from_slice(text),
+                        });
                     }
                 }
                 "data_base64" => {
@@ -753,7 +783,7 @@ impl<'de> Visitor<'de> for StructuredVisitor {
                 attribute => {
                     // A null attribute is the same as an absent one.
                     if let Some(AttributeValue(value)) =
-                        map.next_value::<Option<AttributeValue>>()?
+                        map.next_value::<Option<AttributeValue<'de>>>()?
                     {
                         fields.set(attribute, value).map_err(de::Error::custom)?;
                     }
@@ -792,9 +822,9 @@ fn percent_encode(value: &str) -> String {
 }
 
 /// Reverses [`percent_encode`]; `None` for a bad escape or a result that is not UTF-8.
-fn percent_decode(value: &str) -> Option<String> {
+fn percent_decode(value: &str) -> Option<Cow<'_, str>> {
     if !value.contains('%') {
-        return Some(value.to_owned());
+        return Some(Cow::Borrowed(value));
     }
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -810,7 +840,7 @@ fn percent_decode(value: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// The message types an application knows, by base name and major versions.

@@ -360,7 +360,7 @@ proptest! {
                 prop_assert_eq!(back.deadline, Some(time));
                 let (headers, body) = codec.encode_binary(&envelope).unwrap();
                 let ce_time = headers.iter().find(|(n, _)| n == "ce-time").map(|(_, v)| v.clone());
-                prop_assert_eq!(ce_time.and_then(|v| percent_decode(&v)), Some(expected));
+                prop_assert_eq!(ce_time.and_then(|v| percent_decode(&v).map(std::borrow::Cow::into_owned)), Some(expected));
                 let back = codec.decode_binary(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), body).unwrap();
                 prop_assert_eq!(back.time, Some(time));
             }
@@ -548,4 +548,35 @@ fn a_made_envelope_is_checked_whole() {
     // Attributes count against the size limit: a payload that fits alone does not with a
     // long attribute beside it.
     assert_eq!(check(&|e| e.source = "/".repeat(500)), ErrorKind::TooLarge);
+}
+
+/// `decode_shared` decodes exactly as `decode` does, with `data` a slice of the message
+/// instead of a copy; attributes with escapes (which JSON cannot lend) are decoded too.
+#[test]
+fn decode_shared_slices_data_from_the_message_and_decodes_as_decode_does() {
+    let codec = Codec::default();
+    let mut envelope = Envelope::raw("/s", "demo.ping.v1", Bytes::from_static(br#"{"n":1}"#))
+        .with_subject("a \"quoted\" subject");
+    envelope.deadline = envelope.time;
+    envelope
+        .extensions
+        .insert("tabgrabtimeout".into(), "4999".into());
+    let bytes = codec.encode(&envelope).unwrap();
+    let shared = codec.decode_shared(&bytes).unwrap();
+    let copied = codec.decode(&bytes).unwrap();
+    assert_eq!(shared, copied);
+    assert_eq!(shared, envelope);
+    let message = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
+    assert!(
+        message.contains(&(shared.data.as_ptr() as usize)),
+        "decode_shared slices data from the message"
+    );
+    assert!(
+        !message.contains(&(copied.data.as_ptr() as usize)),
+        "decode copies it"
+    );
+    let wrong = br#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#;
+    let e = codec.decode_shared(&Bytes::from_static(wrong)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnsupportedVersion);
+    assert!(e.message().contains("\"0.3\""), "{e}");
 }

@@ -92,7 +92,7 @@ pub fn decode(
     let headers = headers.unwrap_or(&empty);
     let (content_type, ce_header) = scan(headers);
     if ContentMode::of_received(content_type, ce_header) == ContentMode::Structured {
-        return codec.decode(&payload);
+        return codec.decode_shared(&payload);
     }
     let pairs = || {
         headers.iter().flat_map(|(name, values)| {

@@ -975,7 +975,7 @@ fn decode(
 ) -> Result<Envelope, Error> {
     let content_type = properties.content_type().as_ref().map(ShortString::as_str);
     if content_type.is_some_and(wire::is_cloudevents_media_type) {
-        return codec.decode(&body);
+        return codec.decode_shared(&body);
     }
     if let Some(headers) = properties.headers() {
         // What tabgrab sends in binary mode: the shared fast path, without owned copies.

@@ -347,7 +347,7 @@ impl LogGroup {
     async fn hand_out(self: &Arc<LogGroup>, item: Item) {
         let offset = item.offset();
         let (envelope, raw) = match &item {
-            Item::Record { payload, .. } => (self.codec.decode(payload), payload.clone()),
+            Item::Record { payload, .. } => (self.codec.decode_shared(payload), payload.clone()),
             Item::Loss { message, .. } => (
                 Err(Error::new(ErrorKind::DataLoss, message.to_string())),
                 Bytes::copy_from_slice(message.as_bytes()),
