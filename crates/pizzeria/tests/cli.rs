@@ -10,31 +10,37 @@ fn pizzeria() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pizzeria"))
 }
 
-fn run(data_dir: &std::path::Path) -> Value {
-    let output = pizzeria()
-        .args([
-            "run",
-            "--style",
-            "events",
-            "--orders",
-            "300",
-            "--json",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+/// Runs a `--json` command that must succeed: its JSON (stdout) and its text (stderr).
+fn json_of(command: &mut Command) -> (Value, String) {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
         "exit {:?}: {stderr}",
         output.status
     );
+    (serde_json::from_slice(&output.stdout).unwrap(), stderr)
+}
+
+fn run(data_dir: &std::path::Path) -> Value {
+    let (summary, stderr) = json_of(
+        pizzeria()
+            .args([
+                "run",
+                "--style",
+                "events",
+                "--orders",
+                "300",
+                "--json",
+                "--data-dir",
+            ])
+            .arg(data_dir),
+    );
     assert!(
         stderr.contains("orders accepted"),
         "the text summary goes to stderr: {stderr}"
     );
-    serde_json::from_slice(&output.stdout).unwrap()
+    summary
 }
 
 #[test]
@@ -109,32 +115,25 @@ fn dead_letters_of_a_missing_directory_is_a_one_line_error() {
 #[test]
 fn bench_reports_the_bus_beside_the_disk_and_a_bare_group_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let output = pizzeria()
-        .args([
-            "bench",
-            "--seconds",
-            "1",
-            "--publishers",
-            "64",
-            "--rate",
-            "2000",
-            "--json",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit {:?}: {stderr}",
-        output.status
+    let (report, stderr) = json_of(
+        pizzeria()
+            .args([
+                "bench",
+                "--seconds",
+                "1",
+                "--publishers",
+                "64",
+                "--rate",
+                "2000",
+                "--json",
+                "--dir",
+            ])
+            .arg(dir.path()),
     );
     assert!(
         stderr.contains("bare group commit at 2000/s"),
         "the table goes to stderr: {stderr}"
     );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let field = |name: &str| {
         report[name]
             .as_u64()
