@@ -202,13 +202,14 @@ mod tests {
 
     use super::*;
 
-    fn opened_breaker() -> BreakerHandle {
+    /// A breaker opened by one failure, that stays open for `open_for`.
+    fn opened_breaker(open_for: Duration) -> BreakerHandle {
         let breaker = BreakerHandle::new(BreakerConfig {
             window: 10,
             minimum_calls: 10,
             failure_rate: 1.0,
             consecutive_failures: Some(1),
-            open_for: Duration::from_millis(1),
+            open_for,
             probes: 1,
         });
         let t = breaker.allow(Instant::now()).expect("closed");
@@ -220,7 +221,7 @@ mod tests {
     /// slot only until it is forgotten; a withdrawn one at once; a reply closes the breaker.
     #[tokio::test(start_paused = true)]
     async fn slots_come_back_when_an_outcome_cannot_come_any_more() {
-        let breaker = opened_breaker();
+        let breaker = opened_breaker(Duration::from_millis(1));
         let admission = Admission::new(Some(1), Some(breaker.clone()));
         tokio::time::sleep(Duration::from_millis(2)).await;
         let pass = admission.admit("g", "t").expect("the probe");
@@ -259,7 +260,9 @@ mod tests {
 
     #[test]
     fn an_open_breaker_refuses_with_circuit_open() {
-        let admission = Admission::new(None, Some(opened_breaker()));
+        // Real time here: open for an hour, so that a slow machine cannot see it half-open
+        // (with 1 ms, a pause of the test thread let a probe through: a CI failure).
+        let admission = Admission::new(None, Some(opened_breaker(Duration::from_secs(3600))));
         let refused = admission.admit("g", "t").err().expect("open");
         assert_eq!(refused.kind(), ErrorKind::CircuitOpen);
         assert!(refused.to_string().contains("t was not sent"), "{refused}");
